@@ -1,0 +1,67 @@
+//! `node device-id` and `node generate`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use proto::{DeviceId, Identity, KeyKind, LoadedOrGenerated};
+
+#[derive(Args)]
+pub struct DeviceIdArgs {
+    /// Certificate file (PEM) whose device ID to print.
+    #[arg(long, env = "NODE_CERT", value_name = "FILE", conflicts_with = "home")]
+    cert: Option<PathBuf>,
+    /// Home directory holding cert.pem (a Syncthing home directory works too).
+    #[arg(long, env = "NODE_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Directory to hold cert.pem and key.pem; created if missing.
+    #[arg(long, env = "NODE_HOME", value_name = "DIR")]
+    home: PathBuf,
+    /// Key type of a new certificate: ed25519 (as Syncthing 2.x) or
+    /// ecdsa-p384 (as Syncthing 1.x). Both work with Syncthing 1.19.2 and later.
+    #[arg(long, env = "NODE_KEY_TYPE", default_value_t = KeyKind::Ed25519)]
+    key_type: KeyKind,
+}
+
+pub fn device_id(args: DeviceIdArgs) -> Result<()> {
+    let cert = match (args.cert, args.home) {
+        (Some(cert), _) => cert,
+        (None, Some(home)) => home.join("cert.pem"),
+        (None, None) => bail!("say which certificate: --cert FILE or --home DIR"),
+    };
+    let der = Identity::load_certificate(&cert).context("cannot read the device certificate")?;
+    println!("{}", DeviceId::from_der_cert(&der));
+    Ok(())
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let (cert, key) = (args.home.join("cert.pem"), args.home.join("key.pem"));
+    let outcome = Identity::load_or_generate(
+        &cert,
+        &key,
+        proto::identity::COMMON_NAME_SYNCTHING,
+        args.key_type,
+    )
+    .context("cannot create or load the device identity")?;
+    match &outcome {
+        LoadedOrGenerated::Generated(_) => {
+            eprintln!(
+                "Generated {} key and certificate in {}",
+                args.key_type,
+                args.home.display()
+            )
+        }
+        LoadedOrGenerated::Loaded(_) => {
+            eprintln!(
+                "Key exists in {}; not generating a new one",
+                args.home.display()
+            )
+        }
+    }
+    println!("{}", outcome.identity().device_id());
+    Ok(())
+}
