@@ -13,6 +13,7 @@
 
 pub mod device_id;
 pub mod identity;
+pub mod relay;
 pub mod tls;
 
 pub use device_id::{DeviceId, DeviceIdError, ShortId};
