@@ -8,10 +8,13 @@
 //!
 //! * [`device_id`] — the 32-byte device ID, its text forms and short IDs.
 //! * [`identity`] — a device's certificate and private key: generate, load, save.
+//! * [`discovery`] — global discovery v3: JSON bodies, address rewriting,
+//!   reverse-proxy headers.
 //! * [`tls`] — rustls configurations for mutually authenticated peers that
 //!   are identified by device ID instead of a certificate authority.
 
 pub mod device_id;
+pub mod discovery;
 pub mod identity;
 pub mod relay;
 pub mod tls;
