@@ -1,0 +1,290 @@
+//! The connection state machine, without sockets: bytes from the peer go in
+//! with [`Session::receive`], events come out of [`Session::next_event`],
+//! bytes for the peer accumulate in [`Session::take_outgoing`]. Timers are
+//! driven by the caller's clock through [`Session::poll_timers`].
+//!
+//! States: awaiting the peer's Hello → awaiting its ClusterConfig → ready →
+//! closed. Our own Hello is queued at creation; our first message must be a
+//! ClusterConfig (or Close), as the peer insists on the same.
+
+use std::time::{Duration, Instant};
+
+use super::frame::{decode_frame, encode_frame, Compress, Decoded, FrameError, Message};
+use super::hello::{decode_hello, encode_hello, HelloError};
+use super::names::{self, NameError};
+use super::wire::{self, ClusterConfig, FileInfo, FileInfoType, Hello};
+use crate::device_id::DeviceId;
+
+/// Send a Ping when nothing was written for this long.
+pub const PING_INTERVAL: Duration = Duration::from_secs(45);
+/// Give up on a peer that sent nothing for this long.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The Hello exchange must finish within this time after TLS.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    AwaitingHello,
+    AwaitingClusterConfig,
+    Ready,
+    Closed,
+}
+
+/// What the peer did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Hello(Hello),
+    /// Any message after the Hello, already checked against the state (the
+    /// first one is always a ClusterConfig).
+    Message(Message),
+    /// The peer sent Close; nothing follows.
+    Closed(String),
+}
+
+/// Why the connection must end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("Hello: {0}")]
+    Hello(#[from] HelloError),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("protocol error: first message was {0}, not ClusterConfig")]
+    FirstNotClusterConfig(&'static str),
+    #[error("protocol error: we must send ClusterConfig before {0}")]
+    OwnOrder(&'static str),
+    #[error("no Hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("nothing received for {0:?}")]
+    ReceiveTimeout(Duration),
+    #[error("connection is closed")]
+    Closed,
+}
+
+/// One BEP connection's protocol state.
+pub struct Session {
+    state: State,
+    we_sent_cluster_config: bool,
+    compress: Compress,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    started: Instant,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+impl Session {
+    /// A new session that has queued our Hello.
+    pub fn new(our_hello: &Hello, compress: Compress, now: Instant) -> Result<Self, SessionError> {
+        Ok(Session {
+            state: State::AwaitingHello,
+            we_sent_cluster_config: false,
+            compress,
+            inbuf: Vec::new(),
+            outbuf: encode_hello(our_hello)?,
+            started: now,
+            last_read: now,
+            last_write: now,
+        })
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Bytes read from the peer.
+    pub fn receive(&mut self, data: &[u8], now: Instant) {
+        if !data.is_empty() {
+            self.last_read = now;
+        }
+        if self.state != State::Closed {
+            self.inbuf.extend_from_slice(data);
+        }
+    }
+
+    /// How many bytes the receive buffer holds (for backpressure).
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len()
+    }
+
+    /// The next event from the received bytes; `Ok(None)` until more bytes
+    /// arrive. After an error or a Close the session is closed.
+    pub fn next_event(&mut self) -> Result<Option<Event>, SessionError> {
+        let result = self.decode_next();
+        if result.is_err() {
+            self.state = State::Closed;
+            self.inbuf = Vec::new();
+        }
+        result
+    }
+
+    fn decode_next(&mut self) -> Result<Option<Event>, SessionError> {
+        match self.state {
+            State::Closed => Ok(None),
+            State::AwaitingHello => {
+                let Some((hello, used)) = decode_hello(&self.inbuf)? else {
+                    return Ok(None);
+                };
+                self.inbuf.drain(..used);
+                self.state = State::AwaitingClusterConfig;
+                Ok(Some(Event::Hello(hello)))
+            }
+            State::AwaitingClusterConfig | State::Ready => {
+                let Decoded::Frame { message, consumed } = decode_frame(&self.inbuf)? else {
+                    return Ok(None);
+                };
+                self.inbuf.drain(..consumed);
+                match (&message, self.state) {
+                    (Message::Close(c), _) => {
+                        self.state = State::Closed;
+                        self.inbuf = Vec::new();
+                        Ok(Some(Event::Closed(c.reason.clone())))
+                    }
+                    (Message::ClusterConfig(_), State::AwaitingClusterConfig) => {
+                        self.state = State::Ready;
+                        Ok(Some(Event::Message(message)))
+                    }
+                    (_, State::AwaitingClusterConfig) => {
+                        Err(SessionError::FirstNotClusterConfig(message.kind()))
+                    }
+                    _ => Ok(Some(Event::Message(message))),
+                }
+            }
+        }
+    }
+
+    /// Queues a message for the peer.
+    pub fn send(&mut self, message: &Message, now: Instant) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        match message {
+            Message::ClusterConfig(_) => self.we_sent_cluster_config = true,
+            Message::Close(_) => {}
+            other if !self.we_sent_cluster_config => {
+                return Err(SessionError::OwnOrder(other.kind()))
+            }
+            _ => {}
+        }
+        let frame = encode_frame(message, self.compress)?;
+        self.outbuf.extend_from_slice(&frame);
+        self.last_write = now;
+        Ok(())
+    }
+
+    /// Queues Close with `reason` and closes the session.
+    pub fn close(&mut self, reason: &str, now: Instant) {
+        if self.state != State::Closed && self.state != State::AwaitingHello {
+            let close = Message::Close(wire::Close {
+                reason: reason.to_string(),
+            });
+            if let Ok(frame) = encode_frame(&close, Compress::Never) {
+                self.outbuf.extend_from_slice(&frame);
+                self.last_write = now;
+            }
+        }
+        self.state = State::Closed;
+        self.inbuf = Vec::new();
+    }
+
+    /// Bytes to write to the peer, in order.
+    pub fn take_outgoing(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outbuf)
+    }
+
+    /// Whether bytes are waiting to be written.
+    pub fn has_outgoing(&self) -> bool {
+        !self.outbuf.is_empty()
+    }
+
+    /// Keep-alive and timeouts: queues a Ping when we have been quiet for
+    /// [`PING_INTERVAL`], fails when the peer has been silent for
+    /// [`RECEIVE_TIMEOUT`] or never finished its Hello.
+    pub fn poll_timers(&mut self, now: Instant) -> Result<(), SessionError> {
+        match self.state {
+            State::Closed => Ok(()),
+            State::AwaitingHello => {
+                if now.saturating_duration_since(self.started) > HELLO_TIMEOUT {
+                    self.state = State::Closed;
+                    return Err(SessionError::HelloTimeout(HELLO_TIMEOUT));
+                }
+                Ok(())
+            }
+            State::AwaitingClusterConfig | State::Ready => {
+                if now.saturating_duration_since(self.last_read) > RECEIVE_TIMEOUT {
+                    self.close("read timeout", now);
+                    return Err(SessionError::ReceiveTimeout(RECEIVE_TIMEOUT));
+                }
+                if self.we_sent_cluster_config
+                    && now.saturating_duration_since(self.last_write) >= PING_INTERVAL
+                {
+                    self.send(&Message::Ping, now)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a ClusterConfig or an index entry from a peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
+    #[error("folder {0:?}: remote device missing in cluster config")]
+    RemoteMissing(String),
+    #[error("folder {0:?}: local device missing in cluster config")]
+    LocalMissing(String),
+    #[error("invalid device ID in cluster config folder {0:?}")]
+    BadDeviceId(String),
+    #[error("file {name:?}: {problem}")]
+    File { name: String, problem: String },
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+/// The spec's rule: every folder entry lists both the sender and us.
+pub fn check_cluster_config(
+    cc: &ClusterConfig,
+    local: DeviceId,
+    remote: DeviceId,
+) -> Result<(), ContentError> {
+    for folder in &cc.folders {
+        let mut ids = Vec::with_capacity(folder.devices.len());
+        for d in &folder.devices {
+            ids.push(
+                DeviceId::from_slice(&d.id)
+                    .map_err(|_| ContentError::BadDeviceId(folder.id.clone()))?,
+            );
+        }
+        if !ids.contains(&remote) {
+            return Err(ContentError::RemoteMissing(folder.id.clone()));
+        }
+        if !ids.contains(&local) {
+            return Err(ContentError::LocalMissing(folder.id.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an index entry from a peer as Syncthing does: canonical name,
+/// no blocks on deleted entries or non-files, blocks on every valid file.
+pub fn check_file_info(f: &FileInfo) -> Result<(), ContentError> {
+    names::validate(&f.name)?;
+    let problem = |p: &str| ContentError::File {
+        name: f.name.clone(),
+        problem: p.to_string(),
+    };
+    let is_file = f.r#type == FileInfoType::File as i32;
+    if f.deleted && !f.blocks.is_empty() {
+        return Err(problem("deleted entry has blocks"));
+    }
+    if !is_file && !f.blocks.is_empty() {
+        return Err(problem("non-file entry has blocks"));
+    }
+    if is_file && !f.deleted && !f.invalid && f.blocks.is_empty() {
+        return Err(problem("file has no blocks"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+use super::*;
+use crate::bep::wire::{Device, Folder};
+
+fn hello(name: &str) -> Hello {
+    Hello {
+        device_name: name.into(),
+        client_name: "syncthing".into(),
+        client_version: "v1.19.2".into(),
+        ..Default::default()
+    }
+}
+
+/// Two sessions wired back to back.
+fn pair(now: Instant) -> (Session, Session) {
+    let a = Session::new(&hello("a"), Compress::Metadata, now).unwrap();
+    let b = Session::new(&hello("b"), Compress::Metadata, now).unwrap();
+    (a, b)
+}
+
+fn pump(from: &mut Session, to: &mut Session, now: Instant) -> Vec<Event> {
+    let bytes = from.take_outgoing();
+    // Deliver byte by byte: framing must cope with any split.
+    let mut events = Vec::new();
+    for b in bytes {
+        to.receive(&[b], now);
+        while let Some(e) = to.next_event().unwrap() {
+            events.push(e);
+        }
+    }
+    events
+}
+
+#[test]
+fn hello_then_cluster_config_then_messages() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    assert_eq!(pump(&mut a, &mut b, now), vec![Event::Hello(hello("a"))]);
+    assert_eq!(b.state(), State::AwaitingClusterConfig);
+    // Our own order is enforced too.
+    assert_eq!(
+        a.send(&Message::Ping, now),
+        Err(SessionError::OwnOrder("Ping"))
+    );
+    let cc = Message::ClusterConfig(ClusterConfig::default());
+    a.send(&cc, now).unwrap();
+    a.send(&Message::Ping, now).unwrap();
+    assert_eq!(
+        pump(&mut a, &mut b, now),
+        vec![Event::Message(cc), Event::Message(Message::Ping)]
+    );
+    assert_eq!(b.state(), State::Ready);
+    pump(&mut b, &mut a, now);
+    a.close("bye", now);
+    assert_eq!(pump(&mut a, &mut b, now), vec![Event::Closed("bye".into())]);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+fn a_message_before_cluster_config_is_a_protocol_error() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    pump(&mut a, &mut b, now);
+    let ping = encode_frame(&Message::Ping, Compress::Never).unwrap();
+    b.receive(&ping, now);
+    assert_eq!(
+        b.next_event(),
+        Err(SessionError::FirstNotClusterConfig("Ping"))
+    );
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+fn garbage_instead_of_hello_is_refused() {
+    let now = Instant::now();
+    let (_, mut b) = pair(now);
+    b.receive(b"\x16\x03\x01\x02\x00", now);
+    assert!(matches!(b.next_event(), Err(SessionError::Hello(_))));
+}
+
+#[test]
+fn pings_when_quiet_and_times_out_when_the_peer_is_silent() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    pump(&mut a, &mut b, t0);
+    pump(&mut b, &mut a, t0);
+    a.send(&Message::ClusterConfig(ClusterConfig::default()), t0)
+        .unwrap();
+    a.take_outgoing();
+    a.poll_timers(t0 + Duration::from_secs(10)).unwrap();
+    assert!(!a.has_outgoing());
+    a.poll_timers(t0 + Duration::from_secs(46)).unwrap();
+    assert_eq!(
+        a.take_outgoing(),
+        encode_frame(&Message::Ping, Compress::Never).unwrap()
+    );
+    assert_eq!(
+        a.poll_timers(t0 + Duration::from_secs(301)),
+        Err(SessionError::ReceiveTimeout(RECEIVE_TIMEOUT))
+    );
+    assert_eq!(a.state(), State::Closed);
+    // The Close went out with its reason.
+    let out = a.take_outgoing();
+    assert!(out.ends_with(b"read timeout"));
+}
+
+#[test]
+fn hello_must_arrive_in_time() {
+    let t0 = Instant::now();
+    let (_, mut b) = pair(t0);
+    b.poll_timers(t0 + Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        b.poll_timers(t0 + Duration::from_secs(21)),
+        Err(SessionError::HelloTimeout(HELLO_TIMEOUT))
+    );
+}
+
+#[test]
+fn cluster_config_must_name_both_devices() {
+    let (local, remote) = (DeviceId::from_der_cert(b"l"), DeviceId::from_der_cert(b"r"));
+    let dev = |id: DeviceId| Device {
+        id: id.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let folder = |devices| ClusterConfig {
+        folders: vec![Folder {
+            id: "f".into(),
+            devices,
+            ..Default::default()
+        }],
+        secondary: false,
+    };
+    assert_eq!(
+        check_cluster_config(&folder(vec![dev(local), dev(remote)]), local, remote),
+        Ok(())
+    );
+    assert_eq!(
+        check_cluster_config(&folder(vec![dev(local)]), local, remote),
+        Err(ContentError::RemoteMissing("f".into()))
+    );
+    assert_eq!(
+        check_cluster_config(&folder(vec![dev(remote)]), local, remote),
+        Err(ContentError::LocalMissing("f".into()))
+    );
+    let mut bad = folder(vec![dev(local), dev(remote)]);
+    bad.folders[0].devices[0].id = vec![1, 2, 3];
+    assert!(check_cluster_config(&bad, local, remote).is_err());
+}
+
+#[test]
+fn file_infos_are_checked() {
+    let file = FileInfo {
+        name: "a/b".into(),
+        blocks: crate::bep::blocks::empty_file_blocks(),
+        ..Default::default()
+    };
+    assert!(check_file_info(&file).is_ok());
+    let mut f = file.clone();
+    f.name = "../x".into();
+    assert!(check_file_info(&f).is_err());
+    let mut f = file.clone();
+    f.deleted = true;
+    assert!(check_file_info(&f).is_err());
+    let mut f = file.clone();
+    f.r#type = FileInfoType::Directory as i32;
+    assert!(check_file_info(&f).is_err());
+    let mut f = file;
+    f.blocks.clear();
+    assert!(check_file_info(&f).is_err());
+}
