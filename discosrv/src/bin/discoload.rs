@@ -1,0 +1,2 @@
+//! Load generator for discovery servers (to come).
+fn main() {}

@@ -1,0 +1,167 @@
+//! Command line: GNU-style long flags mirroring stdiscosrv's, each also
+//! settable through a `DISCOSRV_…` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "discosrv",
+    version,
+    about = "Global discovery server (protocol v3) for private Syncthing networks",
+    long_about = "Global discovery server (protocol v3) for private Syncthing networks.\n\n\
+        Devices announce their addresses over HTTPS with their device certificate \
+        (POST /) and look each other up (GET /?device=ID). Point Syncthing at it with \
+        globalAnnounceServers = https://HOST:PORT/?id=<the server device ID printed at start>.\n\n\
+        Announcements are kept in memory and snapshotted under --db-dir (the default), \
+        or in Redis (--redis-url) so several replicas can share them."
+)]
+pub struct Cli {
+    /// Address to serve discovery on; ":PORT" means every interface.
+    #[arg(long, env = "DISCOSRV_LISTEN", default_value = ":8443", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+
+    /// Server certificate (PEM); generated together with --key if both are missing.
+    #[arg(long, env = "DISCOSRV_CERT", default_value = "./cert.pem")]
+    pub cert: PathBuf,
+
+    /// Server private key (PEM).
+    #[arg(long, env = "DISCOSRV_KEY", default_value = "./key.pem")]
+    pub key: PathBuf,
+
+    /// Key type of a newly generated server certificate. Clients pin the
+    /// server by device ID, not by key type; Ed25519 makes handshakes cheapest.
+    #[arg(long, env = "DISCOSRV_KEY_TYPE", default_value = "ed25519")]
+    pub key_type: proto::KeyKind,
+
+    /// Serve plain HTTP behind a TLS-terminating reverse proxy that forwards
+    /// the client certificate (X-SSL-Cert, X-Tls-Client-Cert-Der-Base64 or
+    /// X-Forwarded-Tls-Client-Cert) and address (X-Forwarded-For, X-Client-Port).
+    #[arg(long, env = "DISCOSRV_HTTP")]
+    pub http: bool,
+
+    /// Peers whose forwarding headers are believed, in --http mode (CIDR, repeatable
+    /// or comma-separated). Headers from anyone else are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "DISCOSRV_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Directory of the embedded store's snapshot (created if missing).
+    #[arg(long, env = "DISCOSRV_DB_DIR", default_value = "./discovery.db")]
+    pub db_dir: PathBuf,
+
+    /// How often the embedded store is written to --db-dir (also at shutdown).
+    #[arg(long, env = "DISCOSRV_DB_FLUSH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub db_flush_interval: Duration,
+
+    /// Keep announcements in Redis instead (redis://[:password@]host:port[/db],
+    /// rediss:// for TLS). With --redis-cluster, repeat it for each seed node.
+    #[arg(long, env = "DISCOSRV_REDIS_URL", value_delimiter = ',')]
+    pub redis_url: Vec<String>,
+
+    /// The --redis-url nodes form a Redis Cluster.
+    #[arg(long, env = "DISCOSRV_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Prefix of every Redis key, to share a Redis with other programs.
+    #[arg(long, env = "DISCOSRV_REDIS_PREFIX", default_value = "discosrv:")]
+    pub redis_prefix: String,
+
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address.
+    #[arg(long, env = "DISCOSRV_METRICS_LISTEN", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Requests per second allowed per client IP (IPv6: per /64); 0 turns rate
+    /// limiting off.
+    #[arg(long, env = "DISCOSRV_RATE_LIMIT", default_value_t = 20)]
+    pub rate_limit: u32,
+
+    /// Requests a client IP may send in a burst above --rate-limit.
+    #[arg(long, env = "DISCOSRV_RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+
+    /// Most client IPs the rate limiter remembers; idle ones are forgotten first.
+    #[arg(
+        long,
+        env = "DISCOSRV_RATE_LIMIT_MAX_CLIENTS",
+        default_value_t = 1_000_000
+    )]
+    pub rate_limit_max_clients: usize,
+
+    /// Target rate of not-found replies (per second) for devices seen before;
+    /// their Retry-After grows (60 s to 1 h) to keep near it.
+    #[arg(long, env = "DISCOSRV_SEEN_RATE", default_value_t = 1000.0)]
+    pub desired_seen_not_found_rate: f64,
+
+    /// Same for devices never seen.
+    #[arg(long, env = "DISCOSRV_UNSEEN_RATE", default_value_t = 1000.0)]
+    pub desired_unseen_not_found_rate: f64,
+
+    /// Most simultaneous client connections; more wait to be accepted.
+    #[arg(long, env = "DISCOSRV_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    #[command(flatten)]
+    pub log: service::LogArgs,
+}
+
+/// `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces, IPv6 and IPv4).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: port must be a number from 0 to 65535"))?;
+        return Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+    }
+    if let Ok(sa) = s.parse() {
+        return Ok(sa);
+    }
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?}: not HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{s:?}: name has no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen(":8443").unwrap().to_string(), "[::]:8443");
+        assert_eq!(
+            parse_listen("127.0.0.1:1").unwrap().to_string(),
+            "127.0.0.1:1"
+        );
+        assert!(parse_listen(":x").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "discosrv",
+            "--http",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--trusted-proxy",
+            "10.0.0.0/8,::1/128",
+        ])
+        .unwrap();
+        assert_eq!(cli.trusted_proxies.len(), 3);
+        Cli::command_for_tests().debug_assert();
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The HTTP API: `POST /` announce, `GET /?device=ID` lookup, `/ping`,
+//! `/healthz`. Status codes and headers as stdiscosrv's.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use ipnet::IpNet;
+use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
+use proto::discovery::{self, LookupReply, Source};
+use proto::DeviceId;
+
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimit;
+use crate::retry::{self, NotFoundTracker};
+use crate::store::{Lookup, Now, Store};
+
+/// Time allowed for an announcement body to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub type Body = Full<Bytes>;
+
+/// What the connection knows about its client.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// From the TLS client certificate.
+    pub device: Option<DeviceId>,
+}
+
+pub struct App<S> {
+    pub store: S,
+    pub metrics: Metrics,
+    pub limiter: Option<RateLimit>,
+    pub seen_tracker: NotFoundTracker,
+    pub unseen_tracker: NotFoundTracker,
+    /// `--http`: plain HTTP behind a reverse proxy.
+    pub http_mode: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Who sent a request, after deciding whether to believe proxy headers.
+struct Client {
+    source: Source,
+    /// Key for rate limiting: the real client when known, else the peer.
+    limit_ip: IpAddr,
+    /// Proxy headers are believed for this request.
+    via_trusted_proxy: bool,
+}
+
+impl<S: Store> App<S> {
+    fn client(&self, conn: &ConnInfo, headers: &HeaderMap) -> Client {
+        let peer_ip = conn.peer.ip().to_canonical();
+        let trusted = self.http_mode && self.trusted_proxies.iter().any(|n| n.contains(&peer_ip));
+        if !trusted {
+            return Client {
+                source: Source::new(peer_ip, conn.peer.port()),
+                limit_ip: peer_ip,
+                via_trusted_proxy: false,
+            };
+        }
+        let ip = header_str(headers, "x-forwarded-for").and_then(discovery::forwarded_for);
+        let port = header_str(headers, "x-client-port").and_then(discovery::client_port);
+        Client {
+            // Without X-Forwarded-For the client's address is unknown: the
+            // proxy's own address must not be published for it.
+            source: Source {
+                ip,
+                port: ip.and(port),
+            },
+            limit_ip: ip.unwrap_or(peer_ip),
+            via_trusted_proxy: true,
+        }
+    }
+
+    /// The announcing device: the TLS client certificate, or in `--http`
+    /// mode the certificate a trusted proxy forwarded.
+    fn device(
+        &self,
+        conn: &ConnInfo,
+        client: &Client,
+        headers: &HeaderMap,
+    ) -> Result<Option<DeviceId>, ()> {
+        if let Some(id) = conn.device {
+            return Ok(Some(id));
+        }
+        if !client.via_trusted_proxy {
+            return Ok(None);
+        }
+        let lookup = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
+        match discovery::client_cert_from_headers(lookup) {
+            Ok(Some(der)) => Ok(Some(DeviceId::from_der_cert(&der))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::debug!(error = %e, "bad client certificate header");
+                Err(())
+            }
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn handle<S: Store>(
+    app: Arc<App<S>>,
+    conn: Arc<ConnInfo>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let resp = route(&app, &conn, req).await;
+    app.metrics
+        .request(method.as_str(), resp.status().as_u16(), started.elapsed());
+    Ok(resp)
+}
+
+async fn route<S: Store>(
+    app: &App<S>,
+    conn: &ConnInfo,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let client = app.client(conn, req.headers());
+    if let Some(limiter) = &app.limiter {
+        if let Err(wait) = limiter.check(client.limit_ip) {
+            app.metrics.rate_limited.inc();
+            let secs = wait.as_secs() + 1;
+            return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+                .with_header("retry-after", secs);
+        }
+    }
+    match req.uri().path() {
+        "/ping" => return empty(StatusCode::NO_CONTENT),
+        "/healthz" => {
+            return if app.store.healthy().await {
+                text(StatusCode::OK, "OK")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "Store Unavailable")
+                    .with_header("retry-after", retry::unavailable_retry_after())
+            };
+        }
+        _ => {}
+    }
+    match *req.method() {
+        Method::GET => lookup(app, req.uri().query()).await,
+        Method::POST => announce(app, conn, &client, req).await,
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+            .with_header("allow", "GET, POST"),
+    }
+}
+
+async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
+    let device = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "device")
+            .and_then(|(_, v)| v.parse::<DeviceId>().ok())
+    });
+    let Some(device) = device.filter(|d| !d.is_reserved()) else {
+        app.metrics.lookup("bad_request");
+        return bad_request();
+    };
+    let t = Instant::now();
+    let result = app.store.lookup(device, Now::system()).await;
+    match result {
+        Ok(Lookup::Found(found)) => {
+            app.metrics.store_op("get", "success", t.elapsed());
+            app.metrics.lookup("success");
+            let reply = LookupReply {
+                seen: rfc3339(found.seen_unix_ns),
+                addresses: found.addresses,
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(reply.to_json())));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Ok(Lookup::NotFound { seen_before }) => {
+            app.metrics.store_op("get", "not_found", t.elapsed());
+            let (result, tracker) = if seen_before {
+                ("not_found_recent", &app.seen_tracker)
+            } else {
+                ("not_found_ever", &app.unseen_tracker)
+            };
+            app.metrics.lookup(result);
+            text(StatusCode::NOT_FOUND, "Not Found").with_header("retry-after", tracker.hit())
+        }
+        Err(e) => {
+            app.metrics.store_op("get", "error", t.elapsed());
+            app.metrics.store_errors.inc();
+            app.metrics.lookup("internal_error");
+            tracing::warn!(error = %e, "lookup failed");
+            unavailable()
+        }
+    }
+}
+
+async fn announce<S: Store>(
+    app: &App<S>,
+    conn: &ConnInfo,
+    client: &Client,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let device = match app.device(conn, client, req.headers()) {
+        Ok(Some(d)) => d,
+        Ok(None) | Err(()) => {
+            app.metrics.announcement("no_certificate");
+            return text(StatusCode::FORBIDDEN, "Forbidden")
+                .with_header("retry-after", retry::error_retry_after());
+        }
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ANNOUNCEMENT_BYTES as u64) {
+        app.metrics.announcement("bad_request");
+        return too_large();
+    }
+    let body = Limited::new(req.into_body(), MAX_ANNOUNCEMENT_BYTES);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            app.metrics.announcement("bad_request");
+            return too_large();
+        }
+        Ok(Err(_)) | Err(_) => {
+            app.metrics.announcement("bad_request");
+            return text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+        }
+    };
+    let announcement = match discovery::parse_announcement(&bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(device = %device.short(), error = %e, "bad announcement");
+            app.metrics.announcement("bad_request");
+            return bad_request();
+        }
+    };
+    let addresses = discovery::rewrite_addresses(&announcement.addresses, &client.source);
+    if addresses.is_empty() {
+        tracing::debug!(device = %device.short(), announced = ?announcement.addresses, "no usable address");
+        app.metrics.announcement("bad_request");
+        return bad_request();
+    }
+    let t = Instant::now();
+    match app.store.announce(device, addresses, Now::system()).await {
+        Ok(()) => {
+            app.metrics.store_op("merge", "success", t.elapsed());
+            app.metrics.announcement("success");
+            empty(StatusCode::NO_CONTENT).with_header("reannounce-after", retry::reannounce_after())
+        }
+        Err(e) => {
+            app.metrics.store_op("merge", "error", t.elapsed());
+            app.metrics.store_errors.inc();
+            app.metrics.announcement("internal_error");
+            tracing::warn!(error = %e, "announcement not stored");
+            unavailable()
+        }
+    }
+}
+
+/// `seen` as Go's RFC 3339 with nanoseconds (trailing zeros trimmed).
+pub fn rfc3339(unix_ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
+}
+
+trait WithHeader {
+    fn with_header(self, name: &'static str, value: impl ToString) -> Self;
+}
+
+impl WithHeader for Response<Body> {
+    fn with_header(mut self, name: &'static str, value: impl ToString) -> Self {
+        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+            self.headers_mut().insert(name, v);
+        }
+        self
+    }
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// A plain-text error like Go's `http.Error`.
+fn text(status: StatusCode, msg: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+fn bad_request() -> Response<Body> {
+    text(StatusCode::BAD_REQUEST, "Bad Request")
+        .with_header("retry-after", retry::error_retry_after())
+}
+
+fn too_large() -> Response<Body> {
+    text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+        .with_header("retry-after", retry::error_retry_after())
+}
+
+fn unavailable() -> Response<Body> {
+    text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+        .with_header("retry-after", retry::unavailable_retry_after())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_format() {
+        assert_eq!(
+            rfc3339(1_795_000_000_306_772_819),
+            "2026-11-18T11:06:40.306772819Z"
+        );
+        assert_eq!(rfc3339(1_795_000_000_000_000_000), "2026-11-18T11:06:40Z");
+    }
+}

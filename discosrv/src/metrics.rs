@@ -1,0 +1,199 @@
+//! Prometheus metrics. Names follow stdiscosrv's `syncthing_discovery_*`
+//! where it has one; its summaries are histograms here (the Rust client has
+//! no summaries).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    api_requests: Family<Labels, Counter>,
+    api_seconds: Family<Labels, Histogram>,
+    lookups: Family<Labels, Counter>,
+    announcements: Family<Labels, Counter>,
+    store_ops: Family<Labels, Counter>,
+    store_seconds: Family<Labels, Histogram>,
+    pub store_errors: Counter,
+    pub rate_limited: Counter,
+    pub database_keys: Family<Labels, Gauge>,
+    pub last_written: Gauge<f64, AtomicU64>,
+    pub write_seconds: Gauge<f64, AtomicU64>,
+    pub retry_after: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub connections: Gauge,
+    pub rate_limiter_clients: Gauge,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 25 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000025, 2.5, 14))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let api_requests = Family::<Labels, Counter>::default();
+        let api_seconds = Family::<Labels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        let lookups = Family::<Labels, Counter>::default();
+        let announcements = Family::<Labels, Counter>::default();
+        let store_ops = Family::<Labels, Counter>::default();
+        let store_seconds = Family::<Labels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        let store_errors = Counter::default();
+        let rate_limited = Counter::default();
+        let database_keys = Family::<Labels, Gauge>::default();
+        let last_written = Gauge::<f64, AtomicU64>::default();
+        let write_seconds = Gauge::<f64, AtomicU64>::default();
+        let retry_after = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let connections = Gauge::default();
+        let rate_limiter_clients = Gauge::default();
+        registry.register(
+            "syncthing_discovery_api_requests",
+            "API requests by HTTP method (type) and status code (result)",
+            api_requests.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_api_requests_seconds",
+            "API request latency by HTTP method",
+            api_seconds.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_lookup_requests",
+            "Lookups by result",
+            lookups.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_announcement_requests",
+            "Announcements by result",
+            announcements.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_database_operations",
+            "Store operations by operation and result",
+            store_ops.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_database_operation_seconds",
+            "Store operation latency",
+            store_seconds.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_store_errors",
+            "Store (Redis) errors, each answered with 503",
+            store_errors.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_rate_limited_requests",
+            "Requests refused with 429 by the per-IP rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_database_keys",
+            "Devices in the store by category (current: with an unexpired address)",
+            database_keys.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_database_last_written",
+            "Unix time of the last successful snapshot",
+            last_written.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_database_write_seconds",
+            "Duration of the last snapshot",
+            write_seconds.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_retry_after_seconds",
+            "Current not-found Retry-After delay by tracker",
+            retry_after.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_rate_limiter_clients",
+            "Client IPs remembered by the rate limiter",
+            rate_limiter_clients.clone(),
+        );
+        Metrics {
+            registry,
+            api_requests,
+            api_seconds,
+            lookups,
+            announcements,
+            store_ops,
+            store_seconds,
+            store_errors,
+            rate_limited,
+            database_keys,
+            last_written,
+            write_seconds,
+            retry_after,
+            connections,
+            rate_limiter_clients,
+        }
+    }
+
+    pub fn request(&self, method: &str, status: u16, elapsed: Duration) {
+        self.api_requests
+            .get_or_create(&vec![
+                ("type", method.to_string()),
+                ("result", status.to_string()),
+            ])
+            .inc();
+        self.api_seconds
+            .get_or_create(&vec![("type", method.to_string())])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn lookup(&self, result: &'static str) {
+        self.lookups
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn announcement(&self, result: &'static str) {
+        self.announcements
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn store_op(&self, operation: &'static str, result: &'static str, elapsed: Duration) {
+        self.store_ops
+            .get_or_create(&vec![
+                ("operation", operation.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+        self.store_seconds
+            .get_or_create(&vec![("operation", operation.to_string())])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,443 @@
+//! The embedded store: all records in memory, sharded, snapshotted to one
+//! file under `--db-dir`.
+//!
+//! Each device costs one heap block (see `record.rs`) plus a 16-byte slot in
+//! a hash set whose elements hash by the device ID they start with. The
+//! snapshot is written to a temporary file, fsynced and renamed over the
+//! previous one, so a crash leaves either the old or the new snapshot.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use proto::discovery::ADDRESS_LIFETIME_SECS;
+use proto::DeviceId;
+
+use super::record::{self, View};
+use super::{Found, Lookup, Now, Store, StoreError};
+
+const SHARDS: usize = 64;
+const MAGIC: &[u8; 16] = b"DISCOSRV-SNAP-1\n";
+const SNAPSHOT: &str = "records.bin";
+/// Records without a current address are remembered this long after their
+/// last announcement, so lookups of offline devices count as "seen before".
+pub const FORGET_AFTER_SECS: i64 = 7 * 24 * 3600;
+/// Largest record accepted from a snapshot.
+const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// One device's record; hashes and compares by its device ID.
+struct Entry(Box<[u8]>);
+
+impl Entry {
+    fn key(&self) -> &[u8; 32] {
+        self.0.first_chunk::<32>().unwrap_or(&[0; 32])
+    }
+    fn view(&self) -> Option<View<'_>> {
+        // Entries are only built from `record::encode` or checked snapshot
+        // bytes, so this is Some; a None would just read as "no record".
+        View::new(&self.0).ok()
+    }
+}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
+}
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Entry {}
+impl Borrow<[u8; 32]> for Entry {
+    fn borrow(&self) -> &[u8; 32] {
+        self.key()
+    }
+}
+
+pub struct MemoryStore {
+    shards: Box<[RwLock<HashSet<Entry>>]>,
+    dir: Option<PathBuf>,
+    /// Announcements since the last snapshot (skip writing when idle).
+    changes: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |error| SnapshotError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// What loading a snapshot found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: u64,
+    pub dropped_expired: u64,
+    /// Set when the file was damaged; it was moved aside to this path.
+    pub damaged_moved_to: Option<PathBuf>,
+}
+
+impl MemoryStore {
+    /// A store snapshotting to `dir` (None: memory only, for tests).
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashSet::new())).collect(),
+            dir,
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, id: &[u8; 32]) -> &RwLock<HashSet<Entry>> {
+        // Device IDs are SHA-256 outputs: any byte is uniform.
+        &self.shards[usize::from(id[31]) % SHARDS]
+    }
+
+    pub fn snapshot_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(SNAPSHOT))
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().map(|s| s.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn announce_sync(&self, id: DeviceId, addresses: &[String], now: Now) {
+        let now_s = clamp_secs(now.secs());
+        let expires = clamp_secs(now.secs() + ADDRESS_LIFETIME_SECS as i64);
+        let key = id.as_bytes();
+        let mut shard = match self.shard(key).write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let merged = match shard.get(key).and_then(Entry::view) {
+            Some(v) => record::merge(v.addrs(), addresses, expires, now_s),
+            None => record::merge(std::iter::empty(), addresses, expires, now_s),
+        };
+        shard.replace(Entry(record::encode(key, now.0, &merged)));
+        drop(shard);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lookup_sync(&self, id: &DeviceId, now: Now) -> Lookup {
+        let now_s = clamp_secs(now.secs());
+        let shard = match self.shard(id.as_bytes()).read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let Some(view) = shard.get(id.as_bytes()).and_then(Entry::view) else {
+            return Lookup::NotFound { seen_before: false };
+        };
+        let addresses: Vec<String> = view
+            .addrs()
+            .filter(|a| a.expires > now_s)
+            .map(|a| a.url)
+            .collect();
+        if addresses.is_empty() {
+            Lookup::NotFound { seen_before: true }
+        } else {
+            Lookup::Found(Found {
+                seen_unix_ns: view.seen_ns(),
+                addresses,
+            })
+        }
+    }
+
+    /// Drops expired addresses, and records without a current address whose
+    /// last announcement is older than [`FORGET_AFTER_SECS`]. Returns the
+    /// number of devices with a current address.
+    pub fn expire(&self, now: Now) -> u64 {
+        let now_s = clamp_secs(now.secs());
+        let forget_before = now.0.saturating_sub(FORGET_AFTER_SECS * 1_000_000_000);
+        let mut current = 0u64;
+        for shard in self.shards.iter() {
+            let mut shard = match shard.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let mut rewrite = Vec::new();
+            shard.retain(|e| {
+                let Some(v) = e.view() else { return false };
+                let mut live = 0usize;
+                let mut total = 0usize;
+                for a in v.addrs() {
+                    total += 1;
+                    if a.expires > now_s {
+                        live += 1;
+                    }
+                }
+                if live > 0 {
+                    current += 1;
+                }
+                if live < total {
+                    rewrite.push((v.id(), v.seen_ns()));
+                }
+                live > 0 || v.seen_ns() >= forget_before
+            });
+            for (id, seen) in rewrite {
+                if let Some(e) = shard.get(&id) {
+                    if let Some(v) = e.view() {
+                        let kept: Vec<_> = v.addrs().filter(|a| a.expires > now_s).collect();
+                        let blob = record::encode(&id, seen, &kept);
+                        shard.replace(Entry(blob));
+                    }
+                }
+            }
+            shard.shrink_to_fit();
+        }
+        current
+    }
+
+    /// Writes the snapshot if anything changed since the last one (or
+    /// `force`). Blocking: run it off the async threads.
+    pub fn write_snapshot(&self, force: bool) -> Result<Option<u64>, SnapshotError> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let changes = self.changes.swap(0, Ordering::AcqRel);
+        if changes == 0 && !force {
+            return Ok(None);
+        }
+        let result = self.write_snapshot_to(dir);
+        if result.is_err() {
+            // Not written: count the changes again so the next pass retries.
+            self.changes.fetch_add(changes.max(1), Ordering::AcqRel);
+        }
+        result.map(Some)
+    }
+
+    fn write_snapshot_to(&self, dir: &Path) -> Result<u64, SnapshotError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let path = dir.join(SNAPSHOT);
+        let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
+        let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(MAGIC).map_err(io_err(&tmp))?;
+        let mut count = 0u64;
+        let mut buf = Vec::new();
+        for shard in self.shards.iter() {
+            // Copy out under the lock, write without it.
+            buf.clear();
+            {
+                let shard = match shard.read() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                for e in shard.iter() {
+                    buf.extend_from_slice(&(e.0.len() as u32).to_le_bytes());
+                    buf.extend_from_slice(&e.0);
+                    count += 1;
+                }
+            }
+            w.write_all(&buf).map_err(io_err(&tmp))?;
+        }
+        w.write_all(&0u32.to_le_bytes()).map_err(io_err(&tmp))?;
+        w.write_all(&count.to_le_bytes()).map_err(io_err(&tmp))?;
+        let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(count)
+    }
+
+    /// Loads the snapshot, if there is one. Expired addresses are dropped. A
+    /// damaged file is moved aside (never overwritten) and what could be
+    /// read is kept.
+    pub fn load_snapshot(&self, now: Now) -> Result<Loaded, SnapshotError> {
+        let Some(path) = self.snapshot_path() else {
+            return Ok(Loaded::default());
+        };
+        let mut bytes = Vec::new();
+        match fs::File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes).map_err(io_err(&path))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let mut loaded = Loaded::default();
+        let now_s = clamp_secs(now.secs());
+        let forget_before = now.0.saturating_sub(FORGET_AFTER_SECS * 1_000_000_000);
+        let complete = self.parse_snapshot(&bytes, now_s, forget_before, &mut loaded);
+        if !complete {
+            let aside = path.with_extension(format!("damaged-{}", now.secs()));
+            fs::rename(&path, &aside).map_err(io_err(&path))?;
+            loaded.damaged_moved_to = Some(aside);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(loaded)
+    }
+
+    /// Returns whether the whole file was valid.
+    fn parse_snapshot(
+        &self,
+        bytes: &[u8],
+        now_s: u32,
+        forget_before: i64,
+        loaded: &mut Loaded,
+    ) -> bool {
+        let Some(mut rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
+            return false;
+        };
+        let mut seen = 0u64;
+        loop {
+            let Some((len, after)) = rest.split_first_chunk::<4>() else {
+                return false;
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            if len == 0 {
+                let count = after.first_chunk::<8>().map(|c| u64::from_le_bytes(*c));
+                return count == Some(seen) && after.len() == 8;
+            }
+            if len > MAX_RECORD_BYTES || after.len() < len {
+                return false;
+            }
+            let (blob, next) = after.split_at(len);
+            rest = next;
+            let Ok(view) = View::new(blob) else {
+                return false;
+            };
+            seen += 1;
+            let id = view.id();
+            let live: Vec<_> = view.addrs().filter(|a| a.expires > now_s).collect();
+            if live.is_empty() && view.seen_ns() < forget_before {
+                loaded.dropped_expired += 1;
+                continue;
+            }
+            let entry = Entry(record::encode(&id, view.seen_ns(), &live));
+            let mut shard = match self.shard(&id).write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            shard.replace(entry);
+            loaded.records += 1;
+        }
+    }
+}
+
+fn clamp_secs(s: i64) -> u32 {
+    u32::try_from(s.max(0)).unwrap_or(u32::MAX)
+}
+
+impl Store for MemoryStore {
+    async fn announce(
+        &self,
+        id: DeviceId,
+        addresses: Vec<String>,
+        now: Now,
+    ) -> Result<(), StoreError> {
+        self.announce_sync(id, &addresses, now);
+        Ok(())
+    }
+
+    async fn lookup(&self, id: DeviceId, now: Now) -> Result<Lookup, StoreError> {
+        Ok(self.lookup_sync(&id, now))
+    }
+
+    async fn healthy(&self) -> bool {
+        true
+    }
+
+    fn current_devices(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn id(n: u8) -> DeviceId {
+        DeviceId::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn announce_lookup_merge_expire() {
+        let s = MemoryStore::new(None);
+        let t0 = Now(1_800_000_000 * SEC);
+        assert_eq!(
+            s.lookup_sync(&id(1), t0),
+            Lookup::NotFound { seen_before: false }
+        );
+        s.announce_sync(id(1), &["tcp://192.0.2.1:1".into()], t0);
+        let t1 = Now(t0.0 + 3600 * SEC);
+        s.announce_sync(id(1), &["tcp://192.0.2.2:1".into()], t1);
+        match s.lookup_sync(&id(1), t1) {
+            Lookup::Found(f) => {
+                assert_eq!(f.seen_unix_ns, t1.0);
+                assert_eq!(f.addresses, ["tcp://192.0.2.1:1", "tcp://192.0.2.2:1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The first address expires 2 h after t0, the second 2 h after t1.
+        let t2 = Now(t0.0 + 7201 * SEC);
+        match s.lookup_sync(&id(1), t2) {
+            Lookup::Found(f) => assert_eq!(f.addresses, ["tcp://192.0.2.2:1"]),
+            other => panic!("{other:?}"),
+        }
+        let t3 = Now(t1.0 + 7201 * SEC);
+        assert_eq!(
+            s.lookup_sync(&id(1), t3),
+            Lookup::NotFound { seen_before: true }
+        );
+        assert_eq!(s.expire(t3), 0);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.expire(Now(t1.0 + FORGET_AFTER_SECS * SEC + SEC)), 0);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = MemoryStore::new(Some(dir.path().to_path_buf()));
+        let t0 = Now(1_800_000_000 * SEC);
+        for n in 0..200u8 {
+            s.announce_sync(
+                id(n),
+                &[format!("tcp://192.0.2.{n}:22000"), "tcp://h:1".into()],
+                t0,
+            );
+        }
+        assert_eq!(s.write_snapshot(false).unwrap(), Some(200));
+        assert_eq!(s.write_snapshot(false).unwrap(), None, "nothing changed");
+
+        let s2 = MemoryStore::new(Some(dir.path().to_path_buf()));
+        let loaded = s2.load_snapshot(t0).unwrap();
+        assert_eq!(loaded.records, 200);
+        assert!(loaded.damaged_moved_to.is_none());
+        assert_eq!(s2.lookup_sync(&id(7), t0), s.lookup_sync(&id(7), t0));
+
+        // Truncated: moved aside, the readable part kept.
+        let path = s.snapshot_path().unwrap();
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let s3 = MemoryStore::new(Some(dir.path().to_path_buf()));
+        let loaded = s3.load_snapshot(t0).unwrap();
+        assert!(loaded.records > 50 && loaded.records < 200);
+        assert!(loaded.damaged_moved_to.unwrap().exists());
+        assert!(!path.exists());
+    }
+}

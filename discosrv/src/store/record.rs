@@ -1,0 +1,292 @@
+//! The embedded store's compact record: one heap block per device.
+//!
+//! A million devices must fit in ~150 bytes each, so a record is a single
+//! byte string rather than a struct of strings:
+//!
+//! ```text
+//! [device ID: 32][seen: i64 LE Unix ns][count: u8] then per address:
+//! [expires: u32 LE Unix s][tag: u8][payload]
+//!   tag 0:          [len: u16 LE][URL bytes]            any address
+//!   tag 1..=7:      [IPv4: 4][port: u16 LE]             scheme from SCHEMES
+//!   tag 0x81..0x87: [IPv6: 16][port: u16 LE]            scheme from SCHEMES
+//! ```
+//!
+//! A compact form is only used when it turns back into exactly the same
+//! text, so decoding always returns what was stored.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Schemes with a compact form (index + 1 is the tag).
+const SCHEMES: [&str; 7] = ["tcp", "tcp4", "tcp6", "quic", "quic4", "quic6", "relay"];
+const HEADER: usize = 32 + 8 + 1;
+const V6: u8 = 0x80;
+
+/// Most addresses kept per device; older ones go first.
+pub const MAX_ADDRESSES: usize = proto::discovery::messages::MAX_ADDRESSES;
+
+/// A stored address and when it expires (Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addr {
+    pub url: String,
+    pub expires: u32,
+}
+
+/// Why stored bytes are not a record (only from a damaged snapshot).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("damaged record")]
+pub struct Damaged;
+
+pub fn encode(id: &[u8; 32], seen_ns: i64, addrs: &[Addr]) -> Box<[u8]> {
+    let n = addrs.len().min(MAX_ADDRESSES);
+    let mut out = Vec::with_capacity(HEADER + n * 11);
+    out.extend_from_slice(id);
+    out.extend_from_slice(&seen_ns.to_le_bytes());
+    out.push(n as u8);
+    for a in &addrs[..n] {
+        out.extend_from_slice(&a.expires.to_le_bytes());
+        encode_url(&a.url, &mut out);
+    }
+    out.into_boxed_slice()
+}
+
+fn encode_url(url: &str, out: &mut Vec<u8>) {
+    if let Some((scheme, hostport)) = url.split_once("://") {
+        if let Some(idx) = SCHEMES.iter().position(|s| *s == scheme) {
+            let tag = idx as u8 + 1;
+            if let Some((host, port)) = hostport.rsplit_once(':') {
+                if let Ok(port) = port.parse::<u16>() {
+                    if let Ok(v4) = host.parse::<Ipv4Addr>() {
+                        if format!("{scheme}://{v4}:{port}") == url {
+                            out.push(tag);
+                            out.extend_from_slice(&v4.octets());
+                            out.extend_from_slice(&port.to_le_bytes());
+                            return;
+                        }
+                    }
+                    let v6 = host
+                        .strip_prefix('[')
+                        .and_then(|h| h.strip_suffix(']'))
+                        .and_then(|h| h.parse::<Ipv6Addr>().ok());
+                    if let Some(v6) = v6 {
+                        if format!("{scheme}://[{v6}]:{port}") == url {
+                            out.push(tag | V6);
+                            out.extend_from_slice(&v6.octets());
+                            out.extend_from_slice(&port.to_le_bytes());
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Addresses are bounded far below u16::MAX before they get here.
+    let bytes = &url.as_bytes()[..url.len().min(u16::MAX as usize)];
+    out.push(0);
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Read access to an encoded record.
+pub struct View<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> View<'a> {
+    /// Checks the whole structure once, so the accessors cannot fail.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, Damaged> {
+        let v = View { bytes };
+        let mut count = 0;
+        for item in v.raw_iter()? {
+            item?;
+            count += 1;
+        }
+        if count != usize::from(bytes[HEADER - 1]) {
+            return Err(Damaged);
+        }
+        Ok(v)
+    }
+
+    pub fn id(&self) -> [u8; 32] {
+        self.bytes.first_chunk::<32>().copied().unwrap_or([0; 32])
+    }
+
+    pub fn seen_ns(&self) -> i64 {
+        self.bytes
+            .get(32..40)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_le_bytes)
+            .unwrap_or(0)
+    }
+
+    /// Every stored address, expired or not.
+    pub fn addrs(&self) -> impl Iterator<Item = Addr> + 'a {
+        self.raw_iter().into_iter().flatten().filter_map(Result::ok)
+    }
+
+    fn raw_iter(&self) -> Result<AddrIter<'a>, Damaged> {
+        if self.bytes.len() < HEADER {
+            return Err(Damaged);
+        }
+        Ok(AddrIter {
+            rest: &self.bytes[HEADER..],
+        })
+    }
+}
+
+struct AddrIter<'a> {
+    rest: &'a [u8],
+}
+
+impl Iterator for AddrIter<'_> {
+    type Item = Result<Addr, Damaged>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let r = self.decode_one();
+        if r.is_err() {
+            self.rest = &[];
+        }
+        Some(r)
+    }
+}
+
+impl AddrIter<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Damaged> {
+        if self.rest.len() < n {
+            return Err(Damaged);
+        }
+        let (a, b) = self.rest.split_at(n);
+        self.rest = b;
+        Ok(a)
+    }
+
+    fn decode_one(&mut self) -> Result<Addr, Damaged> {
+        let exp = self.take(4)?;
+        let expires = u32::from_le_bytes([exp[0], exp[1], exp[2], exp[3]]);
+        let tag = self.take(1)?[0];
+        let url = if tag == 0 {
+            let len = self.take(2)?;
+            let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+            let text = self.take(len)?;
+            String::from_utf8(text.to_vec()).map_err(|_| Damaged)?
+        } else {
+            let scheme = SCHEMES
+                .get(usize::from(tag & !V6).wrapping_sub(1))
+                .ok_or(Damaged)?;
+            if tag & V6 == 0 {
+                let b = self.take(6)?;
+                let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                format!("{scheme}://{ip}:{}", u16::from_le_bytes([b[4], b[5]]))
+            } else {
+                let b = self.take(18)?;
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&b[..16]);
+                let ip = Ipv6Addr::from(octets);
+                format!("{scheme}://[{ip}]:{}", u16::from_le_bytes([b[16], b[17]]))
+            }
+        };
+        Ok(Addr { url, expires })
+    }
+}
+
+/// The merge of a stored address list with newly announced addresses:
+/// expired ones dropped, duplicates keep the later expiry, sorted by URL,
+/// at most [`MAX_ADDRESSES`] (the soonest-expiring dropped first).
+pub fn merge(
+    old: impl Iterator<Item = Addr>,
+    new: &[String],
+    new_expires: u32,
+    now_secs: u32,
+) -> Vec<Addr> {
+    let mut all: Vec<Addr> = old.filter(|a| a.expires > now_secs).collect();
+    all.extend(new.iter().map(|url| Addr {
+        url: url.clone(),
+        expires: new_expires,
+    }));
+    // Sort by URL, latest expiry first, then keep the first of each URL.
+    all.sort_unstable_by(|a, b| a.url.cmp(&b.url).then(b.expires.cmp(&a.expires)));
+    all.dedup_by(|later, first| later.url == first.url);
+    if all.len() > MAX_ADDRESSES {
+        all.sort_unstable_by_key(|a| std::cmp::Reverse(a.expires));
+        all.truncate(MAX_ADDRESSES);
+        all.sort_unstable_by(|a, b| a.url.cmp(&b.url));
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(url: &str, expires: u32) -> Addr {
+        Addr {
+            url: url.into(),
+            expires,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_compactness() {
+        let addrs = vec![
+            a("quic://192.0.2.7:22000", 10),
+            a("relay://192.0.2.9:22067/?id=ABC", 11),
+            a("tcp://192.0.2.7:22000", 12),
+            a("tcp6://[2001:db8::1]:22000", 13),
+            a("tcp://[::ffff:1.2.3.4]:1", 14),
+            a("tcp://localhost:22000", 15),
+            a("tcp://010.1.1.1:22000", 16),
+        ];
+        let id = [7u8; 32];
+        let blob = encode(&id, 1234, &addrs);
+        let v = View::new(&blob).unwrap();
+        assert_eq!(v.id(), id);
+        assert_eq!(v.seen_ns(), 1234);
+        assert_eq!(v.addrs().collect::<Vec<_>>(), addrs);
+        // Three typical IPv4 addresses: header + 3 × 11 bytes.
+        let three = [
+            a("tcp://192.0.2.7:22000", 1),
+            a("quic://192.0.2.7:22000", 1),
+            a("tcp://198.51.100.1:22000", 1),
+        ];
+        assert_eq!(encode(&id, 0, &three).len(), HEADER + 33);
+    }
+
+    #[test]
+    fn damaged_bytes_refused() {
+        let blob = encode(&[1; 32], 5, &[a("tcp://h:1", 3), a("tcp://1.2.3.4:5", 4)]);
+        for cut in 0..blob.len() {
+            assert!(View::new(&blob[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = blob.to_vec();
+        bad[HEADER - 1] = 5;
+        assert!(View::new(&bad).is_err());
+        let mut bad = blob.to_vec();
+        bad[HEADER + 4] = 0x7f;
+        assert!(View::new(&bad).is_err());
+    }
+
+    #[test]
+    fn merge_rules() {
+        let old = vec![a("tcp://a:1", 50), a("tcp://b:1", 5), a("tcp://c:1", 200)];
+        let got = merge(
+            old.into_iter(),
+            &["tcp://a:1".into(), "tcp://d:1".into()],
+            100,
+            10,
+        );
+        assert_eq!(
+            got,
+            [
+                a("tcp://a:1", 100),
+                a("tcp://c:1", 200),
+                a("tcp://d:1", 100)
+            ]
+        );
+        let many: Vec<String> = (0..150).map(|i| format!("tcp://h:{i}")).collect();
+        let got = merge(std::iter::once(a("tcp://z:1", 999)), &many, 100, 10);
+        assert_eq!(got.len(), MAX_ADDRESSES);
+        assert!(got.contains(&a("tcp://z:1", 999)));
+    }
+}

@@ -1,0 +1,236 @@
+//! Redis (or Redis Cluster) store, shared by several replicas.
+//!
+//! One hash per device, `<prefix>d:<device ID>`: a field per address
+//! holding its expiry (Unix seconds) and a `~seen` field (Unix ns). A Lua
+//! script merges an announcement atomically, dropping expired fields, so
+//! each address keeps its own expiry whichever replica wrote it. The key
+//! itself lives a week after the last announcement, which lets lookups of
+//! offline devices count as "seen before".
+//!
+//! Redis being down never stops the process: the connection is made
+//! lazily and re-made by redis' connection manager; meanwhile every
+//! request gets a [`StoreError`] (503 with `Retry-After`).
+
+use std::time::Duration;
+
+use proto::discovery::ADDRESS_LIFETIME_SECS;
+use proto::DeviceId;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use tokio::sync::OnceCell;
+
+use super::memory::FORGET_AFTER_SECS;
+use super::{Found, Lookup, Now, Store, StoreError};
+
+/// Longest a single Redis operation may take before the request gets 503.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+const SEEN_FIELD: &str = "~seen";
+
+const MERGE: &str = r"
+local now = tonumber(ARGV[1])
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  if h[i] ~= '~seen' and tonumber(h[i + 1]) <= now then
+    redis.call('HDEL', KEYS[1], h[i])
+  end
+end
+for i = 5, #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[2])
+end
+redis.call('HSET', KEYS[1], '~seen', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+pub struct RedisStore {
+    target: Target,
+    conn: OnceCell<Conn>,
+    prefix: String,
+    merge: Script,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// Checks the URLs; the connection itself is made on first use, so the
+    /// server starts (answering 503) even while Redis is down.
+    pub async fn connect(urls: &[String], cluster: bool, prefix: &str) -> Result<Self, StoreError> {
+        let target = if cluster {
+            Target::Cluster(redis::cluster::ClusterClient::new(urls.to_vec()).map_err(err)?)
+        } else {
+            let [url] = urls else {
+                return Err(StoreError(
+                    "give exactly one --redis-url, or --redis-cluster with one per seed node"
+                        .into(),
+                ));
+            };
+            Target::Single(redis::Client::open(url.as_str()).map_err(err)?)
+        };
+        let store = RedisStore {
+            target,
+            conn: OnceCell::new(),
+            prefix: prefix.to_string(),
+            merge: Script::new(MERGE),
+        };
+        if let Err(e) = store.conn().await {
+            tracing::warn!(error = %e, "Redis is not reachable yet; answering 503 until it is");
+        }
+        Ok(store)
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let c = self
+            .conn
+            .get_or_try_init(|| async {
+                let made = tokio::time::timeout(OP_TIMEOUT, async {
+                    match &self.target {
+                        Target::Single(client) => {
+                            let config = ConnectionManagerConfig::new()
+                                .set_connection_timeout(OP_TIMEOUT)
+                                .set_response_timeout(OP_TIMEOUT)
+                                .set_number_of_retries(2)
+                                .set_max_delay(1000);
+                            client
+                                .get_connection_manager_with_config(config)
+                                .await
+                                .map(Conn::Single)
+                        }
+                        Target::Cluster(client) => {
+                            client.get_async_connection().await.map(Conn::Cluster)
+                        }
+                    }
+                })
+                .await;
+                match made {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(err(e)),
+                    Err(_) => Err(err("connection timed out")),
+                }
+            })
+            .await?;
+        Ok(c.clone())
+    }
+
+    fn key(&self, id: &DeviceId) -> String {
+        format!("{}d:{id}", self.prefix)
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(OP_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(err(e)),
+            Err(_) => Err(err("operation timed out")),
+        }
+    }
+}
+
+impl Store for RedisStore {
+    async fn announce(
+        &self,
+        id: DeviceId,
+        addresses: Vec<String>,
+        now: Now,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let mut inv = self.merge.key(self.key(&id));
+        inv.arg(now.secs())
+            .arg(now.secs() + ADDRESS_LIFETIME_SECS as i64)
+            .arg(now.0)
+            .arg(FORGET_AFTER_SECS);
+        for a in &addresses {
+            inv.arg(a);
+        }
+        self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn lookup(&self, id: DeviceId, now: Now) -> Result<Lookup, StoreError> {
+        let mut conn = self.conn().await?;
+        let fields: Vec<(String, i64)> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.key(&id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if fields.is_empty() {
+            return Ok(Lookup::NotFound { seen_before: false });
+        }
+        let now_s = now.secs();
+        let mut seen = 0;
+        let mut addresses = Vec::new();
+        for (field, value) in fields {
+            if field == SEEN_FIELD {
+                seen = value;
+            } else if value > now_s {
+                addresses.push(field);
+            }
+        }
+        if addresses.is_empty() {
+            return Ok(Lookup::NotFound { seen_before: true });
+        }
+        addresses.sort_unstable();
+        Ok(Lookup::Found(Found {
+            seen_unix_ns: seen,
+            addresses,
+        }))
+    }
+
+    async fn healthy(&self) -> bool {
+        let Ok(mut conn) = self.conn().await else {
+            return false;
+        };
+        self.timed(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .is_ok()
+    }
+
+    fn current_devices(&self) -> Option<u64> {
+        None
+    }
+}
