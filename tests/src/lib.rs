@@ -12,6 +12,7 @@
 pub mod ports;
 pub mod process;
 pub mod programs;
+pub mod relay;
 pub mod syncthing;
 pub mod wait;
 

@@ -1,0 +1,188 @@
+//! Command line. Flag names mirror strelaysrv's (`-listen` → `--listen`);
+//! every flag can also be set through a `RELAYSRV_…` environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "relaysrv",
+    version,
+    about = "Syncthing-compatible relay server (relay protocol v1) for private networks.",
+    long_about = "Syncthing-compatible relay server (relay protocol v1) for private networks.\n\n\
+        Devices that cannot reach each other directly meet here: a listening device joins \
+        with `relay://HOST:PORT/?id=RELAY-ID` as its listen address, other devices dial it \
+        through the relay. Protocol (TLS) and data (plain TCP) connections share one port. \
+        The relay never sees plaintext: devices run their own TLS through it.\n\n\
+        Unlike strelaysrv, no public pool is joined unless --pools names one: this relay \
+        is meant for private infrastructure."
+)]
+pub struct Cli {
+    /// Protocol and data listen address (`:22067` = all interfaces).
+    #[arg(long, env = "RELAYSRV_LISTEN", default_value = ":22067")]
+    pub listen: String,
+
+    /// Directory holding the relay's `cert.pem` and `key.pem` (created if
+    /// both are missing). The relay's device ID, the `id=` of its URI, is
+    /// derived from this certificate.
+    #[arg(long, env = "RELAYSRV_KEYS", default_value = ".")]
+    pub keys: PathBuf,
+
+    /// Address to advertise instead of --listen (e.g. `relay.example.com:443`
+    /// behind port forwarding). An IP here is also what invitations carry.
+    #[arg(long, env = "RELAYSRV_EXT_ADDRESS", default_value = "")]
+    pub ext_address: String,
+
+    /// Interval of the relay's pings to joined devices; a connection that has
+    /// not joined by the first ping is closed.
+    #[arg(long, env = "RELAYSRV_PING_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A protocol connection silent for this long is closed; so is a pairing
+    /// that moved no bytes for this long.
+    #[arg(long, env = "RELAYSRV_NETWORK_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub network_timeout: Duration,
+
+    /// Time allowed for the TLS handshake, a data connection's join request,
+    /// and for both sides of a pairing to arrive.
+    #[arg(long, env = "RELAYSRV_MESSAGE_TIMEOUT", default_value = "1m", value_parser = parse_duration)]
+    pub message_timeout: Duration,
+
+    /// Rate limit of each pairing (both directions together), bytes/s; 0 = none.
+    #[arg(long, env = "RELAYSRV_PER_SESSION_RATE", default_value_t = 0)]
+    pub per_session_rate: u64,
+
+    /// Rate limit of all pairings together, bytes/s; 0 = none.
+    #[arg(long, env = "RELAYSRV_GLOBAL_RATE", default_value_t = 0)]
+    pub global_rate: u64,
+
+    /// Status HTTP listener (`/status` JSON as strelaysrv, `/metrics` for
+    /// Prometheus); empty = off.
+    #[arg(long, env = "RELAYSRV_STATUS_SRV", default_value = ":22070")]
+    pub status_srv: String,
+
+    /// Comma-separated relay pool URLs to register with. EMPTY BY DEFAULT
+    /// (strelaysrv defaults to the public pool): this relay is private unless
+    /// you name a pool.
+    #[arg(long, env = "RELAYSRV_POOLS", default_value = "")]
+    pub pools: String,
+
+    /// Free-text description for pools and status, at most 30 characters.
+    #[arg(long, env = "RELAYSRV_PROVIDED_BY", default_value = "")]
+    pub provided_by: String,
+
+    /// Require this token in JoinRelayRequest (Syncthing ≥ 1.22.1 sends the
+    /// `token=` of its relay URI). Prefer --token-file or the environment
+    /// variable: a command line is visible to every local user.
+    #[arg(long, env = "RELAYSRV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Read the join token from this file (surrounding whitespace ignored).
+    #[arg(long, env = "RELAYSRV_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// Bytes moved per step of a pairing direction (the kernel pipe size
+    /// when splicing; the buffer size of the copy forwarder). Nothing is
+    /// held while a pairing is idle.
+    #[arg(long, env = "RELAYSRV_NETWORK_BUFFER", default_value_t = 262_144,
+          value_parser = clap::value_parser!(u32).range(4096..=16_777_216))]
+    pub network_buffer: u32,
+
+    /// Most devices joined at once; 0 = limited only by open files. Beyond
+    /// it, JoinRelayRequest gets RelayFull.
+    #[arg(long, env = "RELAYSRV_MAX_CLIENTS", default_value_t = 0)]
+    pub max_clients: usize,
+
+    /// Most pairings waiting for their data connections; beyond it a
+    /// ConnectRequest gets RelayFull.
+    #[arg(long, env = "RELAYSRV_MAX_PENDING", default_value_t = 10_000)]
+    pub max_pending: usize,
+
+    /// Most active pairings; 0 = limited only by open files. Beyond it a
+    /// ConnectRequest gets RelayFull.
+    #[arg(long, env = "RELAYSRV_MAX_PAIRINGS", default_value_t = 0)]
+    pub max_pairings: usize,
+
+    /// New connections per second accepted from one IP address (sustained);
+    /// excess connections are closed at once. 0 = no limit.
+    #[arg(long, env = "RELAYSRV_PER_IP_CONN_RATE", default_value_t = 100)]
+    pub per_ip_conn_rate: u32,
+
+    /// Burst of new connections allowed from one IP address.
+    #[arg(long, env = "RELAYSRV_PER_IP_CONN_BURST", default_value_t = 1000)]
+    pub per_ip_conn_burst: u32,
+
+    /// How pairings move bytes: `splice` (zero-copy, Linux), `copy`
+    /// (portable user-space copy), `auto` (splice where available).
+    #[arg(long, env = "RELAYSRV_FORWARDER", value_enum, default_value_t = Forwarder::Auto)]
+    pub forwarder: Forwarder,
+
+    #[command(flatten)]
+    pub log: service::LogArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Forwarder {
+    Auto,
+    Splice,
+    Copy,
+}
+
+/// Accepts humantime (`90s`, `1m 30s`) and Go (`1m30s`, `1m0s`) durations.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be positive"));
+    }
+    Ok(d)
+}
+
+impl Cli {
+    /// The join token from --token, --token-file or the environment.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), None) => t.clone(),
+            (None, Some(path)) => {
+                let meta = std::fs::metadata(path)
+                    .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+                if meta.len() > 4096 {
+                    bail!(
+                        "--token-file {} is larger than 4 KiB; is it the right file?",
+                        path.display()
+                    );
+                }
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --token-file {}", path.display()))?
+                    .trim()
+                    .to_owned()
+            }
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => bail!("give either --token or --token-file, not both"),
+        };
+        if token.is_empty() {
+            bail!("the join token is empty; remove --token/--token-file to run without one");
+        }
+        // It travels in one relay message, whose payload is at most 1024 bytes.
+        if token.len() > 1000 {
+            bail!("the join token is longer than 1000 bytes");
+        }
+        Ok(Some(token))
+    }
+}
+
+/// Go-style `host:port` where an empty host means all interfaces.
+pub fn listen_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let full = if s.starts_with(':') {
+        format!("[::]{s}")
+    } else {
+        s.to_owned()
+    };
+    use std::net::ToSocketAddrs;
+    full.to_socket_addrs()
+        .with_context(|| format!("bad listen address {s:?} (expected HOST:PORT or :PORT)"))?
+        .next()
+        .with_context(|| format!("listen address {s:?} resolves to nothing"))
+}

@@ -1,0 +1,108 @@
+//! The one listening port: protocol (TLS) and data (plain TCP) connections
+//! told apart by their first byte, as strelaysrv does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::relay::{Header, Message, Response, HEADER_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::limits::{PerIpLimiter, SocketGuard};
+use crate::metrics::Reject;
+use crate::state::Relay;
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// How long the first byte may take.
+const FIRST_BYTE: Duration = Duration::from_secs(1);
+
+pub async fn accept_loop(
+    relay: Arc<Relay>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    per_ip: Arc<PerIpLimiter>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = relay.shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning;
+                // the sockets in use free up as pairings end.
+                tracing::warn!(error = %e, "accept failed; pausing 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !per_ip.allow(peer.ip()) {
+            relay.metrics.reject(Reject::IpRate);
+            continue;
+        }
+        let guard = relay.capacity.socket();
+        let _ = tcp.set_nodelay(true);
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(relay.settings.network_timeout)
+            .with_interval(relay.settings.network_timeout);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
+        tokio::spawn(demux(relay.clone(), tcp, guard, acceptor.clone()));
+    }
+}
+
+async fn demux(relay: Arc<Relay>, tcp: TcpStream, guard: SocketGuard, acceptor: TlsAcceptor) {
+    let mut first = [0u8; 1];
+    // peek leaves the byte in the socket for whichever handler follows.
+    let is_tls = matches!(
+        tokio::time::timeout(FIRST_BYTE, tcp.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE
+    );
+    if is_tls {
+        crate::protocol::serve(relay, tcp, guard, acceptor).await;
+    } else {
+        data_connection(relay, tcp, guard).await;
+    }
+}
+
+/// A data connection must start with JoinSessionRequest.
+async fn data_connection(relay: Arc<Relay>, mut tcp: TcpStream, guard: SocketGuard) {
+    let limit = relay.settings.message_timeout;
+    // Exactly one frame is read: whatever follows belongs to the peer.
+    let read = async {
+        let mut head = [0u8; HEADER_LEN];
+        tcp.read_exact(&mut head).await?;
+        let header = Header::decode(&head).map_err(std::io::Error::other)?;
+        let mut payload = [0u8; proto::relay::MAX_PAYLOAD];
+        let payload = &mut payload[..header.length];
+        tcp.read_exact(payload).await?;
+        Message::decode(header.kind, payload).map_err(std::io::Error::other)
+    };
+    let msg = match tokio::time::timeout(limit, read).await {
+        Ok(Ok(msg)) => msg,
+        Ok(Err(e)) => {
+            relay.metrics.reject(Reject::Malformed);
+            tracing::debug!(peer = ?tcp.peer_addr().ok(), error = %e, "bad data connection");
+            return;
+        }
+        Err(_) => {
+            relay.metrics.reject(Reject::Timeout);
+            return;
+        }
+    };
+    match msg {
+        Message::JoinSessionRequest(req) => {
+            crate::pairing::join(relay, tcp, guard, req.key.as_slice()).await;
+        }
+        _ => {
+            relay.metrics.reject(Reject::Unexpected);
+            if let Ok(bytes) =
+                Message::Response(Response::with_code(Response::UNEXPECTED_MESSAGE)).encode()
+            {
+                let _ = tokio::time::timeout(limit, tcp.write_all(&bytes)).await;
+            }
+        }
+    }
+}

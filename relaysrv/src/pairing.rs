@@ -1,0 +1,222 @@
+//! Pairings from invitation to both data connections joined.
+//!
+//! A ConnectRequest creates a pending pairing with two fresh random keys,
+//! one per side. Each key works once. The first data connection to present
+//! its key waits inside the pending pairing (no task, no buffer: just the
+//! socket); the second one takes it and starts forwarding. A sweeper drops
+//! pairings not completed within the message timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::relay::{Message, Response};
+use proto::DeviceId;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::limits::SocketGuard;
+use crate::metrics::Reject;
+use crate::state::{lock, Relay};
+
+pub type Key = [u8; 32];
+
+enum Slot {
+    Empty,
+    Waiting(TcpStream, SocketGuard),
+    Closed,
+}
+
+pub struct PendingPairing {
+    pub id: u64,
+    pub server: DeviceId,
+    pub client: DeviceId,
+    pub created: Instant,
+    keys: [Key; 2],
+    slot: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Inner {
+    keys: HashMap<Key, Arc<PendingPairing>>,
+    pairings: HashMap<u64, Arc<PendingPairing>>,
+}
+
+#[derive(Default)]
+pub struct PendingTable {
+    inner: Mutex<Inner>,
+}
+
+/// Why no pairing was created.
+pub enum CreateError {
+    Full,
+}
+
+impl PendingTable {
+    /// A new pending pairing; returns (server key, client key).
+    pub fn create(
+        &self,
+        relay: &Relay,
+        server: DeviceId,
+        client: DeviceId,
+    ) -> Result<(Key, Key), CreateError> {
+        let max_pairings = relay.capacity.max_pairings;
+        if max_pairings > 0 && relay.active_count() >= max_pairings {
+            return Err(CreateError::Full);
+        }
+        let mut inner = lock(&self.inner);
+        if inner.pairings.len() >= relay.capacity.max_pending {
+            return Err(CreateError::Full);
+        }
+        let (server_key, client_key): (Key, Key) = loop {
+            let (a, b) = (rand::random::<Key>(), rand::random::<Key>());
+            if a != b && !inner.keys.contains_key(&a) && !inner.keys.contains_key(&b) {
+                break (a, b);
+            }
+        };
+        let p = Arc::new(PendingPairing {
+            id: relay.next_id(),
+            server,
+            client,
+            created: Instant::now(),
+            keys: [server_key, client_key],
+            slot: Mutex::new(Slot::Empty),
+        });
+        inner.keys.insert(server_key, p.clone());
+        inner.keys.insert(client_key, p.clone());
+        inner.pairings.insert(p.id, p);
+        relay.metrics.pending.set(inner.pairings.len() as i64);
+        Ok((server_key, client_key))
+    }
+
+    /// Looks a key up and consumes it.
+    fn take_key(&self, key: &[u8]) -> Option<Arc<PendingPairing>> {
+        let key: &Key = key.try_into().ok()?;
+        lock(&self.inner).keys.remove(key)
+    }
+
+    /// Removes a pairing and whatever keys of it remain; closes a waiting
+    /// socket unless the caller took it.
+    fn finish(&self, relay: &Relay, p: &PendingPairing) {
+        let mut inner = lock(&self.inner);
+        for k in &p.keys {
+            inner.keys.remove(k);
+        }
+        inner.pairings.remove(&p.id);
+        relay.metrics.pending.set(inner.pairings.len() as i64);
+    }
+
+    fn close(&self, relay: &Relay, p: &PendingPairing) {
+        self.finish(relay, p);
+        *lock(&p.slot) = Slot::Closed;
+    }
+
+    /// Ends pending pairings of a device that left.
+    pub fn drop_device(&self, id: &DeviceId, relay: &Relay) {
+        let doomed: Vec<_> = lock(&self.inner)
+            .pairings
+            .values()
+            .filter(|p| p.server == *id || p.client == *id)
+            .cloned()
+            .collect();
+        for p in doomed {
+            self.close(relay, &p);
+        }
+    }
+
+    /// Drops pairings older than `limit`.
+    pub fn expire(&self, relay: &Relay, limit: Duration) -> usize {
+        let now = Instant::now();
+        let doomed: Vec<_> = lock(&self.inner)
+            .pairings
+            .values()
+            .filter(|p| now.duration_since(p.created) >= limit)
+            .cloned()
+            .collect();
+        for p in &doomed {
+            self.close(relay, p);
+        }
+        doomed.len()
+    }
+
+    /// Keys not used yet (strelaysrv's `numPendingSessionKeys`).
+    pub fn key_count(&self) -> usize {
+        lock(&self.inner).keys.len()
+    }
+
+    /// Drops everything (shutdown).
+    pub fn clear(&self, relay: &Relay) {
+        let all: Vec<_> = lock(&self.inner).pairings.values().cloned().collect();
+        for p in all {
+            self.close(relay, &p);
+        }
+    }
+}
+
+/// Runs the sweeper until shutdown.
+pub async fn sweep(relay: Arc<Relay>) {
+    let every = (relay.settings.message_timeout / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = relay.shutdown.cancelled() => return,
+        }
+        let n = relay.pending.expire(&relay, relay.settings.message_timeout);
+        for _ in 0..n {
+            relay.metrics.reject(Reject::Timeout);
+        }
+        if n > 0 {
+            tracing::debug!(expired = n, "pending pairings expired");
+        }
+    }
+}
+
+async fn reply(relay: &Relay, stream: &mut TcpStream, code: i32) -> bool {
+    let Ok(bytes) = Message::Response(Response::with_code(code)).encode() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(relay.settings.message_timeout, stream.write_all(&bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// A data connection presented `key`.
+pub async fn join(relay: Arc<Relay>, mut stream: TcpStream, guard: SocketGuard, key: &[u8]) {
+    let Some(p) = relay.pending.take_key(key) else {
+        relay.metrics.reject(Reject::UnknownKey);
+        reply(&relay, &mut stream, Response::NOT_FOUND).await;
+        return;
+    };
+    if matches!(*lock(&p.slot), Slot::Closed) {
+        relay.metrics.reject(Reject::AlreadyJoined);
+        reply(&relay, &mut stream, Response::ALREADY_CONNECTED).await;
+        return;
+    }
+    // Success goes out before the socket can be paired, so it can never
+    // interleave with forwarded bytes.
+    if !reply(&relay, &mut stream, Response::SUCCESS).await {
+        return;
+    }
+    let other = {
+        let mut slot = lock(&p.slot);
+        match std::mem::replace(&mut *slot, Slot::Closed) {
+            Slot::Empty => {
+                *slot = Slot::Waiting(stream, guard);
+                return;
+            }
+            Slot::Waiting(s, g) => Some((s, g)),
+            // Expired or its device left while we answered.
+            Slot::Closed => None,
+        }
+    };
+    let Some((first, first_guard)) = other else {
+        return;
+    };
+    relay.pending.finish(&relay, &p);
+    crate::splice::run_pairing(relay, &p, first, stream).await;
+    drop((first_guard, guard));
+}
