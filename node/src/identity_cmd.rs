@@ -25,6 +25,24 @@ pub struct GenerateArgs {
     /// ecdsa-p384 (as Syncthing 1.x). Both work with Syncthing 1.19.2 and later.
     #[arg(long, env = "NODE_KEY_TYPE", default_value_t = KeyKind::Ed25519)]
     key_type: KeyKind,
+    /// Listen address for the new config.json (repeatable), e.g.
+    /// tcp://0.0.0.0:22000. Without it the node does not listen.
+    #[arg(
+        long = "listen",
+        env = "NODE_LISTEN",
+        value_name = "URI",
+        value_delimiter = ','
+    )]
+    listen: Vec<String>,
+    /// REST API address for the new config.json.
+    #[arg(long, env = "NODE_GUI_ADDRESS", value_name = "HOST:PORT")]
+    gui_address: Option<String>,
+    /// REST API key for the new config.json (random if not given).
+    #[arg(long, env = "NODE_GUI_APIKEY", value_name = "KEY")]
+    gui_apikey: Option<String>,
+    /// Device name for the new config.json (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    name: Option<String>,
 }
 
 pub fn device_id(args: DeviceIdArgs) -> Result<()> {
@@ -62,6 +80,43 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             )
         }
     }
+    write_config(&args)?;
     println!("{}", outcome.identity().device_id());
+    Ok(())
+}
+
+/// Writes a starting config.json unless one exists (an existing
+/// configuration is never replaced).
+fn write_config(args: &GenerateArgs) -> Result<()> {
+    let path = crate::config::Config::path(&args.home);
+    if path.exists() {
+        return Ok(());
+    }
+    let name = args.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "node".into())
+    });
+    let api_key = args.gui_apikey.clone().unwrap_or_else(|| {
+        (0..32)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36)]))
+            .collect()
+    });
+    let config = crate::config::Config {
+        name,
+        options: crate::config::Options {
+            listen_addresses: args.listen.clone(),
+            reconnection_interval_s: 60,
+        },
+        gui: crate::config::Gui {
+            address: args.gui_address.clone().unwrap_or_default(),
+            api_key,
+        },
+        devices: Vec::new(),
+        folders: Vec::new(),
+    };
+    config.validate()?;
+    config.save(&args.home)?;
+    eprintln!("Wrote {}", path.display());
     Ok(())
 }

@@ -1,9 +1,18 @@
 //! `node`: a Syncthing-compatible sync device.
 //!
-//! For now it manages the device identity; syncing arrives with the BEP
-//! issues.
+//! `node generate` creates the identity and configuration, `node serve`
+//! runs the device: BEP connections, scanning, the persistent index and
+//! serving folders to real Syncthing peers.
 
+mod config;
+mod conn;
+mod db;
+mod fileserve;
 mod identity_cmd;
+mod model;
+mod rest;
+mod scan;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +34,9 @@ enum Command {
     /// Create cert.pem and key.pem in a home directory, unless they exist,
     /// and print the device ID.
     Generate(identity_cmd::GenerateArgs),
+    /// Run the device: listen, dial configured devices, scan and serve
+    /// folders, REST API.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::DeviceId(args) => identity_cmd::device_id(args),
         Command::Generate(args) => identity_cmd::generate(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

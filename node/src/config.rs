@@ -1,0 +1,300 @@
+//! The node's declarative configuration: `config.json` in the home
+//! directory. Field names follow Syncthing's REST/JSON configuration
+//! (`deviceID`, `listenAddresses`, `rescanIntervalS`, …) so the same
+//! objects work in the file, over the REST API and in a Kubernetes
+//! ConfigMap.
+//!
+//! ```json
+//! {
+//!   "name": "nas-1",
+//!   "options": { "listenAddresses": ["tcp://0.0.0.0:22000"] },
+//!   "gui": { "address": "127.0.0.1:8384", "apiKey": "secret" },
+//!   "devices": [ { "deviceID": "AAAA…", "name": "studio", "addresses": ["tcp://10.0.0.2:22000"] } ],
+//!   "folders": [ { "id": "projects", "path": "/srv/projects", "type": "sendonly",
+//!                  "devices": [ { "deviceID": "AAAA…" } ], "rescanIntervalS": 3600 } ]
+//! }
+//! ```
+//!
+//! Defaults never reach public infrastructure: no listen address means no
+//! listener, and there are no discovery servers or relay pools at all.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use proto::DeviceId;
+use serde::{Deserialize, Serialize};
+
+/// File name of the configuration in the home directory.
+pub const FILE_NAME: &str = "config.json";
+/// Largest configuration file read (a guard against pointing at a wrong file).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// This device's name, sent to known peers in the Hello.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub options: Options,
+    #[serde(default)]
+    pub gui: Gui,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub folders: Vec<FolderConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Options {
+    /// `tcp://HOST:PORT` URIs to listen on. Empty: no listener (the node
+    /// still dials out).
+    #[serde(default)]
+    pub listen_addresses: Vec<String>,
+    /// Seconds between reconnection attempts to a disconnected device
+    /// (after a short ramp-up).
+    #[serde(default = "default_reconnect", rename = "reconnectionIntervalS")]
+    pub reconnection_interval_s: u64,
+}
+
+fn default_reconnect() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Gui {
+    /// `HOST:PORT` of the REST API; empty disables it.
+    #[serde(default)]
+    pub address: String,
+    /// Value of the `X-API-Key` header every REST call must carry.
+    #[serde(default)]
+    pub api_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceConfig {
+    #[serde(rename = "deviceID")]
+    pub device_id: String,
+    #[serde(default)]
+    pub name: String,
+    /// `tcp://HOST:PORT` addresses to dial; `dynamic` (or none) means wait
+    /// for the device to connect to us.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// `metadata` (default), `always` or `never`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+}
+
+fn default_compression() -> String {
+    "metadata".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FolderConfig {
+    pub id: String,
+    #[serde(default)]
+    pub label: String,
+    pub path: PathBuf,
+    /// `sendonly` or `sendreceive` (this version only sends).
+    #[serde(default = "default_folder_type", rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub devices: Vec<FolderDevice>,
+    #[serde(default = "default_rescan", rename = "rescanIntervalS")]
+    pub rescan_interval_s: u64,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_folder_type() -> String {
+    "sendreceive".into()
+}
+
+fn default_rescan() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FolderDevice {
+    #[serde(rename = "deviceID")]
+    pub device_id: String,
+}
+
+impl FolderConfig {
+    pub fn read_only(&self) -> bool {
+        self.kind == "sendonly" || self.kind == "readonly"
+    }
+
+    pub fn shared_with(&self, id: &DeviceId) -> bool {
+        self.devices
+            .iter()
+            .any(|d| d.device_id.parse::<DeviceId>().ok().as_ref() == Some(id))
+    }
+
+    pub fn device_ids(&self) -> Vec<DeviceId> {
+        self.devices
+            .iter()
+            .filter_map(|d| d.device_id.parse().ok())
+            .collect()
+    }
+}
+
+impl DeviceConfig {
+    pub fn id(&self) -> Result<DeviceId> {
+        self.device_id
+            .parse()
+            .with_context(|| format!("device ID {:?} in the configuration", self.device_id))
+    }
+
+    pub fn compress(&self) -> proto::bep::Compress {
+        match self.compression.as_str() {
+            "always" => proto::bep::Compress::Always,
+            "never" => proto::bep::Compress::Never,
+            _ => proto::bep::Compress::Metadata,
+        }
+    }
+}
+
+impl Config {
+    pub fn path(home: &Path) -> PathBuf {
+        home.join(FILE_NAME)
+    }
+
+    /// Reads and checks `home/config.json`.
+    pub fn load(home: &Path) -> Result<Config> {
+        let path = Self::path(home);
+        let file = std::fs::File::open(&path).with_context(|| {
+            format!(
+                "cannot open {}; create it with `node generate --home {}`",
+                path.display(),
+                home.display()
+            )
+        })?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_CONFIG_BYTES), &mut text)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: Config = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid configuration", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes the configuration atomically (temp file + rename).
+    pub fn save(&self, home: &Path) -> Result<()> {
+        let path = Self::path(home);
+        let tmp = home.join(format!(".{FILE_NAME}.tmp"));
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(&tmp, text + "\n")
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for d in &self.devices {
+            d.id()?;
+        }
+        let mut ids = std::collections::HashSet::new();
+        for f in &self.folders {
+            if f.id.is_empty() {
+                bail!("a folder has an empty id");
+            }
+            if !ids.insert(&f.id) {
+                bail!("folder id {:?} appears twice", f.id);
+            }
+            if !f.path.is_absolute() {
+                bail!(
+                    "folder {:?}: path {} must be absolute",
+                    f.id,
+                    f.path.display()
+                );
+            }
+            match f.kind.as_str() {
+                "sendonly" | "readonly" | "sendreceive" => {}
+                other => bail!(
+                    "folder {:?}: type {other:?} is not supported yet (sendonly, sendreceive)",
+                    f.id
+                ),
+            }
+            for d in &f.devices {
+                let id: DeviceId = d
+                    .device_id
+                    .parse()
+                    .with_context(|| format!("folder {:?}: device ID {:?}", f.id, d.device_id))?;
+                let _ = id;
+            }
+        }
+        for a in &self.options.listen_addresses {
+            parse_tcp_address(a)?;
+        }
+        Ok(())
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Option<&DeviceConfig> {
+        self.devices
+            .iter()
+            .find(|d| d.id().ok().as_ref() == Some(id))
+    }
+}
+
+/// `tcp://HOST:PORT` (also `tcp4://`, `tcp6://`) → `HOST:PORT`; None for
+/// `dynamic` and other schemes this version does not dial.
+pub fn tcp_host_port(uri: &str) -> Option<&str> {
+    ["tcp://", "tcp4://", "tcp6://"]
+        .iter()
+        .find_map(|p| uri.strip_prefix(p))
+        .map(|rest| rest.trim_end_matches('/'))
+}
+
+pub fn parse_tcp_address(uri: &str) -> Result<&str> {
+    match tcp_host_port(uri) {
+        Some(hp) if !hp.is_empty() => Ok(hp),
+        _ => bail!("listen address {uri:?}: only tcp://HOST:PORT is supported"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            name: "n".into(),
+            options: Options {
+                listen_addresses: vec!["tcp://127.0.0.1:1234".into()],
+                reconnection_interval_s: 5,
+            },
+            folders: vec![FolderConfig {
+                id: "f".into(),
+                label: String::new(),
+                path: dir.path().join("f"),
+                kind: "sendonly".into(),
+                devices: vec![],
+                rescan_interval_s: 10,
+                paused: false,
+            }],
+            ..Default::default()
+        };
+        c.save(dir.path()).unwrap();
+        let back = Config::load(dir.path()).unwrap();
+        assert_eq!(back.folders[0].id, "f");
+        assert!(back.folders[0].read_only());
+        std::fs::write(
+            Config::path(dir.path()),
+            r#"{"folders":[{"id":"x","path":"rel"}]}"#,
+        )
+        .unwrap();
+        assert!(Config::load(dir.path()).is_err());
+        assert_eq!(tcp_host_port("tcp://a:1"), Some("a:1"));
+        assert_eq!(tcp_host_port("dynamic"), None);
+    }
+}

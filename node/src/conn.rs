@@ -1,0 +1,505 @@
+//! One BEP connection: the Hello exchange, device pinning, ClusterConfig,
+//! index sending, request serving, keep-alive and Close. Protocol rules
+//! live in `proto::bep::session`; this module moves bytes and applies the
+//! node's policy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use prost::Message as _;
+use proto::bep::session::{check_cluster_config, check_file_info, Event, Session};
+use proto::bep::wire::{self, ClusterConfig, Device, FileInfo, Folder, Hello, Index};
+use proto::bep::{Compress, Message};
+use proto::DeviceId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::fileserve::{self, Served};
+use crate::model::{ConnInfo, Node, PendingDevice};
+
+/// Our client name and version in the Hello.
+const CLIENT_NAME: &str = "syncthing";
+const CLIENT_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "-rust-node");
+/// Index batches: at most this many files or about this many bytes.
+const BATCH_FILES: usize = 1000;
+const BATCH_BYTES: usize = 250 * 1024;
+/// Outstanding request data per connection (Syncthing's default 32 MiB).
+const MAX_REQUEST_KIB: usize = 32 * 1024;
+/// Requests received but not yet answered, per connection.
+const MAX_WAITING_REQUESTS: u64 = 100_000;
+/// Time to get our Close out before dropping the socket.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs a connection whose TLS handshake is done. `peer` is the device ID
+/// of the certificate the peer presented.
+pub async fn run<S>(
+    node: Arc<Node>,
+    stream: S,
+    peer: DeviceId,
+    address: SocketAddr,
+    kind: &'static str,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if peer == node.my_id {
+        bail!("connected to myself");
+    }
+    let device = node.config().device(&peer).cloned();
+    let our_name = match &device {
+        // Like Syncthing, tell only known devices our name.
+        Some(_) => node.config().name.clone(),
+        None => String::new(),
+    };
+    let hello = Hello {
+        device_name: our_name,
+        client_name: CLIENT_NAME.into(),
+        client_version: CLIENT_VERSION.into(),
+        ..Default::default()
+    };
+    let compress = device.as_ref().map_or(Compress::Metadata, |d| d.compress());
+    let mut session = Session::new(&hello, compress, Instant::now())?;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    wr.write_all(&session.take_outgoing()).await?;
+
+    // The peer's Hello, within the time limit.
+    let mut buf = vec![0u8; 64 * 1024];
+    let their_hello = tokio::time::timeout(proto::bep::session::HELLO_TIMEOUT, async {
+        loop {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                bail!("connection closed during the Hello exchange");
+            }
+            session.receive(&buf[..n], Instant::now());
+            if let Some(Event::Hello(h)) = session.next_event()? {
+                return Ok(h);
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("no Hello within 20 s"))??;
+
+    let Some(device) = device else {
+        tracing::info!(device = %peer, name = %their_hello.device_name, %address,
+            "connection from unknown device rejected; recorded as pending");
+        node.add_pending(
+            peer,
+            PendingDevice {
+                name: their_hello.device_name.clone(),
+                address,
+                time: SystemTime::now(),
+            },
+        );
+        return Ok(());
+    };
+
+    let (close_tx, mut close_rx) = mpsc::channel::<String>(1);
+    let serial = node.serial();
+    let in_bytes = Arc::new(AtomicU64::new(0));
+    let out_bytes = Arc::new(AtomicU64::new(0));
+    let info = ConnInfo {
+        serial,
+        address,
+        kind,
+        client_version: their_hello.client_version.clone(),
+        started: SystemTime::now(),
+        in_bytes: in_bytes.clone(),
+        out_bytes: out_bytes.clone(),
+        close: close_tx,
+    };
+    if !node.register(peer, info) {
+        tracing::info!(device = %peer, %address, "already connected to this device; dropping the new connection");
+        return Ok(());
+    }
+    tracing::info!(device = %peer, name = %device.name, %address, kind,
+        client = %format!("{} {}", their_hello.client_name, their_hello.client_version),
+        "connected");
+
+    // Writer: a separate task, so a slow peer never stops us reading.
+    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+    let writer_out = out_bytes.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = wrx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+            writer_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    });
+
+    let (msg_tx, mut msg_rx) = mpsc::channel::<Message>(256);
+    let mut conn = Conn {
+        node: node.clone(),
+        peer,
+        msg_tx,
+        index_senders: HashMap::new(),
+        requests: Arc::new(Semaphore::new(MAX_REQUEST_KIB)),
+        waiting: Arc::new(AtomicU64::new(0)),
+    };
+    session.send(
+        &Message::ClusterConfig(cluster_config(&node, &peer)?),
+        Instant::now(),
+    )?;
+    let result: Result<()> = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            while let Some(event) = session.next_event()? {
+                match event {
+                    Event::Hello(_) => {}
+                    Event::Closed(reason) => bail!("closed by remote: {reason}"),
+                    Event::Message(m) => {
+                        if let Err(e) = conn.handle(m).await {
+                            session.close(&format!("{e:#}"), Instant::now());
+                            let _ = wtx.send(session.take_outgoing()).await;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            if session.has_outgoing() && wtx.send(session.take_outgoing()).await.is_err() {
+                bail!("write failed");
+            }
+            tokio::select! {
+                n = rd.read(&mut buf) => {
+                    let n = n.context("read")?;
+                    if n == 0 {
+                        bail!("connection closed by peer");
+                    }
+                    in_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    session.receive(&buf[..n], Instant::now());
+                }
+                Some(m) = msg_rx.recv() => {
+                    session.send(&m, Instant::now())?;
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = session.poll_timers(Instant::now()) {
+                        let _ = wtx.send(session.take_outgoing()).await;
+                        return Err(e.into());
+                    }
+                }
+                reason = close_rx.recv() => {
+                    let reason = reason.unwrap_or_else(|| "shutting down".into());
+                    session.close(&reason, Instant::now());
+                    let _ = wtx.send(session.take_outgoing()).await;
+                    bail!("closed: {reason}");
+                }
+            }
+        }
+    }
+    .await;
+
+    for (_, h) in conn.index_senders.drain() {
+        h.abort();
+    }
+    node.unregister(&peer, serial);
+    drop(wtx);
+    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+    tracing::info!(device = %peer, reason = %result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default(), "disconnected");
+    Ok(())
+}
+
+struct Conn {
+    node: Arc<Node>,
+    peer: DeviceId,
+    msg_tx: mpsc::Sender<Message>,
+    index_senders: HashMap<String, JoinHandle<()>>,
+    requests: Arc<Semaphore>,
+    waiting: Arc<AtomicU64>,
+}
+
+impl Conn {
+    async fn handle(&mut self, message: Message) -> Result<()> {
+        match message {
+            Message::ClusterConfig(cc) => self.cluster_config(cc).await,
+            Message::Index(idx) | Message::IndexUpdate(idx) => self.index(idx),
+            Message::Request(req) => self.request(req).await,
+            // This version only sends; responses to nothing are ignored.
+            Message::Response(_)
+            | Message::DownloadProgress(_)
+            | Message::Ping
+            | Message::Unknown(_)
+            | Message::Close(_) => Ok(()),
+        }
+    }
+
+    async fn cluster_config(&mut self, cc: ClusterConfig) -> Result<()> {
+        check_cluster_config(&cc, self.node.my_id, self.peer)?;
+        let mut offered = Vec::new();
+        for folder in &cc.folders {
+            let Some(local) = self.node.shared_folder(&folder.id, &self.peer) else {
+                tracing::info!(device = %self.peer, folder = %folder.id,
+                    "peer offers a folder we do not share with it; ignored");
+                continue;
+            };
+            offered.push(folder.id.clone());
+            let entry = |id: &DeviceId| {
+                folder
+                    .devices
+                    .iter()
+                    .find(|d| d.id[..] == id.as_bytes()[..])
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let (theirs, ours) = (entry(&self.peer), entry(&self.node.my_id));
+            // What the peer says about itself: remember its index ID.
+            let (stored_id, stored_seq) = self.node.db.remote(&folder.id, &self.peer)?;
+            if theirs.index_id != stored_id {
+                self.node
+                    .db
+                    .set_remote(&folder.id, &self.peer, theirs.index_id, 0)?;
+            } else {
+                self.node
+                    .db
+                    .set_remote(&folder.id, &self.peer, stored_id, stored_seq)?;
+            }
+            if folder.paused || local.paused {
+                if let Some(h) = self.index_senders.remove(&folder.id) {
+                    h.abort();
+                }
+                continue;
+            }
+            if self.index_senders.contains_key(&folder.id) {
+                continue;
+            }
+            // What the peer says about us decides full or delta sending.
+            let (our_index_id, our_seq) = self.node.db.folder_state(&folder.id)?;
+            let start = if ours.index_id == our_index_id && ours.max_sequence <= our_seq {
+                ours.max_sequence.max(0)
+            } else {
+                0
+            };
+            tracing::info!(device = %self.peer, folder = %folder.id, from_sequence = start,
+                our_sequence = our_seq, "sending index");
+            let handle = tokio::spawn(send_index(
+                self.node.clone(),
+                folder.id.clone(),
+                start,
+                self.msg_tx.clone(),
+            ));
+            self.index_senders.insert(folder.id.clone(), handle);
+        }
+        // Folders no longer offered stop exchanging indexes.
+        self.index_senders.retain(|id, h| {
+            let keep = offered.contains(id);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    fn index(&mut self, idx: Index) -> Result<()> {
+        if self.node.shared_folder(&idx.folder, &self.peer).is_none() {
+            bail!(
+                "index for folder {:?}, which is not shared with this device",
+                idx.folder
+            );
+        }
+        let mut max = 0;
+        for f in &idx.files {
+            check_file_info(f)?;
+            max = max.max(f.sequence);
+        }
+        let (id, seq) = self.node.db.remote(&idx.folder, &self.peer)?;
+        self.node
+            .db
+            .set_remote(&idx.folder, &self.peer, id, seq.max(max))?;
+        Ok(())
+    }
+
+    async fn request(&mut self, req: wire::Request) -> Result<()> {
+        let folder = self
+            .node
+            .shared_folder(&req.folder, &self.peer)
+            .filter(|f| !f.paused);
+        // Requests wait for their share of the data budget in their own
+        // task, so the connection keeps reading (and writing responses).
+        // The number waiting is bounded too: a peer flooding requests is
+        // cut off.
+        let kib = (req.size.max(0) as usize)
+            .div_ceil(1024)
+            .clamp(1, MAX_REQUEST_KIB) as u32;
+        let waiting = self.waiting.clone();
+        if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_REQUESTS {
+            bail!("more than {MAX_WAITING_REQUESTS} requests outstanding");
+        }
+        let limiter = self.requests.clone();
+        let node = self.node.clone();
+        let tx = self.msg_tx.clone();
+        let peer = self.peer;
+        tokio::spawn(async move {
+            let permit = limiter.acquire_many_owned(kib).await;
+            let id = req.id;
+            let served = match folder {
+                None => Served::Error(wire::ErrorCode::Generic),
+                Some(f) => {
+                    let name = req.name.clone();
+                    let folder_id = f.id.clone();
+                    let served =
+                        tokio::task::spawn_blocking(move || fileserve::serve(&f.path, &req))
+                            .await
+                            .unwrap_or(Served::Error(wire::ErrorCode::Generic));
+                    if served == Served::Stale {
+                        tracing::info!(device = %peer, folder = %folder_id, file = %name,
+                            "requested data does not match; rescanning");
+                        if let Some(rt) = node.folder_runtime(&folder_id) {
+                            let _ = rt.scan_now.try_send(());
+                        }
+                    }
+                    served
+                }
+            };
+            let response = match served {
+                Served::Data(data) => {
+                    node.served_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    node.served_requests.fetch_add(1, Ordering::Relaxed);
+                    wire::Response { id, data, code: 0 }
+                }
+                Served::Error(code) => wire::Response {
+                    id,
+                    data: Vec::new(),
+                    code: code as i32,
+                },
+                Served::Stale => wire::Response {
+                    id,
+                    data: Vec::new(),
+                    code: wire::ErrorCode::NoSuchFile as i32,
+                },
+            };
+            let _ = tx.send(Message::Response(response)).await;
+            drop(permit);
+            waiting.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(())
+    }
+}
+
+/// Our ClusterConfig for `peer`: every folder shared with it, listing all
+/// the folder's devices with index IDs and max sequences for delta index
+/// exchange.
+pub fn cluster_config(node: &Node, peer: &DeviceId) -> Result<ClusterConfig> {
+    let config = node.config();
+    let mut folders = Vec::new();
+    for f in config.folders.iter().filter(|f| f.shared_with(peer)) {
+        let mut ids = f.device_ids();
+        if !ids.contains(&node.my_id) {
+            ids.push(node.my_id);
+        }
+        let mut devices = Vec::new();
+        for id in ids {
+            let (index_id, max_sequence) = if id == node.my_id {
+                node.db.folder_state(&f.id)?
+            } else {
+                node.db.remote(&f.id, &id)?
+            };
+            let dc = config.device(&id);
+            devices.push(Device {
+                id: id.as_bytes().to_vec(),
+                name: if id == node.my_id {
+                    config.name.clone()
+                } else {
+                    dc.map(|d| d.name.clone()).unwrap_or_default()
+                },
+                addresses: dc.map(|d| d.addresses.clone()).unwrap_or_default(),
+                compression: match dc.map(|d| d.compress()) {
+                    Some(Compress::Never) => wire::Compression::Never as i32,
+                    Some(Compress::Always) => wire::Compression::Always as i32,
+                    _ => wire::Compression::Metadata as i32,
+                },
+                max_sequence,
+                index_id,
+                ..Default::default()
+            });
+        }
+        folders.push(Folder {
+            id: f.id.clone(),
+            label: if f.label.is_empty() {
+                f.id.clone()
+            } else {
+                f.label.clone()
+            },
+            read_only: f.read_only(),
+            paused: f.paused,
+            devices,
+            ..Default::default()
+        });
+    }
+    Ok(ClusterConfig {
+        folders,
+        secondary: false,
+    })
+}
+
+/// Sends our index of `folder` from sequence `start` on, then every change
+/// as it happens.
+async fn send_index(node: Arc<Node>, folder: String, start: i64, tx: mpsc::Sender<Message>) {
+    let Some(rt) = node.folder_runtime(&folder) else {
+        return;
+    };
+    let mut changes = rt.sequence.subscribe();
+    let mut sent = start;
+    let mut first = start == 0;
+    loop {
+        loop {
+            let n2 = node.clone();
+            let f2 = folder.clone();
+            let batch = tokio::task::spawn_blocking(move || next_batch(&n2, &f2, sent)).await;
+            let batch = match batch {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(folder = %folder, error = %format!("{e:#}"), "cannot read the index");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let Some(last) = batch.last().map(|f| f.sequence) else {
+                break;
+            };
+            let index = Index {
+                folder: folder.clone(),
+                files: batch,
+                last_sequence: last,
+                prev_sequence: sent,
+            };
+            let msg = if first {
+                Message::Index(index)
+            } else {
+                Message::IndexUpdate(index)
+            };
+            first = false;
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            sent = last;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+        // Let a burst of changes settle into one batch.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn next_batch(node: &Node, folder: &str, after: i64) -> Result<Vec<FileInfo>> {
+    let files = node.db.files_since(folder, after, BATCH_FILES)?;
+    let mut out = Vec::with_capacity(files.len());
+    let mut bytes = 0;
+    for f in files {
+        let len = f.encoded_len();
+        if !out.is_empty() && bytes + len > BATCH_BYTES {
+            break;
+        }
+        bytes += len;
+        out.push(f);
+    }
+    Ok(out)
+}

@@ -1,0 +1,324 @@
+//! The persistent index: an SQLite database in the home directory holding,
+//! per folder, our index ID and sequence counter, every local file entry
+//! (as its BEP FileInfo, plus the on-disk facts the scanner compares to
+//! skip unchanged files), and what each remote device announced (its index
+//! ID and the highest sequence received), for delta index exchange.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{Context, Result};
+use prost::Message as _;
+use proto::bep::wire::{FileInfo, Vector};
+use proto::DeviceId;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// File name of the database in the home directory.
+pub const FILE_NAME: &str = "index.sqlite3";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS folders (
+    folder   TEXT PRIMARY KEY,
+    index_id INTEGER NOT NULL,
+    sequence INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    folder      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    kind        INTEGER NOT NULL,
+    deleted     INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    modified_s  INTEGER NOT NULL,
+    modified_ns INTEGER NOT NULL,
+    permissions INTEGER NOT NULL,
+    inode       INTEGER NOT NULL,
+    block_size  INTEGER NOT NULL,
+    version     BLOB NOT NULL,
+    info        BLOB NOT NULL,
+    PRIMARY KEY (folder, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_by_sequence ON files (folder, sequence);
+CREATE TABLE IF NOT EXISTS remotes (
+    folder       TEXT NOT NULL,
+    device       BLOB NOT NULL,
+    index_id     INTEGER NOT NULL,
+    max_sequence INTEGER NOT NULL,
+    PRIMARY KEY (folder, device)
+);
+";
+
+/// What the scanner remembers of a local entry to decide whether it changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalMeta {
+    pub kind: i32,
+    pub deleted: bool,
+    pub size: i64,
+    pub modified_s: i64,
+    pub modified_ns: i32,
+    pub permissions: u32,
+    pub inode: u64,
+    pub block_size: i32,
+    pub version: Vector,
+}
+
+/// A changed local entry to record, with the inode the scanner saw.
+pub struct Change {
+    pub info: FileInfo,
+    pub inode: u64,
+}
+
+/// The database; one connection, used from blocking threads.
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+impl Db {
+    pub fn open(home: &Path) -> Result<Db> {
+        let path = home.join(FILE_NAME);
+        let conn = Connection::open(&path)
+            .with_context(|| format!("cannot open the index database {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("cannot set up the index database {}", path.display()))?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Our index ID and current sequence for `folder`, creating the folder's
+    /// record with a fresh random index ID on first use.
+    pub fn folder_state(&self, folder: &str) -> Result<(u64, i64)> {
+        let conn = self.conn();
+        let row: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT index_id, sequence FROM folders WHERE folder = ?1",
+                [folder],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((id, seq)) = row {
+            return Ok((id as u64, seq));
+        }
+        // Never 0: that means "no index" on the wire.
+        let id = rand::random::<u64>().max(1);
+        conn.execute(
+            "INSERT INTO folders (folder, index_id, sequence) VALUES (?1, ?2, 0)",
+            params![folder, id as i64],
+        )?;
+        Ok((id, 0))
+    }
+
+    /// Everything the scanner needs to compare with the disk.
+    pub fn local_meta(&self, folder: &str) -> Result<HashMap<String, LocalMeta>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, kind, deleted, size, modified_s, modified_ns, permissions, inode,
+                    block_size, version FROM files WHERE folder = ?1",
+        )?;
+        let rows = stmt.query_map([folder], |r| {
+            let version: Vec<u8> = r.get(9)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                LocalMeta {
+                    kind: r.get(1)?,
+                    deleted: r.get(2)?,
+                    size: r.get(3)?,
+                    modified_s: r.get(4)?,
+                    modified_ns: r.get(5)?,
+                    permissions: r.get(6)?,
+                    inode: r.get::<_, i64>(7)? as u64,
+                    block_size: r.get(8)?,
+                    version: Vector::decode(&version[..]).unwrap_or_default(),
+                },
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (name, meta) = row?;
+            out.insert(name, meta);
+        }
+        Ok(out)
+    }
+
+    /// Records changed entries, giving each the next sequence number, in one
+    /// transaction. Returns the folder's new sequence.
+    pub fn apply(&self, folder: &str, changes: Vec<Change>) -> Result<i64> {
+        self.folder_state(folder)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut seq: i64 = tx.query_row(
+            "SELECT sequence FROM folders WHERE folder = ?1",
+            [folder],
+            |r| r.get(0),
+        )?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO files (folder, name, sequence, kind, deleted, size,
+                    modified_s, modified_ns, permissions, inode, block_size, version, info)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for Change { mut info, inode } in changes {
+                seq += 1;
+                info.sequence = seq;
+                let version = info.version.clone().unwrap_or_default().encode_to_vec();
+                stmt.execute(params![
+                    folder,
+                    info.name,
+                    seq,
+                    info.r#type,
+                    info.deleted,
+                    info.size,
+                    info.modified_s,
+                    info.modified_ns,
+                    info.permissions,
+                    inode as i64,
+                    info.block_size,
+                    version,
+                    info.encode_to_vec(),
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE folders SET sequence = ?2 WHERE folder = ?1",
+            params![folder, seq],
+        )?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Local entries with a sequence above `after`, ascending, at most
+    /// `limit` of them.
+    pub fn files_since(&self, folder: &str, after: i64, limit: usize) -> Result<Vec<FileInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT info FROM files WHERE folder = ?1 AND sequence > ?2
+             ORDER BY sequence LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![folder, after, limit as i64], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let blob = row?;
+            out.push(FileInfo::decode(&blob[..]).context("corrupt entry in the index database")?);
+        }
+        Ok(out)
+    }
+
+    /// Counts and bytes of the current (non-deleted) local entries:
+    /// (files, directories, symlinks, deleted, bytes).
+    pub fn local_totals(&self, folder: &str) -> Result<(u64, u64, u64, u64, u64)> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, deleted, COUNT(*), COALESCE(SUM(size), 0) FROM files
+             WHERE folder = ?1 GROUP BY kind, deleted",
+        )?;
+        let mut t = (0, 0, 0, 0, 0);
+        let rows = stmt.query_map([folder], |r| {
+            Ok((
+                r.get::<_, i32>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, deleted, n, bytes) = row?;
+            let n = n as u64;
+            if deleted {
+                t.3 += n;
+            } else {
+                match kind {
+                    0 => {
+                        t.0 += n;
+                        t.4 += bytes as u64;
+                    }
+                    1 => t.1 += n,
+                    _ => t.2 += n,
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// What we stored about `device`'s index of `folder`: (index ID, max
+    /// sequence); (0, 0) when nothing.
+    pub fn remote(&self, folder: &str, device: &DeviceId) -> Result<(u64, i64)> {
+        let conn = self.conn();
+        let row: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT index_id, max_sequence FROM remotes WHERE folder = ?1 AND device = ?2",
+                params![folder, &device.as_bytes()[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map_or((0, 0), |(i, s)| (i as u64, s)))
+    }
+
+    pub fn set_remote(
+        &self,
+        folder: &str,
+        device: &DeviceId,
+        index_id: u64,
+        max_sequence: i64,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO remotes (folder, device, index_id, max_sequence)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                folder,
+                &device.as_bytes()[..],
+                index_id as i64,
+                max_sequence
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_and_index_ids_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let (id, seq) = db.folder_state("f").unwrap();
+        assert_ne!(id, 0);
+        assert_eq!(seq, 0);
+        let f = |name: &str| Change {
+            info: FileInfo {
+                name: name.into(),
+                size: 3,
+                ..Default::default()
+            },
+            inode: 7,
+        };
+        assert_eq!(db.apply("f", vec![f("a"), f("b")]).unwrap(), 2);
+        assert_eq!(db.apply("f", vec![f("a")]).unwrap(), 3);
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.folder_state("f").unwrap(), (id, 3));
+        let all = db.files_since("f", 0, 100).unwrap();
+        let names: Vec<_> = all.iter().map(|f| (f.name.as_str(), f.sequence)).collect();
+        assert_eq!(names, [("b", 2), ("a", 3)]);
+        assert_eq!(db.files_since("f", 2, 100).unwrap().len(), 1);
+        assert_eq!(db.local_meta("f").unwrap()["a"].inode, 7);
+        let dev = DeviceId::from_der_cert(b"x");
+        assert_eq!(db.remote("f", &dev).unwrap(), (0, 0));
+        db.set_remote("f", &dev, 9, 4).unwrap();
+        assert_eq!(db.remote("f", &dev).unwrap(), (9, 4));
+        assert_eq!(db.local_totals("f").unwrap(), (2, 0, 0, 0, 6));
+    }
+}

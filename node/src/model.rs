@@ -1,0 +1,155 @@
+//! The running node's shared state: identity, configuration, index
+//! database, live connections, pending (unknown) devices, and per-folder
+//! change notifications.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::SystemTime;
+
+use proto::{DeviceId, Identity};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, FolderConfig};
+use crate::db::Db;
+
+/// A live BEP connection, as the REST API shows it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Distinguishes a connection from a later one to the same device.
+    pub serial: u64,
+    pub address: SocketAddr,
+    /// `tcp-client` (we dialed) or `tcp-server` (they dialed).
+    pub kind: &'static str,
+    pub client_version: String,
+    pub started: SystemTime,
+    pub in_bytes: Arc<AtomicU64>,
+    pub out_bytes: Arc<AtomicU64>,
+    /// Dropping or sending on this ends the connection.
+    pub close: mpsc::Sender<String>,
+}
+
+/// A device that connected but is not configured.
+#[derive(Debug, Clone)]
+pub struct PendingDevice {
+    pub name: String,
+    pub address: SocketAddr,
+    pub time: SystemTime,
+}
+
+/// Per-folder runtime state.
+pub struct FolderRuntime {
+    /// Our current sequence; index senders wait on changes.
+    pub sequence: watch::Sender<i64>,
+    /// `idle`, `scanning` or `scan-waiting`.
+    pub state: Mutex<&'static str>,
+    /// Ask the folder's scan loop for a scan now.
+    pub scan_now: mpsc::Sender<()>,
+}
+
+pub struct Node {
+    pub identity: Identity,
+    pub my_id: DeviceId,
+    pub config: RwLock<Config>,
+    pub db: Db,
+    pub started: SystemTime,
+    pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
+    pub pending: Mutex<HashMap<DeviceId, PendingDevice>>,
+    pub folders: RwLock<HashMap<String, Arc<FolderRuntime>>>,
+    /// Bytes of file data served in Responses (for tests and metrics).
+    pub served_bytes: AtomicU64,
+    pub served_requests: AtomicU64,
+    next_serial: AtomicU64,
+    /// Tells `serve` to stop (REST shutdown).
+    pub shutdown: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    pub fn new(identity: Identity, config: Config, db: Db) -> Node {
+        let my_id = identity.device_id();
+        Node {
+            identity,
+            my_id,
+            config: RwLock::new(config),
+            db,
+            started: SystemTime::now(),
+            connections: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            folders: RwLock::new(HashMap::new()),
+            served_bytes: AtomicU64::new(0),
+            served_requests: AtomicU64::new(0),
+            next_serial: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The folder's configuration if it exists and is shared with `device`.
+    pub fn shared_folder(&self, folder: &str, device: &DeviceId) -> Option<FolderConfig> {
+        let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+        config
+            .folders
+            .iter()
+            .find(|f| f.id == folder && f.shared_with(device))
+            .cloned()
+    }
+
+    pub fn folder_runtime(&self, folder: &str) -> Option<Arc<FolderRuntime>> {
+        self.folders
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(folder)
+            .cloned()
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connection unless the device already has one; returns
+    /// whether it was registered.
+    pub fn register(&self, device: DeviceId, info: ConnInfo) -> bool {
+        let mut conns = lock(&self.connections);
+        if conns.get(&device).is_some_and(|c| !c.close.is_closed()) {
+            return false;
+        }
+        conns.insert(device, info);
+        true
+    }
+
+    pub fn unregister(&self, device: &DeviceId, serial: u64) {
+        let mut conns = lock(&self.connections);
+        if conns.get(device).is_some_and(|c| c.serial == serial) {
+            conns.remove(device);
+        }
+    }
+
+    pub fn connected(&self, device: &DeviceId) -> bool {
+        lock(&self.connections)
+            .get(device)
+            .is_some_and(|c| !c.close.is_closed())
+    }
+
+    pub fn connections(&self) -> HashMap<DeviceId, ConnInfo> {
+        lock(&self.connections).clone()
+    }
+
+    pub fn add_pending(&self, device: DeviceId, p: PendingDevice) {
+        lock(&self.pending).insert(device, p);
+    }
+
+    pub fn pending(&self) -> HashMap<DeviceId, PendingDevice> {
+        lock(&self.pending).clone()
+    }
+}

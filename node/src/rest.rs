@@ -1,0 +1,249 @@
+//! A Syncthing-compatible subset of the REST API (same paths, JSON field
+//! names and `X-API-Key` authentication), so tools written for Syncthing
+//! can drive this node.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::model::Node;
+use crate::scan::{TOTAL_HASHED_BYTES, TOTAL_HASHED_FILES};
+
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(handle(&node, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    // Seconds precision is enough for the fields that use it.
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    time_fmt(secs)
+}
+
+fn time_fmt(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| v.to_string())
+    })
+}
+
+/// Constant-time comparison, so the key cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn handle(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let key = node.config().gui.api_key;
+    let given = req
+        .headers()
+        .get("X-API-Key")
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    if key.is_empty() || !same(&given, key.as_bytes()) {
+        return reply(
+            StatusCode::FORBIDDEN,
+            json!({"error": "missing or wrong X-API-Key"}),
+        );
+    }
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/rest/system/ping") | (Method::POST, "/rest/system/ping") => {
+            reply(StatusCode::OK, json!({"ping": "pong"}))
+        }
+        (Method::GET, "/rest/system/status") => {
+            let uptime = node.started.elapsed().map_or(0, |d| d.as_secs());
+            reply(
+                StatusCode::OK,
+                json!({
+                    "myID": node.my_id.to_string(),
+                    "uptime": uptime,
+                    "startTime": rfc3339(node.started),
+                    "hashedFiles": TOTAL_HASHED_FILES.load(Ordering::Relaxed),
+                    "hashedBytes": TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
+                    "servedBytes": node.served_bytes.load(Ordering::Relaxed),
+                    "servedRequests": node.served_requests.load(Ordering::Relaxed),
+                }),
+            )
+        }
+        (Method::POST, "/rest/system/shutdown") => {
+            node.shutdown.send_replace(true);
+            reply(StatusCode::OK, json!({"ok": "shutting down"}))
+        }
+        (Method::GET, "/rest/system/connections") => {
+            let mut conns = serde_json::Map::new();
+            let live = node.connections();
+            for d in node.config().devices {
+                let Ok(id) = d.id() else { continue };
+                let v = match live.get(&id) {
+                    Some(c) => json!({
+                        "connected": true,
+                        "type": c.kind,
+                        "address": c.address.to_string(),
+                        "clientVersion": c.client_version,
+                        "crypto": "TLS1.3",
+                        "inBytesTotal": c.in_bytes.load(Ordering::Relaxed),
+                        "outBytesTotal": c.out_bytes.load(Ordering::Relaxed),
+                        "startedAt": rfc3339(c.started),
+                        "paused": false,
+                    }),
+                    None => {
+                        json!({"connected": false, "type": "", "address": "", "clientVersion": "", "paused": false,
+                                   "inBytesTotal": 0, "outBytesTotal": 0})
+                    }
+                };
+                conns.insert(id.to_string(), v);
+            }
+            reply(StatusCode::OK, json!({"connections": conns}))
+        }
+        (Method::GET, "/rest/cluster/pending/devices") => {
+            let mut out = serde_json::Map::new();
+            for (id, p) in node.pending() {
+                out.insert(
+                    id.to_string(),
+                    json!({"time": rfc3339(p.time), "name": p.name, "address": p.address.to_string()}),
+                );
+            }
+            reply(StatusCode::OK, Value::Object(out))
+        }
+        (Method::GET, "/rest/config/devices") => reply(
+            StatusCode::OK,
+            serde_json::to_value(node.config().devices).unwrap_or_default(),
+        ),
+        (Method::GET, "/rest/config/folders") => reply(
+            StatusCode::OK,
+            serde_json::to_value(node.config().folders).unwrap_or_default(),
+        ),
+        (Method::GET, "/rest/config/options") => reply(
+            StatusCode::OK,
+            serde_json::to_value(node.config().options).unwrap_or_default(),
+        ),
+        (Method::GET, "/rest/db/status") => {
+            let Some(folder) = query(&req, "folder") else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "folder parameter missing"}),
+                );
+            };
+            let Some(rt) = node.folder_runtime(&folder) else {
+                return reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"}));
+            };
+            let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
+            match node.db.local_totals(&folder) {
+                Ok((files, dirs, links, deleted, bytes)) => {
+                    let seq = *rt.sequence.borrow();
+                    reply(
+                        StatusCode::OK,
+                        json!({
+                            "state": state,
+                            "sequence": seq,
+                            "localFiles": files, "localDirectories": dirs, "localSymlinks": links,
+                            "localDeleted": deleted, "localBytes": bytes,
+                            "globalFiles": files, "globalDirectories": dirs, "globalSymlinks": links,
+                            "globalDeleted": deleted, "globalBytes": bytes,
+                            "needFiles": 0, "needBytes": 0, "needDeletes": 0, "needTotalItems": 0,
+                            "inSyncFiles": files, "inSyncBytes": bytes,
+                            "pullErrors": 0, "errors": 0,
+                        }),
+                    )
+                }
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("{e:#}")}),
+                ),
+            }
+        }
+        (Method::POST, "/rest/db/scan") => {
+            let Some(folder) = query(&req, "folder") else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "folder parameter missing"}),
+                );
+            };
+            match node.folder_runtime(&folder) {
+                Some(rt) => {
+                    let _ = rt.scan_now.try_send(());
+                    reply(StatusCode::OK, Value::Null)
+                }
+                None => reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"})),
+            }
+        }
+        (Method::GET, "/metrics") => {
+            let text = format!(
+                "# TYPE node_hashed_files_total counter\nnode_hashed_files_total {}\n\
+                 # TYPE node_hashed_bytes_total counter\nnode_hashed_bytes_total {}\n\
+                 # TYPE node_served_bytes_total counter\nnode_served_bytes_total {}\n\
+                 # TYPE node_connections gauge\nnode_connections {}\n",
+                TOTAL_HASHED_FILES.load(Ordering::Relaxed),
+                TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
+                node.served_bytes.load(Ordering::Relaxed),
+                node.connections().len(),
+            );
+            Response::new(Full::new(Bytes::from(text)))
+        }
+        _ => reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::time_fmt(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time_fmt(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,430 @@
+//! The scanner: walks a folder, compares every entry with the index, hashes
+//! new and changed files in parallel and records the differences (new
+//! versions, tombstones for vanished entries) with fresh sequence numbers.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, Metadata};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use proto::bep::blocks::{self, block_size, block_size_for_rescan, empty_file_blocks, hash_block};
+use proto::bep::names;
+use proto::bep::vector;
+use proto::bep::wire::{FileInfo, FileInfoType, Vector};
+
+use crate::db::{Change, Db, LocalMeta};
+
+/// Marker Syncthing creates at the root of every folder.
+pub const MARKER: &str = ".stfolder";
+
+/// What a scan did.
+#[derive(Debug, Default, Clone)]
+pub struct ScanStats {
+    pub entries: usize,
+    pub unchanged: usize,
+    pub hashed_files: usize,
+    pub hashed_bytes: u64,
+    pub deleted: usize,
+    pub changed: usize,
+    pub sequence: i64,
+    pub seconds: f64,
+}
+
+/// Files hashed since the process started (for the REST API and tests:
+/// a restart must not rehash unchanged files).
+pub static TOTAL_HASHED_FILES: AtomicU64 = AtomicU64::new(0);
+pub static TOTAL_HASHED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// One entry found on disk.
+struct Found {
+    name: String,
+    path: PathBuf,
+    meta: Metadata,
+}
+
+/// Scans `root` for folder `folder`, recording changes in `db`.
+/// `short_id` is our short device ID (version vector counter).
+pub fn scan(db: &Db, folder: &str, root: &Path, short_id: u64) -> Result<ScanStats> {
+    let started = Instant::now();
+    let marker = root.join(MARKER);
+    if !root.is_dir() {
+        bail!(
+            "folder {folder:?}: {} is not a directory (missing or unmounted?); not scanning, so nothing is announced as deleted",
+            root.display()
+        );
+    }
+    if !marker.exists() {
+        fs::create_dir(&marker)
+            .with_context(|| format!("cannot create the folder marker {}", marker.display()))?;
+    }
+    let known = db.local_meta(folder)?;
+    let mut found = Vec::new();
+    walk(root, "", &mut found)?;
+
+    let now = unix_now();
+    let mut stats = ScanStats {
+        entries: found.len(),
+        ..Default::default()
+    };
+    let mut seen = HashSet::with_capacity(found.len());
+    let mut changes = Vec::new();
+    let mut to_hash = Vec::new();
+    for f in found {
+        seen.insert(f.name.clone());
+        let old = known.get(&f.name);
+        let current = disk_meta(&f.meta);
+        if let Some(old) = old {
+            if !old.deleted && unchanged(old, &current) {
+                stats.unchanged += 1;
+                continue;
+            }
+        }
+        let mut version = old.map(|o| o.version.clone()).unwrap_or_default();
+        vector::update(&mut version, short_id, now);
+        let ft = f.meta.file_type();
+        if ft.is_file() {
+            let bs = match old {
+                Some(o) if o.kind == FileInfoType::File as i32 && !o.deleted => {
+                    block_size_for_rescan(current.size as u64, o.block_size as usize)
+                }
+                _ => block_size(current.size as u64),
+            };
+            to_hash.push((f, version, bs));
+        } else if ft.is_dir() {
+            changes.push(Change {
+                info: FileInfo {
+                    name: f.name,
+                    r#type: FileInfoType::Directory as i32,
+                    permissions: current.permissions,
+                    modified_s: current.modified_s,
+                    modified_ns: current.modified_ns,
+                    version: Some(version),
+                    modified_by: short_id,
+                    ..Default::default()
+                },
+                inode: current.inode,
+            });
+        } else if ft.is_symlink() {
+            let target = match fs::read_link(&f.path) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(path = %f.path.display(), error = %e, "cannot read symlink; skipped");
+                    continue;
+                }
+            };
+            changes.push(Change {
+                info: FileInfo {
+                    name: f.name,
+                    r#type: FileInfoType::Symlink as i32,
+                    no_permissions: true,
+                    symlink_target: target.into_os_string().into_encoded_bytes(),
+                    version: Some(version),
+                    modified_by: short_id,
+                    ..Default::default()
+                },
+                inode: current.inode,
+            });
+        }
+    }
+
+    for result in hash_all(to_hash, short_id) {
+        match result {
+            Ok(change) => {
+                stats.hashed_files += 1;
+                stats.hashed_bytes += change.info.size as u64;
+                changes.push(change);
+            }
+            Err(e) => tracing::warn!(folder, error = %format!("{e:#}"), "file skipped this scan"),
+        }
+    }
+    TOTAL_HASHED_FILES.fetch_add(stats.hashed_files as u64, Ordering::Relaxed);
+    TOTAL_HASHED_BYTES.fetch_add(stats.hashed_bytes, Ordering::Relaxed);
+
+    // Entries in the index but gone from disk become tombstones.
+    let mut gone: Vec<(&String, &LocalMeta)> = known
+        .iter()
+        .filter(|(name, m)| !m.deleted && !seen.contains(*name))
+        .collect();
+    // Children before parents, so a peer can delete a directory's content
+    // before the directory.
+    gone.sort_by(|a, b| b.0.cmp(a.0));
+    for (name, old) in gone {
+        let mut version = old.version.clone();
+        vector::update(&mut version, short_id, now);
+        stats.deleted += 1;
+        changes.push(Change {
+            info: FileInfo {
+                name: name.clone(),
+                r#type: old.kind,
+                deleted: true,
+                modified_s: now as i64,
+                version: Some(version),
+                modified_by: short_id,
+                ..Default::default()
+            },
+            inode: 0,
+        });
+    }
+    // Parents before children for additions (a peer creates the directory
+    // first); names sort that way.
+    changes.sort_by(|a, b| match (a.info.deleted, b.info.deleted) {
+        (false, false) => a.info.name.cmp(&b.info.name),
+        (x, y) => x.cmp(&y),
+    });
+    stats.changed = changes.len();
+    stats.sequence = if changes.is_empty() {
+        db.folder_state(folder)?.1
+    } else {
+        db.apply(folder, changes)?
+    };
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// On-disk facts compared between scans.
+struct DiskMeta {
+    size: i64,
+    modified_s: i64,
+    modified_ns: i32,
+    permissions: u32,
+    inode: u64,
+    kind: i32,
+}
+
+fn disk_meta(m: &Metadata) -> DiskMeta {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        FileInfoType::Directory
+    } else if ft.is_symlink() {
+        FileInfoType::Symlink
+    } else {
+        FileInfoType::File
+    };
+    let symlink = ft.is_symlink();
+    DiskMeta {
+        size: if ft.is_file() { m.len() as i64 } else { 0 },
+        modified_s: if symlink { 0 } else { m.mtime() },
+        modified_ns: if symlink { 0 } else { m.mtime_nsec() as i32 },
+        permissions: if symlink {
+            0
+        } else {
+            m.permissions().mode() & 0o777
+        },
+        inode: m.ino(),
+        kind: kind as i32,
+    }
+}
+
+/// Like Syncthing: a directory changes only with its permissions (not its
+/// mtime, which moves whenever an entry inside changes), a symlink when it
+/// is replaced, a file with its size, mtime, permissions or inode.
+fn unchanged(old: &LocalMeta, new: &DiskMeta) -> bool {
+    if old.kind != new.kind {
+        return false;
+    }
+    match FileInfoType::try_from(new.kind) {
+        Ok(FileInfoType::Directory) => old.permissions == new.permissions,
+        Ok(FileInfoType::Symlink) => old.inode == new.inode,
+        _ => {
+            old.size == new.size
+                && old.modified_s == new.modified_s
+                && old.modified_ns == new.modified_ns
+                && old.permissions == new.permissions
+                && old.inode == new.inode
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Depth-first walk collecting every indexable entry below `dir`. Symlinks
+/// are recorded, never followed.
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<Found>) -> Result<()> {
+    let entries =
+        fs::read_dir(dir).with_context(|| format!("cannot list directory {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list directory {}", dir.display()))?;
+        let os_name = entry.file_name();
+        let Some(base) = os_name.to_str() else {
+            tracing::warn!(dir = %dir.display(), name = ?os_name, "file name is not UTF-8; skipped");
+            continue;
+        };
+        let name = if prefix.is_empty() {
+            base.to_string()
+        } else {
+            format!("{prefix}/{base}")
+        };
+        if names::is_internal(&name) || names::is_temporary(&name) {
+            continue;
+        }
+        if names::validate(&name).is_err() {
+            continue;
+        }
+        let path = entry.path();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Vanished between listing and stat: the next scan sees it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+        };
+        let ft = meta.file_type();
+        if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
+            continue; // sockets, fifos, devices are not synced
+        }
+        let is_dir = ft.is_dir();
+        out.push(Found {
+            name: name.clone(),
+            path: path.clone(),
+            meta,
+        });
+        if is_dir {
+            walk(&path, &name, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hashes files on all cores. Returns results in input order.
+fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64) -> Vec<Result<Change>> {
+    if work.is_empty() {
+        return Vec::new();
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(work.len());
+    let next = AtomicUsize::new(0);
+    let results: Mutex<HashMap<usize, Result<Change>>> = Mutex::new(HashMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((found, version, bs)) = work.get(i) else {
+                    break;
+                };
+                let r = hash_file(found, version.clone(), *bs, short_id);
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(i, r);
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    (0..work.len()).filter_map(|i| results.remove(&i)).collect()
+}
+
+fn hash_file(found: &Found, version: Vector, bs: usize, short_id: u64) -> Result<Change> {
+    let mut file =
+        File::open(&found.path).with_context(|| format!("cannot open {}", found.path.display()))?;
+    let before = file.metadata()?;
+    let mut blocks_out = Vec::new();
+    let mut buf = vec![0u8; bs];
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut file, &mut buf)
+            .with_context(|| format!("cannot read {}", found.path.display()))?;
+        if n == 0 {
+            break;
+        }
+        blocks_out.push(hash_block(offset, &buf[..n]));
+        offset += n as u64;
+        if n < bs {
+            break;
+        }
+    }
+    let after = fs::symlink_metadata(&found.path)?;
+    if after.len() != before.len()
+        || after.mtime_nsec() != before.mtime_nsec()
+        || offset != after.len()
+    {
+        bail!("{} changed while being hashed", found.path.display());
+    }
+    if blocks_out.is_empty() {
+        blocks_out = empty_file_blocks();
+    }
+    let m = disk_meta(&after);
+    Ok(Change {
+        info: FileInfo {
+            name: found.name.clone(),
+            r#type: FileInfoType::File as i32,
+            size: m.size,
+            permissions: m.permissions,
+            modified_s: m.modified_s,
+            modified_ns: m.modified_ns,
+            version: Some(version),
+            modified_by: short_id,
+            block_size: bs as i32,
+            blocks_hash: blocks::blocks_hash(&blocks_out),
+            blocks: blocks_out,
+            ..Default::default()
+        },
+        inode: m.inode,
+    })
+}
+
+/// Reads until `buf` is full or EOF.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_hashes_and_skips_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let root = dir.path().join("f");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(&home).unwrap();
+        fs::write(root.join("hello.txt"), b"hello world\n").unwrap();
+        fs::write(root.join("sub/empty"), b"").unwrap();
+        fs::write(root.join("sub/.syncthing.x.tmp"), b"temp").unwrap();
+        fs::write(root.join(".stignore"), b"").unwrap();
+        std::os::unix::fs::symlink("hello.txt", root.join("link")).unwrap();
+        let db = Db::open(&home).unwrap();
+        let s = scan(&db, "f", &root, 42).unwrap();
+        assert_eq!((s.entries, s.hashed_files, s.changed), (4, 2, 4));
+        assert!(root.join(MARKER).is_dir());
+        let files = db.files_since("f", 0, 100).unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["hello.txt", "link", "sub", "sub/empty"]);
+        let hello = &files[0];
+        assert_eq!(hello.blocks_hash.len(), 32);
+        assert_eq!(hello.blocks, vec![hash_block(0, b"hello world\n")]);
+        assert_eq!(hello.version.as_ref().unwrap().counters[0].id, 42);
+        assert_eq!(files[1].symlink_target, b"hello.txt");
+
+        // Nothing changed: nothing hashed, no new sequence.
+        let s2 = scan(&db, "f", &root, 42).unwrap();
+        assert_eq!((s2.hashed_files, s2.changed, s2.sequence), (0, 0, 4));
+
+        // Modify one, delete one.
+        fs::write(root.join("hello.txt"), b"hello again\n").unwrap();
+        fs::remove_file(root.join("sub/empty")).unwrap();
+        let s3 = scan(&db, "f", &root, 42).unwrap();
+        assert_eq!((s3.hashed_files, s3.deleted, s3.sequence), (1, 1, 6));
+        let tail = db.files_since("f", 4, 100).unwrap();
+        assert_eq!(tail[0].name, "hello.txt");
+        assert!(tail[1].deleted && tail[1].name == "sub/empty" && tail[1].blocks.is_empty());
+    }
+}

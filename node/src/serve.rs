@@ -1,0 +1,275 @@
+//! `node serve`: loads identity, configuration and index, scans the
+//! folders, listens, dials configured devices and serves the REST API until
+//! SIGTERM/SIGINT or a REST shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use proto::tls::{self, alpn, ClientCert, ServerPin, Versions};
+use proto::{DeviceId, Identity};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{tcp_host_port, Config};
+use crate::db::Db;
+use crate::model::{FolderRuntime, Node};
+use crate::{conn, rest, scan};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Home directory: cert.pem, key.pem, config.json, the index database.
+    #[arg(long, env = "NODE_HOME", value_name = "DIR")]
+    home: PathBuf,
+    /// REST API address HOST:PORT (overrides the configuration, not saved).
+    #[arg(long, env = "NODE_GUI_ADDRESS", value_name = "HOST:PORT")]
+    gui_address: Option<String>,
+    /// REST API key (overrides the configuration, not saved).
+    #[arg(long, env = "NODE_GUI_APIKEY", value_name = "KEY")]
+    gui_apikey: Option<String>,
+    #[command(flatten)]
+    log: service::LogArgs,
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    args.log.init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: ServeArgs) -> Result<()> {
+    let home = args.home.clone();
+    let identity = Identity::load(&home.join("cert.pem"), &home.join("key.pem")).with_context(
+        || {
+            format!(
+                "cannot load the device identity from {}; create one with `node generate --home {}`",
+                home.display(),
+                home.display()
+            )
+        },
+    )?;
+    let mut config = Config::load(&home)?;
+    if let Some(a) = args.gui_address {
+        config.gui.address = a;
+    }
+    if let Some(k) = args.gui_apikey {
+        config.gui.api_key = k;
+    }
+    let db = Db::open(&home)?;
+    let node = Arc::new(Node::new(identity, config.clone(), db));
+    eprintln!("My ID: {}", node.my_id);
+    tracing::info!(id = %node.my_id, "starting");
+
+    // Folders: runtime state, an initial scan, then periodic/on-demand scans.
+    for f in &config.folders {
+        let (_, seq) = node.db.folder_state(&f.id)?;
+        let (scan_tx, scan_rx) = mpsc::channel(1);
+        let rt = Arc::new(FolderRuntime {
+            sequence: watch::channel(seq).0,
+            state: std::sync::Mutex::new("scan-waiting"),
+            scan_now: scan_tx,
+        });
+        node.folders
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(f.id.clone(), rt);
+        tokio::spawn(scan_loop(node.clone(), f.id.clone(), scan_rx));
+    }
+
+    let tls_server = Arc::new(tls::server_config(
+        &node.identity,
+        &[alpn::BEP],
+        ClientCert::Required,
+        Versions::Tls13Only,
+    )?);
+    for uri in &config.options.listen_addresses {
+        let addr = crate::config::parse_tcp_address(uri)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {uri}"))?;
+        let local = listener.local_addr()?;
+        eprintln!("Listening on tcp://{local}");
+        tracing::info!(address = %format!("tcp://{local}"), "listening");
+        tokio::spawn(accept_loop(node.clone(), listener, tls_server.clone()));
+    }
+    for d in &config.devices {
+        let id = d.id()?;
+        if d.addresses.iter().any(|a| tcp_host_port(a).is_some()) {
+            tokio::spawn(dial_loop(node.clone(), id));
+        }
+    }
+    if !node.config().gui.address.is_empty() {
+        let listener = TcpListener::bind(&node.config().gui.address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for the REST API on {}",
+                    node.config().gui.address
+                )
+            })?;
+        eprintln!("REST API on http://{}", listener.local_addr()?);
+        tokio::spawn(rest::serve(node.clone(), listener));
+    }
+
+    let mut stop = node.shutdown.subscribe();
+    tokio::select! {
+        _ = service::shutdown::signal() => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    tracing::info!("shutting down");
+    for (_, c) in node.connections() {
+        let _ = c.close.try_send("device is shutting down".into());
+    }
+    // Give the Close messages a moment to leave.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()>) {
+    loop {
+        let Some(f) = node.config().folders.into_iter().find(|f| f.id == folder) else {
+            return;
+        };
+        let Some(rt) = node.folder_runtime(&folder) else {
+            return;
+        };
+        *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "scanning";
+        let n2 = node.clone();
+        let (fid, path) = (f.id.clone(), f.path.clone());
+        let short = node.my_id.short().0;
+        let result =
+            tokio::task::spawn_blocking(move || scan::scan(&n2.db, &fid, &path, short)).await;
+        *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "idle";
+        match result {
+            Ok(Ok(stats)) => {
+                let rate = stats.hashed_bytes as f64 / 1e6 / stats.seconds.max(1e-9);
+                eprintln!(
+                    "Scanned folder {folder}: {} entries, {} hashed ({:.1} MB, {:.0} MB/s), {} unchanged, {} deleted, sequence {} in {:.2} s",
+                    stats.entries,
+                    stats.hashed_files,
+                    stats.hashed_bytes as f64 / 1e6,
+                    rate,
+                    stats.unchanged,
+                    stats.deleted,
+                    stats.sequence,
+                    stats.seconds
+                );
+                tracing::info!(folder = %folder, entries = stats.entries, hashed_files = stats.hashed_files,
+                    hashed_bytes = stats.hashed_bytes, unchanged = stats.unchanged, deleted = stats.deleted,
+                    sequence = stats.sequence, seconds = stats.seconds, "scan complete");
+                rt.sequence.send_replace(stats.sequence);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(folder = %folder, error = %format!("{e:#}"), "scan failed")
+            }
+            Err(e) => tracing::error!(folder = %folder, error = %e, "scan task failed"),
+        }
+        // Jitter the interval (±25 %) so many folders do not scan together.
+        let base = f.rescan_interval_s.max(1) as f64;
+        let wait = Duration::from_secs_f64(base * (0.75 + rand::random::<f64>() * 0.5));
+        tokio::select! {
+            r = scan_rx.recv() => if r.is_none() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let Some(peer) = tls::peer_device_id(tls.get_ref().1) else {
+                tracing::info!(%addr, "peer sent no certificate");
+                return;
+            };
+            if let Err(e) = conn::run(node, tls, peer, addr, "tcp-server").await {
+                tracing::info!(%addr, device = %peer, error = %format!("{e:#}"), "connection ended");
+            }
+        });
+    }
+}
+
+async fn dial_loop(node: Arc<Node>, device: DeviceId) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let config = node.config();
+        let Some(d) = config.device(&device).cloned() else {
+            return;
+        };
+        let max = Duration::from_secs(config.options.reconnection_interval_s.max(1));
+        if !node.connected(&device) {
+            for uri in &d.addresses {
+                let Some(hp) = tcp_host_port(uri) else {
+                    continue;
+                };
+                match dial(&node, device, hp).await {
+                    Ok(()) => {
+                        backoff = Duration::from_secs(1);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(device = %device, address = %uri, error = %format!("{e:#}"), "dial failed")
+                    }
+                }
+            }
+            tokio::time::sleep(backoff.min(max)).await;
+            backoff = (backoff * 2).min(max);
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Dials and runs one connection to completion.
+async fn dial(node: &Arc<Node>, device: DeviceId, host_port: &str) -> Result<()> {
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(host_port))
+        .await
+        .context("dial timed out")??;
+    let _ = tcp.set_nodelay(true);
+    let addr: SocketAddr = tcp.peer_addr()?;
+    let config = tls::client_config(
+        Some(&node.identity),
+        &[alpn::BEP],
+        ServerPin::Device(device),
+        Versions::Tls13Only,
+    )?;
+    let connector = TlsConnector::from(Arc::new(config));
+    let tls = tokio::time::timeout(
+        TLS_HANDSHAKE_TIMEOUT,
+        connector.connect(tls::server_name(), tcp),
+    )
+    .await
+    .context("TLS handshake timed out")??;
+    let peer = tls::peer_device_id(tls.get_ref().1).context("server sent no certificate")?;
+    conn::run(node.clone(), tls, peer, addr, "tcp-client").await
+}
