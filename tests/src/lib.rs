@@ -9,6 +9,7 @@
 //! A missing program fails the test with the name of the package to
 //! install; nothing is skipped silently.
 
+pub mod discovery;
 pub mod ports;
 pub mod process;
 pub mod programs;

@@ -157,15 +157,31 @@ impl RedisStore {
         format!("{}d:{id}", self.prefix)
     }
 
-    async fn timed<T>(
-        &self,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(OP_TIMEOUT, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(err(e)),
-            Err(_) => Err(err("operation timed out")),
+    /// Runs `op` with a time limit. A connection that turns out to be
+    /// broken (Redis restarted) is retried once: the connection manager
+    /// reconnects on the first failure, so the request need not fail.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        for attempt in 0..2 {
+            let conn = self.conn().await?;
+            match tokio::time::timeout(OP_TIMEOUT, op(conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e))
+                    if attempt == 0
+                        && (e.is_io_error()
+                            || e.is_connection_dropped()
+                            || e.is_connection_refusal()) =>
+                {
+                    tracing::debug!(error = %e, "redis connection broken; retrying once");
+                }
+                Ok(Err(e)) => return Err(err(e)),
+                Err(_) => return Err(err("operation timed out")),
+            }
         }
+        Err(err("connection lost"))
     }
 }
 
@@ -176,27 +192,29 @@ impl Store for RedisStore {
         addresses: Vec<String>,
         now: Now,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let mut inv = self.merge.key(self.key(&id));
-        inv.arg(now.secs())
-            .arg(now.secs() + ADDRESS_LIFETIME_SECS as i64)
-            .arg(now.0)
-            .arg(FORGET_AFTER_SECS);
-        for a in &addresses {
-            inv.arg(a);
-        }
-        self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
+        let key = self.key(&id);
+        self.run(|mut conn| {
+            let mut inv = self.merge.key(&key);
+            inv.arg(now.secs())
+                .arg(now.secs() + ADDRESS_LIFETIME_SECS as i64)
+                .arg(now.0)
+                .arg(FORGET_AFTER_SECS);
+            for a in &addresses {
+                inv.arg(a);
+            }
+            async move { inv.invoke_async::<i64>(&mut conn).await }
+        })
+        .await?;
         Ok(())
     }
 
     async fn lookup(&self, id: DeviceId, now: Now) -> Result<Lookup, StoreError> {
-        let mut conn = self.conn().await?;
+        let key = self.key(&id);
         let fields: Vec<(String, i64)> = self
-            .timed(
-                redis::cmd("HGETALL")
-                    .arg(self.key(&id))
-                    .query_async(&mut conn),
-            )
+            .run(|mut conn| {
+                let key = key.clone();
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await }
+            })
             .await?;
         if fields.is_empty() {
             return Ok(Lookup::NotFound { seen_before: false });
@@ -222,12 +240,11 @@ impl Store for RedisStore {
     }
 
     async fn healthy(&self) -> bool {
-        let Ok(mut conn) = self.conn().await else {
-            return false;
-        };
-        self.timed(redis::cmd("PING").query_async::<String>(&mut conn))
-            .await
-            .is_ok()
+        self.run(
+            |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+        )
+        .await
+        .is_ok()
     }
 
     fn current_devices(&self) -> Option<u64> {

@@ -1,0 +1,337 @@
+//! Helpers for the discovery server tests: start our `discosrv` (and a
+//! real `redis-server`), and a small blocking HTTP/1.1 client, over TLS
+//! with an optional client certificate or in plain text.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::tls::{self, alpn, ServerPin, Versions};
+use proto::{DeviceId, Identity};
+
+use crate::process::Proc;
+use crate::programs::{our_binary, require_program};
+use crate::{pick_port, wait};
+
+/// A running `discosrv` of ours.
+pub struct Discosrv {
+    pub proc: Proc,
+    pub port: u16,
+    pub metrics_port: u16,
+    /// None in `--http` mode (no certificate).
+    pub id: Option<DeviceId>,
+    pub dir: PathBuf,
+}
+
+impl Discosrv {
+    /// Starts `discosrv` with its certificate and `--db-dir` in `dir`, on
+    /// 127.0.0.1 ports of its own, plus `extra` arguments.
+    pub fn start(dir: &Path, extra: &[&str]) -> Discosrv {
+        Self::start_on(dir, pick_port(), pick_port(), extra)
+    }
+
+    pub fn start_on(dir: &Path, port: u16, metrics_port: u16, extra: &[&str]) -> Discosrv {
+        std::fs::create_dir_all(dir).expect("create discosrv dir");
+        let mut cmd = Command::new(our_binary("discosrv"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"))
+            .arg("--db-dir")
+            .arg(dir.join("db"))
+            .arg("--log-level")
+            .arg("info,discosrv=debug")
+            .args(extra);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DISCOSRV_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut proc = Proc::spawn("discosrv", cmd, &dir.join("discosrv.log"));
+        let up = wait::listening(port, Duration::from_secs(20));
+        assert!(
+            up && proc.alive(),
+            "discosrv did not start:\n{}",
+            proc.log_tail(30)
+        );
+        let http = extra.contains(&"--http");
+        let id = (!http).then(|| {
+            let log = proc.log();
+            let id = log
+                .lines()
+                .rev()
+                .find_map(|l| l.split("Server device ID is ").nth(1))
+                .unwrap_or_else(|| panic!("no server device ID printed:\n{log}"));
+            id.trim().parse().expect("printed device ID parses")
+        });
+        Discosrv {
+            proc,
+            port,
+            metrics_port,
+            id,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The URL Syncthing is configured with (pinned by device ID).
+    pub fn url(&self) -> String {
+        let id = self.id.expect("TLS mode");
+        format!("https://127.0.0.1:{}/?id={id}", self.port)
+    }
+
+    pub fn request(
+        &self,
+        who: Option<&Identity>,
+        method: &str,
+        target: &str,
+        body: &[u8],
+    ) -> Reply {
+        https(self.port, self.id, who, method, target, &[], body)
+    }
+
+    pub fn announce(&self, who: &Identity, addresses: &[&str]) -> Reply {
+        let body = serde_json::json!({ "addresses": addresses }).to_string();
+        self.request(Some(who), "POST", "/", body.as_bytes())
+    }
+
+    pub fn lookup(&self, device: &str) -> Reply {
+        self.request(None, "GET", &format!("/?device={device}"), b"")
+    }
+
+    pub fn metrics(&self) -> String {
+        let r = plain(self.metrics_port, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// SIGTERM and wait; panics if it does not stop cleanly in time.
+    pub fn stop(mut self) -> Proc {
+        let status = self.proc.stop(Duration::from_secs(15));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "discosrv did not stop cleanly ({status:?}):\n{}",
+            self.proc.log_tail(30)
+        );
+        self.proc
+    }
+}
+
+/// An HTTP reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An integer header such as `Retry-After`.
+    pub fn secs(&self, name: &str) -> Option<u64> {
+        self.header(name).and_then(|v| v.parse().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+
+    /// The `addresses` of a lookup reply.
+    pub fn addresses(&self) -> Vec<String> {
+        self.json()["addresses"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One HTTP/1.1 request over TLS to 127.0.0.1:`port`, pinning the server's
+/// device ID when given, with `who`'s certificate when given.
+pub fn https(
+    port: u16,
+    server: Option<DeviceId>,
+    who: Option<&Identity>,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let pin = server.map(ServerPin::Device).unwrap_or(ServerPin::Any);
+    let config = tls::client_config(who, &[alpn::HTTP_1_1], pin, Versions::Tls12AndUp)
+        .expect("client config");
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), tls::server_name()).expect("client conn");
+    let sock = connect(port);
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    exchange(&mut stream, method, target, headers, body)
+}
+
+/// One HTTP/1.1 request in plain text.
+pub fn plain(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut sock = connect(port);
+    exchange(&mut sock, method, target, headers, body)
+}
+
+fn connect(port: u16) -> TcpStream {
+    let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    sock.set_write_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    sock
+}
+
+fn exchange(
+    s: &mut impl ReadWrite,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    // A caller-given Content-Length (or chunked encoding) wins, to test
+    // what the server does with a declared size.
+    let framed = headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+    });
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if !framed {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("send request");
+    // The server may answer (e.g. 413) before reading a large body.
+    let _ = s.write_all(body);
+    let _ = s.flush();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_reply(&raw)
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP reply: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+    out
+}
+
+/// A real `redis-server` on 127.0.0.1, no persistence.
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        Self::start_on(dir, pick_port())
+    }
+
+    pub fn start_on(dir: &Path, port: u16) -> Redis {
+        std::fs::create_dir_all(dir).expect("redis dir");
+        let mut cmd = Command::new(require_program("redis-server", "redis-server"));
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir);
+        let mut proc = Proc::spawn("redis-server", cmd, &dir.join(format!("redis-{port}.log")));
+        assert!(
+            wait::listening(port, Duration::from_secs(20)) && proc.alive(),
+            "redis-server did not start:\n{}",
+            proc.log_tail(20)
+        );
+        Redis {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills it hard (SIGKILL), as a crash would.
+    pub fn kill(mut self) -> (PathBuf, u16) {
+        self.proc.signal(libc::SIGKILL);
+        let _ = self.proc.wait_exit(Duration::from_secs(10));
+        (self.dir.clone(), self.port)
+    }
+}

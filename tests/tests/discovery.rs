@@ -1,0 +1,447 @@
+//! Our `discosrv` against real Syncthing 1.19.2 nodes, a real
+//! `redis-server` and a real nginx (issue 10).
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::discovery::{https, plain, Discosrv, Redis, Reply};
+use e2e::{pick_port, wait, SyncthingHome};
+use proto::{Identity, KeyKind};
+use serde_json::json;
+
+fn identity() -> Identity {
+    Identity::generate("syncthing", KeyKind::EcdsaP384).unwrap()
+}
+
+/// Two real nodes listening on `tcp://localhost:P` (a host name: the
+/// server drops loopback IPs), discovery through `url` only, find each
+/// other by device ID and sync a folder whose contents are then compared.
+/// `lookup` asks the server (or a replica) directly.
+fn two_nodes_sync_through(dir: &Path, url: &str, lookup: &dyn Fn(&str) -> Reply) {
+    let (s1, s2) = (pick_port(), pick_port());
+    let n1 = SyncthingHome::init(&dir.join("n1"), &[format!("tcp://localhost:{s1}")]).start();
+    let n2 = SyncthingHome::init(&dir.join("n2"), &[format!("tcp://localhost:{s2}")]).start();
+    let opts = json!({
+        "globalAnnounceEnabled": true,
+        "globalAnnounceServers": [url],
+        "localAnnounceEnabled": false,
+    });
+    n1.set_options(opts.clone());
+    n2.set_options(opts);
+
+    // Both announcements must be in before the devices are added: a 404
+    // would be cached by the node for its Retry-After.
+    for (node, port) in [(&n1, s1), (&n2, s2)] {
+        let want = format!("tcp://localhost:{port}");
+        let found = wait::until(Duration::from_secs(40), Duration::from_millis(250), || {
+            let r = lookup(node.id());
+            (r.status == 200 && r.addresses().contains(&want)).then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "{} never announced {want}: {:?}",
+            node.id(),
+            node.get("/rest/system/discovery")
+        );
+    }
+
+    n1.add_device(n2.id(), &["dynamic"]);
+    n2.add_device(n1.id(), &["dynamic"]);
+    let (d1, d2) = (dir.join("data1"), dir.join("data2"));
+    n1.share_folder("disco", &d1, "sendonly", &[n2.id()]);
+    n2.share_folder("disco", &d2, "receiveonly", &[n1.id()]);
+    let conn = n2.wait_connected(n1.id(), Duration::from_secs(60));
+    assert!(
+        conn.is_some(),
+        "nodes never connected through discovery:\n{}",
+        n2.proc.log_tail(30)
+    );
+
+    let mut files = Vec::new();
+    for i in 0..5u32 {
+        let content: Vec<u8> = (0..(1000 + i * 7919))
+            .map(|_| rand::random::<u8>())
+            .collect();
+        std::fs::write(d1.join(format!("f{i}.bin")), &content).unwrap();
+        files.push((format!("f{i}.bin"), content));
+    }
+    n1.scan("disco");
+    n2.wait_synced("disco", files.len() as u64, Duration::from_secs(60))
+        .unwrap();
+    for (name, content) in files {
+        assert_eq!(std::fs::read(d2.join(&name)).unwrap(), content, "{name}");
+    }
+    n1.shutdown();
+    n2.shutdown();
+}
+
+#[test]
+fn real_syncthing_nodes_find_each_other_through_our_discosrv() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(&dir.path().join("disco"), &[]);
+    two_nodes_sync_through(dir.path(), &srv.url(), &|id| srv.lookup(id));
+    let m = srv.metrics();
+    assert!(
+        m.contains("syncthing_discovery_announcement_requests_total{result=\"success\"}"),
+        "{m}"
+    );
+    srv.stop();
+}
+
+#[test]
+fn protocol_status_codes_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(&dir.path().join("disco"), &[]);
+    let dev = identity();
+    let id = dev.device_id().to_string();
+
+    let r = srv.lookup(&id);
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!((60..=3600).contains(&r.secs("retry-after").unwrap()));
+    assert_eq!(r.text(), "Not Found\n");
+
+    let r = srv.announce(
+        &dev,
+        &[
+            "tcp://localhost:22000",
+            "tcp://0.0.0.0:22001",
+            "relay://localhost:22067/?id=X",
+        ],
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!((3300..3600).contains(&r.secs("reannounce-after").unwrap()));
+
+    let r = srv.lookup(&id);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // 0.0.0.0 from a loopback source is dropped, host names kept, sorted.
+    assert_eq!(
+        r.addresses(),
+        ["relay://localhost:22067/?id=X", "tcp://localhost:22000"]
+    );
+    let seen = r.json()["seen"].as_str().unwrap().to_string();
+    assert!(seen.ends_with('Z') && seen.contains('T'), "{seen}");
+
+    // Re-announcing merges.
+    assert_eq!(srv.announce(&dev, &["tcp://other.example:1"]).status, 204);
+    assert_eq!(srv.lookup(&id).addresses().len(), 3);
+
+    // Any ID form the parser accepts.
+    let lower = id.to_lowercase().replace('-', "");
+    assert_eq!(srv.lookup(&lower).status, 200);
+
+    let r = srv.request(None, "POST", "/", br#"{"addresses":["tcp://localhost:1"]}"#);
+    assert_eq!(r.status, 403);
+    assert!((1500..1800).contains(&r.secs("retry-after").unwrap()));
+    assert_eq!(srv.request(None, "PUT", "/", b"").status, 405);
+    assert_eq!(srv.request(None, "DELETE", "/?device=x", b"").status, 405);
+    for m in ["GET", "POST", "HEAD"] {
+        assert_eq!(srv.request(None, m, "/ping", b"").status, 204);
+    }
+    assert_eq!(srv.request(None, "GET", "/healthz", b"").status, 200);
+    assert_eq!(
+        plain(srv.metrics_port, "GET", "/healthz", &[], b"").status,
+        200
+    );
+    // Any path is the discovery API, as with stdiscosrv (public servers use /v2/).
+    assert_eq!(
+        srv.request(None, "GET", &format!("/v2/?device={id}"), b"")
+            .status,
+        200
+    );
+
+    // HTTP/2 over TLS (ALPN h2), as newer clients use.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(format!("https://127.0.0.1:{}/?device={id}", srv.port))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+
+    let m = srv.metrics();
+    for want in [
+        "syncthing_discovery_api_requests_total{type=\"POST\",result=\"204\"}",
+        "syncthing_discovery_api_requests_total{type=\"PUT\",result=\"405\"}",
+        "syncthing_discovery_announcement_requests_total{result=\"no_certificate\"} 1",
+        "syncthing_discovery_lookup_requests_total{result=\"not_found_ever\"} 1",
+    ] {
+        assert!(m.contains(want), "{want} missing:\n{m}");
+    }
+    srv.stop();
+}
+
+#[test]
+fn bad_input_gets_4xx_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(&dir.path().join("disco"), &["--rate-limit", "0"]);
+    let dev = identity();
+    let id = dev.device_id().to_string();
+    let post = |body: &[u8]| srv.request(Some(&dev), "POST", "/", body);
+
+    let addrs = |n: usize| {
+        let v: Vec<String> = (0..n)
+            .map(|i| format!("tcp://h{i}.example:22000"))
+            .collect();
+        json!({ "addresses": v }).to_string().into_bytes()
+    };
+    let long = json!({ "addresses": [format!("tcp://{}:1", "a".repeat(5000))] }).to_string();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("malformed JSON", b"{\"addresses\": [".to_vec(), 400),
+        ("not JSON", b"hello".to_vec(), 400),
+        ("JSON array", b"[]".to_vec(), 400),
+        ("wrong type", br#"{"addresses":"tcp://localhost:1"}"#.to_vec(), 400),
+        ("empty list", br#"{"addresses":[]}"#.to_vec(), 400),
+        ("hundreds of addresses", addrs(500), 400),
+        ("thousands of addresses", addrs(5000), 413),
+        ("address too long", long.into_bytes(), 400),
+        (
+            "invalid URLs only",
+            br#"{"addresses":["not a url","tcp://localhost","tcp://localhost:99999","tcp://user@localhost:1","://x:1","tcp://bad host:1"]}"#.to_vec(),
+            400,
+        ),
+        ("loopback and multicast only", br#"{"addresses":["tcp://127.0.0.1:1","tcp://[::1]:1","tcp://224.0.0.1:1"]}"#.to_vec(), 400),
+        ("unspecified from loopback", br#"{"addresses":["tcp://0.0.0.0:1","tcp://:0"]}"#.to_vec(), 400),
+    ];
+    for (what, body, want) in &cases {
+        let r = post(body);
+        assert_eq!(r.status, *want, "{what}: {r:?}");
+        assert!(r.secs("retry-after").is_some(), "{what}: no Retry-After");
+        assert_eq!(srv.lookup(&id).status, 404, "{what}: something was stored");
+    }
+
+    // Huge bodies: refused from the declared length without reading them,
+    // and when the length is not declared, once the limit is passed.
+    let r = https(
+        srv.port,
+        srv.id,
+        Some(&dev),
+        "POST",
+        "/",
+        &[("Content-Length", "10485760")],
+        &[b' '; 1000],
+    );
+    assert_eq!(r.status, 413, "{r:?}");
+    let mut chunked = format!("{:x}\r\n", 70_000).into_bytes();
+    chunked.extend(std::iter::repeat_n(b' ', 70_000));
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let r = https(
+        srv.port,
+        srv.id,
+        Some(&dev),
+        "POST",
+        "/",
+        &[("Transfer-Encoding", "chunked")],
+        &chunked,
+    );
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(srv.lookup(&id).status, 404);
+
+    // Bad device IDs in lookups.
+    for bad in [
+        "",
+        "garbage",
+        "AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA",
+        &id[..40],
+        "%ff%fe",
+    ] {
+        let r = srv.lookup(bad);
+        assert_eq!(r.status, 400, "{bad:?}: {r:?}");
+        assert!((1500..1800).contains(&r.secs("retry-after").unwrap()));
+    }
+    assert_eq!(srv.request(None, "GET", "/", b"").status, 400);
+
+    // Spoofed forwarding headers in TLS mode (and from an untrusted peer):
+    // ignored. No client certificate → 403 even with a certificate header;
+    // with one, X-Forwarded-For does not replace the source address.
+    let other = identity();
+    let cert_hdr = other.cert_pem().replace('\n', " ");
+    let spoof = [
+        ("X-SSL-Cert", cert_hdr.as_str()),
+        ("X-Forwarded-For", "198.51.100.20"),
+        ("X-Client-Port", "40000"),
+    ];
+    let body = br#"{"addresses":["tcp://0.0.0.0:22000"]}"#;
+    let r = https(srv.port, srv.id, None, "POST", "/", &spoof, body);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(srv.lookup(&other.device_id().to_string()).status, 404);
+    let r = https(srv.port, srv.id, Some(&dev), "POST", "/", &spoof, body);
+    assert_eq!(r.status, 400, "forwarded address believed: {r:?}");
+    assert_eq!(srv.lookup(&id).status, 404);
+
+    // Still healthy, and nothing crashed.
+    assert_eq!(srv.announce(&dev, &["tcp://localhost:1"]).status, 204);
+    assert!(!srv.proc.log().contains("panicked"));
+    srv.stop();
+}
+
+#[test]
+fn announcements_survive_a_restart_of_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdir = dir.path().join("disco");
+    let (port, mport) = (pick_port(), pick_port());
+    let srv = Discosrv::start_on(&sdir, port, mport, &[]);
+    let server_id = srv.id;
+    let devs: Vec<Identity> = (0..20).map(|_| identity()).collect();
+    for (i, d) in devs.iter().enumerate() {
+        let addr = format!("tcp://host{i}.example:22000");
+        assert_eq!(srv.announce(d, &[addr.as_str()]).status, 204);
+    }
+    let before: Vec<Reply> = devs
+        .iter()
+        .map(|d| srv.lookup(&d.device_id().to_string()))
+        .collect();
+    srv.stop();
+    assert!(
+        sdir.join("db/records.bin").exists(),
+        "no snapshot written at shutdown"
+    );
+
+    let srv = Discosrv::start_on(&sdir, port, mport, &[]);
+    assert_eq!(srv.id, server_id, "server identity changed across restart");
+    for (d, b) in devs.iter().zip(before) {
+        let r = srv.lookup(&d.device_id().to_string());
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json(), b.json());
+    }
+
+    // Periodic snapshots too: with a 1 s interval, a kill -9 loses nothing
+    // announced more than an interval ago.
+    drop(srv);
+    let srv = Discosrv::start_on(&sdir, port, mport, &["--db-flush-interval", "1s"]);
+    let late = identity();
+    assert_eq!(srv.announce(&late, &["tcp://late.example:1"]).status, 204);
+    std::thread::sleep(Duration::from_millis(2500));
+    srv.proc.signal(libc::SIGKILL);
+    drop(srv);
+    let srv = Discosrv::start_on(&sdir, port, mport, &[]);
+    assert_eq!(srv.lookup(&late.device_id().to_string()).status, 200);
+    srv.stop();
+}
+
+#[test]
+fn sync_through_discosrv_with_redis_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&dir.path().join("redis"));
+    let srv = Discosrv::start(&dir.path().join("disco"), &["--redis-url", &redis.url()]);
+    two_nodes_sync_through(dir.path(), &srv.url(), &|id| srv.lookup(id));
+    srv.stop();
+}
+
+#[test]
+fn two_replicas_share_one_redis_and_survive_its_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&dir.path().join("redis"));
+    let url = redis.url();
+    let a = Discosrv::start(
+        &dir.path().join("a"),
+        &["--redis-url", &url, "--rate-limit", "0"],
+    );
+    let b = Discosrv::start(
+        &dir.path().join("b"),
+        &["--redis-url", &url, "--rate-limit", "0"],
+    );
+    let (d1, d2) = (identity(), identity());
+    assert_eq!(a.announce(&d1, &["tcp://one.example:1"]).status, 204);
+    assert_eq!(b.announce(&d2, &["tcp://two.example:2"]).status, 204);
+    assert_eq!(
+        b.lookup(&d1.device_id().to_string()).addresses(),
+        ["tcp://one.example:1"]
+    );
+    assert_eq!(
+        a.lookup(&d2.device_id().to_string()).addresses(),
+        ["tcp://two.example:2"]
+    );
+    // Merged across replicas.
+    assert_eq!(b.announce(&d1, &["tcp://one-b.example:1"]).status, 204);
+    assert_eq!(
+        a.lookup(&d1.device_id().to_string()).addresses(),
+        ["tcp://one-b.example:1", "tcp://one.example:1"]
+    );
+
+    // Load from a few threads while Redis is killed and restarted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u16, u32>::new(),
+    ));
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            let port = a.port;
+            let id = a.id;
+            let dev = identity();
+            let who = d1.device_id().to_string();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5000 {
+                    n += 1;
+                    let r = if i == 0 {
+                        https(
+                            port,
+                            id,
+                            Some(&dev),
+                            "POST",
+                            "/",
+                            &[],
+                            br#"{"addresses":["tcp://w.example:1"]}"#,
+                        )
+                    } else {
+                        https(port, id, None, "GET", &format!("/?device={who}"), &[], b"")
+                    };
+                    if r.status == 503 {
+                        assert!(r.secs("retry-after").is_some(), "503 without Retry-After");
+                    }
+                    *counts.lock().unwrap().entry(r.status).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (rdir, rport) = redis.kill();
+    let saw_503 = wait::until(Duration::from_secs(10), Duration::from_millis(100), || {
+        (a.lookup(&d1.device_id().to_string()).status == 503).then_some(())
+    });
+    assert!(saw_503.is_some(), "no 503 while Redis is down");
+    assert_eq!(a.request(None, "GET", "/healthz", b"").status, 503);
+    std::thread::sleep(Duration::from_secs(1));
+    let redis = Redis::start_on(&rdir, rport);
+    // Data was not persisted (--save ''): re-announce after recovery.
+    let back = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        (a.announce(&d1, &["tcp://again.example:1"]).status == 204).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "discosrv did not recover:\n{}",
+        a.proc.log_tail(20)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("load thread");
+    }
+    assert_eq!(
+        b.lookup(&d1.device_id().to_string()).addresses(),
+        ["tcp://again.example:1"]
+    );
+    let counts = counts.lock().unwrap().clone();
+    assert!(counts.contains_key(&503), "{counts:?}");
+    // 404: Redis came back empty (no persistence) until the re-announcement.
+    assert!(
+        counts.keys().all(|s| [200, 204, 404, 503].contains(s)),
+        "{counts:?}"
+    );
+    let mut a = a;
+    assert!(a.proc.alive() && b.proc.log().find("panicked").is_none());
+    assert!(!a.proc.log().contains("panicked"));
+    assert!(a
+        .metrics()
+        .contains("syncthing_discovery_store_errors_total"));
+    a.stop();
+    b.stop();
+    drop(redis);
+}
