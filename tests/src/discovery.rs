@@ -335,3 +335,77 @@ impl Redis {
         (self.dir.clone(), self.port)
     }
 }
+
+/// A real nginx terminating TLS on 127.0.0.1 in front of a `--http`
+/// discosrv, forwarding the client certificate and address the way the
+/// discosrv documentation tells operators to.
+pub struct Nginx {
+    pub proc: Proc,
+    pub port: u16,
+    /// Device ID of nginx's certificate, which clients pin with `?id=`.
+    pub id: DeviceId,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, upstream_port: u16) -> Nginx {
+        let nginx = require_program("nginx", "nginx-light");
+        std::fs::create_dir_all(dir).expect("nginx dir");
+        let identity =
+            Identity::generate("syncthing", proto::KeyKind::EcdsaP384).expect("nginx cert");
+        identity
+            .save(&dir.join("cert.pem"), &dir.join("key.pem"))
+            .expect("save nginx cert");
+        let port = pick_port();
+        let d = dir.display();
+        let conf = format!(
+            r#"worker_processes 1;
+daemon off;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_verify_client optional_no_ca;
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Client-Port $remote_port;
+            proxy_set_header X-SSL-Cert $ssl_client_escaped_cert;
+        }}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p").arg(dir).arg("-c").arg(&conf_path);
+        let mut proc = Proc::spawn("nginx", cmd, &dir.join("nginx.out"));
+        assert!(
+            wait::listening(port, Duration::from_secs(20)) && proc.alive(),
+            "nginx did not start:\n{}\n{}",
+            proc.log_tail(20),
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        Nginx {
+            proc,
+            port,
+            id: identity.device_id(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/?id={}", self.port, self.id)
+    }
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::discovery::{https, plain, Discosrv, Redis, Reply};
+use e2e::discovery::{https, plain, Discosrv, Nginx, Redis, Reply};
 use e2e::{pick_port, wait, SyncthingHome};
 use proto::{Identity, KeyKind};
 use serde_json::json;
@@ -444,4 +444,142 @@ fn two_replicas_share_one_redis_and_survive_its_outage() {
     a.stop();
     b.stop();
     drop(redis);
+}
+
+#[test]
+fn sync_through_discosrv_behind_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--http", "--trusted-proxy", "127.0.0.1/32"],
+    );
+    let nginx = Nginx::start(&dir.path().join("nginx"), srv.port);
+    let lookup = |id: &str| {
+        https(
+            nginx.port,
+            Some(nginx.id),
+            None,
+            "GET",
+            &format!("/?device={id}"),
+            &[],
+            b"",
+        )
+    };
+    // The certificate reaches discosrv through nginx.
+    let dev = identity();
+    let body = br#"{"addresses":["tcp://localhost:1"]}"#;
+    let r = https(
+        nginx.port,
+        Some(nginx.id),
+        Some(&dev),
+        "POST",
+        "/",
+        &[],
+        body,
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(lookup(&dev.device_id().to_string()).status, 200);
+    let r = https(nginx.port, Some(nginx.id), None, "POST", "/", &[], body);
+    assert_eq!(r.status, 403, "{r:?}");
+
+    two_nodes_sync_through(dir.path(), &nginx.url(), &lookup);
+    drop(nginx);
+    srv.stop();
+}
+
+#[test]
+fn forwarding_headers_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = identity();
+    let id = dev.device_id().to_string();
+    let pem = dev.cert_pem().replace('\n', " ");
+    let b64 = data_encoding_base64(dev.cert_der());
+    let body = br#"{"addresses":["tcp://0.0.0.0:22000","tcp://:0","tcp6://[::]:1"]}"#;
+
+    // 127.0.0.1 is not trusted: headers ignored, nothing stored.
+    let untrusted = Discosrv::start(
+        &dir.path().join("untrusted"),
+        &["--http", "--trusted-proxy", "10.0.0.0/8"],
+    );
+    let spoof = [
+        ("X-SSL-Cert", pem.as_str()),
+        ("X-Forwarded-For", "198.51.100.20"),
+        ("X-Client-Port", "40000"),
+    ];
+    let r = plain(untrusted.port, "POST", "/", &spoof, body);
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = plain(untrusted.port, "GET", &format!("/?device={id}"), &[], b"");
+    assert_eq!(r.status, 404);
+    untrusted.stop();
+
+    // Trusted: the certificate in each proxy's header form, and the first
+    // element of a multi-address X-Forwarded-For as source.
+    let srv = Discosrv::start(
+        &dir.path().join("trusted"),
+        &["--http", "--trusted-proxy", "10.0.0.0/8,127.0.0.0/8"],
+    );
+    let lookup = || plain(srv.port, "GET", &format!("/?device={id}"), &[], b"");
+    for cert in [
+        ("X-SSL-Cert", pem.clone()),
+        ("X-Tls-Client-Cert-Der-Base64", b64.clone()),
+        (
+            "X-Forwarded-Tls-Client-Cert",
+            b64.replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D"),
+        ),
+    ] {
+        let headers = [
+            (cert.0, cert.1.as_str()),
+            ("X-Forwarded-For", "198.51.100.20, 10.1.2.3"),
+            ("X-Client-Port", "40000"),
+        ];
+        let r = plain(srv.port, "POST", "/", &headers, body);
+        assert_eq!(r.status, 204, "{}: {r:?}", cert.0);
+        let r = lookup();
+        assert_eq!(
+            r.addresses(),
+            ["tcp://198.51.100.20:22000", "tcp://198.51.100.20:40000"],
+            "{}",
+            cert.0
+        );
+    }
+    // A garbage certificate header from a trusted proxy: refused.
+    let r = plain(srv.port, "POST", "/", &[("X-SSL-Cert", "garbage")], body);
+    assert_eq!(r.status, 403);
+    // No X-Forwarded-For: the source is unknown, so unspecified addresses
+    // are dropped rather than replaced by the proxy's address.
+    let other = identity();
+    let other_pem = other.cert_pem().replace('\n', " ");
+    let r = plain(
+        srv.port,
+        "POST",
+        "/",
+        &[("X-SSL-Cert", other_pem.as_str())],
+        body,
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    srv.stop();
+}
+
+fn data_encoding_base64(der: &[u8]) -> String {
+    // Standard base64 with padding, as Caddy sends it.
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
