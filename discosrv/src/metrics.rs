@@ -183,12 +183,69 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn render(&self) -> String {
+    /// OpenMetrics text, as the Rust client writes it.
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// Prometheus text format 0.0.4, which every scraper and `promtool
+    /// check metrics` read.
+    pub fn render_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.render_openmetrics())
+    }
+}
+
+/// OpenMetrics names a counter family without `_total` in HELP/TYPE and
+/// ends with `# EOF`; the Prometheus format names it with the suffix.
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE ", "# UNIT "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        match meta {
+            Some(("# UNIT ", _)) => continue,
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let m = Metrics::new();
+        m.request("GET", 200, Duration::from_millis(1));
+        let text = m.render_prometheus();
+        assert!(text.contains("# TYPE syncthing_discovery_api_requests_total counter\n"));
+        assert!(text.contains("# HELP syncthing_discovery_api_requests_total API requests"));
+        assert!(text
+            .contains("syncthing_discovery_api_requests_total{type=\"GET\",result=\"200\"} 1\n"));
+        assert!(!text.contains("# EOF"));
     }
 }
 

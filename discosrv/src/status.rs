@@ -33,12 +33,26 @@ pub async fn serve<S: Store>(
                 async move {
                     let resp = match req.uri().path() {
                         "/metrics" => {
-                            let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
+                            let om = req
+                                .headers()
+                                .get(http::header::ACCEPT)
+                                .and_then(|v| v.to_str().ok())
+                                .is_some_and(|v| v.contains("application/openmetrics-text"));
+                            let (body, ctype) = if om {
+                                (
+                                    app.metrics.render_openmetrics(),
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                            } else {
+                                (
+                                    app.metrics.render_prometheus(),
+                                    "text/plain; version=0.0.4; charset=utf-8",
+                                )
+                            };
+                            let mut r = Response::new(Full::new(Bytes::from(body)));
                             r.headers_mut().insert(
                                 http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static(
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                ),
+                                http::HeaderValue::from_static(ctype),
                             );
                             r
                         }

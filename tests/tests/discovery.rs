@@ -583,3 +583,41 @@ fn data_encoding_base64(der: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn rate_limit_answers_429_and_metrics_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--rate-limit", "2", "--rate-limit-burst", "3"],
+    );
+    let replies: Vec<Reply> = (0..6)
+        .map(|_| srv.request(None, "GET", "/ping", b""))
+        .collect();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert!(!limited.is_empty(), "{replies:?}");
+    let wait_s = limited[0].secs("retry-after").expect("429 has Retry-After");
+    assert!((1..=2).contains(&wait_s), "{wait_s}");
+    std::thread::sleep(Duration::from_secs(wait_s));
+    assert_eq!(srv.request(None, "GET", "/ping", b"").status, 204);
+
+    let metrics = srv.metrics();
+    assert!(
+        metrics.contains("syncthing_discovery_rate_limited_requests_total "),
+        "{metrics}"
+    );
+    let path = dir.path().join("metrics.txt");
+    std::fs::write(&path, &metrics).unwrap();
+    let out = std::process::Command::new(e2e::require_program("promtool", "prometheus"))
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.stop();
+}
