@@ -232,6 +232,12 @@ fn openmetrics_to_prometheus(om: &str) -> String {
     out
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,11 +252,5 @@ mod tests {
         assert!(text
             .contains("syncthing_discovery_api_requests_total{type=\"GET\",result=\"200\"} 1\n"));
         assert!(!text.contains("# EOF"));
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
