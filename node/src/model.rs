@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use proto::{DeviceId, Identity};
 use tokio::sync::{mpsc, watch};
@@ -65,6 +65,9 @@ pub struct Node {
     pub shutdown: watch::Sender<bool>,
 }
 
+/// An existing connection at least this old is replaced by a new one.
+pub const REPLACE_AFTER: Duration = Duration::from_secs(10);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -117,12 +120,18 @@ impl Node {
         self.next_serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a connection unless the device already has one; returns
-    /// whether it was registered.
+    /// Registers a connection. Like Syncthing 1.19.2, a device has one
+    /// connection: a new one replaces an existing one older than
+    /// [`REPLACE_AFTER`] (it may be a dead socket the peer has given up on),
+    /// otherwise the new one is refused. Returns whether it was registered.
     pub fn register(&self, device: DeviceId, info: ConnInfo) -> bool {
         let mut conns = lock(&self.connections);
-        if conns.get(&device).is_some_and(|c| !c.close.is_closed()) {
-            return false;
+        if let Some(old) = conns.get(&device).filter(|c| !c.close.is_closed()) {
+            let age = old.started.elapsed().unwrap_or_default();
+            if age < REPLACE_AFTER {
+                return false;
+            }
+            let _ = old.close.try_send("replaced by a new connection".into());
         }
         conns.insert(device, info);
         true

@@ -10,6 +10,7 @@
 //! install; nothing is skipped silently.
 
 pub mod discovery;
+pub mod node;
 pub mod ports;
 pub mod process;
 pub mod programs;

@@ -1,0 +1,497 @@
+//! BEP v1 against real Syncthing 1.19.2 (issue 5): a real device pulls our
+//! folders byte for byte, changes propagate with only changed blocks
+//! served, a restart rehashes nothing and sends no full index, unknown or
+//! impostor devices are refused, malformed input never harms the node.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::node::NodeHome;
+use e2e::{pick_port, wait, SyncthingHome};
+use proto::bep::wire::{self, ClusterConfig, Device, Folder, Hello};
+use proto::bep::{
+    decode_frame, decode_hello, encode_frame, encode_hello, Compress, Decoded, Message,
+};
+use proto::tls::{self, alpn, ServerPin, Versions};
+use proto::{DeviceId, Identity, KeyKind};
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    proto::bep::blocks::hash_block(0, data).hash
+}
+
+/// Builds the test tree; returns the number of regular files.
+fn build_tree(root: &Path, small_files: usize, big_mib: usize) -> u64 {
+    std::fs::create_dir_all(root).unwrap();
+    let mut files = 0;
+    for i in 0..small_files {
+        let dir = root.join(format!("dir{}/sub{}", i % 7, i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("file {i}.dat")),
+            bytes(i as u64, (i * 37) % 6000),
+        )
+        .unwrap();
+        files += 1;
+    }
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("name with spaces.txt"), b"spaces\n").unwrap();
+    std::fs::write(root.join("ünïcødé ファイル.txt"), "non-ASCII\n").unwrap();
+    std::fs::create_dir_all(root.join("empty dir")).unwrap();
+    let script = root.join("run.sh");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("big.bin"), bytes(999, big_mib << 20)).unwrap();
+    std::os::unix::fs::symlink("dir0/sub0/file 0.dat", root.join("link")).unwrap();
+    files + 5
+}
+
+/// Every entry below `root` (without `.stfolder`): kind, mode, content hash.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".stfolder" || rel.starts_with(".stfolder/") {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let v = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                format!("dir {:o}", m.permissions().mode() & 0o777)
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                format!(
+                    "file {:o} {} {:?}",
+                    m.permissions().mode() & 0o777,
+                    data.len(),
+                    sha256(&data)
+                )
+            };
+            out.insert(rel, v);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    if ta != tb {
+        for (k, v) in &ta {
+            if tb.get(k) != Some(v) {
+                eprintln!("{k}: ours {v:?}, theirs {:?}", tb.get(k));
+            }
+        }
+        for k in tb.keys().filter(|k| !ta.contains_key(*k)) {
+            eprintln!("{k}: only on the real device");
+        }
+        panic!("trees differ: {} vs {}", a.display(), b.display());
+    }
+}
+
+fn completion(st: &e2e::Syncthing, folder: &str, device: &str) -> serde_json::Value {
+    st.get(&format!(
+        "/rest/db/completion?folder={folder}&device={device}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn real_syncthing_pulls_our_folders_then_changes_then_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+
+    let send_src = tmp.path().join("send-src");
+    let both_src = tmp.path().join("both-src");
+    let send_files = build_tree(&send_src, 1000, 24);
+    let both_files = build_tree(&both_src, 120, 2);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("send", &send_src, "sendonly", &[st.id()]);
+    ours.add_folder("both", &both_src, "sendreceive", &[st.id()]);
+
+    let send_dst = tmp.path().join("send-dst");
+    let both_dst = tmp.path().join("both-dst");
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("send", &send_dst, "receiveonly", &[&ours.id]);
+    st.share_folder("both", &both_dst, "sendreceive", &[&ours.id]);
+
+    let started = Instant::now();
+    let node = ours.start();
+    let kind = st.wait_connected(&ours.id, Duration::from_secs(30));
+    assert!(kind.is_some(), "not connected:\n{}", node.proc.log_tail(30));
+    st.wait_synced("send", send_files, Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.proc.log_tail(30)));
+    st.wait_synced("both", both_files, Duration::from_secs(60))
+        .unwrap();
+    eprintln!(
+        "initial sync of {} + {} files in {:.2} s (connection {kind:?})",
+        send_files,
+        both_files,
+        started.elapsed().as_secs_f64()
+    );
+    assert_same_tree(&send_src, &send_dst);
+    assert_same_tree(&both_src, &both_dst);
+    for folder in ["send", "both"] {
+        let c = completion(&st, folder, &ours.id);
+        assert_eq!(c["completion"].as_f64(), Some(100.0), "{folder}: {c}");
+        assert_eq!(c["needItems"].as_u64(), Some(0), "{folder}: {c}");
+    }
+
+    // Changes: one block of the big file, a new file, a deleted file, a
+    // renamed directory. Only the changed data may be served.
+    let served_before = node.status_u64("servedBytes");
+    let seq_before = node.wait_scanned("send", 1, Duration::from_secs(5));
+    {
+        let big = send_src.join("big.bin");
+        let mut data = std::fs::read(&big).unwrap();
+        let off = 10 * 131072 + 5;
+        data[off..off + 100].copy_from_slice(&bytes(7, 100));
+        std::fs::write(&big, data).unwrap();
+    }
+    std::fs::write(send_src.join("new file.txt"), b"brand new\n").unwrap();
+    std::fs::remove_file(send_src.join("dir1/sub1/file 1.dat")).unwrap();
+    std::fs::rename(send_src.join("dir2"), send_src.join("dir2-renamed")).unwrap();
+    let t0 = Instant::now();
+    node.post("/rest/db/scan?folder=send").unwrap();
+    node.wait_scanned("send", seq_before + 1, Duration::from_secs(10));
+    st.wait_synced("send", send_files, Duration::from_secs(30))
+        .unwrap();
+    wait::until(Duration::from_secs(20), Duration::from_millis(100), || {
+        (tree(&send_src) == tree(&send_dst)).then_some(())
+    })
+    .unwrap_or_else(|| assert_same_tree(&send_src, &send_dst));
+    let propagation = t0.elapsed();
+    let served = node.status_u64("servedBytes") - served_before;
+    eprintln!(
+        "changes propagated in {:.2} s, {served} bytes served",
+        propagation.as_secs_f64()
+    );
+    assert!(propagation < Duration::from_secs(10));
+    // One 128 KiB block + the new 10-byte file; renamed files are copied
+    // from local blocks by Syncthing.
+    assert!(
+        served <= 131072 + 10,
+        "served {served} bytes for the changes"
+    );
+
+    // Restart: nothing rehashed, no full index again.
+    let seq = node.wait_scanned("send", 1, Duration::from_secs(5));
+    let full_index = "folder=send from_sequence=0";
+    let log_before = node.stop();
+    // (node.log is appended to by both runs.)
+    assert_eq!(log_before.matches(full_index).count(), 1);
+    let node = ours.start();
+    node.wait_scanned("send", seq, Duration::from_secs(20));
+    node.wait_scanned("both", 1, Duration::from_secs(20));
+    assert_eq!(node.status_u64("hashedFiles"), 0, "rehashed after restart");
+    st.wait_connected(&ours.id, Duration::from_secs(30))
+        .expect("reconnected");
+    let delta = format!("folder=send from_sequence={seq} our_sequence={seq}");
+    let line = wait::until(Duration::from_secs(15), Duration::from_millis(100), || {
+        node.proc.log().contains(&delta).then_some(())
+    });
+    assert!(
+        line.is_some(),
+        "no delta index:\n{}",
+        node.proc.log_tail(20)
+    );
+    assert_eq!(node.proc.log().matches(full_index).count(), 1);
+    let c = completion(&st, "send", &ours.id);
+    assert_eq!(c["completion"].as_f64(), Some(100.0), "{c}");
+    node.stop();
+    st.shutdown();
+}
+
+#[test]
+fn unknown_and_impostor_devices_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    // An impostor: our config expects device X at the address where the
+    // real node (a different certificate) listens.
+    let x = e2e::syncthing::generate(&tmp.path().join("x"));
+    ours.add_device(&x, &[&format!("tcp://127.0.0.1:{st_port}")]);
+    let node = ours.start();
+    // The real node dials us without being configured here.
+    st.add_device(&ours.id, &[&ours.address()]);
+    let pending = wait::until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let p = node.get("/rest/cluster/pending/devices").ok()?;
+        p.get(st.id()).cloned()
+    });
+    assert!(
+        pending.is_some(),
+        "not pending:\n{}",
+        node.proc.log_tail(20)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(st
+        .wait_connected(&ours.id, Duration::from_secs(1))
+        .is_none());
+    assert!(!node.connected(&x));
+    assert!(!node.connected(st.id()));
+    node.stop();
+    st.shutdown();
+}
+
+/// A hand-driven BEP client, to send what a well-behaved peer never would.
+struct RawPeer {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl RawPeer {
+    fn connect(identity: &Identity, port: u16) -> RawPeer {
+        let config = tls::client_config(
+            Some(identity),
+            &[alpn::BEP],
+            ServerPin::Any,
+            Versions::Tls13Only,
+        )
+        .unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        RawPeer {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            buf: Vec::new(),
+        }
+    }
+
+    fn hello(&mut self) {
+        let hello = Hello {
+            device_name: "raw".into(),
+            client_name: "syncthing".into(),
+            client_version: "v1.19.2".into(),
+            ..Default::default()
+        };
+        self.send_raw(&encode_hello(&hello).unwrap());
+        loop {
+            if let Some((_, used)) = decode_hello(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                return;
+            }
+            assert!(self.fill(), "closed before Hello");
+        }
+    }
+
+    fn send_raw(&mut self, data: &[u8]) {
+        let _ = self.tls.write_all(data);
+        let _ = self.tls.flush();
+    }
+
+    fn send(&mut self, m: &Message) {
+        self.send_raw(&encode_frame(m, Compress::Metadata).unwrap());
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut b = [0u8; 65536];
+        match self.tls.read(&mut b) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next message, or None when the node closed the connection.
+    fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Ok(Decoded::Frame { message, consumed }) = decode_frame(&self.buf) {
+                self.buf.drain(..consumed);
+                return Some(message);
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until the node closes; true if it did (a Close, EOF or reset).
+    fn closed_by_node(&mut self) -> bool {
+        for _ in 0..1000 {
+            match self.next() {
+                None | Some(Message::Close(_)) => return true,
+                Some(_) => {}
+            }
+        }
+        false
+    }
+
+    fn response(&mut self, id: i32) -> wire::Response {
+        for _ in 0..1000 {
+            match self.next() {
+                Some(Message::Response(r)) if r.id == id => return r,
+                Some(_) => {}
+                None => panic!("closed while waiting for response {id}"),
+            }
+        }
+        panic!("no response {id}");
+    }
+}
+
+#[test]
+fn malformed_frames_and_escaping_requests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let raw = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+    let raw_id = raw.device_id().to_string();
+    let root = tmp.path().join("f");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/data.txt"), b"hello world\n").unwrap();
+    std::fs::write(tmp.path().join("secret"), b"secret\n").unwrap();
+    std::os::unix::fs::symlink(tmp.path(), root.join("outside")).unwrap();
+    std::os::unix::fs::symlink("../secret", root.join("secret-link")).unwrap();
+    ours.add_device(&raw_id, &["dynamic"]);
+    ours.add_folder("f", &root, "sendonly", &[&raw_id]);
+    let node = ours.start();
+    node.wait_scanned("f", 1, Duration::from_secs(10));
+    let our_id: DeviceId = ours.id.parse().unwrap();
+
+    let cc = Message::ClusterConfig(ClusterConfig {
+        folders: vec![Folder {
+            id: "f".into(),
+            devices: vec![
+                Device {
+                    id: our_id.as_bytes().to_vec(),
+                    ..Default::default()
+                },
+                Device {
+                    id: raw.device_id().as_bytes().to_vec(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        secondary: false,
+    });
+    let request = |id: i32, name: &str, data: &[u8]| {
+        Message::Request(wire::Request {
+            id,
+            folder: "f".into(),
+            name: name.into(),
+            size: data.len() as i32,
+            hash: sha256(data),
+            ..Default::default()
+        })
+    };
+
+    // Requests: one good, the rest trying to leave the folder.
+    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    p.hello();
+    p.send(&cc);
+    assert!(matches!(p.next(), Some(Message::ClusterConfig(_))));
+    let cases: [(&str, &[u8], i32); 7] = [
+        ("sub/data.txt", b"hello world\n", 0),
+        ("../secret", b"secret\n", 1),
+        ("/etc/hostname", b"x", 1),
+        ("sub/../../secret", b"secret\n", 1),
+        ("outside/secret", b"secret\n", 2),
+        ("secret-link", b"secret\n", 2),
+        (".stfolder", b"", 3),
+    ];
+    for (i, (name, data, _)) in cases.iter().enumerate() {
+        p.send(&request(i as i32, name, data));
+    }
+    // Responses come in any order.
+    let mut responses = BTreeMap::new();
+    while responses.len() < cases.len() {
+        match p.next() {
+            Some(Message::Response(r)) => {
+                responses.insert(r.id, r);
+            }
+            Some(_) => {}
+            None => panic!("closed with {} responses", responses.len()),
+        }
+    }
+    for (i, (name, data, code)) in cases.iter().enumerate() {
+        let r = &responses[&(i as i32)];
+        assert_eq!(r.code, *code, "{name}");
+        if *code == 0 {
+            assert_eq!(r.data, *data);
+        } else {
+            assert!(r.data.is_empty(), "{name}");
+        }
+    }
+
+    drop(p);
+    // Frames that must end the connection.
+    let mut bomb = vec![0, 4, 0x08, 0x06, 0x10, 0x01, 0, 0, 0, 12];
+    bomb.extend_from_slice(&400_000_000u32.to_be_bytes());
+    bomb.extend_from_slice(&[0xf0; 8]);
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("LZ4 bomb", bomb),
+        ("oversized length", vec![0, 0, 0x7f, 0xff, 0xff, 0xff]),
+        ("negative header length", vec![0x80, 0, 0, 0, 0, 0]),
+        ("unknown compression", vec![0, 2, 0x10, 0x09, 0, 0, 0, 0]),
+        (
+            "garbage body",
+            vec![0, 2, 0x08, 0x03, 0, 0, 0, 3, 0xff, 0xff, 0xff],
+        ),
+    ];
+    for (what, frame) in bad {
+        let mut p = RawPeer::connect(&raw, ours.listen_port);
+        p.hello();
+        p.send(&cc);
+        p.send_raw(&frame);
+        assert!(p.closed_by_node(), "{what}: connection not closed");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A message before ClusterConfig, and garbage instead of a Hello.
+    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    p.hello();
+    p.send(&request(1, "sub/data.txt", b"hello world\n"));
+    assert!(p.closed_by_node(), "request before ClusterConfig");
+    drop(p);
+    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    p.send_raw(b"GET / HTTP/1.1\r\n\r\n");
+    assert!(p.closed_by_node(), "garbage Hello");
+    drop(p);
+    // The node notices the closed connections before the next one.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Still alive and serving.
+    assert!(node.get("/rest/system/ping").is_ok());
+    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    p.hello();
+    p.send(&cc);
+    p.send(&request(5, "sub/data.txt", b"hello world\n"));
+    let log = node.proc.log_path().to_path_buf();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.response(5)));
+    let r = r.unwrap_or_else(|_| panic!("{}", std::fs::read_to_string(&log).unwrap()));
+    assert_eq!(r.data, b"hello world\n");
+    node.stop();
+}
