@@ -109,6 +109,21 @@ pub struct FolderConfig {
     pub rescan_interval_s: u64,
     #[serde(default)]
     pub paused: bool,
+    /// Scan soon after a change (inotify) instead of waiting for the
+    /// periodic rescan.
+    #[serde(default = "default_true")]
+    pub fs_watcher_enabled: bool,
+    /// Seconds to let changes settle before scanning.
+    #[serde(default = "default_watch_delay", rename = "fsWatcherDelayS")]
+    pub fs_watcher_delay_s: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_watch_delay() -> u64 {
+    1
 }
 
 fn default_folder_type() -> String {
@@ -281,6 +296,8 @@ mod tests {
                 devices: vec![],
                 rescan_interval_s: 10,
                 paused: false,
+                fs_watcher_enabled: true,
+                fs_watcher_delay_s: 1,
             }],
             ..Default::default()
         };

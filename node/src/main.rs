@@ -13,6 +13,7 @@ mod model;
 mod rest;
 mod scan;
 mod serve;
+mod watch;
 
 use clap::{Parser, Subcommand};
 

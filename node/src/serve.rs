@@ -133,6 +133,7 @@ async fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()>) {
+    let mut watcher = None;
     loop {
         let Some(f) = node.config().folders.into_iter().find(|f| f.id == folder) else {
             return;
@@ -147,6 +148,16 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let result =
             tokio::task::spawn_blocking(move || scan::scan(&n2.db, &fid, &path, short)).await;
         *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "idle";
+        // The watcher starts after the first successful scan (the folder
+        // exists then) and lives as long as this loop.
+        if watcher.is_none() && f.fs_watcher_enabled && matches!(result, Ok(Ok(_))) {
+            let delay = Duration::from_secs(f.fs_watcher_delay_s);
+            match crate::watch::start(&f.path, delay, rt.scan_now.clone()) {
+                Ok(w) => watcher = Some(w),
+                Err(e) => tracing::warn!(folder = %folder, error = %format!("{e:#}"),
+                    "no filesystem watcher; changes are found by periodic rescans"),
+            }
+        }
         match result {
             Ok(Ok(stats)) => {
                 let rate = stats.hashed_bytes as f64 / 1e6 / stats.seconds.max(1e-9);
