@@ -117,7 +117,7 @@ pub async fn handle<S: Store>(
     let method = req.method().clone();
     let resp = route(&app, &conn, req).await;
     app.metrics
-        .request(method.as_str(), resp.status().as_u16(), started.elapsed());
+        .request(&method, resp.status().as_u16(), started.elapsed());
     Ok(resp)
 }
 

@@ -182,7 +182,7 @@ async fn periodic<S: Store>(app: Arc<App<S>>, mut stop: watch::Receiver<bool>) {
             t.tick(TRACKER_TICK.as_secs_f64());
             app.metrics
                 .retry_after
-                .get_or_create(&vec![("name", name.to_string())])
+                .get_or_create(&[("name", name)])
                 .set(t.delay());
         }
         if n % LIMITER_SWEEP.as_secs() == 0 {
@@ -194,7 +194,7 @@ async fn periodic<S: Store>(app: Arc<App<S>>, mut stop: watch::Receiver<bool>) {
             if n % 10 == 0 {
                 app.metrics
                     .database_keys
-                    .get_or_create(&vec![("category", "current".to_string())])
+                    .get_or_create(&[("category", "current")])
                     .set(current as i64);
             }
         }
@@ -215,7 +215,7 @@ async fn memory_maintenance(
             _ = expiry.tick() => {
                 let a = app.clone();
                 if let Ok(current) = tokio::task::spawn_blocking(move || a.store.expire(Now::system())).await {
-                    app.metrics.database_keys.get_or_create(&vec![("category", "current".to_string())]).set(current as i64);
+                    app.metrics.database_keys.get_or_create(&[("category", "current")]).set(current as i64);
                 }
             }
             _ = flush.tick() => {

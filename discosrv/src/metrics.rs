@@ -12,22 +12,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+/// Label sets of static strings: no allocation per request.
+type L1 = [(&'static str, &'static str); 1];
+type L2 = [(&'static str, &'static str); 2];
+type ApiLabels = L2;
 
 pub struct Metrics {
     registry: Registry,
-    api_requests: Family<Labels, Counter>,
-    api_seconds: Family<Labels, Histogram>,
-    lookups: Family<Labels, Counter>,
-    announcements: Family<Labels, Counter>,
-    store_ops: Family<Labels, Counter>,
-    store_seconds: Family<Labels, Histogram>,
+    api_requests: Family<ApiLabels, Counter>,
+    api_seconds: Family<L1, Histogram>,
+    lookups: Family<L1, Counter>,
+    announcements: Family<L1, Counter>,
+    store_ops: Family<L2, Counter>,
+    store_seconds: Family<L1, Histogram>,
     pub store_errors: Counter,
     pub rate_limited: Counter,
-    pub database_keys: Family<Labels, Gauge>,
+    pub database_keys: Family<L1, Gauge>,
     pub last_written: Gauge<f64, AtomicU64>,
     pub write_seconds: Gauge<f64, AtomicU64>,
-    pub retry_after: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub retry_after: Family<L1, Gauge<f64, AtomicU64>>,
     pub connections: Gauge,
     pub rate_limiter_clients: Gauge,
 }
@@ -40,22 +43,20 @@ fn seconds_histogram() -> Histogram {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let api_requests = Family::<Labels, Counter>::default();
-        let api_seconds = Family::<Labels, Histogram>::new_with_constructor(
-            seconds_histogram as fn() -> Histogram,
-        );
-        let lookups = Family::<Labels, Counter>::default();
-        let announcements = Family::<Labels, Counter>::default();
-        let store_ops = Family::<Labels, Counter>::default();
-        let store_seconds = Family::<Labels, Histogram>::new_with_constructor(
-            seconds_histogram as fn() -> Histogram,
-        );
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        let api_seconds =
+            Family::<L1, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let lookups = Family::<L1, Counter>::default();
+        let announcements = Family::<L1, Counter>::default();
+        let store_ops = Family::<L2, Counter>::default();
+        let store_seconds =
+            Family::<L1, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
         let store_errors = Counter::default();
         let rate_limited = Counter::default();
-        let database_keys = Family::<Labels, Gauge>::default();
+        let database_keys = Family::<L1, Gauge>::default();
         let last_written = Gauge::<f64, AtomicU64>::default();
         let write_seconds = Gauge::<f64, AtomicU64>::default();
-        let retry_after = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let retry_after = Family::<L1, Gauge<f64, AtomicU64>>::default();
         let connections = Gauge::default();
         let rate_limiter_clients = Gauge::default();
         registry.register(
@@ -147,39 +148,32 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, method: &str, status: u16, elapsed: Duration) {
+    pub fn request(&self, method: &http::Method, status: u16, elapsed: Duration) {
+        let m = method_label(method);
         self.api_requests
-            .get_or_create(&vec![
-                ("type", method.to_string()),
-                ("result", status.to_string()),
-            ])
+            .get_or_create(&[("type", m), ("result", status_label(status))])
             .inc();
         self.api_seconds
-            .get_or_create(&vec![("type", method.to_string())])
+            .get_or_create(&[("type", m)])
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn lookup(&self, result: &'static str) {
-        self.lookups
-            .get_or_create(&vec![("result", result.to_string())])
-            .inc();
+        self.lookups.get_or_create(&[("result", result)]).inc();
     }
 
     pub fn announcement(&self, result: &'static str) {
         self.announcements
-            .get_or_create(&vec![("result", result.to_string())])
+            .get_or_create(&[("result", result)])
             .inc();
     }
 
     pub fn store_op(&self, operation: &'static str, result: &'static str, elapsed: Duration) {
         self.store_ops
-            .get_or_create(&vec![
-                ("operation", operation.to_string()),
-                ("result", result.to_string()),
-            ])
+            .get_or_create(&[("operation", operation), ("result", result)])
             .inc();
         self.store_seconds
-            .get_or_create(&vec![("operation", operation.to_string())])
+            .get_or_create(&[("operation", operation)])
             .observe(elapsed.as_secs_f64());
     }
 
@@ -196,6 +190,39 @@ impl Metrics {
     /// check metrics` read.
     pub fn render_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.render_openmetrics())
+    }
+}
+
+/// HTTP methods as static labels; anything unusual is `OTHER` so clients
+/// cannot grow the label space.
+fn method_label(m: &http::Method) -> &'static str {
+    use http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        204 => "204",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
     }
 }
 
@@ -245,7 +272,7 @@ mod tests {
     #[test]
     fn prometheus_text_names_counters_with_total() {
         let m = Metrics::new();
-        m.request("GET", 200, Duration::from_millis(1));
+        m.request(&http::Method::GET, 200, Duration::from_millis(1));
         let text = m.render_prometheus();
         assert!(text.contains("# TYPE syncthing_discovery_api_requests_total counter\n"));
         assert!(text.contains("# HELP syncthing_discovery_api_requests_total API requests"));

@@ -106,6 +106,12 @@ impl<'a> View<'a> {
         Ok(v)
     }
 
+    /// For bytes this program encoded itself: no upfront check (a damaged
+    /// record would only read as fewer addresses, never panic).
+    pub fn trusted(bytes: &'a [u8]) -> Self {
+        View { bytes }
+    }
+
     pub fn id(&self) -> [u8; 32] {
         self.bytes.first_chunk::<32>().copied().unwrap_or([0; 32])
     }
@@ -177,8 +183,19 @@ impl AddrIter<'_> {
                 .ok_or(Damaged)?;
             if tag & V6 == 0 {
                 let b = self.take(6)?;
-                let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
-                format!("{scheme}://{ip}:{}", u16::from_le_bytes([b[4], b[5]]))
+                // The lookup hot path: built by hand, without `fmt`.
+                let mut url = String::with_capacity(scheme.len() + 3 + 15 + 6);
+                url.push_str(scheme);
+                url.push_str("://");
+                for (i, octet) in b[..4].iter().enumerate() {
+                    if i > 0 {
+                        url.push('.');
+                    }
+                    push_decimal(&mut url, u32::from(*octet));
+                }
+                url.push(':');
+                push_decimal(&mut url, u32::from(u16::from_le_bytes([b[4], b[5]])));
+                url
             } else {
                 let b = self.take(18)?;
                 let mut octets = [0u8; 16];
@@ -188,6 +205,22 @@ impl AddrIter<'_> {
             }
         };
         Ok(Addr { url, expires })
+    }
+}
+
+fn push_decimal(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
     }
 }
 
