@@ -22,7 +22,7 @@ use super::record::{self, View};
 use super::{Found, Lookup, Now, Store, StoreError};
 
 const SHARDS: usize = 64;
-const MAGIC: &[u8; 16] = b"DISCOSRV-SNAP-1\n";
+const MAGIC: &[u8; 16] = b"DISCOSRV-SNAP-2\n";
 const SNAPSHOT: &str = "records.bin";
 /// Records without a current address are remembered this long after their
 /// last announcement, so lookups of offline devices count as "seen before".

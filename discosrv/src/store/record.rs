@@ -5,14 +5,18 @@
 //!
 //! ```text
 //! [device ID: 32][seen: i64 LE Unix ns][count: u8] then per address:
-//! [expires: u32 LE Unix s][tag: u8][payload]
+//! [expiry: u16 LE, seconds before seen + 2 h][tag: u8][payload]
 //!   tag 0:          [len: u16 LE][URL bytes]            any address
 //!   tag 1..=7:      [IPv4: 4][port: u16 LE]             scheme from SCHEMES
 //!   tag 0x81..0x87: [IPv6: 16][port: u16 LE]            scheme from SCHEMES
 //! ```
 //!
 //! A compact form is only used when it turns back into exactly the same
-//! text, so decoding always returns what was stored.
+//! text, so decoding always returns what was stored. Expiries are stored
+//! relative to the last announcement: every address expires at most 2 h
+//! after it, and is dropped once expired, so 16 bits are plenty. Three
+//! IPv4 addresses make a 68-byte record, the largest that fits an 80-byte
+//! malloc chunk.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -38,12 +42,14 @@ pub struct Damaged;
 
 pub fn encode(id: &[u8; 32], seen_ns: i64, addrs: &[Addr]) -> Box<[u8]> {
     let n = addrs.len().min(MAX_ADDRESSES);
-    let mut out = Vec::with_capacity(HEADER + n * 11);
+    let mut out = Vec::with_capacity(HEADER + n * 9);
     out.extend_from_slice(id);
     out.extend_from_slice(&seen_ns.to_le_bytes());
     out.push(n as u8);
+    let base = expiry_base(seen_ns);
     for a in &addrs[..n] {
-        out.extend_from_slice(&a.expires.to_le_bytes());
+        let delta = base.saturating_sub(a.expires).min(u32::from(u16::MAX)) as u16;
+        out.extend_from_slice(&delta.to_le_bytes());
         encode_url(&a.url, &mut out);
     }
     out.into_boxed_slice()
@@ -84,6 +90,12 @@ fn encode_url(url: &str, out: &mut Vec<u8>) {
     out.push(0);
     out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
     out.extend_from_slice(bytes);
+}
+
+/// The latest expiry a record can hold: its last announcement + 2 h.
+fn expiry_base(seen_ns: i64) -> u32 {
+    let secs = seen_ns.div_euclid(1_000_000_000) + proto::discovery::ADDRESS_LIFETIME_SECS as i64;
+    u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
 }
 
 /// Read access to an encoded record.
@@ -135,12 +147,14 @@ impl<'a> View<'a> {
         }
         Ok(AddrIter {
             rest: &self.bytes[HEADER..],
+            base: expiry_base(self.seen_ns()),
         })
     }
 }
 
 struct AddrIter<'a> {
     rest: &'a [u8],
+    base: u32,
 }
 
 impl Iterator for AddrIter<'_> {
@@ -169,8 +183,9 @@ impl AddrIter<'_> {
     }
 
     fn decode_one(&mut self) -> Result<Addr, Damaged> {
-        let exp = self.take(4)?;
-        let expires = u32::from_le_bytes([exp[0], exp[1], exp[2], exp[3]]);
+        let base = self.base;
+        let delta = self.take(2)?;
+        let expires = base.saturating_sub(u32::from(u16::from_le_bytes([delta[0], delta[1]])));
         let tag = self.take(1)?[0];
         let url = if tag == 0 {
             let len = self.take(2)?;
@@ -277,13 +292,13 @@ mod tests {
         assert_eq!(v.id(), id);
         assert_eq!(v.seen_ns(), 1234);
         assert_eq!(v.addrs().collect::<Vec<_>>(), addrs);
-        // Three typical IPv4 addresses: header + 3 × 11 bytes.
+        // Three typical IPv4 addresses: header + 3 × 9 bytes.
         let three = [
             a("tcp://192.0.2.7:22000", 1),
             a("quic://192.0.2.7:22000", 1),
             a("tcp://198.51.100.1:22000", 1),
         ];
-        assert_eq!(encode(&id, 0, &three).len(), HEADER + 33);
+        assert_eq!(encode(&id, 0, &three).len(), HEADER + 27);
     }
 
     #[test]
@@ -296,7 +311,7 @@ mod tests {
         bad[HEADER - 1] = 5;
         assert!(View::new(&bad).is_err());
         let mut bad = blob.to_vec();
-        bad[HEADER + 4] = 0x7f;
+        bad[HEADER + 2] = 0x7f;
         assert!(View::new(&bad).is_err());
     }
 
