@@ -505,3 +505,143 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     assert_eq!(r.data, b"hello world\n");
     node.stop();
 }
+
+/// Peak resident memory of a process in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// OpenSSL's single-core SHA-256 rate in MB/s (16 KiB blocks).
+fn openssl_sha256_mb_s() -> f64 {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-evp", "sha256", "-seconds", "2"])
+        .output()
+        .expect("run openssl speed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Last line: "sha256  a b c d e f" in 1000s of bytes per second.
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("sha256") || l.starts_with("SHA256"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|v| v.trim_end_matches('k').parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1000.0)
+}
+
+/// Benchmark (documented command, one run; build in release first):
+/// `cargo build --release -p node && cargo test --release -p e2e --test bep -- --ignored --nocapture bench_`
+///
+/// Time until a real Syncthing device has pulled 300 MiB + 1,000 files from
+/// our node, beside the same transfer from a real Syncthing device, and our
+/// scan rate beside `openssl speed -evp sha256`.
+#[test]
+#[ignore = "benchmark: run explicitly, in release"]
+fn bench_pull_from_our_node_vs_from_syncthing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files = build_tree(&src, 1000, 300);
+
+    // Ours → Syncthing: from our node's start (it scans first) to synced.
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st-recv-1"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("b", &src, "sendonly", &[st.id()]);
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("b", &tmp.path().join("dst-1"), "receiveonly", &[&ours.id]);
+    let t0 = Instant::now();
+    let node = ours.start();
+    st.wait_synced("b", files, Duration::from_secs(600))
+        .unwrap();
+    let ours_s = t0.elapsed().as_secs_f64();
+    assert_same_tree(&src, &tmp.path().join("dst-1"));
+    let log = node.stop();
+    st.shutdown();
+    if ours_s > 10.0 {
+        println!("BENCH slow run, our log:\n{log}");
+    }
+    let scan_line = log
+        .lines()
+        .find(|l| l.starts_with("Scanned folder b"))
+        .unwrap_or_default()
+        .to_string();
+
+    // Syncthing → Syncthing: from the sender's folder share (it scans
+    // first) to synced; both already connected.
+    std::fs::remove_dir_all(src.join(".stfolder")).ok();
+    let (p1, p2) = (pick_port(), pick_port());
+    let s1 = SyncthingHome::init(
+        &tmp.path().join("st-send"),
+        &[format!("tcp://127.0.0.1:{p1}")],
+    )
+    .start();
+    let s2 = SyncthingHome::init(
+        &tmp.path().join("st-recv-2"),
+        &[format!("tcp://127.0.0.1:{p2}")],
+    )
+    .start();
+    s1.add_device(s2.id(), &[&format!("tcp://127.0.0.1:{p2}")]);
+    s2.add_device(s1.id(), &[&format!("tcp://127.0.0.1:{p1}")]);
+    s1.wait_connected(s2.id(), Duration::from_secs(30)).unwrap();
+    s2.share_folder("b", &tmp.path().join("dst-2"), "receiveonly", &[s1.id()]);
+    let t1 = Instant::now();
+    s1.share_folder("b", &src, "sendonly", &[s2.id()]);
+    s2.wait_synced("b", files, Duration::from_secs(600))
+        .unwrap();
+    let theirs_s = t1.elapsed().as_secs_f64();
+    s1.shutdown();
+    s2.shutdown();
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("BENCH pull 300 MiB + 1000 files: from our node {ours_s:.2} s, from Syncthing 1.19.2 {theirs_s:.2} s");
+    println!("BENCH our scan: {scan_line}");
+    println!(
+        "BENCH openssl speed -evp sha256: {:.0} MB/s per core, {cores} cores",
+        openssl_sha256_mb_s()
+    );
+}
+
+/// Index memory per file (documented command, one run):
+/// `cargo test --release -p e2e --test bep -- --ignored --nocapture bench_index_memory`
+#[test]
+#[ignore = "benchmark: run explicitly, in release"]
+fn bench_index_memory_per_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let measure = |n: usize| {
+        let src = tmp.path().join(format!("src-{n}"));
+        for i in 0..n {
+            let dir = src.join(format!("d{}", i % 100));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("file-{i}.txt")), i.to_string()).unwrap();
+        }
+        std::fs::create_dir_all(&src).unwrap();
+        let home = NodeHome::generate(&tmp.path().join(format!("node-{n}")), "rust");
+        let peer = e2e::syncthing::generate(&tmp.path().join(format!("peer-{n}")));
+        home.add_folder("m", &src, "sendonly", &[&peer]);
+        let node = home.start();
+        node.wait_scanned("m", n as u64, Duration::from_secs(600));
+        // Twice: the second scan compares all entries with the index.
+        node.post("/rest/db/scan?folder=m").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        node.wait_scanned("m", n as u64, Duration::from_secs(600));
+        let rss = peak_rss(node.proc.pid());
+        node.stop();
+        rss
+    };
+    let base = measure(100);
+    let big = measure(100_000);
+    println!(
+        "BENCH peak RSS: {} KiB with 100 files, {} KiB with 100,000 files: {:.0} bytes per file",
+        base / 1024,
+        big / 1024,
+        (big.saturating_sub(base)) as f64 / 99_900.0
+    );
+}
