@@ -50,6 +50,9 @@ where
     if peer == node.my_id {
         bail!("connected to myself");
     }
+    if *node.shutdown.borrow() {
+        bail!("shutting down");
+    }
     let device = node.config().device(&peer).cloned();
     let our_name = match &device {
         // Like Syncthing, tell only known devices our name.

@@ -63,6 +63,22 @@ pub struct LocalMeta {
     pub version: Vector,
 }
 
+fn row_meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<LocalMeta> {
+    let version: Vec<u8> = r.get(8)?;
+    Ok(LocalMeta {
+        kind: r.get(0)?,
+        deleted: r.get(1)?,
+        size: r.get(2)?,
+        modified_s: r.get(3)?,
+        modified_ns: r.get(4)?,
+        permissions: r.get(5)?,
+        inode: r.get::<_, i64>(6)? as u64,
+        block_size: r.get(7)?,
+        // A corrupt vector restarts from empty; our counter still grows.
+        version: Vector::decode(&version[..]).unwrap_or_default(),
+    })
+}
+
 /// A changed local entry to record, with the inode the scanner saw.
 pub struct Change {
     pub info: FileInfo,
@@ -118,35 +134,65 @@ impl Db {
         Ok((id, 0))
     }
 
-    /// Everything the scanner needs to compare with the disk.
-    pub fn local_meta(&self, folder: &str) -> Result<HashMap<String, LocalMeta>> {
+    /// What the index holds for `names` (those it has).
+    pub fn local_meta(&self, folder: &str, names: &[&str]) -> Result<HashMap<String, LocalMeta>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT name, kind, deleted, size, modified_s, modified_ns, permissions, inode,
-                    block_size, version FROM files WHERE folder = ?1",
+            "SELECT kind, deleted, size, modified_s, modified_ns, permissions, inode,
+                    block_size, version FROM files WHERE folder = ?1 AND name = ?2",
         )?;
-        let rows = stmt.query_map([folder], |r| {
-            let version: Vec<u8> = r.get(9)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                LocalMeta {
-                    kind: r.get(1)?,
-                    deleted: r.get(2)?,
-                    size: r.get(3)?,
-                    modified_s: r.get(4)?,
-                    modified_ns: r.get(5)?,
-                    permissions: r.get(6)?,
-                    inode: r.get::<_, i64>(7)? as u64,
-                    block_size: r.get(8)?,
-                    version: Vector::decode(&version[..]).unwrap_or_default(),
-                },
-            ))
-        })?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (name, meta) = row?;
-            out.insert(name, meta);
+        let mut out = HashMap::with_capacity(names.len());
+        for name in names {
+            let meta = stmt.query_row(params![folder, name], row_meta).optional()?;
+            if let Some(meta) = meta {
+                out.insert(name.to_string(), meta);
+            }
         }
+        Ok(out)
+    }
+
+    /// Starts a scan's bookkeeping of the names found on disk (kept in a
+    /// temporary table, not in memory).
+    pub fn seen_reset(&self, folder: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS seen (
+                 folder TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (folder, name)
+             ) WITHOUT ROWID",
+        )?;
+        conn.execute("DELETE FROM temp.seen WHERE folder = ?1", [folder])?;
+        Ok(())
+    }
+
+    pub fn seen_add(&self, folder: &str, names: &[&str]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO temp.seen (folder, name) VALUES (?1, ?2)")?;
+            for name in names {
+                stmt.execute(params![folder, name])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Live entries of the index that the scan did not see on disk.
+    pub fn unseen(&self, folder: &str) -> Result<Vec<(String, LocalMeta)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, deleted, size, modified_s, modified_ns, permissions, inode,
+                    block_size, version, name FROM files f
+             WHERE folder = ?1 AND deleted = 0 AND NOT EXISTS
+                 (SELECT 1 FROM temp.seen s WHERE s.folder = ?1 AND s.name = f.name)",
+        )?;
+        let rows = stmt.query_map([folder], |r| Ok((r.get::<_, String>(9)?, row_meta(r)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?);
+        }
+        conn.execute("DELETE FROM temp.seen WHERE folder = ?1", [folder])?;
         Ok(out)
     }
 
@@ -314,7 +360,12 @@ mod tests {
         let names: Vec<_> = all.iter().map(|f| (f.name.as_str(), f.sequence)).collect();
         assert_eq!(names, [("b", 2), ("a", 3)]);
         assert_eq!(db.files_since("f", 2, 100).unwrap().len(), 1);
-        assert_eq!(db.local_meta("f").unwrap()["a"].inode, 7);
+        assert_eq!(db.local_meta("f", &["a", "zz"]).unwrap()["a"].inode, 7);
+        db.seen_reset("f").unwrap();
+        db.seen_add("f", &["a"]).unwrap();
+        let unseen = db.unseen("f").unwrap();
+        assert_eq!(unseen.len(), 1);
+        assert_eq!(unseen[0].0, "b");
         let dev = DeviceId::from_der_cert(b"x");
         assert_eq!(db.remote("f", &dev).unwrap(), (0, 0));
         db.set_remote("f", &dev, 9, 4).unwrap();

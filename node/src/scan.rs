@@ -2,7 +2,7 @@
 //! new and changed files in parallel and records the differences (new
 //! versions, tombstones for vanished entries) with fresh sequence numbers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -47,8 +47,17 @@ struct Found {
     meta: Metadata,
 }
 
+/// Entries examined (and recorded) together; bounds the scanner's memory
+/// whatever the size of the folder.
+const BATCH: usize = 2048;
+
 /// Scans `root` for folder `folder`, recording changes in `db`.
 /// `short_id` is our short device ID (version vector counter).
+///
+/// The walk is processed in batches: look the batch up in the index, hash
+/// what changed (on all cores), record it. Names seen are kept in the
+/// database, so vanished entries are found without holding the folder in
+/// memory.
 pub fn scan(db: &Db, folder: &str, root: &Path, short_id: u64) -> Result<ScanStats> {
     let started = Instant::now();
     let marker = root.join(MARKER);
@@ -62,20 +71,79 @@ pub fn scan(db: &Db, folder: &str, root: &Path, short_id: u64) -> Result<ScanSta
         fs::create_dir(&marker)
             .with_context(|| format!("cannot create the folder marker {}", marker.display()))?;
     }
-    let known = db.local_meta(folder)?;
-    let mut found = Vec::new();
-    walk(root, "", &mut found)?;
-
     let now = unix_now();
-    let mut stats = ScanStats {
-        entries: found.len(),
-        ..Default::default()
+    let mut stats = ScanStats::default();
+    db.seen_reset(folder)?;
+    let mut batch = Vec::with_capacity(BATCH);
+    walk(root, "", &mut |found| {
+        batch.push(found);
+        if batch.len() >= BATCH {
+            scan_batch(
+                db,
+                folder,
+                std::mem::take(&mut batch),
+                short_id,
+                now,
+                &mut stats,
+            )?;
+        }
+        Ok(())
+    })?;
+    scan_batch(db, folder, batch, short_id, now, &mut stats)?;
+
+    // Entries in the index but gone from disk become tombstones, children
+    // before parents so a peer can empty a directory before removing it.
+    let mut gone = db.unseen(folder)?;
+    gone.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut changes = Vec::with_capacity(gone.len());
+    for (name, old) in gone {
+        let mut version = old.version;
+        vector::update(&mut version, short_id, now);
+        changes.push(Change {
+            info: FileInfo {
+                name,
+                r#type: old.kind,
+                deleted: true,
+                modified_s: now as i64,
+                version: Some(version),
+                modified_by: short_id,
+                ..Default::default()
+            },
+            inode: 0,
+        });
+    }
+    stats.deleted = changes.len();
+    stats.changed += changes.len();
+    stats.sequence = if changes.is_empty() {
+        db.folder_state(folder)?.1
+    } else {
+        db.apply(folder, changes)?
     };
-    let mut seen = HashSet::with_capacity(found.len());
+    TOTAL_HASHED_FILES.fetch_add(stats.hashed_files as u64, Ordering::Relaxed);
+    TOTAL_HASHED_BYTES.fetch_add(stats.hashed_bytes, Ordering::Relaxed);
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+fn scan_batch(
+    db: &Db,
+    folder: &str,
+    found: Vec<Found>,
+    short_id: u64,
+    now: u64,
+    stats: &mut ScanStats,
+) -> Result<()> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    stats.entries += found.len();
+    let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+    db.seen_add(folder, &names)?;
+    let known = db.local_meta(folder, &names)?;
+    drop(names);
     let mut changes = Vec::new();
     let mut to_hash = Vec::new();
     for f in found {
-        seen.insert(f.name.clone());
         let old = known.get(&f.name);
         let current = disk_meta(&f.meta);
         if let Some(old) = old {
@@ -131,7 +199,6 @@ pub fn scan(db: &Db, folder: &str, root: &Path, short_id: u64) -> Result<ScanSta
             });
         }
     }
-
     for result in hash_all(to_hash, short_id) {
         match result {
             Ok(change) => {
@@ -142,48 +209,15 @@ pub fn scan(db: &Db, folder: &str, root: &Path, short_id: u64) -> Result<ScanSta
             Err(e) => tracing::warn!(folder, error = %format!("{e:#}"), "file skipped this scan"),
         }
     }
-    TOTAL_HASHED_FILES.fetch_add(stats.hashed_files as u64, Ordering::Relaxed);
-    TOTAL_HASHED_BYTES.fetch_add(stats.hashed_bytes, Ordering::Relaxed);
-
-    // Entries in the index but gone from disk become tombstones.
-    let mut gone: Vec<(&String, &LocalMeta)> = known
-        .iter()
-        .filter(|(name, m)| !m.deleted && !seen.contains(*name))
-        .collect();
-    // Children before parents, so a peer can delete a directory's content
-    // before the directory.
-    gone.sort_by(|a, b| b.0.cmp(a.0));
-    for (name, old) in gone {
-        let mut version = old.version.clone();
-        vector::update(&mut version, short_id, now);
-        stats.deleted += 1;
-        changes.push(Change {
-            info: FileInfo {
-                name: name.clone(),
-                r#type: old.kind,
-                deleted: true,
-                modified_s: now as i64,
-                version: Some(version),
-                modified_by: short_id,
-                ..Default::default()
-            },
-            inode: 0,
-        });
+    if changes.is_empty() {
+        return Ok(());
     }
-    // Parents before children for additions (a peer creates the directory
-    // first); names sort that way.
-    changes.sort_by(|a, b| match (a.info.deleted, b.info.deleted) {
-        (false, false) => a.info.name.cmp(&b.info.name),
-        (x, y) => x.cmp(&y),
-    });
-    stats.changed = changes.len();
-    stats.sequence = if changes.is_empty() {
-        db.folder_state(folder)?.1
-    } else {
-        db.apply(folder, changes)?
-    };
-    stats.seconds = started.elapsed().as_secs_f64();
-    Ok(stats)
+    // Parents before children (a peer creates the directory first); names
+    // sort that way, and the walk visits parents in earlier batches.
+    changes.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    stats.changed += changes.len();
+    db.apply(folder, changes)?;
+    Ok(())
 }
 
 /// On-disk facts compared between scans.
@@ -246,9 +280,9 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Depth-first walk collecting every indexable entry below `dir`. Symlinks
-/// are recorded, never followed.
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<Found>) -> Result<()> {
+/// Depth-first walk handing every indexable entry below `dir` to `out`,
+/// a directory before its content. Symlinks are recorded, never followed.
+fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
     let entries =
         fs::read_dir(dir).with_context(|| format!("cannot list directory {}", dir.display()))?;
     for entry in entries {
@@ -281,11 +315,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Found>) -> Result<()> {
             continue; // sockets, fifos, devices are not synced
         }
         let is_dir = ft.is_dir();
-        out.push(Found {
+        out(Found {
             name: name.clone(),
             path: path.clone(),
             meta,
-        });
+        })?;
         if is_dir {
             walk(&path, &name, out)?;
         }

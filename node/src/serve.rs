@@ -124,6 +124,8 @@ async fn run(args: ServeArgs) -> Result<()> {
         _ = stop.wait_for(|s| *s) => {}
     }
     tracing::info!("shutting down");
+    // New connections are refused from here on (see conn::run).
+    node.shutdown.send_replace(true);
     for (_, c) in node.connections() {
         let _ = c.close.try_send("device is shutting down".into());
     }
