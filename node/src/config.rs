@@ -56,6 +56,17 @@ pub struct Options {
     /// (after a short ramp-up).
     #[serde(default = "default_reconnect", rename = "reconnectionIntervalS")]
     pub reconnection_interval_s: u64,
+    /// Global discovery servers (`https://HOST:PORT/?id=…`). None by
+    /// default: this node never contacts public infrastructure on its own.
+    /// (Announcing and lookups arrive with a later version.)
+    #[serde(default)]
+    pub global_announce_servers: Vec<String>,
+    #[serde(default)]
+    pub global_announce_enabled: bool,
+    #[serde(default)]
+    pub local_announce_enabled: bool,
+    #[serde(default)]
+    pub relays_enabled: bool,
 }
 
 fn default_reconnect() -> u64 {
@@ -246,7 +257,13 @@ impl Config {
                 let _ = id;
             }
         }
-        for a in &self.options.listen_addresses {
+        // An empty entry means "none", as in Syncthing.
+        for a in self
+            .options
+            .listen_addresses
+            .iter()
+            .filter(|a| !a.is_empty())
+        {
             parse_tcp_address(a)?;
         }
         Ok(())
@@ -287,6 +304,7 @@ mod tests {
             options: Options {
                 listen_addresses: vec!["tcp://127.0.0.1:1234".into()],
                 reconnection_interval_s: 5,
+                ..Default::default()
             },
             folders: vec![FolderConfig {
                 id: "f".into(),

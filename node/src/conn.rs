@@ -102,6 +102,7 @@ where
     };
 
     let (close_tx, mut close_rx) = mpsc::channel::<String>(1);
+    let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
     let serial = node.serial();
     let in_bytes = Arc::new(AtomicU64::new(0));
     let out_bytes = Arc::new(AtomicU64::new(0));
@@ -114,6 +115,7 @@ where
         in_bytes: in_bytes.clone(),
         out_bytes: out_bytes.clone(),
         close: close_tx,
+        config_changed: changed_tx,
     };
     if !node.register(peer, info) {
         tracing::info!(device = %peer, %address, "already connected to this device; dropping the new connection");
@@ -143,6 +145,7 @@ where
         peer,
         msg_tx,
         index_senders: HashMap::new(),
+        last_cluster_config: None,
         requests: Arc::new(Semaphore::new(MAX_REQUEST_KIB)),
         waiting: Arc::new(AtomicU64::new(0)),
     };
@@ -187,6 +190,14 @@ where
                         return Err(e.into());
                     }
                 }
+                Some(()) = changed_rx.recv() => {
+                    // Our side changed: tell the peer, and start or stop
+                    // index exchange for folders it already offered.
+                    session.send(&Message::ClusterConfig(cluster_config(&node, &peer)?), Instant::now())?;
+                    if let Some(cc) = conn.last_cluster_config.clone() {
+                        conn.cluster_config(cc).await?;
+                    }
+                }
                 reason = close_rx.recv() => {
                     let reason = reason.unwrap_or_else(|| "shutting down".into());
                     session.close(&reason, Instant::now());
@@ -213,6 +224,8 @@ struct Conn {
     peer: DeviceId,
     msg_tx: mpsc::Sender<Message>,
     index_senders: HashMap<String, JoinHandle<()>>,
+    /// The peer's latest ClusterConfig, re-applied when our config changes.
+    last_cluster_config: Option<ClusterConfig>,
     requests: Arc<Semaphore>,
     waiting: Arc<AtomicU64>,
 }
@@ -234,6 +247,7 @@ impl Conn {
 
     async fn cluster_config(&mut self, cc: ClusterConfig) -> Result<()> {
         check_cluster_config(&cc, self.node.my_id, self.peer)?;
+        self.last_cluster_config = Some(cc.clone());
         let mut offered = Vec::new();
         for folder in &cc.folders {
             let Some(local) = self.node.shared_folder(&folder.id, &self.peer) else {

@@ -107,6 +107,7 @@ fn write_config(args: &GenerateArgs) -> Result<()> {
         options: crate::config::Options {
             listen_addresses: args.listen.clone(),
             reconnection_interval_s: 60,
+            ..Default::default()
         },
         gui: crate::config::Gui {
             address: args.gui_address.clone().unwrap_or_default(),

@@ -2,8 +2,9 @@
 //! database, live connections, pending (unknown) devices, and per-folder
 //! change notifications.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
@@ -28,6 +29,8 @@ pub struct ConnInfo {
     pub out_bytes: Arc<AtomicU64>,
     /// Dropping or sending on this ends the connection.
     pub close: mpsc::Sender<String>,
+    /// Tells the connection the configuration changed (new ClusterConfig).
+    pub config_changed: mpsc::Sender<()>,
 }
 
 /// A device that connected but is not configured.
@@ -49,6 +52,10 @@ pub struct FolderRuntime {
 }
 
 pub struct Node {
+    pub home: PathBuf,
+    /// REST address and key in effect (command line overrides included,
+    /// which are never written to the file).
+    pub gui: crate::config::Gui,
     pub identity: Identity,
     pub my_id: DeviceId,
     pub config: RwLock<Config>,
@@ -57,6 +64,8 @@ pub struct Node {
     pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
     pub pending: Mutex<HashMap<DeviceId, PendingDevice>>,
     pub folders: RwLock<HashMap<String, Arc<FolderRuntime>>>,
+    /// Devices that have a dial loop running.
+    pub dialers: Mutex<HashSet<DeviceId>>,
     /// Bytes of file data served in Responses (for tests and metrics).
     pub served_bytes: AtomicU64,
     pub served_requests: AtomicU64,
@@ -73,9 +82,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Node {
-    pub fn new(identity: Identity, config: Config, db: Db) -> Node {
+    pub fn new(
+        home: PathBuf,
+        gui: crate::config::Gui,
+        identity: Identity,
+        config: Config,
+        db: Db,
+    ) -> Node {
         let my_id = identity.device_id();
         Node {
+            home,
+            gui,
+            dialers: Mutex::new(HashSet::new()),
             identity,
             my_id,
             config: RwLock::new(config),
@@ -106,6 +124,21 @@ impl Node {
             .iter()
             .find(|f| f.id == folder && f.shared_with(device))
             .cloned()
+    }
+
+    /// Changes the configuration: `change` edits a copy, which is checked,
+    /// written to config.json and then put in effect.
+    pub fn update_config(
+        &self,
+        change: impl FnOnce(&mut Config) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Config> {
+        let mut guard = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = guard.clone();
+        change(&mut next)?;
+        next.validate()?;
+        next.save(&self.home)?;
+        *guard = next.clone();
+        Ok(next)
     }
 
     pub fn folder_runtime(&self, folder: &str) -> Option<Arc<FolderRuntime>> {

@@ -28,7 +28,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, Infallible>(handle(&node, req)) }
+                async move { Ok::<_, Infallible>(handle(&node, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -87,8 +87,160 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn handle(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let key = node.config().gui.api_key;
+/// Largest request body accepted (a configuration object).
+const MAX_BODY: usize = 1 << 20;
+
+async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Full<Bytes>>> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    let bytes = http_body_util::BodyExt::collect(limited)
+        .await
+        .map_err(|e| {
+            reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("body: {e}")}),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("JSON: {e}")}),
+        )
+    })
+}
+
+/// Overlays the keys of `patch` on `base` (one level, like Syncthing's PATCH).
+fn merge(base: &mut Value, patch: Value) {
+    if let (Some(b), Value::Object(p)) = (base.as_object_mut(), patch) {
+        for (k, v) in p {
+            b.insert(k, v);
+        }
+    }
+}
+
+/// Applies a configuration change, then puts it in effect.
+fn change_config(
+    node: &Arc<Node>,
+    change: impl FnOnce(&mut crate::config::Config) -> anyhow::Result<()>,
+) -> Response<Full<Bytes>> {
+    match node.update_config(change) {
+        Ok(_) => match crate::serve::apply_config(node) {
+            Ok(()) => reply(StatusCode::OK, Value::Null),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": format!("{e:#}")}),
+            ),
+        },
+        Err(e) => reply(StatusCode::BAD_REQUEST, json!({"error": format!("{e:#}")})),
+    }
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
+    Ok(serde_json::from_value(v)?)
+}
+
+async fn handle_config(
+    node: &Arc<Node>,
+    method: Method,
+    path: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    use crate::config::{DeviceConfig, FolderConfig, Options};
+    let body = match method {
+        Method::POST | Method::PUT | Method::PATCH => match body_json(req).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        },
+        _ => Value::Null,
+    };
+    let config = node.config();
+    let rest = path.trim_start_matches("/rest/config/");
+    let (section, item) = rest.split_once('/').unwrap_or((rest, ""));
+    match (method, section, item) {
+        (Method::GET, "options", "") => reply(
+            StatusCode::OK,
+            serde_json::to_value(config.options).unwrap_or_default(),
+        ),
+        (Method::PATCH | Method::PUT, "options", "") => change_config(node, |c| {
+            let mut v = serde_json::to_value(&c.options)?;
+            merge(&mut v, body);
+            c.options = from_value::<Options>(v)?;
+            Ok(())
+        }),
+        (Method::GET, "devices", "") => reply(
+            StatusCode::OK,
+            serde_json::to_value(config.devices).unwrap_or_default(),
+        ),
+        (Method::GET, "devices", id) => match config.devices.iter().find(|d| d.device_id == id) {
+            Some(d) => reply(StatusCode::OK, serde_json::to_value(d).unwrap_or_default()),
+            None => reply(StatusCode::NOT_FOUND, json!({"error": "no such device"})),
+        },
+        (Method::POST | Method::PUT, "devices", "") => change_config(node, |c| {
+            let list = match body {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            for v in list {
+                let d: DeviceConfig = from_value(v)?;
+                let id = d.id()?;
+                c.devices.retain(|x| x.id().ok() != Some(id));
+                c.devices.push(d);
+            }
+            Ok(())
+        }),
+        (Method::DELETE, "devices", id) => change_config(node, |c| {
+            c.devices.retain(|x| x.device_id != id);
+            Ok(())
+        }),
+        (Method::GET, "folders", "") => reply(
+            StatusCode::OK,
+            serde_json::to_value(config.folders).unwrap_or_default(),
+        ),
+        (Method::GET, "folders", id) => match config.folders.iter().find(|f| f.id == id) {
+            Some(f) => reply(StatusCode::OK, serde_json::to_value(f).unwrap_or_default()),
+            None => reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"})),
+        },
+        (Method::POST | Method::PUT, "folders", "") => change_config(node, |c| {
+            let list = match body {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            for v in list {
+                let f: FolderConfig = from_value(v)?;
+                c.folders.retain(|x| x.id != f.id);
+                c.folders.push(f);
+            }
+            Ok(())
+        }),
+        (Method::PATCH | Method::PUT, "folders", id) => {
+            if !config.folders.iter().any(|f| f.id == id) {
+                return reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"}));
+            }
+            let id = id.to_string();
+            change_config(node, move |c| {
+                for f in c.folders.iter_mut().filter(|f| f.id == id) {
+                    let mut v = serde_json::to_value(&*f)?;
+                    merge(&mut v, body.clone());
+                    let mut next: FolderConfig = from_value(v)?;
+                    next.id = id.clone();
+                    *f = next;
+                }
+                Ok(())
+            })
+        }
+        (Method::DELETE, "folders", id) => change_config(node, |c| {
+            c.folders.retain(|f| f.id != id);
+            Ok(())
+        }),
+        (Method::GET, "restart-required", "") => {
+            reply(StatusCode::OK, json!({"requiresRestart": false}))
+        }
+        _ => reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+    }
+}
+
+async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let key = node.gui.api_key.clone();
     let given = req
         .headers()
         .get("X-API-Key")
@@ -101,6 +253,10 @@ fn handle(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
         );
     }
     let path = req.uri().path().to_string();
+    if path.starts_with("/rest/config/") {
+        let method = req.method().clone();
+        return handle_config(node, method, &path, req).await;
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/rest/system/ping") | (Method::POST, "/rest/system/ping") => {
             reply(StatusCode::OK, json!({"ping": "pong"}))
@@ -160,18 +316,6 @@ fn handle(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             reply(StatusCode::OK, Value::Object(out))
         }
-        (Method::GET, "/rest/config/devices") => reply(
-            StatusCode::OK,
-            serde_json::to_value(node.config().devices).unwrap_or_default(),
-        ),
-        (Method::GET, "/rest/config/folders") => reply(
-            StatusCode::OK,
-            serde_json::to_value(node.config().folders).unwrap_or_default(),
-        ),
-        (Method::GET, "/rest/config/options") => reply(
-            StatusCode::OK,
-            serde_json::to_value(node.config().options).unwrap_or_default(),
-        ),
         (Method::GET, "/rest/db/status") => {
             let Some(folder) = query(&req, "folder") else {
                 return reply(

@@ -55,33 +55,21 @@ async fn run(args: ServeArgs) -> Result<()> {
             )
         },
     )?;
-    let mut config = Config::load(&home)?;
+    let config = Config::load(&home)?;
+    let mut gui = config.gui.clone();
     if let Some(a) = args.gui_address {
-        config.gui.address = a;
+        gui.address = a;
     }
     if let Some(k) = args.gui_apikey {
-        config.gui.api_key = k;
+        gui.api_key = k;
     }
     let db = Db::open(&home)?;
-    let node = Arc::new(Node::new(identity, config.clone(), db));
+    let node = Arc::new(Node::new(home, gui, identity, config.clone(), db));
     eprintln!("My ID: {}", node.my_id);
     tracing::info!(id = %node.my_id, "starting");
 
-    // Folders: runtime state, an initial scan, then periodic/on-demand scans.
-    for f in &config.folders {
-        let (_, seq) = node.db.folder_state(&f.id)?;
-        let (scan_tx, scan_rx) = mpsc::channel(1);
-        let rt = Arc::new(FolderRuntime {
-            sequence: watch::channel(seq).0,
-            state: std::sync::Mutex::new("scan-waiting"),
-            scan_now: scan_tx,
-        });
-        node.folders
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(f.id.clone(), rt);
-        tokio::spawn(scan_loop(node.clone(), f.id.clone(), scan_rx));
-    }
+    // Folders (an initial scan, then periodic/on-demand ones) and dialers.
+    apply_config(&node)?;
 
     let tls_server = Arc::new(tls::server_config(
         &node.identity,
@@ -89,7 +77,12 @@ async fn run(args: ServeArgs) -> Result<()> {
         ClientCert::Required,
         Versions::Tls13Only,
     )?);
-    for uri in &config.options.listen_addresses {
+    for uri in config
+        .options
+        .listen_addresses
+        .iter()
+        .filter(|a| !a.is_empty())
+    {
         let addr = crate::config::parse_tcp_address(uri)?;
         let listener = TcpListener::bind(addr)
             .await
@@ -99,21 +92,10 @@ async fn run(args: ServeArgs) -> Result<()> {
         tracing::info!(address = %format!("tcp://{local}"), "listening");
         tokio::spawn(accept_loop(node.clone(), listener, tls_server.clone()));
     }
-    for d in &config.devices {
-        let id = d.id()?;
-        if d.addresses.iter().any(|a| tcp_host_port(a).is_some()) {
-            tokio::spawn(dial_loop(node.clone(), id));
-        }
-    }
-    if !node.config().gui.address.is_empty() {
-        let listener = TcpListener::bind(&node.config().gui.address)
+    if !node.gui.address.is_empty() {
+        let listener = TcpListener::bind(&node.gui.address)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot listen for the REST API on {}",
-                    node.config().gui.address
-                )
-            })?;
+            .with_context(|| format!("cannot listen for the REST API on {}", node.gui.address))?;
         eprintln!("REST API on http://{}", listener.local_addr()?);
         tokio::spawn(rest::serve(node.clone(), listener));
     }
@@ -134,10 +116,51 @@ async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Puts the current configuration in effect: folders get their runtime
+/// state and scan loop, devices with addresses a dial loop, and every
+/// connection is told to send a new ClusterConfig. Called at start and
+/// after every REST change. (Listen addresses apply at the next start.)
+pub fn apply_config(node: &Arc<Node>) -> Result<()> {
+    let config = node.config();
+    for f in &config.folders {
+        if node.folder_runtime(&f.id).is_some() {
+            continue;
+        }
+        let (_, seq) = node.db.folder_state(&f.id)?;
+        let (scan_tx, scan_rx) = mpsc::channel(1);
+        let rt = Arc::new(FolderRuntime {
+            sequence: watch::channel(seq).0,
+            state: std::sync::Mutex::new("scan-waiting"),
+            scan_now: scan_tx,
+        });
+        node.folders
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(f.id.clone(), rt);
+        tokio::spawn(scan_loop(node.clone(), f.id.clone(), scan_rx));
+    }
+    for d in &config.devices {
+        let id = d.id()?;
+        let mut dialers = node.dialers.lock().unwrap_or_else(|p| p.into_inner());
+        if !dialers.contains(&id) && d.addresses.iter().any(|a| tcp_host_port(a).is_some()) {
+            dialers.insert(id);
+            tokio::spawn(dial_loop(node.clone(), id));
+        }
+    }
+    for (_, c) in node.connections() {
+        let _ = c.config_changed.try_send(());
+    }
+    Ok(())
+}
+
 async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()>) {
     let mut watcher = None;
     loop {
         let Some(f) = node.config().folders.into_iter().find(|f| f.id == folder) else {
+            node.folders
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&folder);
             return;
         };
         let Some(rt) = node.folder_runtime(&folder) else {
@@ -237,6 +260,10 @@ async fn dial_loop(node: Arc<Node>, device: DeviceId) {
     loop {
         let config = node.config();
         let Some(d) = config.device(&device).cloned() else {
+            node.dialers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&device);
             return;
         };
         let max = Duration::from_secs(config.options.reconnection_interval_s.max(1));

@@ -143,6 +143,26 @@ impl Node {
         }
     }
 
+    /// A REST call with a JSON body (POST, PUT, PATCH).
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<(), String> {
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .request(
+                method,
+                &format!("http://127.0.0.1:{}{path}", self.home.gui_port),
+            )
+            .set("X-API-Key", &self.home.api_key)
+            .send_json(body.clone())
+            .map(|_| ())
+            .map_err(|e| match e {
+                ureq::Error::Status(code, r) => {
+                    format!("HTTP {code}: {}", r.into_string().unwrap_or_default())
+                }
+                e => e.to_string(),
+            })
+    }
+
     pub fn post(&self, path: &str) -> Result<(), String> {
         ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(10))

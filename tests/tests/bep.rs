@@ -645,3 +645,78 @@ fn bench_index_memory_per_file() {
         (big.saturating_sub(base)) as f64 / 99_900.0
     );
 }
+
+#[test]
+fn rest_configuration_applies_live_and_is_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    let node = ours.start();
+    // Without the key: refused.
+    let anon = ureq::get(&format!(
+        "http://127.0.0.1:{}/rest/system/status",
+        ours.gui_port
+    ))
+    .call();
+    assert!(matches!(anon, Err(ureq::Error::Status(403, _))));
+    let status = node.get("/rest/system/status").unwrap();
+    assert_eq!(status["myID"].as_str(), Some(ours.id.as_str()));
+
+    let src = tmp.path().join("src");
+    let files = build_tree(&src, 50, 1);
+    // Syncthing-shaped objects, as its own REST API takes them.
+    node.send(
+        "POST",
+        "/rest/config/devices",
+        &serde_json::json!({"deviceID": st.id(), "name": "st", "compression": "metadata",
+            "addresses": [format!("tcp://127.0.0.1:{st_port}")], "introducer": false}),
+    )
+    .unwrap();
+    node.send(
+        "POST",
+        "/rest/config/folders",
+        &serde_json::json!({"id": "live", "label": "live", "path": src, "type": "sendonly",
+            "devices": [{"deviceID": st.id()}], "rescanIntervalS": 3600, "fsWatcherEnabled": false}),
+    )
+    .unwrap();
+    // A folder type this version cannot run is refused, not half-applied.
+    let bad = node.send(
+        "POST",
+        "/rest/config/folders",
+        &serde_json::json!({"id": "x", "path": src, "type": "receiveencrypted"}),
+    );
+    assert!(bad.unwrap_err().contains("400"));
+    node.send(
+        "PATCH",
+        "/rest/config/options",
+        &serde_json::json!({"relaysEnabled": false, "globalAnnounceEnabled": false}),
+    )
+    .unwrap();
+
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("live", &tmp.path().join("dst"), "receiveonly", &[&ours.id]);
+    st.wait_synced("live", files, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.proc.log_tail(20)));
+    assert_same_tree(&src, &tmp.path().join("dst"));
+
+    // Written back to config.json.
+    let saved = ours.config();
+    assert_eq!(saved["folders"][0]["id"], "live");
+    assert_eq!(saved["devices"][0]["deviceID"], st.id());
+    node.send(
+        "PATCH",
+        "/rest/config/folders/live",
+        &serde_json::json!({"rescanIntervalS": 60}),
+    )
+    .unwrap();
+    assert_eq!(ours.config()["folders"][0]["rescanIntervalS"], 60);
+    let conns = node.get("/rest/system/connections").unwrap();
+    assert_eq!(conns["connections"][st.id()]["connected"], true);
+    node.stop();
+    st.shutdown();
+}
