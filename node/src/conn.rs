@@ -234,7 +234,8 @@ impl Conn {
     async fn handle(&mut self, message: Message) -> Result<()> {
         match message {
             Message::ClusterConfig(cc) => self.cluster_config(cc).await,
-            Message::Index(idx) | Message::IndexUpdate(idx) => self.index(idx),
+            Message::Index(idx) => self.index(idx, true),
+            Message::IndexUpdate(idx) => self.index(idx, false),
             Message::Request(req) => self.request(req).await,
             // This version only sends; responses to nothing are ignored.
             Message::Response(_)
@@ -268,6 +269,8 @@ impl Conn {
             // What the peer says about itself: remember its index ID.
             let (stored_id, stored_seq) = self.node.db.remote(&folder.id, &self.peer)?;
             if theirs.index_id != stored_id {
+                // A new (or no) index on their side: what we knew is void.
+                self.node.db.clear_remote_files(&folder.id, &self.peer)?;
                 self.node
                     .db
                     .set_remote(&folder.id, &self.peer, theirs.index_id, 0)?;
@@ -313,7 +316,7 @@ impl Conn {
         Ok(())
     }
 
-    fn index(&mut self, idx: Index) -> Result<()> {
+    fn index(&mut self, idx: Index, replace: bool) -> Result<()> {
         if self.node.shared_folder(&idx.folder, &self.peer).is_none() {
             bail!(
                 "index for folder {:?}, which is not shared with this device",
@@ -325,10 +328,12 @@ impl Conn {
             check_file_info(f)?;
             max = max.max(f.sequence);
         }
-        let (id, seq) = self.node.db.remote(&idx.folder, &self.peer)?;
         self.node
             .db
-            .set_remote(&idx.folder, &self.peer, id, seq.max(max))?;
+            .remote_files(&idx.folder, &self.peer, &idx.files, replace)?;
+        let (id, seq) = self.node.db.remote(&idx.folder, &self.peer)?;
+        let seq = if replace { max } else { seq.max(max) };
+        self.node.db.set_remote(&idx.folder, &self.peer, id, seq)?;
         Ok(())
     }
 

@@ -40,6 +40,16 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (folder, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_sequence ON files (folder, sequence);
+CREATE TABLE IF NOT EXISTS remote_files (
+    folder  TEXT NOT NULL,
+    device  BLOB NOT NULL,
+    name    TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    invalid INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    version BLOB NOT NULL,
+    PRIMARY KEY (folder, device, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS remotes (
     folder       TEXT NOT NULL,
     device       BLOB NOT NULL,
@@ -48,6 +58,19 @@ CREATE TABLE IF NOT EXISTS remotes (
     PRIMARY KEY (folder, device)
 );
 ";
+
+/// How far a remote device is from having our folder, as
+/// `/rest/db/completion` reports it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Completion {
+    pub completion: f64,
+    pub global_bytes: u64,
+    pub global_items: u64,
+    pub need_bytes: u64,
+    pub need_items: u64,
+    pub need_deletes: u64,
+    pub remote_sequence: i64,
+}
 
 /// What the scanner remembers of a local entry to decide whether it changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -309,6 +332,121 @@ impl Db {
             )
             .optional()?;
         Ok(row.map_or((0, 0), |(i, s)| (i as u64, s)))
+    }
+
+    /// Records entries a device announced: an Index (`replace`) replaces
+    /// everything known from it for the folder, an IndexUpdate merges.
+    pub fn remote_files(
+        &self,
+        folder: &str,
+        device: &DeviceId,
+        files: &[FileInfo],
+        replace: bool,
+    ) -> Result<()> {
+        let dev = &device.as_bytes()[..];
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if replace {
+            tx.execute(
+                "DELETE FROM remote_files WHERE folder = ?1 AND device = ?2",
+                params![folder, dev],
+            )?;
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO remote_files (folder, device, name, deleted, invalid, size, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for f in files {
+                stmt.execute(params![
+                    folder,
+                    dev,
+                    f.name,
+                    f.deleted,
+                    f.invalid,
+                    f.size,
+                    f.version.clone().unwrap_or_default().encode_to_vec(),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets what a device announced for a folder (its index ID changed).
+    pub fn clear_remote_files(&self, folder: &str, device: &DeviceId) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM remote_files WHERE folder = ?1 AND device = ?2",
+            params![folder, &device.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// How complete `device` is for our copy of `folder`: every live local
+    /// entry it lacks in our version (or newer) is needed, every local
+    /// deletion it still has live is a needed delete.
+    pub fn completion(&self, folder: &str, device: &DeviceId) -> Result<Completion> {
+        use proto::bep::vector::{compare, Ordering as V};
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT l.deleted, l.size, l.version, r.deleted, r.invalid, r.version
+             FROM files l LEFT JOIN remote_files r
+               ON r.folder = l.folder AND r.device = ?2 AND r.name = l.name
+             WHERE l.folder = ?1",
+        )?;
+        let mut c = Completion::default();
+        let mut rows = stmt.query(params![folder, &device.as_bytes()[..]])?;
+        while let Some(row) = rows.next()? {
+            let (l_deleted, size): (bool, i64) = (row.get(0)?, row.get(1)?);
+            let l_version = Vector::decode(&row.get::<_, Vec<u8>>(2)?[..]).unwrap_or_default();
+            let remote: Option<(bool, bool, Vector)> = match row.get::<_, Option<bool>>(3)? {
+                None => None,
+                Some(d) => Some((
+                    d,
+                    row.get(4)?,
+                    Vector::decode(&row.get::<_, Vec<u8>>(5)?[..]).unwrap_or_default(),
+                )),
+            };
+            let has_ours = |r: &(bool, bool, Vector)| {
+                !r.1 && matches!(compare(&r.2, &l_version), V::Equal | V::Greater)
+            };
+            if l_deleted {
+                if let Some(r) = &remote {
+                    if !r.0 && !has_ours(r) {
+                        c.need_deletes += 1;
+                    }
+                }
+                continue;
+            }
+            let size = size.max(0) as u64;
+            c.global_items += 1;
+            c.global_bytes += size;
+            let ok = remote.as_ref().is_some_and(|r| !r.0 && has_ours(r));
+            if !ok {
+                c.need_items += 1;
+                c.need_bytes += size;
+            }
+        }
+        c.completion = if c.global_bytes == 0 {
+            if c.need_items == 0 && c.need_deletes == 0 {
+                100.0
+            } else {
+                // Like Syncthing: not done, though no bytes are missing.
+                95.0
+            }
+        } else {
+            let pct = 100.0 * (1.0 - c.need_bytes as f64 / c.global_bytes as f64);
+            if c.need_bytes == 0 && (c.need_deletes > 0 || c.need_items > 0) {
+                95.0
+            } else {
+                pct
+            }
+        };
+        drop(rows);
+        drop(stmt);
+        drop(conn);
+        c.remote_sequence = self.remote(folder, device)?.1;
+        Ok(c)
     }
 
     pub fn set_remote(

@@ -351,6 +351,49 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                 ),
             }
         }
+        (Method::GET, "/rest/db/completion") => {
+            let Some(folder) = query(&req, "folder") else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "folder parameter missing"}),
+                );
+            };
+            if node.folder_runtime(&folder).is_none() {
+                return reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"}));
+            }
+            let device = match query(&req, "device").filter(|d| !d.is_empty()) {
+                None => None,
+                Some(d) => match d.parse::<proto::DeviceId>() {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}))
+                    }
+                },
+            };
+            let Some(device) = device else {
+                // Our own completion: a sending node has everything it has.
+                let (files, _, _, _, bytes) = node.db.local_totals(&folder).unwrap_or_default();
+                return reply(
+                    StatusCode::OK,
+                    json!({"completion": 100, "globalBytes": bytes, "globalItems": files,
+                           "needBytes": 0, "needDeletes": 0, "needItems": 0,
+                           "sequence": node.folder_runtime(&folder).map_or(0, |r| *r.sequence.borrow())}),
+                );
+            };
+            match node.db.completion(&folder, &device) {
+                Ok(c) => reply(
+                    StatusCode::OK,
+                    json!({"completion": c.completion, "globalBytes": c.global_bytes,
+                           "globalItems": c.global_items, "needBytes": c.need_bytes,
+                           "needDeletes": c.need_deletes, "needItems": c.need_items,
+                           "sequence": c.remote_sequence}),
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("{e:#}")}),
+                ),
+            }
+        }
         (Method::POST, "/rest/db/scan") => {
             let Some(folder) = query(&req, "folder") else {
                 return reply(

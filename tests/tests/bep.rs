@@ -171,6 +171,16 @@ fn real_syncthing_pulls_our_folders_then_changes_then_restart() {
         assert_eq!(c["completion"].as_f64(), Some(100.0), "{folder}: {c}");
         assert_eq!(c["needItems"].as_u64(), Some(0), "{folder}: {c}");
     }
+    // And our node sees the real device complete, from the index it sent.
+    for folder in ["send", "both"] {
+        let path = format!("/rest/db/completion?folder={folder}&device={}", st.id());
+        let done = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+            let c = node.get(&path).ok()?;
+            (c["completion"].as_f64() == Some(100.0) && c["needItems"].as_u64() == Some(0))
+                .then_some(())
+        });
+        assert!(done.is_some(), "{folder}: {:?}", node.get(&path));
+    }
 
     // Changes: one block of the big file, a new file, a deleted file, a
     // renamed directory. Only the changed data may be served; they must
