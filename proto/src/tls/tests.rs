@@ -43,6 +43,22 @@ fn handshake(
     panic!("handshake did not finish");
 }
 
+/// A client builder for hand-made client configurations (one TLS version,
+/// any server), to present what our own `client_config` never would.
+fn unpinned_client(
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
+    let provider = provider();
+    ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerCertVerifier::new(
+            &provider,
+            ServerPin::Any,
+        )))
+}
+
 fn pair(client: ClientConfig, server: ServerConfig) -> (Connection, Connection) {
     let c = ClientConnection::new(Arc::new(client), server_name()).unwrap();
     let s = ServerConnection::new(Arc::new(server)).unwrap();
@@ -145,15 +161,7 @@ fn optional_client_certificate_allows_anonymous_lookups() {
 #[test]
 fn tls12_client_is_refused_by_bep_server() {
     let (a, b) = (identity(KeyKind::EcdsaP384), identity(KeyKind::EcdsaP384));
-    let provider = provider();
-    let client = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PeerCertVerifier::new(
-            &provider,
-            ServerPin::Any,
-        )))
+    let client = unpinned_client(&rustls::version::TLS12)
         .with_client_auth_cert(vec![a.cert_der().clone()], a.key_der())
         .unwrap();
     let server =
@@ -185,15 +193,7 @@ fn stolen_certificate_without_its_key_fails_the_signature_check() {
             vec![victim.cert_der().clone()],
             thief.certified_key().key.clone(),
         );
-        let provider = provider();
-        let client = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PeerCertVerifier::new(
-                &provider,
-                ServerPin::Any,
-            )))
+        let client = unpinned_client(&rustls::version::TLS13)
             .with_client_cert_resolver(Arc::new(Impostor(Arc::new(forged))));
         let server = server_config(
             &server_id,
@@ -218,15 +218,7 @@ fn stolen_certificate_without_its_key_fails_the_signature_check() {
 #[test]
 fn certificate_chains_are_refused() {
     let (a, b) = (identity(KeyKind::Ed25519), identity(KeyKind::Ed25519));
-    let provider = provider();
-    let client = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PeerCertVerifier::new(
-            &provider,
-            ServerPin::Any,
-        )))
+    let client = unpinned_client(&rustls::version::TLS13)
         .with_client_auth_cert(
             vec![a.cert_der().clone(), b.cert_der().clone()],
             a.key_der(),
