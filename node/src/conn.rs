@@ -30,6 +30,8 @@ const BATCH_FILES: usize = 1000;
 const BATCH_BYTES: usize = 250 * 1024;
 /// Outstanding request data per connection (Syncthing's default 32 MiB).
 const MAX_REQUEST_KIB: usize = 32 * 1024;
+/// Least time between two rounds of index updates to a peer.
+const INDEX_UPDATE_GAP: Duration = Duration::from_millis(250);
 /// Requests received but not yet answered, per connection.
 const MAX_WAITING_REQUESTS: u64 = 100_000;
 /// Time to get our Close out before dropping the socket.
@@ -69,6 +71,7 @@ where
     let mut session = Session::new(&hello, compress, Instant::now())?;
     let (mut rd, mut wr) = tokio::io::split(stream);
     wr.write_all(&session.take_outgoing()).await?;
+    wr.flush().await?;
 
     // The peer's Hello, within the time limit.
     let mut buf = vec![0u8; 64 * 1024];
@@ -134,6 +137,11 @@ where
                 break;
             }
             writer_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            // TLS may hold records back until flushed; without this the
+            // last Response of a burst could wait for the next Ping.
+            if wrx.is_empty() && wr.flush().await.is_err() {
+                break;
+            }
         }
         let _ = wr.flush().await;
         let _ = wr.shutdown().await;
@@ -470,6 +478,7 @@ async fn send_index(node: Arc<Node>, folder: String, start: i64, tx: mpsc::Sende
     let mut changes = rt.sequence.subscribe();
     let mut sent = start;
     let mut first = start == 0;
+    let mut last_round = Instant::now();
     loop {
         loop {
             let n2 = node.clone();
@@ -506,8 +515,13 @@ async fn send_index(node: Arc<Node>, folder: String, start: i64, tx: mpsc::Sende
         if changes.changed().await.is_err() {
             return;
         }
-        // Let a burst of changes settle into one batch.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // At most one round of updates per 250 ms (as Syncthing), so a
+        // burst of changes travels in few, full batches.
+        let since = last_round.elapsed();
+        if since < INDEX_UPDATE_GAP {
+            tokio::time::sleep(INDEX_UPDATE_GAP - since).await;
+        }
+        last_round = Instant::now();
     }
 }
 

@@ -57,10 +57,12 @@ pub fn serve(root: &Path, req: &Request) -> Served {
         }
     }
     data.truncate(n);
+    // Like Syncthing: the (cheap) weak hash, when the requester sent one,
+    // is enough; SHA-256 otherwise. An empty hash is not checked (1.19.2
+    // always sends one; newer peers refuse to send none).
     if !req.hash.is_empty() {
-        let strong = Sha256::digest(&data);
         let weak_ok = req.weak_hash != 0 && adler32(&data) == req.weak_hash;
-        if strong[..] != req.hash[..] && !weak_ok {
+        if !weak_ok && Sha256::digest(&data)[..] != req.hash[..] {
             return Served::Stale;
         }
     }

@@ -58,7 +58,15 @@ const BATCH: usize = 2048;
 /// what changed (on all cores), record it. Names seen are kept in the
 /// database, so vanished entries are found without holding the folder in
 /// memory.
-pub fn scan(db: &Db, folder: &str, root: &Path, short_id: u64) -> Result<ScanStats> {
+/// `progress` is called with the folder's sequence after every batch
+/// recorded, so index senders can start before a long scan ends.
+pub fn scan(
+    db: &Db,
+    folder: &str,
+    root: &Path,
+    short_id: u64,
+    progress: &dyn Fn(i64),
+) -> Result<ScanStats> {
     let started = Instant::now();
     let marker = root.join(MARKER);
     if !root.is_dir() {
@@ -85,11 +93,12 @@ pub fn scan(db: &Db, folder: &str, root: &Path, short_id: u64) -> Result<ScanSta
                 short_id,
                 now,
                 &mut stats,
+                progress,
             )?;
         }
         Ok(())
     })?;
-    scan_batch(db, folder, batch, short_id, now, &mut stats)?;
+    scan_batch(db, folder, batch, short_id, now, &mut stats, progress)?;
 
     // Entries in the index but gone from disk become tombstones, children
     // before parents so a peer can empty a directory before removing it.
@@ -132,6 +141,7 @@ fn scan_batch(
     short_id: u64,
     now: u64,
     stats: &mut ScanStats,
+    progress: &dyn Fn(i64),
 ) -> Result<()> {
     if found.is_empty() {
         return Ok(());
@@ -216,7 +226,7 @@ fn scan_batch(
     // sort that way, and the walk visits parents in earlier batches.
     changes.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     stats.changed += changes.len();
-    db.apply(folder, changes)?;
+    progress(db.apply(folder, changes)?);
     Ok(())
 }
 
@@ -436,7 +446,7 @@ mod tests {
         fs::write(root.join(".stignore"), b"").unwrap();
         std::os::unix::fs::symlink("hello.txt", root.join("link")).unwrap();
         let db = Db::open(&home).unwrap();
-        let s = scan(&db, "f", &root, 42).unwrap();
+        let s = scan(&db, "f", &root, 42, &|_| {}).unwrap();
         assert_eq!((s.entries, s.hashed_files, s.changed), (4, 2, 4));
         assert!(root.join(MARKER).is_dir());
         let files = db.files_since("f", 0, 100).unwrap();
@@ -449,13 +459,13 @@ mod tests {
         assert_eq!(files[1].symlink_target, b"hello.txt");
 
         // Nothing changed: nothing hashed, no new sequence.
-        let s2 = scan(&db, "f", &root, 42).unwrap();
+        let s2 = scan(&db, "f", &root, 42, &|_| {}).unwrap();
         assert_eq!((s2.hashed_files, s2.changed, s2.sequence), (0, 0, 4));
 
         // Modify one, delete one.
         fs::write(root.join("hello.txt"), b"hello again\n").unwrap();
         fs::remove_file(root.join("sub/empty")).unwrap();
-        let s3 = scan(&db, "f", &root, 42).unwrap();
+        let s3 = scan(&db, "f", &root, 42, &|_| {}).unwrap();
         assert_eq!((s3.hashed_files, s3.deleted, s3.sequence), (1, 1, 6));
         let tail = db.files_since("f", 4, 100).unwrap();
         assert_eq!(tail[0].name, "hello.txt");

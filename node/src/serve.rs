@@ -170,8 +170,13 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let n2 = node.clone();
         let (fid, path) = (f.id.clone(), f.path.clone());
         let short = node.my_id.short().0;
-        let result =
-            tokio::task::spawn_blocking(move || scan::scan(&n2.db, &fid, &path, short)).await;
+        let rt2 = rt.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            scan::scan(&n2.db, &fid, &path, short, &|seq| {
+                rt2.sequence.send_replace(seq);
+            })
+        })
+        .await;
         *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "idle";
         // The watcher starts after the first successful scan (the folder
         // exists then) and lives as long as this loop.

@@ -555,7 +555,9 @@ fn bench_pull_from_our_node_vs_from_syncthing() {
     let src = tmp.path().join("src");
     let files = build_tree(&src, 1000, 300);
 
-    // Ours → Syncthing: from our node's start (it scans first) to synced.
+    // Ours → Syncthing: connected first, the receiver already shares the
+    // folder; the clock starts when the folder is added to our node (which
+    // scans it, then sends its index), exactly as for Syncthing below.
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
     let st_port = pick_port();
     let st = SyncthingHome::init(
@@ -564,11 +566,19 @@ fn bench_pull_from_our_node_vs_from_syncthing() {
     )
     .start();
     ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("b", &src, "sendonly", &[st.id()]);
     st.add_device(&ours.id, &[&ours.address()]);
+    let node = ours.start();
+    st.wait_connected(&ours.id, Duration::from_secs(30))
+        .unwrap();
     st.share_folder("b", &tmp.path().join("dst-1"), "receiveonly", &[&ours.id]);
     let t0 = Instant::now();
-    let node = ours.start();
+    node.send(
+        "POST",
+        "/rest/config/folders",
+        &serde_json::json!({"id": "b", "path": src, "type": "sendonly",
+            "devices": [{"deviceID": st.id()}], "fsWatcherEnabled": false}),
+    )
+    .unwrap();
     st.wait_synced("b", files, Duration::from_secs(600))
         .unwrap();
     let ours_s = t0.elapsed().as_secs_f64();
