@@ -261,7 +261,9 @@ impl Conn {
         for folder in &cc.folders {
             let Some(local) = self.node.shared_folder(&folder.id, &self.peer) else {
                 tracing::info!(device = %self.peer, folder = %folder.id,
-                    "peer offers a folder we do not share with it; ignored");
+                    "peer offers a folder we do not share with it; recorded as pending");
+                self.node
+                    .add_pending_folder(&folder.id, self.peer, &folder.label);
                 continue;
             };
             offered.push(folder.id.clone());

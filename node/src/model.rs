@@ -63,6 +63,9 @@ pub struct Node {
     pub started: SystemTime,
     pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
     pub pending: Mutex<HashMap<DeviceId, PendingDevice>>,
+    /// Folders offered by a connected device that we do not share with it:
+    /// folder ID → device → (label, time).
+    pub pending_folders: Mutex<HashMap<String, HashMap<DeviceId, (String, SystemTime)>>>,
     pub folders: RwLock<HashMap<String, Arc<FolderRuntime>>>,
     /// Devices that have a dial loop running.
     pub dialers: Mutex<HashSet<DeviceId>>,
@@ -101,6 +104,7 @@ impl Node {
             started: SystemTime::now(),
             connections: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            pending_folders: Mutex::new(HashMap::new()),
             folders: RwLock::new(HashMap::new()),
             served_bytes: AtomicU64::new(0),
             served_requests: AtomicU64::new(0),
@@ -189,6 +193,23 @@ impl Node {
 
     pub fn add_pending(&self, device: DeviceId, p: PendingDevice) {
         lock(&self.pending).insert(device, p);
+    }
+
+    pub fn add_pending_folder(&self, folder: &str, device: DeviceId, label: &str) {
+        lock(&self.pending_folders)
+            .entry(folder.to_string())
+            .or_default()
+            .insert(device, (label.to_string(), SystemTime::now()));
+    }
+
+    pub fn pending_folders(&self) -> HashMap<String, HashMap<DeviceId, (String, SystemTime)>> {
+        let mut all = lock(&self.pending_folders).clone();
+        // Offers become moot once the folder is shared with that device.
+        for (folder, offers) in all.iter_mut() {
+            offers.retain(|d, _| self.shared_folder(folder, d).is_none());
+        }
+        all.retain(|_, offers| !offers.is_empty());
+        all
     }
 
     pub fn pending(&self) -> HashMap<DeviceId, PendingDevice> {

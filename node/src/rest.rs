@@ -304,7 +304,31 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                 };
                 conns.insert(id.to_string(), v);
             }
-            reply(StatusCode::OK, json!({"connections": conns}))
+            let (mut tin, mut tout) = (0u64, 0u64);
+            for c in live.values() {
+                tin += c.in_bytes.load(Ordering::Relaxed);
+                tout += c.out_bytes.load(Ordering::Relaxed);
+            }
+            reply(
+                StatusCode::OK,
+                json!({"connections": conns,
+                       "total": {"inBytesTotal": tin, "outBytesTotal": tout, "at": rfc3339(SystemTime::now())}}),
+            )
+        }
+        (Method::GET, "/rest/cluster/pending/folders") => {
+            let mut out = serde_json::Map::new();
+            for (folder, offers) in node.pending_folders() {
+                let mut by = serde_json::Map::new();
+                for (id, (label, time)) in offers {
+                    by.insert(
+                        id.to_string(),
+                        json!({"time": rfc3339(time), "label": label,
+                               "receiveEncrypted": false, "remoteEncrypted": false}),
+                    );
+                }
+                out.insert(folder, json!({"offeredBy": by}));
+            }
+            reply(StatusCode::OK, Value::Object(out))
         }
         (Method::GET, "/rest/cluster/pending/devices") => {
             let mut out = serde_json::Map::new();

@@ -737,6 +737,23 @@ fn rest_configuration_applies_live_and_is_saved() {
     assert_eq!(ours.config()["folders"][0]["rescanIntervalS"], 60);
     let conns = node.get("/rest/system/connections").unwrap();
     assert_eq!(conns["connections"][st.id()]["connected"], true);
+
+    // A folder the real device offers but we do not share shows as pending.
+    st.share_folder(
+        "offered",
+        &tmp.path().join("offered"),
+        "sendreceive",
+        &[&ours.id],
+    );
+    let pending = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let p = node.get("/rest/cluster/pending/folders").ok()?;
+        p["offered"]["offeredBy"].get(st.id()).cloned()
+    });
+    assert!(
+        pending.is_some(),
+        "{:?}",
+        node.get("/rest/cluster/pending/folders")
+    );
     node.stop();
     st.shutdown();
 }
