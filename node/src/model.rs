@@ -33,6 +33,9 @@ pub struct ConnInfo {
     pub config_changed: mpsc::Sender<()>,
 }
 
+/// Who offered a folder: device → (the folder's label there, when).
+pub type FolderOffers = HashMap<DeviceId, (String, SystemTime)>;
+
 /// A device that connected but is not configured.
 #[derive(Debug, Clone)]
 pub struct PendingDevice {
@@ -65,7 +68,7 @@ pub struct Node {
     pub pending: Mutex<HashMap<DeviceId, PendingDevice>>,
     /// Folders offered by a connected device that we do not share with it:
     /// folder ID → device → (label, time).
-    pub pending_folders: Mutex<HashMap<String, HashMap<DeviceId, (String, SystemTime)>>>,
+    pub pending_folders: Mutex<HashMap<String, FolderOffers>>,
     pub folders: RwLock<HashMap<String, Arc<FolderRuntime>>>,
     /// Devices that have a dial loop running.
     pub dialers: Mutex<HashSet<DeviceId>>,
@@ -202,7 +205,7 @@ impl Node {
             .insert(device, (label.to_string(), SystemTime::now()));
     }
 
-    pub fn pending_folders(&self) -> HashMap<String, HashMap<DeviceId, (String, SystemTime)>> {
+    pub fn pending_folders(&self) -> HashMap<String, FolderOffers> {
         let mut all = lock(&self.pending_folders).clone();
         // Offers become moot once the folder is shared with that device.
         for (folder, offers) in all.iter_mut() {
