@@ -39,6 +39,13 @@ pub struct ScanStats {
 pub static TOTAL_HASHED_FILES: AtomicU64 = AtomicU64::new(0);
 pub static TOTAL_HASHED_BYTES: AtomicU64 = AtomicU64::new(0);
 
+/// Live progress of one scan, for progress output while it runs.
+#[derive(Default)]
+pub struct Live {
+    pub entries: AtomicU64,
+    pub hashed_bytes: AtomicU64,
+}
+
 /// One entry found on disk.
 struct Found {
     name: String,
@@ -65,6 +72,7 @@ pub fn scan(
     root: &Path,
     short_id: u64,
     progress: &dyn Fn(i64),
+    live: &Live,
 ) -> Result<ScanStats> {
     let started = Instant::now();
     let marker = root.join(MARKER);
@@ -81,23 +89,23 @@ pub fn scan(
     let now = unix_now();
     let mut stats = ScanStats::default();
     db.seen_reset(folder)?;
+    let ctx = Ctx {
+        db,
+        folder,
+        short_id,
+        now,
+        progress,
+        live,
+    };
     let mut batch = Vec::with_capacity(BATCH);
     walk(root, "", &mut |found| {
         batch.push(found);
         if batch.len() >= BATCH {
-            scan_batch(
-                db,
-                folder,
-                std::mem::take(&mut batch),
-                short_id,
-                now,
-                &mut stats,
-                progress,
-            )?;
+            scan_batch(&ctx, std::mem::take(&mut batch), &mut stats)?;
         }
         Ok(())
     })?;
-    scan_batch(db, folder, batch, short_id, now, &mut stats, progress)?;
+    scan_batch(&ctx, batch, &mut stats)?;
 
     // Entries in the index but gone from disk become tombstones, children
     // before parents so a peer can empty a directory before removing it.
@@ -133,19 +141,31 @@ pub fn scan(
     Ok(stats)
 }
 
-fn scan_batch(
-    db: &Db,
-    folder: &str,
-    found: Vec<Found>,
+/// What every batch of one scan shares.
+struct Ctx<'a> {
+    db: &'a Db,
+    folder: &'a str,
     short_id: u64,
     now: u64,
-    stats: &mut ScanStats,
-    progress: &dyn Fn(i64),
-) -> Result<()> {
+    progress: &'a dyn Fn(i64),
+    live: &'a Live,
+}
+
+fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result<()> {
     if found.is_empty() {
         return Ok(());
     }
+    let Ctx {
+        db,
+        folder,
+        short_id,
+        now,
+        progress,
+        live,
+    } = *ctx;
     stats.entries += found.len();
+    live.entries
+        .fetch_add(found.len() as u64, Ordering::Relaxed);
     let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
     db.seen_add(folder, &names)?;
     let known = db.local_meta(folder, &names)?;
@@ -208,7 +228,7 @@ fn scan_batch(
             });
         }
     }
-    for result in hash_all(to_hash, short_id) {
+    for result in hash_all(to_hash, short_id, live) {
         match result {
             Ok(change) => {
                 stats.hashed_files += 1;
@@ -349,7 +369,7 @@ struct Unit {
 }
 
 /// Hashes files on all cores. Returns results in input order.
-fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64) -> Vec<Result<Change>> {
+fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64, live: &Live) -> Vec<Result<Change>> {
     if work.is_empty() {
         return Vec::new();
     }
@@ -385,6 +405,9 @@ fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64) -> Vec<Result<Chan
                 };
                 let (found, _, bs) = &work[unit.file];
                 let r = hash_range(&found.path, unit.offset, unit.len, *bs);
+                if r.is_ok() {
+                    live.hashed_bytes.fetch_add(unit.len, Ordering::Relaxed);
+                }
                 results
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -508,7 +531,7 @@ mod tests {
             .collect();
         fs::write(root.join("big"), &data).unwrap();
         let db = Db::open(&home).unwrap();
-        scan(&db, "f", &root, 1, &|_| {}).unwrap();
+        scan(&db, "f", &root, 1, &|_| {}, &Live::default()).unwrap();
         let f = &db.files_since("f", 0, 10).unwrap()[0];
         let expected: Vec<BlockInfo> = data
             .chunks(131072)
@@ -533,7 +556,7 @@ mod tests {
         fs::write(root.join(".stignore"), b"").unwrap();
         std::os::unix::fs::symlink("hello.txt", root.join("link")).unwrap();
         let db = Db::open(&home).unwrap();
-        let s = scan(&db, "f", &root, 42, &|_| {}).unwrap();
+        let s = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
         assert_eq!((s.entries, s.hashed_files, s.changed), (4, 2, 4));
         assert!(root.join(MARKER).is_dir());
         let files = db.files_since("f", 0, 100).unwrap();
@@ -546,13 +569,13 @@ mod tests {
         assert_eq!(files[1].symlink_target, b"hello.txt");
 
         // Nothing changed: nothing hashed, no new sequence.
-        let s2 = scan(&db, "f", &root, 42, &|_| {}).unwrap();
+        let s2 = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
         assert_eq!((s2.hashed_files, s2.changed, s2.sequence), (0, 0, 4));
 
         // Modify one, delete one.
         fs::write(root.join("hello.txt"), b"hello again\n").unwrap();
         fs::remove_file(root.join("sub/empty")).unwrap();
-        let s3 = scan(&db, "f", &root, 42, &|_| {}).unwrap();
+        let s3 = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
         assert_eq!((s3.hashed_files, s3.deleted, s3.sequence), (1, 1, 6));
         let tail = db.files_since("f", 4, 100).unwrap();
         assert_eq!(tail[0].name, "hello.txt");

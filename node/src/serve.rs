@@ -171,12 +171,26 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let (fid, path) = (f.id.clone(), f.path.clone());
         let short = node.my_id.short().0;
         let rt2 = rt.clone();
+        let live = Arc::new(scan::Live::default());
+        let live2 = live.clone();
+        let reporter = tokio::spawn(report_progress(folder.clone(), live.clone()));
         let result = tokio::task::spawn_blocking(move || {
-            scan::scan(&n2.db, &fid, &path, short, &|seq| {
-                rt2.sequence.send_replace(seq);
-            })
+            scan::scan(
+                &n2.db,
+                &fid,
+                &path,
+                short,
+                &|seq| {
+                    rt2.sequence.send_replace(seq);
+                },
+                &live2,
+            )
         })
         .await;
+        reporter.abort();
+        if stderr_is_terminal() {
+            eprint!("\r\x1b[K");
+        }
         *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "idle";
         // The watcher starts after the first successful scan (the folder
         // exists then) and lives as long as this loop.
@@ -218,6 +232,33 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         tokio::select! {
             r = scan_rx.recv() => if r.is_none() { return },
             _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// While a scan runs: a progress line redrawn in place on a terminal,
+/// otherwise a plain line every 10 s (logs stay readable).
+async fn report_progress(folder: String, live: Arc<scan::Live>) {
+    let tty = stderr_is_terminal();
+    let every = Duration::from_secs(if tty { 1 } else { 10 });
+    let start = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let entries = live.entries.load(std::sync::atomic::Ordering::Relaxed);
+        let mb = live.hashed_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+        let rate = mb / start.elapsed().as_secs_f64().max(1e-3);
+        let line = format!(
+            "Scanning folder {folder}: {entries} entries, {mb:.0} MB hashed ({rate:.0} MB/s)"
+        );
+        if tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
         }
     }
 }
