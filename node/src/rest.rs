@@ -241,10 +241,18 @@ async fn handle_config(
 
 async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let key = node.gui.api_key.clone();
-    let given = req
-        .headers()
+    // `X-API-Key: KEY`, or `Authorization: Bearer KEY` (what Prometheus
+    // and other scrapers can send); both accepted by Syncthing too.
+    let headers = req.headers();
+    let given = headers
         .get("X-API-Key")
         .map(|v| v.as_bytes().to_vec())
+        .or_else(|| {
+            headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .map(<[u8]>::to_vec)
+        })
         .unwrap_or_default();
     if key.is_empty() || !same(&given, key.as_bytes()) {
         return reply(

@@ -55,6 +55,8 @@ async fn run(args: ServeArgs) -> Result<()> {
             )
         },
     )?;
+    // One node per home: two would share the index database and identity.
+    let _lock = lock_home(&home)?;
     let config = Config::load(&home)?;
     let mut gui = config.gui.clone();
     if let Some(a) = args.gui_address {
@@ -234,6 +236,28 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Holds an exclusive lock on `home/node.lock` for the life of the process.
+fn lock_home(home: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = home.join("node.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; released when it closes.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        anyhow::bail!(
+            "another node is already running with home {} (lock {} is held)",
+            home.display(),
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 fn stderr_is_terminal() -> bool {

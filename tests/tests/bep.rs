@@ -686,6 +686,22 @@ fn rest_configuration_applies_live_and_is_saved() {
     assert!(matches!(anon, Err(ureq::Error::Status(403, _))));
     let status = node.get("/rest/system/status").unwrap();
     assert_eq!(status["myID"].as_str(), Some(ours.id.as_str()));
+    // `Authorization: Bearer KEY` works too (scrapers).
+    let bearer = ureq::get(&format!("http://127.0.0.1:{}/metrics", ours.gui_port))
+        .set("Authorization", &format!("Bearer {}", ours.api_key))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(bearer.contains("node_hashed_files_total"));
+    // A second node on the same home refuses to start.
+    let second = std::process::Command::new(e2e::our_binary("node"))
+        .args(["serve", "--home"])
+        .arg(&ours.dir)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 
     let src = tmp.path().join("src");
     let files = build_tree(&src, 50, 1);
