@@ -82,7 +82,17 @@ pub fn scan(
             root.display()
         );
     }
-    if !marker.exists() {
+    if fs::symlink_metadata(&marker).is_err() {
+        // Like Syncthing: the marker is created once, on the first scan. If
+        // it vanishes later the folder is most likely an unmounted mount
+        // point, and scanning it would announce every file as deleted.
+        if db.folder_state(folder)?.1 != 0 {
+            bail!(
+                "folder {folder:?}: marker {} is missing, so the folder may be unmounted; not scanning. If the folder is intact, recreate the marker (mkdir {})",
+                marker.display(),
+                marker.display()
+            );
+        }
         fs::create_dir(&marker)
             .with_context(|| format!("cannot create the folder marker {}", marker.display()))?;
     }
@@ -571,6 +581,13 @@ mod tests {
         // Nothing changed: nothing hashed, no new sequence.
         let s2 = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
         assert_eq!((s2.hashed_files, s2.changed, s2.sequence), (0, 0, 4));
+
+        // A vanished marker (unmounted folder) stops the scan: nothing is
+        // announced as deleted.
+        fs::remove_dir(root.join(MARKER)).unwrap();
+        let err = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("unmounted"));
+        fs::create_dir(root.join(MARKER)).unwrap();
 
         // Modify one, delete one.
         fs::write(root.join("hello.txt"), b"hello again\n").unwrap();
