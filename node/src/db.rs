@@ -201,6 +201,20 @@ impl Db {
         Ok(())
     }
 
+    /// Marks `name` and everything below it as seen (it could not be read;
+    /// its index entries stay as they are).
+    pub fn seen_subtree(&self, folder: &str, name: &str) -> Result<()> {
+        // Children of "a" sort in ["a/", "a0"): '0' follows '/'.
+        let (lo, hi) = (format!("{name}/"), format!("{name}0"));
+        self.conn().execute(
+            "INSERT OR IGNORE INTO temp.seen (folder, name)
+             SELECT folder, name FROM files
+             WHERE folder = ?1 AND (name = ?2 OR (name >= ?3 AND name < ?4))",
+            params![folder, name, lo, hi],
+        )?;
+        Ok(())
+    }
+
     /// Live entries of the index that the scan did not see on disk.
     pub fn unseen(&self, folder: &str) -> Result<Vec<(String, LocalMeta)>> {
         let conn = self.conn();

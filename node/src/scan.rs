@@ -108,8 +108,11 @@ pub fn scan(
         live,
     };
     let mut batch = Vec::with_capacity(BATCH);
-    walk(root, "", &mut |found| {
-        batch.push(found);
+    walk(root, "", &mut |walked| {
+        match walked {
+            Walked::Entry(found) => batch.push(found),
+            Walked::Keep(name) => db.seen_subtree(folder, &name)?,
+        }
         if batch.len() >= BATCH {
             scan_batch(&ctx, std::mem::take(&mut batch), &mut stats)?;
         }
@@ -319,13 +322,35 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What the walk reports.
+enum Walked {
+    Entry(Found),
+    /// `name` (and everything below it) could not be read this time: keep
+    /// what the index says, rather than announcing it as deleted.
+    Keep(String),
+}
+
 /// Depth-first walk handing every indexable entry below `dir` to `out`,
 /// a directory before its content. Symlinks are recorded, never followed.
-fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
-    let entries =
-        fs::read_dir(dir).with_context(|| format!("cannot list directory {}", dir.display()))?;
+fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Walked) -> Result<()>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if !prefix.is_empty() => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot list directory; its entries are kept as they were");
+            return out(Walked::Keep(prefix.to_string()));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot list directory {}", dir.display()))
+        }
+    };
     for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list directory {}", dir.display()))?;
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot list directory; its entries are kept as they were");
+                return out(Walked::Keep(prefix.to_string()));
+            }
+        };
         let os_name = entry.file_name();
         let Some(base) = os_name.to_str() else {
             tracing::warn!(dir = %dir.display(), name = ?os_name, "file name is not UTF-8; skipped");
@@ -347,18 +372,22 @@ fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Found) -> Result<()>) -> R
             Ok(m) => m,
             // Vanished between listing and stat: the next scan sees it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot stat; kept as it was");
+                out(Walked::Keep(name))?;
+                continue;
+            }
         };
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
             continue; // sockets, fifos, devices are not synced
         }
         let is_dir = ft.is_dir();
-        out(Found {
+        out(Walked::Entry(Found {
             name: name.clone(),
             path: path.clone(),
             meta,
-        })?;
+        }))?;
         if is_dir {
             walk(&path, &name, out)?;
         }
@@ -589,12 +618,24 @@ mod tests {
         assert!(format!("{err:#}").contains("unmounted"));
         fs::create_dir(root.join(MARKER)).unwrap();
 
+        // An unreadable directory keeps its entries (not deleted).
+        fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o000)).unwrap();
+        let readable = fs::read_dir(root.join("sub")).is_ok(); // root ignores modes
+        let s4 = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o755)).unwrap();
+        if !readable {
+            assert_eq!(s4.deleted, 0);
+        }
+        let s4 = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        assert_eq!(s4.deleted, 0);
+        let seq4 = s4.sequence;
+
         // Modify one, delete one.
         fs::write(root.join("hello.txt"), b"hello again\n").unwrap();
         fs::remove_file(root.join("sub/empty")).unwrap();
         let s3 = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
-        assert_eq!((s3.hashed_files, s3.deleted, s3.sequence), (1, 1, 6));
-        let tail = db.files_since("f", 4, 100).unwrap();
+        assert_eq!((s3.hashed_files, s3.deleted, s3.sequence), (1, 1, seq4 + 2));
+        let tail = db.files_since("f", seq4, 100).unwrap();
         assert_eq!(tail[0].name, "hello.txt");
         assert!(tail[1].deleted && tail[1].name == "sub/empty" && tail[1].blocks.is_empty());
     }
