@@ -528,16 +528,57 @@ async fn send_index(node: Arc<Node>, folder: String, start: i64, tx: mpsc::Sende
 }
 
 fn next_batch(node: &Node, folder: &str, after: i64) -> Result<Vec<FileInfo>> {
-    let files = node.db.files_since(folder, after, BATCH_FILES)?;
-    let mut out = Vec::with_capacity(files.len());
+    // One more than a batch holds, for the rename rule below.
+    let files = node.db.files_since(folder, after, BATCH_FILES + 1)?;
+    Ok(batch_of(files))
+}
+
+/// Cuts a batch: at most 1000 files or about 250 KiB, except that a
+/// deletion right after a non-deleted entry still joins a full batch, as
+/// in Syncthing, so both halves of a rename travel together.
+fn batch_of(files: Vec<FileInfo>) -> Vec<FileInfo> {
+    let mut out: Vec<FileInfo> = Vec::with_capacity(files.len().min(BATCH_FILES + 1));
     let mut bytes = 0;
     for f in files {
         let len = f.encoded_len();
-        if !out.is_empty() && bytes + len > BATCH_BYTES {
+        let full = out.len() >= BATCH_FILES || (!out.is_empty() && bytes + len > BATCH_BYTES);
+        if full {
+            let rename_half = f.deleted && out.last().is_some_and(|l| !l.deleted);
+            if rename_half {
+                out.push(f);
+            }
             break;
         }
         bytes += len;
         out.push(f);
     }
-    Ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, deleted: bool) -> FileInfo {
+        FileInfo {
+            name: name.into(),
+            deleted,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batches_keep_rename_halves_together() {
+        let mut files: Vec<FileInfo> = (0..BATCH_FILES)
+            .map(|i| file(&format!("f{i}"), false))
+            .collect();
+        files.push(file("old-name", true));
+        files.push(file("next", false));
+        let b = batch_of(files.clone());
+        assert_eq!(b.len(), BATCH_FILES + 1);
+        assert!(b[BATCH_FILES].deleted);
+        // Without the deletion right after, the batch stops at 1000.
+        files.remove(BATCH_FILES);
+        assert_eq!(batch_of(files).len(), BATCH_FILES);
+    }
 }
