@@ -298,6 +298,20 @@ impl Db {
         Ok(out)
     }
 
+    /// One local entry.
+    pub fn file(&self, folder: &str, name: &str) -> Result<Option<FileInfo>> {
+        let conn = self.conn();
+        let blob: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT info FROM files WHERE folder = ?1 AND name = ?2",
+                params![folder, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        blob.map(|b| FileInfo::decode(&b[..]).context("corrupt entry in the index database"))
+            .transpose()
+    }
+
     /// Counts and bytes of the current (non-deleted) local entries:
     /// (files, directories, symlinks, deleted, bytes).
     pub fn local_totals(&self, folder: &str) -> Result<(u64, u64, u64, u64, u64)> {

@@ -78,7 +78,50 @@ fn time_fmt(secs: i64) -> String {
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| v.to_string())
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` of a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A FileInfo as Syncthing's `/rest/db/file` shows it (the main fields).
+fn file_json(f: &proto::bep::wire::FileInfo) -> Value {
+    let version: Vec<String> = f
+        .version
+        .iter()
+        .flat_map(|v| v.counters.iter())
+        .map(|c| format!("{}:{}", proto::ShortId(c.id), c.value))
+        .collect();
+    json!({
+        "name": f.name, "type": match f.r#type { 1 => "FILE_INFO_TYPE_DIRECTORY", 4 => "FILE_INFO_TYPE_SYMLINK", _ => "FILE_INFO_TYPE_FILE" },
+        "size": f.size, "permissions": format!("{:o}", f.permissions), "deleted": f.deleted,
+        "invalid": f.invalid, "noPermissions": f.no_permissions, "sequence": f.sequence,
+        "modified": time_fmt(f.modified_s), "modifiedBy": proto::ShortId(f.modified_by).to_string(),
+        "numBlocks": f.blocks.len(), "blockSize": f.block_size, "version": version,
     })
 }
 
@@ -383,6 +426,34 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                 ),
             }
         }
+        (Method::GET, "/rest/system/version") => reply(
+            StatusCode::OK,
+            json!({"version": concat!("v", env!("CARGO_PKG_VERSION")), "longVersion":
+                   concat!("node v", env!("CARGO_PKG_VERSION"), " (Syncthing-compatible, BEP v1)"),
+                   "os": std::env::consts::OS, "arch": std::env::consts::ARCH}),
+        ),
+        (Method::GET, "/rest/db/file") => {
+            let (Some(folder), Some(name)) = (query(&req, "folder"), query(&req, "file")) else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "folder and file parameters required"}),
+                );
+            };
+            match node.db.file(&folder, &name) {
+                Ok(Some(f)) => reply(
+                    StatusCode::OK,
+                    json!({"local": file_json(&f), "global": file_json(&f)}),
+                ),
+                Ok(None) => reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "no such object in the index"}),
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("{e:#}")}),
+                ),
+            }
+        }
         (Method::GET, "/rest/db/completion") => {
             let Some(folder) = query(&req, "folder") else {
                 return reply(
@@ -460,6 +531,12 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(super::percent_decode("a%20b+c%C3%BC%"), "a b cü%");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+    }
+
     #[test]
     fn formats_utc_times() {
         assert_eq!(super::time_fmt(0), "1970-01-01T00:00:00Z");

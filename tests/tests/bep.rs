@@ -740,6 +740,10 @@ fn rest_configuration_applies_live_and_is_saved() {
         .unwrap_or_else(|e| panic!("{e}\n{}", node.proc.log_tail(20)));
     assert_same_tree(&src, &tmp.path().join("dst"));
 
+    let f = node
+        .get("/rest/db/file?folder=live&file=name%20with%20spaces.txt")
+        .unwrap();
+    assert_eq!(f["local"]["size"], 7);
     // Written back to config.json.
     let saved = ours.config();
     assert_eq!(saved["folders"][0]["id"], "live");
