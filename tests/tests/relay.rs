@@ -304,3 +304,428 @@ fn pairing_forwards_both_ways_and_a_vanishing_peer_closes_the_other_side() {
     })
     .expect("all sockets closed");
 }
+
+/// Reads until EOF or error; true when the peer closed within `limit`.
+fn closed_within(tcp: &mut impl Read, limit: Duration) -> bool {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match tcp.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn raw(port: u16) -> std::net::TcpStream {
+    let t = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    t.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    t
+}
+
+#[test]
+fn garbage_and_malformed_first_bytes_are_closed_and_the_relay_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(&dir.path().join("relay"), &["--message-timeout", "2s"]);
+    let port = relay.port;
+    let cases: Vec<Vec<u8>> = vec![
+        b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        // TLS record byte, then nonsense: the handshake fails.
+        vec![0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3],
+        // Right magic, length over 1024.
+        vec![0x9e, 0x79, 0xbc, 0x40, 0, 0, 0, 3, 0, 0, 0x10, 0],
+        // Right magic, unknown type.
+        vec![0x9e, 0x79, 0xbc, 0x40, 0, 0, 0, 9, 0, 0, 0, 0],
+        // A key longer than 32 bytes.
+        [
+            &[0x9e, 0x79, 0xbc, 0x40, 0, 0, 0, 3, 0, 0, 0, 40, 0, 0, 0, 36][..],
+            &[7u8; 36],
+        ]
+        .concat(),
+        (0..=255u8).cycle().take(5000).collect(),
+    ];
+    for bytes in &cases {
+        let mut t = raw(port);
+        let _ = t.write_all(bytes);
+        let mut got = Vec::new();
+        assert!(
+            closed_within(&mut t, Duration::from_secs(5)),
+            "not closed after {:02x?}",
+            &bytes[..8]
+        );
+        let _ = t.read_to_end(&mut got);
+        assert!(
+            got.is_empty() || bytes[0] == 0x16,
+            "no reply to garbage expected, got {got:02x?}"
+        );
+    }
+    // Silence: the first-byte wait and then the message timeout close it.
+    let mut silent = raw(port);
+    assert!(closed_within(&mut silent, Duration::from_secs(6)));
+    assert!(relay.metric("relaysrv_rejects_total{reason=\"Malformed\"}") >= 4.0);
+    assert!(relay.metric("relaysrv_rejects_total{reason=\"Tls\"}") >= 1.0);
+
+    // Still serving.
+    let mut c = ProtocolClient::connect(port, &identity(), relay.id).unwrap();
+    assert_eq!(c.join(None).unwrap(), response(0));
+    drop(c);
+    wait::until(Duration::from_secs(5), Duration::from_millis(50), || {
+        (relay.metric("relaysrv_open_sockets") == 0.0).then_some(())
+    })
+    .expect("every socket closed");
+}
+
+#[test]
+fn unknown_used_or_short_keys_get_not_found_and_unexpected_messages_code_100() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(&dir.path().join("relay"), &[]);
+    let (port, rid) = (relay.port, relay.id);
+
+    for key in [&[0u8; 32][..], &[1u8; 5][..], &[][..]] {
+        let (mut t, reply) = join_session(port, key).unwrap();
+        assert_eq!(reply, response(Response::NOT_FOUND));
+        assert!(closed_within(&mut t, Duration::from_secs(2)));
+    }
+
+    let listen_dev = identity();
+    let mut listener = ProtocolClient::connect(port, &listen_dev, rid).unwrap();
+    assert_eq!(listener.join(None).unwrap(), response(0));
+    let mut d = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    let mine = invitation(d.connect_to(listen_dev.device_id()).unwrap());
+    assert_eq!(mine.port, port);
+    assert_eq!(
+        mine.address.as_slice(),
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+    );
+    assert_eq!(mine.from.as_slice(), listen_dev.device_id().as_bytes());
+    let theirs = invitation(listener.recv().unwrap());
+    assert_ne!(mine.key, theirs.key);
+    assert_eq!(n(&relay.status(), "numPendingSessionKeys"), 2);
+    let (_t, r) = join_session(port, mine.key.as_slice()).unwrap();
+    assert_eq!(r, response(0));
+    // A key works once.
+    let (_t2, r2) = join_session(port, mine.key.as_slice()).unwrap();
+    assert_eq!(r2, response(Response::NOT_FOUND));
+    assert_eq!(n(&relay.status(), "numPendingSessionKeys"), 1);
+
+    // ConnectRequest for an unknown or malformed device.
+    for target in [identity().device_id().as_bytes().to_vec(), vec![1, 2, 3]] {
+        let mut c = ProtocolClient::connect(port, &identity(), rid).unwrap();
+        c.send(&Message::ConnectRequest(proto::relay::ConnectRequest {
+            id: proto::relay::ShortBytes::new(&target).unwrap(),
+        }))
+        .unwrap();
+        assert_eq!(c.recv().unwrap(), response(Response::NOT_FOUND));
+    }
+
+    // Unexpected messages: on a protocol connection and on a data connection.
+    let mut c = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    c.send(&response(0)).unwrap();
+    assert_eq!(c.recv().unwrap(), response(Response::UNEXPECTED_MESSAGE));
+    let mut t = raw(port);
+    t.write_all(&Message::Ping.encode().unwrap()).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        e2e::relay::read_message(&mut t).unwrap(),
+        response(Response::UNEXPECTED_MESSAGE)
+    );
+    assert!(relay.metric("relaysrv_rejects_total{reason=\"UnknownKey\"}") >= 4.0);
+}
+
+#[test]
+fn second_join_from_the_same_device_gets_already_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(&dir.path().join("relay"), &[]);
+    let dev = identity();
+    let mut first = ProtocolClient::connect(relay.port, &dev, relay.id).unwrap();
+    assert_eq!(first.join(None).unwrap(), response(0));
+    let mut second = ProtocolClient::connect(relay.port, &dev, relay.id).unwrap();
+    assert_eq!(
+        second.join(None).unwrap(),
+        response(Response::ALREADY_CONNECTED)
+    );
+    assert!(closed_within(&mut second.stream, Duration::from_secs(2)));
+    // Joining twice on one connection is refused the same way.
+    assert_eq!(
+        first.join(None).unwrap(),
+        response(Response::ALREADY_CONNECTED)
+    );
+    // The device is free again once its connection is gone.
+    drop(first);
+    wait::until(Duration::from_secs(5), Duration::from_millis(50), || {
+        let mut again = ProtocolClient::connect(relay.port, &dev, relay.id).ok()?;
+        (again.join(None).ok()? == response(0)).then_some(())
+    })
+    .expect("rejoin after leaving");
+}
+
+#[test]
+fn a_client_that_stops_answering_pings_is_dropped_and_one_that_answers_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &["--ping-interval", "200ms", "--network-timeout", "1s"],
+    );
+    let (port, rid) = (relay.port, relay.id);
+    let mute = identity();
+    let mut m = ProtocolClient::connect(port, &mute, rid).unwrap();
+    assert_eq!(m.join(None).unwrap(), response(0));
+    let mut lively = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    assert_eq!(lively.join(None).unwrap(), response(0));
+    // The lively one answers every ping for 2.5 s.
+    let lively = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_millis(2500);
+        lively.set_timeout(Duration::from_millis(300));
+        while Instant::now() < until {
+            match e2e::relay::read_message(&mut lively.stream) {
+                Ok(Message::Ping) => lively.send(&Message::Pong).unwrap(),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("lively client lost its connection: {e}"),
+            }
+        }
+        lively
+    });
+
+    // The mute one reads pings but never answers.
+    let started = Instant::now();
+    let mut pings = 0;
+    loop {
+        match e2e::relay::read_message(&mut m.stream) {
+            Ok(Message::Ping) => pings += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never dropped");
+    }
+    let took = started.elapsed();
+    assert!(pings >= 3, "{pings} pings");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Its device is no longer reachable.
+    let mut d = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    assert_eq!(
+        d.connect_to(mute.device_id()).unwrap(),
+        response(Response::NOT_FOUND)
+    );
+
+    // The one answering pings is still joined.
+    let lively = lively.join().unwrap();
+    assert_eq!(n(&relay.status(), "numConnections"), 1);
+    drop(lively);
+
+    // A connection that never joins is closed at the first ping tick.
+    let mut idle = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    let started = Instant::now();
+    assert!(e2e::relay::read_message(&mut idle.stream).is_err());
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn limits_reached_give_relay_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &[
+            "--max-clients",
+            "1",
+            "--max-pending",
+            "1",
+            "--message-timeout",
+            "1s",
+        ],
+    );
+    let (port, rid) = (relay.port, relay.id);
+    let dev = identity();
+    let mut a = ProtocolClient::connect(port, &dev, rid).unwrap();
+    assert_eq!(a.join(None).unwrap(), response(0));
+    let mut b = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    assert_eq!(b.join(None).unwrap(), Message::RelayFull);
+    assert!(closed_within(&mut b.stream, Duration::from_secs(2)));
+
+    let mut d1 = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    invitation(d1.connect_to(dev.device_id()).unwrap());
+    let mut d2 = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    assert_eq!(d2.connect_to(dev.device_id()).unwrap(), Message::RelayFull);
+    assert!(relay.metric("relaysrv_rejects_total{reason=\"Full\"}") >= 2.0);
+
+    // The pending pairing expires after the message timeout, freeing room;
+    // a half-joined side is closed with it.
+    let inv = invitation(a.recv().unwrap());
+    let (mut half, r) = join_session(port, inv.key.as_slice()).unwrap();
+    assert_eq!(r, response(0));
+    assert!(closed_within(&mut half, Duration::from_secs(4)));
+    relay.wait_status("pending expired", Duration::from_secs(3), |s| {
+        n(s, "numPendingSessionKeys") == 0
+    });
+    let mut d3 = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    invitation(d3.connect_to(dev.device_id()).unwrap());
+}
+
+#[test]
+fn per_ip_connection_rate_is_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &["--per-ip-conn-rate", "1", "--per-ip-conn-burst", "3"],
+    );
+    // The harness already spent one on its readiness probe.
+    let mut refused = 0;
+    for _ in 0..6 {
+        let mut t = raw(relay.port);
+        t.write_all(&Message::Ping.encode().unwrap()).unwrap();
+        t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        if e2e::relay::read_message(&mut t).is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 3, "{refused} refused");
+    assert!(relay.metric("relaysrv_rejects_total{reason=\"IpRate\"}") >= 3.0);
+}
+
+/// Sends `bytes` through `pairs` pairings at once; seconds each took.
+fn timed_transfers(relay: &RelayServer, pairs: usize, bytes: usize) -> Vec<f64> {
+    let dev = identity();
+    let mut listener = ProtocolClient::connect(relay.port, &dev, relay.id).unwrap();
+    assert_eq!(listener.join(None).unwrap(), response(0));
+    let sockets: Vec<_> = (0..pairs)
+        .map(|_| {
+            pair(
+                relay.port,
+                relay.id,
+                &mut listener,
+                &identity(),
+                dev.device_id(),
+            )
+        })
+        .collect();
+    let threads: Vec<_> = sockets
+        .into_iter()
+        .map(|(mut a, mut b)| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let w = std::thread::spawn(move || {
+                    a.write_all(&vec![5u8; bytes]).unwrap();
+                    a
+                });
+                let mut got = vec![0u8; bytes];
+                b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                b.read_exact(&mut got).unwrap();
+                let _a = w.join().unwrap();
+                started.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn per_session_rate_applies_to_each_pairing_separately() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200 kB/s per pairing, burst 400 kB: 800 kB take ≈ 2 s each. One
+    // bucket shared by both pairings (1.19.2's bug) would need ≈ 6 s.
+    let relay = RelayServer::start(&dir.path().join("relay"), &["--per-session-rate", "200000"]);
+    let times = timed_transfers(&relay, 2, 800_000);
+    for t in &times {
+        assert!((1.5..4.0).contains(t), "{times:?}");
+    }
+    assert_eq!(relay.status()["options"]["per-session-rate"], 200000);
+}
+
+#[test]
+fn global_rate_limits_all_pairings_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &["--global-rate", "400000", "--forwarder", "copy"],
+    );
+    // 2 × 1.2 MB at 400 kB/s with an 800 kB burst: ≈ 4 s for both.
+    let times = timed_transfers(&relay, 2, 1_200_000);
+    let slowest = times.iter().cloned().fold(0.0, f64::max);
+    assert!((3.0..7.0).contains(&slowest), "{times:?}");
+}
+
+#[test]
+fn status_has_the_fields_of_strelaysrv_and_metrics_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = RelayServer::start(&dir.path().join("ours"), &["--provided-by", "x"]);
+    let theirs = RelayServer::start_strelaysrv(&dir.path().join("theirs"), &["-provided-by", "x"]);
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let (a, b) = (ours.status(), theirs.status());
+    assert_eq!(keys(&a), keys(&b));
+    assert_eq!(keys(&a["options"]), keys(&b["options"]));
+    assert_eq!(a["options"], b["options"]);
+    for k in keys(&b) {
+        let same_type = std::mem::discriminant(&a[&k]) == std::mem::discriminant(&b[&k])
+            && a[&k].is_u64() == b[&k].is_u64();
+        assert!(same_type, "{k}: ours {} vs {}", a[&k], b[&k]);
+    }
+    // Pretty-printed with 4 spaces, like Go's MarshalIndent.
+    let body = ureq::get(&format!("http://127.0.0.1:{}/status", ours.status_port))
+        .call()
+        .unwrap();
+    assert_eq!(body.header("Access-Control-Allow-Origin"), Some("*"));
+    assert!(body
+        .into_string()
+        .unwrap()
+        .contains("\n    \"bytesProxied\""));
+
+    let promtool = e2e::require_program("promtool", "prometheus");
+    let metrics = ours.metrics();
+    for name in [
+        "relaysrv_proxied_bytes_total",
+        "relaysrv_active_pairings",
+        "relaysrv_pending_pairings",
+        "relaysrv_protocol_connections",
+        "relaysrv_joined_devices",
+        "relaysrv_pairing_setup_seconds_bucket",
+        "relaysrv_pairing_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool: {out:?}\n{metrics}");
+}
+
+#[test]
+fn sigterm_stops_the_relay_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayServer::start(&dir.path().join("relay"), &[]);
+    let dev = identity();
+    let mut l = ProtocolClient::connect(relay.port, &dev, relay.id).unwrap();
+    assert_eq!(l.join(None).unwrap(), response(0));
+    let (_a, mut b) = pair(relay.port, relay.id, &mut l, &identity(), dev.device_id());
+    relay.proc.signal(libc::SIGTERM);
+    let status = relay
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert!(closed_within(&mut b, Duration::from_secs(1)));
+    assert!(relay.proc.log().contains("relay://127.0.0.1:"));
+}

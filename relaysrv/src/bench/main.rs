@@ -1,1 +1,339 @@
-fn main() {}
+//! `relay-bench`: load generator for `scripts/bench-relay`. Drives any relay
+//! speaking protocol v1 (ours or strelaysrv) over loopback, or measures a
+//! plain TCP copy for comparison. Prints `result NAME VALUE` lines.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use proto::relay::{
+    ConnectRequest, Header, JoinRelayRequest, JoinSessionRequest, Message, SessionInvitation,
+    ShortBytes, HEADER_LEN,
+};
+use proto::tls::{alpn, ServerPin, Versions};
+use proto::{DeviceId, Identity, KeyKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio_rustls::TlsConnector;
+
+#[derive(Parser)]
+#[command(about = "Load generator for relay servers (used by scripts/bench-relay)")]
+struct Args {
+    /// Relay address HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:22067")]
+    relay: String,
+    /// Relay device ID to pin (optional).
+    #[arg(long)]
+    relay_id: Option<String>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Bytes per second through `pairs` pairings, each moving `bytes`.
+    Throughput {
+        #[arg(long, default_value_t = 1)]
+        pairs: usize,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// The same over direct loopback TCP connections (no relay).
+    Direct {
+        #[arg(long, default_value_t = 1)]
+        pairs: usize,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// Pairings completed per second (each closed once both sides joined).
+    Setup {
+        #[arg(long)]
+        pairs: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Opens `pairs` pairings, writes their count to `ready_file`, then
+    /// holds them idle for `hold_secs`.
+    Idle {
+        #[arg(long)]
+        pairs: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long)]
+        ready_file: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        hold_secs: u64,
+    },
+}
+
+struct Client {
+    relay: String,
+    tls: TlsConnector,
+}
+
+async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Message> {
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head).await?;
+    let h = Header::decode(&head)?;
+    let mut payload = vec![0u8; h.length];
+    r.read_exact(&mut payload).await?;
+    Ok(Message::decode(h.kind, &payload)?)
+}
+
+async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> anyhow::Result<()> {
+    w.write_all(&m.encode()?).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+impl Client {
+    async fn protocol(&self) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(&self.relay).await?;
+        tcp.set_nodelay(true)?;
+        Ok(self.tls.connect(proto::tls::server_name(), tcp).await?)
+    }
+
+    /// Joins as a listening device; invitations go to the returned channel.
+    async fn listen(&self) -> anyhow::Result<mpsc::UnboundedReceiver<SessionInvitation>> {
+        let tls = self.protocol().await?;
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        write_msg(
+            &mut wr,
+            &Message::JoinRelayRequest(JoinRelayRequest::default()),
+        )
+        .await?;
+        match read_msg(&mut rd).await? {
+            Message::Response(r) if r.code == 0 => {}
+            other => bail!("join refused: {other:?}"),
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(m) = read_msg(&mut rd).await {
+                match m {
+                    Message::Ping if write_msg(&mut wr, &Message::Pong).await.is_err() => break,
+                    Message::SessionInvitation(i) => {
+                        let _ = tx.send(i);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn invite(&self, target: DeviceId) -> anyhow::Result<SessionInvitation> {
+        let mut tls = self.protocol().await?;
+        let req = ConnectRequest {
+            id: ShortBytes::from_array(*target.as_bytes()),
+        };
+        write_msg(&mut tls, &Message::ConnectRequest(req)).await?;
+        match read_msg(&mut tls).await? {
+            Message::SessionInvitation(i) => Ok(i),
+            other => bail!("no invitation: {other:?}"),
+        }
+    }
+
+    async fn join(&self, key: &ShortBytes) -> anyhow::Result<TcpStream> {
+        let mut tcp = TcpStream::connect(&self.relay).await?;
+        tcp.set_nodelay(true)?;
+        let req = JoinSessionRequest { key: key.clone() };
+        write_msg(&mut tcp, &Message::JoinSessionRequest(req)).await?;
+        match read_msg(&mut tcp).await? {
+            Message::Response(r) if r.code == 0 => Ok(tcp),
+            other => bail!("session join refused: {other:?}"),
+        }
+    }
+}
+
+type Invitations = Arc<Mutex<mpsc::UnboundedReceiver<SessionInvitation>>>;
+
+/// One complete pairing: (listening side, dialing side).
+async fn one_pairing(
+    c: &Client,
+    invites: &Invitations,
+    target: DeviceId,
+) -> anyhow::Result<(TcpStream, TcpStream)> {
+    let mine = c.invite(target).await?;
+    let theirs = tokio::time::timeout(Duration::from_secs(10), async {
+        invites.lock().await.recv().await
+    })
+    .await
+    .context("no server invitation within 10 s")?
+    .context("listener gone")?;
+    let (a, b) = tokio::try_join!(c.join(&theirs.key), c.join(&mine.key))?;
+    Ok((a, b))
+}
+
+/// Many pairings, `concurrency` at a time; failures are counted, not fatal.
+async fn many_pairings(
+    c: Arc<Client>,
+    invites: Invitations,
+    target: DeviceId,
+    n: usize,
+    concurrency: usize,
+    keep: bool,
+) -> (Vec<(TcpStream, TcpStream)>, usize) {
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
+        let (c, invites) = (c.clone(), invites.clone());
+        tasks.spawn(async move {
+            let r = one_pairing(&c, &invites, target).await;
+            drop(permit);
+            r
+        });
+    }
+    let (mut kept, mut failed) = (Vec::new(), 0);
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(pair)) if keep => kept.push(pair),
+            Ok(Ok(_)) => {}
+            _ => failed += 1,
+        }
+    }
+    (kept, failed)
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain get/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Moves `bytes` from a to b over blocking sockets; returns when b has all.
+fn pump(
+    mut a: std::net::TcpStream,
+    mut b: std::net::TcpStream,
+    bytes: u64,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let w = std::thread::spawn(move || {
+            let buf = vec![0x5au8; 1 << 20];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                if a.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+            let _ = a.flush();
+            std::thread::sleep(Duration::from_millis(50));
+        });
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while got < bytes {
+            match b.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+        let _ = w.join();
+        if got < bytes {
+            eprintln!("short transfer: {got} of {bytes}");
+        }
+    })
+}
+
+fn to_std(t: TcpStream) -> anyhow::Result<std::net::TcpStream> {
+    let s = t.into_std()?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+fn transfer(pairs: Vec<(std::net::TcpStream, std::net::TcpStream)>, bytes: u64) -> f64 {
+    let n = pairs.len() as u64;
+    let started = Instant::now();
+    let threads: Vec<_> = pairs.into_iter().map(|(a, b)| pump(a, b, bytes)).collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    (n * bytes) as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    raise_nofile();
+    let args = Args::parse();
+    let identity = Identity::generate("syncthing", KeyKind::Ed25519)?;
+    let pin = match &args.relay_id {
+        Some(id) => ServerPin::Device(id.parse()?),
+        None => ServerPin::Any,
+    };
+    let tls =
+        proto::tls::client_config(Some(&identity), &[alpn::RELAY], pin, Versions::Tls12AndUp)?;
+    let client = Arc::new(Client {
+        relay: args.relay.clone(),
+        tls: TlsConnector::from(Arc::new(tls)),
+    });
+    let target = identity.device_id();
+
+    match args.mode {
+        Mode::Direct { pairs, bytes } => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = l.local_addr()?;
+            let mut conns = Vec::new();
+            for _ in 0..pairs {
+                let a = std::net::TcpStream::connect(addr)?;
+                let (b, _) = l.accept()?;
+                a.set_nodelay(true)?;
+                conns.push((a, b));
+            }
+            let rate = tokio::task::spawn_blocking(move || transfer(conns, bytes)).await?;
+            println!("result throughput_bytes_per_s {rate:.0}");
+        }
+        Mode::Throughput { pairs, bytes } => {
+            let invites = Arc::new(Mutex::new(client.listen().await?));
+            let mut conns = Vec::new();
+            for _ in 0..pairs {
+                let (a, b) = one_pairing(&client, &invites, target).await?;
+                conns.push((to_std(a)?, to_std(b)?));
+            }
+            let rate = tokio::task::spawn_blocking(move || transfer(conns, bytes)).await?;
+            println!("result throughput_bytes_per_s {rate:.0}");
+        }
+        Mode::Setup { pairs, concurrency } => {
+            let invites = Arc::new(Mutex::new(client.listen().await?));
+            let started = Instant::now();
+            let (_, failed) =
+                many_pairings(client, invites, target, pairs, concurrency, false).await;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "result setup_pairings_per_s {:.0}",
+                (pairs - failed) as f64 / secs
+            );
+            println!("result setup_failed {failed}");
+        }
+        Mode::Idle {
+            pairs,
+            concurrency,
+            ready_file,
+            hold_secs,
+        } => {
+            let invites = Arc::new(Mutex::new(client.listen().await?));
+            let (kept, failed) =
+                many_pairings(client, invites, target, pairs, concurrency, true).await;
+            std::fs::write(&ready_file, format!("{} {failed}\n", kept.len()))?;
+            println!("result idle_pairings {}", kept.len());
+            println!("result idle_failed {failed}");
+            tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+            drop(kept);
+        }
+    }
+    Ok(())
+}
