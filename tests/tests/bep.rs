@@ -543,7 +543,7 @@ fn openssl_sha256_mb_s() -> f64 {
 }
 
 /// Benchmark (documented command, one run; build in release first):
-/// `cargo build --release -p node && cargo test --release -p e2e --test bep -- --ignored --nocapture bench_`
+/// `cargo build --release -p node && cargo test --release -p e2e --test bep -- --ignored --nocapture --test-threads=1 bench_`
 ///
 /// Time until a real Syncthing device has pulled 300 MiB + 1,000 files from
 /// our node, beside the same transfer from a real Syncthing device, and our
@@ -630,7 +630,7 @@ fn bench_pull_from_our_node_vs_from_syncthing() {
 }
 
 /// Index memory per file (documented command, one run):
-/// `cargo test --release -p e2e --test bep -- --ignored --nocapture bench_index_memory`
+/// `cargo test --release -p e2e --test bep -- --ignored --nocapture --test-threads=1 bench_index_memory`
 #[test]
 #[ignore = "benchmark: run explicitly, in release"]
 fn bench_index_memory_per_file() {

@@ -46,15 +46,35 @@ impl Message {
     }
 
     fn encode_body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body_len());
+        self.encode_body_into(&mut out);
+        out
+    }
+
+    fn body_len(&self) -> usize {
         match self {
-            Message::ClusterConfig(m) => m.encode_to_vec(),
-            Message::Index(m) | Message::IndexUpdate(m) => m.encode_to_vec(),
-            Message::Request(m) => m.encode_to_vec(),
-            Message::Response(m) => m.encode_to_vec(),
-            Message::DownloadProgress(m) => m.encode_to_vec(),
-            Message::Ping | Message::Unknown(_) => Vec::new(),
-            Message::Close(m) => m.encode_to_vec(),
+            Message::ClusterConfig(m) => m.encoded_len(),
+            Message::Index(m) | Message::IndexUpdate(m) => m.encoded_len(),
+            Message::Request(m) => m.encoded_len(),
+            Message::Response(m) => m.encoded_len(),
+            Message::DownloadProgress(m) => m.encoded_len(),
+            Message::Ping | Message::Unknown(_) => 0,
+            Message::Close(m) => m.encoded_len(),
         }
+    }
+
+    /// Appends the protobuf body to `out` (a Vec grows as needed, so
+    /// prost's "insufficient buffer" cannot happen).
+    fn encode_body_into(&self, out: &mut Vec<u8>) {
+        let _ = match self {
+            Message::ClusterConfig(m) => m.encode(out),
+            Message::Index(m) | Message::IndexUpdate(m) => m.encode(out),
+            Message::Request(m) => m.encode(out),
+            Message::Response(m) => m.encode(out),
+            Message::DownloadProgress(m) => m.encode(out),
+            Message::Ping | Message::Unknown(_) => Ok(()),
+            Message::Close(m) => m.encode(out),
+        };
     }
 
     /// Short name for logs.
@@ -124,29 +144,46 @@ pub enum Decoded {
 
 /// Frames `message`, compressing it when `compress` allows and it pays.
 pub fn encode_frame(message: &Message, compress: Compress) -> Result<Vec<u8>, FrameError> {
-    let body = message.encode_body();
-    let mut compression = MessageCompression::None;
-    let mut payload = body;
-    if payload.len() >= COMPRESSION_THRESHOLD && compress.applies_to(message) {
-        if let Some(c) = lz4::compress_if_worth_it(&payload) {
-            payload = c;
-            compression = MessageCompression::Lz4;
-        }
+    let body_len = message.body_len();
+    if body_len >= COMPRESSION_THRESHOLD && compress.applies_to(message) {
+        let body = message.encode_body();
+        return Ok(match lz4::compress_if_worth_it(&body) {
+            Some(c) => frame(message, MessageCompression::Lz4, c.len(), |out| {
+                out.extend_from_slice(&c)
+            })?,
+            None => frame(message, MessageCompression::None, body.len(), |out| {
+                out.extend_from_slice(&body)
+            })?,
+        });
     }
-    if payload.len() > MAX_MESSAGE {
-        return Err(FrameError::MessageTooLarge(payload.len()));
+    // Uncompressed (e.g. every Response by default): the body is encoded
+    // straight into the frame, without an intermediate copy.
+    frame(message, MessageCompression::None, body_len, |out| {
+        message.encode_body_into(out)
+    })
+}
+
+fn frame(
+    message: &Message,
+    compression: MessageCompression,
+    payload_len: usize,
+    payload: impl FnOnce(&mut Vec<u8>),
+) -> Result<Vec<u8>, FrameError> {
+    if payload_len > MAX_MESSAGE {
+        return Err(FrameError::MessageTooLarge(payload_len));
     }
     let header = Header {
         r#type: message.message_type(),
         compression: compression as i32,
     }
     .encode_to_vec();
-    let mut out = Vec::with_capacity(2 + header.len() + 4 + payload.len());
+    let mut out = Vec::with_capacity(2 + header.len() + 4 + payload_len);
     // A header is at most a few bytes: two small varints.
     out.extend_from_slice(&(header.len() as u16).to_be_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&(payload_len as u32).to_be_bytes());
+    payload(&mut out);
+    debug_assert_eq!(out.len(), 2 + header.len() + 4 + payload_len);
     Ok(out)
 }
 

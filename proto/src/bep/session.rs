@@ -167,7 +167,11 @@ impl Session {
             _ => {}
         }
         let frame = encode_frame(message, self.compress)?;
-        self.outbuf.extend_from_slice(&frame);
+        if self.outbuf.is_empty() {
+            self.outbuf = frame; // no copy for the common case
+        } else {
+            self.outbuf.extend_from_slice(&frame);
+        }
         self.last_write = now;
         Ok(())
     }
