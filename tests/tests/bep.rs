@@ -777,3 +777,36 @@ fn rest_configuration_applies_live_and_is_saved() {
     node.stop();
     st.shutdown();
 }
+
+/// Scan rate on 1 GiB in four files (documented command, one run):
+/// `cargo test --release -p e2e --test bep -- --ignored --nocapture --test-threads=1 bench_scan_rate`
+#[test]
+#[ignore = "benchmark: run explicitly, in release"]
+fn bench_scan_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..4u64 {
+        let mut f = std::fs::File::create(src.join(format!("f{i}"))).unwrap();
+        for chunk in 0..256u64 {
+            f.write_all(&bytes(i * 1000 + chunk, 1 << 20)).unwrap();
+        }
+    }
+    let home = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let peer = e2e::syncthing::generate(&tmp.path().join("peer"));
+    home.add_folder("s", &src, "sendonly", &[&peer]);
+    let node = home.start();
+    node.wait_scanned("s", 4, Duration::from_secs(300));
+    let log = node.stop();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("Scanned folder s"))
+        .unwrap_or_default()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("BENCH scan 1 GiB: {line}");
+    println!(
+        "BENCH openssl speed -evp sha256: {:.0} MB/s per core, {cores} cores",
+        openssl_sha256_mb_s()
+    );
+}
