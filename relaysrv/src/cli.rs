@@ -84,10 +84,11 @@ pub struct Cli {
     #[arg(long, env = "RELAYSRV_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
-    /// Bytes moved per step of a pairing direction (the kernel pipe size
-    /// when splicing; the buffer size of the copy forwarder). Nothing is
-    /// held while a pairing is idle.
-    #[arg(long, env = "RELAYSRV_NETWORK_BUFFER", default_value_t = 262_144,
+    /// Bytes moved per step of a pairing direction: the kernel pipe size
+    /// when splicing (pipes are taken from a small pool only while bytes
+    /// flow), the buffer size of the copy forwarder. Nothing is held while
+    /// a pairing is idle.
+    #[arg(long, env = "RELAYSRV_NETWORK_BUFFER", default_value_t = 1_048_576,
           value_parser = clap::value_parser!(u32).range(4096..=16_777_216))]
     pub network_buffer: u32,
 

@@ -47,7 +47,7 @@ impl ForwarderKind {
 }
 
 /// Conduits kept for reuse; more than this many idle ones are freed.
-const POOL_MAX: usize = 64;
+const POOL_MAX: usize = 32;
 
 /// Forwards between `a` and `b` until either side goes away.
 pub async fn run_pairing(relay: Arc<Relay>, p: &PendingPairing, a: TcpStream, b: TcpStream) {

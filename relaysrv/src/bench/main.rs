@@ -301,7 +301,19 @@ async fn main() -> anyhow::Result<()> {
             let invites = Arc::new(Mutex::new(client.listen().await?));
             let mut conns = Vec::new();
             for _ in 0..pairs {
-                let (a, b) = one_pairing(&client, &invites, target).await?;
+                // strelaysrv 1.19.2 sometimes answers a join with "already
+                // connected" (a race in its session hand-off): retry.
+                let mut attempt = 0;
+                let (a, b) = loop {
+                    match one_pairing(&client, &invites, target).await {
+                        Ok(p) => break p,
+                        Err(e) if attempt < 5 => {
+                            eprintln!("pairing failed, retrying: {e}");
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 conns.push((to_std(a)?, to_std(b)?));
             }
             let rate = tokio::task::spawn_blocking(move || transfer(conns, bytes)).await?;
