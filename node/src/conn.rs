@@ -45,6 +45,7 @@ pub async fn run<S>(
     peer: DeviceId,
     address: SocketAddr,
     kind: &'static str,
+    handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -89,6 +90,8 @@ where
     })
     .await
     .map_err(|_| anyhow!("no Hello within 20 s"))??;
+    // The unauthenticated part is over.
+    drop(handshake_permit);
 
     let Some(device) = device else {
         tracing::info!(device = %peer, name = %their_hello.device_name, %address,

@@ -538,4 +538,66 @@ mod tests {
         assert_eq!(db.remote("f", &dev).unwrap(), (9, 4));
         assert_eq!(db.local_totals("f").unwrap(), (2, 0, 0, 0, 6));
     }
+
+    #[test]
+    fn completion_follows_versions_and_deletes() {
+        use proto::bep::wire::Counter;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let v = |n: u64| {
+            Some(Vector {
+                counters: vec![Counter { id: 1, value: n }],
+            })
+        };
+        let f = |name: &str, size: i64, version: u64, deleted: bool| FileInfo {
+            name: name.into(),
+            size,
+            deleted,
+            version: v(version),
+            ..Default::default()
+        };
+        let change = |fi: FileInfo| Change { info: fi, inode: 0 };
+        db.apply(
+            "f",
+            vec![
+                change(f("a", 100, 2, false)),
+                change(f("b", 300, 1, false)),
+                change(f("gone", 0, 3, true)),
+            ],
+        )
+        .unwrap();
+        let peer = DeviceId::from_der_cert(b"peer");
+        // Nothing announced: everything needed.
+        let c = db.completion("f", &peer).unwrap();
+        assert_eq!((c.need_items, c.need_bytes, c.global_bytes), (2, 400, 400));
+        assert_eq!(c.completion, 0.0);
+        // Peer has "a" in an older version, "b" current, "gone" still live.
+        db.remote_files(
+            "f",
+            &peer,
+            &[
+                f("a", 100, 1, false),
+                f("b", 300, 1, false),
+                f("gone", 5, 2, false),
+            ],
+            true,
+        )
+        .unwrap();
+        let c = db.completion("f", &peer).unwrap();
+        assert_eq!((c.need_items, c.need_bytes, c.need_deletes), (1, 100, 1));
+        assert_eq!(c.completion, 75.0);
+        // An update brings "a" and the deletion: complete.
+        db.remote_files(
+            "f",
+            &peer,
+            &[f("a", 100, 2, false), f("gone", 0, 3, true)],
+            false,
+        )
+        .unwrap();
+        let c = db.completion("f", &peer).unwrap();
+        assert_eq!((c.need_items, c.need_deletes, c.completion), (0, 0, 100.0));
+        // A new index ID on their side voids what we knew.
+        db.clear_remote_files("f", &peer).unwrap();
+        assert_eq!(db.completion("f", &peer).unwrap().need_items, 2);
+    }
 }

@@ -37,6 +37,8 @@ pub struct ServeArgs {
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes accepted at the same time.
+const MAX_PENDING_HANDSHAKES: usize = 64;
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     args.log.init();
@@ -289,6 +291,9 @@ async fn report_progress(folder: String, live: Arc<scan::Live>) {
 
 async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
+    // Handshakes and Hellos in progress are bounded: unauthenticated
+    // connections cannot pile up (each is also limited in time).
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -297,6 +302,10 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, "too many handshakes in progress; connection dropped");
+            continue;
         };
         let node = node.clone();
         let acceptor = acceptor.clone();
@@ -318,7 +327,7 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                 tracing::info!(%addr, "peer sent no certificate");
                 return;
             };
-            if let Err(e) = conn::run(node, tls, peer, addr, "tcp-server").await {
+            if let Err(e) = conn::run(node, tls, peer, addr, "tcp-server", Some(permit)).await {
                 tracing::info!(%addr, device = %peer, error = %format!("{e:#}"), "connection ended");
             }
         });
@@ -381,5 +390,5 @@ async fn dial(node: &Arc<Node>, device: DeviceId, host_port: &str) -> Result<()>
     .await
     .context("TLS handshake timed out")??;
     let peer = tls::peer_device_id(tls.get_ref().1).context("server sent no certificate")?;
-    conn::run(node.clone(), tls, peer, addr, "tcp-client").await
+    conn::run(node.clone(), tls, peer, addr, "tcp-client", None).await
 }
