@@ -22,9 +22,10 @@ use tokio::task::JoinHandle;
 use crate::fileserve::{self, Served};
 use crate::model::{ConnInfo, Node, PendingDevice};
 
-/// Our client name and version in the Hello.
-const CLIENT_NAME: &str = "syncthing";
-const CLIENT_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "-rust-node");
+/// Our client name and version in the Hello. Syncthing only displays
+/// them (a name other than "syncthing" is shown with the version).
+const CLIENT_NAME: &str = "node";
+const CLIENT_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 /// Index batches: at most this many files or about this many bytes.
 const BATCH_FILES: usize = 1000;
 const BATCH_BYTES: usize = 250 * 1024;
