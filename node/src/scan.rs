@@ -364,6 +364,14 @@ fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Walked) -> Result<()>) -> 
         if names::is_internal(&name) || names::is_temporary(&name) {
             continue;
         }
+        // Names travel in Unicode NFC. Syncthing renames other forms on
+        // disk; we do not touch users' files, so such an entry (and what is
+        // below it) is skipped with a warning.
+        if !unicode_normalization::is_nfc(base) {
+            tracing::warn!(path = %entry.path().display(),
+                "file name is not in Unicode NFC (e.g. copied from macOS); skipped: rename it to sync it");
+            continue;
+        }
         if names::validate(&name).is_err() {
             continue;
         }
@@ -617,6 +625,12 @@ mod tests {
         let err = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap_err();
         assert!(format!("{err:#}").contains("unmounted"));
         fs::create_dir(root.join(MARKER)).unwrap();
+
+        // A name not in NFC ("e" + combining acute) is skipped.
+        fs::write(root.join("cafe\u{301}.txt"), b"x").unwrap();
+        let s5 = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        assert_eq!(s5.changed, 0);
+        fs::remove_file(root.join("cafe\u{301}.txt")).unwrap();
 
         // An unreadable directory keeps its entries (not deleted).
         fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o000)).unwrap();
