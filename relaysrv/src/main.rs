@@ -6,6 +6,7 @@ mod limits;
 mod listener;
 mod metrics;
 mod pairing;
+mod pool;
 mod protocol;
 mod splice;
 mod state;
@@ -211,18 +212,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(a) = status_addr {
         tracing::info!("status: http://{a}/status, metrics: http://{a}/metrics");
     }
-    if !pools.is_empty() {
-        tracing::warn!(
-            ?pools,
-            "pool registration is not implemented in this version; the relay stays private"
-        );
-    }
 
     let per_ip = Arc::new(PerIpLimiter::new(
         cli.per_ip_conn_rate,
         cli.per_ip_conn_burst,
     ));
     let mut tasks = tokio::task::JoinSet::new();
+    if !pools.is_empty() && relay.settings.token.is_some() {
+        // As the newest strelaysrv: a relay that requires a token is not
+        // advertised to anyone.
+        tracing::warn!(?pools, "a join token is set: not registering with any pool");
+    } else {
+        for pool in pools {
+            tracing::info!(%pool, "registering with relay pool");
+            tasks.spawn(pool::register_loop(
+                relay.clone(),
+                pool,
+                uri.to_string(),
+                identity.clone(),
+            ));
+        }
+    }
     tasks.spawn(listener::accept_loop(
         relay.clone(),
         listener,

@@ -226,8 +226,17 @@ fn token_from_the_environment_and_clear_errors() {
 
 #[test]
 fn pairing_forwards_both_ways_and_a_vanishing_peer_closes_the_other_side() {
+    forwarding_and_vanishing_peer(&[]);
+}
+
+#[test]
+fn the_portable_copy_forwarder_does_the_same() {
+    forwarding_and_vanishing_peer(&["--forwarder", "copy", "--network-buffer", "65536"]);
+}
+
+fn forwarding_and_vanishing_peer(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let relay = RelayServer::start(&dir.path().join("relay"), &[]);
+    let relay = RelayServer::start(&dir.path().join("relay"), flags);
     let (port, rid) = (relay.port, relay.id);
     let server_dev = identity();
     let mut listener = ProtocolClient::connect(port, &server_dev, rid).unwrap();
@@ -728,4 +737,53 @@ fn sigterm_stops_the_relay_promptly() {
     assert!(status.success(), "{status:?}");
     assert!(closed_within(&mut b, Duration::from_secs(1)));
     assert!(relay.proc.log().contains("relay://127.0.0.1:"));
+}
+
+#[test]
+fn registers_with_a_pool_only_when_one_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fake pool on loopback that records one POST.
+    let pool = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pool_port = pool.local_addr().unwrap().port();
+    let recorder = std::thread::spawn(move || {
+        let (mut s, _) = pool.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&req).contains("}") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "pool request cut short");
+            req.extend_from_slice(&buf[..n]);
+        }
+        let body = "{\"evictionIn\":3600000000000}";
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        String::from_utf8_lossy(&req).into_owned()
+    });
+    let pools = format!("http://127.0.0.1:{pool_port}/endpoint");
+    let relay = RelayServer::start(&dir.path().join("relay"), &["--pools", &pools]);
+    let req = recorder.join().unwrap();
+    assert!(req.starts_with("POST /endpoint HTTP/1.1"), "{req}");
+    assert!(
+        req.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{req}"
+    );
+    assert!(
+        req.contains(&format!(
+            "\"url\":\"relay://127.0.0.1:{}/?id={}",
+            relay.port, relay.id
+        )),
+        "{req}"
+    );
+    assert_eq!(relay.status()["options"]["pools"], json!([pools]));
+
+    // Without --pools, nothing is contacted (the log says nothing about pools).
+    let quiet = RelayServer::start(&dir.path().join("quiet"), &[]);
+    assert_eq!(quiet.status()["options"]["pools"], json!([""]));
+    assert!(!quiet.proc.log().contains("pool"), "{}", quiet.proc.log());
 }

@@ -2,7 +2,7 @@
 //! speaking protocol v1 (ours or strelaysrv) over loopback, or measures a
 //! plain TCP copy for comparison. Prints `result NAME VALUE` lines.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -216,38 +216,90 @@ fn raise_nofile() {
 }
 
 /// Moves `bytes` from a to b over blocking sockets; returns when b has all.
-fn pump(
-    mut a: std::net::TcpStream,
-    mut b: std::net::TcpStream,
-    bytes: u64,
-) -> std::thread::JoinHandle<()> {
+/// Both ends avoid copying through user space (sendfile from a memfd,
+/// receive with MSG_TRUNC), so the client spends as little CPU as possible
+/// and the relay in between is what is measured.
+fn pump(a: std::net::TcpStream, b: std::net::TcpStream, bytes: u64) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let w = std::thread::spawn(move || {
-            let buf = vec![0x5au8; 1 << 20];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                if a.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-                left -= n as u64;
+            if let Err(e) = send_zero_copy(&a, bytes) {
+                eprintln!("send: {e}");
             }
-            let _ = a.flush();
             std::thread::sleep(Duration::from_millis(50));
         });
-        let mut buf = vec![0u8; 1 << 20];
-        let mut got = 0u64;
-        while got < bytes {
-            match b.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n as u64,
-            }
-        }
+        let got = recv_discard(&b, bytes);
         let _ = w.join();
         if got < bytes {
             eprintln!("short transfer: {got} of {bytes}");
         }
     })
+}
+
+const SOURCE_LEN: usize = 16 << 20;
+
+fn send_zero_copy(sock: &std::net::TcpStream, bytes: u64) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: memfd_create with a static C string; the fd is owned below.
+    let fd = unsafe { libc::memfd_create(c"relay-bench".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned only here.
+    let src = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(src);
+    let pattern: Vec<u8> = (0..SOURCE_LEN).map(|i| (i % 251) as u8).collect();
+    file.write_all(&pattern)?;
+    let mut left = bytes;
+    while left > 0 {
+        let mut off: libc::off_t = 0;
+        let mut chunk_left = (left as usize).min(SOURCE_LEN);
+        while chunk_left > 0 {
+            // SAFETY: valid descriptors and offset pointer.
+            let n =
+                unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, chunk_left) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            chunk_left -= n as usize;
+            left -= n as u64;
+        }
+    }
+    Ok(())
+}
+
+fn recv_discard(sock: &std::net::TcpStream, bytes: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut scratch = [0u8; 64];
+    let mut got = 0u64;
+    while got < bytes {
+        let want = ((bytes - got) as usize).min(8 << 20);
+        // SAFETY: MSG_TRUNC makes TCP discard up to `want` bytes without
+        // copying them into the (small) buffer.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                scratch.as_mut_ptr().cast(),
+                want,
+                libc::MSG_TRUNC,
+            )
+        };
+        if n <= 0 {
+            let e = std::io::Error::last_os_error();
+            if n < 0 && e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        got += n as u64;
+    }
+    got
 }
 
 fn to_std(t: TcpStream) -> anyhow::Result<std::net::TcpStream> {
