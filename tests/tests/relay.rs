@@ -238,6 +238,9 @@ fn forwarding_and_vanishing_peer(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayServer::start(&dir.path().join("relay"), flags);
     let (port, rid) = (relay.port, relay.id);
+    // The harness's readiness probe may still hold a task for a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let tasks_at_rest = n(&relay.status(), "goNumRoutine");
     let server_dev = identity();
     let mut listener = ProtocolClient::connect(port, &server_dev, rid).unwrap();
     assert_eq!(listener.join(None).unwrap(), response(0));
@@ -312,6 +315,10 @@ fn forwarding_and_vanishing_peer(flags: &[&str]) {
         (relay.metric("relaysrv_open_sockets") == 0.0).then_some(())
     })
     .expect("all sockets closed");
+    // No task outlives its connection (the status request itself is one).
+    relay.wait_status("tasks back to the idle set", Duration::from_secs(5), |s| {
+        n(s, "goNumRoutine") == tasks_at_rest
+    });
 }
 
 /// Reads until EOF or error; true when the peer closed within `limit`.
