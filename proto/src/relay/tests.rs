@@ -254,6 +254,7 @@ fn relay_uris() {
 fn go_durations() {
     let cases = [
         (0, "0s"),
+        (200, "200ms"),
         (1000, "1s"),
         (1500, "1.5s"),
         (60_000, "1m0s"),

@@ -134,9 +134,12 @@ impl std::fmt::Display for RelayUri {
 pub fn format_go_duration(d: Duration) -> String {
     let total = d.as_secs();
     let millis = d.subsec_millis();
-    if total == 0 && millis == 0 {
+    if total == 0 {
+        // Go switches to smaller units below one second.
         return if d.is_zero() {
             "0s".to_owned()
+        } else if millis > 0 && d.subsec_micros() % 1000 == 0 {
+            format!("{millis}ms")
         } else {
             format!("{}µs", d.as_micros())
         };
