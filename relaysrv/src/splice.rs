@@ -218,7 +218,12 @@ impl Conduit {
     fn acquire(kind: ForwarderKind, size: usize) -> io::Result<Conduit> {
         match kind {
             #[cfg(target_os = "linux")]
-            ForwarderKind::Splice => pipe::Pipe::acquire(size).map(Conduit::Pipe),
+            ForwarderKind::Splice => match pipe::Pipe::acquire(size) {
+                Ok(p) => Ok(Conduit::Pipe(p)),
+                // Out of descriptors (a pipe needs two): copy this burst
+                // through a buffer rather than end the pairing.
+                Err(_) => Conduit::acquire(ForwarderKind::Copy, size),
+            },
             _ => {
                 let buf = lock(&BUFFERS)
                     .pop()
