@@ -164,19 +164,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // The URI devices use. The host is what was advertised or bound; an
     // unspecified one must be replaced by a reachable name.
-    let host = match ext {
-        Some(_) => cli
-            .ext_address
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(""),
-        None if bound.ip().is_unspecified() => "",
+    let ext_host = match ext {
+        Some(_) => cli.ext_address.rsplit_once(':').map_or("", |(h, _)| h),
         None => "",
     };
-    let host = if host.is_empty() && !bound.ip().is_unspecified() {
+    let host = if ext_host.is_empty() && !bound.ip().is_unspecified() {
         bound.ip().to_string()
     } else {
-        host.to_owned()
+        ext_host.to_owned()
     };
     let s = &relay.settings;
     let mut uri = RelayUri::new(
