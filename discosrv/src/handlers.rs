@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use ipnet::IpNet;
 use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
 use proto::discovery::{self, LookupReply, Source};
@@ -156,11 +156,7 @@ async fn route<S: Store>(
 }
 
 async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
-    let device = query.and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "device")
-            .and_then(|(_, v)| v.parse::<DeviceId>().ok())
-    });
+    let device = query.and_then(device_param);
     let Some(device) = device.filter(|d| !d.is_reserved()) else {
         app.metrics.lookup("bad_request");
         return bad_request();
@@ -223,14 +219,13 @@ async fn announce<S: Store>(
         app.metrics.announcement("bad_request");
         return too_large();
     }
-    let body = Limited::new(req.into_body(), MAX_ANNOUNCEMENT_BYTES);
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body())).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(BodyError::TooLarge)) => {
             app.metrics.announcement("bad_request");
             return too_large();
         }
-        Ok(Err(_)) | Err(_) => {
+        Ok(Err(BodyError::Failed)) | Err(_) => {
             app.metrics.announcement("bad_request");
             return text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
         }
@@ -266,15 +261,87 @@ async fn announce<S: Store>(
     }
 }
 
-/// `seen` as Go's RFC 3339 with nanoseconds (trailing zeros trimmed).
+/// The `device` query parameter as a device ID. The plain form real
+/// clients send is taken as it is; anything else goes through the full
+/// form decoder.
+fn device_param(query: &str) -> Option<DeviceId> {
+    if let Some(v) = query.strip_prefix("device=") {
+        if !v.contains(['&', '%', '+']) {
+            return v.parse().ok();
+        }
+    }
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "device")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+enum BodyError {
+    TooLarge,
+    Failed,
+}
+
+/// Reads an announcement body of at most `MAX_ANNOUNCEMENT_BYTES`. Past
+/// the limit, up to `DRAIN_BYTES` more are read and dropped before the 413,
+/// so that the connection is not closed on unread data (which makes the
+/// kernel reset it and lose the reply); beyond that it is simply closed.
+async fn read_body(mut body: hyper::body::Incoming) -> Result<Bytes, BodyError> {
+    const DRAIN_BYTES: usize = 256 * 1024;
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Failed)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total <= MAX_ANNOUNCEMENT_BYTES {
+            buf.extend_from_slice(&data);
+        } else if total > MAX_ANNOUNCEMENT_BYTES + DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_ANNOUNCEMENT_BYTES {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// `seen` as Go's RFC 3339 with nanoseconds (trailing zeros trimmed), in
+/// UTC. Written by hand: it is on every successful lookup.
 pub fn rfc3339(unix_ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
+    let secs = unix_ns.div_euclid(1_000_000_000);
+    let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let mut out = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    );
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
+/// algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 trait WithHeader {
@@ -330,6 +397,43 @@ fn unavailable() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reference(ns: i64) -> String {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    }
+
+    #[test]
+    fn seen_format_matches_the_time_crate() {
+        for ns in [
+            0i64,
+            1,
+            951_782_400_000_000_000, // 2000-02-29
+            1_795_000_000_306_772_819,
+            4_102_444_799_999_999_999,
+            1_700_000_000_123_000_000,
+        ] {
+            assert_eq!(rfc3339(ns), reference(ns), "{ns}");
+        }
+        for _ in 0..10_000 {
+            let ns = rand::random_range(0..4_102_444_800_000_000_000i64);
+            assert_eq!(rfc3339(ns), reference(ns), "{ns}");
+        }
+    }
+
+    #[test]
+    fn device_parameter_forms() {
+        let id = DeviceId::from_bytes([9; 32]);
+        let text = id.to_string();
+        assert_eq!(device_param(&format!("device={text}")), Some(id));
+        assert_eq!(device_param(&format!("x=1&device={text}")), Some(id));
+        let escaped = text.replace('-', "%2D");
+        assert_eq!(device_param(&format!("device={escaped}")), Some(id));
+        assert_eq!(device_param("device=nope"), None);
+        assert_eq!(device_param("other=1"), None);
+    }
 
     #[test]
     fn seen_format() {

@@ -33,6 +33,22 @@ pub struct Metrics {
     pub retry_after: Family<L1, Gauge<f64, AtomicU64>>,
     pub connections: Gauge,
     pub rate_limiter_clients: Gauge,
+    hot: Hot,
+}
+
+/// Handles of the series every successful request touches, resolved once:
+/// the hot path is then a few atomic operations, no label hashing.
+struct Hot {
+    get_200: Counter,
+    post_204: Counter,
+    get_seconds: Histogram,
+    post_seconds: Histogram,
+    lookup_success: Counter,
+    announce_success: Counter,
+    get_success: Counter,
+    merge_success: Counter,
+    get_op_seconds: Histogram,
+    merge_op_seconds: Histogram,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -129,7 +145,32 @@ impl Metrics {
             "Client IPs remembered by the rate limiter",
             rate_limiter_clients.clone(),
         );
+        // One statement per handle: a family's read guard lives until the
+        // end of its statement, and the next new series needs its write lock.
+        let get_200 = counter(&api_requests, [("type", "GET"), ("result", "200")]);
+        let post_204 = counter(&api_requests, [("type", "POST"), ("result", "204")]);
+        let get_seconds = histogram(&api_seconds, [("type", "GET")]);
+        let post_seconds = histogram(&api_seconds, [("type", "POST")]);
+        let lookup_success = counter(&lookups, [("result", "success")]);
+        let announce_success = counter(&announcements, [("result", "success")]);
+        let get_success = counter(&store_ops, [("operation", "get"), ("result", "success")]);
+        let merge_success = counter(&store_ops, [("operation", "merge"), ("result", "success")]);
+        let get_op_seconds = histogram(&store_seconds, [("operation", "get")]);
+        let merge_op_seconds = histogram(&store_seconds, [("operation", "merge")]);
+        let hot = Hot {
+            get_200,
+            post_204,
+            get_seconds,
+            post_seconds,
+            lookup_success,
+            announce_success,
+            get_success,
+            merge_success,
+            get_op_seconds,
+            merge_op_seconds,
+        };
         Metrics {
+            hot,
             registry,
             api_requests,
             api_seconds,
@@ -150,31 +191,63 @@ impl Metrics {
 
     pub fn request(&self, method: &http::Method, status: u16, elapsed: Duration) {
         let m = method_label(method);
-        self.api_requests
-            .get_or_create(&[("type", m), ("result", status_label(status))])
-            .inc();
-        self.api_seconds
-            .get_or_create(&[("type", m)])
-            .observe(elapsed.as_secs_f64());
+        let secs = elapsed.as_secs_f64();
+        match (m, status) {
+            ("GET", 200) => {
+                self.hot.get_200.inc();
+                self.hot.get_seconds.observe(secs);
+            }
+            ("POST", 204) => {
+                self.hot.post_204.inc();
+                self.hot.post_seconds.observe(secs);
+            }
+            _ => {
+                self.api_requests
+                    .get_or_create(&[("type", m), ("result", status_label(status))])
+                    .inc();
+                self.api_seconds.get_or_create(&[("type", m)]).observe(secs);
+            }
+        }
     }
 
     pub fn lookup(&self, result: &'static str) {
-        self.lookups.get_or_create(&[("result", result)]).inc();
+        if result == "success" {
+            self.hot.lookup_success.inc();
+        } else {
+            self.lookups.get_or_create(&[("result", result)]).inc();
+        }
     }
 
     pub fn announcement(&self, result: &'static str) {
-        self.announcements
-            .get_or_create(&[("result", result)])
-            .inc();
+        if result == "success" {
+            self.hot.announce_success.inc();
+        } else {
+            self.announcements
+                .get_or_create(&[("result", result)])
+                .inc();
+        }
     }
 
     pub fn store_op(&self, operation: &'static str, result: &'static str, elapsed: Duration) {
-        self.store_ops
-            .get_or_create(&[("operation", operation), ("result", result)])
-            .inc();
-        self.store_seconds
-            .get_or_create(&[("operation", operation)])
-            .observe(elapsed.as_secs_f64());
+        let secs = elapsed.as_secs_f64();
+        match (operation, result) {
+            ("get", "success") => {
+                self.hot.get_success.inc();
+                self.hot.get_op_seconds.observe(secs);
+            }
+            ("merge", "success") => {
+                self.hot.merge_success.inc();
+                self.hot.merge_op_seconds.observe(secs);
+            }
+            _ => {
+                self.store_ops
+                    .get_or_create(&[("operation", operation), ("result", result)])
+                    .inc();
+                self.store_seconds
+                    .get_or_create(&[("operation", operation)])
+                    .observe(secs);
+            }
+        }
     }
 
     /// OpenMetrics text, as the Rust client writes it.
@@ -207,6 +280,23 @@ fn method_label(m: &http::Method) -> &'static str {
         Method::PATCH => "PATCH",
         _ => "OTHER",
     }
+}
+
+fn counter<const N: usize>(
+    family: &Family<[(&'static str, &'static str); N], Counter>,
+    labels: [(&'static str, &'static str); N],
+) -> Counter {
+    let guard = family.get_or_create(&labels);
+    let c = guard.clone();
+    drop(guard);
+    c
+}
+
+fn histogram(family: &Family<L1, Histogram>, labels: L1) -> Histogram {
+    let guard = family.get_or_create(&labels);
+    let h = guard.clone();
+    drop(guard);
+    h
 }
 
 fn status_label(status: u16) -> &'static str {

@@ -225,7 +225,8 @@ fn bad_input_gets_4xx_and_nothing_is_stored() {
         "POST",
         "/",
         &[("Content-Length", "10485760")],
-        &[b' '; 1000],
+        // Nothing sent after the headers: the reply must come first.
+        b"",
     );
     assert_eq!(r.status, 413, "{r:?}");
     let mut chunked = format!("{:x}\r\n", 70_000).into_bytes();
