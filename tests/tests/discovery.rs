@@ -622,3 +622,26 @@ fn rate_limit_answers_429_and_metrics_pass_promtool() {
     );
     srv.stop();
 }
+
+#[test]
+fn redis_record_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&dir.path().join("redis"));
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--redis-url", &redis.url(), "--rate-limit", "0"],
+    );
+    let dev = identity();
+    for round in 0..3 {
+        let addrs: Vec<String> = (0..60)
+            .map(|i| format!("tcp://r{round}-{i}.example:1"))
+            .collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        assert_eq!(srv.announce(&dev, &refs).status, 204);
+    }
+    let got = srv.lookup(&dev.device_id().to_string()).addresses();
+    // 180 different addresses announced within the same seconds: the
+    // stored record keeps 100 (those expiring last; ties broken arbitrarily).
+    assert_eq!(got.len(), 100, "{got:?}");
+    srv.stop();
+}

@@ -35,8 +35,23 @@ for i = 1, #h, 2 do
     redis.call('HDEL', KEYS[1], h[i])
   end
 end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[2])
+end
+-- Bound the record: keep the MAX addresses that expire last.
+local max = tonumber(ARGV[5])
+if redis.call('HLEN', KEYS[1]) > max then
+  local all = redis.call('HGETALL', KEYS[1])
+  local list = {}
+  for i = 1, #all, 2 do
+    if all[i] ~= '~seen' then
+      table.insert(list, {all[i], tonumber(all[i + 1])})
+    end
+  end
+  table.sort(list, function(a, b) return a[2] > b[2] end)
+  for i = max + 1, #list do
+    redis.call('HDEL', KEYS[1], list[i][1])
+  end
 end
 redis.call('HSET', KEYS[1], '~seen', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -198,7 +213,8 @@ impl Store for RedisStore {
             inv.arg(now.secs())
                 .arg(now.secs() + ADDRESS_LIFETIME_SECS as i64)
                 .arg(now.0)
-                .arg(FORGET_AFTER_SECS);
+                .arg(FORGET_AFTER_SECS)
+                .arg(super::record::MAX_ADDRESSES);
             for a in &addresses {
                 inv.arg(a);
             }
