@@ -36,24 +36,7 @@ const LIMITER_SWEEP: Duration = Duration::from_secs(10);
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("discosrv: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("discosrv: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    service::run_main(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -32,24 +32,7 @@ use crate::state::{Relay, Settings};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("relaysrv: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    service::run_main(run(cli))
 }
 
 fn load_identity(cli: &Cli) -> anyhow::Result<Identity> {
