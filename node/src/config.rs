@@ -111,7 +111,8 @@ pub struct FolderConfig {
     #[serde(default)]
     pub label: String,
     pub path: PathBuf,
-    /// `sendonly` or `sendreceive` (this version only sends).
+    /// `sendreceive`, `sendonly` (remote changes not applied) or
+    /// `receiveonly` (local changes kept, flagged, not sent as valid).
     #[serde(default = "default_folder_type", rename = "type")]
     pub kind: String,
     #[serde(default)]
@@ -243,9 +244,9 @@ impl Config {
                 );
             }
             match f.kind.as_str() {
-                "sendonly" | "readonly" | "sendreceive" => {}
+                "sendonly" | "readonly" | "sendreceive" | "receiveonly" => {}
                 other => bail!(
-                    "folder {:?}: type {other:?} is not supported yet (sendonly, sendreceive)",
+                    "folder {:?}: type {other:?} is not supported (sendonly, sendreceive, receiveonly)",
                     f.id
                 ),
             }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::fileserve::{self, Served};
 use crate::model::{ConnInfo, Node, PendingDevice};
+use crate::pull::requester::Requester;
 
 /// Our client name and version in the Hello. Syncthing only displays
 /// them (a name other than "syncthing" is shown with the version).
@@ -108,6 +109,8 @@ where
         return Ok(());
     };
 
+    let (msg_tx, mut msg_rx) = mpsc::channel::<Message>(256);
+    let requester = Arc::new(Requester::new(msg_tx.clone()));
     let (close_tx, mut close_rx) = mpsc::channel::<String>(1);
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
     let serial = node.serial();
@@ -123,6 +126,7 @@ where
         out_bytes: out_bytes.clone(),
         close: close_tx,
         config_changed: changed_tx,
+        requester: requester.clone(),
     };
     if !node.register(peer, info) {
         tracing::info!(device = %peer, %address, "already connected to this device; dropping the new connection");
@@ -151,11 +155,11 @@ where
         let _ = wr.shutdown().await;
     });
 
-    let (msg_tx, mut msg_rx) = mpsc::channel::<Message>(256);
     let mut conn = Conn {
         node: node.clone(),
         peer,
         msg_tx,
+        requester: requester.clone(),
         index_senders: HashMap::new(),
         last_cluster_config: None,
         requests: Arc::new(Semaphore::new(MAX_REQUEST_KIB)),
@@ -224,6 +228,7 @@ where
     for (_, h) in conn.index_senders.drain() {
         h.abort();
     }
+    requester.close();
     node.unregister(&peer, serial);
     drop(wtx);
     let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
@@ -235,6 +240,7 @@ struct Conn {
     node: Arc<Node>,
     peer: DeviceId,
     msg_tx: mpsc::Sender<Message>,
+    requester: Arc<Requester>,
     index_senders: HashMap<String, JoinHandle<()>>,
     /// The peer's latest ClusterConfig, re-applied when our config changes.
     last_cluster_config: Option<ClusterConfig>,
@@ -249,9 +255,11 @@ impl Conn {
             Message::Index(idx) => self.index(idx, true),
             Message::IndexUpdate(idx) => self.index(idx, false),
             Message::Request(req) => self.request(req).await,
-            // This version only sends; responses to nothing are ignored.
-            Message::Response(_)
-            | Message::DownloadProgress(_)
+            Message::Response(r) => {
+                self.requester.deliver(r);
+                Ok(())
+            }
+            Message::DownloadProgress(_)
             | Message::Ping
             | Message::Unknown(_)
             | Message::Close(_) => Ok(()),
@@ -319,6 +327,12 @@ impl Conn {
             ));
             self.index_senders.insert(folder.id.clone(), handle);
         }
+        // A device that (re)connects may serve what we still need.
+        for id in &offered {
+            if let Some(rt) = self.node.folder_runtime(id) {
+                let _ = rt.scan_now.try_send(());
+            }
+        }
         // Folders no longer offered stop exchanging indexes.
         self.index_senders.retain(|id, h| {
             let keep = offered.contains(id);
@@ -348,6 +362,10 @@ impl Conn {
         let (id, seq) = self.node.db.remote(&idx.folder, &self.peer)?;
         let seq = if replace { max } else { seq.max(max) };
         self.node.db.set_remote(&idx.folder, &self.peer, id, seq)?;
+        // New remote entries may be needed: scan, then pull.
+        if let Some(rt) = self.node.folder_runtime(&idx.folder) {
+            let _ = rt.scan_now.try_send(());
+        }
         Ok(())
     }
 
@@ -533,7 +551,12 @@ async fn send_index(node: Arc<Node>, folder: String, start: i64, tx: mpsc::Sende
 
 fn next_batch(node: &Node, folder: &str, after: i64) -> Result<Vec<FileInfo>> {
     // One more than a batch holds, for the rename rule below.
-    let files = node.db.files_since(folder, after, BATCH_FILES + 1)?;
+    let mut files = node.db.files_since(folder, after, BATCH_FILES + 1)?;
+    for f in files.iter_mut().filter(|f| f.invalid) {
+        // A receive-only local change is announced invalid with an empty
+        // version, as 1.19.2 does.
+        f.version = Some(Default::default());
+    }
     Ok(batch_of(files))
 }
 

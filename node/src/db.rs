@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS remote_files (
     invalid INTEGER NOT NULL,
     size    INTEGER NOT NULL,
     version BLOB NOT NULL,
+    info    BLOB,
     PRIMARY KEY (folder, device, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS remotes (
@@ -58,6 +59,24 @@ CREATE TABLE IF NOT EXISTS remotes (
     PRIMARY KEY (folder, device)
 );
 ";
+
+/// Databases from before the puller kept only a summary of remote entries;
+/// the whole FileInfo (blocks, mtime, …) is needed to pull. Such a database
+/// forgets what peers announced and asks them for a full index again
+/// (max sequence 0 in our ClusterConfig).
+fn migrate_remote_infos(conn: &Connection) -> Result<()> {
+    let has_info = conn
+        .prepare("SELECT 1 FROM pragma_table_info('remote_files') WHERE name = 'info'")?
+        .exists([])?;
+    if !has_info {
+        conn.execute_batch(
+            "ALTER TABLE remote_files ADD COLUMN info BLOB;
+             DELETE FROM remote_files;
+             UPDATE remotes SET max_sequence = 0;",
+        )?;
+    }
+    Ok(())
+}
 
 /// How far a remote device is from having our folder, as
 /// `/rest/db/completion` reports it.
@@ -123,6 +142,8 @@ impl Db {
         )?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot set up the index database {}", path.display()))?;
+        migrate_remote_infos(&conn)
+            .with_context(|| format!("cannot upgrade the index database {}", path.display()))?;
         Ok(Db {
             conn: Mutex::new(conn),
         })
@@ -382,8 +403,8 @@ impl Db {
         }
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO remote_files (folder, device, name, deleted, invalid, size, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO remote_files (folder, device, name, deleted, invalid, size, version, info)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for f in files {
                 stmt.execute(params![
@@ -394,11 +415,46 @@ impl Db {
                     f.invalid,
                     f.size,
                     f.version.clone().unwrap_or_default().encode_to_vec(),
+                    f.encode_to_vec(),
                 ])?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every local entry of `folder` (live and deleted).
+    pub fn local_infos(&self, folder: &str) -> Result<Vec<FileInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT info FROM files WHERE folder = ?1")?;
+        let rows = stmt.query_map([folder], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let blob = row?;
+            out.push(FileInfo::decode(&blob[..]).context("corrupt entry in the index database")?);
+        }
+        Ok(out)
+    }
+
+    /// Every entry remote devices announced for `folder`, with its device.
+    pub fn remote_infos(&self, folder: &str) -> Result<Vec<(DeviceId, FileInfo)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT device, info FROM remote_files WHERE folder = ?1 AND info IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([folder], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (dev, blob) = row?;
+            let dev = DeviceId::from_slice(&dev).context("corrupt device in the index database")?;
+            out.push((
+                dev,
+                FileInfo::decode(&blob[..]).context("corrupt entry in the index database")?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Forgets what a device announced for a folder (its index ID changed).

@@ -10,6 +10,7 @@ mod db;
 mod fileserve;
 mod identity_cmd;
 mod model;
+mod pull;
 mod rest;
 mod scan;
 mod serve;

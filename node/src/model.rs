@@ -31,6 +31,8 @@ pub struct ConnInfo {
     pub close: mpsc::Sender<String>,
     /// Tells the connection the configuration changed (new ClusterConfig).
     pub config_changed: mpsc::Sender<()>,
+    /// Our block requests to this device.
+    pub requester: Arc<crate::pull::requester::Requester>,
 }
 
 /// Who offered a folder: device → (the folder's label there, when).
@@ -50,8 +52,10 @@ pub struct FolderRuntime {
     pub sequence: watch::Sender<i64>,
     /// `idle`, `scanning` or `scan-waiting`.
     pub state: Mutex<&'static str>,
-    /// Ask the folder's scan loop for a scan now.
+    /// Ask the folder's scan loop for a scan now (and a pull after it).
     pub scan_now: mpsc::Sender<()>,
+    /// Names the last pull round could not apply, with the reason.
+    pub pull_errors: Mutex<Vec<(String, String)>>,
 }
 
 pub struct Node {

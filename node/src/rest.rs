@@ -324,6 +324,8 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                     "hashedBytes": TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
                     "servedBytes": node.served_bytes.load(Ordering::Relaxed),
                     "servedRequests": node.served_requests.load(Ordering::Relaxed),
+                    "pulledBytes": crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
+                    "reusedBytes": crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
                 }),
             )
         }
@@ -402,8 +404,17 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                 return reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"}));
             };
             let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
-            match node.db.local_totals(&folder) {
-                Ok((files, dirs, links, deleted, bytes)) => {
+            let pull_errors = rt
+                .pull_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len();
+            let totals = node
+                .db
+                .local_totals(&folder)
+                .and_then(|l| Ok((l, crate::pull::need_list(node, &folder)?.1)));
+            match totals {
+                Ok(((files, dirs, links, deleted, bytes), g)) => {
                     let seq = *rt.sequence.borrow();
                     reply(
                         StatusCode::OK,
@@ -412,11 +423,15 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                             "sequence": seq,
                             "localFiles": files, "localDirectories": dirs, "localSymlinks": links,
                             "localDeleted": deleted, "localBytes": bytes,
-                            "globalFiles": files, "globalDirectories": dirs, "globalSymlinks": links,
-                            "globalDeleted": deleted, "globalBytes": bytes,
-                            "needFiles": 0, "needBytes": 0, "needDeletes": 0, "needTotalItems": 0,
-                            "inSyncFiles": files, "inSyncBytes": bytes,
-                            "pullErrors": 0, "errors": 0,
+                            "globalFiles": g.global_files, "globalDirectories": g.global_dirs,
+                            "globalSymlinks": g.global_symlinks,
+                            "globalDeleted": g.global_deleted, "globalBytes": g.global_bytes,
+                            "needFiles": g.need_files, "needDirectories": g.need_dirs,
+                            "needSymlinks": g.need_symlinks, "needBytes": g.need_bytes,
+                            "needDeletes": g.need_deletes, "needTotalItems": g.need_items(),
+                            "inSyncFiles": g.global_files.saturating_sub(g.need_files),
+                            "inSyncBytes": g.global_bytes.saturating_sub(g.need_bytes),
+                            "pullErrors": pull_errors, "errors": pull_errors,
                         }),
                     )
                 }
@@ -425,6 +440,72 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                     json!({"error": format!("{e:#}")}),
                 ),
             }
+        }
+        (Method::POST, "/rest/db/revert") | (Method::POST, "/rest/db/override") => {
+            let Some(folder) = query(&req, "folder") else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "folder parameter missing"}),
+                );
+            };
+            let Some(f) = node.config().folders.into_iter().find(|f| f.id == folder) else {
+                return reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"}));
+            };
+            let revert = path == "/rest/db/revert";
+            let fits = if revert {
+                f.kind == "receiveonly"
+            } else {
+                f.read_only()
+            };
+            if !fits {
+                let want = if revert { "receiveonly" } else { "sendonly" };
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("folder {folder:?} is not {want}")}),
+                );
+            }
+            let n2 = node.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                if revert {
+                    crate::pull::local_ops::revert(&n2, &folder)
+                } else {
+                    crate::pull::local_ops::override_remote(&n2, &folder)
+                }
+            })
+            .await;
+            match done {
+                Ok(Ok(_)) => reply(StatusCode::OK, Value::Null),
+                Ok(Err(e)) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("{e:#}")}),
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": e.to_string()}),
+                ),
+            }
+        }
+        (Method::GET, "/rest/folder/errors") => {
+            let Some(folder) = query(&req, "folder") else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "folder parameter missing"}),
+                );
+            };
+            let Some(rt) = node.folder_runtime(&folder) else {
+                return reply(StatusCode::NOT_FOUND, json!({"error": "no such folder"}));
+            };
+            let errors: Vec<Value> = rt
+                .pull_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(path, error)| json!({"path": path, "error": error}))
+                .collect();
+            reply(
+                StatusCode::OK,
+                json!({"folder": folder, "errors": errors, "page": 1, "perpage": errors.len().max(1)}),
+            )
         }
         (Method::GET, "/rest/system/version") => reply(
             StatusCode::OK,
@@ -474,12 +555,23 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                 },
             };
             let Some(device) = device else {
-                // Our own completion: a sending node has everything it has.
-                let (files, _, _, _, bytes) = node.db.local_totals(&folder).unwrap_or_default();
+                // Our own completion, against the global state.
+                let g = crate::pull::need_list(node, &folder)
+                    .map(|(_, t)| t)
+                    .unwrap_or_default();
+                let global_items = g.global_files + g.global_dirs + g.global_symlinks;
+                let completion = if g.need_items() == 0 {
+                    100.0
+                } else if g.global_bytes == 0 || g.need_bytes == 0 {
+                    95.0
+                } else {
+                    100.0 * (1.0 - g.need_bytes as f64 / g.global_bytes as f64)
+                };
                 return reply(
                     StatusCode::OK,
-                    json!({"completion": 100, "globalBytes": bytes, "globalItems": files,
-                           "needBytes": 0, "needDeletes": 0, "needItems": 0,
+                    json!({"completion": completion, "globalBytes": g.global_bytes,
+                           "globalItems": global_items, "needBytes": g.need_bytes,
+                           "needDeletes": g.need_deletes, "needItems": g.need_items(),
                            "sequence": node.folder_runtime(&folder).map_or(0, |r| *r.sequence.borrow())}),
                 );
             };
@@ -517,10 +609,14 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes
                 "# TYPE node_hashed_files_total counter\nnode_hashed_files_total {}\n\
                  # TYPE node_hashed_bytes_total counter\nnode_hashed_bytes_total {}\n\
                  # TYPE node_served_bytes_total counter\nnode_served_bytes_total {}\n\
+                 # TYPE node_pulled_bytes_total counter\nnode_pulled_bytes_total {}\n\
+                 # TYPE node_reused_bytes_total counter\nnode_reused_bytes_total {}\n\
                  # TYPE node_connections gauge\nnode_connections {}\n",
                 TOTAL_HASHED_FILES.load(Ordering::Relaxed),
                 TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
                 node.served_bytes.load(Ordering::Relaxed),
+                crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
+                crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
                 node.connections().len(),
             );
             Response::new(Full::new(Bytes::from(text)))

@@ -66,11 +66,28 @@ const BATCH: usize = 2048;
 /// memory.
 /// `progress` is called with the folder's sequence after every batch
 /// recorded, so index senders can start before a long scan ends.
+#[cfg(test)]
 pub fn scan(
     db: &Db,
     folder: &str,
     root: &Path,
     short_id: u64,
+    progress: &dyn Fn(i64),
+    live: &Live,
+) -> Result<ScanStats> {
+    scan_folder(db, folder, root, short_id, false, progress, live)
+}
+
+/// [`scan`], for a folder that is receive-only when `receive_only`: every
+/// local change is recorded `invalid` (that is how the index marks a
+/// receive-only local change: it is announced invalid, never becomes the
+/// global version and is never overwritten until reverted).
+pub fn scan_folder(
+    db: &Db,
+    folder: &str,
+    root: &Path,
+    short_id: u64,
+    receive_only: bool,
     progress: &dyn Fn(i64),
     live: &Live,
 ) -> Result<ScanStats> {
@@ -106,6 +123,7 @@ pub fn scan(
         now,
         progress,
         live,
+        receive_only,
     };
     let mut batch = Vec::with_capacity(BATCH);
     walk(root, "", &mut |walked| {
@@ -141,6 +159,11 @@ pub fn scan(
             inode: 0,
         });
     }
+    if receive_only {
+        for c in &mut changes {
+            c.info.invalid = true;
+        }
+    }
     stats.deleted = changes.len();
     stats.changed += changes.len();
     stats.sequence = if changes.is_empty() {
@@ -162,6 +185,7 @@ struct Ctx<'a> {
     now: u64,
     progress: &'a dyn Fn(i64),
     live: &'a Live,
+    receive_only: bool,
 }
 
 fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result<()> {
@@ -175,6 +199,7 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
         now,
         progress,
         live,
+        receive_only,
     } = *ctx;
     stats.entries += found.len();
     live.entries
@@ -254,6 +279,11 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
     if changes.is_empty() {
         return Ok(());
     }
+    if receive_only {
+        for c in &mut changes {
+            c.info.invalid = true;
+        }
+    }
     // Parents before children (a peer creates the directory first); names
     // sort that way, and the walk visits parents in earlier batches.
     changes.sort_by(|a, b| a.info.name.cmp(&b.info.name));
@@ -263,7 +293,7 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
 }
 
 /// On-disk facts compared between scans.
-struct DiskMeta {
+pub(crate) struct DiskMeta {
     size: i64,
     modified_s: i64,
     modified_ns: i32,
@@ -272,7 +302,7 @@ struct DiskMeta {
     kind: i32,
 }
 
-fn disk_meta(m: &Metadata) -> DiskMeta {
+pub(crate) fn disk_meta(m: &Metadata) -> DiskMeta {
     let ft = m.file_type();
     let kind = if ft.is_dir() {
         FileInfoType::Directory
@@ -299,7 +329,7 @@ fn disk_meta(m: &Metadata) -> DiskMeta {
 /// Like Syncthing: a directory changes only with its permissions (not its
 /// mtime, which moves whenever an entry inside changes), a symlink when it
 /// is replaced, a file with its size, mtime, permissions or inode.
-fn unchanged(old: &LocalMeta, new: &DiskMeta) -> bool {
+pub(crate) fn unchanged(old: &LocalMeta, new: &DiskMeta) -> bool {
     if old.kind != new.kind {
         return false;
     }
@@ -320,6 +350,28 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Temp files of an interrupted pull are reused for a day, then removed
+/// (like Syncthing's keepTemporariesH = 24). The inode change time counts:
+/// a pull sets the temp file's mtime to the incoming one before renaming.
+const KEEP_TEMPORARIES_S: i64 = 24 * 3600;
+
+fn remove_if_stale(path: &Path) {
+    let Ok(m) = fs::symlink_metadata(path) else {
+        return;
+    };
+    let age = unix_now() as i64 - m.ctime();
+    if !m.is_dir() && age > KEEP_TEMPORARIES_S {
+        match fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a temporary file older than a day")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old temporary file")
+            }
+        }
+    }
 }
 
 /// What the walk reports.
@@ -361,7 +413,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Walked) -> Result<()>) -> 
         } else {
             format!("{prefix}/{base}")
         };
-        if names::is_internal(&name) || names::is_temporary(&name) {
+        if names::is_temporary(&name) {
+            remove_if_stale(&entry.path());
+            continue;
+        }
+        if names::is_internal(&name) {
             continue;
         }
         // Names travel in Unicode NFC. Syncthing renames other forms on

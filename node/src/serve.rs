@@ -18,7 +18,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::config::{tcp_host_port, Config};
 use crate::db::Db;
 use crate::model::{FolderRuntime, Node};
-use crate::{conn, rest, scan};
+use crate::{conn, pull, rest, scan};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -37,6 +37,10 @@ pub struct ServeArgs {
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Next scan-and-pull round after a round with errors or local changes.
+const PULL_RETRY: Duration = Duration::from_secs(10);
+/// Next round after a pull found local changes (or made conflict copies).
+const RESCAN_SOON: Duration = Duration::from_secs(1);
 /// TLS handshakes accepted at the same time.
 const MAX_PENDING_HANDSHAKES: usize = 64;
 
@@ -136,6 +140,7 @@ pub fn apply_config(node: &Arc<Node>) -> Result<()> {
             sequence: watch::channel(seq).0,
             state: std::sync::Mutex::new("scan-waiting"),
             scan_now: scan_tx,
+            pull_errors: std::sync::Mutex::new(Vec::new()),
         });
         node.folders
             .write()
@@ -174,16 +179,18 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let n2 = node.clone();
         let (fid, path) = (f.id.clone(), f.path.clone());
         let short = node.my_id.short().0;
+        let receive_only = f.kind == "receiveonly";
         let rt2 = rt.clone();
         let live = Arc::new(scan::Live::default());
         let live2 = live.clone();
         let reporter = tokio::spawn(report_progress(folder.clone(), live.clone()));
         let result = tokio::task::spawn_blocking(move || {
-            scan::scan(
+            scan::scan_folder(
                 &n2.db,
                 &fid,
                 &path,
                 short,
+                receive_only,
                 &|seq| {
                     rt2.sequence.send_replace(seq);
                 },
@@ -206,6 +213,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
                     "no filesystem watcher; changes are found by periodic rescans"),
             }
         }
+        let scanned_ok = matches!(result, Ok(Ok(_)));
         match result {
             Ok(Ok(stats)) => {
                 let rate = stats.hashed_bytes as f64 / 1e6 / stats.seconds.max(1e-9);
@@ -230,9 +238,40 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
             }
             Err(e) => tracing::error!(folder = %folder, error = %e, "scan task failed"),
         }
+        // Then bring the folder to the global version (never for sendonly:
+        // remote changes are not applied there).
+        let mut retry_soon = None;
+        if scanned_ok && !f.read_only() && !f.paused {
+            *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "syncing";
+            match pull::round(&node, &f).await {
+                Ok(stats) => {
+                    if stats.applied > 0 || !stats.errors.is_empty() {
+                        tracing::info!(folder = %folder, applied = stats.applied,
+                            errors = stats.errors.len(), "pull round done");
+                    }
+                    // Something changed locally under us (scan it, then
+                    // pull again), or items failed (a device may be back
+                    // soon): go again soon.
+                    if stats.rescan {
+                        retry_soon = Some(RESCAN_SOON);
+                    } else if !stats.errors.is_empty() {
+                        retry_soon = Some(PULL_RETRY);
+                    }
+                    *rt.pull_errors.lock().unwrap_or_else(|p| p.into_inner()) = stats.errors;
+                }
+                Err(e) => {
+                    tracing::error!(folder = %folder, error = %format!("{e:#}"), "pull failed");
+                    retry_soon = Some(PULL_RETRY);
+                }
+            }
+            *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "idle";
+        }
         // Jitter the interval (±25 %) so many folders do not scan together.
         let base = f.rescan_interval_s.max(1) as f64;
-        let wait = Duration::from_secs_f64(base * (0.75 + rand::random::<f64>() * 0.5));
+        let mut wait = Duration::from_secs_f64(base * (0.75 + rand::random::<f64>() * 0.5));
+        if let Some(soon) = retry_soon {
+            wait = wait.min(soon);
+        }
         tokio::select! {
             r = scan_rx.recv() => if r.is_none() { return },
             _ = tokio::time::sleep(wait) => {}

@@ -10,10 +10,12 @@
 //! * [`blocks`] — block-size rule, block hashing, `blocks_hash`.
 //! * [`vector`] — version vectors: update, compare, merge.
 //! * [`names`] — validation of file names received from peers.
+//! * [`global`] — global-version choice, conflicts, temp/conflict names.
 //! * [`session`] — the connection state machine (Hello → ClusterConfig → …).
 
 pub mod blocks;
 pub mod frame;
+pub mod global;
 pub mod hello;
 pub mod limits;
 pub mod lz4;

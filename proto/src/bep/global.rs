@@ -1,0 +1,156 @@
+//! Which copy of a file is the global one, whether a local copy must step
+//! aside as a conflict copy, and the names of temporary and conflict files
+//! (Syncthing 1.19.2 rules; see the BEP reference §7.5, §8).
+
+use sha2::{Digest, Sha256};
+
+use super::names::TEMP_PREFIX_UNIX;
+use super::vector::{compare, counter, Ordering};
+use super::wire::FileInfo;
+
+/// Whether `a` should be preferred over `b` as the global version of a
+/// name. Newer vectors win; for concurrent ones (1.19.2): valid beats
+/// invalid, a modification beats a deletion, then the newer mtime, then
+/// the vector that compares `ConcurrentGreater`.
+pub fn wins_over(a: &FileInfo, b: &FileInfo) -> bool {
+    let va = a.version.clone().unwrap_or_default();
+    let vb = b.version.clone().unwrap_or_default();
+    // An invalid entry never beats a valid one, whatever its version.
+    if a.invalid != b.invalid {
+        return !a.invalid;
+    }
+    match compare(&va, &vb) {
+        Ordering::Greater => true,
+        Ordering::Lesser | Ordering::Equal => false,
+        o => {
+            if a.deleted != b.deleted {
+                return !a.deleted;
+            }
+            let ta = (a.modified_s, a.modified_ns);
+            let tb = (b.modified_s, b.modified_ns);
+            if ta != tb {
+                return ta > tb;
+            }
+            o == Ordering::ConcurrentGreater
+        }
+    }
+}
+
+/// Whether our local copy has what `global` announces: same or newer
+/// version.
+pub fn have(local: &FileInfo, global: &FileInfo) -> bool {
+    let vl = local.version.clone().unwrap_or_default();
+    let vg = global.version.clone().unwrap_or_default();
+    matches!(compare(&vl, &vg), Ordering::Equal | Ordering::Greater)
+}
+
+/// Whether replacing `local` by `incoming` is a conflict (1.19.2): the
+/// versions are concurrent, or the incoming one carries a higher counter
+/// for our own short ID than ours (our database was lost).
+pub fn is_conflict(local: &FileInfo, incoming: &FileInfo, my_short: u64) -> bool {
+    let vl = local.version.clone().unwrap_or_default();
+    let vi = incoming.version.clone().unwrap_or_default();
+    compare(&vl, &vi).is_concurrent() || counter(&vi, my_short) > counter(&vl, my_short)
+}
+
+/// Longest basename kept verbatim in a temp name (160 − prefix − ".tmp"
+/// = 145 in 1.19.2's lib/fs/tempname.go).
+const MAX_TEMP_BASE: usize = 160 - TEMP_PREFIX_UNIX.len() - 4;
+
+/// Temp name (basename only) for a file's basename: `.syncthing.<base>.tmp`,
+/// or the SHA-256 hex of a long basename.
+pub fn temp_basename(base: &str) -> String {
+    if base.len() > MAX_TEMP_BASE {
+        let hex: String = Sha256::digest(base.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{TEMP_PREFIX_UNIX}{hex}.tmp")
+    } else {
+        format!("{TEMP_PREFIX_UNIX}{base}.tmp")
+    }
+}
+
+/// Conflict-copy name: `<stem>.sync-conflict-<stamp>-<shortid><ext>`, where
+/// `stamp` is `YYYYMMDD-HHMMSS` local time and `ext` the final extension
+/// of the basename (with its dot, possibly empty).
+pub fn conflict_name(name: &str, stamp: &str, short_id: &str) -> String {
+    let (dir, base) = match name.rfind('/') {
+        Some(i) => (&name[..=i], &name[i + 1..]),
+        None => ("", name),
+    };
+    let (stem, ext) = match base.rfind('.') {
+        Some(i) if i > 0 => (&base[..i], &base[i..]),
+        _ => (base, ""),
+    };
+    format!("{dir}{stem}.sync-conflict-{stamp}-{short_id}{ext}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bep::wire::{Counter, Vector};
+
+    fn fi(counters: &[(u64, u64)], deleted: bool, mtime: i64) -> FileInfo {
+        FileInfo {
+            name: "a".into(),
+            deleted,
+            modified_s: mtime,
+            version: Some(Vector {
+                counters: counters
+                    .iter()
+                    .map(|&(id, value)| Counter { id, value })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn global_choice_follows_1_19_2() {
+        assert!(wins_over(
+            &fi(&[(1, 2)], false, 0),
+            &fi(&[(1, 1)], false, 9)
+        ));
+        assert!(!wins_over(
+            &fi(&[(1, 1)], false, 9),
+            &fi(&[(1, 2)], false, 0)
+        ));
+        // Concurrent: the modification beats the deletion.
+        let edit = fi(&[(1, 2)], false, 1);
+        let del = fi(&[(2, 2)], true, 5);
+        assert!(wins_over(&edit, &del) && !wins_over(&del, &edit));
+        // Concurrent: newer mtime, then ConcurrentGreater.
+        assert!(wins_over(
+            &fi(&[(2, 1)], false, 5),
+            &fi(&[(1, 1)], false, 4)
+        ));
+        let a = fi(&[(1, 2), (2, 1)], false, 3);
+        let b = fi(&[(1, 1), (2, 2)], false, 3);
+        assert!(wins_over(&a, &b) && !wins_over(&b, &a));
+        let mut inv = fi(&[(1, 9)], false, 9);
+        inv.invalid = true;
+        assert!(!wins_over(&inv, &fi(&[(1, 1)], false, 0)));
+    }
+
+    #[test]
+    fn conflicts_and_names() {
+        let local = fi(&[(1, 5)], false, 0);
+        assert!(!is_conflict(&local, &fi(&[(1, 5), (2, 1)], false, 0), 1));
+        assert!(is_conflict(&local, &fi(&[(2, 1)], false, 0), 1));
+        assert!(is_conflict(&local, &fi(&[(1, 6)], false, 0), 1));
+        assert_eq!(
+            conflict_name("d/hello.txt", "20261122-141013", "YI3UNUN"),
+            "d/hello.sync-conflict-20261122-141013-YI3UNUN.txt"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", "20261122-141013", "ABCDEFG"),
+            ".bashrc.sync-conflict-20261122-141013-ABCDEFG"
+        );
+        assert_eq!(temp_basename("a b.txt"), ".syncthing.a b.txt.tmp");
+        // 1.19.2: basenames above 160 - 11 - 4 = 145 bytes are hashed.
+        let long = "x".repeat(146);
+        assert_eq!(temp_basename(&long).len(), ".syncthing.".len() + 64 + 4);
+        assert_eq!(temp_basename(&"x".repeat(145)).len(), 145 + 15);
+    }
+}

@@ -1,0 +1,692 @@
+//! Pulling (issue 6): our node receives folders from a real Syncthing
+//! 1.19.2 device byte for byte — nested directories, an empty file, a few
+//! MiB of random data, names with spaces and non-ASCII, a symlink, an
+//! executable — then modifications, deletions and a directory rename,
+//! reusing local blocks; the real device sees our node 100 % complete.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::node::NodeHome;
+use e2e::{pick_port, wait, SyncthingHome};
+use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, Hello, Vector};
+use proto::bep::{
+    decode_frame, decode_hello, encode_frame, encode_hello, Compress, Decoded, Message,
+};
+use proto::tls::{self, alpn, ServerPin, Versions};
+use proto::{DeviceId, Identity, KeyKind};
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    proto::bep::blocks::hash_block(0, data).hash
+}
+
+fn build_tree(root: &Path, small_files: usize, big_mib: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    for i in 0..small_files {
+        let dir = root.join(format!("dir{}/sub{}", i % 7, i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("file {i}.dat")),
+            bytes(i as u64, (i * 37) % 6000),
+        )
+        .unwrap();
+    }
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("name with spaces.txt"), b"spaces\n").unwrap();
+    std::fs::write(root.join("ünïcødé ファイル.txt"), "non-ASCII\n").unwrap();
+    std::fs::create_dir_all(root.join("empty dir")).unwrap();
+    let script = root.join("run.sh");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut big = std::fs::File::create(root.join("big.bin")).unwrap();
+    for chunk in 0..big_mib {
+        big.write_all(&bytes(1000 + chunk as u64, 1 << 20)).unwrap();
+    }
+    std::os::unix::fs::symlink("dir0/sub0/file 0.dat", root.join("link")).unwrap();
+}
+
+/// Every entry below `root` (without `.stfolder` and temp files): kind,
+/// mode, content hash.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let base = e.file_name().to_string_lossy().into_owned();
+            if rel == ".stfolder" || base.starts_with(".syncthing.") {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let v = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                format!("dir {:o}", m.permissions().mode() & 0o777)
+            } else {
+                let data = std::fs::read(&p).unwrap_or_default();
+                format!(
+                    "file {:o} {} {:?}",
+                    m.permissions().mode() & 0o777,
+                    data.len(),
+                    sha256(&data)
+                )
+            };
+            out.insert(rel, v);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn wait_same_tree(theirs: &Path, ours: &Path, limit: Duration, log: &dyn Fn() -> String) {
+    let same = wait::until(limit, Duration::from_millis(250), || {
+        (tree(theirs) == tree(ours)).then_some(())
+    });
+    if same.is_none() {
+        let (ta, tb) = (tree(theirs), tree(ours));
+        for (k, v) in &ta {
+            if tb.get(k) != Some(v) {
+                eprintln!("{k}: theirs {v:?}, ours {:?}", tb.get(k));
+            }
+        }
+        for k in tb.keys().filter(|k| !ta.contains_key(*k)) {
+            eprintln!("{k}: only on our node");
+        }
+        panic!("trees differ after {limit:?}:\n{}", log());
+    }
+}
+
+/// Waits until the real device reports our node 100 % complete and our
+/// node needs nothing.
+fn wait_complete(st: &e2e::Syncthing, node: &e2e::node::Node, folder: &str) {
+    let path = format!(
+        "/rest/db/completion?folder={folder}&device={}",
+        node.home.id
+    );
+    let done = wait::until(Duration::from_secs(30), Duration::from_millis(250), || {
+        let c = st.get(&path).ok()?;
+        let s = node.get(&format!("/rest/db/status?folder={folder}")).ok()?;
+        (c["completion"].as_f64() == Some(100.0)
+            && c["needItems"].as_u64() == Some(0)
+            && s["needTotalItems"].as_u64() == Some(0)
+            && s["pullErrors"].as_u64() == Some(0))
+        .then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "{folder}: real device says {:?}, we say {:?}\n{}",
+        st.get(&path),
+        node.get(&format!("/rest/db/status?folder={folder}")),
+        node.proc.log_tail(30)
+    );
+}
+
+#[test]
+fn our_node_pulls_from_real_syncthing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+
+    let src = tmp.path().join("st-src");
+    build_tree(&src, 300, 6);
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("pull", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("pull", &dst, "sendreceive", &[st.id()]);
+
+    let started = Instant::now();
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    assert!(
+        st.wait_connected(&ours.id, Duration::from_secs(30))
+            .is_some(),
+        "not connected:\n{}",
+        log()
+    );
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    eprintln!("initial pull in {:.2} s", started.elapsed().as_secs_f64());
+    wait_complete(&st, &node, "pull");
+    let pulled = node.status_u64("pulledBytes");
+    assert!(pulled >= 6 << 20, "pulled {pulled} bytes");
+
+    // Their side changes: one block of the big file, a new file, a
+    // deletion, a directory rename, a mode change.
+    {
+        use std::os::unix::fs::FileExt;
+        let big = std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("big.bin"))
+            .unwrap();
+        big.write_all_at(b"changed!", 3 << 20).unwrap();
+    }
+    std::fs::write(src.join("dir1/new file.txt"), b"new\n").unwrap();
+    std::fs::remove_file(src.join("name with spaces.txt")).unwrap();
+    std::fs::rename(src.join("dir2"), src.join("dir2 renamed")).unwrap();
+    std::fs::set_permissions(src.join("empty"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let t0 = Instant::now();
+    st.scan("pull");
+    wait_same_tree(&src, &dst, Duration::from_secs(30), &log);
+    eprintln!("changes applied in {:.2} s", t0.elapsed().as_secs_f64());
+    wait_complete(&st, &node, "pull");
+    let delta = node.status_u64("pulledBytes") - pulled;
+    // One 128 KiB block and the new file; the renamed directory's files
+    // are built from the local copies.
+    assert!(delta < 256 << 10, "pulled {delta} bytes for the changes");
+    assert!(node.status_u64("reusedBytes") >= 5 << 20);
+
+    // Deletions of a whole directory tree arrive too.
+    std::fs::remove_dir_all(src.join("dir3")).unwrap();
+    st.scan("pull");
+    wait_same_tree(&src, &dst, Duration::from_secs(30), &log);
+    wait_complete(&st, &node, "pull");
+    assert!(!dst.join("dir3").exists());
+    node.stop();
+    st.shutdown();
+}
+
+#[test]
+fn receive_only_keeps_local_changes_until_reverted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    let src = tmp.path().join("st-src");
+    build_tree(&src, 40, 1);
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("ro", &src, "sendonly", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("ro", &dst, "receiveonly", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    wait_complete(&st, &node, "ro");
+
+    // A local edit is kept, announced invalid, and not overwritten by a
+    // later remote change.
+    std::fs::write(dst.join("name with spaces.txt"), b"local edit\n").unwrap();
+    node.post("/rest/db/scan?folder=ro").unwrap();
+    let flagged = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let c = st
+            .get(&format!(
+                "/rest/db/completion?folder=ro&device={}",
+                node.home.id
+            ))
+            .ok()?;
+        (c["completion"].as_f64()? < 100.0).then_some(())
+    });
+    assert!(flagged.is_some(), "the real device still sees us complete");
+    std::fs::write(src.join("name with spaces.txt"), b"remote edit\n").unwrap();
+    st.scan("ro");
+    let errors = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let e = node.get("/rest/folder/errors?folder=ro").ok()?;
+        (e["errors"].as_array()?.len() == 1).then_some(e)
+    });
+    assert!(errors.is_some(), "no pull error listed:\n{}", log());
+    assert_eq!(
+        std::fs::read(dst.join("name with spaces.txt")).unwrap(),
+        b"local edit\n"
+    );
+
+    // Revert: the global version comes back.
+    node.post("/rest/db/revert?folder=ro").unwrap();
+    wait_same_tree(&src, &dst, Duration::from_secs(30), &log);
+    wait_complete(&st, &node, "ro");
+    node.stop();
+    st.shutdown();
+}
+
+/// A hand-driven BEP peer announcing what a well-behaved one never would.
+struct RawPeer {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl RawPeer {
+    fn connect(identity: &Identity, port: u16) -> RawPeer {
+        let config = tls::client_config(
+            Some(identity),
+            &[alpn::BEP],
+            ServerPin::Any,
+            Versions::Tls13Only,
+        )
+        .unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut p = RawPeer {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            buf: Vec::new(),
+        };
+        let hello = Hello {
+            device_name: "raw".into(),
+            client_name: "syncthing".into(),
+            client_version: "v1.19.2".into(),
+            ..Default::default()
+        };
+        p.send_raw(&encode_hello(&hello).unwrap());
+        for _ in 0..40 {
+            if let Some((_, used)) = decode_hello(&p.buf).unwrap() {
+                p.buf.drain(..used);
+                return p;
+            }
+            p.fill();
+        }
+        panic!("no Hello from the node");
+    }
+
+    fn send_raw(&mut self, data: &[u8]) {
+        let _ = self.tls.write_all(data);
+        let _ = self.tls.flush();
+    }
+
+    fn send(&mut self, m: &Message) {
+        self.send_raw(&encode_frame(m, Compress::Metadata).unwrap());
+    }
+
+    /// Reads what is there; false on EOF, error or timeout.
+    fn fill(&mut self) -> bool {
+        let mut b = [0u8; 65536];
+        match self.tls.read(&mut b) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next message, or None if nothing arrives within the timeout.
+    fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Ok(Decoded::Frame { message, consumed }) = decode_frame(&self.buf) {
+                self.buf.drain(..consumed);
+                return Some(message);
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+}
+
+fn file_entry(name: &str, data: &[u8], peer: &DeviceId) -> FileInfo {
+    let blocks: Vec<wire::BlockInfo> = if data.is_empty() {
+        proto::bep::blocks::empty_file_blocks()
+    } else {
+        data.chunks(128 << 10)
+            .enumerate()
+            .map(|(i, c)| proto::bep::blocks::hash_block((i * (128 << 10)) as u64, c))
+            .collect()
+    };
+    FileInfo {
+        name: name.into(),
+        size: data.len() as i64,
+        permissions: 0o644,
+        modified_s: 1_700_000_000,
+        version: Some(Vector {
+            counters: vec![Counter {
+                id: peer.short().0,
+                value: 1,
+            }],
+        }),
+        sequence: 1,
+        modified_by: peer.short().0,
+        block_size: 128 << 10,
+        blocks,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn hostile_peer_cannot_write_outside_or_inject_bad_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let raw = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+    let raw_dev = raw.device_id();
+    let raw_id = raw_dev.to_string();
+    let root = tmp.path().join("f");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    ours.add_device(&raw_id, &["dynamic"]);
+    ours.add_folder("f", &root, "sendreceive", &[&raw_id]);
+    let node = ours.start();
+    node.wait_scanned("f", 0, Duration::from_secs(10));
+    let our_id: DeviceId = ours.id.parse().unwrap();
+    let cc = Message::ClusterConfig(ClusterConfig {
+        folders: vec![Folder {
+            id: "f".into(),
+            devices: [our_id, raw_dev]
+                .iter()
+                .map(|d| Device {
+                    id: d.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        secondary: false,
+    });
+    let index = |files: Vec<FileInfo>| {
+        Message::Index(wire::Index {
+            folder: "f".into(),
+            files,
+            ..Default::default()
+        })
+    };
+
+    // A name leaving the folder is a protocol error: the node hangs up and
+    // stores nothing of that index.
+    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    p.send(&cc);
+    p.send(&index(vec![file_entry("../escape.txt", b"x", &raw_dev)]));
+    let closed =
+        (0..40).any(|_| matches!(p.next(), Some(Message::Close(_))) || !node.connected(&raw_id));
+    assert!(closed, "node kept a peer announcing ../escape.txt");
+    drop(p);
+    // Its reconnect backoff: the node may still hold the old connection.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A symlink to the outside followed by a file "inside" it, a good file
+    // and a file whose blocks come back with the wrong data.
+    let good = bytes(7, 300_000);
+    let bad = bytes(8, 200_000);
+    let mut link = file_entry("s", b"", &raw_dev);
+    link.r#type = wire::FileInfoType::Symlink as i32;
+    link.blocks.clear();
+    link.no_permissions = true;
+    link.permissions = 0;
+    link.symlink_target = outside.to_string_lossy().as_bytes().to_vec();
+    let entries = vec![
+        link,
+        file_entry("s/evil.txt", b"evil\n", &raw_dev),
+        file_entry("good.bin", &good, &raw_dev),
+        file_entry("bad.bin", &bad, &raw_dev),
+    ];
+    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    p.send(&cc);
+    p.send(&index(entries));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut served = 0;
+    let done = loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out:\n{}",
+            node.proc.log_tail(30)
+        );
+        if let Some(Message::Request(r)) = p.next() {
+            let src: &[u8] = match r.name.as_str() {
+                "good.bin" => &good,
+                "s/evil.txt" => b"evil\n",
+                _ => &bad,
+            };
+            let start = (r.offset.max(0) as usize).min(src.len());
+            let end = (start + r.size.max(0) as usize).min(src.len());
+            let mut data = src[start..end].to_vec();
+            if r.name == "bad.bin" {
+                // Corrupted in transit (or by a malicious peer).
+                for b in data.iter_mut().take(16) {
+                    *b ^= 0xff;
+                }
+            }
+            served += 1;
+            p.send(&Message::Response(wire::Response {
+                id: r.id,
+                data,
+                code: 0,
+            }));
+        }
+        let errors = node.get("/rest/folder/errors?folder=f").unwrap();
+        let names: Vec<String> = errors["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_string())
+            .collect();
+        if root.join("good.bin").exists() && names.len() == 2 {
+            break names;
+        }
+    };
+    assert!(served > 0);
+    assert_eq!(std::fs::read(root.join("good.bin")).unwrap(), good);
+    assert!(done.contains(&"s/evil.txt".to_string()), "{done:?}");
+    assert!(done.contains(&"bad.bin".to_string()), "{done:?}");
+    assert!(
+        !root.join("bad.bin").exists(),
+        "a file with bad data was written"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written outside the folder"
+    );
+    assert!(!tmp.path().join("escape.txt").exists());
+    assert_eq!(
+        std::fs::read_link(root.join("s")).unwrap(),
+        outside,
+        "the symlink itself is synced"
+    );
+    node.stop();
+}
+
+/// Size of the temp file of `name` in `dir`, if any.
+fn temp_len(dir: &Path, name: &str) -> u64 {
+    std::fs::metadata(dir.join(format!(".syncthing.{name}.tmp"))).map_or(0, |m| m.len())
+}
+
+#[test]
+fn kill_9_while_pulling_leaves_old_or_new_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    let src = tmp.path().join("st-src");
+    std::fs::create_dir_all(&src).unwrap();
+    {
+        let mut f = std::fs::File::create(src.join("large.bin")).unwrap();
+        for chunk in 0..160u64 {
+            f.write_all(&bytes(5000 + chunk, 1 << 20)).unwrap();
+        }
+    }
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("big", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("big", &dst, "sendreceive", &[st.id()]);
+
+    let mut node = ours.start();
+    let partial = wait::until(Duration::from_secs(60), Duration::from_millis(20), || {
+        (temp_len(&dst, "large.bin") >= 20 << 20).then_some(())
+    });
+    assert!(
+        partial.is_some(),
+        "no partial temp file:\n{}",
+        node.proc.log_tail(30)
+    );
+    node.proc.signal(9);
+    assert!(node.proc.wait_exit(Duration::from_secs(10)).is_some());
+    // Either absent or the complete new file, never a part of it.
+    if let Ok(now) = std::fs::read(dst.join("large.bin")) {
+        assert!(
+            now == std::fs::read(src.join("large.bin")).unwrap(),
+            "target is incomplete ({} bytes)",
+            now.len()
+        );
+    }
+    let kept = temp_len(&dst, "large.bin");
+    drop(node);
+
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    let reused = node.status_u64("reusedBytes");
+    eprintln!("killed with a {kept}-byte temp file; {reused} bytes reused after restart");
+    assert!(
+        kept == 0 || reused >= kept.min(20 << 20) / 2,
+        "temp file of {kept} bytes not reused ({reused})"
+    );
+    node.stop();
+    st.shutdown();
+}
+
+/// Contents of every regular file below `root` (temp files excluded).
+fn contents(root: &Path) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = tree(root)
+        .keys()
+        .filter_map(|k| {
+            let p = root.join(k);
+            std::fs::symlink_metadata(&p)
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|_| std::fs::read(&p).ok())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn concurrent_edits_converge_and_both_survive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    let src = tmp.path().join("st-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("shared.txt"), b"base\n").unwrap();
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("c", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("c", &dst, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    wait_complete(&st, &node, "c");
+    node.stop();
+
+    // Both sides edit the same file while apart; theirs is later, so it
+    // wins (1.19.2: newer mtime) and our node must keep its own edit as a
+    // conflict copy.
+    std::fs::write(dst.join("shared.txt"), b"our edit\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(src.join("shared.txt"), b"their edit\n").unwrap();
+    st.scan("c");
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    let all = contents(&dst);
+    assert!(all.contains(&b"their edit\n".to_vec()), "{all:?}");
+    assert!(all.contains(&b"our edit\n".to_vec()), "{all:?}");
+    assert_eq!(
+        std::fs::read(dst.join("shared.txt")).unwrap(),
+        b"their edit\n"
+    );
+    let names: Vec<String> = tree(&dst).into_keys().collect();
+    let short = &ours.id[..7];
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("shared.sync-conflict-") && n.ends_with(".txt")),
+        "no conflict copy: {names:?} (ours {short})"
+    );
+    node.stop();
+    st.shutdown();
+}
+
+#[test]
+fn send_only_ignores_remote_changes_until_overridden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    let src = tmp.path().join("our-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("master.txt"), b"the master copy\n").unwrap();
+    let theirs = tmp.path().join("st-dst");
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("so", &src, "sendonly", &[st.id()]);
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("so", &theirs, "sendreceive", &[&ours.id]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    wait_same_tree(&src, &theirs, Duration::from_secs(60), &log);
+
+    // Their edit reaches our index but never our disk.
+    std::fs::write(theirs.join("master.txt"), b"their change\n").unwrap();
+    st.scan("so");
+    let need = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let s = node.get("/rest/db/status?folder=so").ok()?;
+        (s["needFiles"].as_u64()? == 1).then_some(())
+    });
+    assert!(need.is_some(), "remote change not seen:\n{}", log());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        std::fs::read(src.join("master.txt")).unwrap(),
+        b"the master copy\n"
+    );
+
+    // Override: our version wins everywhere.
+    node.post("/rest/db/override?folder=so").unwrap();
+    wait_same_tree(&src, &theirs, Duration::from_secs(30), &log);
+    assert_eq!(
+        std::fs::read(src.join("master.txt")).unwrap(),
+        b"the master copy\n"
+    );
+    let s = node.get("/rest/db/status?folder=so").unwrap();
+    assert_eq!(s["needTotalItems"].as_u64(), Some(0), "{s}");
+    node.stop();
+    st.shutdown();
+}
