@@ -690,3 +690,57 @@ fn send_only_ignores_remote_changes_until_overridden() {
     node.stop();
     st.shutdown();
 }
+
+#[test]
+#[ignore = "benchmark-sized: run explicitly (cargo test -p e2e --test pull -- --ignored)"]
+fn large_file_one_changed_block_transfers_little() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}")],
+    )
+    .start();
+    let src = tmp.path().join("st-src");
+    std::fs::create_dir_all(&src).unwrap();
+    {
+        let mut f = std::fs::File::create(src.join("large.bin")).unwrap();
+        for chunk in 0..300u64 {
+            f.write_all(&bytes(9000 + chunk, 1 << 20)).unwrap();
+        }
+    }
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("big", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("big", &dst, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    let t0 = Instant::now();
+    wait_same_tree(&src, &dst, Duration::from_secs(300), &log);
+    eprintln!("300 MiB pulled in {:.2} s", t0.elapsed().as_secs_f64());
+    wait_complete(&st, &node, "big");
+    let before = node.status_u64("pulledBytes");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("large.bin"))
+            .unwrap();
+        f.write_all_at(b"one changed block", 150 << 20).unwrap();
+    }
+    let t1 = Instant::now();
+    st.scan("big");
+    wait_same_tree(&src, &dst, Duration::from_secs(300), &log);
+    wait_complete(&st, &node, "big");
+    let delta = node.status_u64("pulledBytes") - before;
+    eprintln!(
+        "one changed block of 300 MiB: {delta} bytes transferred, applied in {:.2} s",
+        t1.elapsed().as_secs_f64()
+    );
+    assert!(delta < 2 << 20, "{delta} bytes transferred");
+    node.stop();
+    st.shutdown();
+}
