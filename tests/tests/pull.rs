@@ -741,6 +741,27 @@ fn large_file_one_changed_block_transfers_little() {
         t1.elapsed().as_secs_f64()
     );
     assert!(delta < 2 << 20, "{delta} bytes transferred");
+
+    // For comparison: the same file from the same device into a second
+    // real Syncthing device.
+    let st2_port = pick_port();
+    let st2 = SyncthingHome::init(
+        &tmp.path().join("st2"),
+        &[format!("tcp://127.0.0.1:{st2_port}")],
+    )
+    .start();
+    let dst2 = tmp.path().join("st2-dst");
+    st.add_device(st2.id(), &[&format!("tcp://127.0.0.1:{st2_port}")]);
+    st2.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    st.share_folder("big", &src, "sendreceive", &[&ours.id, st2.id()]);
+    let t2 = Instant::now();
+    st2.share_folder("big", &dst2, "sendreceive", &[st.id()]);
+    st2.wait_synced("big", 1, Duration::from_secs(300)).unwrap();
+    eprintln!(
+        "300 MiB Syncthing -> Syncthing in {:.2} s",
+        t2.elapsed().as_secs_f64()
+    );
     node.stop();
     st.shutdown();
+    st2.shutdown();
 }
