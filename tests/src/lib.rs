@@ -16,6 +16,7 @@ pub mod process;
 pub mod programs;
 pub mod relay;
 pub mod syncthing;
+pub mod tree;
 pub mod wait;
 
 pub use ports::pick_port;

@@ -4,7 +4,6 @@
 //! executable — then modifications, deletions and a directory rename,
 //! reusing local blocks; the real device sees our node 100 % complete.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::node::NodeHome;
+use e2e::tree::{build_tree, bytes, tree};
 use e2e::{pick_port, wait, SyncthingHome};
 use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, Hello, Vector};
 use proto::bep::{
@@ -20,87 +20,6 @@ use proto::bep::{
 };
 use proto::tls::{self, alpn, ServerPin, Versions};
 use proto::{DeviceId, Identity, KeyKind};
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-fn sha256(data: &[u8]) -> Vec<u8> {
-    proto::bep::blocks::hash_block(0, data).hash
-}
-
-fn build_tree(root: &Path, small_files: usize, big_mib: usize) {
-    std::fs::create_dir_all(root).unwrap();
-    for i in 0..small_files {
-        let dir = root.join(format!("dir{}/sub{}", i % 7, i % 3));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join(format!("file {i}.dat")),
-            bytes(i as u64, (i * 37) % 6000),
-        )
-        .unwrap();
-    }
-    std::fs::write(root.join("empty"), b"").unwrap();
-    std::fs::write(root.join("name with spaces.txt"), b"spaces\n").unwrap();
-    std::fs::write(root.join("ünïcødé ファイル.txt"), "non-ASCII\n").unwrap();
-    std::fs::create_dir_all(root.join("empty dir")).unwrap();
-    let script = root.join("run.sh");
-    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut big = std::fs::File::create(root.join("big.bin")).unwrap();
-    for chunk in 0..big_mib {
-        big.write_all(&bytes(1000 + chunk as u64, 1 << 20)).unwrap();
-    }
-    std::os::unix::fs::symlink("dir0/sub0/file 0.dat", root.join("link")).unwrap();
-}
-
-/// Every entry below `root` (without `.stfolder` and temp files): kind,
-/// mode, content hash.
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let base = e.file_name().to_string_lossy().into_owned();
-            if rel == ".stfolder" || base.starts_with(".syncthing.") {
-                continue;
-            }
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let v = if m.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&p).unwrap().display())
-            } else if m.is_dir() {
-                walk(root, &p, out);
-                format!("dir {:o}", m.permissions().mode() & 0o777)
-            } else {
-                let data = std::fs::read(&p).unwrap_or_default();
-                format!(
-                    "file {:o} {} {:?}",
-                    m.permissions().mode() & 0o777,
-                    data.len(),
-                    sha256(&data)
-                )
-            };
-            out.insert(rel, v);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 fn wait_same_tree(theirs: &Path, ours: &Path, limit: Duration, log: &dyn Fn() -> String) {
     let same = wait::until(limit, Duration::from_millis(250), || {
