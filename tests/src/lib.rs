@@ -9,6 +9,7 @@
 //! A missing program fails the test with the name of the package to
 //! install; nothing is skipped silently.
 
+pub mod bep_peer;
 pub mod discovery;
 pub mod node;
 pub mod ports;

@@ -4,20 +4,16 @@
 //! impostor devices are refused, malformed input never harms the node.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::bep_peer::RawPeer;
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, sha256, tree};
 use e2e::{pick_port, wait, SyncthingHome};
-use proto::bep::wire::{self, ClusterConfig, Device, Folder, Hello};
-use proto::bep::{
-    decode_frame, decode_hello, encode_frame, encode_hello, Compress, Decoded, Message,
-};
-use proto::tls::{self, alpn, ServerPin, Versions};
+use proto::bep::wire::{self, ClusterConfig, Device, Folder};
+use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
 
 fn assert_same_tree(a: &Path, b: &Path) {
@@ -222,103 +218,6 @@ fn unknown_and_impostor_devices_are_refused() {
     st.shutdown();
 }
 
-/// A hand-driven BEP client, to send what a well-behaved peer never would.
-struct RawPeer {
-    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    buf: Vec<u8>,
-}
-
-impl RawPeer {
-    fn connect(identity: &Identity, port: u16) -> RawPeer {
-        let config = tls::client_config(
-            Some(identity),
-            &[alpn::BEP],
-            ServerPin::Any,
-            Versions::Tls13Only,
-        )
-        .unwrap();
-        let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        RawPeer {
-            tls: rustls::StreamOwned::new(conn, tcp),
-            buf: Vec::new(),
-        }
-    }
-
-    fn hello(&mut self) {
-        let hello = Hello {
-            device_name: "raw".into(),
-            client_name: "syncthing".into(),
-            client_version: "v1.19.2".into(),
-            ..Default::default()
-        };
-        self.send_raw(&encode_hello(&hello).unwrap());
-        loop {
-            if let Some((_, used)) = decode_hello(&self.buf).unwrap() {
-                self.buf.drain(..used);
-                return;
-            }
-            assert!(self.fill(), "closed before Hello");
-        }
-    }
-
-    fn send_raw(&mut self, data: &[u8]) {
-        let _ = self.tls.write_all(data);
-        let _ = self.tls.flush();
-    }
-
-    fn send(&mut self, m: &Message) {
-        self.send_raw(&encode_frame(m, Compress::Metadata).unwrap());
-    }
-
-    fn fill(&mut self) -> bool {
-        let mut b = [0u8; 65536];
-        match self.tls.read(&mut b) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&b[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next message, or None when the node closed the connection.
-    fn next(&mut self) -> Option<Message> {
-        loop {
-            if let Ok(Decoded::Frame { message, consumed }) = decode_frame(&self.buf) {
-                self.buf.drain(..consumed);
-                return Some(message);
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    /// Reads until the node closes; true if it did (a Close, EOF or reset).
-    fn closed_by_node(&mut self) -> bool {
-        for _ in 0..1000 {
-            match self.next() {
-                None | Some(Message::Close(_)) => return true,
-                Some(_) => {}
-            }
-        }
-        false
-    }
-
-    fn response(&mut self, id: i32) -> wire::Response {
-        for _ in 0..1000 {
-            match self.next() {
-                Some(Message::Response(r)) if r.id == id => return r,
-                Some(_) => {}
-                None => panic!("closed while waiting for response {id}"),
-            }
-        }
-        panic!("no response {id}");
-    }
-}
-
 #[test]
 fn malformed_frames_and_escaping_requests_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -366,10 +265,10 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     };
 
     // Requests: one good, the rest trying to leave the folder.
-    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_secs(10));
     p.hello();
     p.send(&cc);
-    assert!(matches!(p.next(), Some(Message::ClusterConfig(_))));
+    assert!(matches!(p.next_message(), Some(Message::ClusterConfig(_))));
     let cases: [(&str, &[u8], i32); 7] = [
         ("sub/data.txt", b"hello world\n", 0),
         ("../secret", b"secret\n", 1),
@@ -385,7 +284,7 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     // Responses come in any order.
     let mut responses = BTreeMap::new();
     while responses.len() < cases.len() {
-        match p.next() {
+        match p.next_message() {
             Some(Message::Response(r)) => {
                 responses.insert(r.id, r);
             }
@@ -419,7 +318,7 @@ fn malformed_frames_and_escaping_requests_are_refused() {
         ),
     ];
     for (what, frame) in bad {
-        let mut p = RawPeer::connect(&raw, ours.listen_port);
+        let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_secs(10));
         p.hello();
         p.send(&cc);
         p.send_raw(&frame);
@@ -427,12 +326,12 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     }
     std::thread::sleep(Duration::from_millis(300));
     // A message before ClusterConfig, and garbage instead of a Hello.
-    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_secs(10));
     p.hello();
     p.send(&request(1, "sub/data.txt", b"hello world\n"));
     assert!(p.closed_by_node(), "request before ClusterConfig");
     drop(p);
-    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_secs(10));
     p.send_raw(b"GET / HTTP/1.1\r\n\r\n");
     assert!(p.closed_by_node(), "garbage Hello");
     drop(p);
@@ -441,7 +340,7 @@ fn malformed_frames_and_escaping_requests_are_refused() {
 
     // Still alive and serving.
     assert!(node.get("/rest/system/ping").is_ok());
-    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_secs(10));
     p.hello();
     p.send(&cc);
     p.send(&request(5, "sub/data.txt", b"hello world\n"));

@@ -4,21 +4,17 @@
 //! executable — then modifications, deletions and a directory rename,
 //! reusing local blocks; the real device sees our node 100 % complete.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::bep_peer::RawPeer;
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, tree};
 use e2e::{pick_port, wait, SyncthingHome};
-use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, Hello, Vector};
-use proto::bep::{
-    decode_frame, decode_hello, encode_frame, encode_hello, Compress, Decoded, Message,
-};
-use proto::tls::{self, alpn, ServerPin, Versions};
+use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, Vector};
+use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
 
 fn wait_same_tree(theirs: &Path, ours: &Path, limit: Duration, log: &dyn Fn() -> String) {
@@ -191,81 +187,6 @@ fn receive_only_keeps_local_changes_until_reverted() {
     st.shutdown();
 }
 
-/// A hand-driven BEP peer announcing what a well-behaved one never would.
-struct RawPeer {
-    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    buf: Vec<u8>,
-}
-
-impl RawPeer {
-    fn connect(identity: &Identity, port: u16) -> RawPeer {
-        let config = tls::client_config(
-            Some(identity),
-            &[alpn::BEP],
-            ServerPin::Any,
-            Versions::Tls13Only,
-        )
-        .unwrap();
-        let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut p = RawPeer {
-            tls: rustls::StreamOwned::new(conn, tcp),
-            buf: Vec::new(),
-        };
-        let hello = Hello {
-            device_name: "raw".into(),
-            client_name: "syncthing".into(),
-            client_version: "v1.19.2".into(),
-            ..Default::default()
-        };
-        p.send_raw(&encode_hello(&hello).unwrap());
-        for _ in 0..40 {
-            if let Some((_, used)) = decode_hello(&p.buf).unwrap() {
-                p.buf.drain(..used);
-                return p;
-            }
-            p.fill();
-        }
-        panic!("no Hello from the node");
-    }
-
-    fn send_raw(&mut self, data: &[u8]) {
-        let _ = self.tls.write_all(data);
-        let _ = self.tls.flush();
-    }
-
-    fn send(&mut self, m: &Message) {
-        self.send_raw(&encode_frame(m, Compress::Metadata).unwrap());
-    }
-
-    /// Reads what is there; false on EOF, error or timeout.
-    fn fill(&mut self) -> bool {
-        let mut b = [0u8; 65536];
-        match self.tls.read(&mut b) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&b[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next message, or None if nothing arrives within the timeout.
-    fn next(&mut self) -> Option<Message> {
-        loop {
-            if let Ok(Decoded::Frame { message, consumed }) = decode_frame(&self.buf) {
-                self.buf.drain(..consumed);
-                return Some(message);
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-}
-
 fn file_entry(name: &str, data: &[u8], peer: &DeviceId) -> FileInfo {
     let blocks: Vec<wire::BlockInfo> = if data.is_empty() {
         proto::bep::blocks::empty_file_blocks()
@@ -334,11 +255,12 @@ fn hostile_peer_cannot_write_outside_or_inject_bad_data() {
 
     // A name leaving the folder is a protocol error: the node hangs up and
     // stores nothing of that index.
-    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_millis(500));
+    p.hello();
     p.send(&cc);
     p.send(&index(vec![file_entry("../escape.txt", b"x", &raw_dev)]));
-    let closed =
-        (0..40).any(|_| matches!(p.next(), Some(Message::Close(_))) || !node.connected(&raw_id));
+    let closed = (0..40)
+        .any(|_| matches!(p.next_message(), Some(Message::Close(_))) || !node.connected(&raw_id));
     assert!(closed, "node kept a peer announcing ../escape.txt");
     drop(p);
     // Its reconnect backoff: the node may still hold the old connection.
@@ -360,7 +282,8 @@ fn hostile_peer_cannot_write_outside_or_inject_bad_data() {
         file_entry("good.bin", &good, &raw_dev),
         file_entry("bad.bin", &bad, &raw_dev),
     ];
-    let mut p = RawPeer::connect(&raw, ours.listen_port);
+    let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_millis(500));
+    p.hello();
     p.send(&cc);
     p.send(&index(entries));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -371,7 +294,7 @@ fn hostile_peer_cannot_write_outside_or_inject_bad_data() {
             "timed out:\n{}",
             node.proc.log_tail(30)
         );
-        if let Some(Message::Request(r)) = p.next() {
+        if let Some(Message::Request(r)) = p.next_message() {
             let src: &[u8] = match r.name.as_str() {
                 "good.bin" => &good,
                 "s/evil.txt" => b"evil\n",

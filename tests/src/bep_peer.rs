@@ -1,0 +1,122 @@
+//! A hand-driven BEP peer for tests: it sends exactly the frames a test
+//! wants (including malformed ones) and reads what our node answers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::bep::wire::{self, Hello};
+use proto::bep::{
+    decode_frame, decode_hello, encode_frame, encode_hello, Compress, Decoded, Message,
+};
+use proto::tls::{self, alpn, ServerPin, Versions};
+use proto::Identity;
+
+pub struct RawPeer {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl RawPeer {
+    /// Connects with TLS 1.3 / `bep/1.0` as `identity`; every read waits at
+    /// most `read_timeout`.
+    pub fn connect(identity: &Identity, port: u16, read_timeout: Duration) -> RawPeer {
+        let config = tls::client_config(
+            Some(identity),
+            &[alpn::BEP],
+            ServerPin::Any,
+            Versions::Tls13Only,
+        )
+        .unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(read_timeout)).unwrap();
+        RawPeer {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends our Hello and waits (up to 20 s) for the node's.
+    pub fn hello(&mut self) {
+        let hello = Hello {
+            device_name: "raw".into(),
+            client_name: "syncthing".into(),
+            client_version: "v1.19.2".into(),
+            ..Default::default()
+        };
+        self.send_raw(&encode_hello(&hello).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some((_, used)) = decode_hello(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                return;
+            }
+            if !self.fill() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no Hello from the node");
+    }
+
+    /// Writes bytes as they are; errors are ignored (the node may have
+    /// closed on purpose).
+    pub fn send_raw(&mut self, data: &[u8]) {
+        let _ = self.tls.write_all(data);
+        let _ = self.tls.flush();
+    }
+
+    pub fn send(&mut self, m: &Message) {
+        self.send_raw(&encode_frame(m, Compress::Metadata).unwrap());
+    }
+
+    /// Reads what is there; false on EOF, error or timeout.
+    pub fn fill(&mut self) -> bool {
+        let mut b = [0u8; 65536];
+        match self.tls.read(&mut b) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next message, or None when the node closed the connection or
+    /// nothing arrived within the read timeout.
+    pub fn next_message(&mut self) -> Option<Message> {
+        loop {
+            if let Ok(Decoded::Frame { message, consumed }) = decode_frame(&self.buf) {
+                self.buf.drain(..consumed);
+                return Some(message);
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until the node closes; true if it did (a Close, EOF or reset).
+    pub fn closed_by_node(&mut self) -> bool {
+        for _ in 0..1000 {
+            match self.next_message() {
+                None | Some(Message::Close(_)) => return true,
+                Some(_) => {}
+            }
+        }
+        false
+    }
+
+    /// The Response to request `id`, skipping other messages.
+    pub fn response(&mut self, id: i32) -> wire::Response {
+        for _ in 0..1000 {
+            match self.next_message() {
+                Some(Message::Response(r)) if r.id == id => return r,
+                Some(_) => {}
+                None => panic!("closed while waiting for response {id}"),
+            }
+        }
+        panic!("no response {id}");
+    }
+}
