@@ -537,9 +537,12 @@ fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64, live: &Live) -> Ve
         .collect()
 }
 
-/// Bytes read per system call while hashing (a whole number of blocks):
-/// one read per 128 KiB block costs noticeably in syscalls.
-const READ_CHUNK: usize = 4 << 20;
+/// Bytes read per system call while hashing (a whole number of blocks).
+/// One block per read keeps it in the L2 cache between the copy out of the
+/// page cache, SHA-256 and Adler-32; 4 MiB reads went out to memory three
+/// times and scanned at 75 % of openssl's SHA-256 rate × cores here, one
+/// block per read at 81 %. The extra system calls cost far less.
+const READ_CHUNK: usize = 128 << 10;
 
 /// Hashes `len` bytes of `path` from `offset` in blocks of `bs`.
 fn hash_range(path: &Path, offset: u64, len: u64, bs: usize) -> Result<Vec<BlockInfo>> {
