@@ -16,6 +16,7 @@ pub mod ports;
 pub mod process;
 pub mod programs;
 pub mod relay;
+pub mod rest;
 pub mod syncthing;
 pub mod tree;
 pub mod wait;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::process::Proc;
+use crate::rest::Rest;
 use crate::{our_binary, pick_port, wait};
 
 /// A generated home directory of our node, not yet running.
@@ -130,48 +131,25 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn get(&self, path: &str) -> Result<Value, String> {
-        let r = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .get(&format!("http://127.0.0.1:{}{path}", self.home.gui_port))
-            .set("X-API-Key", &self.home.api_key)
-            .call();
-        match r {
-            Ok(resp) => resp.into_json::<Value>().map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+    fn rest(&self) -> Rest<'_> {
+        Rest {
+            port: self.home.gui_port,
+            api_key: &self.home.api_key,
+            timeout: Duration::from_secs(10),
         }
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, String> {
+        self.rest().get(path)
     }
 
     /// A REST call with a JSON body (POST, PUT, PATCH).
     pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<(), String> {
-        ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .request(
-                method,
-                &format!("http://127.0.0.1:{}{path}", self.home.gui_port),
-            )
-            .set("X-API-Key", &self.home.api_key)
-            .send_json(body.clone())
-            .map(|_| ())
-            .map_err(|e| match e {
-                ureq::Error::Status(code, r) => {
-                    format!("HTTP {code}: {}", r.into_string().unwrap_or_default())
-                }
-                e => e.to_string(),
-            })
+        self.rest().send(method, path, body).map(|_| ())
     }
 
     pub fn post(&self, path: &str) -> Result<(), String> {
-        ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .post(&format!("http://127.0.0.1:{}{path}", self.home.gui_port))
-            .set("X-API-Key", &self.home.api_key)
-            .call()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.rest().post(path).map(|_| ())
     }
 
     /// A number from `/rest/system/status`.

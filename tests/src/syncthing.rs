@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::process::Proc;
 use crate::programs::require_program;
+use crate::rest::Rest;
 use crate::{pick_port, wait};
 
 /// Phone-home URLs are pointed here: nothing listens on port 1.
@@ -238,67 +239,31 @@ pub struct Syncthing {
     pub proc: Proc,
 }
 
-/// REST failure: transport error or HTTP status ≥ 400.
-pub type RestResult = Result<Value, String>;
+pub use crate::rest::RestResult;
 
 impl Syncthing {
     pub fn id(&self) -> &str {
         &self.home.id
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.home.gui_port)
-    }
-
-    fn agent() -> ureq::Agent {
-        ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build()
-    }
-
-    fn finish(r: Result<ureq::Response, ureq::Error>) -> RestResult {
-        match r {
-            Ok(resp) => {
-                let body = resp.into_string().map_err(|e| e.to_string())?;
-                if body.trim().is_empty() {
-                    Ok(Value::Null)
-                } else {
-                    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
-                }
-            }
-            Err(ureq::Error::Status(code, resp)) => Err(format!(
-                "HTTP {code}: {}",
-                resp.into_string().unwrap_or_default()
-            )),
-            Err(e) => Err(e.to_string()),
+    fn rest(&self) -> Rest<'_> {
+        Rest {
+            port: self.home.gui_port,
+            api_key: &self.home.api_key,
+            timeout: Duration::from_secs(30),
         }
     }
 
     pub fn get(&self, path: &str) -> RestResult {
-        Self::finish(
-            Self::agent()
-                .get(&self.url(path))
-                .set("X-API-Key", &self.home.api_key)
-                .call(),
-        )
+        self.rest().get(path)
     }
 
     pub fn send(&self, method: &str, path: &str, body: &Value) -> RestResult {
-        Self::finish(
-            Self::agent()
-                .request(method, &self.url(path))
-                .set("X-API-Key", &self.home.api_key)
-                .send_json(body.clone()),
-        )
+        self.rest().send(method, path, body)
     }
 
     pub fn post(&self, path: &str) -> RestResult {
-        Self::finish(
-            Self::agent()
-                .post(&self.url(path))
-                .set("X-API-Key", &self.home.api_key)
-                .call(),
-        )
+        self.rest().post(path)
     }
 
     /// PATCH `/rest/config/options` (applied live).

@@ -1,0 +1,62 @@
+//! A Syncthing-style REST client (`X-API-Key`, JSON), shared by the real
+//! Syncthing nodes and ours: both speak the same API.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// REST failure: transport error or HTTP status ≥ 400 (with the body).
+pub type RestResult = Result<Value, String>;
+
+/// The REST API on 127.0.0.1:`port`.
+pub struct Rest<'a> {
+    pub port: u16,
+    pub api_key: &'a str,
+    pub timeout: Duration,
+}
+
+impl Rest<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        ureq::AgentBuilder::new()
+            .timeout(self.timeout)
+            .build()
+            .request(method, &self.url(path))
+            .set("X-API-Key", self.api_key)
+    }
+
+    /// The JSON body of the reply; an empty body is `Value::Null`.
+    fn finish(r: Result<ureq::Response, ureq::Error>) -> RestResult {
+        match r {
+            Ok(resp) => {
+                let body = resp.into_string().map_err(|e| e.to_string())?;
+                if body.trim().is_empty() {
+                    Ok(Value::Null)
+                } else {
+                    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+                }
+            }
+            Err(ureq::Error::Status(code, resp)) => Err(format!(
+                "HTTP {code}: {}",
+                resp.into_string().unwrap_or_default()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> RestResult {
+        Self::finish(self.request("GET", path).call())
+    }
+
+    /// A call with a JSON body (POST, PUT, PATCH).
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> RestResult {
+        Self::finish(self.request(method, path).send_json(body.clone()))
+    }
+
+    pub fn post(&self, path: &str) -> RestResult {
+        Self::finish(self.request("POST", path).call())
+    }
+}
