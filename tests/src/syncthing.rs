@@ -75,6 +75,14 @@ pub fn device_id_of_home(dir: &Path) -> String {
         .unwrap_or_else(|| panic!("no device ID printed: {out:?}"))
 }
 
+/// A real node in `dir` listening on `tcp://127.0.0.1:PORT` (a free port),
+/// started; returns it with PORT.
+pub fn start_tcp(dir: &Path) -> (Syncthing, u16) {
+    let port = pick_port();
+    let node = SyncthingHome::init(dir, &[format!("tcp://127.0.0.1:{port}")]).start();
+    (node, port)
+}
+
 /// A generated, isolated but not yet running Syncthing home.
 pub struct SyncthingHome {
     pub dir: PathBuf,

@@ -42,12 +42,7 @@ fn completion(st: &e2e::Syncthing, folder: &str, device: &str) -> serde_json::Va
 fn real_syncthing_pulls_our_folders_then_changes_then_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
 
     let send_src = tmp.path().join("send-src");
     let both_src = tmp.path().join("both-src");
@@ -186,12 +181,7 @@ fn real_syncthing_pulls_our_folders_then_changes_then_restart() {
 fn unknown_and_impostor_devices_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     // An impostor: our config expects device X at the address where the
     // real node (a different certificate) listens.
     let x = e2e::syncthing::generate(&tmp.path().join("x"));
@@ -394,12 +384,7 @@ fn bench_pull_from_our_node_vs_from_syncthing() {
     // folder; the clock starts when the folder is added to our node (which
     // scans it, then sends its index), exactly as for Syncthing below.
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st-recv-1"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st-recv-1"));
     ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
     st.add_device(&ours.id, &[&ours.address()]);
     let node = ours.start();
@@ -505,12 +490,7 @@ fn bench_index_memory_per_file() {
 fn rest_configuration_applies_live_and_is_saved() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let node = ours.start();
     // Without the key: refused.
     let anon = ureq::get(&format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::syncthing::{device_id_of_home, generate};
-use e2e::{our_binary, pick_port, wait, SyncthingHome};
+use e2e::{our_binary, wait};
 use proto::tls::{self, alpn, ServerPin, Versions};
 use proto::{DeviceId, Identity, KeyKind};
 
@@ -108,9 +108,7 @@ fn hello(name: &str) -> Vec<u8> {
 #[test]
 fn real_syncthing_accepts_tls13_bep_from_our_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let port = pick_port();
-    let node =
-        SyncthingHome::init(&dir.path().join("st"), &[format!("tcp://127.0.0.1:{port}")]).start();
+    let (node, port) = e2e::syncthing::start_tcp(&dir.path().join("st"));
     assert!(
         wait::listening(port, Duration::from_secs(20)),
         "syncthing does not listen"
@@ -167,9 +165,7 @@ fn real_syncthing_accepts_tls13_bep_from_our_certificate() {
 #[test]
 fn real_syncthing_refuses_tls12() {
     let dir = tempfile::tempdir().unwrap();
-    let port = pick_port();
-    let node =
-        SyncthingHome::init(&dir.path().join("st"), &[format!("tcp://127.0.0.1:{port}")]).start();
+    let (node, port) = e2e::syncthing::start_tcp(&dir.path().join("st"));
     assert!(wait::listening(port, Duration::from_secs(20)));
     let ours = Identity::generate("syncthing", KeyKind::EcdsaP384).unwrap();
     // Offer only 1.2, with the same verifier as our real configurations.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use e2e::bep_peer::RawPeer;
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, tree};
-use e2e::{pick_port, wait, SyncthingHome};
+use e2e::wait;
 use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, Vector};
 use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
@@ -64,12 +64,7 @@ fn wait_complete(st: &e2e::Syncthing, node: &e2e::node::Node, folder: &str) {
 fn our_node_pulls_from_real_syncthing() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
 
     let src = tmp.path().join("st-src");
     build_tree(&src, 300, 6);
@@ -134,12 +129,7 @@ fn our_node_pulls_from_real_syncthing() {
 fn receive_only_keeps_local_changes_until_reverted() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let src = tmp.path().join("st-src");
     build_tree(&src, 40, 1);
     let dst = tmp.path().join("our-dst");
@@ -358,12 +348,7 @@ fn temp_len(dir: &Path, name: &str) -> u64 {
 fn kill_9_while_pulling_leaves_old_or_new_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let src = tmp.path().join("st-src");
     std::fs::create_dir_all(&src).unwrap();
     {
@@ -434,12 +419,7 @@ fn contents(root: &Path) -> Vec<Vec<u8>> {
 fn concurrent_edits_converge_and_both_survive() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let src = tmp.path().join("st-src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("shared.txt"), b"base\n").unwrap();
@@ -488,12 +468,7 @@ fn concurrent_edits_converge_and_both_survive() {
 fn send_only_ignores_remote_changes_until_overridden() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let src = tmp.path().join("our-src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("master.txt"), b"the master copy\n").unwrap();
@@ -538,12 +513,7 @@ fn send_only_ignores_remote_changes_until_overridden() {
 fn large_file_one_changed_block_transfers_little() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let st_port = pick_port();
-    let st = SyncthingHome::init(
-        &tmp.path().join("st"),
-        &[format!("tcp://127.0.0.1:{st_port}")],
-    )
-    .start();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let src = tmp.path().join("st-src");
     std::fs::create_dir_all(&src).unwrap();
     {
@@ -586,12 +556,7 @@ fn large_file_one_changed_block_transfers_little() {
 
     // For comparison: the same file from the same device into a second
     // real Syncthing device.
-    let st2_port = pick_port();
-    let st2 = SyncthingHome::init(
-        &tmp.path().join("st2"),
-        &[format!("tcp://127.0.0.1:{st2_port}")],
-    )
-    .start();
+    let (st2, st2_port) = e2e::syncthing::start_tcp(&tmp.path().join("st2"));
     let dst2 = tmp.path().join("st2-dst");
     st.add_device(st2.id(), &[&format!("tcp://127.0.0.1:{st2_port}")]);
     st2.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
