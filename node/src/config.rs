@@ -82,6 +82,12 @@ pub struct Gui {
     /// Value of the `X-API-Key` header every REST call must carry.
     #[serde(default)]
     pub api_key: String,
+    /// Optional GUI user for HTTP basic auth (with `password`).
+    #[serde(default)]
+    pub user: String,
+    /// bcrypt hash of the GUI user's password (a plain text is refused).
+    #[serde(default)]
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -112,6 +112,7 @@ fn write_config(args: &GenerateArgs) -> Result<()> {
         gui: crate::config::Gui {
             address: args.gui_address.clone().unwrap_or_default(),
             api_key,
+            ..Default::default()
         },
         devices: Vec::new(),
         folders: Vec::new(),

@@ -101,6 +101,7 @@ async fn run(args: ServeArgs) -> Result<()> {
         tokio::spawn(accept_loop(node.clone(), listener, tls_server.clone()));
     }
     if !node.gui.address.is_empty() {
+        rest::check_listen_address(&node.config().gui)?;
         let listener = TcpListener::bind(&node.gui.address)
             .await
             .with_context(|| format!("cannot listen for the REST API on {}", node.gui.address))?;

@@ -1,0 +1,192 @@
+//! `/rest/db/*` and `/rest/folder/*`: the index as Syncthing shows it.
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::http_util::{internal, json, not_found, ok, text, time_fmt, Answer, Call};
+
+pub async fn route(c: &Call) -> Answer {
+    match c.path.as_str() {
+        "/rest/db/status" => {
+            c.allow(&[Method::GET])?;
+            status(c)
+        }
+        "/rest/db/completion" => {
+            c.allow(&[Method::GET])?;
+            completion(c)
+        }
+        "/rest/db/scan" => {
+            c.allow(&[Method::POST])?;
+            let f = c.folder()?;
+            match c.node.folder_runtime(&f.id) {
+                Some(rt) => {
+                    let _ = rt.scan_now.try_send(());
+                    Ok(ok())
+                }
+                None => Err(text(StatusCode::NOT_FOUND, "folder is not running")),
+            }
+        }
+        "/rest/db/revert" | "/rest/db/override" => {
+            c.allow(&[Method::POST])?;
+            revert_or_override(c).await
+        }
+        "/rest/db/file" => {
+            c.allow(&[Method::GET])?;
+            let f = c.folder()?;
+            let name = c.need("file")?;
+            match c.node.db.file(&f.id, name) {
+                Ok(Some(fi)) => Ok(json(
+                    &json!({"local": file_json(&fi), "global": file_json(&fi)}),
+                )),
+                Ok(None) => Err(text(StatusCode::NOT_FOUND, "no such object in the index")),
+                Err(e) => Err(internal(format!("{e:#}"))),
+            }
+        }
+        "/rest/folder/errors" | "/rest/folder/pullerrors" => {
+            c.allow(&[Method::GET])?;
+            let f = c.folder()?;
+            let errors: Vec<Value> = c
+                .node
+                .folder_runtime(&f.id)
+                .map(|rt| {
+                    rt.pull_errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|(path, error)| json!({"path": path, "error": error}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let page = c.num("page", 1)?;
+            let perpage = c.num("perpage", 65536)?;
+            let shown = super::http_util::page(&errors, page, perpage);
+            Ok(json(
+                &json!({"folder": f.id, "errors": shown, "page": page, "perpage": perpage}),
+            ))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+fn status(c: &Call) -> Answer {
+    let folder = c.folder()?.id;
+    let node = &c.node;
+    let Some(rt) = node.folder_runtime(&folder) else {
+        return Err(text(StatusCode::NOT_FOUND, "folder is not running"));
+    };
+    let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
+    let pull_errors = rt
+        .pull_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    let ((files, dirs, links, deleted, bytes), g) = node
+        .db
+        .local_totals(&folder)
+        .and_then(|l| Ok((l, crate::pull::need_list(node, &folder)?.1)))
+        .map_err(|e| internal(format!("{e:#}")))?;
+    let seq = *rt.sequence.borrow();
+    Ok(json(&json!({
+        "state": state,
+        "sequence": seq,
+        "localFiles": files, "localDirectories": dirs, "localSymlinks": links,
+        "localDeleted": deleted, "localBytes": bytes,
+        "globalFiles": g.global_files, "globalDirectories": g.global_dirs,
+        "globalSymlinks": g.global_symlinks,
+        "globalDeleted": g.global_deleted, "globalBytes": g.global_bytes,
+        "needFiles": g.need_files, "needDirectories": g.need_dirs,
+        "needSymlinks": g.need_symlinks, "needBytes": g.need_bytes,
+        "needDeletes": g.need_deletes, "needTotalItems": g.need_items(),
+        "inSyncFiles": g.global_files.saturating_sub(g.need_files),
+        "inSyncBytes": g.global_bytes.saturating_sub(g.need_bytes),
+        "pullErrors": pull_errors, "errors": pull_errors,
+    })))
+}
+
+fn completion(c: &Call) -> Answer {
+    let folder = c.folder()?.id;
+    let node = &c.node;
+    let Some(device) = c.device()? else {
+        // Our own completion, against the global state.
+        let g = crate::pull::need_list(node, &folder)
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        let global_items = g.global_files + g.global_dirs + g.global_symlinks;
+        let completion = if g.need_items() == 0 {
+            100.0
+        } else if g.global_bytes == 0 || g.need_bytes == 0 {
+            95.0
+        } else {
+            100.0 * (1.0 - g.need_bytes as f64 / g.global_bytes as f64)
+        };
+        return Ok(json(&json!({
+            "completion": completion, "globalBytes": g.global_bytes,
+            "globalItems": global_items, "needBytes": g.need_bytes,
+            "needDeletes": g.need_deletes, "needItems": g.need_items(),
+            "remoteState": "valid",
+            "sequence": node.folder_runtime(&folder).map_or(0, |r| *r.sequence.borrow()),
+        })));
+    };
+    match node.db.completion(&folder, &device) {
+        Ok(c) => Ok(json(&json!({
+            "completion": c.completion, "globalBytes": c.global_bytes,
+            "globalItems": c.global_items, "needBytes": c.need_bytes,
+            "needDeletes": c.need_deletes, "needItems": c.need_items,
+            "remoteState": if node.connected(&device) { "valid" } else { "unknown" },
+            "sequence": c.remote_sequence,
+        }))),
+        Err(e) => Err(internal(format!("{e:#}"))),
+    }
+}
+
+async fn revert_or_override(c: &Call) -> Answer {
+    let f = c.folder()?;
+    let revert = c.path == "/rest/db/revert";
+    let fits = if revert {
+        f.kind == "receiveonly"
+    } else {
+        f.read_only()
+    };
+    if !fits {
+        let want = if revert { "receiveonly" } else { "sendonly" };
+        return Err(super::http_util::bad(format!(
+            "folder {:?} is not {want}",
+            f.id
+        )));
+    }
+    let n2 = c.node.clone();
+    let folder = f.id.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        if revert {
+            crate::pull::local_ops::revert(&n2, &folder)
+        } else {
+            crate::pull::local_ops::override_remote(&n2, &folder)
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(_)) => Ok(ok()),
+        Ok(Err(e)) => Err(internal(format!("{e:#}"))),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// A FileInfo as Syncthing's `/rest/db/file` shows it.
+pub fn file_json(f: &proto::bep::wire::FileInfo) -> Value {
+    let version: Vec<String> = f
+        .version
+        .iter()
+        .flat_map(|v| v.counters.iter())
+        .map(|c| format!("{}:{}", proto::ShortId(c.id), c.value))
+        .collect();
+    json!({
+        "name": f.name,
+        "type": match f.r#type { 1 => "FILE_INFO_TYPE_DIRECTORY", 4 => "FILE_INFO_TYPE_SYMLINK", _ => "FILE_INFO_TYPE_FILE" },
+        "size": f.size, "permissions": format!("{:o}", f.permissions), "deleted": f.deleted,
+        "invalid": f.invalid, "ignored": false, "mustRescan": false,
+        "noPermissions": f.no_permissions, "sequence": f.sequence,
+        "modified": time_fmt(f.modified_s), "modifiedBy": proto::ShortId(f.modified_by).to_string(),
+        "numBlocks": f.blocks.len(), "blockSize": f.block_size, "version": version,
+        "localFlags": 0, "platform": {},
+    })
+}

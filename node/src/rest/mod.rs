@@ -1,0 +1,123 @@
+//! Syncthing's REST API (same paths, methods, JSON field names, status
+//! codes and authentication), so tools written for Syncthing drive this
+//! node unchanged.
+//!
+//! The router: `route` picks an area by path prefix and each area module
+//! matches its own paths; a known path with another method answers 405
+//! (`Call::allow`), an unknown one 404. To add an endpoint, add a match
+//! arm in the area's `route`.
+
+// Error replies are the rare path and the size of a `Response`; boxing
+// them would only add an allocation to every early return.
+#![allow(clippy::result_large_err)]
+
+mod auth;
+mod cluster;
+mod config;
+mod db;
+mod events;
+pub mod http_util;
+mod metrics;
+mod stats;
+mod svc;
+mod system;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub use auth::check_listen_address;
+use http_util::{parse_query, text, Answer, Call, Reply};
+
+use crate::model::Node;
+
+/// Largest request body accepted (a whole configuration).
+const MAX_BODY: usize = 4 << 20;
+
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let guard = Arc::new(auth::Guard::new(&node));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let node = node.clone();
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let node = node.clone();
+                let guard = guard.clone();
+                async move { Ok::<_, Infallible>(handle(node, &guard, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(node: Arc<Node>, guard: &auth::Guard, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let mut reply = match guard.check(&node, &parts) {
+        auth::Verdict::Reply(r) => r,
+        auth::Verdict::Pass { cookies } => {
+            let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body: {e}"))
+                }
+            };
+            let call = Call {
+                node,
+                method: parts.method,
+                path: parts.uri.path().to_string(),
+                query: parse_query(parts.uri.query()),
+                headers: parts.headers,
+                body,
+            };
+            let mut r = match route(&call).await {
+                Ok(r) | Err(r) => r,
+            };
+            for c in cookies {
+                if let Ok(v) = http::HeaderValue::from_str(&c) {
+                    r.headers_mut().append(http::header::SET_COOKIE, v);
+                }
+            }
+            r
+        }
+    };
+    auth::common_headers(&mut reply);
+    reply
+}
+
+async fn route(c: &Call) -> Answer {
+    let p = c.path.as_str();
+    let area = p
+        .strip_prefix("/rest/")
+        .map(|r| r.split('/').next().unwrap_or(""));
+    match area {
+        Some("system") => system::route(c).await,
+        Some("config") => config::route(c).await,
+        Some("db") | Some("folder") => db::route(c).await,
+        Some("cluster") => cluster::route(c).await,
+        Some("events") => events::route(c).await,
+        Some("stats") => stats::route(c).await,
+        Some("svc") => svc::route(c).await,
+        Some("noauth") => system::noauth(c).await,
+        Some(_) => Err(http_util::not_found()),
+        None if p == "/metrics" => metrics::route(c).await,
+        // The GUI's place: a short page (Syncthing hands out the CSRF
+        // cookie on such requests; see auth).
+        None if p == "/" => Ok(text(
+            StatusCode::OK,
+            "This node has no web GUI; use its REST API (/rest/...).",
+        )),
+        None => Err(http_util::not_found()),
+    }
+}
