@@ -67,6 +67,18 @@ pub struct Options {
     pub local_announce_enabled: bool,
     #[serde(default)]
     pub relays_enabled: bool,
+    /// UDP port of local discovery (Syncthing's `localAnnouncePort`);
+    /// 0 or absent: 21027.
+    #[serde(default = "default_local_port")]
+    pub local_announce_port: u16,
+    /// DNS servers (`IP` or `IP:PORT`) for host names and `dns-srv://`
+    /// addresses; empty: the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+}
+
+fn default_local_port() -> u16 {
+    proto::discovery::local::DEFAULT_PORT
 }
 
 fn default_reconnect() -> u64 {
@@ -271,6 +283,11 @@ impl Config {
             .iter()
             .filter(|a| !a.is_empty())
         {
+            if a.starts_with("relay://") {
+                a.parse::<proto::relay::RelayUri>()
+                    .map_err(|e| anyhow::anyhow!("listen address {a:?}: {e}"))?;
+                continue;
+            }
             parse_tcp_address(a)?;
         }
         Ok(())

@@ -9,6 +9,7 @@ mod conn;
 mod db;
 mod fileserve;
 mod identity_cmd;
+mod ignore;
 mod model;
 mod pull;
 mod rest;

@@ -21,7 +21,8 @@ pub struct ConnInfo {
     /// Distinguishes a connection from a later one to the same device.
     pub serial: u64,
     pub address: SocketAddr,
-    /// `tcp-client` (we dialed) or `tcp-server` (they dialed).
+    /// `tcp-client` / `relay-client` (we dialed) or `tcp-server` /
+    /// `relay-server` (they dialed), as Syncthing's REST API.
     pub kind: &'static str,
     pub client_version: String,
     pub started: SystemTime,
@@ -172,7 +173,9 @@ impl Node {
         let mut conns = lock(&self.connections);
         if let Some(old) = conns.get(&device).filter(|c| !c.close.is_closed()) {
             let age = old.started.elapsed().unwrap_or_default();
-            if age < REPLACE_AFTER {
+            // A better kind (direct over relayed) replaces at once, as in Syncthing.
+            let better = crate::connect::priority(info.kind) < crate::connect::priority(old.kind);
+            if age < REPLACE_AFTER && !better {
                 return false;
             }
             let _ = old.close.try_send("replaced by a new connection".into());

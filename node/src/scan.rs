@@ -113,6 +113,11 @@ pub fn scan_folder(
         fs::create_dir(&marker)
             .with_context(|| format!("cannot create the folder marker {}", marker.display()))?;
     }
+    // Read on every scan, so an edited .stignore takes effect on the next
+    // one; a broken one stops the scan (and so the pull) rather than sync
+    // or delete what the user meant to ignore.
+    let ignores = crate::ignore::Ignores::load(root)
+        .with_context(|| format!("folder {folder:?}: not scanning until its .stignore is fixed"))?;
     let now = unix_now();
     let mut stats = ScanStats::default();
     db.seen_reset(folder)?;
@@ -126,7 +131,7 @@ pub fn scan_folder(
         receive_only,
     };
     let mut batch = Vec::with_capacity(BATCH);
-    walk(root, "", &mut |walked| {
+    walk(root, "", &ignores, &mut |walked| {
         match walked {
             Walked::Entry(found) => batch.push(found),
             Walked::Keep(name) => db.seen_subtree(folder, &name)?,
@@ -143,9 +148,26 @@ pub fn scan_folder(
     let mut gone = db.unseen(folder)?;
     gone.sort_by(|a, b| b.0.cmp(&a.0));
     let mut changes = Vec::with_capacity(gone.len());
+    let mut newly_ignored = Vec::new();
     for (name, old) in gone {
+        if ignores.is_ignored(&name) {
+            // Ignored, not deleted: announced invalid with its version
+            // (1.19.2's ConvertToIgnoredFileInfo), once.
+            if let Some(mut info) = db.file(folder, &name)?.filter(|f| !f.invalid) {
+                info.invalid = true;
+                info.blocks.clear();
+                newly_ignored.push(Change { info, inode: 0 });
+            }
+            continue;
+        }
         let mut version = old.version;
         vector::update(&mut version, short_id, now);
+        // Gone while it was ignored (or otherwise invalid): we never had
+        // the cluster's version, so our deletion must not win over it
+        // (1.19.2: an empty version, so the global version comes back).
+        if !receive_only && db.file(folder, &name)?.is_some_and(|f| f.invalid) {
+            version = Vector::default();
+        }
         changes.push(Change {
             info: FileInfo {
                 name,
@@ -165,6 +187,7 @@ pub fn scan_folder(
         }
     }
     stats.deleted = changes.len();
+    changes.append(&mut newly_ignored);
     stats.changed += changes.len();
     stats.sequence = if changes.is_empty() {
         db.folder_state(folder)?.1
@@ -221,6 +244,14 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
         }
         let mut version = old.map(|o| o.version.clone()).unwrap_or_default();
         vector::update(&mut version, short_id, now);
+        // Back from being ignored (its entry has no on-disk facts): what is
+        // on disk may predate the cluster's version, so only our counter
+        // is kept and a differing global version is a conflict, never a
+        // silent overwrite either way (1.19.2's DropOthers).
+        let was_ignored = old.is_some_and(|o| o.inode == 0 && !o.deleted && !receive_only);
+        if was_ignored && db.file(folder, &f.name)?.is_some_and(|x| x.invalid) {
+            version.counters.retain(|c| c.id == short_id);
+        }
         let ft = f.meta.file_type();
         if ft.is_file() {
             let bs = match old {
@@ -334,7 +365,8 @@ pub(crate) fn unchanged(old: &LocalMeta, new: &DiskMeta) -> bool {
         return false;
     }
     match FileInfoType::try_from(new.kind) {
-        Ok(FileInfoType::Directory) => old.permissions == new.permissions,
+        // A directory entry without an inode was recorded while ignored.
+        Ok(FileInfoType::Directory) => old.permissions == new.permissions && old.inode != 0,
         Ok(FileInfoType::Symlink) => old.inode == new.inode,
         _ => {
             old.size == new.size
@@ -384,7 +416,12 @@ enum Walked {
 
 /// Depth-first walk handing every indexable entry below `dir` to `out`,
 /// a directory before its content. Symlinks are recorded, never followed.
-fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Walked) -> Result<()>) -> Result<()> {
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    ignores: &crate::ignore::Ignores,
+    out: &mut dyn FnMut(Walked) -> Result<()>,
+) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if !prefix.is_empty() => {
@@ -431,6 +468,14 @@ fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Walked) -> Result<()>) -> 
         if names::validate(&name).is_err() {
             continue;
         }
+        if ignores.is_ignored(&name) {
+            // Neither scanned nor announced. An ignored directory is still
+            // walked when a `!` pattern may un-ignore something inside.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && !ignores.skip_ignored_dirs() {
+                walk(&entry.path(), &name, ignores, out)?;
+            }
+            continue;
+        }
         let path = entry.path();
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -453,7 +498,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut dyn FnMut(Walked) -> Result<()>) -> 
             meta,
         }))?;
         if is_dir {
-            walk(&path, &name, out)?;
+            walk(&path, &name, ignores, out)?;
         }
     }
     Ok(())

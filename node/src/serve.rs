@@ -2,23 +2,20 @@
 //! folders, listens, dials configured devices and serves the REST API until
 //! SIGTERM/SIGINT or a REST shutdown.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use proto::tls::{self, alpn, ClientCert, ServerPin, Versions};
-use proto::{DeviceId, Identity};
-use tokio::net::{TcpListener, TcpStream};
+use proto::Identity;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{tcp_host_port, Config};
+use crate::config::Config;
 use crate::db::Db;
 use crate::model::{FolderRuntime, Node};
-use crate::{conn, pull, rest, scan};
+use crate::{pull, rest, scan};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -35,14 +32,10 @@ pub struct ServeArgs {
     log: service::LogArgs,
 }
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Next scan-and-pull round after a round with errors or local changes.
 const PULL_RETRY: Duration = Duration::from_secs(10);
 /// Next round after a pull found local changes (or made conflict copies).
 const RESCAN_SOON: Duration = Duration::from_secs(1);
-/// TLS handshakes accepted at the same time.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     args.log.init();
@@ -79,27 +72,8 @@ async fn run(args: ServeArgs) -> Result<()> {
     // Folders (an initial scan, then periodic/on-demand ones) and dialers.
     apply_config(&node)?;
 
-    let tls_server = Arc::new(tls::server_config(
-        &node.identity,
-        &[alpn::BEP],
-        ClientCert::Required,
-        Versions::Tls13Only,
-    )?);
-    for uri in config
-        .options
-        .listen_addresses
-        .iter()
-        .filter(|a| !a.is_empty())
-    {
-        let addr = crate::config::parse_tcp_address(uri)?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {uri}"))?;
-        let local = listener.local_addr()?;
-        eprintln!("Listening on tcp://{local}");
-        tracing::info!(address = %format!("tcp://{local}"), "listening");
-        tokio::spawn(accept_loop(node.clone(), listener, tls_server.clone()));
-    }
+    // Listeners (TCP, relays), discovery; fails if a TCP address cannot be bound.
+    crate::connect::start(&node).await?;
     if !node.gui.address.is_empty() {
         rest::check_listen_address(&node.config().gui)?;
         let listener = TcpListener::bind(&node.gui.address)
@@ -126,9 +100,9 @@ async fn run(args: ServeArgs) -> Result<()> {
 }
 
 /// Puts the current configuration in effect: folders get their runtime
-/// state and scan loop, devices with addresses a dial loop, and every
-/// connection is told to send a new ClusterConfig. Called at start and
-/// after every REST change. (Listen addresses apply at the next start.)
+/// state and scan loop, devices a dial loop, and every connection is
+/// told to send a new ClusterConfig. Called at start and after every REST
+/// change. (Listeners follow the configuration on their own, see `connect`.)
 pub fn apply_config(node: &Arc<Node>) -> Result<()> {
     let config = node.config();
     for f in &config.folders {
@@ -149,14 +123,7 @@ pub fn apply_config(node: &Arc<Node>) -> Result<()> {
             .insert(f.id.clone(), rt);
         tokio::spawn(scan_loop(node.clone(), f.id.clone(), scan_rx));
     }
-    for d in &config.devices {
-        let id = d.id()?;
-        let mut dialers = node.dialers.lock().unwrap_or_else(|p| p.into_inner());
-        if !dialers.contains(&id) && d.addresses.iter().any(|a| tcp_host_port(a).is_some()) {
-            dialers.insert(id);
-            tokio::spawn(dial_loop(node.clone(), id));
-        }
-    }
+    crate::connect::ensure_dialers(node);
     for (_, c) in node.connections() {
         let _ = c.config_changed.try_send(());
     }
@@ -327,108 +294,4 @@ async fn report_progress(folder: String, live: Arc<scan::Live>) {
             eprintln!("{line}");
         }
     }
-}
-
-async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = TlsAcceptor::from(tls);
-    // Handshakes and Hellos in progress are bounded: unauthenticated
-    // connections cannot pile up (each is also limited in time).
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, "too many handshakes in progress; connection dropped");
-            continue;
-        };
-        let node = node.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(%addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%addr, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let Some(peer) = tls::peer_device_id(tls.get_ref().1) else {
-                tracing::info!(%addr, "peer sent no certificate");
-                return;
-            };
-            if let Err(e) = conn::run(node, tls, peer, addr, "tcp-server", Some(permit)).await {
-                tracing::info!(%addr, device = %peer, error = %format!("{e:#}"), "connection ended");
-            }
-        });
-    }
-}
-
-async fn dial_loop(node: Arc<Node>, device: DeviceId) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let config = node.config();
-        let Some(d) = config.device(&device).cloned() else {
-            node.dialers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&device);
-            return;
-        };
-        let max = Duration::from_secs(config.options.reconnection_interval_s.max(1));
-        if !node.connected(&device) {
-            for uri in &d.addresses {
-                let Some(hp) = tcp_host_port(uri) else {
-                    continue;
-                };
-                match dial(&node, device, hp).await {
-                    Ok(()) => {
-                        backoff = Duration::from_secs(1);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(device = %device, address = %uri, error = %format!("{e:#}"), "dial failed")
-                    }
-                }
-            }
-            tokio::time::sleep(backoff.min(max)).await;
-            backoff = (backoff * 2).min(max);
-        } else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-}
-
-/// Dials and runs one connection to completion.
-async fn dial(node: &Arc<Node>, device: DeviceId, host_port: &str) -> Result<()> {
-    let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(host_port))
-        .await
-        .context("dial timed out")??;
-    let _ = tcp.set_nodelay(true);
-    let addr: SocketAddr = tcp.peer_addr()?;
-    let config = tls::client_config(
-        Some(&node.identity),
-        &[alpn::BEP],
-        ServerPin::Device(device),
-        Versions::Tls13Only,
-    )?;
-    let connector = TlsConnector::from(Arc::new(config));
-    let tls = tokio::time::timeout(
-        TLS_HANDSHAKE_TIMEOUT,
-        connector.connect(tls::server_name(), tcp),
-    )
-    .await
-    .context("TLS handshake timed out")??;
-    let peer = tls::peer_device_id(tls.get_ref().1).context("server sent no certificate")?;
-    conn::run(node.clone(), tls, peer, addr, "tcp-client", None).await
 }

@@ -30,7 +30,10 @@ pub fn start(
         let relevant = event.paths.iter().any(|p| {
             let rel = p.strip_prefix(&root_owned).unwrap_or(p);
             let name = rel.to_string_lossy();
-            !(proto::bep::names::is_internal(&name) || proto::bep::names::is_temporary(&name))
+            // An edited .stignore is applied by a scan right away.
+            name == crate::ignore::FILE
+                || !(proto::bep::names::is_internal(&name)
+                    || proto::bep::names::is_temporary(&name))
         });
         if relevant || event.paths.is_empty() {
             // A full channel already means "dirty".

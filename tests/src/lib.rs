@@ -10,6 +10,7 @@
 //! install; nothing is skipped silently.
 
 pub mod bep_peer;
+pub mod connect;
 pub mod discovery;
 pub mod node;
 pub mod ports;

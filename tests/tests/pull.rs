@@ -572,3 +572,161 @@ fn large_file_one_changed_block_transfers_little() {
     st.shutdown();
     st2.shutdown();
 }
+
+/// Waits until `ok` holds, panicking with `what` and the node's log.
+fn wait_for(limit: Duration, what: &str, log: &dyn Fn() -> String, ok: &dyn Fn() -> bool) {
+    let done = wait::until(limit, Duration::from_millis(200), || ok().then_some(()));
+    assert!(done.is_some(), "timed out waiting for {what}:\n{}", log());
+}
+
+#[test]
+fn ignored_files_are_neither_sent_nor_pulled_nor_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    let theirs = tmp.path().join("st-src");
+    let mine = tmp.path().join("our-dst");
+    for d in [&theirs, &mine] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // Their side: a plain file, files our patterns ignore, and a directory
+    // we will later find a local ignored file in.
+    std::fs::write(theirs.join("keep.txt"), b"keep\n").unwrap();
+    std::fs::write(theirs.join("keep2.txt"), b"keep2\n").unwrap();
+    std::fs::write(theirs.join("a.log"), b"their log\n").unwrap();
+    std::fs::create_dir_all(theirs.join("build")).unwrap();
+    std::fs::write(theirs.join("build/out.bin"), b"artefact").unwrap();
+    std::fs::create_dir_all(theirs.join("sub/build")).unwrap();
+    std::fs::write(theirs.join("sub/build/x"), b"not rooted: synced").unwrap();
+    std::fs::write(theirs.join("Y.BAK"), b"backup").unwrap();
+    std::fs::create_dir_all(theirs.join("shared")).unwrap();
+    std::fs::write(theirs.join("shared/f.txt"), b"f\n").unwrap();
+    // Our side: patterns (with an include), and local files they cover.
+    std::fs::write(
+        mine.join(".stignore"),
+        "// our patterns\n*.log\n/build\n(?d).DS_Store\n#include patterns/more\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(mine.join("patterns")).unwrap();
+    std::fs::write(mine.join("patterns/more"), "(?i)*.bak\n").unwrap();
+    std::fs::write(mine.join("local.log"), b"our log\n").unwrap();
+    std::fs::write(mine.join("mine.txt"), b"mine\n").unwrap();
+
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("ig", &theirs, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("ig", &mine, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    let scan_ours = || node.post("/rest/db/scan?folder=ig").unwrap();
+    let limit = Duration::from_secs(60);
+
+    // Not pulled: *.log, /build, (?i)*.bak; pulled: the rest.
+    wait_for(limit, "the first sync", &log, &|| {
+        mine.join("keep.txt").exists()
+            && mine.join("sub/build/x").exists()
+            && mine.join("shared/f.txt").exists()
+            && theirs.join("mine.txt").exists()
+            && theirs.join("patterns/more").exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!mine.join("a.log").exists(), "ignored file pulled");
+    assert!(!mine.join("build").exists(), "rooted ignored dir pulled");
+    assert!(
+        !mine.join("Y.BAK").exists(),
+        "included (?i) pattern not applied"
+    );
+    // Not sent: our local.log never reaches them.
+    assert!(!theirs.join("local.log").exists(), "ignored file sent");
+    // Our node needs nothing (ignored names are not needed).
+    wait_for(limit, "nothing needed", &log, &|| {
+        node.get("/rest/db/status?folder=ig")
+            .is_ok_and(|s| s["needTotalItems"].as_u64() == Some(0))
+    });
+
+    // Newly ignored: a synced file becomes ignored; their change to it is
+    // not pulled and our local deletion of it is not sent.
+    std::fs::write(
+        mine.join(".stignore"),
+        "// our patterns\n*.log\n/build\n(?d).DS_Store\n#include patterns/more\nkeep2.txt\n",
+    )
+    .unwrap();
+    scan_ours();
+    node.wait_scanned("ig", 0, Duration::from_secs(20));
+    std::fs::write(theirs.join("keep2.txt"), b"their new keep2\n").unwrap();
+    std::fs::write(theirs.join("keep.txt"), b"their new keep\n").unwrap();
+    st.scan("ig");
+    wait_for(limit, "the change to keep.txt", &log, &|| {
+        std::fs::read(mine.join("keep.txt")).is_ok_and(|d| d == b"their new keep\n")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(std::fs::read(mine.join("keep2.txt")).unwrap(), b"keep2\n");
+    std::fs::remove_file(mine.join("keep2.txt")).unwrap();
+    std::fs::write(mine.join("mine.txt"), b"mine, edited\n").unwrap();
+    scan_ours();
+    wait_for(limit, "our edit of mine.txt", &log, &|| {
+        std::fs::read(theirs.join("mine.txt")).is_ok_and(|d| d == b"mine, edited\n")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        std::fs::read(theirs.join("keep2.txt")).unwrap(),
+        b"their new keep2\n",
+        "our deletion of an ignored file was sent"
+    );
+
+    // A directory deleted on their side: our (?d) .DS_Store goes with
+    // it, an ignored file keeps it (and is listed as a pull error).
+    std::fs::write(mine.join("shared/.DS_Store"), b"x").unwrap();
+    std::fs::write(mine.join("shared/notes.log"), b"precious\n").unwrap();
+    std::fs::remove_dir_all(theirs.join("shared")).unwrap();
+    st.scan("ig");
+    wait_for(limit, "the directory deletion", &log, &|| {
+        !mine.join("shared/f.txt").exists()
+            && node
+                .get("/rest/folder/errors?folder=ig")
+                .is_ok_and(|e| e.to_string().contains("ignored"))
+    });
+    assert_eq!(
+        std::fs::read(mine.join("shared/notes.log")).unwrap(),
+        b"precious\n"
+    );
+    assert!(!mine.join("shared/.DS_Store").exists());
+    // With the ignored file allowed to go ((?d)), the directory goes too.
+    std::fs::write(
+        mine.join(".stignore"),
+        "(?d)*.log\n/build\n(?d).DS_Store\n#include patterns/more\nkeep2.txt\n",
+    )
+    .unwrap();
+    scan_ours();
+    wait_for(limit, "the directory removed", &log, &|| {
+        !mine.join("shared").exists()
+    });
+
+    // Patterns reloaded: without *.log, their a.log arrives and our
+    // local.log is sent.
+    std::fs::write(mine.join(".stignore"), "/build\n").unwrap();
+    scan_ours();
+    wait_for(limit, "*.log files after un-ignoring", &log, &|| {
+        std::fs::read(mine.join("a.log")).is_ok_and(|d| d == b"their log\n")
+            && std::fs::read(theirs.join("local.log")).is_ok_and(|d| d == b"our log\n")
+    });
+    assert!(!mine.join("build").exists());
+    assert_eq!(
+        std::fs::read(theirs.join("build/out.bin")).unwrap(),
+        b"artefact"
+    );
+
+    // A broken .stignore stops the folder instead of syncing everything.
+    std::fs::write(mine.join(".stignore"), "/build\n#include missing-file\n").unwrap();
+    std::fs::write(theirs.join("late.txt"), b"late\n").unwrap();
+    st.scan("ig");
+    scan_ours();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !mine.join("late.txt").exists(),
+        "pulled with a broken .stignore"
+    );
+    assert!(!mine.join("build").exists());
+    node.stop();
+    st.shutdown();
+}

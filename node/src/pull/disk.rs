@@ -13,7 +13,8 @@ use proto::bep::names;
 use proto::bep::wire::{BlockInfo, FileInfo};
 use sha2::{Digest, Sha256};
 
-use crate::db::Db;
+use crate::db::{Change, Db};
+use crate::ignore::Ignores;
 use crate::scan;
 
 /// Marks a name whose disk state differs from our index: it changed
@@ -51,11 +52,21 @@ pub fn basename(name: &str) -> &str {
 /// The directory holding `name` below `root`. Every component on the way
 /// must be a real directory (a symlink or file there is refused); missing
 /// ones are created when `create`, otherwise `None` is returned.
+///
+/// On a case-insensitive filesystem every component, the last one
+/// included, must also exist in exactly the given case (1.19.2's case
+/// check): "a/foo" never overwrites or lands in a local "A/Foo".
 pub fn parent_dir(root: &Path, name: &str, create: bool) -> Result<Option<PathBuf>> {
+    let insensitive = case_insensitive(root);
     let mut dir = root.to_path_buf();
     let mut parts: Vec<&str> = name.split('/').collect();
-    parts.pop();
+    let last = parts.pop().unwrap_or_default();
+    let mut done = 0;
     for part in parts {
+        done += part.len() + 1;
+        if insensitive {
+            check_case(&dir, part, &name[..done - 1])?;
+        }
         dir.push(part);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => {}
@@ -82,7 +93,218 @@ pub fn parent_dir(root: &Path, name: &str, create: bool) -> Result<Option<PathBu
             Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
         }
     }
+    if insensitive {
+        check_case(&dir, last, name)?;
+    }
     Ok(Some(dir))
+}
+
+/// Whether the folder's filesystem folds case: the marker is found under
+/// another case. (Then a lookup of "foo" may land on "Foo".)
+fn case_insensitive(root: &Path) -> bool {
+    let upper = root.join(scan::MARKER.to_uppercase());
+    fs::symlink_metadata(root.join(scan::MARKER)).is_ok()
+        && fs::symlink_metadata(&upper).is_ok()
+        && fs::read_dir(root).is_ok_and(|entries| {
+            !entries
+                .flatten()
+                .any(|e| e.file_name().to_str() == Some(&scan::MARKER.to_uppercase()))
+        })
+}
+
+/// A name that differs only in case from the local `base` in `dir`.
+#[derive(Debug)]
+pub struct CaseConflict {
+    pub given: String,
+    pub real: String,
+}
+
+impl std::fmt::Display for CaseConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "remote {:?} uses different upper or lowercase characters than local {:?}; change the casing on either side to match the other",
+            self.given, self.real
+        )
+    }
+}
+
+impl std::error::Error for CaseConflict {}
+
+/// The local entry of `dir` equal to `base` except for case, when there is
+/// one and none spelled exactly `base`.
+pub fn differently_cased(dir: &Path, base: &str) -> Option<String> {
+    let lower = base.to_lowercase();
+    let mut found = None;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let n = e.file_name();
+        let Some(n) = n.to_str() else { continue };
+        if n == base {
+            return None;
+        }
+        if found.is_none() && n.to_lowercase() == lower {
+            found = Some(n.to_string());
+        }
+    }
+    found
+}
+
+/// Fails when `dir/base` exists only under another case. `shown` is the
+/// folder-relative name for the message.
+fn check_case(dir: &Path, base: &str, shown: &str) -> Result<()> {
+    if fs::symlink_metadata(dir.join(base)).is_err() {
+        return Ok(());
+    }
+    if let Some(real) = differently_cased(dir, base) {
+        let real = match shown.rfind('/') {
+            Some(i) => format!("{}/{real}", &shown[..i]),
+            None => real,
+        };
+        return Err(CaseConflict {
+            given: shown.to_string(),
+            real,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Our index entry for a needed name that is ignored here: the global
+/// entry without content, flagged invalid (1.19.2's SetIgnored), so the
+/// name is no longer needed and the other devices see we do not have it.
+pub fn ignored_entry(global: &FileInfo) -> Change {
+    Change {
+        info: FileInfo {
+            invalid: true,
+            blocks: Vec::new(),
+            ..global.clone()
+        },
+        inode: 0,
+    }
+}
+
+/// Entries deeper than this below a directory being deleted are not
+/// looked at (the directory is then left alone).
+const MAX_DELETE_DEPTH: usize = 64;
+
+/// Before directory `name` (at `path`) is removed: removes what inside may
+/// go — our temp files and entries ignored with `(?d)` — and fails if an
+/// ignored entry remains (ignored files are never deleted, so neither is
+/// their directory: 1.19.2's "contains ignored files"). Other entries are
+/// left for the caller's removal to fail on. Symlinks are never followed.
+pub fn clear_dir_for_delete(path: &Path, name: &str, ignores: &Ignores) -> Result<()> {
+    let mut has_ignored = None;
+    clear_below(path, name, ignores, 0, &mut has_ignored)?;
+    if let Some(kept) = has_ignored {
+        bail!(
+            "directory {name:?} contains ignored files (e.g. {kept:?}); not deleted. Prefix the pattern with (?d) in .stignore to allow deleting them"
+        );
+    }
+    Ok(())
+}
+
+fn clear_below(
+    path: &Path,
+    name: &str,
+    ignores: &Ignores,
+    depth: usize,
+    has_ignored: &mut Option<String>,
+) -> Result<()> {
+    if depth > MAX_DELETE_DEPTH {
+        bail!("directory {name:?} is nested too deeply to be deleted safely");
+    }
+    let Ok(entries) = fs::read_dir(path) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let os = e.file_name();
+        let Some(base) = os.to_str() else { continue };
+        let child = format!("{name}/{base}");
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let verdict = ignores.check(&child);
+        if verdict.deletable {
+            if is_dir {
+                // Everything below a (?d) directory matches it too, except
+                // what a `!` pattern keeps.
+                clear_below(&e.path(), &child, ignores, depth + 1, has_ignored)?;
+                if has_ignored.is_none() {
+                    fs::remove_dir(e.path()).with_context(|| {
+                        format!("cannot remove the ignored directory {child:?}")
+                    })?;
+                }
+            } else {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("cannot remove the ignored file {child:?}"))?;
+            }
+        } else if verdict.ignored {
+            has_ignored.get_or_insert(child);
+        } else if names::is_temporary(base) && !is_dir {
+            let _ = fs::remove_file(e.path());
+        } else if is_dir {
+            clear_below(&e.path(), &child, ignores, depth + 1, has_ignored)?;
+        }
+    }
+    Ok(())
+}
+
+/// Free bytes Syncthing keeps on a folder's filesystem (its default
+/// `minDiskFree` of 1 %).
+const MIN_FREE_PERCENT: u64 = 1;
+
+/// Refuses to start a file of `size` bytes in `dir` when the filesystem
+/// cannot hold it (beyond what its temp file `temp` already holds) and
+/// still keep 1 % free, like 1.19.2's CheckAvailableSpace: nothing is
+/// written that would fill the disk.
+pub fn check_space(dir: &Path, size: u64, temp: &Path) -> Result<()> {
+    let Some((avail, total)) = free_space(dir) else {
+        return Ok(());
+    };
+    let have = fs::symlink_metadata(temp).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
+    let need = size.saturating_sub(have);
+    let reserve = total / 100 * MIN_FREE_PERCENT;
+    if avail < need.saturating_add(reserve) {
+        bail!(
+            "insufficient space in folder {}: {need} bytes needed, {avail} available (1 % kept free); free some space and it resumes",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// (available to us, total) bytes of the filesystem holding `dir`.
+fn free_space(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid
+    // NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let unit = st.f_frsize as u64;
+    Some((
+        (st.f_bavail as u64).saturating_mul(unit),
+        (st.f_blocks as u64).saturating_mul(unit),
+    ))
+}
+
+/// Removes the temp file of `name` (never through a symlinked parent).
+pub fn remove_temp(root: &Path, name: &str) {
+    if let Ok(Some(dir)) = parent_dir(root, name, false) {
+        let temp = dir.join(proto::bep::global::temp_basename(basename(name)));
+        if fs::symlink_metadata(&temp).is_ok_and(|m| m.is_file()) {
+            let _ = fs::remove_file(&temp);
+        }
+    }
+}
+
+/// Whether an error chain ends in "no space left on device" (or quota).
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|code| code == libc::ENOSPC || code == libc::EDQUOT)
+    })
 }
 
 /// Whether `path` (for `name`) is as our index last recorded it: absent
@@ -250,6 +472,70 @@ mod tests {
         assert_eq!(made, root.join("a/b"));
         assert!(made.is_dir());
         assert_eq!(parent_dir(&root, "top", false).unwrap(), Some(root.clone()));
+    }
+
+    #[test]
+    fn case_only_differences_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Foo.txt"), b"x").unwrap();
+        assert_eq!(
+            differently_cased(dir.path(), "foo.TXT").as_deref(),
+            Some("Foo.txt")
+        );
+        assert_eq!(differently_cased(dir.path(), "Foo.txt"), None);
+        assert_eq!(differently_cased(dir.path(), "bar"), None);
+        fs::write(dir.path().join("ÄB"), b"x").unwrap();
+        assert_eq!(differently_cased(dir.path(), "äb").as_deref(), Some("ÄB"));
+        let e = CaseConflict {
+            given: "d/foo.txt".into(),
+            real: "d/Foo.txt".into(),
+        };
+        assert!(e.to_string().contains("different upper or lowercase"));
+        // This filesystem is case-sensitive: like 1.19.2 there, "foo.txt"
+        // and "Foo.txt" are two files and no conflict.
+        assert!(!case_insensitive(dir.path()));
+        fs::create_dir(dir.path().join(scan::MARKER)).unwrap();
+        assert!(!case_insensitive(dir.path()));
+        parent_dir(dir.path(), "foo.txt", false).unwrap();
+    }
+
+    #[test]
+    fn deleting_a_directory_keeps_ignored_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join(".DS_Store"), b"x").unwrap();
+        fs::write(d.join("sub/.DS_Store"), b"x").unwrap();
+        fs::write(d.join(".syncthing.a.tmp"), b"x").unwrap();
+        let ign = Ignores::parse("(?d).DS_Store\n*.keep").unwrap();
+        clear_dir_for_delete(&d, "d", &ign).unwrap();
+        assert!(!d.join(".DS_Store").exists() && !d.join("sub/.DS_Store").exists());
+        assert!(!d.join(".syncthing.a.tmp").exists());
+        assert!(d.join("sub").is_dir(), "not ignored: left to the caller");
+        fs::write(d.join("sub/x.keep"), b"precious").unwrap();
+        let e = clear_dir_for_delete(&d, "d", &ign).unwrap_err();
+        assert!(format!("{e:#}").contains("contains ignored files"), "{e:#}");
+        assert_eq!(fs::read(d.join("sub/x.keep")).unwrap(), b"precious");
+        // A (?d) directory goes whole.
+        let ign = Ignores::parse("(?d)cache").unwrap();
+        fs::remove_file(d.join("sub/x.keep")).unwrap();
+        fs::create_dir_all(d.join("cache/deep")).unwrap();
+        fs::write(d.join("cache/deep/f"), b"x").unwrap();
+        clear_dir_for_delete(&d, "d", &ign).unwrap();
+        assert!(!d.join("cache").exists());
+    }
+
+    #[test]
+    fn space_is_checked_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join(".syncthing.x.tmp");
+        check_space(dir.path(), 1, &temp).unwrap();
+        let e = check_space(dir.path(), u64::MAX / 2, &temp).unwrap_err();
+        assert!(format!("{e:#}").contains("insufficient space"));
+        let full = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("cannot write");
+        assert!(is_disk_full(&full));
+        assert!(!is_disk_full(&anyhow::anyhow!("other")));
     }
 
     #[test]

@@ -71,6 +71,8 @@ struct Ctx<'a> {
     blocks: &'a BlockMap,
     /// Conflict copies made this round (they are new local files to scan).
     conflicts: AtomicUsize,
+    /// The folder's `.stignore`, read at the start of the round.
+    ignores: crate::ignore::Ignores,
 }
 
 /// The need list of `folder` now.
@@ -118,6 +120,8 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         my_short: node.my_id.short().0,
         blocks: &blocks,
         conflicts: AtomicUsize::new(0),
+        ignores: crate::ignore::Ignores::load(&folder.path)
+            .context("not pulling until the folder's .stignore is fixed")?,
     };
     let kind = |n: &Needed| {
         if n.global.deleted {
@@ -139,6 +143,7 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         let name = n.global.name.clone();
         let result = match disk::check_name(&name) {
             Err(e) => Err(e),
+            Ok(()) if ctx.ignores.is_ignored(&name) => Ok(disk::ignored_entry(&n.global)),
             Ok(()) => apply(&ctx, n).await,
         };
         match result {
@@ -316,16 +321,9 @@ fn delete(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(tombstone),
         Err(e) => return Err(e).with_context(|| format!("cannot stat {}", target.display())),
         Ok(m) if m.is_dir() => {
-            // Our own leftover temp files do not keep a directory alive.
-            if let Ok(entries) = fs::read_dir(&target) {
-                for e in entries.flatten() {
-                    let name = e.file_name();
-                    let is_temp = name.to_str().is_some_and(proto::bep::names::is_temporary);
-                    if is_temp && e.file_type().is_ok_and(|t| !t.is_dir()) {
-                        let _ = fs::remove_file(e.path());
-                    }
-                }
-            }
+            // Our leftover temp files and (?d)-ignored files go; other
+            // ignored files keep the directory.
+            disk::clear_dir_for_delete(&target, &g.name, &ctx.ignores)?;
             fs::remove_dir(&target).with_context(|| {
                 format!(
                     "cannot remove directory {} (does it hold files the other devices do not have?)",
@@ -347,7 +345,20 @@ fn mtime(g: &FileInfo) -> SystemTime {
     UNIX_EPOCH + Duration::new(g.modified_s.max(0) as u64, ns)
 }
 
+/// [`pull_file_into_place`]; on a full disk its temp file is removed (it
+/// would keep the disk full for everything else) and the error says so.
 async fn pull_file(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
+    let result = pull_file_into_place(ctx, n).await;
+    match result {
+        Err(e) if disk::is_disk_full(&e) => {
+            disk::remove_temp(ctx.root, &n.global.name);
+            Err(e.context("the folder's disk is full; the partial file was removed and the pull resumes when space is freed"))
+        }
+        r => r,
+    }
+}
+
+async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
     let g = &n.global;
     let max_block = BLOCK_SIZES[BLOCK_SIZES.len() - 1];
     let mut expected = 0i64;
@@ -366,6 +377,7 @@ async fn pull_file(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
         bail!("a directory is in the way of this file");
     }
     let temp = dir.join(temp_basename(basename(&g.name)));
+    disk::check_space(&dir, g.size.max(0) as u64, &temp)?;
     let file = disk::open_temp(&temp)?;
     let temp_len = file.metadata()?.len();
 

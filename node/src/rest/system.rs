@@ -40,6 +40,14 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET])?;
             Ok(json(&connections(c)))
         }
+        "/rest/system/discovery" => {
+            c.allow(&[Method::GET])?;
+            let mut out = serde_json::Map::new();
+            for (id, addresses) in crate::discovery::snapshot() {
+                out.insert(id.to_string(), json!({ "addresses": addresses }));
+            }
+            Ok(json(&Value::Object(out)))
+        }
         "/rest/system/version" => {
             c.allow(&[Method::GET])?;
             Ok(json(&json!({

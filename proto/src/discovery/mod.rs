@@ -6,9 +6,11 @@
 //!   the request's source address, as the reference server does.
 //! * [`forwarded`] — the headers a TLS-terminating proxy sends
 //!   (`X-Forwarded-For`, `X-Client-Port`, client certificate headers).
+//! * [`local`] — local discovery v4 datagrams and their address rewriting.
 
 pub mod address;
 pub mod forwarded;
+pub mod local;
 pub mod messages;
 
 pub use address::{rewrite_addresses, AddressError, AnnouncedAddress, Source};

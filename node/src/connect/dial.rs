@@ -1,0 +1,292 @@
+//! One dial loop per configured device. Candidates come from the device's
+//! addresses: `tcp://HOST:PORT` (names resolved with hickory), `relay://…`
+//! (with `relaysEnabled`), `dns-srv://NAME` (SRV `_syncthing._tcp.NAME`)
+//! and `dynamic` (global and local discovery). Direct candidates are tried
+//! before relays; while a device is connected through a relay, direct
+//! candidates keep being tried and a working one replaces the relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use proto::discovery::address::{AnnouncedAddress, Host};
+use proto::relay::RelayUri;
+use proto::tls::{self, alpn, ServerPin, Versions};
+use proto::DeviceId;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::model::Node;
+
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait after a round where nothing worked; doubles up to
+/// `reconnectionIntervalS`.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// How long a dialed connection gets to register (Hello exchange).
+const REGISTER_WAIT: Duration = Duration::from_secs(25);
+/// Most candidates tried in one round.
+const MAX_CANDIDATES: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Candidate {
+    Direct {
+        uri: String,
+        host: String,
+        port: u16,
+    },
+    Relay(RelayUri),
+}
+
+impl Candidate {
+    fn is_direct(&self) -> bool {
+        matches!(self, Candidate::Direct { .. })
+    }
+}
+
+/// A dialable address, or `None` (unsupported scheme, unspecified host,
+/// port 0, malformed).
+pub fn parse_candidate(s: &str) -> Option<Candidate> {
+    let s = s.trim();
+    if s.starts_with("relay://") {
+        return s.parse::<RelayUri>().ok().map(Candidate::Relay);
+    }
+    let a = AnnouncedAddress::parse(s).ok()?;
+    if !matches!(a.scheme.as_str(), "tcp" | "tcp4" | "tcp6") || a.port == 0 {
+        return None;
+    }
+    let host = match a.host {
+        Host::Ip(ip) if ip.is_unspecified() || ip.is_multicast() => return None,
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => n.to_string(),
+        // Zones need an interface index; not dialable from text here.
+        Host::ScopedIpv6(_) | Host::Empty => return None,
+    };
+    Some(Candidate::Direct {
+        uri: s.to_string(),
+        host,
+        port: a.port,
+    })
+}
+
+/// Every candidate for a device, direct ones first, duplicates removed.
+async fn candidates(node: &Arc<Node>, device: DeviceId, addresses: &[String]) -> Vec<Candidate> {
+    let options = node.config().options;
+    let mut texts: Vec<String> = Vec::new();
+    for a in addresses {
+        let a = a.trim();
+        if a == "dynamic" {
+            texts.extend(crate::discovery::lookup(node, device).await);
+        } else if let Some(name) = a.strip_prefix("dns-srv://") {
+            match super::resolver()
+                .srv(&options.dns_servers, name.trim_end_matches('/'))
+                .await
+            {
+                Ok(targets) => texts.extend(
+                    targets
+                        .into_iter()
+                        .map(|t| format!("tcp://{}:{}", t.host, t.port)),
+                ),
+                Err(e) => {
+                    tracing::info!(device = %device, address = %a, error = %format!("{e:#}"), "SRV lookup failed")
+                }
+            }
+        } else {
+            texts.push(a.to_string());
+        }
+    }
+    let mut out: Vec<Candidate> = Vec::new();
+    for t in texts {
+        match parse_candidate(&t) {
+            Some(Candidate::Relay(_)) if !options.relays_enabled => {}
+            Some(c) if !out.contains(&c) => out.push(c),
+            _ => {}
+        }
+    }
+    // Stable: configured order within each kind.
+    out.sort_by_key(|c| !c.is_direct());
+    out.truncate(MAX_CANDIDATES);
+    out
+}
+
+/// Starts a dial loop for every configured device that has none.
+pub fn ensure_dialers(node: &Arc<Node>) {
+    let config = node.config();
+    for d in &config.devices {
+        let Ok(id) = d.id() else { continue };
+        if id == node.my_id {
+            continue;
+        }
+        let mut dialers = node.dialers.lock().unwrap_or_else(|p| p.into_inner());
+        if dialers.insert(id) {
+            tokio::spawn(device_loop(node.clone(), id));
+        }
+    }
+}
+
+fn current_kind(node: &Node, device: &DeviceId) -> Option<&'static str> {
+    node.connections()
+        .get(device)
+        .filter(|c| !c.close.is_closed())
+        .map(|c| c.kind)
+}
+
+async fn device_loop(node: Arc<Node>, device: DeviceId) {
+    let mut backoff = BACKOFF_MIN;
+    let mut next_upgrade = Instant::now();
+    loop {
+        let config = node.config();
+        let Some(d) = config.device(&device).cloned() else {
+            node.dialers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&device);
+            return;
+        };
+        if *node.shutdown.borrow() {
+            return;
+        }
+        let max = Duration::from_secs(config.options.reconnection_interval_s.max(1));
+        let kind = current_kind(&node, &device).filter(|_| node.connected(&device));
+        let relayed = kind.is_some_and(|k| super::priority(k) > 1);
+        if kind.is_some() && (!relayed || Instant::now() < next_upgrade) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let mut list = candidates(&node, device, &d.addresses).await;
+        if relayed {
+            // Only something better than what we have.
+            list.retain(Candidate::is_direct);
+            next_upgrade = Instant::now() + max;
+        }
+        let mut connected = false;
+        for c in &list {
+            if current_kind(&node, &device).is_some_and(|k| !relayed || super::priority(k) == 1) {
+                connected = true;
+                break;
+            }
+            match try_candidate(&node, device, c).await {
+                Ok(()) => {
+                    connected = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(device = %device, candidate = ?c, error = %format!("{e:#}"), "dial failed")
+                }
+            }
+        }
+        if connected {
+            backoff = BACKOFF_MIN;
+            continue;
+        }
+        if relayed {
+            continue;
+        }
+        tokio::time::sleep(backoff.min(max)).await;
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+/// Dials one candidate; on a working TLS connection starts BEP on it and
+/// waits until it is registered (or fails).
+async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Result<()> {
+    let (task, kind) = match c {
+        Candidate::Direct { host, port, .. } => {
+            let servers = node.config().options.dns_servers;
+            let addrs = super::resolver().resolve(&servers, host, *port).await?;
+            let mut last = anyhow!("no address");
+            let mut started = None;
+            for addr in addrs {
+                match dial_tcp(node, device, addr).await {
+                    Ok(t) => {
+                        started = Some(t);
+                        break;
+                    }
+                    Err(e) => last = e.context(addr.to_string()),
+                }
+            }
+            (started.ok_or(last)?, "tcp-client")
+        }
+        Candidate::Relay(uri) => {
+            let (tls, relay) = crate::relay_client::dial(node, uri, device).await?;
+            let node2 = node.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) =
+                    crate::conn::run(node2, tls, device, relay, "relay-client", None).await
+                {
+                    tracing::info!(device = %device, %relay, error = %format!("{e:#}"), "relayed connection ended");
+                }
+            });
+            (task, "relay-client")
+        }
+    };
+    let deadline = Instant::now() + REGISTER_WAIT;
+    while Instant::now() < deadline {
+        if current_kind(node, &device) == Some(kind) {
+            return Ok(());
+        }
+        if task.is_finished() {
+            bail!("connection ended before it was established");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("connection not established in time")
+}
+
+async fn dial_tcp(
+    node: &Arc<Node>,
+    device: DeviceId,
+    addr: SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .context("dial timed out")??;
+    let _ = tcp.set_nodelay(true);
+    let config = tls::client_config(
+        Some(&node.identity),
+        &[alpn::BEP],
+        ServerPin::Device(device),
+        Versions::Tls13Only,
+    )?;
+    let tls = tokio::time::timeout(
+        TLS_HANDSHAKE_TIMEOUT,
+        TlsConnector::from(Arc::new(config)).connect(tls::server_name(), tcp),
+    )
+    .await
+    .context("TLS handshake timed out")??;
+    let peer = tls::peer_device_id(tls.get_ref().1).context("server sent no certificate")?;
+    let node = node.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = crate::conn::run(node, tls, peer, addr, "tcp-client", None).await {
+            tracing::info!(device = %peer, %addr, error = %format!("{e:#}"), "connection ended");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_parse() {
+        assert!(matches!(
+            parse_candidate("tcp://localhost:22000"),
+            Some(Candidate::Direct { port: 22000, .. })
+        ));
+        assert!(matches!(
+            parse_candidate("tcp6://[::1]:1"),
+            Some(Candidate::Direct { .. })
+        ));
+        assert_eq!(parse_candidate("tcp://0.0.0.0:22000"), None);
+        assert_eq!(parse_candidate("tcp://h:0"), None);
+        assert_eq!(parse_candidate("quic://h:1"), None);
+        assert_eq!(parse_candidate("dynamic"), None);
+        assert!(matches!(
+            parse_candidate(
+                "relay://127.0.0.1:22067/?id=LYXKCHX-VI3NYZR-ALCJBHF-WMZYSPK-QG6QJA3-MPFYMSO-U56GTUK-NA2MIAW"
+            ),
+            Some(Candidate::Relay(_))
+        ));
+    }
+}

@@ -1,0 +1,203 @@
+//! Listeners for `listenAddresses`: `tcp://HOST:PORT` sockets and
+//! `relay://…` relays we stay joined to (with `relaysEnabled`). Added and
+//! removed live as the configuration changes; each knows the address it
+//! makes us reachable at, which discovery announces.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use proto::tls::{self, alpn, ClientCert, Versions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::model::Node;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes accepted at the same time.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// How often the listeners are compared with the configuration.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+struct Listener {
+    task: JoinHandle<()>,
+    /// The address this listener makes us reachable at, once it is.
+    reachable: watch::Receiver<Option<String>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn listeners() -> &'static Mutex<HashMap<String, Listener>> {
+    static L: std::sync::OnceLock<Mutex<HashMap<String, Listener>>> = std::sync::OnceLock::new();
+    L.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Our current addresses, for discovery: TCP listeners as configured (the
+/// bound port filled in) and relays we are joined to, without tokens.
+pub fn announced_addresses() -> Vec<String> {
+    let l = listeners().lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: Vec<String> = l
+        .values()
+        .filter_map(|x| x.reachable.borrow().clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The listen addresses that should be running now.
+fn wanted(node: &Node) -> Vec<String> {
+    let options = node.config().options;
+    options
+        .listen_addresses
+        .iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .filter(|a| !a.starts_with("relay://") || options.relays_enabled)
+        .collect()
+}
+
+pub async fn supervise(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        if let Err(e) = reconcile(&node, false).await {
+            tracing::debug!(error = %format!("{e:#}"), "listener not started");
+        }
+    }
+}
+
+/// Starts missing listeners and stops unwanted ones. With `strict`, a TCP
+/// address that cannot be bound is an error (start-up).
+pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
+    let want = wanted(node);
+    {
+        let mut l = listeners().lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|k, _| want.contains(k));
+    }
+    let mut first_error = None;
+    for uri in want {
+        if listeners()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&uri)
+        {
+            continue;
+        }
+        match start_one(node, &uri).await {
+            Ok(listener) => {
+                listeners()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uri, listener);
+            }
+            Err(e) => {
+                tracing::warn!(address = %uri, error = %format!("{e:#}"), "cannot listen");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if strict => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn start_one(node: &Arc<Node>, uri: &str) -> Result<Listener> {
+    if uri.starts_with("relay://") {
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(crate::relay_client::listen_loop(
+            node.clone(),
+            uri.to_string(),
+            tx,
+        ));
+        return Ok(Listener {
+            task,
+            reachable: rx,
+        });
+    }
+    let Some(hp) = crate::config::tcp_host_port(uri) else {
+        bail!("listen address {uri:?}: only tcp://HOST:PORT and relay://… are supported");
+    };
+    let listener = TcpListener::bind(hp)
+        .await
+        .with_context(|| format!("cannot listen on {uri}"))?;
+    let local = listener.local_addr()?;
+    eprintln!("Listening on tcp://{local}");
+    tracing::info!(address = %format!("tcp://{local}"), "listening");
+    // Announce what was configured (a host name stays a name: discovery
+    // servers drop loopback IPs but keep names), with the real port.
+    let scheme = uri.split("://").next().unwrap_or("tcp");
+    let host = hp.rsplit_once(':').map_or(hp, |(h, _)| h);
+    let reachable = format!("{scheme}://{host}:{}", local.port());
+    let tls_server = Arc::new(tls::server_config(
+        &node.identity,
+        &[alpn::BEP],
+        ClientCert::Required,
+        Versions::Tls13Only,
+    )?);
+    let (tx, rx) = watch::channel(Some(reachable));
+    let node = node.clone();
+    let task = tokio::spawn(async move {
+        // The sender lives as long as the listener.
+        let _tx = tx;
+        accept_loop(node, listener, tls_server).await
+    });
+    Ok(Listener {
+        task,
+        reachable: rx,
+    })
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    // Handshakes and Hellos in progress are bounded: unauthenticated
+    // connections cannot pile up (each is also limited in time).
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, "too many handshakes in progress; connection dropped");
+            continue;
+        };
+        let node = node.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let Some(peer) = tls::peer_device_id(tls.get_ref().1) else {
+                tracing::info!(%addr, "peer sent no certificate");
+                return;
+            };
+            if let Err(e) =
+                crate::conn::run(node, tls, peer, addr, "tcp-server", Some(permit)).await
+            {
+                tracing::info!(%addr, device = %peer, error = %format!("{e:#}"), "connection ended");
+            }
+        });
+    }
+}

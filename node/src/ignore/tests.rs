@@ -1,0 +1,155 @@
+//! The examples of Syncthing's "Ignoring Files" documentation, and the
+//! 1.19.2 parsing rules around them.
+
+use super::*;
+
+fn ign(text: &str) -> Ignores {
+    Ignores::parse(text).unwrap()
+}
+
+#[test]
+fn documented_pattern_examples() {
+    // "foo matches the files foo, subdir/foo as well as any directory foo"
+    let i = ign("foo");
+    assert!(i.is_ignored("foo"));
+    assert!(i.is_ignored("subdir/foo"));
+    assert!(i.is_ignored("foo/inside/anything"));
+    assert!(!i.is_ignored("foobar"));
+    // Asterisk, double asterisk, question mark.
+    let i = ign("te*st");
+    assert!(i.is_ignored("test") && i.is_ignored("subdir/telerest"));
+    assert!(!i.is_ignored("tele/rest"));
+    let i = ign("te**st");
+    assert!(i.is_ignored("test") && i.is_ignored("subdir/telerest"));
+    assert!(i.is_ignored("tele/sub/dir/rest"));
+    let i = ign("te??st");
+    assert!(i.is_ignored("tebest"));
+    assert!(!i.is_ignored("teb/st") && !i.is_ignored("test"));
+    // Ranges and alternatives, escaping.
+    let i = ign("[a-c]at");
+    assert!(i.is_ignored("bat") && !i.is_ignored("rat"));
+    let i = ign("{banana,pineapple}");
+    assert!(i.is_ignored("banana") && i.is_ignored("x/pineapple"));
+    let i = ign("\\{banana\\}");
+    assert!(i.is_ignored("{banana}") && !i.is_ignored("banana"));
+    // Leading slash: the folder root only.
+    let i = ign("/foo");
+    assert!(i.is_ignored("foo") && i.is_ignored("foo/bar"));
+    assert!(!i.is_ignored("subdir/foo"));
+    // Case-insensitive, also combined with negation.
+    let i = ign("(?i)test");
+    assert!(i.is_ignored("test") && i.is_ignored("TEST") && i.is_ignored("tEsT"));
+    let i = ign("(?i)!picture*.png\n*.png");
+    assert!(!i.is_ignored("Picture1.PNG"));
+    assert!(i.is_ignored("other.png"));
+    // Case matters without (?i) (Linux).
+    assert!(!ign("test").is_ignored("TEST"));
+}
+
+#[test]
+fn documented_full_example() {
+    // The example .stignore of the documentation.
+    let i =
+        ign("// This is a comment\n(?d).DS_Store\n!frobble\n!quuz\nfoo\n*2\nqu*\n/baz\n**/bar\n");
+    assert!(i.check(".DS_Store").deletable);
+    assert!(i.check("a/.DS_Store").deletable);
+    assert!(!i.is_ignored("frobble") && !i.is_ignored("x/quuz"));
+    assert!(i.is_ignored("foo") && i.is_ignored("a/foo"));
+    assert!(i.is_ignored("foo2") && i.is_ignored("x/bar2"));
+    assert!(i.is_ignored("qux") && i.is_ignored("a/quark"));
+    assert!(!i.is_ignored("quuz"));
+    assert!(i.is_ignored("baz") && !i.is_ignored("a/baz"));
+    assert!(i.is_ignored("bar") && i.is_ignored("a/b/bar") && i.is_ignored("a/bar/c"));
+    assert!(!i.is_ignored("// This is a comment"));
+    assert!(!i.is_ignored("other"));
+    assert!(!i.check("foo").deletable);
+}
+
+#[test]
+fn first_match_decides_and_prefixes_combine() {
+    let i = ign("!keep.txt\n*.txt");
+    assert!(!i.is_ignored("keep.txt") && i.is_ignored("drop.txt"));
+    let i = ign("*.txt\n!keep.txt");
+    assert!(i.is_ignored("keep.txt"));
+    // Prefixes in any order, each once; a repeated one is literal.
+    let i = ign("(?d)(?i)!X\n(?i)(?d)y");
+    assert!(!i.is_ignored("x"));
+    assert!(i.check("Y").deletable);
+    let i = ign("!!a");
+    assert!(!i.is_ignored("a") && !i.is_ignored("!a"));
+    // `#` is no comment (only `//` is): the line is a pattern.
+    assert!(ign("#notes").is_ignored("#notes"));
+    // A trailing slash: the directory's content and the name in any
+    // directory, with `dir/` itself matching only below.
+    let i = ign("build/");
+    assert!(i.is_ignored("build/x") && i.is_ignored("a/build/x"));
+    assert!(!i.is_ignored("build"));
+    // Surrounding spaces are trimmed, inner ones kept.
+    assert!(ign("  my file  ").is_ignored("my file"));
+}
+
+#[test]
+fn errors_stop_the_folder() {
+    for bad in ["[abc", "!", "(?i)", "#include", "#include   ", "a{b"] {
+        assert!(Ignores::parse(bad).is_err(), "{bad:?}");
+    }
+    assert!(ign("").is_empty());
+    assert!(ign("// only a comment\n\n").is_empty());
+}
+
+#[test]
+fn skipping_ignored_directories() {
+    assert!(ign("foo\n*.tmp").skip_ignored_dirs());
+    assert!(ign("!/keep\n*").skip_ignored_dirs());
+    assert!(!ign("!keep\n*").skip_ignored_dirs());
+    assert!(!ign("!/a/keep\n*").skip_ignored_dirs());
+    assert!(!ign("!/a**b\n*").skip_ignored_dirs());
+}
+
+#[test]
+fn includes_stay_inside_the_folder_and_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("f");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(root.join(FILE), "#include sub/more\n*.a\n").unwrap();
+    fs::write(
+        root.join("sub/more"),
+        "// relative to this file\n!keep.b\n#include other\n",
+    )
+    .unwrap();
+    fs::write(root.join("sub/other"), "*.b\n").unwrap();
+    let i = Ignores::load(&root).unwrap();
+    assert!(i.is_ignored("x.a") && i.is_ignored("d/x.b") && !i.is_ignored("keep.b"));
+
+    // Missing include, include of the same file twice, outside the folder.
+    fs::write(root.join(FILE), "#include nope\n").unwrap();
+    assert!(Ignores::load(&root).is_err());
+    fs::write(root.join(FILE), "#include .stignore\n").unwrap();
+    assert!(Ignores::load(&root).is_err());
+    fs::write(dir.path().join("outside"), "*\n").unwrap();
+    fs::write(root.join(FILE), "#include ../outside\n").unwrap();
+    let e = Ignores::load(&root).unwrap_err();
+    assert!(format!("{e:#}").contains("inside the folder"), "{e:#}");
+    fs::write(root.join(FILE), "#include /etc/passwd\n").unwrap();
+    assert!(Ignores::load(&root).is_err());
+    std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link")).unwrap();
+    fs::write(root.join(FILE), "#include link\n").unwrap();
+    let e = Ignores::load(&root).unwrap_err();
+    assert!(format!("{e:#}").contains("outside the folder"), "{e:#}");
+
+    // A chain deeper than the bound.
+    for k in 0..=MAX_INCLUDE_DEPTH + 1 {
+        fs::write(
+            root.join(format!("i{k}")),
+            format!("#include i{}\nx{k}\n", k + 1),
+        )
+        .unwrap();
+    }
+    fs::write(root.join(FILE), "#include i0\n").unwrap();
+    let e = Ignores::load(&root).unwrap_err();
+    assert!(format!("{e:#}").contains("deeper"), "{e:#}");
+
+    // No file: nothing ignored.
+    fs::remove_file(root.join(FILE)).unwrap();
+    assert!(Ignores::load(&root).unwrap().is_empty());
+}

@@ -1,0 +1,371 @@
+//! Finding and reaching devices (issue 7): our node and real Syncthing
+//! 1.19.2 through global discovery (the real stdiscosrv and our
+//! discosrv), through relays (the real strelaysrv and our relaysrv with a
+//! token), by a DNS name served on loopback, a relayed connection upgraded
+//! to a direct one, and hostile discovery servers and relays survived.
+//! Every test ends with a folder synced.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::connect::{
+    add_node_device, add_node_folder, node_connection, set_node_options, wait_announced, DnsServer,
+    Forwarder, Record, Stdiscosrv,
+};
+use e2e::discovery::Discosrv;
+use e2e::node::{Node, NodeHome};
+use e2e::relay::RelayServer;
+use e2e::{pick_port, wait, Syncthing, SyncthingHome};
+use proto::DeviceId;
+use serde_json::json;
+
+const CONNECT_LIMIT: Duration = Duration::from_secs(45);
+const SYNC_LIMIT: Duration = Duration::from_secs(45);
+
+/// Shares folder `f` between our node and the real device, writes a file
+/// on our side and waits until the real device has it, byte for byte.
+fn sync_one_file(dir: &Path, node: &Node, st: &Syncthing, name: &str) {
+    let ours = dir.join(format!("ours-{name}"));
+    let theirs = dir.join(format!("theirs-{name}"));
+    add_node_folder(node, name, &ours, &[st.id()]);
+    st.share_folder(name, &theirs, "sendreceive", &[&node.home.id]);
+    let content = format!("synced through {name} at {:?}\n", Instant::now());
+    std::fs::write(ours.join("hello.txt"), &content).unwrap();
+    node.post(&format!("/rest/db/scan?folder={name}")).unwrap();
+    st.wait_synced(name, 1, SYNC_LIMIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.proc.log_tail(40)));
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("hello.txt")).unwrap(),
+        content
+    );
+}
+
+fn wait_node_connected(node: &Node, id: &str) -> (String, String) {
+    wait::until(CONNECT_LIMIT, Duration::from_millis(200), || {
+        node_connection(node, id)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "our node never connected to {id}:\n{}",
+            node.proc.log_tail(40)
+        )
+    })
+}
+
+/// Our node and a real device, both listening on `tcp://localhost:P`,
+/// announce to the discovery server at `url`; once the server has both,
+/// each gets the other as `dynamic` and they connect and sync. With
+/// `real_looks_up` false the real device only announces (`&nolookup`), so
+/// the connection can only come from our node's lookup and dial.
+fn dynamic_through(dir: &Path, url: &str, port: u16, server: DeviceId, real_looks_up: bool) {
+    let st_port = pick_port();
+    let st = SyncthingHome::init(&dir.join("st"), &[format!("tcp://localhost:{st_port}")]).start();
+    let home = NodeHome::generate(&dir.join("node"), "ours");
+    let node = home.start();
+    let options = json!({
+        "globalAnnounceEnabled": true,
+        "globalAnnounceServers": [url],
+        "localAnnounceEnabled": false,
+    });
+    let st_url = if real_looks_up {
+        url.to_string()
+    } else {
+        format!("{url}&nolookup")
+    };
+    st.set_options(json!({
+        "globalAnnounceEnabled": true,
+        "globalAnnounceServers": [st_url],
+        "localAnnounceEnabled": false,
+    }));
+    let mut ours = options;
+    ours["listenAddresses"] = json!([format!("tcp://localhost:{}", home.listen_port)]);
+    ours["reconnectionIntervalS"] = json!(5);
+    set_node_options(&node, ours);
+
+    let t0 = Instant::now();
+    let our_addrs = wait_announced(port, server, &home.id, Duration::from_secs(30));
+    let st_addrs = wait_announced(port, server, st.id(), Duration::from_secs(30));
+    eprintln!(
+        "announced after {:.1} s: ours {our_addrs:?}, real {st_addrs:?}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(our_addrs.contains(&format!("tcp://localhost:{}", home.listen_port)));
+
+    let t1 = Instant::now();
+    add_node_device(&node, st.id(), &["dynamic"]);
+    st.add_device(&home.id, &["dynamic"]);
+    let (kind, address) = wait_node_connected(&node, st.id());
+    eprintln!(
+        "connected after {:.1} s: {kind} {address}",
+        t1.elapsed().as_secs_f64()
+    );
+    if real_looks_up {
+        assert!(kind.starts_with("tcp-"), "{kind}");
+    } else {
+        assert_eq!(kind, "tcp-client");
+    }
+    sync_one_file(dir, &node, &st, "disco");
+    // Our node answered lookups with what it found.
+    if !real_looks_up {
+        let cache = node.get("/rest/system/discovery").unwrap();
+        assert_eq!(
+            cache[st.id()]["addresses"],
+            json!([format!("tcp://localhost:{st_port}")]),
+            "{cache}"
+        );
+    }
+    node.stop();
+    st.shutdown();
+}
+
+#[test]
+fn dynamic_addresses_through_real_stdiscosrv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disco = Stdiscosrv::start(&tmp.path().join("disco"));
+    dynamic_through(tmp.path(), &disco.url(), disco.port, disco.id, true);
+}
+
+#[test]
+fn dynamic_addresses_through_our_discosrv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disco = Discosrv::start(&tmp.path().join("disco"), &[]);
+    let id = disco.id.unwrap();
+    dynamic_through(tmp.path(), &disco.url(), disco.port, id, false);
+}
+
+/// The real device joins the real strelaysrv (its only listener); our
+/// node has no listener and reaches it only through the relay.
+#[test]
+fn our_node_dials_real_syncthing_through_real_strelaysrv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start_strelaysrv(&tmp.path().join("relay"), &[]);
+    let st = SyncthingHome::init(&tmp.path().join("st"), &[relay.uri()]).start();
+    st.set_options(json!({"relaysEnabled": true}));
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"listenAddresses": [""], "relaysEnabled": true, "reconnectionIntervalS": 5}),
+    );
+    // The real device's relay listener has joined when the relay counts it.
+    relay.wait_status("real device joined", Duration::from_secs(30), |s| {
+        s["numConnections"].as_u64() == Some(1)
+    });
+    st.add_device(&home.id, &["dynamic"]);
+    let t0 = Instant::now();
+    add_node_device(&node, st.id(), &[&relay.uri()]);
+    let (kind, _) = wait_node_connected(&node, st.id());
+    eprintln!("relayed after {:.1} s", t0.elapsed().as_secs_f64());
+    assert_eq!(kind, "relay-client");
+    assert_eq!(
+        st.wait_connected(&home.id, Duration::from_secs(10))
+            .as_deref(),
+        Some("relay-server")
+    );
+    sync_one_file(tmp.path(), &node, &st, "relayed");
+    let status = relay.status();
+    assert!(status["bytesProxied"].as_u64().unwrap_or(0) > 0, "{status}");
+    node.stop();
+    st.shutdown();
+}
+
+/// Our node joins our relaysrv with a join token (1.19.2 cannot send one)
+/// and announces to our discosrv; the real device finds the relay address
+/// by discovery (`dynamic`) and dials through it. No direct path exists:
+/// neither side has a TCP listener. The token is never announced.
+#[test]
+fn real_syncthing_dials_our_node_through_our_relaysrv_with_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = format!("tok{}", rand_token());
+    let relay = RelayServer::start(&tmp.path().join("relay"), &["--token", &token]);
+    let disco = Discosrv::start(&tmp.path().join("disco"), &[]);
+    let disco_id = disco.id.unwrap();
+    // A host name, so the discovery server keeps it (it drops loopback IPs).
+    let relay_listen = format!(
+        "relay://localhost:{}/?id={}&token={token}",
+        relay.port, relay.id
+    );
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"listenAddresses": [relay_listen], "relaysEnabled": true,
+               "globalAnnounceEnabled": true, "globalAnnounceServers": [disco.url()],
+               "reconnectionIntervalS": 5}),
+    );
+    let announced = wait_announced(disco.port, disco_id, &home.id, Duration::from_secs(30));
+    eprintln!("announced: {announced:?}");
+    let expected = format!("relay://localhost:{}/?id={}", relay.port, relay.id);
+    assert_eq!(announced, vec![expected]);
+    for a in &announced {
+        assert!(!a.contains(&token) && !a.contains("token"), "{a}");
+    }
+
+    let st = SyncthingHome::init(&tmp.path().join("st"), &[]).start();
+    st.set_options(json!({"relaysEnabled": true, "globalAnnounceEnabled": true,
+                          "globalAnnounceServers": [disco.url()]}));
+    add_node_device(&node, st.id(), &["dynamic"]);
+    let t0 = Instant::now();
+    st.add_device(&home.id, &["dynamic"]);
+    let kind = st.wait_connected(&home.id, CONNECT_LIMIT);
+    eprintln!("relayed after {:.1} s", t0.elapsed().as_secs_f64());
+    assert_eq!(
+        kind.as_deref(),
+        Some("relay-client"),
+        "{}",
+        node.proc.log_tail(40)
+    );
+    let (ours, _) = wait_node_connected(&node, st.id());
+    assert_eq!(ours, "relay-server");
+    sync_one_file(tmp.path(), &node, &st, "token");
+    // Nothing our node logged shows the token either.
+    assert!(!node.stop().contains(&token));
+    st.shutdown();
+}
+
+fn rand_token() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.as_nanos() as u64 ^ 0x5eed_1234
+}
+
+/// The device is configured as `tcp://nas.site-a.example:P`; the name
+/// exists only in a DNS server the test runs on loopback.
+#[test]
+fn device_by_dns_name_through_loopback_dns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    let dns = DnsServer::start(vec![(
+        "nas.site-a.example".into(),
+        Record::A([127, 0, 0, 1].into()),
+    )]);
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"dnsServers": [dns.address()], "reconnectionIntervalS": 5}),
+    );
+    st.add_device(&home.id, &["dynamic"]);
+    add_node_device(
+        &node,
+        st.id(),
+        &[&format!("tcp://nas.site-a.example:{st_port}")],
+    );
+    let (kind, address) = wait_node_connected(&node, st.id());
+    assert_eq!(
+        (kind.as_str(), address.as_str()),
+        ("tcp-client", &*format!("127.0.0.1:{st_port}"))
+    );
+    let asked = dns.questions.lock().unwrap().clone();
+    eprintln!("DNS questions: {asked:?}");
+    assert!(
+        asked.iter().any(|q| q == "nas.site-a.example/1"),
+        "{asked:?}"
+    );
+    sync_one_file(tmp.path(), &node, &st, "dns");
+    node.stop();
+    st.shutdown();
+}
+
+/// `dns-srv://site-b.example`: SRV `_syncthing._tcp.site-b.example` names
+/// the target host and port, whose A record is served too.
+#[test]
+fn device_by_dns_srv_through_loopback_dns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    let dns = DnsServer::start(vec![
+        (
+            "_syncthing._tcp.site-b.example".into(),
+            Record::Srv {
+                priority: 10,
+                weight: 5,
+                port: st_port,
+                target: "node-0.site-b.example".into(),
+            },
+        ),
+        (
+            "node-0.site-b.example".into(),
+            Record::A([127, 0, 0, 1].into()),
+        ),
+    ]);
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"dnsServers": [dns.address()], "reconnectionIntervalS": 5}),
+    );
+    st.add_device(&home.id, &["dynamic"]);
+    add_node_device(&node, st.id(), &["dns-srv://site-b.example"]);
+    let (kind, _) = wait_node_connected(&node, st.id());
+    assert_eq!(kind, "tcp-client");
+    let asked = dns.questions.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|q| q == "_syncthing._tcp.site-b.example/33"),
+        "{asked:?}"
+    );
+    sync_one_file(tmp.path(), &node, &st, "srv");
+    node.stop();
+    st.shutdown();
+}
+
+/// The real device listens on TCP and on a relay; our node knows it by a
+/// direct address that is unreachable at first (nothing listens there)
+/// and by the relay. It connects through the relay, and once the direct
+/// address starts working the relayed connection is replaced.
+#[test]
+fn relayed_connection_replaced_by_direct_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(&tmp.path().join("relay"), &[]);
+    let st_port = pick_port();
+    let st = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://127.0.0.1:{st_port}"), relay.uri()],
+    )
+    .start();
+    st.set_options(json!({"relaysEnabled": true}));
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"listenAddresses": [""], "relaysEnabled": true, "reconnectionIntervalS": 5}),
+    );
+    relay.wait_status("real device joined", Duration::from_secs(30), |s| {
+        s["numConnections"].as_u64() == Some(1)
+    });
+    let forwarder = Forwarder::reserve();
+    st.add_device(&home.id, &["dynamic"]);
+    add_node_device(
+        &node,
+        st.id(),
+        &[&format!("tcp://127.0.0.1:{}", forwarder.port), &relay.uri()],
+    );
+    let (kind, _) = wait_node_connected(&node, st.id());
+    assert_eq!(kind, "relay-client");
+    sync_one_file(tmp.path(), &node, &st, "before");
+
+    forwarder.start(st_port);
+    let t0 = Instant::now();
+    let direct = wait::until(CONNECT_LIMIT, Duration::from_millis(200), || {
+        node_connection(&node, st.id()).filter(|(k, _)| k == "tcp-client")
+    });
+    assert!(
+        direct.is_some(),
+        "not upgraded:\n{}",
+        node.proc.log_tail(40)
+    );
+    eprintln!(
+        "relay replaced by a direct connection {:.1} s after it became reachable",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        st.wait_connected(&home.id, Duration::from_secs(10))
+            .as_deref(),
+        Some("tcp-server")
+    );
+    sync_one_file(tmp.path(), &node, &st, "after");
+    node.stop();
+    st.shutdown();
+}
