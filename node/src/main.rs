@@ -6,12 +6,16 @@
 
 mod config;
 mod conn;
+mod connect;
 mod db;
+mod discovery;
 mod fileserve;
 mod identity_cmd;
 mod ignore;
 mod model;
 mod pull;
+mod relay_client;
+mod resolve;
 mod rest;
 mod scan;
 mod serve;
