@@ -27,5 +27,57 @@ pub async fn route(c: &Call) -> Answer {
         crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
         node.connections().len(),
     );
+    let text = text + &folder_and_device_metrics(node);
     Ok(http::Response::new(Full::new(Bytes::from(text))))
+}
+
+/// Per-folder sync state and per-device connection state: what the alerts
+/// in deploy/prometheus watch (out of sync too long, files that fail to
+/// sync, a peer disconnected).
+fn folder_and_device_metrics(node: &crate::model::Node) -> String {
+    use std::fmt::Write;
+    let config = node.config();
+    let mut need = String::from("# TYPE node_folder_need_bytes gauge\n");
+    let mut errors = String::from("# TYPE node_folder_pull_errors gauge\n");
+    for f in &config.folders {
+        let Some(rt) = node.folder_runtime(&f.id) else {
+            continue;
+        };
+        let folder = label_value(&f.id);
+        if let Ok((_, totals)) = crate::pull::need_list(node, &f.id) {
+            let _ = writeln!(
+                need,
+                "node_folder_need_bytes{{folder=\"{folder}\"}} {}",
+                totals.need_bytes
+            );
+        }
+        let n = rt
+            .pull_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let _ = writeln!(errors, "node_folder_pull_errors{{folder=\"{folder}\"}} {n}");
+    }
+    let live = node.connections();
+    let mut devices = String::from("# TYPE node_device_connected gauge\n");
+    for d in &config.devices {
+        let Ok(id) = d.id() else { continue };
+        if id == node.my_id {
+            continue;
+        }
+        let _ = writeln!(
+            devices,
+            "node_device_connected{{device=\"{id}\",name=\"{}\"}} {}",
+            label_value(&d.name),
+            u8::from(live.contains_key(&id))
+        );
+    }
+    need + &errors + &devices
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
