@@ -730,3 +730,115 @@ fn ignored_files_are_neither_sent_nor_pulled_nor_deleted() {
     node.stop();
     st.shutdown();
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily, in case a process
+/// still holds it) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn full_disk_stops_the_file_with_an_error_and_resumes_when_freed() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED full_disk_…: needs root to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    let src = tmp.path().join("st-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let huge = bytes(77, 24 << 20);
+    std::fs::write(src.join("huge.bin"), &huge).unwrap();
+    std::fs::write(src.join("small.txt"), b"fits\n").unwrap();
+    // Our folder: a 16 MiB filesystem already holding 2 MiB of ours.
+    let dst = tmp.path().join("small-fs");
+    let fs = Tmpfs::mount(&dst, "16m");
+    let existing = bytes(78, 2 << 20);
+    std::fs::write(dst.join("existing.bin"), &existing).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("full", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("full", &dst, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+
+    // The file that cannot fit is an error in db/status and
+    // /rest/folder/errors; what fits arrives.
+    let errors = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        let e = node.get("/rest/folder/errors?folder=full").ok()?;
+        let s = node.get("/rest/db/status?folder=full").ok()?;
+        let listed = e["errors"].as_array()?.iter().any(|x| {
+            x["path"].as_str() == Some("huge.bin")
+                && x["error"].as_str().is_some_and(|m| m.contains("space"))
+        });
+        (listed && s["pullErrors"].as_u64()? >= 1 && dst.join("small.txt").exists()).then_some(e)
+    });
+    assert!(errors.is_some(), "no disk-space error listed:\n{}", log());
+    eprintln!("listed: {}", errors.unwrap());
+    assert!(!dst.join("huge.bin").exists());
+    assert_eq!(std::fs::read(dst.join("existing.bin")).unwrap(), existing);
+    let temp = temp_len(&dst, "huge.bin");
+    assert!(temp <= 16 << 20, "temp file of {temp} bytes");
+    // Their side sees us incomplete, not in sync.
+    let c = st
+        .get(&format!(
+            "/rest/db/completion?folder=full&device={}",
+            ours.id
+        ))
+        .unwrap();
+    assert!(c["completion"].as_f64().unwrap() < 100.0, "{c}");
+
+    // Space freed: the next retry completes it, byte for byte.
+    fs.resize("64m");
+    let done = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("huge.bin")).ok()? == huge).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "not completed after freeing space:\n{}",
+        log()
+    );
+    wait_complete(&st, &node, "full");
+    assert_eq!(std::fs::read(dst.join("existing.bin")).unwrap(), existing);
+    assert_eq!(temp_len(&dst, "huge.bin"), 0);
+    node.stop();
+    st.shutdown();
+    drop(fs);
+}
