@@ -842,3 +842,227 @@ fn full_disk_stops_the_file_with_an_error_and_resumes_when_freed() {
     st.shutdown();
     drop(fs);
 }
+
+/// Waits until our node has everything the cluster has, with exactly
+/// `files` files (the same conditions as `Syncthing::wait_synced`).
+fn node_synced(node: &e2e::node::Node, folder: &str, files: u64, limit: Duration) {
+    let mut last = serde_json::Value::Null;
+    let ok = wait::until(limit, Duration::from_millis(100), || {
+        let s = node.get(&format!("/rest/db/status?folder={folder}")).ok()?;
+        let n = |k: &str| s.get(k).and_then(serde_json::Value::as_u64);
+        let synced = s["state"].as_str() == Some("idle")
+            && n("needTotalItems") == Some(0)
+            && n("globalFiles") == Some(files)
+            && n("localFiles") == n("globalFiles")
+            && n("localBytes") == n("globalBytes")
+            && n("pullErrors").unwrap_or(0) == 0;
+        last = s;
+        synced.then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "not synced: {last}\n{}",
+        node.proc.log_tail(30)
+    );
+}
+
+/// OpenSSL's single-core SHA-256 rate in MB/s (16 KiB blocks).
+fn openssl_sha256_mb_s() -> f64 {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-evp", "sha256", "-seconds", "2"])
+        .output()
+        .expect("run openssl speed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Last line: "sha256  a b c d e f" in 1000s of bytes per second.
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("sha256") || l.starts_with("SHA256"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|v| v.trim_end_matches('k').parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1000.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// One real Syncthing device serving `src` (send-only, scanned once), and
+/// fresh receivers pulling it: our node, or another real Syncthing device.
+/// Each receiver is connected first and already knows the folder is
+/// offered; the clock starts when the receiver adds the folder and stops
+/// when it reports itself in sync.
+struct PullBench {
+    tmp: std::path::PathBuf,
+    src: std::path::PathBuf,
+    files: u64,
+    source: e2e::Syncthing,
+    source_addr: String,
+    receivers: Vec<String>,
+}
+
+impl PullBench {
+    fn new(tmp: &Path, src: &Path, files: u64) -> PullBench {
+        let (source, port) = e2e::syncthing::start_tcp(&tmp.join("st-source"));
+        PullBench {
+            tmp: tmp.to_path_buf(),
+            src: src.to_path_buf(),
+            files,
+            source,
+            source_addr: format!("tcp://127.0.0.1:{port}"),
+            receivers: Vec::new(),
+        }
+    }
+
+    fn offer_to(&mut self, id: &str, addr: &str) {
+        self.source.add_device(id, &[addr]);
+        self.receivers.push(id.to_string());
+        let peers: Vec<&str> = self.receivers.iter().map(String::as_str).collect();
+        self.source.share_folder("b", &self.src, "sendonly", &peers);
+    }
+
+    /// The source has scanned the whole tree.
+    fn wait_source_scanned(&self, limit: Duration) {
+        let files = self.files;
+        let ok = wait::until(limit, Duration::from_millis(500), || {
+            let s = self.source.folder_status("b").ok()?;
+            (s["state"].as_str() == Some("idle") && s["localFiles"].as_u64() == Some(files))
+                .then_some(())
+        });
+        assert!(ok.is_some(), "source did not finish scanning");
+    }
+
+    fn pull_into_our_node(&mut self, run: usize, limit: Duration) -> f64 {
+        let home = NodeHome::generate(&self.tmp.join(format!("node-{run}")), "rust");
+        home.add_device(self.source.id(), &[&self.source_addr]);
+        self.offer_to(&home.id.clone(), &home.address());
+        let node = home.start();
+        assert!(self
+            .source
+            .wait_connected(&home.id, Duration::from_secs(60))
+            .is_some());
+        let dst = self.tmp.join(format!("dst-node-{run}"));
+        let t0 = Instant::now();
+        node.send(
+            "POST",
+            "/rest/config/folders",
+            &serde_json::json!({"id": "b", "path": dst, "type": "receiveonly",
+                "devices": [{"deviceID": self.source.id()}], "fsWatcherEnabled": false}),
+        )
+        .unwrap();
+        node_synced(&node, "b", self.files, limit);
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(tree(&self.src), tree(&dst), "our copy differs");
+        node.stop();
+        let _ = std::fs::remove_dir_all(&dst);
+        secs
+    }
+
+    fn pull_into_syncthing(&mut self, run: usize, limit: Duration) -> f64 {
+        let (st, port) = e2e::syncthing::start_tcp(&self.tmp.join(format!("st-recv-{run}")));
+        st.add_device(self.source.id(), &[&self.source_addr]);
+        self.offer_to(st.id(), &format!("tcp://127.0.0.1:{port}"));
+        assert!(st
+            .wait_connected(self.source.id(), Duration::from_secs(60))
+            .is_some());
+        let dst = self.tmp.join(format!("dst-st-{run}"));
+        let t0 = Instant::now();
+        st.share_folder("b", &dst, "receiveonly", &[self.source.id()]);
+        st.wait_synced("b", self.files, limit).unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(tree(&self.src), tree(&dst), "Syncthing's copy differs");
+        st.shutdown();
+        let _ = std::fs::remove_dir_all(&dst);
+        secs
+    }
+}
+
+/// Benchmark (documented command: `scripts/bench-pull`, release build):
+/// the 300 MiB + 1,000-file tree pulled from a real Syncthing device into
+/// our node and into a second real Syncthing device, three times each
+/// (alternating), medians; our rate beside `openssl speed -evp sha256`.
+#[test]
+#[ignore = "benchmark: run explicitly, in release (scripts/bench-pull)"]
+fn bench_pull_large_tree_into_our_node_vs_syncthing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let files = e2e::tree::build_tree(&src, 1000, 300);
+    let bytes_total: u64 = walk_bytes(&src);
+    let mut bench = PullBench::new(tmp.path(), &src, files);
+    let limit = Duration::from_secs(600);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..3 {
+        if run == 0 {
+            // The source scans once, offered to the first receiver.
+            let t = bench.pull_into_our_node(100, limit);
+            println!("BENCH (warm-up, source scanning too) into our node {t:.2} s");
+            bench.wait_source_scanned(limit);
+        }
+        if run % 2 == 0 {
+            ours.push(bench.pull_into_our_node(run, limit));
+            theirs.push(bench.pull_into_syncthing(run, limit));
+        } else {
+            theirs.push(bench.pull_into_syncthing(run, limit));
+            ours.push(bench.pull_into_our_node(run, limit));
+        }
+    }
+    let (o, t) = (median(&mut ours.clone()), median(&mut theirs.clone()));
+    let rate = bytes_total as f64 / 1e6 / o;
+    let sha = openssl_sha256_mb_s();
+    println!(
+        "BENCH pull 300 MiB + {files} files from Syncthing 1.19.2: into our node median {o:.2} s {ours:.2?}, into Syncthing 1.19.2 median {t:.2} s {theirs:.2?}"
+    );
+    println!(
+        "BENCH our pull rate {rate:.0} MB/s ({bytes_total} bytes) = {:.0} % of openssl speed -evp sha256 {sha:.0} MB/s per core",
+        rate / sha * 100.0
+    );
+    bench.source.shutdown();
+}
+
+/// Benchmark: 100,000 small files pulled from a real Syncthing device into
+/// our node and into a second real Syncthing device (one run each).
+#[test]
+#[ignore = "benchmark: run explicitly, in release (scripts/bench-pull)"]
+fn bench_pull_100k_small_files_into_our_node_vs_syncthing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let n = 100_000u64;
+    for i in 0..n {
+        let dir = src.join(format!("d{:03}", i % 200));
+        if i < 200 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(
+            dir.join(format!("f{i}.txt")),
+            bytes(i, 64 + (i as usize * 13) % 900),
+        )
+        .unwrap();
+    }
+    let mut bench = PullBench::new(tmp.path(), &src, n);
+    let limit = Duration::from_secs(1200);
+    // The source scans first (not timed).
+    bench.source.share_folder("b", &src, "sendonly", &[]);
+    bench.wait_source_scanned(limit);
+    let ours = bench.pull_into_our_node(0, limit);
+    let theirs = bench.pull_into_syncthing(0, limit);
+    println!(
+        "BENCH pull 100,000 small files from Syncthing 1.19.2: into our node {ours:.2} s, into Syncthing 1.19.2 {theirs:.2} s"
+    );
+    bench.source.shutdown();
+}
+
+fn walk_bytes(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
