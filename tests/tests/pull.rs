@@ -1066,3 +1066,38 @@ fn walk_bytes(root: &Path) -> u64 {
     }
     total
 }
+
+/// Names differing only in case: on a case-sensitive filesystem (this
+/// one) they are distinct files, as with Syncthing 1.19.2 there (its case
+/// check only refuses when the filesystem folds case; ours too: see
+/// `pull::disk::parent_dir`).
+#[test]
+fn names_differing_only_in_case_are_distinct_on_a_case_sensitive_filesystem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    let src = tmp.path().join("st-src");
+    std::fs::create_dir_all(src.join("Dir")).unwrap();
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("Photo.JPG"), b"upper\n").unwrap();
+    std::fs::write(src.join("photo.jpg"), b"lower\n").unwrap();
+    std::fs::write(src.join("Dir/a"), b"A\n").unwrap();
+    std::fs::write(src.join("dir/a"), b"a\n").unwrap();
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    // A local file whose name differs only in case from an incoming one.
+    std::fs::write(dst.join("PHOTO.jpg"), b"ours\n").unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("case", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("case", &dst, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    assert_eq!(std::fs::read(dst.join("Photo.JPG")).unwrap(), b"upper\n");
+    assert_eq!(std::fs::read(dst.join("photo.jpg")).unwrap(), b"lower\n");
+    assert_eq!(std::fs::read(dst.join("PHOTO.jpg")).unwrap(), b"ours\n");
+    assert_eq!(std::fs::read(dst.join("dir/a")).unwrap(), b"a\n");
+    node.stop();
+    st.shutdown();
+}
