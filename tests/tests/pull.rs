@@ -495,15 +495,29 @@ fn send_only_ignores_remote_changes_until_overridden() {
         b"the master copy\n"
     );
 
-    // Override: our version wins everywhere.
+    // A file of theirs that our patterns ignore (we do not have it).
+    std::fs::write(src.join(".stignore"), "*.tmpx\n").unwrap();
+    node.post("/rest/db/scan?folder=so").unwrap();
+    std::fs::write(theirs.join("their.tmpx"), b"theirs, ignored by us\n").unwrap();
+    st.scan("so");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Override: our version wins everywhere, except for what we ignore
+    // (overriding a name we do not have would delete it everywhere).
     node.post("/rest/db/override?folder=so").unwrap();
-    wait_same_tree(&src, &theirs, Duration::from_secs(30), &log);
+    wait_for(Duration::from_secs(30), "the override", &log, &|| {
+        std::fs::read(theirs.join("master.txt")).is_ok_and(|d| d == b"the master copy\n")
+    });
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         std::fs::read(src.join("master.txt")).unwrap(),
         b"the master copy\n"
     );
-    let s = node.get("/rest/db/status?folder=so").unwrap();
-    assert_eq!(s["needTotalItems"].as_u64(), Some(0), "{s}");
+    assert_eq!(
+        std::fs::read(theirs.join("their.tmpx")).unwrap(),
+        b"theirs, ignored by us\n",
+        "an ignored name was overridden"
+    );
     node.stop();
     st.shutdown();
 }

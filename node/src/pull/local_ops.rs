@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use proto::bep::vector;
 use proto::bep::wire::{FileInfo, Vector};
 
@@ -71,6 +71,20 @@ pub fn revert(node: &Node, folder: &str) -> Result<usize> {
 /// every other device's, so the other devices take ours.
 pub fn override_remote(node: &Node, folder: &str) -> Result<usize> {
     let (need, _) = super::need_list(node, folder)?;
+    let ignores = match node.config().folders.iter().find(|f| f.id == folder) {
+        Some(f) => crate::ignore::Ignores::load(&f.path)
+            .context("not overriding until the folder's .stignore is fixed")?,
+        None => crate::ignore::Ignores::default(),
+    };
+    // Like 1.19.2: names we ignore and entries in a bad state (ignored,
+    // receive-only changes) are left alone — overriding a name we do not
+    // have would announce its deletion everywhere.
+    let need: Vec<_> = need
+        .into_iter()
+        .filter(|n| {
+            !n.local.as_ref().is_some_and(|l| l.invalid) && !ignores.is_ignored(&n.global.name)
+        })
+        .collect();
     let my = node.my_id.short().0;
     let now = now();
     let names: Vec<&str> = need.iter().map(|n| n.global.name.as_str()).collect();
