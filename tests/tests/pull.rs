@@ -1115,3 +1115,74 @@ fn names_differing_only_in_case_are_distinct_on_a_case_sensitive_filesystem() {
     node.stop();
     st.shutdown();
 }
+
+#[test]
+fn disk_filling_up_during_a_pull_removes_the_partial_file() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED disk_filling_up_…: needs root to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    // A slow sender (4 MB/s), so the disk can fill up mid-file.
+    st.set_options(serde_json::json!({"maxSendKbps": 4000, "limitBandwidthInLan": true}));
+    let src = tmp.path().join("st-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = bytes(91, 10 << 20);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let dst = tmp.path().join("small-fs");
+    let fs = Tmpfs::mount(&dst, "16m");
+    let existing = bytes(79, 2 << 20);
+    std::fs::write(dst.join("existing.bin"), &existing).unwrap();
+    std::fs::write(dst.join(".stignore"), "*.ign\n").unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("full", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("full", &dst, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+
+    // The file fits when its pull starts; then something else (here: an
+    // ignored file of the user) takes the space.
+    let started = wait::until(Duration::from_secs(60), Duration::from_millis(5), || {
+        (temp_len(&dst, "big.bin") > 0).then_some(())
+    });
+    assert!(started.is_some(), "pull did not start:\n{}", log());
+    let filler = dst.join("filler.ign");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        // Until the filesystem is full.
+        while f.write_all(&[7u8; 1 << 16]).is_ok() {}
+    }
+    let failed = wait::until(Duration::from_secs(60), Duration::from_millis(100), || {
+        let e = node.get("/rest/folder/errors?folder=full").ok()?;
+        (e.to_string().contains("disk is full")).then_some(e)
+    });
+    assert!(failed.is_some(), "no disk-full error:\n{}", log());
+    eprintln!("errors: {}", failed.unwrap());
+    assert!(!dst.join("big.bin").exists(), "a partial file in place");
+    assert_eq!(
+        temp_len(&dst, "big.bin"),
+        0,
+        "partial file kept on a full disk"
+    );
+    assert_eq!(std::fs::read(dst.join("existing.bin")).unwrap(), existing);
+
+    // Space freed: the next retry completes it.
+    std::fs::remove_file(&filler).unwrap();
+    let done = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("big.bin")).ok()? == big).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "not completed after freeing space:\n{}",
+        log()
+    );
+    wait_complete(&st, &node, "full");
+    node.stop();
+    st.shutdown();
+    drop(fs);
+}
