@@ -1,19 +1,8 @@
-//! The node's declarative configuration: `config.json` in the home
-//! directory. Field names follow Syncthing's REST/JSON configuration
-//! (`deviceID`, `listenAddresses`, `rescanIntervalS`, …) so the same
-//! objects work in the file, over the REST API and in a Kubernetes
-//! ConfigMap.
-//!
-//! ```json
-//! {
-//!   "name": "nas-1",
-//!   "options": { "listenAddresses": ["tcp://0.0.0.0:22000"] },
-//!   "gui": { "address": "127.0.0.1:8384", "apiKey": "secret" },
-//!   "devices": [ { "deviceID": "AAAA…", "name": "studio", "addresses": ["tcp://10.0.0.2:22000"] } ],
-//!   "folders": [ { "id": "projects", "path": "/srv/projects", "type": "sendonly",
-//!                  "devices": [ { "deviceID": "AAAA…" } ], "rescanIntervalS": 3600 } ]
-//! }
-//! ```
+//! The node's declarative configuration: `config.toml` in the home
+//! directory (see [`file`]: a commented TOML file). Field names follow
+//! Syncthing's REST/JSON configuration (`deviceID`, `listenAddresses`,
+//! `rescanIntervalS`, …) so the same objects work in the file, over the
+//! REST API and in a Kubernetes ConfigMap.
 //!
 //! Defaults never reach public infrastructure: no listen address means no
 //! listener, and there are no discovery servers or relay pools at all.
@@ -24,10 +13,7 @@ use anyhow::{bail, Context, Result};
 use proto::DeviceId;
 use serde::{Deserialize, Serialize};
 
-/// File name of the configuration in the home directory.
-pub const FILE_NAME: &str = "config.json";
-/// Largest configuration file read (a guard against pointing at a wrong file).
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
+pub mod file;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -116,6 +102,9 @@ pub struct DeviceConfig {
     /// `metadata` (default), `always` or `never`.
     #[serde(default = "default_compression")]
     pub compression: String,
+    /// Paused (REST `/rest/system/pause`): no connection is kept.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 fn default_compression() -> String {
@@ -208,38 +197,21 @@ impl DeviceConfig {
 
 impl Config {
     pub fn path(home: &Path) -> PathBuf {
-        home.join(FILE_NAME)
+        file::path(home)
     }
 
-    /// Reads and checks `home/config.json`.
+    /// Reads and checks the configuration file of `home`.
     pub fn load(home: &Path) -> Result<Config> {
-        let path = Self::path(home);
-        let file = std::fs::File::open(&path).with_context(|| {
-            format!(
-                "cannot open {}; create it with `node generate --home {}`",
-                path.display(),
-                home.display()
-            )
-        })?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_CONFIG_BYTES), &mut text)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let config: Config = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid configuration", path.display()))?;
-        config.validate()?;
+        let config = file::load(home)?;
+        config
+            .validate()
+            .with_context(|| format!("in {}", Self::path(home).display()))?;
         Ok(config)
     }
 
-    /// Writes the configuration atomically (temp file + rename).
+    /// Writes the configuration file atomically.
     pub fn save(&self, home: &Path) -> Result<()> {
-        let path = Self::path(home);
-        let tmp = home.join(format!(".{FILE_NAME}.tmp"));
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&tmp, text + "\n")
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("cannot replace {}", path.display()))?;
-        Ok(())
+        file::save(self, home)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -349,7 +321,7 @@ mod tests {
         assert!(back.folders[0].read_only());
         std::fs::write(
             Config::path(dir.path()),
-            r#"{"folders":[{"id":"x","path":"rel"}]}"#,
+            "[[folders]]\nid = \"x\"\npath = \"rel\"\n",
         )
         .unwrap();
         assert!(Config::load(dir.path()).is_err());

@@ -25,7 +25,7 @@ pub struct GenerateArgs {
     /// ecdsa-p384 (as Syncthing 1.x). Both work with Syncthing 1.19.2 and later.
     #[arg(long, env = "NODE_KEY_TYPE", default_value_t = KeyKind::Ed25519)]
     key_type: KeyKind,
-    /// Listen address for the new config.json (repeatable), e.g.
+    /// Listen address for the new config.toml (repeatable), e.g.
     /// tcp://0.0.0.0:22000. Without it the node does not listen.
     #[arg(
         long = "listen",
@@ -34,13 +34,13 @@ pub struct GenerateArgs {
         value_delimiter = ','
     )]
     listen: Vec<String>,
-    /// REST API address for the new config.json.
+    /// REST API address for the new config.toml.
     #[arg(long, env = "NODE_GUI_ADDRESS", value_name = "HOST:PORT")]
     gui_address: Option<String>,
-    /// REST API key for the new config.json (random if not given).
+    /// REST API key for the new config.toml (random if not given).
     #[arg(long, env = "NODE_GUI_APIKEY", value_name = "KEY")]
     gui_apikey: Option<String>,
-    /// Device name for the new config.json (default: the host name).
+    /// Device name for the new config.toml (default: the host name).
     #[arg(long, env = "NODE_NAME")]
     name: Option<String>,
 }
@@ -85,11 +85,12 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes a starting config.json unless one exists (an existing
-/// configuration is never replaced).
+/// Writes a starting, commented config.toml unless a configuration exists
+/// (an existing one is never replaced; a config.json of an earlier version
+/// is migrated by `node serve`).
 fn write_config(args: &GenerateArgs) -> Result<()> {
     let path = crate::config::Config::path(&args.home);
-    if path.exists() {
+    if path.exists() || args.home.join("config.json").exists() {
         return Ok(());
     }
     let name = args.name.clone().unwrap_or_else(|| {
@@ -114,8 +115,7 @@ fn write_config(args: &GenerateArgs) -> Result<()> {
             api_key,
             ..Default::default()
         },
-        devices: Vec::new(),
-        folders: Vec::new(),
+        ..Default::default()
     };
     config.validate()?;
     config.save(&args.home)?;

@@ -39,7 +39,7 @@ enum Command {
     /// Print the device ID of a certificate (like `syncthing --device-id`).
     DeviceId(identity_cmd::DeviceIdArgs),
     /// Create cert.pem and key.pem (unless they exist: an identity made by
-    /// Syncthing is adopted) and a starting config.json (unless it exists)
+    /// Syncthing is adopted) and a starting config.toml (unless it exists)
     /// in a home directory, and print the device ID.
     Generate(identity_cmd::GenerateArgs),
     /// Run the device: listen, dial configured devices, scan and serve

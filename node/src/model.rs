@@ -68,6 +68,8 @@ pub struct Node {
     pub my_id: DeviceId,
     pub config: RwLock<Config>,
     pub db: Db,
+    /// Folder summaries computed from `db`, until it changes.
+    pub summaries: crate::pull::summaries::Summaries,
     pub started: SystemTime,
     pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
     pub pending: Mutex<HashMap<DeviceId, PendingDevice>>,
@@ -109,6 +111,7 @@ impl Node {
             my_id,
             config: RwLock::new(config),
             db,
+            summaries: Default::default(),
             started: SystemTime::now(),
             connections: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -139,7 +142,7 @@ impl Node {
     }
 
     /// Changes the configuration: `change` edits a copy, which is checked,
-    /// written to config.json and then put in effect.
+    /// written to the configuration file and then put in effect.
     pub fn update_config(
         &self,
         change: impl FnOnce(&mut Config) -> anyhow::Result<()>,

@@ -80,6 +80,24 @@ fn build(servers: &[String]) -> Result<TokioResolver> {
         .map_err(|e| anyhow!("cannot build the DNS resolver: {e}"))
 }
 
+/// An IPv6 zone: an interface index or name (`%25` URL-escaped or not).
+fn zone_index(zone: &str) -> Result<u32> {
+    if let Ok(n) = zone.parse::<u32>() {
+        return Ok(n);
+    }
+    let name = zone
+        .strip_prefix("25")
+        .filter(|z| !z.is_empty())
+        .unwrap_or(zone);
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface {name:?}");
+    }
+    Ok(idx)
+}
+
 /// Names that never go to DNS (RFC 6761): `localhost` and `*.localhost`.
 fn is_localhost(host: &str) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
@@ -110,6 +128,15 @@ impl Resolver {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        if let Some((ip, zone)) = bare.split_once('%') {
+            let ip: std::net::Ipv6Addr = ip
+                .parse()
+                .map_err(|_| anyhow!("{host:?} is not an IPv6 address with a zone"))?;
+            let scope = zone_index(zone).with_context(|| format!("zone of {host:?}"))?;
+            return Ok(vec![SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip, port, 0, scope,
+            ))]);
         }
         if bare.is_empty() || bare.len() > 253 {
             bail!("host name {host:?} is not valid");

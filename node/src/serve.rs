@@ -19,7 +19,7 @@ use crate::{pull, rest, scan};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Home directory: cert.pem, key.pem, config.json, the index database.
+    /// Home directory: cert.pem, key.pem, config.toml, the index database.
     #[arg(long, env = "NODE_HOME", value_name = "DIR")]
     home: PathBuf,
     /// REST API address HOST:PORT (overrides the configuration, not saved).

@@ -12,6 +12,7 @@
 pub mod bep_peer;
 pub mod connect;
 pub mod discovery;
+pub mod netns;
 pub mod node;
 pub mod ports;
 pub mod process;

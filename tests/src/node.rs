@@ -54,23 +54,22 @@ impl NodeHome {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join("config.json")
+        self.dir.join("config.toml")
     }
 
+    /// The configuration file, as the JSON objects the REST API uses.
     pub fn config(&self) -> Value {
-        let text = std::fs::read_to_string(self.config_path()).expect("read config.json");
-        serde_json::from_str(&text).expect("config.json is JSON")
+        let text = std::fs::read_to_string(self.config_path()).expect("read config.toml");
+        toml::from_str(&text).expect("config.toml is TOML")
     }
 
+    /// Replaces the configuration file (the node must be stopped).
     pub fn set_config(&self, config: &Value) {
-        std::fs::write(
-            self.config_path(),
-            serde_json::to_string_pretty(config).unwrap(),
-        )
-        .expect("write config.json");
+        std::fs::write(self.config_path(), toml::to_string(config).unwrap())
+            .expect("write config.toml");
     }
 
-    /// Adds a device (ID + addresses) to config.json.
+    /// Adds a device (ID + addresses) to the configuration file.
     pub fn add_device(&self, id: &str, addresses: &[&str]) {
         let mut c = self.config();
         c["devices"]
@@ -81,7 +80,7 @@ impl NodeHome {
         self.set_config(&c);
     }
 
-    /// Adds a folder shared with `peers` to config.json.
+    /// Adds a folder shared with `peers` to the configuration file.
     pub fn add_folder(&self, id: &str, path: &Path, kind: &str, peers: &[&str]) {
         let mut c = self.config();
         let devices: Vec<Value> = peers

@@ -559,7 +559,7 @@ fn rest_configuration_applies_live_and_is_saved() {
         .get("/rest/db/file?folder=live&file=name%20with%20spaces.txt")
         .unwrap();
     assert_eq!(f["local"]["size"], 7);
-    // Written back to config.json.
+    // Written back to the configuration file.
     let saved = ours.config();
     assert_eq!(saved["folders"][0]["id"], "live");
     assert_eq!(saved["devices"][0]["deviceID"], st.id());

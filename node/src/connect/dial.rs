@@ -60,8 +60,9 @@ pub fn parse_candidate(s: &str) -> Option<Candidate> {
         Host::Ip(ip) if ip.is_unspecified() || ip.is_multicast() => return None,
         Host::Ip(ip) => ip.to_string(),
         Host::Name(n) => n.to_string(),
-        // Zones need an interface index; not dialable from text here.
-        Host::ScopedIpv6(_) | Host::Empty => return None,
+        // Link-local with its zone (`fe80::1%2`, `fe80::1%25eth0`).
+        Host::ScopedIpv6(h) => h.to_string(),
+        Host::Empty => return None,
     };
     Some(Candidate::Direct {
         uri: s.to_string(),

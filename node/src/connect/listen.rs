@@ -125,9 +125,19 @@ async fn start_one(node: &Arc<Node>, uri: &str) -> Result<Listener> {
     let Some(hp) = crate::config::tcp_host_port(uri) else {
         bail!("listen address {uri:?}: only tcp://HOST:PORT and relay://… are supported");
     };
-    let listener = TcpListener::bind(hp)
-        .await
-        .with_context(|| format!("cannot listen on {uri}"))?;
+    // A listener just removed for this one (same port, other host) closes
+    // its socket when its task is next polled: give it a moment.
+    let mut tries = 0;
+    let listener = loop {
+        match TcpListener::bind(hp).await {
+            Ok(l) => break l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {uri}")),
+        }
+    };
     let local = listener.local_addr()?;
     eprintln!("Listening on tcp://{local}");
     tracing::info!(address = %format!("tcp://{local}"), "listening");

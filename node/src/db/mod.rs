@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
@@ -13,6 +14,11 @@ use prost::Message as _;
 use proto::bep::wire::{FileInfo, Vector};
 use proto::DeviceId;
 use rusqlite::{params, Connection, OptionalExtension};
+
+mod blocks;
+pub mod global;
+
+pub use global::{Direction, Entry};
 
 /// File name of the database in the home directory.
 pub const FILE_NAME: &str = "index.sqlite3";
@@ -37,6 +43,7 @@ CREATE TABLE IF NOT EXISTS files (
     block_size  INTEGER NOT NULL,
     version     BLOB NOT NULL,
     info        BLOB NOT NULL,
+    invalid     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (folder, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_sequence ON files (folder, sequence);
@@ -49,8 +56,12 @@ CREATE TABLE IF NOT EXISTS remote_files (
     size    INTEGER NOT NULL,
     version BLOB NOT NULL,
     info    BLOB,
+    kind        INTEGER NOT NULL DEFAULT 0,
+    modified_s  INTEGER NOT NULL DEFAULT 0,
+    modified_ns INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (folder, device, name)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS remote_files_by_name ON remote_files (folder, name);
 CREATE TABLE IF NOT EXISTS remotes (
     folder       TEXT NOT NULL,
     device       BLOB NOT NULL,
@@ -58,7 +69,20 @@ CREATE TABLE IF NOT EXISTS remotes (
     max_sequence INTEGER NOT NULL,
     PRIMARY KEY (folder, device)
 );
+CREATE TABLE IF NOT EXISTS blocks (
+    folder TEXT NOT NULL,
+    hash   BLOB NOT NULL,
+    name   TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    size   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blocks_by_hash ON blocks (folder, hash);
+CREATE INDEX IF NOT EXISTS blocks_by_name ON blocks (folder, name);
 ";
+
+/// `PRAGMA user_version` of the current layout. 2: summary columns for the
+/// streamed global state and the block table.
+const LAYOUT: i64 = 2;
 
 /// Databases from before the puller kept only a summary of remote entries;
 /// the whole FileInfo (blocks, mtime, …) is needed to pull. Such a database
@@ -78,17 +102,76 @@ fn migrate_remote_infos(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// How far a remote device is from having our folder, as
-/// `/rest/db/completion` reports it.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Completion {
-    pub completion: f64,
-    pub global_bytes: u64,
-    pub global_items: u64,
-    pub need_bytes: u64,
-    pub need_items: u64,
-    pub need_deletes: u64,
-    pub remote_sequence: i64,
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    Ok(conn
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists(params![table, column])?)
+}
+
+/// Layout 2: the global state is computed by streaming summary columns
+/// (never by decoding every entry), and block reuse looks hashes up in the
+/// `blocks` table. Older databases get the columns filled from the stored
+/// entries, once, in one transaction.
+fn migrate_to_layout_2(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= LAYOUT {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    if !has_column(&tx, "files", "invalid")? {
+        tx.execute_batch("ALTER TABLE files ADD COLUMN invalid INTEGER NOT NULL DEFAULT 0")?;
+    }
+    for column in ["kind", "modified_s", "modified_ns"] {
+        if !has_column(&tx, "remote_files", column)? {
+            tx.execute_batch(&format!(
+                "ALTER TABLE remote_files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
+    }
+    {
+        let mut read = tx.prepare("SELECT folder, device, name, info FROM remote_files")?;
+        let mut write = tx.prepare(
+            "UPDATE remote_files SET kind = ?4, modified_s = ?5, modified_ns = ?6
+             WHERE folder = ?1 AND device = ?2 AND name = ?3",
+        )?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let Some(blob) = r.get::<_, Option<Vec<u8>>>(3)? else {
+                continue;
+            };
+            let Ok(f) = FileInfo::decode(&blob[..]) else {
+                continue;
+            };
+            let (folder, device, name): (String, Vec<u8>, String) =
+                (r.get(0)?, r.get(1)?, r.get(2)?);
+            write.execute(params![
+                folder,
+                device,
+                name,
+                f.r#type,
+                f.modified_s,
+                f.modified_ns
+            ])?;
+        }
+        let mut read = tx.prepare("SELECT folder, info FROM files")?;
+        let mut rows = read.query([])?;
+        let mut mark =
+            tx.prepare("UPDATE files SET invalid = 1 WHERE folder = ?1 AND name = ?2")?;
+        tx.execute("DELETE FROM blocks", [])?;
+        while let Some(r) = rows.next()? {
+            let folder: String = r.get(0)?;
+            let Ok(f) = FileInfo::decode(&r.get::<_, Vec<u8>>(1)?[..]) else {
+                continue;
+            };
+            if f.invalid {
+                mark.execute(params![folder, f.name])?;
+            }
+            blocks::insert(&tx, &folder, &f)?;
+        }
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// What the scanner remembers of a local entry to decide whether it changed.
@@ -130,12 +213,15 @@ pub struct Change {
 /// The database; one connection, used from blocking threads.
 pub struct Db {
     conn: Mutex<Connection>,
+    /// Bumped by every change of local or remote entries, so summaries
+    /// computed from them can be reused until the next change.
+    generation: AtomicU64,
 }
 
 impl Db {
     pub fn open(home: &Path) -> Result<Db> {
         let path = home.join(FILE_NAME);
-        let conn = Connection::open(&path)
+        let mut conn = Connection::open(&path)
             .with_context(|| format!("cannot open the index database {}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
@@ -143,10 +229,21 @@ impl Db {
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot set up the index database {}", path.display()))?;
         migrate_remote_infos(&conn)
+            .and_then(|()| migrate_to_layout_2(&mut conn))
             .with_context(|| format!("cannot upgrade the index database {}", path.display()))?;
         Ok(Db {
             conn: Mutex::new(conn),
+            generation: AtomicU64::new(1),
         })
+    }
+
+    /// Changes to the entries so far (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -268,8 +365,9 @@ impl Db {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO files (folder, name, sequence, kind, deleted, size,
-                    modified_s, modified_ns, permissions, inode, block_size, version, info)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    modified_s, modified_ns, permissions, inode, block_size, version, info,
+                    invalid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for Change { mut info, inode } in changes {
                 seq += 1;
@@ -289,7 +387,9 @@ impl Db {
                     info.block_size,
                     version,
                     info.encode_to_vec(),
+                    info.invalid,
                 ])?;
+                blocks::replace(&tx, folder, &info)?;
             }
         }
         tx.execute(
@@ -297,6 +397,7 @@ impl Db {
             params![folder, seq],
         )?;
         tx.commit()?;
+        self.changed();
         Ok(seq)
     }
 
@@ -403,8 +504,9 @@ impl Db {
         }
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO remote_files (folder, device, name, deleted, invalid, size, version, info)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO remote_files (folder, device, name, deleted, invalid,
+                    size, version, info, kind, modified_s, modified_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for f in files {
                 stmt.execute(params![
@@ -416,10 +518,15 @@ impl Db {
                     f.size,
                     f.version.clone().unwrap_or_default().encode_to_vec(),
                     f.encode_to_vec(),
+                    f.r#type,
+                    f.modified_s,
+                    f.modified_ns,
                 ])?;
             }
         }
         tx.commit()?;
+        drop(conn);
+        self.changed();
         Ok(())
     }
 
@@ -463,74 +570,8 @@ impl Db {
             "DELETE FROM remote_files WHERE folder = ?1 AND device = ?2",
             params![folder, &device.as_bytes()[..]],
         )?;
+        self.changed();
         Ok(())
-    }
-
-    /// How complete `device` is for our copy of `folder`: every live local
-    /// entry it lacks in our version (or newer) is needed, every local
-    /// deletion it still has live is a needed delete.
-    pub fn completion(&self, folder: &str, device: &DeviceId) -> Result<Completion> {
-        use proto::bep::vector::{compare, Ordering as V};
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT l.deleted, l.size, l.version, r.deleted, r.invalid, r.version
-             FROM files l LEFT JOIN remote_files r
-               ON r.folder = l.folder AND r.device = ?2 AND r.name = l.name
-             WHERE l.folder = ?1",
-        )?;
-        let mut c = Completion::default();
-        let mut rows = stmt.query(params![folder, &device.as_bytes()[..]])?;
-        while let Some(row) = rows.next()? {
-            let (l_deleted, size): (bool, i64) = (row.get(0)?, row.get(1)?);
-            let l_version = Vector::decode(&row.get::<_, Vec<u8>>(2)?[..]).unwrap_or_default();
-            let remote: Option<(bool, bool, Vector)> = match row.get::<_, Option<bool>>(3)? {
-                None => None,
-                Some(d) => Some((
-                    d,
-                    row.get(4)?,
-                    Vector::decode(&row.get::<_, Vec<u8>>(5)?[..]).unwrap_or_default(),
-                )),
-            };
-            let has_ours = |r: &(bool, bool, Vector)| {
-                !r.1 && matches!(compare(&r.2, &l_version), V::Equal | V::Greater)
-            };
-            if l_deleted {
-                if let Some(r) = &remote {
-                    if !r.0 && !has_ours(r) {
-                        c.need_deletes += 1;
-                    }
-                }
-                continue;
-            }
-            let size = size.max(0) as u64;
-            c.global_items += 1;
-            c.global_bytes += size;
-            let ok = remote.as_ref().is_some_and(|r| !r.0 && has_ours(r));
-            if !ok {
-                c.need_items += 1;
-                c.need_bytes += size;
-            }
-        }
-        c.completion = if c.global_bytes == 0 {
-            if c.need_items == 0 && c.need_deletes == 0 {
-                100.0
-            } else {
-                // Like Syncthing: not done, though no bytes are missing.
-                95.0
-            }
-        } else {
-            let pct = 100.0 * (1.0 - c.need_bytes as f64 / c.global_bytes as f64);
-            if c.need_bytes == 0 && (c.need_deletes > 0 || c.need_items > 0) {
-                95.0
-            } else {
-                pct
-            }
-        };
-        drop(rows);
-        drop(stmt);
-        drop(conn);
-        c.remote_sequence = self.remote(folder, device)?.1;
-        Ok(c)
     }
 
     pub fn set_remote(
@@ -597,6 +638,15 @@ mod tests {
 
     #[test]
     fn completion_follows_versions_and_deletes() {
+        let completion = |db: &Db, device: &DeviceId| {
+            let mut c = crate::pull::need::Completion::default();
+            db.for_each_entry("f", None, Direction::Ascending, |e| {
+                crate::pull::need::add_completion(&e, Some(device), &mut c);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            c.finish()
+        };
         use proto::bep::wire::Counter;
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
@@ -624,7 +674,7 @@ mod tests {
         .unwrap();
         let peer = DeviceId::from_der_cert(b"peer");
         // Nothing announced: everything needed.
-        let c = db.completion("f", &peer).unwrap();
+        let c = completion(&db, &peer);
         assert_eq!((c.need_items, c.need_bytes, c.global_bytes), (2, 400, 400));
         assert_eq!(c.completion, 0.0);
         // Peer has "a" in an older version, "b" current, "gone" still live.
@@ -639,7 +689,7 @@ mod tests {
             true,
         )
         .unwrap();
-        let c = db.completion("f", &peer).unwrap();
+        let c = completion(&db, &peer);
         assert_eq!((c.need_items, c.need_bytes, c.need_deletes), (1, 100, 1));
         assert_eq!(c.completion, 75.0);
         // An update brings "a" and the deletion: complete.
@@ -650,10 +700,10 @@ mod tests {
             false,
         )
         .unwrap();
-        let c = db.completion("f", &peer).unwrap();
+        let c = completion(&db, &peer);
         assert_eq!((c.need_items, c.need_deletes, c.completion), (0, 0, 100.0));
         // A new index ID on their side voids what we knew.
         db.clear_remote_files("f", &peer).unwrap();
-        assert_eq!(db.completion("f", &peer).unwrap().need_items, 2);
+        assert_eq!(completion(&db, &peer).need_items, 2);
     }
 }

@@ -32,30 +32,43 @@ struct Entry {
 
 #[derive(Default)]
 pub struct LocalCache {
-    m: Mutex<HashMap<DeviceId, Entry>>,
+    /// Keyed by device and by IPv6 or not: the two announcers of a
+    /// device are independent (own instance IDs), as in Syncthing.
+    m: Mutex<HashMap<(DeviceId, bool), Entry>>,
 }
 
 impl LocalCache {
     pub fn get(&self, device: &DeviceId) -> Vec<String> {
         let m = self.m.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get(device) {
-            Some(e) if e.at.elapsed() < CACHE_LIFETIME => e.addresses.clone(),
-            _ => Vec::new(),
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            if let Some(e) = m.get(&(*device, v6)) {
+                if e.at.elapsed() < CACHE_LIFETIME {
+                    out.extend(e.addresses.iter().cloned());
+                }
+            }
         }
+        out
     }
 
     /// Every fresh entry.
     pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
         let m = self.m.lock().unwrap_or_else(|p| p.into_inner());
-        m.iter()
-            .filter(|(_, e)| e.at.elapsed() < CACHE_LIFETIME)
-            .map(|(id, e)| (*id, e.addresses.clone()))
-            .collect()
+        let mut out: HashMap<DeviceId, Vec<String>> = HashMap::new();
+        for ((id, _), e) in m.iter() {
+            if e.at.elapsed() < CACHE_LIFETIME {
+                out.entry(*id)
+                    .or_default()
+                    .extend(e.addresses.iter().cloned());
+            }
+        }
+        out
     }
 
     /// Records an announcement; true when the device is new, its entry had
     /// expired or it restarted (then we announce back at once).
-    fn put(&self, device: DeviceId, addresses: Vec<String>, instance: i64) -> bool {
+    fn put(&self, device: DeviceId, v6: bool, addresses: Vec<String>, instance: i64) -> bool {
+        let device = (device, v6);
         let mut m = self.m.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = match m.get(&device) {
             Some(e) => e.at.elapsed() >= CACHE_LIFETIME || e.instance != instance,
@@ -151,6 +164,15 @@ fn interfaces() -> (Vec<Ipv4Addr>, Vec<u32>) {
     (bcast, mcast)
 }
 
+/// `localAnnouncePort`, 0 meaning the default (21027).
+fn effective_port(configured: u16) -> u16 {
+    if configured == 0 {
+        proto::discovery::local::DEFAULT_PORT
+    } else {
+        configured
+    }
+}
+
 /// Runs local discovery while it is enabled; reopens the sockets when the
 /// port changes.
 pub async fn run(node: Arc<Node>) {
@@ -160,7 +182,7 @@ pub async fn run(node: Arc<Node>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        let port = options.local_announce_port;
+        let port = effective_port(options.local_announce_port);
         if let Err(e) = run_on(&node, port).await {
             tracing::warn!(port, error = %format!("{e:#}"), "local discovery stopped; retrying in 30 s");
             tokio::time::sleep(INTERVAL).await;
@@ -191,6 +213,7 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
     // Each start has its own instance ID, so peers notice our restarts.
     let instance: i64 = (rand::random::<u64>() >> 1) as i64;
     let mut next = Instant::now();
+    let mut sent: Vec<String> = Vec::new();
     let mut last_extra = Instant::now() - MIN_EXTRA_GAP;
     let mut last_bad_log = Instant::now() - BAD_LOG_GAP;
     let mut bad = 0u64;
@@ -198,12 +221,16 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
     let mut buf6 = vec![0u8; MAX_PACKET];
     loop {
         let options = node.config().options;
-        if !options.local_announce_enabled || options.local_announce_port != port {
+        if !options.local_announce_enabled || effective_port(options.local_announce_port) != port {
             tracing::info!("local discovery off");
             return Ok(());
         }
+        // Our addresses changed (a listener came or went): tell the LAN now.
+        if lan_addresses() != sent {
+            next = Instant::now();
+        }
         if Instant::now() >= next {
-            send(node, &v4, v6.as_ref(), port, instance).await;
+            sent = send(node, &v4, v6.as_ref(), port, instance).await;
             next = Instant::now() + INTERVAL;
         }
         let wait = next
@@ -225,14 +252,14 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
         match LocalAnnounce::decode(&packet) {
             Ok(a) if a.id == node.my_id => {}
             Ok(a) => {
-                let src = from.ip().to_canonical();
+                let v6 = !from.ip().to_canonical().is_ipv4();
                 let addrs: Vec<String> = a
                     .addresses
                     .iter()
-                    .filter_map(|x| rewrite_local_address(x, src))
+                    .filter_map(|x| rewrite_local_address(x, from))
                     .collect();
                 tracing::debug!(device = %a.id, from = %from, addresses = ?addrs, "local announcement");
-                let fresh = super::discovery().local.put(a.id, addrs, a.instance_id);
+                let fresh = super::discovery().local.put(a.id, v6, addrs, a.instance_id);
                 if fresh && last_extra.elapsed() >= MIN_EXTRA_GAP {
                     last_extra = Instant::now();
                     next = Instant::now();
@@ -249,19 +276,40 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
     }
 }
 
-async fn send(node: &Arc<Node>, v4: &UdpSocket, v6: Option<&UdpSocket>, port: u16, instance: i64) {
-    let addresses = crate::connect::announced_addresses();
+/// Our addresses worth telling the LAN: loopback ones are useless to
+/// anyone else (Syncthing ≥ 1.25 drops them too).
+fn lan_addresses() -> Vec<String> {
+    use proto::discovery::address::{AnnouncedAddress, Host};
+    crate::connect::announced_addresses()
+        .into_iter()
+        .filter(|a| match AnnouncedAddress::parse(a).map(|p| p.host) {
+            Ok(Host::Ip(ip)) => !ip.is_loopback(),
+            Ok(Host::Name(n)) => !n.eq_ignore_ascii_case("localhost"),
+            _ => true,
+        })
+        .collect()
+}
+
+/// Sends one announcement; returns the addresses announced.
+async fn send(
+    node: &Arc<Node>,
+    v4: &UdpSocket,
+    v6: Option<&UdpSocket>,
+    port: u16,
+    instance: i64,
+) -> Vec<String> {
+    let addresses = lan_addresses();
     if addresses.is_empty() {
-        return;
+        return addresses;
     }
     let packet = LocalAnnounce {
         id: node.my_id,
-        addresses,
+        addresses: addresses.clone(),
         instance_id: instance,
     }
     .encode();
     if packet.len() > MAX_PACKET {
-        return;
+        return addresses;
     }
     let (bcast, mcast) = interfaces();
     let targets: Vec<Ipv4Addr> = if bcast.is_empty() {
@@ -285,4 +333,5 @@ async fn send(node: &Arc<Node>, v4: &UdpSocket, v6: Option<&UdpSocket>, port: u1
             }
         }
     }
+    addresses
 }

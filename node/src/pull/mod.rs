@@ -1,16 +1,21 @@
 //! Pulling: bringing our copy of a folder to the global version.
 //!
-//! * [`need`] — global version per name and the need list, from our index
-//!   and the remote indexes in the database.
+//! * [`need`] — global version per name and what we need, from one name's
+//!   entries at a time (streamed from the database, never all in memory).
+//! * [`summaries`] — `db/status` and `db/completion` figures kept until
+//!   the index changes.
 //! * [`requester`] — our Requests on a connection and their Responses.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
 //!   checks, temp files, conflict copies).
 //! * [`local_ops`] — revert (receive-only) and override (send-only).
 //!
 //! A round runs in the folder's loop right after a scan, so scanning and
-//! pulling never race: directories first (parents before children), then
-//! files and symlinks, then deletions (children before parents). A file is
-//! assembled in its temp file from blocks found locally and blocks
+//! pulling never race. It walks the folder's names a page at a time:
+//! ascending for directories (parents before children), files and
+//! symlinks (several files at once, with one budget of bytes in flight),
+//! then descending for deletions (children before parents). A file is
+//! assembled in its temp file from blocks found locally (its old version,
+//! or any local file holding the same hash: the `blocks` table) and blocks
 //! requested from devices announcing the global version, each verified
 //! against its SHA-256, then fsynced and renamed over the target: the
 //! target is always either the old or the complete new version.
@@ -19,11 +24,13 @@ pub mod disk;
 pub mod local_ops;
 pub mod need;
 pub mod requester;
+pub mod summaries;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::ErrorKind;
+use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -36,18 +43,21 @@ use futures_util::stream::{self, StreamExt};
 use proto::bep::blocks::BLOCK_SIZES;
 use proto::bep::global::{is_conflict, temp_basename};
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Request};
+use proto::DeviceId;
+use tokio::sync::Semaphore;
 
 use crate::config::FolderConfig;
-use crate::db::Change;
+use crate::db::{Change, Direction};
 use crate::model::Node;
 use disk::{basename, LocallyChanged};
 use need::Needed;
+use summaries::Summary;
 
 /// Block data fetched from peers / copied from local files, since start.
 pub static PULLED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static REUSED_BYTES: AtomicU64 = AtomicU64::new(0);
 
-/// Requested block data in flight per file.
+/// Requested block data in flight per round (all files together).
 const IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
 const MAX_IN_FLIGHT: usize = 64;
 /// Changes recorded in the index together (small: a file renamed into
@@ -68,108 +78,254 @@ struct Ctx<'a> {
     folder: &'a str,
     root: &'a Path,
     my_short: u64,
-    blocks: &'a BlockMap,
     /// Conflict copies made this round (they are new local files to scan).
     conflicts: AtomicUsize,
+    /// Requested block data in flight, in KiB, across the files pulled at
+    /// once (memory stays bounded however many run).
+    budget: Semaphore,
     /// The folder's `.stignore`, read at the start of the round.
     ignores: crate::ignore::Ignores,
 }
 
-/// The need list of `folder` now.
+/// Files (and symlinks) pulled at the same time: overlaps one file's
+/// round trips and fsyncs with another's transfer.
+const PARALLEL_FILES: usize = 4;
+
+/// Needed items looked at per database pass: bounds the memory of a pull
+/// round whatever the size of the folder.
+const PAGE: usize = 256;
+
+/// The global-state counts of `folder` (`/rest/db/status`), reused until
+/// the index changes.
+pub fn need_totals(node: &Node, folder: &str) -> Result<need::Totals> {
+    let generation = node.db.generation();
+    let key = (folder.to_string(), None);
+    if let Some(Summary::Totals(t)) = node.summaries.get(&key, generation) {
+        return Ok(t);
+    }
+    let mut t = need::Totals::default();
+    node.db
+        .for_each_entry(folder, None, Direction::Ascending, |e| {
+            need::evaluate(e, &mut t);
+            ControlFlow::Continue(())
+        })?;
+    node.summaries
+        .put(key, generation, Summary::Totals(t.clone()));
+    Ok(t)
+}
+
+/// How complete `device` (`None`: we) is for `folder`, against the global
+/// state; reused until the index changes.
+pub fn completion(node: &Node, folder: &str, device: Option<DeviceId>) -> Result<need::Completion> {
+    let device = device.filter(|d| *d != node.my_id);
+    let generation = node.db.generation();
+    let key = (folder.to_string(), device.or(Some(node.my_id)));
+    if let Some(Summary::Completion(c)) = node.summaries.get(&key, generation) {
+        return Ok(c);
+    }
+    let mut c = need::Completion::default();
+    node.db
+        .for_each_entry(folder, None, Direction::Ascending, |e| {
+            need::add_completion(&e, device.as_ref(), &mut c);
+            ControlFlow::Continue(())
+        })?;
+    let c = c.finish();
+    node.summaries
+        .put(key, generation, Summary::Completion(c.clone()));
+    Ok(c)
+}
+
+/// The global entry of one name, in full (with its blocks), and the device
+/// announcing it (`None`: we do).
+pub fn global_file(
+    node: &Node,
+    folder: &str,
+    name: &str,
+) -> Result<Option<(Option<DeviceId>, FileInfo)>> {
+    let entry = node.db.entry(folder, name)?;
+    let Some((who, _)) = need::global(&entry) else {
+        return Ok(None);
+    };
+    let full = match who {
+        None => node.db.file(folder, name)?,
+        Some(d) => node.db.remote_file(folder, &d, name)?,
+    };
+    Ok(full.map(|f| (who, f)))
+}
+
+/// Every needed item of `folder` with our entry loaded in full (the global
+/// one stays a summary), and the totals. Memory grows with what is needed:
+/// for explicit operations (override), not for pulling.
 pub fn need_list(node: &Node, folder: &str) -> Result<(Vec<Needed>, need::Totals)> {
-    let local = node.db.local_infos(folder)?;
-    let remote = node.db.remote_infos(folder)?;
-    Ok(need::compute(local, remote))
+    let mut need = Vec::new();
+    let mut t = need::Totals::default();
+    node.db
+        .for_each_entry(folder, None, Direction::Ascending, |e| {
+            need.extend(need::evaluate(e, &mut t));
+            ControlFlow::Continue(())
+        })?;
+    for n in &mut need {
+        n.local = node.db.file(folder, &n.global.name)?;
+    }
+    Ok((need, t))
 }
 
-/// Where each block of our live files is: hash → (name, offset, size).
-/// A file moved or copied on another device is then built from local data.
-type BlockMap = HashMap<Vec<u8>, (String, u64, usize)>;
+/// Which needed items a pass takes.
+type Want = fn(&Needed) -> bool;
 
-fn block_map(local: &[FileInfo]) -> BlockMap {
-    let mut map = HashMap::new();
-    for f in local.iter().filter(|f| !f.deleted && !f.invalid) {
-        for b in f.blocks.iter().filter(|b| b.size > 0) {
-            map.entry(b.hash.clone())
-                .or_insert_with(|| (f.name.clone(), b.offset.max(0) as u64, b.size as usize));
+/// Up to [`PAGE`] needed items after `after` in `dir` order that `want`
+/// keeps, and the last name looked at (`None`: the folder is done).
+fn need_page(
+    node: &Node,
+    folder: &str,
+    after: Option<&str>,
+    dir: Direction,
+    want: Want,
+) -> Result<(Vec<Needed>, Option<String>)> {
+    let mut page = Vec::new();
+    let mut last = None;
+    let mut t = need::Totals::default();
+    node.db.for_each_entry(folder, after, dir, |e| {
+        last = Some(e.name.clone());
+        if let Some(n) = need::evaluate(e, &mut t).filter(want) {
+            page.push(n);
+            if page.len() >= PAGE {
+                return ControlFlow::Break(());
+            }
         }
+        ControlFlow::Continue(())
+    })?;
+    if page.len() < PAGE {
+        // The stream ended before the page filled up.
+        last = None;
     }
-    map
+    Ok((page, last))
 }
 
-/// One pull round for `folder` (not sendonly, not paused).
-pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats> {
-    let n2 = node.clone();
-    let id = folder.id.clone();
-    let (need, blocks) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let local = n2.db.local_infos(&id)?;
-        let blocks = block_map(&local);
-        let remote = n2.db.remote_infos(&id)?;
-        Ok((need::compute(local, remote).0, blocks))
-    })
-    .await
-    .map_err(|e| anyhow!("need computation failed: {e}"))??;
-    let mut stats = RoundStats::default();
-    if need.is_empty() {
-        return Ok(stats);
+/// Loads the whole global and local entries of a needed item (the need
+/// computation works on summaries). `None` when the global entry changed
+/// meanwhile: the next round sees the new one.
+fn load(node: &Node, folder: &str, mut n: Needed) -> Result<Option<Needed>> {
+    let Some(global) = node.db.remote_file(folder, &n.from, &n.global.name)? else {
+        return Ok(None);
+    };
+    if global.version != n.global.version {
+        return Ok(None);
     }
+    n.local = node.db.file(folder, &n.global.name)?;
+    n.global = global;
+    Ok(Some(n))
+}
+
+/// One pull round for `folder` (not sendonly, not paused): directories,
+/// files and symlinks in ascending name order (parents first), then
+/// deletions in descending order (children first), a page at a time.
+pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats> {
     let ctx = Ctx {
         node,
         folder: &folder.id,
         root: &folder.path,
         my_short: node.my_id.short().0,
-        blocks: &blocks,
         conflicts: AtomicUsize::new(0),
+        budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
         ignores: crate::ignore::Ignores::load(&folder.path)
             .context("not pulling until the folder's .stignore is fixed")?,
     };
-    let kind = |n: &Needed| {
-        if n.global.deleted {
-            2
-        } else if n.global.r#type == FileInfoType::Directory as i32 {
-            0
-        } else {
-            1
-        }
-    };
-    let mut dirs: Vec<&Needed> = need.iter().filter(|n| kind(n) == 0).collect();
-    let mut files: Vec<&Needed> = need.iter().filter(|n| kind(n) == 1).collect();
-    let mut deletes: Vec<&Needed> = need.iter().filter(|n| kind(n) == 2).collect();
-    dirs.sort_by(|a, b| a.global.name.cmp(&b.global.name));
-    files.sort_by(|a, b| a.global.name.cmp(&b.global.name));
-    deletes.sort_by(|a, b| b.global.name.cmp(&a.global.name));
+    let mut stats = RoundStats::default();
     let mut pending: Vec<Change> = Vec::new();
-    for n in dirs.into_iter().chain(files).chain(deletes) {
-        let name = n.global.name.clone();
-        let result = match disk::check_name(&name) {
-            Err(e) => Err(e),
-            Ok(()) if ctx.ignores.is_ignored(&name) => Ok(disk::ignored_entry(&n.global)),
-            Ok(()) => apply(&ctx, n).await,
-        };
-        match result {
-            Ok(change) => {
-                pending.push(change);
-                stats.applied += 1;
-                if pending.len() >= RECORD_BATCH {
-                    record(node, &folder.id, std::mem::take(&mut pending))?;
+    let passes: [(Direction, Want); 2] = [
+        (Direction::Ascending, |n| !n.global.deleted),
+        (Direction::Descending, |n| n.global.deleted),
+    ];
+    for (dir, want) in passes {
+        let mut after: Option<String> = None;
+        loop {
+            let (n2, id, from) = (node.clone(), folder.id.clone(), after.clone());
+            let (page, last) = tokio::task::spawn_blocking(move || {
+                need_page(&n2, &id, from.as_deref(), dir, want)
+            })
+            .await
+            .map_err(|e| anyhow!("need computation failed: {e}"))??;
+            // Directories and deletions in order (parents exist before
+            // their children, children go before their parents); files and
+            // symlinks of the page then several at a time.
+            let (ordered, parallel): (Vec<Needed>, Vec<Needed>) = page.into_iter().partition(|n| {
+                n.global.deleted || n.global.r#type == FileInfoType::Directory as i32
+            });
+            for n in ordered {
+                let name = n.global.name.clone();
+                let result = pull_one(&ctx, n).await;
+                settle(&ctx, name, result, &mut stats, &mut pending)?;
+            }
+            let mut results = stream::iter(parallel.into_iter().map(|n| {
+                let ctx = &ctx;
+                async move {
+                    let name = n.global.name.clone();
+                    (name, pull_one(ctx, n).await)
                 }
+            }))
+            .buffer_unordered(PARALLEL_FILES);
+            while let Some((name, result)) = results.next().await {
+                settle(&ctx, name, result, &mut stats, &mut pending)?;
             }
-            Err(e) if e.downcast_ref::<LocallyChanged>().is_some() => {
-                tracing::info!(folder = %folder.id, file = %name, "changed locally while pulling; rescanning first");
-                stats.rescan = true;
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::warn!(folder = %folder.id, file = %name, error = %msg, "cannot pull");
-                stats.errors.push((name, msg));
+            drop(results);
+            // Applied items are recorded before the next page is computed,
+            // so it does not offer them again.
+            record(node, &folder.id, std::mem::take(&mut pending))?;
+            match last {
+                Some(l) => after = Some(l),
+                None => break,
             }
         }
     }
-    record(node, &folder.id, pending)?;
     if ctx.conflicts.load(Ordering::Relaxed) > 0 {
         stats.rescan = true;
     }
     Ok(stats)
+}
+
+/// Checks the name, loads the whole entries and applies one needed item.
+/// `Ok(None)`: the global entry changed meanwhile (the next round sees it).
+async fn pull_one(ctx: &Ctx<'_>, n: Needed) -> Result<Option<Change>> {
+    disk::check_name(&n.global.name)?;
+    if ctx.ignores.is_ignored(&n.global.name) {
+        return Ok(Some(disk::ignored_entry(&n.global)));
+    }
+    match load(ctx.node, ctx.folder, n)? {
+        Some(n) => apply(ctx, &n).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Books the outcome of one item: recorded (in batches), a reason to
+/// rescan, or a pull error.
+fn settle(
+    ctx: &Ctx<'_>,
+    name: String,
+    result: Result<Option<Change>>,
+    stats: &mut RoundStats,
+    pending: &mut Vec<Change>,
+) -> Result<()> {
+    match result {
+        Ok(None) => {}
+        Ok(Some(change)) => {
+            pending.push(change);
+            stats.applied += 1;
+            if pending.len() >= RECORD_BATCH {
+                record(ctx.node, ctx.folder, std::mem::take(pending))?;
+            }
+        }
+        Err(e) if e.downcast_ref::<LocallyChanged>().is_some() => {
+            tracing::info!(folder = %ctx.folder, file = %name, "changed locally while pulling; rescanning first");
+            stats.rescan = true;
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::warn!(folder = %ctx.folder, file = %name, error = %msg, "cannot pull");
+            stats.errors.push((name, msg));
+        }
+    }
+    Ok(())
 }
 
 /// Records pulled entries (our version becomes the global one) and wakes
@@ -415,13 +571,12 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
             _ => None,
         };
         let local = local.or_else(|| {
-            let (other, o, s) = ctx.blocks.get(&b.hash)?;
-            let (o, s) = (*o, *s);
+            let (other, o, s) = ctx.node.db.find_block(ctx.folder, &b.hash).ok()??;
             if s != size {
                 return None;
             }
             let f = others.entry(other.clone()).or_insert_with(|| {
-                let (_, path) = locate(ctx, other, false).ok()??;
+                let (_, path) = locate(ctx, &other, false).ok()??;
                 disk::open_existing(&path)
             });
             disk::read_verified(f.as_ref()?, o, s, &b.hash)
@@ -443,6 +598,12 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
         let file_ref = &file;
         let temp_ref = &temp;
         let mut results = stream::iter(missing.into_iter().map(|(i, b)| async move {
+            let kib = (b.size.max(0) as u32).div_ceil(1024).max(1);
+            let _permit = ctx
+                .budget
+                .acquire_many(kib)
+                .await
+                .map_err(|_| anyhow!("pull round ended"))?;
             let data = fetch_block(ctx, n, i, &b).await?;
             file_ref
                 .write_all_at(&data, b.offset as u64)

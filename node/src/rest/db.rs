@@ -34,12 +34,18 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET])?;
             let f = c.folder()?;
             let name = c.need("file")?;
-            match c.node.db.file(&f.id, name) {
-                Ok(Some(fi)) => Ok(json(
-                    &json!({"local": file_json(&fi), "global": file_json(&fi)}),
-                )),
-                Ok(None) => Err(text(StatusCode::NOT_FOUND, "no such object in the index")),
-                Err(e) => Err(internal(format!("{e:#}"))),
+            let local = c.node.db.file(&f.id, name);
+            let global = crate::pull::global_file(&c.node, &f.id, name);
+            match (local, global) {
+                (Ok(None), Ok(None)) => {
+                    Err(text(StatusCode::NOT_FOUND, "no such object in the index"))
+                }
+                (Ok(local), Ok(global)) => {
+                    let global = global.map(|(_, g)| g).or_else(|| local.clone());
+                    Ok(json(&json!({"local": local.as_ref().map(file_json),
+                                    "global": global.as_ref().map(file_json)})))
+                }
+                (Err(e), _) | (_, Err(e)) => Err(internal(format!("{e:#}"))),
             }
         }
         "/rest/folder/errors" | "/rest/folder/pullerrors" => {
@@ -83,7 +89,7 @@ fn status(c: &Call) -> Answer {
     let ((files, dirs, links, deleted, bytes), g) = node
         .db
         .local_totals(&folder)
-        .and_then(|l| Ok((l, crate::pull::need_list(node, &folder)?.1)))
+        .and_then(|l| Ok((l, crate::pull::need_totals(node, &folder)?)))
         .map_err(|e| internal(format!("{e:#}")))?;
     let seq = *rt.sequence.borrow();
     Ok(json(&json!({
@@ -106,34 +112,25 @@ fn status(c: &Call) -> Answer {
 fn completion(c: &Call) -> Answer {
     let folder = c.folder()?.id;
     let node = &c.node;
-    let Some(device) = c.device()? else {
-        // Our own completion, against the global state.
-        let g = crate::pull::need_list(node, &folder)
-            .map(|(_, t)| t)
-            .unwrap_or_default();
-        let global_items = g.global_files + g.global_dirs + g.global_symlinks;
-        let completion = if g.need_items() == 0 {
-            100.0
-        } else if g.global_bytes == 0 || g.need_bytes == 0 {
-            95.0
-        } else {
-            100.0 * (1.0 - g.need_bytes as f64 / g.global_bytes as f64)
-        };
-        return Ok(json(&json!({
-            "completion": completion, "globalBytes": g.global_bytes,
-            "globalItems": global_items, "needBytes": g.need_bytes,
-            "needDeletes": g.need_deletes, "needItems": g.need_items(),
-            "remoteState": "valid",
-            "sequence": node.folder_runtime(&folder).map_or(0, |r| *r.sequence.borrow()),
-        })));
+    let device = c.device()?.filter(|d| *d != node.my_id);
+    let (sequence, state) = match device {
+        None => (
+            node.folder_runtime(&folder).map_or(0, |r| *r.sequence.borrow()),
+            "valid",
+        ),
+        Some(d) => (
+            node.db.remote(&folder, &d).map_or(0, |r| r.1),
+            if node.connected(&d) { "valid" } else { "unknown" },
+        ),
     };
-    match node.db.completion(&folder, &device) {
+    // Against the global state (all devices' versions), for us or them.
+    match crate::pull::completion(node, &folder, device) {
         Ok(c) => Ok(json(&json!({
             "completion": c.completion, "globalBytes": c.global_bytes,
             "globalItems": c.global_items, "needBytes": c.need_bytes,
             "needDeletes": c.need_deletes, "needItems": c.need_items,
-            "remoteState": if node.connected(&device) { "valid" } else { "unknown" },
-            "sequence": c.remote_sequence,
+            "remoteState": state,
+            "sequence": sequence,
         }))),
         Err(e) => Err(internal(format!("{e:#}"))),
     }

@@ -2,7 +2,7 @@
 //! the receiver's address rewriting. Sockets, intervals and the cache are
 //! the node's business.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use prost::Message as _;
 
@@ -112,8 +112,10 @@ impl LocalAnnounce {
 /// The receiver's rewriting of one announced address: an empty or
 /// unspecified host becomes the datagram's source IP (`tcp4` from an IPv6
 /// source and `tcp6` from an IPv4 source are dropped); anything else is
-/// kept verbatim. `None` for addresses that do not parse.
-pub fn rewrite_local_address(address: &str, source: IpAddr) -> Option<String> {
+/// kept verbatim. An IPv6 link-local source keeps its zone (`[fe80::1%2]`,
+/// the interface index), without which it could not be dialed. `None` for
+/// addresses that do not parse.
+pub fn rewrite_local_address(address: &str, source: SocketAddr) -> Option<String> {
     let parsed = AnnouncedAddress::parse(address).ok()?;
     let unspecified = match parsed.host {
         Host::Empty => true,
@@ -123,13 +125,17 @@ pub fn rewrite_local_address(address: &str, source: IpAddr) -> Option<String> {
     if !unspecified {
         return Some(address.to_owned());
     }
-    match (parsed.scheme.as_str(), source) {
+    let ip = source.ip().to_canonical();
+    match (parsed.scheme.as_str(), ip) {
         ("tcp4", IpAddr::V6(_)) | ("tcp6", IpAddr::V4(_)) => return None,
         _ => {}
     }
-    let host = match source {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("[{ip}]"),
+    let host = match (ip, source) {
+        (IpAddr::V4(ip), _) => ip.to_string(),
+        (IpAddr::V6(ip), SocketAddr::V6(s)) if ip.is_unicast_link_local() && s.scope_id() != 0 => {
+            format!("[{ip}%{}]", s.scope_id())
+        }
+        (IpAddr::V6(ip), _) => format!("[{ip}]"),
     };
     Some(format!(
         "{}://{host}:{}{}",
@@ -172,15 +178,25 @@ mod tests {
 
     #[test]
     fn rewriting() {
-        let v4: IpAddr = "192.168.1.5".parse().unwrap();
-        let v6: IpAddr = "fe80::1".parse().unwrap();
+        let v4: SocketAddr = "192.168.1.5:21027".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:21027".parse().unwrap();
+        let ll = SocketAddr::V6(std::net::SocketAddrV6::new(
+            "fe80::1".parse().unwrap(),
+            21027,
+            0,
+            3,
+        ));
+        assert_eq!(
+            rewrite_local_address("tcp://0.0.0.0:22000", ll).as_deref(),
+            Some("tcp://[fe80::1%3]:22000")
+        );
         assert_eq!(
             rewrite_local_address("tcp://0.0.0.0:22000", v4).as_deref(),
             Some("tcp://192.168.1.5:22000")
         );
         assert_eq!(
             rewrite_local_address("tcp://:22000", v6).as_deref(),
-            Some("tcp://[fe80::1]:22000")
+            Some("tcp://[2001:db8::1]:22000")
         );
         assert_eq!(rewrite_local_address("tcp4://0.0.0.0:1", v6), None);
         assert_eq!(rewrite_local_address("tcp6://[::]:1", v4), None);

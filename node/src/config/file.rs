@@ -1,0 +1,271 @@
+//! The configuration file: `config.toml` in the home directory, written
+//! with a comment on every setting so an operator can edit it by hand or
+//! ship it as a Kubernetes ConfigMap. Keys are Syncthing's JSON names, so
+//! what the REST API shows is what the file holds.
+//!
+//! A `config.json` from earlier versions is read once and replaced by
+//! `config.toml` (the JSON file is kept as `config.json.migrated`).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use toml_edit::{DocumentMut, Item, Table};
+
+use super::Config;
+
+/// File name of the configuration in the home directory.
+pub const FILE_NAME: &str = "config.toml";
+/// The file earlier versions wrote.
+const LEGACY_FILE_NAME: &str = "config.json";
+/// Largest configuration file read (a guard against pointing at a wrong file).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+const HEADER: &str = "\
+# Configuration of this node (a Syncthing-compatible sync device).
+#
+# Written by `node generate` and rewritten whenever the configuration is
+# changed over the REST API (then only these explanatory comments are kept:
+# notes of your own belong in a separate file). Keys are the names of
+# Syncthing's REST/JSON configuration. Edit it while the node is stopped, or
+# change settings live with the REST API (`/rest/config/...`).
+#
+# Nothing here points at public Syncthing infrastructure: discovery servers
+# and relays are only those listed below.
+";
+
+/// Comments written above each setting: (table, key, comment).
+const COMMENTS: &[(&str, &str, &str)] = &[
+    ("", "name", "This device's name, sent to the devices it connects to."),
+    ("options", "listenAddresses", "Where to accept BEP connections: tcp://HOST:PORT (0.0.0.0 for every\n# interface), relay://HOST:PORT/?id=...&token=... to be reachable through a\n# relay. Empty: no listener (the node still dials out)."),
+    ("options", "reconnectionIntervalS", "Seconds between attempts to reach a disconnected device."),
+    ("options", "globalAnnounceServers", "Global discovery servers: https://HOST:PORT/?id=<server device ID>\n# (or ?insecure to skip pinning). None by default: private network."),
+    ("options", "globalAnnounceEnabled", "Announce our addresses to the servers above and look devices up there."),
+    ("options", "localAnnounceEnabled", "Announce and find devices on the local network (UDP broadcast/multicast)."),
+    ("options", "relaysEnabled", "Use relays (relay:// listen addresses, relays other devices announce)."),
+    ("gui", "address", "REST API HOST:PORT (127.0.0.1 keeps it on this machine). Empty: no API."),
+    ("gui", "apiKey", "Every REST call must send this in the X-API-Key header."),
+];
+
+const DEVICES_COMMENT: &str = "\
+# Devices this node talks to. Only these may connect; each is pinned by its
+# device ID. addresses: tcp://HOST:PORT to dial, or \"dynamic\" to find it
+# by discovery. compression: metadata (default), always or never.";
+
+const FOLDERS_COMMENT: &str = "\
+# Shared folders. type: sendreceive, sendonly (remote changes are not
+# applied) or receiveonly (local changes are kept but not sent). devices: who
+# shares it. rescanIntervalS: full rescan period; fsWatcherEnabled: rescan
+# within fsWatcherDelayS seconds of a change.";
+
+const EXAMPLES: &str = "
+# No devices or folders yet. For example:
+#
+# [[devices]]
+# deviceID = \"ABCDEFG-HIJKLMN-OPQRSTU-VWXYZ23-4567ABC-DEFGHIJ-KLMNOPQ-RSTUVWX\"
+# name = \"la-nas\"
+# addresses = [\"tcp://la-nas.example:22000\"]
+#
+# [[folders]]
+# id = \"projects\"
+# path = \"/srv/projects\"
+# type = \"sendreceive\"
+# devices = [{ deviceID = \"ABCDEFG-HIJKLMN-OPQRSTU-VWXYZ23-4567ABC-DEFGHIJ-KLMNOPQ-RSTUVWX\" }]
+";
+
+pub fn path(home: &Path) -> PathBuf {
+    home.join(FILE_NAME)
+}
+
+fn read_bounded(path: &Path) -> Result<Option<String>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {} (is it UTF-8 text?)", path.display()))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        bail!(
+            "{} is larger than {} MiB: is it the right file?",
+            path.display(),
+            MAX_CONFIG_BYTES >> 20
+        );
+    }
+    Ok(Some(text))
+}
+
+/// Reads `home/config.toml` (or migrates `home/config.json`).
+pub fn load(home: &Path) -> Result<Config> {
+    let toml_path = path(home);
+    if let Some(text) = read_bounded(&toml_path)? {
+        return parse(&text)
+            .with_context(|| format!("{} is not a valid configuration", toml_path.display()));
+    }
+    let json_path = home.join(LEGACY_FILE_NAME);
+    let Some(text) = read_bounded(&json_path)? else {
+        bail!(
+            "no configuration at {}; create one with `node generate --home {}`",
+            toml_path.display(),
+            home.display()
+        );
+    };
+    let config: Config = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid configuration", json_path.display()))?;
+    save(&config, home).context("cannot write the migrated configuration")?;
+    let kept = home.join(format!("{LEGACY_FILE_NAME}.migrated"));
+    std::fs::rename(&json_path, &kept)
+        .with_context(|| format!("cannot rename {}", json_path.display()))?;
+    tracing::info!(from = %json_path.display(), to = %toml_path.display(), "configuration migrated to TOML");
+    Ok(config)
+}
+
+pub fn parse(text: &str) -> Result<Config> {
+    Ok(toml::from_str(text)?)
+}
+
+/// The file's text: the configuration with its comments.
+pub fn render(config: &Config) -> Result<String> {
+    let plain = toml::to_string(config).context("cannot express the configuration as TOML")?;
+    let mut doc: DocumentMut = plain
+        .parse()
+        .context("cannot re-read the configuration as TOML")?;
+    let root = doc.as_table_mut();
+    for (table, key, comment) in COMMENTS {
+        let t: Option<&mut Table> = if table.is_empty() {
+            Some(&mut *root)
+        } else {
+            root.get_mut(table).and_then(Item::as_table_mut)
+        };
+        if let Some(mut k) = t.and_then(|t| t.key_mut(key)) {
+            k.leaf_decor_mut().set_prefix(format!("\n# {comment}\n"));
+        }
+    }
+    for (name, comment) in [("devices", DEVICES_COMMENT), ("folders", FOLDERS_COMMENT)] {
+        let first = root
+            .get_mut(name)
+            .and_then(Item::as_array_of_tables_mut)
+            .and_then(|a| a.get_mut(0));
+        if let Some(first) = first {
+            first.decor_mut().set_prefix(format!("\n{comment}\n"));
+        }
+    }
+    let mut text = format!("{HEADER}{doc}");
+    if config.devices.is_empty() && config.folders.is_empty() {
+        text.push_str(EXAMPLES);
+    }
+    Ok(text)
+}
+
+/// Writes the configuration atomically and durably (temp file, fsync,
+/// rename, fsync of the directory): a crash leaves the old file or the new.
+pub fn save(config: &Config, home: &Path) -> Result<()> {
+    let text = render(config)?;
+    // What we write must read back as the same configuration.
+    parse(&text).context("the rendered configuration does not parse back")?;
+    let target = path(home);
+    let tmp = home.join(format!(".{FILE_NAME}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        File::open(home)?.sync_all()
+    };
+    write().with_context(|| {
+        format!(
+            "cannot write {} (a read-only ConfigMap? then change the ConfigMap, not the live configuration)",
+            target.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DeviceConfig, FolderConfig, FolderDevice, Options};
+
+    fn sample(dir: &Path) -> Config {
+        let id = proto::DeviceId::from_der_cert(b"peer").to_string();
+        Config {
+            name: "nas-1".into(),
+            options: Options {
+                listen_addresses: vec!["tcp://0.0.0.0:22000".into()],
+                global_announce_servers: vec!["https://disco.example:8443/?id=X".into()],
+                ..Default::default()
+            },
+            devices: vec![DeviceConfig {
+                device_id: id.clone(),
+                name: "la".into(),
+                addresses: vec!["dynamic".into()],
+                compression: "metadata".into(),
+                paused: false,
+            }],
+            folders: vec![FolderConfig {
+                id: "projects".into(),
+                label: "Projects \"2026\"".into(),
+                path: dir.join("p"),
+                kind: "sendreceive".into(),
+                devices: vec![FolderDevice { device_id: id }],
+                rescan_interval_s: 3600,
+                paused: false,
+                fs_watcher_enabled: true,
+                fs_watcher_delay_s: 1,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn commented_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = sample(dir.path());
+        save(&c, dir.path()).unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(text.starts_with("# Configuration of this node"));
+        assert!(text.contains("# Shared folders."));
+        assert!(text.contains("# Where to accept BEP connections"));
+        let back = load(dir.path()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&c).unwrap()
+        );
+    }
+
+    #[test]
+    fn empty_configuration_shows_examples_and_parses() {
+        let text = render(&Config::default()).unwrap();
+        assert!(text.contains("# [[folders]]"));
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn json_configuration_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = sample(dir.path());
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&c).unwrap(),
+        )
+        .unwrap();
+        let back = load(dir.path()).unwrap();
+        assert_eq!(back.folders[0].label, c.folders[0].label);
+        assert!(path(dir.path()).exists());
+        assert!(dir.path().join("config.json.migrated").exists());
+        assert!(!dir.path().join("config.json").exists());
+        assert_eq!(load(dir.path()).unwrap().name, "nas-1");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("node generate"), "{err}");
+        std::fs::write(path(dir.path()), "name = [").unwrap();
+        let err = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(err.contains("config.toml"), "{err}");
+    }
+}
