@@ -113,8 +113,10 @@ impl Lan {
         let fd = file.as_raw_fd();
         let mut cmd = Command::new(our_binary("node"));
         cmd.arg("serve").arg("--home").arg(&home.dir);
-        cmd.env("NO_COLOR", "1")
-            .env("LOG_LEVEL", "info,node::discovery=debug,node::connect=debug");
+        cmd.env("NO_COLOR", "1").env(
+            "LOG_LEVEL",
+            "info,node::discovery=debug,node::connect=debug",
+        );
         // SAFETY: only setns(2), async-signal-safe, runs between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
