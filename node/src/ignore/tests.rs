@@ -153,3 +153,72 @@ fn includes_stay_inside_the_folder_and_are_bounded() {
     fs::remove_file(root.join(FILE)).unwrap();
     assert!(Ignores::load(&root).unwrap().is_empty());
 }
+
+/// The scanner and ignore patterns: newly ignored entries are announced
+/// invalid with their version (never deleted), an entry that vanished
+/// while ignored gets an empty version (the cluster's version comes
+/// back), and a file back from being ignored keeps only our counter (a
+/// conflict, not a silent overwrite, if the cluster moved on).
+#[test]
+fn scanner_marks_ignored_entries_and_never_deletes_them() {
+    use crate::db::{Change, Db};
+    use crate::scan::{scan, Live};
+    use proto::bep::wire::{Counter, FileInfo, Vector};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let root = dir.path().join("f");
+    fs::create_dir_all(&root).unwrap();
+    let scan_now = || scan(&db, "f", &root, 1, &|_| {}, &Live::default()).unwrap();
+    let entry = |name: &str| db.file("f", name).unwrap().unwrap();
+    fs::write(root.join("a.txt"), b"a").unwrap();
+    fs::write(root.join("b.txt"), b"b").unwrap();
+    scan_now();
+    // As if a.txt had last been changed by device 2 and pulled here.
+    let mut pulled = entry("a.txt");
+    pulled.version = Some(Vector {
+        counters: vec![Counter { id: 1, value: 1 }, Counter { id: 2, value: 9 }],
+    });
+    let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(root.join("a.txt")).unwrap());
+    db.apply(
+        "f",
+        vec![Change {
+            info: pulled.clone(),
+            inode,
+        }],
+    )
+    .unwrap();
+
+    fs::write(root.join(FILE), "*.txt\n").unwrap();
+    scan_now();
+    let a = entry("a.txt");
+    assert!(a.invalid && !a.deleted && a.blocks.is_empty());
+    assert_eq!(
+        a.version, pulled.version,
+        "ignoring does not bump the version"
+    );
+    let seq = a.sequence;
+    scan_now();
+    assert_eq!(
+        entry("a.txt").sequence,
+        seq,
+        "announced once, not every scan"
+    );
+
+    // Deleted while ignored: nothing announced.
+    fs::remove_file(root.join("b.txt")).unwrap();
+    scan_now();
+    assert!(!entry("b.txt").deleted);
+
+    // Un-ignored: b.txt is gone with an empty version; a.txt (edited
+    // meanwhile) keeps only our counter.
+    fs::write(root.join("a.txt"), b"a, edited while ignored").unwrap();
+    fs::remove_file(root.join(FILE)).unwrap();
+    scan_now();
+    let b = entry("b.txt");
+    assert!(b.deleted && !b.invalid);
+    assert!(b.version.unwrap_or_default().counters.is_empty());
+    let a: FileInfo = entry("a.txt");
+    assert!(!a.invalid);
+    let ids: Vec<u64> = a.version.unwrap().counters.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![1]);
+}
