@@ -333,3 +333,111 @@ fn pipe(a: TcpStream, b: TcpStream, stop: Arc<AtomicBool>) {
         });
     }
 }
+
+/// A TCP server on 127.0.0.1 that accepts and then says nothing, ever
+/// (a hanging discovery server or relay). Connections are held until drop.
+pub struct HangServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl HangServer {
+    pub fn start() -> HangServer {
+        let port = pick_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((c, _)) if held.len() < 100 => held.push(c),
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        HangServer { port, stop }
+    }
+}
+
+impl Drop for HangServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a hostile TLS server does with the `n`th connection (0-based).
+pub type Behaviour =
+    dyn Fn(usize, &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) + Send + Sync;
+
+/// A TLS server on 127.0.0.1 (its own certificate, `alpn`) handing each
+/// connection to `behaviour`. Counts connections.
+pub struct HostileTls {
+    pub port: u16,
+    pub id: DeviceId,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HostileTls {
+    pub fn start(alpn: &[u8], behaviour: Box<Behaviour>) -> HostileTls {
+        let identity =
+            proto::Identity::generate("hostile", proto::KeyKind::Ed25519).expect("identity");
+        let id = identity.device_id();
+        let config = Arc::new(
+            proto::tls::server_config(
+                &identity,
+                &[alpn],
+                proto::tls::ClientCert::Optional,
+                proto::tls::Versions::Tls12AndUp,
+            )
+            .expect("server config"),
+        );
+        let port = pick_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s2, c2) = (stop.clone(), connections.clone());
+        let behaviour: Arc<Behaviour> = Arc::from(behaviour);
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let n = c2.fetch_add(1, Ordering::Relaxed);
+                let (config, behaviour) = (config.clone(), behaviour.clone());
+                std::thread::spawn(move || {
+                    let _ = tcp.set_nonblocking(false);
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(15)));
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut s = rustls::StreamOwned::new(conn, tcp);
+                    while s.conn.is_handshaking() {
+                        if s.conn.complete_io(&mut s.sock).is_err() {
+                            return;
+                        }
+                    }
+                    behaviour(n, &mut s);
+                    let _ = s.flush();
+                });
+            }
+        });
+        HostileTls {
+            port,
+            id,
+            connections,
+            stop,
+        }
+    }
+}
+
+impl Drop for HostileTls {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -369,3 +369,175 @@ fn relayed_connection_replaced_by_direct_one() {
     node.stop();
     st.shutdown();
 }
+
+/// Reads an HTTP request head (bounded) from a hostile server's client.
+fn read_head(s: &mut impl std::io::Read) {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while buf.len() < 16 * 1024 && !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            return;
+        }
+        buf.push(b[0]);
+    }
+}
+
+/// Discovery servers that answer junk, an oversized body or nothing at
+/// all, one with the wrong certificate, and a relay that answers with
+/// unexpected and malformed messages: all logged, none harms the node,
+/// which then syncs with a real device as usual.
+#[test]
+fn hostile_discovery_servers_and_relay_are_survived() {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+
+    use e2e::connect::{HangServer, HostileTls};
+    use proto::relay::{Message, Response, SessionInvitation, ShortBytes};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = HostileTls::start(
+        b"http/1.1",
+        Box::new(|n, s| {
+            read_head(s);
+            let reply: Vec<u8> = match n % 3 {
+                0 => b"\x00\xff\x13garbage that is not HTTP\r\n\r\n".to_vec(),
+                1 => b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{not json!!}".to_vec(),
+                _ => {
+                    let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n".to_vec();
+                    r.extend(std::iter::repeat_n(b'a', 300_000));
+                    r
+                }
+            };
+            let _ = s.write_all(&reply);
+        }),
+    );
+    let hang = HangServer::start();
+    let relay = HostileTls::start(
+        b"bep-relay",
+        Box::new(|n, s| {
+            let _ = e2e::relay::read_message(s);
+            let send = |s: &mut _, m: &Message| {
+                let _ = e2e::relay::write_message(s, m);
+            };
+            match n % 4 {
+                0 => send(
+                    s,
+                    &Message::Response(Response::with_code(Response::UNEXPECTED_MESSAGE)),
+                ),
+                1 => {
+                    let _ = s.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 4, 0, 0, 0, 0]);
+                }
+                2 => {
+                    send(
+                        s,
+                        &Message::Response(Response::with_code(Response::SUCCESS)),
+                    );
+                    let _ =
+                        s.write_all(&[0x9e, 0x79, 0xbc, 0x40, 0, 0, 0, 6, 0x7f, 0xff, 0xff, 0xff]);
+                }
+                _ => {
+                    send(
+                        s,
+                        &Message::Response(Response::with_code(Response::SUCCESS)),
+                    );
+                    // An invitation with a 3-byte device ID, then one from an
+                    // unknown device to a closed port, then an unknown type.
+                    send(
+                        s,
+                        &Message::SessionInvitation(SessionInvitation {
+                            from: ShortBytes::new(&[1, 2, 3]).unwrap(),
+                            key: ShortBytes::new(&[9; 32]).unwrap(),
+                            address: ShortBytes::new(&[127, 0, 0, 1]).unwrap(),
+                            port: 1,
+                            server_socket: true,
+                        }),
+                    );
+                    send(
+                        s,
+                        &Message::SessionInvitation(SessionInvitation {
+                            from: ShortBytes::new(&[7; 32]).unwrap(),
+                            key: ShortBytes::new(&[9; 32]).unwrap(),
+                            address: ShortBytes::new(&[127, 0, 0, 1]).unwrap(),
+                            port: 1,
+                            server_socket: true,
+                        }),
+                    );
+                    let _ = s.write_all(&[0x9e, 0x79, 0xbc, 0x40, 0, 0, 0, 99, 0, 0, 0, 0]);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }),
+    );
+
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    let other_id = "LYXKCHX-VI3NYZR-ALCJBHF-WMZYSPK-QG6QJA3-MPFYMSO-U56GTUK-NA2MIAW";
+    set_node_options(
+        &node,
+        json!({
+            "listenAddresses": [format!("tcp://localhost:{}", home.listen_port),
+                                format!("relay://127.0.0.1:{}/?id={}", relay.port, relay.id)],
+            "relaysEnabled": true,
+            "globalAnnounceEnabled": true,
+            "globalAnnounceServers": [
+                format!("https://127.0.0.1:{}/?insecure", junk.port),
+                format!("https://127.0.0.1:{}/v2/?insecure", junk.port),
+                format!("https://127.0.0.1:{}/?insecure", hang.port),
+                format!("https://127.0.0.1:{}/?id={other_id}", junk.port),
+            ],
+            "reconnectionIntervalS": 5,
+        }),
+    );
+    // A device only discovery could find: lookups go to every server.
+    let ghost = "7KTUSGK-C4QOOZF-DEKHSEZ-24KGYDL-UPQAR7U-C5NWEIZ-UCBE3GR-HFSNNQY";
+    add_node_device(&node, ghost, &["dynamic"]);
+
+    // While a request hangs, the node answers at once.
+    let t = Instant::now();
+    let _ = wait::until(Duration::from_secs(8), Duration::from_millis(500), || {
+        assert!(node.get("/rest/system/ping").is_ok());
+        None::<()>
+    });
+    assert!(t.elapsed() < Duration::from_secs(15));
+    let seen = wait::until(Duration::from_secs(30), Duration::from_millis(250), || {
+        let log = node.proc.log();
+        (relay.connections.load(Ordering::Relaxed) >= 4
+            && log.matches("announcement failed").count() >= 4
+            && log.contains("discovery lookup failed"))
+        .then_some(log)
+    });
+    let log = seen.unwrap_or_else(|| {
+        panic!(
+            "relay connections {}, log:\n{}",
+            relay.connections.load(Ordering::Relaxed),
+            node.proc.log_tail(60)
+        )
+    });
+    for needle in [
+        "incorrect", // the wrong pin
+        "timed out", // or "no answer within": the hanging server
+        "relay connection ended",
+        "unexpected",
+        "invitation with a malformed device ID ignored",
+    ] {
+        let ok =
+            log.contains(needle) || (needle == "timed out" && log.contains("no answer within"));
+        assert!(ok, "no {needle:?} in the log:\n{log}");
+    }
+    for line in log
+        .lines()
+        .filter(|l| l.contains("announcement failed") || l.contains("relay connection ended"))
+    {
+        eprintln!("{}", &line[..line.len().min(300)]);
+    }
+    assert!(!log.contains("panicked"));
+
+    // Still a working node.
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    st.add_device(&home.id, &["dynamic"]);
+    add_node_device(&node, st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    wait_node_connected(&node, st.id());
+    sync_one_file(tmp.path(), &node, &st, "after-junk");
+    node.stop();
+    st.shutdown();
+}

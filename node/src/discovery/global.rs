@@ -218,7 +218,14 @@ async fn request_inner(
         let stream = TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .context("TLS handshake")?;
+            .map_err(|e| {
+                // Syncthing's wording, so operators recognise it.
+                if server.pin.is_some() && format!("{e:?}").contains("WrongDevice") {
+                    anyhow!("security: incorrect device id (the server's certificate is not the one ?id= pins)")
+                } else {
+                    anyhow!("TLS handshake: {e}")
+                }
+            })?;
         send(TokioIo::new(stream), req).await?
     } else {
         send(TokioIo::new(tcp), req).await?
