@@ -90,6 +90,26 @@ fn dynamic_through(dir: &Path, url: &str, port: u16, server: DeviceId, real_look
         t0.elapsed().as_secs_f64()
     );
     assert!(our_addrs.contains(&format!("tcp://localhost:{}", home.listen_port)));
+    // The next announcement is when the server said (Reannounce-After,
+    // 3300–3599 s from both servers), not a fixed interval.
+    let next_s: Vec<u64> = node
+        .proc
+        .log()
+        .lines()
+        .filter(|l| l.contains(" announced ") && l.contains(url))
+        .filter_map(|l| {
+            l.split("next_s=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        !next_s.is_empty() && next_s.iter().all(|s| (3300..3600).contains(s)),
+        "{next_s:?}"
+    );
 
     let t1 = Instant::now();
     add_node_device(&node, st.id(), &["dynamic"]);
@@ -156,6 +176,9 @@ fn our_node_dials_real_syncthing_through_real_strelaysrv() {
     add_node_device(&node, st.id(), &[&relay.uri()]);
     let (kind, _) = wait_node_connected(&node, st.id());
     eprintln!("relayed after {:.1} s", t0.elapsed().as_secs_f64());
+    for l in node.proc.log().lines().filter(|l| l.contains("relay")) {
+        eprintln!("{}", &l[..l.len().min(250)]);
+    }
     assert_eq!(kind, "relay-client");
     assert_eq!(
         st.wait_connected(&home.id, Duration::from_secs(10))
@@ -165,6 +188,44 @@ fn our_node_dials_real_syncthing_through_real_strelaysrv() {
     sync_one_file(tmp.path(), &node, &st, "relayed");
     let status = relay.status();
     assert!(status["bytesProxied"].as_u64().unwrap_or(0) > 0, "{status}");
+    node.stop();
+    st.shutdown();
+}
+
+/// The other direction: our node joins the real strelaysrv (its only
+/// listener); the real device has no listener and dials through the relay.
+#[test]
+fn real_syncthing_dials_our_node_through_real_strelaysrv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start_strelaysrv(&tmp.path().join("relay"), &[]);
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"listenAddresses": [relay.uri()], "relaysEnabled": true, "reconnectionIntervalS": 5}),
+    );
+    relay.wait_status("our node joined", Duration::from_secs(30), |s| {
+        s["numConnections"].as_u64() == Some(1)
+    });
+    let st = SyncthingHome::init(&tmp.path().join("st"), &[]).start();
+    st.set_options(json!({"relaysEnabled": true}));
+    add_node_device(&node, st.id(), &["dynamic"]);
+    let t0 = Instant::now();
+    st.add_device(&home.id, &[&relay.uri()]);
+    let kind = st.wait_connected(&home.id, CONNECT_LIMIT);
+    eprintln!("relayed after {:.1} s", t0.elapsed().as_secs_f64());
+    assert_eq!(
+        kind.as_deref(),
+        Some("relay-client"),
+        "{}",
+        node.proc.log_tail(30)
+    );
+    let (ours, address) = wait_node_connected(&node, st.id());
+    assert_eq!(
+        (ours.as_str(), address.as_str()),
+        ("relay-server", &*format!("127.0.0.1:{}", relay.port))
+    );
+    sync_one_file(tmp.path(), &node, &st, "joined");
     node.stop();
     st.shutdown();
 }
