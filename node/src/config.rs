@@ -34,8 +34,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Options {
-    /// `tcp://HOST:PORT` URIs to listen on. Empty: no listener (the node
-    /// still dials out).
+    /// `tcp://HOST:PORT` URIs to listen on, `relay://…` relays to stay
+    /// joined to (with `relaysEnabled`). Empty: no listener (the node still
+    /// dials out). Applied live.
     #[serde(default)]
     pub listen_addresses: Vec<String>,
     /// Seconds between reconnection attempts to a disconnected device
@@ -44,7 +45,6 @@ pub struct Options {
     pub reconnection_interval_s: u64,
     /// Global discovery servers (`https://HOST:PORT/?id=…`). None by
     /// default: this node never contacts public infrastructure on its own.
-    /// (Announcing and lookups arrive with a later version.)
     #[serde(default)]
     pub global_announce_servers: Vec<String>,
     #[serde(default)]

@@ -44,14 +44,18 @@ const COMMENTS: &[(&str, &str, &str)] = &[
     ("options", "globalAnnounceEnabled", "Announce our addresses to the servers above and look devices up there."),
     ("options", "localAnnounceEnabled", "Announce and find devices on the local network (UDP broadcast/multicast)."),
     ("options", "relaysEnabled", "Use relays (relay:// listen addresses, relays other devices announce)."),
+    ("options", "localAnnouncePort", "UDP port of local discovery (21027, as Syncthing)."),
+    ("options", "dnsServers", "DNS servers (IP or IP:PORT) for host names in addresses and for\n# dns-srv://NAME devices (SRV _syncthing._tcp.NAME). Empty: the system's."),
     ("gui", "address", "REST API HOST:PORT (127.0.0.1 keeps it on this machine). Empty: no API."),
     ("gui", "apiKey", "Every REST call must send this in the X-API-Key header."),
 ];
 
 const DEVICES_COMMENT: &str = "\
 # Devices this node talks to. Only these may connect; each is pinned by its
-# device ID. addresses: tcp://HOST:PORT to dial, or \"dynamic\" to find it
-# by discovery. compression: metadata (default), always or never.";
+# device ID. addresses: tcp://HOST:PORT to dial (HOST may be a DNS name),
+# relay://HOST:PORT/?id=... to dial through a relay, dns-srv://NAME for the
+# SRV records _syncthing._tcp.NAME, or \"dynamic\" to find it by discovery.
+# compression: metadata (default), always or never.";
 
 const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
