@@ -31,6 +31,9 @@ const REJOIN_MAX: Duration = Duration::from_secs(60);
 /// A relay answering "already connected" to a data join (strelaysrv
 /// 1.19.2 has a race that does this) gets this many more tries.
 const SESSION_RETRIES: usize = 3;
+/// Invitations of one relay handled at the same time: a hostile relay
+/// cannot make us open connections without limit.
+const MAX_INVITATIONS: usize = 16;
 
 pub type Tls<S> = tokio_rustls::TlsStream<S>;
 
@@ -303,6 +306,7 @@ async fn listen_once(
     joined: &tokio::sync::watch::Sender<Option<String>>,
 ) -> Result<()> {
     let (mut conn, relay) = connect_protocol(node, uri).await?;
+    let invitations = Arc::new(tokio::sync::Semaphore::new(MAX_INVITATIONS));
     write_message(
         &mut conn,
         &Message::JoinRelayRequest(JoinRelayRequest {
@@ -339,8 +343,13 @@ async fn listen_once(
                 };
                 // Each invitation on its own task: one slow handshake must
                 // not hold up the next device.
+                let Ok(permit) = invitations.clone().try_acquire_owned() else {
+                    tracing::warn!(relay = %shown, device = %from, "too many invitations in progress; this one is ignored");
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = accept_invitation(node, inv, relay, from).await {
                         tracing::info!(device = %from, error = %format!("{e:#}"), "relayed connection failed");
                     }

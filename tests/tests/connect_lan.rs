@@ -131,6 +131,11 @@ fn two_nodes_find_each_other_by_local_discovery_in_namespaces() {
     let disco = lan.run_in(0, || rest(&homes[0]).get("/rest/system/discovery").unwrap());
     let learnt = disco[&homes[1].id]["addresses"].to_string();
     assert!(learnt.contains(&lan.ips[1]), "{disco}");
+    // Also by IPv6 multicast: the link-local source, with its zone.
+    assert!(
+        learnt.contains("[fe80::") && learnt.contains('%'),
+        "{disco}"
+    );
 
     std::fs::write(folders[0].join("from-lan0.txt"), b"found by broadcast\n").unwrap();
     lan.run_in(0, || {

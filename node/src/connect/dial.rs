@@ -43,6 +43,14 @@ impl Candidate {
     fn is_direct(&self) -> bool {
         matches!(self, Candidate::Direct { .. })
     }
+
+    /// For logs: the address without a relay token.
+    fn label(&self) -> String {
+        match self {
+            Candidate::Direct { uri, .. } => uri.clone(),
+            Candidate::Relay(r) => crate::relay_client::announceable(r),
+        }
+    }
 }
 
 /// A dialable address, or `None` (unsupported scheme, unspecified host,
@@ -136,6 +144,8 @@ fn current_kind(node: &Node, device: &DeviceId) -> Option<&'static str> {
 async fn device_loop(node: Arc<Node>, device: DeviceId) {
     let mut backoff = BACKOFF_MIN;
     let mut next_upgrade = Instant::now();
+    // The last round's failure, logged (at info) only when it changes.
+    let mut last_failure = String::new();
     loop {
         let config = node.config();
         let Some(d) = config.device(&device).cloned() else {
@@ -162,6 +172,11 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
             next_upgrade = Instant::now() + max;
         }
         let mut connected = false;
+        let mut failure = if list.is_empty() {
+            "no address known".to_string()
+        } else {
+            String::new()
+        };
         for c in &list {
             if current_kind(&node, &device).is_some_and(|k| !relayed || super::priority(k) == 1) {
                 connected = true;
@@ -173,13 +188,22 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
                     break;
                 }
                 Err(e) => {
-                    tracing::debug!(device = %device, candidate = ?c, error = %format!("{e:#}"), "dial failed")
+                    tracing::debug!(device = %device, candidate = %c.label(), error = %format!("{e:#}"), "dial failed");
+                    if !failure.is_empty() {
+                        failure.push_str("; ");
+                    }
+                    failure.push_str(&format!("{}: {e:#}", c.label()));
                 }
             }
         }
         if connected {
             backoff = BACKOFF_MIN;
+            last_failure.clear();
             continue;
+        }
+        if failure != last_failure && !relayed {
+            tracing::info!(device = %device, error = %failure, "cannot reach device");
+            last_failure = failure;
         }
         if relayed {
             continue;
