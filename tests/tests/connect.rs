@@ -153,29 +153,41 @@ fn dynamic_addresses_through_our_discosrv() {
     dynamic_through(tmp.path(), &disco.url(), disco.port, id, false);
 }
 
-/// The real device joins the real strelaysrv (its only listener); our
-/// node has no listener and reaches it only through the relay.
+/// The real device joins the real strelaysrv (its only listener) and
+/// announces that relay to the real stdiscosrv; our node has no listener,
+/// knows the device only as `dynamic`, looks it up and dials through the
+/// relay it announced.
 #[test]
-fn our_node_dials_real_syncthing_through_real_strelaysrv() {
+fn our_node_dials_real_syncthing_through_the_strelaysrv_it_announces() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = RelayServer::start_strelaysrv(&tmp.path().join("relay"), &[]);
-    let st = SyncthingHome::init(&tmp.path().join("st"), &[relay.uri()]).start();
-    st.set_options(json!({"relaysEnabled": true}));
+    let disco = Stdiscosrv::start(&tmp.path().join("disco"));
+    // A host name: stdiscosrv drops loopback IPs.
+    let relay_uri = format!("relay://localhost:{}/?id={}", relay.port, relay.id);
+    let st = SyncthingHome::init(&tmp.path().join("st"), &[relay_uri.clone()]).start();
+    st.set_options(json!({"relaysEnabled": true, "globalAnnounceEnabled": true,
+                          "globalAnnounceServers": [disco.url()]}));
     let home = NodeHome::generate(&tmp.path().join("node"), "ours");
     let node = home.start();
     set_node_options(
         &node,
-        json!({"listenAddresses": [""], "relaysEnabled": true, "reconnectionIntervalS": 5}),
+        json!({"listenAddresses": [""], "relaysEnabled": true, "reconnectionIntervalS": 5,
+               "globalAnnounceEnabled": true, "globalAnnounceServers": [disco.url()]}),
     );
-    // The real device's relay listener has joined when the relay counts it.
-    relay.wait_status("real device joined", Duration::from_secs(30), |s| {
-        s["numConnections"].as_u64() == Some(1)
-    });
+    let announced = wait_announced(disco.port, disco.id, st.id(), Duration::from_secs(40));
+    eprintln!("the real device announced {announced:?}");
+    assert!(
+        announced.iter().any(|a| a.starts_with(&relay_uri)),
+        "{announced:?}"
+    );
     st.add_device(&home.id, &["dynamic"]);
     let t0 = Instant::now();
-    add_node_device(&node, st.id(), &[&relay.uri()]);
-    let (kind, _) = wait_node_connected(&node, st.id());
-    eprintln!("relayed after {:.1} s", t0.elapsed().as_secs_f64());
+    add_node_device(&node, st.id(), &["dynamic"]);
+    let (kind, address) = wait_node_connected(&node, st.id());
+    eprintln!(
+        "relayed after {:.1} s via {address}",
+        t0.elapsed().as_secs_f64()
+    );
     for l in node.proc.log().lines().filter(|l| l.contains("relay")) {
         eprintln!("{}", &l[..l.len().min(250)]);
     }
