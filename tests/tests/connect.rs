@@ -164,7 +164,7 @@ fn our_node_dials_real_syncthing_through_the_strelaysrv_it_announces() {
     let disco = Stdiscosrv::start(&tmp.path().join("disco"));
     // A host name: stdiscosrv drops loopback IPs.
     let relay_uri = format!("relay://localhost:{}/?id={}", relay.port, relay.id);
-    let st = SyncthingHome::init(&tmp.path().join("st"), &[relay_uri.clone()]).start();
+    let st = SyncthingHome::init(&tmp.path().join("st"), std::slice::from_ref(&relay_uri)).start();
     st.set_options(json!({"relaysEnabled": true, "globalAnnounceEnabled": true,
                           "globalAnnounceServers": [disco.url()]}));
     let home = NodeHome::generate(&tmp.path().join("node"), "ours");
