@@ -614,3 +614,39 @@ fn hostile_discovery_servers_and_relay_are_survived() {
     node.stop();
     st.shutdown();
 }
+
+/// Like Syncthing, a "not found" is cached for the server's Retry-After
+/// (stdiscosrv 1.19.2: 60–120 s for a first miss): however often the dial
+/// loop comes round, the server sees one lookup.
+#[test]
+fn negative_lookups_are_cached_for_retry_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disco = Stdiscosrv::start(&tmp.path().join("disco"));
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"globalAnnounceEnabled": true, "globalAnnounceServers": [disco.url()],
+               "reconnectionIntervalS": 1}),
+    );
+    let ghost = "7KTUSGK-C4QOOZF-DEKHSEZ-24KGYDL-UPQAR7U-C5NWEIZ-UCBE3GR-HFSNNQY";
+    add_node_device(&node, ghost, &["dynamic"]);
+    let lookups = || {
+        disco
+            .proc
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("device={ghost}")))
+            .count()
+    };
+    let first = wait::until(Duration::from_secs(20), Duration::from_millis(100), || {
+        (lookups() > 0).then_some(())
+    });
+    assert!(first.is_some(), "no lookup:\n{}", disco.proc.log_tail(20));
+    // Rounds every second or so for 8 s: still one lookup.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(lookups(), 1, "{}", disco.proc.log_tail(20));
+    let cache = node.get("/rest/system/discovery").unwrap();
+    assert!(cache.get(ghost).is_none(), "{cache}");
+    node.stop();
+}
