@@ -269,10 +269,25 @@ fn real_syncthing_dials_our_node_through_our_relaysrv_with_token() {
     let announced = wait_announced(disco.port, disco_id, &home.id, Duration::from_secs(30));
     eprintln!("announced: {announced:?}");
     let expected = format!("relay://localhost:{}/?id={}", relay.port, relay.id);
-    assert_eq!(announced, vec![expected]);
+    assert_eq!(announced, vec![expected.clone()]);
     for a in &announced {
         assert!(!a.contains(&token) && !a.contains("token"), "{a}");
     }
+    // The status shows the relay listener (without its token) and the
+    // discovery server as Syncthing's /rest/system/status does.
+    let status = node.get("/rest/system/status").unwrap();
+    assert!(!status.to_string().contains(&token), "{status}");
+    assert_eq!(
+        status["connectionServiceStatus"][&expected]["wanAddresses"],
+        json!([expected]),
+        "{status}"
+    );
+    let key = format!("global@https://127.0.0.1:{}/", disco.port);
+    assert_eq!(
+        status["discoveryStatus"][&key],
+        json!({"error": null}),
+        "{status}"
+    );
 
     let st = SyncthingHome::init(&tmp.path().join("st"), &[]).start();
     st.set_options(json!({"relaysEnabled": true, "globalAnnounceEnabled": true,

@@ -5,9 +5,10 @@
 //! before relays; while a device is connected through a relay, direct
 //! candidates keep being tried and a working one replaces the relay.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use proto::discovery::address::{AnnouncedAddress, Host};
@@ -51,6 +52,35 @@ impl Candidate {
             Candidate::Relay(r) => crate::relay_client::announceable(r),
         }
     }
+}
+
+/// When an address was last dialed, and the error (`None`: it worked).
+type DialOutcome = (SystemTime, Option<String>);
+
+/// Dial outcomes by address (label), for Syncthing's `lastDialStatus`.
+fn dial_status() -> &'static std::sync::Mutex<HashMap<String, DialOutcome>> {
+    static S: std::sync::OnceLock<std::sync::Mutex<HashMap<String, DialOutcome>>> =
+        std::sync::OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+/// Addresses remembered at most in `lastDialStatus`.
+const MAX_DIAL_STATUS: usize = 1000;
+
+fn record_dial(label: String, error: Option<String>) {
+    let mut m = dial_status().lock().unwrap_or_else(|p| p.into_inner());
+    if m.len() >= MAX_DIAL_STATUS && !m.contains_key(&label) {
+        m.clear();
+    }
+    m.insert(label, (SystemTime::now(), error));
+}
+
+/// `lastDialStatus`: address → (when, error or `None` for success).
+pub fn last_dial_status() -> HashMap<String, DialOutcome> {
+    dial_status()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 /// A dialable address, or `None` (unsupported scheme, unspecified host,
@@ -182,7 +212,9 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
                 connected = true;
                 break;
             }
-            match try_candidate(&node, device, c).await {
+            let result = try_candidate(&node, device, c).await;
+            record_dial(c.label(), result.as_ref().err().map(|e| format!("{e:#}")));
+            match result {
                 Ok(()) => {
                     connected = true;
                     break;

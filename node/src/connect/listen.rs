@@ -34,6 +34,45 @@ impl Drop for Listener {
     }
 }
 
+/// Listen addresses that could not be started, with the reason.
+fn failures() -> &'static Mutex<HashMap<String, String>> {
+    static F: std::sync::OnceLock<Mutex<HashMap<String, String>>> = std::sync::OnceLock::new();
+    F.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// What to show of a listen address: relay tokens never leave the node.
+fn shown(uri: &str) -> String {
+    match uri.parse::<proto::relay::RelayUri>() {
+        Ok(r) if uri.starts_with("relay://") => crate::relay_client::announceable(&r),
+        _ => uri.to_string(),
+    }
+}
+
+/// Syncthing's `connectionServiceStatus`: per listen address its error
+/// (or null) and the addresses it makes us reachable at.
+pub fn service_status() -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (uri, l) in listeners().lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let reachable: Vec<String> = l.reachable.borrow().iter().cloned().collect();
+        let error = if reachable.is_empty() {
+            serde_json::Value::from("not connected to the relay yet")
+        } else {
+            serde_json::Value::Null
+        };
+        out.insert(
+            shown(uri),
+            serde_json::json!({"error": error, "lanAddresses": reachable, "wanAddresses": reachable}),
+        );
+    }
+    for (uri, e) in failures().lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        out.insert(
+            shown(uri),
+            serde_json::json!({"error": e, "lanAddresses": [], "wanAddresses": []}),
+        );
+    }
+    out
+}
+
 fn listeners() -> &'static Mutex<HashMap<String, Listener>> {
     static L: std::sync::OnceLock<Mutex<HashMap<String, Listener>>> = std::sync::OnceLock::new();
     L.get_or_init(|| Mutex::new(HashMap::new()))
@@ -80,6 +119,10 @@ pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
     {
         let mut l = listeners().lock().unwrap_or_else(|p| p.into_inner());
         l.retain(|k, _| want.contains(k));
+        failures()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| want.contains(k));
     }
     let mut first_error = None;
     for uri in want {
@@ -92,13 +135,21 @@ pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
         }
         match start_one(node, &uri).await {
             Ok(listener) => {
+                failures()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&uri);
                 listeners()
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(uri, listener);
             }
             Err(e) => {
-                tracing::warn!(address = %uri, error = %format!("{e:#}"), "cannot listen");
+                tracing::warn!(address = %shown(&uri), error = %format!("{e:#}"), "cannot listen");
+                failures()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uri.clone(), format!("{e:#}"));
                 first_error.get_or_insert(e);
             }
         }

@@ -38,6 +38,67 @@ pub async fn start(node: &Arc<Node>) -> Result<()> {
     Ok(())
 }
 
+/// The connection and discovery fields of Syncthing's
+/// `/rest/system/status`: `connectionServiceStatus`, `lastDialStatus`,
+/// `discoveryEnabled`, `discoveryMethods`, `discoveryStatus`,
+/// `discoveryErrors`.
+pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{json, Value};
+    let rfc3339 = crate::rest::http_util::rfc3339;
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "connectionServiceStatus".into(),
+        Value::Object(listen::service_status()),
+    );
+    let mut dials = serde_json::Map::new();
+    for (address, (when, error)) in dial::last_dial_status() {
+        dials.insert(address, json!({"when": rfc3339(when), "error": error}));
+    }
+    out.insert("lastDialStatus".into(), Value::Object(dials));
+    let options = node.config().options;
+    let mut status = serde_json::Map::new();
+    let mut errors = serde_json::Map::new();
+    if options.global_announce_enabled {
+        let known = crate::discovery::discovery()
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for s in options
+            .global_announce_servers
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+        {
+            // As Syncthing: the URL without its query (no pins in keys).
+            let key = format!("global@{}", s.split('?').next().unwrap_or(s));
+            let error = match known.get(s) {
+                Some(e) => e.clone(),
+                None => Some("not announced".to_string()),
+            };
+            if let Some(e) = &error {
+                errors.insert(key.clone(), json!(e));
+            }
+            status.insert(key, json!({ "error": error }));
+        }
+    }
+    if options.local_announce_enabled {
+        let port = options.local_announce_port;
+        status.insert(format!("IPv4 local@:{port}"), json!({"error": null}));
+        status.insert(
+            format!("IPv6 local@[ff12::8384]:{port}"),
+            json!({"error": null}),
+        );
+    }
+    out.insert(
+        "discoveryEnabled".into(),
+        json!(options.global_announce_enabled || options.local_announce_enabled),
+    );
+    out.insert("discoveryMethods".into(), json!(status.len()));
+    out.insert("discoveryStatus".into(), Value::Object(status));
+    out.insert("discoveryErrors".into(), Value::Object(errors));
+    out
+}
+
 /// Lower is better, as Syncthing's connection priorities.
 pub fn priority(kind: &str) -> u8 {
     if kind.starts_with("relay") {

@@ -19,7 +19,7 @@ pub async fn route(c: &Call) -> Answer {
         "/rest/system/status" => {
             c.allow(&[Method::GET])?;
             let uptime = node.started.elapsed().map_or(0, |d| d.as_secs());
-            Ok(json(&json!({
+            let mut v = json!({
                 "myID": node.my_id.to_string(),
                 "uptime": uptime,
                 "startTime": rfc3339(node.started),
@@ -29,7 +29,12 @@ pub async fn route(c: &Call) -> Answer {
                 "servedRequests": node.served_requests.load(Ordering::Relaxed),
                 "pulledBytes": crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
                 "reusedBytes": crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
-            })))
+            });
+            // Listeners, dial results and discovery, as Syncthing reports them.
+            if let serde_json::Value::Object(m) = &mut v {
+                m.extend(crate::connect::status_fields(node));
+            }
+            Ok(json(&v))
         }
         "/rest/system/shutdown" => {
             c.allow(&[Method::POST])?;
