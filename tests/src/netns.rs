@@ -147,6 +147,56 @@ impl Lan {
     }
 }
 
+impl Lan {
+    /// Starts real Syncthing from an initialised (isolated) home inside
+    /// host `i` and waits for its REST API.
+    pub fn start_syncthing(&self, i: usize, home: crate::SyncthingHome) -> crate::Syncthing {
+        let file = std::fs::File::open(Path::new("/var/run/netns").join(&self.hosts[i]))
+            .expect("open netns");
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new(crate::require_program("syncthing", "syncthing"));
+        cmd.env("STNOUPGRADE", "1")
+            .env("STNODEFAULTFOLDER", "1")
+            .env("STNORESTART", "1")
+            .env("STMONITORED", "1")
+            .env_remove("STTRACE")
+            .args([
+                "serve",
+                "--no-browser",
+                "--no-restart",
+                "--no-upgrade",
+                "--logflags=7",
+                "--logfile=-",
+                "--home",
+            ])
+            .arg(&home.dir);
+        // SAFETY: only setns(2), async-signal-safe, runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let proc = Proc::spawn("syncthing", cmd, &home.dir.join("syncthing.log"));
+        drop(file);
+        let mut st = crate::Syncthing { home, proc };
+        let up = self.run_in(i, || {
+            wait::until(Duration::from_secs(30), Duration::from_millis(100), || {
+                st.get("/rest/system/ping").ok()
+            })
+        });
+        assert!(
+            up.is_some() && st.proc.alive(),
+            "syncthing in {} did not come up:\n{}",
+            self.hosts[i],
+            st.proc.log_tail(30)
+        );
+        st
+    }
+}
+
 /// The REST client of a node (use it inside [`Lan::run_in`]).
 pub fn rest(home: &NodeHome) -> Rest<'_> {
     Rest {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use e2e::netns::{rest, Lan};
 use e2e::node::NodeHome;
-use e2e::wait;
+use e2e::{pick_port, wait, SyncthingHome};
 use serde_json::{json, Value};
 
 #[test]
@@ -161,5 +161,112 @@ fn two_nodes_find_each_other_by_local_discovery_in_namespaces() {
     for mut n in nodes {
         n.proc.stop(Duration::from_secs(5));
     }
+    drop(lan);
+}
+
+/// Our node and a real Syncthing 1.19.2, each in its own namespace, find
+/// each other by local discovery alone (both directions of the v4 wire
+/// format: each must understand the other's broadcast) and sync.
+#[test]
+fn our_node_and_real_syncthing_find_each_other_on_the_lan() {
+    if let Err(why) = Lan::available() {
+        eprintln!("SKIPPED our_node_and_real_syncthing_find_each_other_on_the_lan: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lan = Lan::create(2).expect("create namespaces");
+    let home = NodeHome::generate(&tmp.path().join("node"), "lan-ours");
+    let node = lan.start_node(0, &home);
+    let st_port = pick_port();
+    let st_home = SyncthingHome::init(
+        &tmp.path().join("st"),
+        &[format!("tcp://0.0.0.0:{st_port}")],
+    );
+    let st_id = st_home.id.clone();
+    let st = lan.start_syncthing(1, st_home);
+    let ours = tmp.path().join("ours");
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir_all(&ours).unwrap();
+    lan.run_in(0, || {
+        let r = rest(&home);
+        r.send(
+            "PATCH",
+            "/rest/config/options",
+            &json!({"listenAddresses": [format!("tcp://0.0.0.0:{}", home.listen_port)],
+                    "localAnnounceEnabled": true, "reconnectionIntervalS": 5}),
+        )
+        .unwrap();
+        r.send(
+            "POST",
+            "/rest/config/devices",
+            &json!({"deviceID": st_id, "name": "real", "addresses": ["dynamic"]}),
+        )
+        .unwrap();
+        r.send(
+            "POST",
+            "/rest/config/folders",
+            &json!({"id": "lanst", "label": "lanst", "path": ours, "type": "sendreceive",
+                    "devices": [{"deviceID": st_id}], "rescanIntervalS": 3600}),
+        )
+        .unwrap();
+    });
+    let t0 = Instant::now();
+    lan.run_in(1, || {
+        st.set_options(json!({"localAnnounceEnabled": true}));
+        st.add_device(&home.id, &["dynamic"]);
+        st.share_folder("lanst", &theirs, "sendreceive", &[&home.id]);
+    });
+    // Each learnt the other from its broadcast.
+    let learnt = lan.run_in(1, || {
+        wait::until(Duration::from_secs(45), Duration::from_millis(200), || {
+            let d = st.get("/rest/system/discovery").ok()?;
+            d.get(&home.id).map(|v| v.to_string())
+        })
+    });
+    let learnt = learnt.unwrap_or_else(|| {
+        panic!(
+            "Syncthing never heard our node:\n{}",
+            node.proc.log_tail(30)
+        )
+    });
+    eprintln!(
+        "real Syncthing learnt {learnt} after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(learnt.contains(&lan.ips[0]), "{learnt}");
+    let ours_learnt = lan.run_in(0, || {
+        wait::until(Duration::from_secs(45), Duration::from_millis(200), || {
+            let d = rest(&home).get("/rest/system/discovery").ok()?;
+            d.get(&st_id).map(|v| v.to_string())
+        })
+    });
+    let ours_learnt = ours_learnt.unwrap_or_else(|| {
+        panic!(
+            "our node never heard Syncthing:\n{}",
+            node.proc.log_tail(30)
+        )
+    });
+    eprintln!("our node learnt {ours_learnt}");
+    assert!(ours_learnt.contains(&lan.ips[1]), "{ours_learnt}");
+    let kind = lan.run_in(1, || st.wait_connected(&home.id, Duration::from_secs(45)));
+    assert!(kind.is_some(), "not connected:\n{}", node.proc.log_tail(30));
+    eprintln!(
+        "connected ({kind:?}) after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    std::fs::write(ours.join("lan.txt"), b"over the LAN\n").unwrap();
+    lan.run_in(0, || {
+        rest(&home).post("/rest/db/scan?folder=lanst").unwrap()
+    });
+    let synced = lan.run_in(1, || st.wait_synced("lanst", 1, Duration::from_secs(45)));
+    synced.unwrap_or_else(|e| panic!("{e}\n{}", node.proc.log_tail(30)));
+    assert_eq!(
+        std::fs::read(theirs.join("lan.txt")).unwrap(),
+        b"over the LAN\n"
+    );
+    let mut node = node;
+    node.proc.stop(Duration::from_secs(5));
+    let mut st = st;
+    st.proc.stop(Duration::from_secs(5));
     drop(lan);
 }
