@@ -90,6 +90,28 @@ fn one_command_site_syncs_from_real_syncthing_and_stops_on_ctrl_c() {
         );
     }
 
+    // With the relay client, the node joins the site's relay with the
+    // printed URI's token. (Announcing to the site's discovery server needs
+    // a non-loopback --address: discovery drops loopback addresses.)
+    let node_log = home.join("logs/node.log");
+    if !banner.contains("no relay client") {
+        let joined = wait::until(Duration::from_secs(30), Duration::from_millis(200), || {
+            let m = ureq::get(&format!("http://127.0.0.1:{status_port}/metrics"))
+                .call()
+                .ok()?
+                .into_string()
+                .ok()?;
+            m.lines()
+                .any(|l| l.starts_with("relaysrv_joined_devices ") && !l.ends_with(" 0"))
+                .then_some(())
+        });
+        assert!(
+            joined.is_some(),
+            "the site's node did not join the site's relay:\n{}",
+            std::fs::read_to_string(&node_log).unwrap_or_default()
+        );
+    }
+
     // A real Syncthing device: it adds the site's node and shares the
     // folder with the ID the banner names; the site accepts it.
     let st_home = tmp.path().join("syncthing");
