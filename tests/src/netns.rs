@@ -87,6 +87,21 @@ impl Lan {
             ip(&["-n", &host, "link", "set", "lo", "up"])?;
             lan.ips.push(addr);
         }
+        // IPv6 link-local addresses are usable once duplicate address
+        // detection is over (about a second); multicast needs them.
+        for host in &lan.hosts {
+            let ready = wait::until(Duration::from_secs(10), Duration::from_millis(100), || {
+                let out = Command::new("ip")
+                    .args(["-n", host, "-6", "addr", "show", "dev", "eth0"])
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                (text.contains("inet6") && !text.contains("tentative")).then_some(())
+            });
+            if ready.is_none() {
+                return Err(format!("{host}: no usable IPv6 link-local address"));
+            }
+        }
         Ok(lan)
     }
 

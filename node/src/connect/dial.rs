@@ -149,8 +149,16 @@ async fn candidates(node: &Arc<Node>, device: DeviceId, addresses: &[String]) ->
     out
 }
 
-/// Starts a dial loop for every configured device that has none.
+/// Starts a dial loop for every configured device that has none, and
+/// brings the listeners in line with the configuration now (rather than
+/// at the next periodic check). Called after every configuration change.
 pub fn ensure_dialers(node: &Arc<Node>) {
+    let n = node.clone();
+    tokio::spawn(async move {
+        if let Err(e) = super::listen::reconcile(&n, false).await {
+            tracing::debug!(error = %format!("{e:#}"), "listener not started");
+        }
+    });
     let config = node.config();
     for d in &config.devices {
         let Ok(id) = d.id() else { continue };
