@@ -17,6 +17,8 @@ use crate::model::Node;
 
 const INTERVAL: Duration = Duration::from_secs(30);
 const CACHE_LIFETIME: Duration = Duration::from_secs(90);
+/// Next round after a send that failed somewhere (an interface not ready).
+const RETRY_SOON: Duration = Duration::from_secs(5);
 /// Devices remembered at most (a LAN full of spoofed IDs stays bounded).
 const MAX_DEVICES: usize = 1000;
 /// Least time between two announcements sent in reply to new devices.
@@ -230,8 +232,9 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
             next = Instant::now();
         }
         if Instant::now() >= next {
-            sent = send(node, &v4, v6.as_ref(), port, instance).await;
-            next = Instant::now() + INTERVAL;
+            let (addresses, failed) = send(node, &v4, v6.as_ref(), port, instance).await;
+            sent = addresses;
+            next = Instant::now() + if failed { RETRY_SOON } else { INTERVAL };
         }
         let wait = next
             .saturating_duration_since(Instant::now())
@@ -290,17 +293,18 @@ fn lan_addresses() -> Vec<String> {
         .collect()
 }
 
-/// Sends one announcement; returns the addresses announced.
+/// Sends one announcement; returns the addresses announced and whether
+/// any destination failed (then the next round comes sooner).
 async fn send(
     node: &Arc<Node>,
     v4: &UdpSocket,
     v6: Option<&UdpSocket>,
     port: u16,
     instance: i64,
-) -> Vec<String> {
+) -> (Vec<String>, bool) {
     let addresses = lan_addresses();
     if addresses.is_empty() {
-        return addresses;
+        return (addresses, false);
     }
     let packet = LocalAnnounce {
         id: node.my_id,
@@ -309,8 +313,9 @@ async fn send(
     }
     .encode();
     if packet.len() > MAX_PACKET {
-        return addresses;
+        return (addresses, false);
     }
+    let mut failed = false;
     let (bcast, mcast) = interfaces();
     let targets: Vec<Ipv4Addr> = if bcast.is_empty() {
         vec![Ipv4Addr::BROADCAST]
@@ -319,19 +324,34 @@ async fn send(
     };
     for b in targets {
         let to = SocketAddr::new(IpAddr::V4(b), port);
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(1), v4.send_to(&packet, to)).await
-        {
-            tracing::debug!(%to, error = %e, "local announcement not sent");
+        match tokio::time::timeout(Duration::from_secs(1), v4.send_to(&packet, to)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                failed = true;
+                tracing::debug!(%to, error = %e, "local announcement not sent");
+            }
+            Err(_) => failed = true,
         }
     }
     if let Some(s) = v6 {
         let sock = socket2::SockRef::from(s);
         for idx in mcast {
-            if sock.set_multicast_if_v6(idx).is_ok() {
-                let to = SocketAddr::new(IpAddr::V6(MULTICAST_GROUP), port);
-                let _ = tokio::time::timeout(Duration::from_secs(1), s.send_to(&packet, to)).await;
+            // Interfaces that appeared since the start join now (an
+            // interface already joined just answers "in use").
+            let _ = s.join_multicast_v6(&MULTICAST_GROUP, idx);
+            if sock.set_multicast_if_v6(idx).is_err() {
+                continue;
+            }
+            let to = SocketAddr::new(IpAddr::V6(MULTICAST_GROUP), port);
+            match tokio::time::timeout(Duration::from_secs(1), s.send_to(&packet, to)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    failed = true;
+                    tracing::debug!(interface = idx, error = %e, "local announcement not sent");
+                }
+                Err(_) => failed = true,
             }
         }
     }
-    addresses
+    (addresses, failed)
 }
