@@ -375,3 +375,36 @@ async fn accept_invitation(
     let tls = bep_tls(&node, tcp, inv.server_socket, from).await?;
     crate::conn::run(node, tls, from, relay, "relay-server", None).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announceable_never_carries_the_token() {
+        let id = "LYXKCHX-VI3NYZR-ALCJBHF-WMZYSPK-QG6QJA3-MPFYMSO-U56GTUK-NA2MIAW";
+        let uri: RelayUri =
+            format!("relay://relay.site-a.example:22067/?id={id}&token=s3cret&pingInterval=1m0s")
+                .parse()
+                .unwrap();
+        let shown = announceable(&uri);
+        assert_eq!(
+            shown,
+            format!("relay://relay.site-a.example:22067/?id={id}")
+        );
+        assert!(!format!("{shown:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn frames_are_bounded_and_checked() {
+        // A header announcing 2 GiB is refused before anything is read.
+        let mut huge: &[u8] = &[0x9e, 0x79, 0xbc, 0x40, 0, 0, 0, 4, 0x7f, 0xff, 0xff, 0xff];
+        assert!(read_message(&mut huge).await.is_err());
+        let mut magic: &[u8] = &[1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(read_message(&mut magic).await.is_err());
+        let mut short: &[u8] = &[0x9e, 0x79];
+        assert!(read_message(&mut short).await.is_err());
+        let ping = Message::Ping.encode().unwrap();
+        assert_eq!(read_message(&mut &ping[..]).await.unwrap(), Message::Ping);
+    }
+}
