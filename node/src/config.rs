@@ -248,6 +248,10 @@ impl Config {
                 let _ = id;
             }
         }
+        for d in &self.options.dns_servers {
+            crate::resolve::parse_dns_server(d)
+                .with_context(|| "options.dnsServers: use IP or IP:PORT".to_string())?;
+        }
         // An empty entry means "none", as in Syncthing.
         for a in self
             .options

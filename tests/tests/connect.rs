@@ -330,6 +330,13 @@ fn device_by_dns_name_through_loopback_dns() {
     )]);
     let home = NodeHome::generate(&tmp.path().join("node"), "ours");
     let node = home.start();
+    // A DNS server must be an address: a name would need DNS itself.
+    let refused = node.send(
+        "PATCH",
+        "/rest/config/options",
+        &json!({"dnsServers": ["dns.site-a.example"]}),
+    );
+    assert!(refused.is_err(), "{refused:?}");
     set_node_options(
         &node,
         json!({"dnsServers": [dns.address()], "reconnectionIntervalS": 5}),
