@@ -239,6 +239,9 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
         if connected {
             backoff = BACKOFF_MIN;
             last_failure.clear();
+            // A peer that accepts and drops at once is not redialed in a
+            // tight loop.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
         if failure != last_failure && !relayed {
