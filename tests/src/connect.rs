@@ -441,3 +441,101 @@ impl Drop for HostileTls {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// Starts our node like `NodeHome::start`, with extra environment
+/// variables (e.g. `SSL_CERT_FILE` for a private CA).
+pub fn start_node_with_env(home: &crate::node::NodeHome, env: &[(&str, &Path)]) -> Node {
+    let mut cmd = Command::new(crate::our_binary("node"));
+    cmd.arg("serve").arg("--home").arg(&home.dir);
+    cmd.env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc::spawn("node", cmd, &home.dir.join("node.log"));
+    let mut node = Node {
+        home: home.clone(),
+        proc,
+    };
+    let up = wait::until(Duration::from_secs(30), Duration::from_millis(50), || {
+        if !node.proc.alive() {
+            return Some(false);
+        }
+        node.get("/rest/system/ping").ok().map(|_| true)
+    });
+    assert_eq!(
+        up,
+        Some(true),
+        "node did not come up:\n{}",
+        node.proc.log_tail(30)
+    );
+    node
+}
+
+/// A private CA (`ca.pem`) and, in `dir`, `cert.pem`/`key.pem` it signed
+/// for the host name `localhost` (made with openssl).
+pub fn private_ca(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).expect("ca dir");
+    let openssl = require_program("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-384",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Studio Test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-384",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    dir.join("ca.pem")
+}

@@ -672,3 +672,44 @@ fn negative_lookups_are_cached_for_retry_after() {
     assert!(cache.get(ghost).is_none(), "{cache}");
     node.stop();
 }
+
+/// A discovery server with a certificate from a (private) CA, configured
+/// without `?id=` and without `insecure`: verified against the CA bundle
+/// and the host name — `localhost` works, the same server by IP does not.
+#[test]
+fn discovery_server_verified_by_ca_and_host_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disco_dir = tmp.path().join("disco");
+    let ca = e2e::connect::private_ca(&disco_dir);
+    let disco = Discosrv::start(&disco_dir, &[]);
+    let disco_id = disco.id.unwrap();
+    let home = NodeHome::generate(&tmp.path().join("node"), "ours");
+    let node = e2e::connect::start_node_with_env(&home, &[("SSL_CERT_FILE", &ca)]);
+    let by_name = format!("https://localhost:{}/", disco.port);
+    let by_ip = format!("https://127.0.0.1:{}/", disco.port);
+    set_node_options(
+        &node,
+        json!({"listenAddresses": [format!("tcp://localhost:{}", home.listen_port)],
+               "globalAnnounceEnabled": true,
+               "globalAnnounceServers": [by_name, by_ip]}),
+    );
+    let announced = wait_announced(disco.port, disco_id, &home.id, Duration::from_secs(30));
+    assert_eq!(
+        announced,
+        vec![format!("tcp://localhost:{}", home.listen_port)]
+    );
+    let status = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let s = node.get("/rest/system/status").ok()?;
+        let e = &s["discoveryStatus"][format!("global@{by_ip}")]["error"];
+        (e.is_string() && e.as_str() != Some("not announced")).then_some(s)
+    })
+    .expect("announcement by IP attempted");
+    eprintln!("status: {}", status["discoveryStatus"]);
+    assert_eq!(
+        status["discoveryStatus"][format!("global@{by_name}")]["error"],
+        serde_json::Value::Null
+    );
+    let err = status["discoveryStatus"][format!("global@{by_ip}")]["error"].to_string();
+    assert!(err.contains("TLS"), "{err}");
+    node.stop();
+}
