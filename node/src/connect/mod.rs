@@ -82,12 +82,9 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
         }
     }
     if options.local_announce_enabled {
-        let port = options.local_announce_port;
-        status.insert(format!("IPv4 local@:{port}"), json!({"error": null}));
-        status.insert(
-            format!("IPv6 local@[ff12::8384]:{port}"),
-            json!({"error": null}),
-        );
+        // Syncthing 1.19.2's names for its two local finders.
+        status.insert("IPv4 local".into(), json!({"error": null}));
+        status.insert("IPv6 local".into(), json!({"error": null}));
     }
     out.insert(
         "discoveryEnabled".into(),
