@@ -95,8 +95,10 @@ pub struct DeviceConfig {
     pub device_id: String,
     #[serde(default)]
     pub name: String,
-    /// `tcp://HOST:PORT` addresses to dial; `dynamic` (or none) means wait
-    /// for the device to connect to us.
+    /// Where to reach the device: `tcp://HOST:PORT` (HOST may be a DNS
+    /// name), `relay://HOST:PORT/?id=…` (through a relay), `dns-srv://NAME`
+    /// (SRV `_syncthing._tcp.NAME`), `dynamic` (discovery). None: wait for
+    /// the device to connect to us.
     #[serde(default)]
     pub addresses: Vec<String>,
     /// `metadata` (default), `always` or `never`.

@@ -196,6 +196,10 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
         if *node.shutdown.borrow() {
             return;
         }
+        if d.paused {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         let max = Duration::from_secs(config.options.reconnection_interval_s.max(1));
         let kind = current_kind(&node, &device).filter(|_| node.connected(&device));
         let relayed = kind.is_some_and(|k| super::priority(k) > 1);
