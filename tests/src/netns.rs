@@ -44,7 +44,14 @@ impl Lan {
         if unsafe { libc::geteuid() } != 0 {
             return Err("not running as root (ip netns needs it)".into());
         }
-        ip(&["-V"]).map_err(|e| format!("{e} (install iproute2)"))
+        ip(&["-V"]).map_err(|e| format!("{e} (install iproute2)"))?;
+        // Root without CAP_NET_ADMIN/CAP_SYS_ADMIN (a plain container)
+        // cannot make namespaces either.
+        let probe = format!("stprobe{:x}", rand::random::<u32>() & 0xfffff);
+        ip(&["netns", "add", &probe])
+            .map_err(|e| format!("cannot create a network namespace here: {e}"))?;
+        let _ = ip(&["netns", "del", &probe]);
+        Ok(())
     }
 
     /// `n` hosts on 10.77.X.0/24 (X random), all up, with loopback.
