@@ -362,6 +362,7 @@ impl Conn {
         let (id, seq) = self.node.db.remote(&idx.folder, &self.peer)?;
         let seq = if replace { max } else { seq.max(max) };
         self.node.db.set_remote(&idx.folder, &self.peer, id, seq)?;
+        crate::events::remote_index_updated(&self.peer, &idx.folder, idx.files.len(), seq);
         // New remote entries may be needed: scan, then pull.
         if let Some(rt) = self.node.folder_runtime(&idx.folder) {
             let _ = rt.scan_now.try_send(());

@@ -9,6 +9,7 @@ mod conn;
 mod connect;
 mod db;
 mod discovery;
+mod events;
 mod fileserve;
 mod identity_cmd;
 mod ignore;

@@ -153,6 +153,7 @@ impl Node {
         next.validate()?;
         next.save(&self.home)?;
         *guard = next.clone();
+        crate::events::config_saved(&next);
         Ok(next)
     }
 
@@ -173,6 +174,9 @@ impl Node {
     /// [`REPLACE_AFTER`] (it may be a dead socket the peer has given up on),
     /// otherwise the new one is refused. Returns whether it was registered.
     pub fn register(&self, device: DeviceId, info: ConnInfo) -> bool {
+        if self.config().device(&device).is_some_and(|d| d.paused) {
+            return false;
+        }
         let mut conns = lock(&self.connections);
         if let Some(old) = conns.get(&device).filter(|c| !c.close.is_closed()) {
             let age = old.started.elapsed().unwrap_or_default();
@@ -183,6 +187,19 @@ impl Node {
             }
             let _ = old.close.try_send("replaced by a new connection".into());
         }
+        let name = self
+            .config()
+            .device(&device)
+            .map(|d| d.name.clone())
+            .unwrap_or_default();
+        crate::events::device_connected(
+            &device,
+            &name,
+            "",
+            &info.client_version,
+            info.kind,
+            info.address,
+        );
         conns.insert(device, info);
         true
     }
@@ -191,6 +208,7 @@ impl Node {
         let mut conns = lock(&self.connections);
         if conns.get(device).is_some_and(|c| c.serial == serial) {
             conns.remove(device);
+            crate::events::device_disconnected(device, "connection closed");
         }
     }
 
@@ -205,14 +223,21 @@ impl Node {
     }
 
     pub fn add_pending(&self, device: DeviceId, p: PendingDevice) {
-        lock(&self.pending).insert(device, p);
+        let (name, address) = (p.name.clone(), p.address);
+        if lock(&self.pending).insert(device, p).is_none() {
+            crate::events::pending_device_added(&device, &name, address);
+        }
     }
 
     pub fn add_pending_folder(&self, folder: &str, device: DeviceId, label: &str) {
-        lock(&self.pending_folders)
+        let new = lock(&self.pending_folders)
             .entry(folder.to_string())
             .or_default()
-            .insert(device, (label.to_string(), SystemTime::now()));
+            .insert(device, (label.to_string(), SystemTime::now()))
+            .is_none();
+        if new {
+            crate::events::pending_folder_added(folder, label, &device);
+        }
     }
 
     pub fn pending_folders(&self) -> HashMap<String, FolderOffers> {

@@ -192,7 +192,10 @@ pub fn scan_folder(
     stats.sequence = if changes.is_empty() {
         db.folder_state(folder)?.1
     } else {
-        db.apply(folder, changes)?
+        let names = crate::events::local_changes(folder, changes.iter().map(|c| &c.info));
+        let seq = db.apply(folder, changes)?;
+        crate::events::local_index_updated(folder, names, seq);
+        seq
     };
     TOTAL_HASHED_FILES.fetch_add(stats.hashed_files as u64, Ordering::Relaxed);
     TOTAL_HASHED_BYTES.fetch_add(stats.hashed_bytes, Ordering::Relaxed);
@@ -319,7 +322,10 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
     // sort that way, and the walk visits parents in earlier batches.
     changes.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     stats.changed += changes.len();
-    progress(db.apply(folder, changes)?);
+    let names = crate::events::local_changes(folder, changes.iter().map(|c| &c.info));
+    let seq = db.apply(folder, changes)?;
+    crate::events::local_index_updated(folder, names, seq);
+    progress(seq);
     Ok(())
 }
 

@@ -68,6 +68,7 @@ async fn run(args: ServeArgs) -> Result<()> {
     let node = Arc::new(Node::new(home, gui, identity, config.clone(), db));
     eprintln!("My ID: {}", node.my_id);
     tracing::info!(id = %node.my_id, "starting");
+    crate::events::starting(&node.home, &node.my_id);
 
     // Folders (an initial scan, then periodic/on-demand ones) and dialers.
     apply_config(&node)?;
@@ -75,13 +76,14 @@ async fn run(args: ServeArgs) -> Result<()> {
     // Listeners (TCP, relays), discovery; fails if a TCP address cannot be bound.
     crate::connect::start(&node).await?;
     if !node.gui.address.is_empty() {
-        rest::check_listen_address(&node.config().gui)?;
+        rest::check_listen_address(&node)?;
         let listener = TcpListener::bind(&node.gui.address)
             .await
             .with_context(|| format!("cannot listen for the REST API on {}", node.gui.address))?;
         eprintln!("REST API on http://{}", listener.local_addr()?);
         tokio::spawn(rest::serve(node.clone(), listener));
     }
+    crate::events::startup_complete(&node.my_id);
 
     let mut stop = node.shutdown.subscribe();
     tokio::select! {
@@ -105,6 +107,7 @@ async fn run(args: ServeArgs) -> Result<()> {
 /// change. (Listeners follow the configuration on their own, see `connect`.)
 pub fn apply_config(node: &Arc<Node>) -> Result<()> {
     let config = node.config();
+    crate::events::bus().set_labels(&config);
     for f in &config.folders {
         if node.folder_runtime(&f.id).is_some() {
             continue;
@@ -143,7 +146,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let Some(rt) = node.folder_runtime(&folder) else {
             return;
         };
-        *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "scanning";
+        crate::events::set_state(&folder, &rt.state, "scanning");
         let n2 = node.clone();
         let (fid, path) = (f.id.clone(), f.path.clone());
         let short = node.my_id.short().0;
@@ -170,7 +173,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         if stderr_is_terminal() {
             eprint!("\r\x1b[K");
         }
-        *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "idle";
+        crate::events::set_state(&folder, &rt.state, "idle");
         // The watcher starts after the first successful scan (the folder
         // exists then) and lives as long as this loop.
         if watcher.is_none() && f.fs_watcher_enabled && matches!(result, Ok(Ok(_))) {
@@ -210,7 +213,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         // remote changes are not applied there).
         let mut retry_soon = None;
         if scanned_ok && !f.read_only() && !f.paused {
-            *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "syncing";
+            crate::events::set_state(&folder, &rt.state, "syncing");
             match pull::round(&node, &f).await {
                 Ok(stats) => {
                     if stats.applied > 0 || !stats.errors.is_empty() {
@@ -225,6 +228,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
                     } else if !stats.errors.is_empty() {
                         retry_soon = Some(PULL_RETRY);
                     }
+                    crate::events::folder_errors(&folder, &stats.errors);
                     *rt.pull_errors.lock().unwrap_or_else(|p| p.into_inner()) = stats.errors;
                 }
                 Err(e) => {
@@ -232,7 +236,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
                     retry_soon = Some(PULL_RETRY);
                 }
             }
-            *rt.state.lock().unwrap_or_else(|p| p.into_inner()) = "idle";
+            crate::events::set_state(&folder, &rt.state, "idle");
         }
         // Jitter the interval (±25 %) so many folders do not scan together.
         let base = f.rescan_interval_s.max(1) as f64;
@@ -285,6 +289,7 @@ async fn report_progress(folder: String, live: Arc<scan::Live>) {
         let entries = live.entries.load(std::sync::atomic::Ordering::Relaxed);
         let mb = live.hashed_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
         let rate = mb / start.elapsed().as_secs_f64().max(1e-3);
+        crate::events::scan_progress(&folder, (mb * 1e6) as u64, (mb * 1e6) as u64, rate * 1e6);
         let line = format!(
             "Scanning folder {folder}: {entries} entries, {mb:.0} MB hashed ({rate:.0} MB/s)"
         );

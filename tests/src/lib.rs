@@ -19,6 +19,7 @@ pub mod process;
 pub mod programs;
 pub mod relay;
 pub mod rest;
+pub mod rest_api;
 pub mod syncthing;
 pub mod tree;
 pub mod wait;

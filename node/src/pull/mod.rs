@@ -292,7 +292,16 @@ async fn pull_one(ctx: &Ctx<'_>, n: Needed) -> Result<Option<Change>> {
         return Ok(Some(disk::ignored_entry(&n.global)));
     }
     match load(ctx.node, ctx.folder, n)? {
-        Some(n) => apply(ctx, &n).await.map(Some),
+        Some(n) => {
+            crate::events::item_started(ctx.folder, &n.global);
+            let r = apply(ctx, &n).await;
+            crate::events::item_finished(
+                ctx.folder,
+                &n.global,
+                r.as_ref().err().map(|e| format!("{e:#}")),
+            );
+            r.map(Some)
+        }
         None => Ok(None),
     }
 }
@@ -334,7 +343,9 @@ fn record(node: &Node, folder: &str, changes: Vec<Change>) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
+    let names = crate::events::remote_changes(folder, changes.iter().map(|c| &c.info));
     let seq = node.db.apply(folder, changes)?;
+    crate::events::local_index_updated(folder, names, seq);
     if let Some(rt) = node.folder_runtime(folder) {
         rt.sequence.send_replace(seq);
     }

@@ -101,8 +101,17 @@ pub fn auth_enabled(gui: &Gui) -> bool {
     !gui.user.is_empty() && !gui.password.is_empty()
 }
 
-/// Refuses to expose the API beyond this machine without any credential.
-pub fn check_listen_address(gui: &Gui) -> anyhow::Result<()> {
+/// Refuses to expose the API beyond this machine without any credential:
+/// the address and key in effect (command line included), the user and
+/// password of the file.
+pub fn check_listen_address(node: &Node) -> anyhow::Result<()> {
+    let mut gui = node.config().gui;
+    gui.address.clone_from(&node.gui.address);
+    gui.api_key.clone_from(&node.gui.api_key);
+    check_gui(&gui)
+}
+
+fn check_gui(gui: &Gui) -> anyhow::Result<()> {
     if gui.address.is_empty() || is_localhost(&gui.address) {
         return Ok(());
     }
@@ -336,11 +345,11 @@ mod tests {
             address: "0.0.0.0:8384".into(),
             ..Default::default()
         };
-        assert!(check_listen_address(&g).is_err());
+        assert!(check_gui(&g).is_err());
         g.api_key = "k".into();
-        assert!(check_listen_address(&g).is_ok());
+        assert!(check_gui(&g).is_ok());
         g.address = "127.0.0.1:8384".into();
         g.api_key.clear();
-        assert!(check_listen_address(&g).is_ok());
+        assert!(check_gui(&g).is_ok());
     }
 }

@@ -1,147 +1,557 @@
-//! `/rest/config/*` and the older `/rest/system/config`: the
-//! configuration as Syncthing shapes it.
+//! `/rest/config/*` and the older `/rest/system/config`: the whole
+//! configuration as Syncthing shapes it (keys this node does not model
+//! carry this node's honest value, see `config_shape`). Every change is
+//! validated as a whole, saved atomically by `Config::save`, then put in
+//! effect; an invalid one is a 400 naming the field and nothing is saved.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::http_util::{bad, internal, not_found, ok, text, to_json, Answer, Call};
-use crate::config::{Config, DeviceConfig, FolderConfig, Options};
+use super::config_shape::{self as shape, decorate, strip};
+use super::http_util::{bad, internal, json, not_found, ok, text, Answer, Call};
+use crate::config::{Config, DeviceConfig, FolderConfig};
 use crate::model::Node;
 
-/// Overlays the keys of `patch` on `base` (one level, like Syncthing's PATCH).
-fn merge(base: &mut Value, patch: Value) {
-    if let (Some(b), Value::Object(p)) = (base.as_object_mut(), patch) {
-        for (k, v) in p {
-            b.insert(k, v);
+/// Syncthing 1.19.2's configuration version; tools compare it.
+const CONFIG_VERSION: u32 = 36;
+/// bcrypt cost for a password set over the API (Syncthing uses the default).
+const BCRYPT_COST: u32 = 10;
+
+/// The configuration the process started with: address, key and listen
+/// addresses only change at the next start (`restart-required`).
+static STARTUP: OnceLock<Config> = OnceLock::new();
+
+pub fn remember_startup(node: &Node) {
+    let _ = STARTUP.set(node.config());
+}
+
+fn restart_required(node: &Node) -> bool {
+    let Some(start) = STARTUP.get() else {
+        return false;
+    };
+    let now = node.config();
+    now.gui.address != start.gui.address
+        || now.gui.api_key != start.gui.api_key
+        || now.options.listen_addresses != start.options.listen_addresses
+}
+
+// ---- outgoing shapes -------------------------------------------------
+
+fn folder_json(f: &FolderConfig) -> Value {
+    let mut v = serde_json::to_value(f).unwrap_or_else(|_| shape::object());
+    if let Some(devs) = v.get_mut("devices").and_then(Value::as_array_mut) {
+        for d in devs {
+            decorate(d, shape::FOLDER_DEVICE);
         }
+    }
+    decorate(&mut v, shape::FOLDER);
+    v
+}
+
+fn device_json(d: &DeviceConfig) -> Value {
+    let mut v = serde_json::to_value(d).unwrap_or_else(|_| shape::object());
+    decorate(&mut v, shape::DEVICE);
+    v
+}
+
+fn options_json(c: &Config) -> Value {
+    let mut v = serde_json::to_value(&c.options).unwrap_or_else(|_| shape::object());
+    decorate(&mut v, shape::OPTIONS);
+    v
+}
+
+fn gui_json(c: &Config) -> Value {
+    let mut v = serde_json::to_value(&c.gui).unwrap_or_else(|_| shape::object());
+    v["enabled"] = json!(!c.gui.address.is_empty());
+    decorate(&mut v, shape::GUI);
+    v
+}
+
+fn ldap_json() -> Value {
+    let mut v = shape::object();
+    decorate(&mut v, shape::LDAP);
+    v
+}
+
+fn default_folder(node: &Node) -> Value {
+    folder_json(&FolderConfig {
+        id: String::new(),
+        label: String::new(),
+        path: "~".into(),
+        kind: "sendreceive".into(),
+        devices: vec![crate::config::FolderDevice {
+            device_id: node.my_id.to_string(),
+        }],
+        rescan_interval_s: 3600,
+        paused: false,
+        fs_watcher_enabled: true,
+        fs_watcher_delay_s: 1,
+    })
+}
+
+fn default_device() -> Value {
+    let mut v = json!({"deviceID": "", "name": "", "addresses": ["dynamic"],
+                       "compression": "metadata", "paused": false});
+    decorate(&mut v, shape::DEVICE);
+    v
+}
+
+/// This device as Syncthing lists itself among the devices (tools find
+/// "this device" there by `myID`). It is not stored: it is added to every
+/// answer and dropped from every change.
+fn self_device(node: &Node, c: &Config) -> DeviceConfig {
+    DeviceConfig {
+        device_id: node.my_id.to_string(),
+        name: c.name.clone(),
+        addresses: vec!["dynamic".into()],
+        compression: "metadata".into(),
+        paused: false,
     }
 }
 
-fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
-    Ok(serde_json::from_value(v)?)
+fn with_self(node: &Node, c: &Config) -> Config {
+    let mut c = c.clone();
+    if c.device(&node.my_id).is_none() {
+        c.devices.insert(0, self_device(node, &c));
+    }
+    let me = node.my_id.to_string();
+    for f in &mut c.folders {
+        if !f.shared_with(&node.my_id) {
+            f.devices.insert(
+                0,
+                crate::config::FolderDevice {
+                    device_id: me.clone(),
+                },
+            );
+        }
+    }
+    c
+}
+
+/// Drops what `with_self` adds.
+fn without_self(node: &Node, c: &mut Config) {
+    c.devices.retain(|d| d.id().ok() != Some(node.my_id));
+    for f in &mut c.folders {
+        f.devices
+            .retain(|d| d.device_id.parse::<proto::DeviceId>().ok() != Some(node.my_id));
+    }
+}
+
+pub fn config_json(node: &Node) -> Value {
+    let c = with_self(node, &node.config());
+    let mut v = serde_json::to_value(&c).unwrap_or_else(|_| shape::object());
+    v["version"] = json!(CONFIG_VERSION);
+    v["folders"] = Value::Array(c.folders.iter().map(folder_json).collect());
+    v["devices"] = Value::Array(c.devices.iter().map(device_json).collect());
+    v["options"] = options_json(&c);
+    v["gui"] = gui_json(&c);
+    v["ldap"] = ldap_json();
+    v["remoteIgnoredDevices"] = json!([]);
+    v["defaults"] = json!({
+        "folder": default_folder(node),
+        "device": default_device(),
+        "ignores": {"lines": []},
+    });
+    v
+}
+
+// ---- incoming shapes -------------------------------------------------
+
+/// Deserializes with the path of a bad field in the message
+/// (`folders[0].rescanIntervalS: invalid type…`).
+fn typed<T: serde::de::DeserializeOwned>(v: Value, where_: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        format!("{where_}{path}: {}", e.into_inner())
+    })
+}
+
+fn clean_folder(v: &mut Value, where_: &str) -> Result<(), String> {
+    if !v.is_object() {
+        return Err(format!("{where_}: expected a folder object"));
+    }
+    strip(v, shape::FOLDER, &format!("{where_}."))?;
+    if let Some(devs) = v.get_mut("devices").and_then(Value::as_array_mut) {
+        for (i, d) in devs.iter_mut().enumerate() {
+            strip(d, shape::FOLDER_DEVICE, &format!("{where_}.devices[{i}]."))?;
+        }
+    }
+    Ok(())
+}
+
+fn clean_device(v: &mut Value, where_: &str) -> Result<(), String> {
+    if !v.is_object() {
+        return Err(format!("{where_}: expected a device object"));
+    }
+    strip(v, shape::DEVICE, &format!("{where_}."))?;
+    if let Some(id) = v.get("deviceID").and_then(Value::as_str) {
+        let parsed: proto::DeviceId = id
+            .parse()
+            .map_err(|e| format!("{where_}.deviceID: invalid device ID {id:?}: {e}"))?;
+        // Stored in its canonical form, as Syncthing does.
+        v["deviceID"] = json!(parsed.to_string());
+    }
+    Ok(())
+}
+
+fn clean_gui(v: &mut Value, where_: &str) -> Result<(), String> {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("enabled");
+    }
+    strip(v, shape::GUI, &format!("{where_}."))?;
+    // A plain-text password is stored as its bcrypt hash, as Syncthing does.
+    if let Some(pw) = v.get("password").and_then(Value::as_str) {
+        if !pw.is_empty() && !pw.starts_with("$2") {
+            let hash = bcrypt::hash(pw, BCRYPT_COST)
+                .map_err(|e| format!("{where_}.password: cannot hash: {e}"))?;
+            v["password"] = json!(hash);
+        }
+    }
+    Ok(())
+}
+
+/// A whole configuration from a tool (what it read, maybe edited).
+fn parse_config(mut v: Value) -> Result<Config, String> {
+    let Some(o) = v.as_object_mut() else {
+        return Err("expected a configuration object".into());
+    };
+    o.remove("version");
+    o.remove("remoteIgnoredDevices");
+    // Defaults only shape new objects in Syncthing's GUI; there is none here.
+    o.remove("defaults");
+    if let Some(mut l) = o.remove("ldap") {
+        strip(&mut l, shape::LDAP, "ldap.")?;
+    }
+    if let Some(opts) = o.get_mut("options") {
+        strip(opts, shape::OPTIONS, "options.")?;
+    }
+    if let Some(g) = o.get_mut("gui") {
+        clean_gui(g, "gui")?;
+    }
+    if let Some(fs) = o.get_mut("folders").and_then(Value::as_array_mut) {
+        for (i, f) in fs.iter_mut().enumerate() {
+            clean_folder(f, &format!("folders[{i}]"))?;
+        }
+    }
+    if let Some(ds) = o.get_mut("devices").and_then(Value::as_array_mut) {
+        for (i, d) in ds.iter_mut().enumerate() {
+            clean_device(d, &format!("devices[{i}]"))?;
+        }
+    }
+    typed(v, "")
+}
+
+/// Checks what `Config::validate` does not: one entry per device.
+fn extra_checks(c: &Config) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for d in &c.devices {
+        if !seen.insert(d.id()?) {
+            anyhow::bail!("devices: {} appears twice", d.device_id);
+        }
+    }
+    Ok(())
 }
 
 /// Applies a configuration change (checked, saved, then in effect).
-/// A change that does not validate is a 400 and nothing is saved.
-fn change_config(
-    node: &Arc<Node>,
-    change: impl FnOnce(&mut Config) -> anyhow::Result<()>,
-) -> Answer {
-    match node.update_config(change) {
+fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -> Answer {
+    let mut refused = None;
+    let result = node.update_config(|c| {
+        if let Err(e) = f(c) {
+            refused = Some(e.clone());
+            anyhow::bail!(e);
+        }
+        without_self(node, c);
+        extra_checks(c)
+    });
+    match result {
         Ok(_) => match crate::serve::apply_config(node) {
             Ok(()) => Ok(ok()),
-            Err(e) => Err(internal(format!("{e:#}"))),
+            Err(e) => Err(internal(format!("saved, but not applied: {e:#}"))),
         },
-        Err(e) => Err(bad(format!("{e:#}"))),
+        Err(e) => Err(bad(refused.unwrap_or_else(|| format!("{e:#}")))),
     }
 }
 
+/// Overlays the keys of `patch` on `base` (one level, like Syncthing's PATCH).
+fn merge(base: &mut Value, patch: Value) -> Result<(), Answer> {
+    match (base.as_object_mut(), patch) {
+        (Some(b), Value::Object(p)) => {
+            for (k, v) in p {
+                b.insert(k, v);
+            }
+            Ok(())
+        }
+        _ => Err(Err(bad("expected a JSON object"))),
+    }
+}
+
+fn list(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        one => vec![one],
+    }
+}
+
+// ---- routes ---------------------------------------------------------
+
 pub async fn route(c: &Call) -> Answer {
     let node = &c.node;
-    let config = node.config();
-    let rest = c.path.trim_start_matches("/rest/config/");
-    let (section, item) = rest.split_once('/').unwrap_or((rest, ""));
-    let item = item.to_string();
-    match (section, item.as_str()) {
-        ("options", "") => {
+    let p = c.path.as_str();
+    match p {
+        "/rest/config" | "/rest/system/config" => {
+            let write = if p == "/rest/config" {
+                Method::PUT
+            } else {
+                Method::POST
+            };
+            c.allow(&[Method::GET, write])?;
+            if c.method == Method::GET {
+                return Ok(json(&config_json(node)));
+            }
+            let body = c.json()?;
+            let next = parse_config(body).map_err(bad)?;
+            change(node, |cf| {
+                *cf = next;
+                Ok(())
+            })
+        }
+        "/rest/config/insync" | "/rest/system/config/insync" => {
+            c.allow(&[Method::GET])?;
+            Ok(json(&json!({"configInSync": !restart_required(node)})))
+        }
+        "/rest/config/restart-required" => {
+            c.allow(&[Method::GET])?;
+            Ok(json(&json!({"requiresRestart": restart_required(node)})))
+        }
+        "/rest/config/options" => {
             c.allow(&[Method::GET, Method::PUT, Method::PATCH])?;
             if c.method == Method::GET {
-                return Ok(to_json(&config.options));
+                return Ok(json(&options_json(&node.config())));
             }
             let body = c.json()?;
-            change_config(node, |cf| {
-                let mut v = serde_json::to_value(&cf.options)?;
-                merge(&mut v, body);
-                cf.options = from_value::<Options>(v)?;
-                Ok(())
-            })
-        }
-        ("devices", "") => {
-            c.allow(&[Method::GET, Method::POST, Method::PUT])?;
-            if c.method == Method::GET {
-                return Ok(to_json(&config.devices));
-            }
-            let body = c.json()?;
-            change_config(node, |cf| {
-                let list = match body {
-                    Value::Array(a) => a,
-                    one => vec![one],
+            let patch = c.method == Method::PATCH;
+            change(node, move |cf| {
+                let mut v = if patch {
+                    serde_json::to_value(&cf.options).map_err(|e| e.to_string())?
+                } else {
+                    shape::object()
                 };
-                for v in list {
-                    let d: DeviceConfig = from_value(v)?;
-                    let id = d.id()?;
-                    cf.devices.retain(|x| x.id().ok() != Some(id));
-                    cf.devices.push(d);
-                }
+                let mut body = body;
+                strip(&mut body, shape::OPTIONS, "options.")?;
+                merge(&mut v, body).map_err(|_| "options: expected a JSON object".to_string())?;
+                cf.options = typed(v, "options")?;
                 Ok(())
             })
         }
-        ("devices", id) => {
-            c.allow(&[Method::GET, Method::DELETE])?;
+        "/rest/config/gui" => {
+            c.allow(&[Method::GET, Method::PUT, Method::PATCH])?;
             if c.method == Method::GET {
-                return match config.devices.iter().find(|d| d.device_id == id) {
-                    Some(d) => Ok(to_json(d)),
-                    None => Err(text(StatusCode::NOT_FOUND, "no such device")),
-                };
-            }
-            change_config(node, |cf| {
-                cf.devices.retain(|x| x.device_id != item);
-                Ok(())
-            })
-        }
-        ("folders", "") => {
-            c.allow(&[Method::GET, Method::POST, Method::PUT])?;
-            if c.method == Method::GET {
-                return Ok(to_json(&config.folders));
+                return Ok(json(&gui_json(&node.config())));
             }
             let body = c.json()?;
-            change_config(node, |cf| {
-                let list = match body {
-                    Value::Array(a) => a,
-                    one => vec![one],
+            let patch = c.method == Method::PATCH;
+            change(node, move |cf| {
+                let mut v = if patch {
+                    serde_json::to_value(&cf.gui).map_err(|e| e.to_string())?
+                } else {
+                    shape::object()
                 };
-                for v in list {
-                    let f: FolderConfig = from_value(v)?;
-                    cf.folders.retain(|x| x.id != f.id);
-                    cf.folders.push(f);
-                }
+                let mut body = body;
+                clean_gui(&mut body, "gui")?;
+                merge(&mut v, body).map_err(|_| "gui: expected a JSON object".to_string())?;
+                cf.gui = typed(v, "gui")?;
                 Ok(())
             })
         }
-        ("folders", id) => {
-            c.allow(&[Method::GET, Method::PUT, Method::PATCH, Method::DELETE])?;
-            if c.method == Method::DELETE {
-                return change_config(node, |cf| {
-                    cf.folders.retain(|f| f.id != item);
-                    Ok(())
-                });
-            }
-            let Some(current) = config.folders.iter().find(|f| f.id == id) else {
-                return Err(text(StatusCode::NOT_FOUND, "no such folder"));
-            };
-            if c.method == Method::GET {
-                return Ok(to_json(current));
-            }
-            let body = c.json()?;
-            change_config(node, move |cf| {
-                for f in cf.folders.iter_mut().filter(|f| f.id == item) {
-                    let mut v = serde_json::to_value(&*f)?;
-                    merge(&mut v, body.clone());
-                    let mut next: FolderConfig = from_value(v)?;
-                    next.id = item.clone();
-                    *f = next;
-                }
-                Ok(())
-            })
-        }
-        ("restart-required", "") => {
+        "/rest/config/ldap" => {
             c.allow(&[Method::GET])?;
-            Ok(super::http_util::json(
-                &serde_json::json!({"requiresRestart": false}),
-            ))
+            Ok(json(&ldap_json()))
         }
-        _ => Err(not_found()),
+        "/rest/config/defaults/folder" => {
+            c.allow(&[Method::GET])?;
+            Ok(json(&default_folder(node)))
+        }
+        "/rest/config/defaults/device" => {
+            c.allow(&[Method::GET])?;
+            Ok(json(&default_device()))
+        }
+        "/rest/config/defaults/ignores" => {
+            c.allow(&[Method::GET])?;
+            Ok(json(&json!({"lines": []})))
+        }
+        "/rest/config/folders" => folders(c).await,
+        "/rest/config/devices" => devices(c).await,
+        _ => {
+            if let Some(id) = p.strip_prefix("/rest/config/folders/") {
+                return folder(c, id).await;
+            }
+            if let Some(id) = p.strip_prefix("/rest/config/devices/") {
+                return device(c, id).await;
+            }
+            Err(not_found())
+        }
+    }
+}
+
+async fn folders(c: &Call) -> Answer {
+    c.allow(&[Method::GET, Method::PUT, Method::POST])?;
+    let node = &c.node;
+    if c.method == Method::GET {
+        let all: Vec<Value> = with_self(node, &node.config())
+            .folders
+            .iter()
+            .map(folder_json)
+            .collect();
+        return Ok(json(&Value::Array(all)));
+    }
+    let body = c.json()?;
+    // PUT replaces the whole list, POST adds (or replaces) one or more.
+    let replace_all = c.method == Method::PUT;
+    let mut parsed = Vec::new();
+    for (i, mut v) in list(body).into_iter().enumerate() {
+        clean_folder(&mut v, &format!("folders[{i}]")).map_err(bad)?;
+        parsed.push(typed::<FolderConfig>(v, &format!("folders[{i}]")).map_err(bad)?);
+    }
+    change(node, move |cf| {
+        if replace_all {
+            cf.folders.clear();
+        }
+        for f in parsed {
+            cf.folders.retain(|x| x.id != f.id);
+            cf.folders.push(f);
+        }
+        Ok(())
+    })
+}
+
+async fn devices(c: &Call) -> Answer {
+    c.allow(&[Method::GET, Method::PUT, Method::POST])?;
+    let node = &c.node;
+    if c.method == Method::GET {
+        let all: Vec<Value> = with_self(node, &node.config())
+            .devices
+            .iter()
+            .map(device_json)
+            .collect();
+        return Ok(json(&Value::Array(all)));
+    }
+    let body = c.json()?;
+    let replace_all = c.method == Method::PUT;
+    let mut parsed = Vec::new();
+    for (i, mut v) in list(body).into_iter().enumerate() {
+        clean_device(&mut v, &format!("devices[{i}]")).map_err(bad)?;
+        parsed.push(typed::<DeviceConfig>(v, &format!("devices[{i}]")).map_err(bad)?);
+    }
+    change(node, move |cf| {
+        if replace_all {
+            cf.devices.clear();
+        }
+        for d in parsed {
+            let id = d.id().map_err(|e| format!("{e:#}"))?;
+            cf.devices.retain(|x| x.id().ok() != Some(id));
+            cf.devices.push(d);
+        }
+        Ok(())
+    })
+}
+
+async fn folder(c: &Call, id: &str) -> Answer {
+    c.allow(&[Method::GET, Method::PUT, Method::PATCH, Method::DELETE])?;
+    let node = &c.node;
+    let id = super::http_util::percent_decode(id);
+    let current = with_self(node, &node.config())
+        .folders
+        .into_iter()
+        .find(|f| f.id == id);
+    let missing = || text(StatusCode::NOT_FOUND, &format!("no folder with id {id:?}"));
+    match c.method {
+        Method::GET => current.map(|f| json(&folder_json(&f))).ok_or_else(missing),
+        Method::DELETE => {
+            current.ok_or_else(missing)?;
+            change(node, |cf| {
+                cf.folders.retain(|f| f.id != id);
+                Ok(())
+            })
+        }
+        _ => {
+            let mut body = c.json()?;
+            clean_folder(&mut body, "folder").map_err(bad)?;
+            let mut v = if c.method == Method::PATCH {
+                let f = current.ok_or_else(missing)?;
+                serde_json::to_value(&f).map_err(internal)?
+            } else {
+                shape::object()
+            };
+            merge(&mut v, body).map_err(|e| e.unwrap_or_else(|r| r))?;
+            v["id"] = json!(id);
+            let next: FolderConfig = typed(v, "folder").map_err(bad)?;
+            let was_paused = node
+                .config()
+                .folders
+                .iter()
+                .find(|f| f.id == id)
+                .map(|f| f.paused);
+            let (label, paused) = (next.label.clone(), next.paused);
+            let r = change(node, |cf| {
+                match cf.folders.iter_mut().find(|f| f.id == id) {
+                    Some(f) => *f = next,
+                    None => cf.folders.push(next),
+                }
+                Ok(())
+            });
+            if r.is_ok() && was_paused.is_some_and(|w| w != paused) {
+                crate::events::folder_paused(&id, &label, paused);
+            }
+            r
+        }
+    }
+}
+
+async fn device(c: &Call, id: &str) -> Answer {
+    c.allow(&[Method::GET, Method::PUT, Method::PATCH, Method::DELETE])?;
+    let node = &c.node;
+    let raw = super::http_util::percent_decode(id);
+    let id: proto::DeviceId = raw
+        .parse()
+        .map_err(|e| bad(format!("invalid device ID {raw:?}: {e}")))?;
+    if id == node.my_id && c.method != Method::GET {
+        return Err(bad(
+            "this device's own entry is not configurable here; set its name with the top-level \"name\"",
+        ));
+    }
+    let current = with_self(node, &node.config()).device(&id).cloned();
+    let missing = || text(StatusCode::NOT_FOUND, &format!("no device with id {id}"));
+    match c.method {
+        Method::GET => current.map(|d| json(&device_json(&d))).ok_or_else(missing),
+        Method::DELETE => {
+            current.ok_or_else(missing)?;
+            change(node, |cf| {
+                cf.devices.retain(|d| d.id().ok() != Some(id));
+                Ok(())
+            })
+        }
+        _ => {
+            let mut body = c.json()?;
+            clean_device(&mut body, "device").map_err(bad)?;
+            let mut v = if c.method == Method::PATCH {
+                let d = current.ok_or_else(missing)?;
+                serde_json::to_value(&d).map_err(internal)?
+            } else {
+                shape::object()
+            };
+            merge(&mut v, body).map_err(|e| e.unwrap_or_else(|r| r))?;
+            v["deviceID"] = json!(id.to_string());
+            let next: DeviceConfig = typed(v, "device").map_err(bad)?;
+            change(node, |cf| {
+                match cf.devices.iter_mut().find(|d| d.id().ok() == Some(id)) {
+                    Some(d) => *d = next,
+                    None => cf.devices.push(next),
+                }
+                Ok(())
+            })
+        }
     }
 }

@@ -3,7 +3,8 @@
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::http_util::{internal, json, not_found, ok, text, time_fmt, Answer, Call};
+use super::http_util::{internal, json, ok, rfc3339, text, time_fmt, Answer, Call};
+use crate::model::Node;
 
 pub async fn route(c: &Call) -> Answer {
     match c.path.as_str() {
@@ -67,18 +68,29 @@ pub async fn route(c: &Call) -> Answer {
             let perpage = c.num("perpage", 65536)?;
             let shown = super::http_util::page(&errors, page, perpage);
             Ok(json(
-                &json!({"folder": f.id, "errors": shown, "page": page, "perpage": perpage}),
+                // No errors is `null`, as Syncthing's empty list marshals.
+                &json!({"folder": f.id, "errors": if shown.is_empty() { Value::Null } else { json!(shown) },
+                        "page": page, "perpage": perpage}),
             ))
         }
-        _ => Err(not_found()),
+        _ => super::db_lists::route(c).await,
     }
 }
 
 fn status(c: &Call) -> Answer {
     let folder = c.folder()?.id;
-    let node = &c.node;
-    let Some(rt) = node.folder_runtime(&folder) else {
-        return Err(text(StatusCode::NOT_FOUND, "folder is not running"));
+    match status_json(&c.node, &folder) {
+        Ok(Some(v)) => Ok(json(&v)),
+        Ok(None) => Err(text(StatusCode::NOT_FOUND, "folder is not running")),
+        Err(e) => Err(internal(format!("{e:#}"))),
+    }
+}
+
+/// The folder summary (`/rest/db/status`, `FolderSummary` events); None
+/// if the folder is not running.
+pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Value>> {
+    let Some(rt) = node.folder_runtime(folder) else {
+        return Ok(None);
     };
     let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
     let pull_errors = rt
@@ -86,54 +98,91 @@ fn status(c: &Call) -> Answer {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .len();
-    let ((files, dirs, links, deleted, bytes), g) = node
-        .db
-        .local_totals(&folder)
-        .and_then(|l| Ok((l, crate::pull::need_totals(node, &folder)?)))
-        .map_err(|e| internal(format!("{e:#}")))?;
+    let (files, dirs, links, deleted, bytes) = node.db.local_totals(folder)?;
+    let g = crate::pull::need_totals(node, folder)?;
     let seq = *rt.sequence.borrow();
-    Ok(json(&json!({
+    let receive_only = node
+        .config()
+        .folders
+        .iter()
+        .any(|f| f.id == folder && f.kind == "receiveonly");
+    let mut v = json!({
         "state": state,
-        "sequence": seq,
+        "stateChanged": rfc3339(node.started),
+        "sequence": seq, "version": seq,
+        "invalid": "",
+        "ignorePatterns": node.config().folders.iter().find(|f| f.id == folder)
+            .is_some_and(|f| f.path.join(".stignore").exists()),
         "localFiles": files, "localDirectories": dirs, "localSymlinks": links,
         "localDeleted": deleted, "localBytes": bytes,
+        "localTotalItems": files + dirs + links + deleted,
         "globalFiles": g.global_files, "globalDirectories": g.global_dirs,
         "globalSymlinks": g.global_symlinks,
         "globalDeleted": g.global_deleted, "globalBytes": g.global_bytes,
+        "globalTotalItems": g.global_files + g.global_dirs + g.global_symlinks + g.global_deleted,
         "needFiles": g.need_files, "needDirectories": g.need_dirs,
         "needSymlinks": g.need_symlinks, "needBytes": g.need_bytes,
         "needDeletes": g.need_deletes, "needTotalItems": g.need_items(),
         "inSyncFiles": g.global_files.saturating_sub(g.need_files),
         "inSyncBytes": g.global_bytes.saturating_sub(g.need_bytes),
         "pullErrors": pull_errors, "errors": pull_errors,
-    })))
+    });
+    if receive_only {
+        // Locally changed items are not counted apart yet: zero, honestly
+        // labelled as the same fields Syncthing shows.
+        for k in [
+            "receiveOnlyChangedFiles",
+            "receiveOnlyChangedDirectories",
+            "receiveOnlyChangedSymlinks",
+            "receiveOnlyChangedDeletes",
+            "receiveOnlyChangedBytes",
+            "receiveOnlyTotalItems",
+        ] {
+            v[k] = json!(0);
+        }
+    }
+    Ok(Some(v))
 }
 
 fn completion(c: &Call) -> Answer {
     let folder = c.folder()?.id;
-    let node = &c.node;
-    let device = c.device()?.filter(|d| *d != node.my_id);
+    let device = c.device()?;
+    completion_json(&c.node, &folder, device)
+        .map(|v| json(&v))
+        .map_err(|e| internal(format!("{e:#}")))
+}
+
+/// `/rest/db/completion` (and `FolderCompletion` events) for `device`
+/// (`None`: we), against the global state.
+pub(crate) fn completion_json(
+    node: &Node,
+    folder: &str,
+    device: Option<proto::DeviceId>,
+) -> anyhow::Result<Value> {
+    let device = device.filter(|d| *d != node.my_id);
     let (sequence, state) = match device {
         None => (
-            node.folder_runtime(&folder).map_or(0, |r| *r.sequence.borrow()),
+            node.folder_runtime(folder)
+                .map_or(0, |r| *r.sequence.borrow()),
             "valid",
         ),
         Some(d) => (
-            node.db.remote(&folder, &d).map_or(0, |r| r.1),
-            if node.connected(&d) { "valid" } else { "unknown" },
+            node.db.remote(folder, &d).map_or(0, |r| r.1),
+            if node.connected(&d) {
+                "valid"
+            } else {
+                "unknown"
+            },
         ),
     };
-    // Against the global state (all devices' versions), for us or them.
-    match crate::pull::completion(node, &folder, device) {
-        Ok(c) => Ok(json(&json!({
-            "completion": c.completion, "globalBytes": c.global_bytes,
-            "globalItems": c.global_items, "needBytes": c.need_bytes,
-            "needDeletes": c.need_deletes, "needItems": c.need_items,
-            "remoteState": state,
-            "sequence": sequence,
-        }))),
-        Err(e) => Err(internal(format!("{e:#}"))),
-    }
+    let c = crate::pull::completion(node, folder, device)?;
+    Ok(json!({
+        "completion": c.completion, "globalBytes": c.global_bytes,
+        "globalItems": c.global_items, "needBytes": c.need_bytes,
+        "needDeletes": c.need_deletes, "needItems": c.need_items,
+        "remoteState": state,
+        "sequence": sequence,
+    }))
 }
 
 async fn revert_or_override(c: &Call) -> Answer {
@@ -179,11 +228,11 @@ pub fn file_json(f: &proto::bep::wire::FileInfo) -> Value {
     json!({
         "name": f.name,
         "type": match f.r#type { 1 => "FILE_INFO_TYPE_DIRECTORY", 4 => "FILE_INFO_TYPE_SYMLINK", _ => "FILE_INFO_TYPE_FILE" },
-        "size": f.size, "permissions": format!("{:o}", f.permissions), "deleted": f.deleted,
+        "size": f.size, "permissions": format!("0{:o}", f.permissions), "deleted": f.deleted,
         "invalid": f.invalid, "ignored": false, "mustRescan": false,
         "noPermissions": f.no_permissions, "sequence": f.sequence,
         "modified": time_fmt(f.modified_s), "modifiedBy": proto::ShortId(f.modified_by).to_string(),
-        "numBlocks": f.blocks.len(), "blockSize": f.block_size, "version": version,
-        "localFlags": 0, "platform": {},
+        "numBlocks": f.blocks.len(), "version": version,
+        "localFlags": 0,
     })
 }

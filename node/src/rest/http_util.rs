@@ -119,11 +119,6 @@ pub fn json_status(status: StatusCode, v: &Value) -> Reply {
     r
 }
 
-/// Any serializable value as JSON.
-pub fn to_json<T: serde::Serialize>(v: &T) -> Reply {
-    json(&serde_json::to_value(v).unwrap_or(Value::Null))
-}
-
 /// A plain-text reply, as Go's `http.Error` writes it.
 pub fn text(status: StatusCode, msg: &str) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));

@@ -14,7 +14,9 @@
 mod auth;
 mod cluster;
 mod config;
-mod db;
+mod config_shape;
+pub(crate) mod db;
+mod db_lists;
 mod events;
 pub mod http_util;
 mod metrics;
@@ -42,6 +44,8 @@ const MAX_BODY: usize = 4 << 20;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let guard = Arc::new(auth::Guard::new(&node));
+    tokio::spawn(crate::events::summaries::run(node.clone()));
+    config::remember_startup(&node);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -1,13 +1,17 @@
 //! `/rest/system/*` and `/rest/noauth/health`.
 
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use http::Method;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::http_util::{json, not_found, rfc3339, Answer, Call};
+use super::http_util::{bad, internal, json, not_found, ok, rfc3339, text, Answer, Call};
+use crate::events::record;
 use crate::scan::{TOTAL_HASHED_BYTES, TOTAL_HASHED_FILES};
+
+/// Directory entries `/rest/system/browse` lists at most.
+const BROWSE_MAX: usize = 1000;
 
 pub async fn route(c: &Call) -> Answer {
     let node = &c.node;
@@ -16,50 +20,114 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET, Method::POST])?;
             Ok(json(&json!({"ping": "pong"})))
         }
+        // The older configuration endpoints tools still use.
+        "/rest/system/config" | "/rest/system/config/insync" => super::config::route(c).await,
         "/rest/system/status" => {
             c.allow(&[Method::GET])?;
-            let uptime = node.started.elapsed().map_or(0, |d| d.as_secs());
-            let mut v = json!({
-                "myID": node.my_id.to_string(),
-                "uptime": uptime,
-                "startTime": rfc3339(node.started),
-                "hashedFiles": TOTAL_HASHED_FILES.load(Ordering::Relaxed),
-                "hashedBytes": TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
-                "servedBytes": node.served_bytes.load(Ordering::Relaxed),
-                "servedRequests": node.served_requests.load(Ordering::Relaxed),
-                "pulledBytes": crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
-                "reusedBytes": crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
-            });
-            // Listeners, dial results and discovery, as Syncthing reports them.
-            if let serde_json::Value::Object(m) = &mut v {
-                m.extend(crate::connect::status_fields(node));
-            }
-            Ok(json(&v))
+            Ok(json(&status(c)))
         }
         "/rest/system/shutdown" => {
             c.allow(&[Method::POST])?;
             node.shutdown.send_replace(true);
             Ok(json(&json!({"ok": "shutting down"})))
         }
+        "/rest/system/restart" => {
+            c.allow(&[Method::POST])?;
+            restart(c)
+        }
         "/rest/system/connections" => {
             c.allow(&[Method::GET])?;
             Ok(json(&connections(c)))
-        }
-        "/rest/system/discovery" => {
-            c.allow(&[Method::GET])?;
-            let mut out = serde_json::Map::new();
-            for (id, addresses) in crate::discovery::snapshot() {
-                out.insert(id.to_string(), json!({ "addresses": addresses }));
-            }
-            Ok(json(&Value::Object(out)))
         }
         "/rest/system/version" => {
             c.allow(&[Method::GET])?;
             Ok(json(&json!({
                 "version": concat!("v", env!("CARGO_PKG_VERSION")),
                 "longVersion": concat!("node v", env!("CARGO_PKG_VERSION"), " (Syncthing-compatible, BEP v1)"),
-                "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
+                "os": std::env::consts::OS,
+                "arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+                "codename": "", "date": "", "stamp": "", "user": "", "tags": [],
+                "isBeta": false, "isCandidate": false, "isRelease": true,
             })))
+        }
+        "/rest/system/error" => {
+            c.allow(&[Method::GET, Method::POST])?;
+            if c.method == Method::POST {
+                let msg = String::from_utf8_lossy(&c.body).trim().to_string();
+                if msg.is_empty() {
+                    return Err(bad("empty error message"));
+                }
+                record::error(msg);
+                return Ok(ok());
+            }
+            let errors: Vec<Value> = record::errors()
+                .into_iter()
+                .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
+                .collect();
+            Ok(json(&json!({"errors": errors})))
+        }
+        "/rest/system/error/clear" => {
+            c.allow(&[Method::POST])?;
+            record::clear_errors();
+            Ok(ok())
+        }
+        "/rest/system/log" => {
+            c.allow(&[Method::GET])?;
+            let since = c.q("since").and_then(parse_rfc3339);
+            let messages: Vec<Value> = record::log_lines(since)
+                .into_iter()
+                .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
+                .collect();
+            Ok(json(&json!({"messages": messages})))
+        }
+        "/rest/system/log.txt" => {
+            c.allow(&[Method::GET])?;
+            let lines: String = record::log_lines(None)
+                .into_iter()
+                .map(|(when, _, m)| format!("{}: {m}\n", rfc3339(when)))
+                .collect();
+            Ok(text(StatusCode::OK, lines.trim_end()))
+        }
+        "/rest/system/pause" | "/rest/system/resume" => {
+            c.allow(&[Method::POST])?;
+            pause(c, c.path.ends_with("pause"))
+        }
+        "/rest/system/discovery" => {
+            c.allow(&[Method::GET])?;
+            // Addresses learned by discovery (global and local caches).
+            let mut out = serde_json::Map::new();
+            for (id, addresses) in crate::discovery::snapshot() {
+                out.insert(id.to_string(), json!({"addresses": addresses}));
+            }
+            Ok(json(&Value::Object(out)))
+        }
+        "/rest/system/upgrade" => {
+            c.allow(&[Method::GET, Method::POST])?;
+            // As a Syncthing built without the upgrader (Debian's) answers:
+            // this node is upgraded by its package manager or image.
+            Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upgrade unsupported (this node is upgraded by its package or image, not by itself)",
+            ))
+        }
+        "/rest/system/browse" => {
+            c.allow(&[Method::GET])?;
+            Ok(json(&browse(c.q("current").unwrap_or(""))))
+        }
+        "/rest/system/debug" => {
+            c.allow(&[Method::GET, Method::POST])?;
+            if c.method == Method::POST {
+                return Err(bad(
+                    "debug facilities are not switchable here; start the node with --log-level debug",
+                ));
+            }
+            Ok(json(&json!({"enabled": [], "facilities": {}})))
+        }
+        "/rest/system/reset" => {
+            c.allow(&[Method::POST])?;
+            Err(bad(
+                "resetting the database over the API is not supported; stop the node and remove its index database",
+            ))
         }
         _ => Err(not_found()),
     }
@@ -76,26 +144,124 @@ pub async fn noauth(c: &Call) -> Answer {
     }
 }
 
+/// `2024-01-02T03:04:05[.nnn]Z` (UTC only, what we hand out) to a time.
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86400 + hh * 3600 + mm * 60 + ss;
+    let frac = s[19..]
+        .strip_prefix('.')
+        .map(|f| f.trim_end_matches(|c: char| !c.is_ascii_digit()))
+        .map_or(0, |f| {
+            format!("{f:0<9}")
+                .get(..9)
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0)
+        });
+    let secs = u64::try_from(secs).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(frac))
+}
+
+fn proc_status(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let v = l.strip_prefix(key)?.trim_start_matches(':').trim();
+                v.split_whitespace().next()?.parse::<u64>().ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn status(c: &Call) -> Value {
+    let node = &c.node;
+    let config = node.config();
+    let uptime = node.started.elapsed().map_or(0, |d| d.as_secs());
+    let mut services = serde_json::Map::new();
+    for a in config
+        .options
+        .listen_addresses
+        .iter()
+        .filter(|a| !a.is_empty())
+    {
+        services.insert(
+            a.clone(),
+            json!({"error": null, "lanAddresses": [a], "wanAddresses": [a]}),
+        );
+    }
+    let rss = proc_status("VmRSS") * 1024;
+    let mut v = json!({
+        "myID": node.my_id.to_string(),
+        "uptime": uptime,
+        "startTime": rfc3339(node.started),
+        "alloc": rss,
+        "sys": proc_status("VmSize") * 1024,
+        // Threads of the process (the closest thing to goroutines).
+        "goroutines": proc_status("Threads"),
+        "cpuPercent": 0,
+        "connectionServiceStatus": services,
+        "lastDialStatus": {},
+        "guiAddressOverridden": node.gui.address != config.gui.address,
+        "guiAddressUsed": node.gui.address,
+        "pathSeparator": "/",
+        "tilde": std::env::var("HOME").unwrap_or_default(),
+        // No usage reporting in this node.
+        "urVersionMax": 0,
+        "hashedFiles": TOTAL_HASHED_FILES.load(Ordering::Relaxed),
+        "hashedBytes": TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
+        "servedBytes": node.served_bytes.load(Ordering::Relaxed),
+        "servedRequests": node.served_requests.load(Ordering::Relaxed),
+        "pulledBytes": crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
+        "reusedBytes": crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
+    });
+    // Listeners, dial results and discovery, as Syncthing reports them.
+    if let Value::Object(m) = &mut v {
+        m.extend(crate::connect::status_fields(node));
+    }
+    v
+}
+
 fn connections(c: &Call) -> Value {
     let node = &c.node;
     let mut conns = serde_json::Map::new();
     let live = node.connections();
+    let never = "0001-01-01T00:00:00Z";
+    let now = rfc3339(SystemTime::now());
     for d in node.config().devices {
         let Ok(id) = d.id() else { continue };
+        if id == node.my_id {
+            continue;
+        }
         let v = match live.get(&id) {
             Some(c) => json!({
                 "connected": true,
                 "type": c.kind,
                 "address": c.address.to_string(),
                 "clientVersion": c.client_version,
-                "crypto": "TLS1.3",
+                "crypto": "TLS1.3-TLS_AES_128_GCM_SHA256",
                 "inBytesTotal": c.in_bytes.load(Ordering::Relaxed),
                 "outBytesTotal": c.out_bytes.load(Ordering::Relaxed),
                 "startedAt": rfc3339(c.started),
-                "paused": false,
+                "at": now,
+                "paused": d.paused,
             }),
             None => json!({"connected": false, "type": "", "address": "", "clientVersion": "",
-                           "paused": false, "inBytesTotal": 0, "outBytesTotal": 0}),
+                           "crypto": "", "paused": d.paused, "inBytesTotal": 0, "outBytesTotal": 0,
+                           "startedAt": never, "at": never}),
         };
         conns.insert(id.to_string(), v);
     }
@@ -105,5 +271,118 @@ fn connections(c: &Call) -> Value {
         tout += c.out_bytes.load(Ordering::Relaxed);
     }
     json!({"connections": conns,
-           "total": {"inBytesTotal": tin, "outBytesTotal": tout, "at": rfc3339(SystemTime::now())}})
+           "total": {"inBytesTotal": tin, "outBytesTotal": tout, "at": now}})
+}
+
+/// Pauses or resumes one device (`device=`) or all: saved in the
+/// configuration, and a paused device's connection is closed.
+fn pause(c: &Call, paused: bool) -> Answer {
+    let node = &c.node;
+    let one = c.device()?;
+    let config = node.config();
+    if let Some(id) = one {
+        if config.device(&id).is_none() {
+            return Err(text(
+                StatusCode::NOT_FOUND,
+                &format!("no device with id {id}"),
+            ));
+        }
+    }
+    let mut changed = Vec::new();
+    node.update_config(|cf| {
+        for d in cf.devices.iter_mut() {
+            let Ok(id) = d.id() else { continue };
+            if one.is_none_or(|o| o == id) && d.paused != paused {
+                d.paused = paused;
+                changed.push(id);
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| internal(format!("{e:#}")))?;
+    for id in &changed {
+        crate::events::device_paused(id, paused);
+        if paused {
+            if let Some(conn) = node.connections().get(id) {
+                let _ = conn.close.try_send("device paused".into());
+            }
+        }
+    }
+    crate::serve::apply_config(node).map_err(|e| internal(format!("{e:#}")))?;
+    Ok(ok())
+}
+
+/// Closes the connections, then replaces the process with a fresh start
+/// of the same program and arguments (same PID, so supervisors and
+/// tests keep tracking it).
+fn restart(c: &Call) -> Answer {
+    let Ok(exe) = std::env::current_exe() else {
+        return Err(internal("cannot find the node's own program to restart"));
+    };
+    for (_, conn) in c.node.connections() {
+        let _ = conn.close.try_send("device is restarting".into());
+    }
+    tokio::spawn(async move {
+        // Let the reply and the Close messages leave first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        tracing::error!(error = %err, "restart failed; still running");
+    });
+    Ok(json(&json!({"ok": "restarting"})))
+}
+
+/// Directories matching `current` (a path prefix), each with a trailing
+/// slash, sorted, as the folder dialog completes them.
+fn browse(current: &str) -> Value {
+    let current = if current.is_empty() { "/" } else { current };
+    let (dir, partial) = match current.rfind('/') {
+        Some(i) => (&current[..=i], &current[i + 1..]),
+        None => ("./", current),
+    };
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten().take(100 * BROWSE_MAX) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_dir = std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir());
+            if is_dir && name.starts_with(partial) {
+                out.push(format!("{dir}{name}/"));
+            }
+        }
+    }
+    out.sort();
+    out.truncate(BROWSE_MAX);
+    json!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_we_format() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 120_000_000);
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        assert_eq!(
+            parse_rfc3339("1970-01-01T00:00:10Z"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10))
+        );
+        assert_eq!(parse_rfc3339("nonsense"), None);
+    }
+
+    #[test]
+    fn browses_directories() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("alpha")).unwrap();
+        std::fs::create_dir(d.path().join("beta")).unwrap();
+        std::fs::write(d.path().join("afile"), b"").unwrap();
+        let base = format!("{}/", d.path().display());
+        assert_eq!(
+            browse(&format!("{base}a")),
+            json!([format!("{base}alpha/")])
+        );
+        assert_eq!(browse(&base).as_array().unwrap().len(), 2);
+    }
 }

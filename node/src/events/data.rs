@@ -1,0 +1,232 @@
+//! One function per event the node emits, building the `data` object
+//! with Syncthing's field names, so call sites stay one line.
+
+use std::net::SocketAddr;
+
+use proto::bep::wire::FileInfo;
+use proto::DeviceId;
+use serde_json::{json, Value};
+
+use super::{bus, emit, Kind};
+
+fn kind_name(f: &FileInfo) -> &'static str {
+    match f.r#type {
+        1 => "dir",
+        4 => "symlink",
+        _ => "file",
+    }
+}
+
+fn change(kind: Kind, folder: &str, f: &FileInfo) {
+    super::record::folder_file(folder, &f.name, f.deleted);
+    emit(
+        kind,
+        json!({
+            "folder": folder,
+            "folderID": folder,
+            "label": bus().label(folder),
+            "action": if f.deleted { "deleted" } else { "modified" },
+            "type": kind_name(f),
+            "path": f.name,
+            "modifiedBy": proto::ShortId(f.modified_by).to_string(),
+        }),
+    );
+}
+
+/// `LocalChangeDetected` for each valid item a scan recorded; returns the
+/// names for `LocalIndexUpdated`.
+pub fn local_changes<'a>(folder: &str, items: impl Iterator<Item = &'a FileInfo>) -> Vec<String> {
+    let mut names = Vec::new();
+    for f in items {
+        names.push(f.name.clone());
+        if !f.invalid {
+            change(Kind::LocalChangeDetected, folder, f);
+        }
+    }
+    names
+}
+
+pub fn local_index_updated(folder: &str, filenames: Vec<String>, sequence: i64) {
+    emit(
+        Kind::LocalIndexUpdated,
+        json!({"folder": folder, "items": filenames.len(), "filenames": filenames,
+               "sequence": sequence, "version": sequence}),
+    );
+}
+
+/// `RemoteChangeDetected` for each item the puller applied to disk;
+/// returns the names for `LocalIndexUpdated`.
+pub fn remote_changes<'a>(folder: &str, items: impl Iterator<Item = &'a FileInfo>) -> Vec<String> {
+    let mut names = Vec::new();
+    for f in items {
+        names.push(f.name.clone());
+        change(Kind::RemoteChangeDetected, folder, f);
+    }
+    names
+}
+
+pub fn remote_index_updated(device: &DeviceId, folder: &str, items: usize, sequence: i64) {
+    emit(
+        Kind::RemoteIndexUpdated,
+        json!({"device": device.to_string(), "folder": folder, "items": items,
+               "sequence": sequence, "version": sequence}),
+    );
+}
+
+fn action(f: &FileInfo) -> &'static str {
+    if f.deleted {
+        "delete"
+    } else {
+        "update"
+    }
+}
+
+pub fn item_started(folder: &str, f: &FileInfo) {
+    emit(
+        Kind::ItemStarted,
+        json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f)}),
+    );
+}
+
+/// `error` is null on success, as in Syncthing.
+pub fn item_finished(folder: &str, f: &FileInfo, error: Option<String>) {
+    emit(
+        Kind::ItemFinished,
+        json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f),
+               "error": error}),
+    );
+}
+
+/// Sets a folder's state and emits `StateChanged` if it changed.
+pub fn set_state(folder: &str, state: &std::sync::Mutex<&'static str>, to: &'static str) {
+    let from = {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *s, to)
+    };
+    if from == "scanning" {
+        super::record::folder_scanned(folder);
+    }
+    if from != to {
+        emit(
+            Kind::StateChanged,
+            json!({"folder": folder, "from": from, "to": to}),
+        );
+    }
+}
+
+pub fn scan_progress(folder: &str, current: u64, total: u64, rate: f64) {
+    emit(
+        Kind::FolderScanProgress,
+        json!({"folder": folder, "current": current, "total": total, "rate": rate}),
+    );
+}
+
+/// `FolderErrors` after a pull round with errors: (path, error) pairs.
+pub fn folder_errors(folder: &str, errors: &[(String, String)]) {
+    if errors.is_empty() {
+        return;
+    }
+    super::record::log(
+        3,
+        format!(
+            "Folder {folder:?}: {} items could not be synced",
+            errors.len()
+        ),
+    );
+    let list: Vec<Value> = errors
+        .iter()
+        .map(|(p, e)| json!({"path": p, "error": e}))
+        .collect();
+    emit(
+        Kind::FolderErrors,
+        json!({"folder": folder, "errors": list}),
+    );
+}
+
+pub fn device_connected(
+    id: &DeviceId,
+    name: &str,
+    client_name: &str,
+    client_version: &str,
+    kind: &str,
+    addr: SocketAddr,
+) {
+    super::record::device_up(&id.to_string());
+    super::record::log(
+        2,
+        format!("Established connection to {id} ({name:?}, {kind}) at {addr}, {client_name} {client_version}"),
+    );
+    emit(
+        Kind::DeviceConnected,
+        json!({"id": id.to_string(), "deviceName": name, "clientName": client_name,
+               "clientVersion": client_version, "type": kind, "addr": addr.to_string()}),
+    );
+}
+
+pub fn device_disconnected(id: &DeviceId, error: &str) {
+    super::record::device_down(&id.to_string());
+    super::record::log(2, format!("Connection to {id} closed: {error}"));
+    emit(
+        Kind::DeviceDisconnected,
+        json!({"id": id.to_string(), "error": error}),
+    );
+}
+
+pub fn pending_device_added(id: &DeviceId, name: &str, address: SocketAddr) {
+    super::record::log(
+        3,
+        format!("Connection from unknown device {id} ({name:?}) at {address} refused; it is listed as pending"),
+    );
+    emit(
+        Kind::PendingDevicesChanged,
+        json!({"added": [{"deviceID": id.to_string(), "name": name, "address": address.to_string()}]}),
+    );
+}
+
+pub fn pending_folder_added(folder: &str, label: &str, device: &DeviceId) {
+    emit(
+        Kind::PendingFoldersChanged,
+        json!({"added": [{"deviceID": device.to_string(), "folderID": folder, "folderLabel": label,
+                          "receiveEncrypted": false, "remoteEncrypted": false}]}),
+    );
+}
+
+pub fn config_saved(config: &crate::config::Config) {
+    super::record::log(2, "Configuration saved".into());
+    bus().set_labels(config);
+    emit(
+        Kind::ConfigSaved,
+        serde_json::to_value(config).unwrap_or(Value::Null),
+    );
+}
+
+pub fn starting(home: &std::path::Path, my_id: &DeviceId) {
+    super::record::log(2, format!("My ID: {my_id}"));
+    emit(
+        Kind::Starting,
+        json!({"home": home.display().to_string(), "myID": my_id.to_string()}),
+    );
+}
+
+pub fn startup_complete(my_id: &DeviceId) {
+    super::record::log(2, "Startup complete".into());
+    emit(Kind::StartupComplete, json!({"myID": my_id.to_string()}));
+}
+
+pub fn device_paused(id: &DeviceId, paused: bool) {
+    let kind = if paused {
+        Kind::DevicePaused
+    } else {
+        Kind::DeviceResumed
+    };
+    emit(kind, json!({"device": id.to_string()}));
+}
+
+pub fn folder_paused(id: &str, label: &str, paused: bool) {
+    let kind = if paused {
+        Kind::FolderPaused
+    } else {
+        Kind::FolderResumed
+    };
+    emit(kind, json!({"id": id, "label": label}));
+}

@@ -1,0 +1,149 @@
+//! What the node remembers for `/rest/system/log`, `/rest/system/error`
+//! and `/rest/stats/*`, fed by the same calls that emit events: recent
+//! log lines and errors (bounded rings), when each device was last seen,
+//! when each folder was last scanned and its last changed file. Runtime
+//! only: they start empty after a restart.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::SystemTime;
+
+use super::ring::Ring;
+
+/// Log lines kept (Syncthing keeps 250).
+const LOG_LINES: usize = 250;
+/// Errors kept for `/rest/system/error`.
+const ERRORS: usize = 100;
+
+pub struct Line {
+    pub when: SystemTime,
+    /// Syncthing's levels: 1 debug, 2 info, 3 warning, 4 error.
+    pub level: u8,
+    pub message: String,
+}
+
+#[derive(Default, Clone)]
+pub struct DeviceStats {
+    pub last_seen: Option<SystemTime>,
+    pub connected_since: Option<SystemTime>,
+    pub last_duration_s: f64,
+}
+
+#[derive(Default, Clone)]
+pub struct FolderStats {
+    pub last_scan: Option<SystemTime>,
+    /// (when, name, deleted)
+    pub last_file: Option<(SystemTime, String, bool)>,
+}
+
+struct Records {
+    log: Ring<Line>,
+    errors: Ring<Line>,
+    devices: HashMap<String, DeviceStats>,
+    folders: HashMap<String, FolderStats>,
+}
+
+static RECORDS: LazyLock<Mutex<Records>> = LazyLock::new(|| {
+    Mutex::new(Records {
+        log: Ring::new(LOG_LINES),
+        errors: Ring::new(ERRORS),
+        devices: HashMap::new(),
+        folders: HashMap::new(),
+    })
+});
+
+fn with<T>(f: impl FnOnce(&mut Records) -> T) -> T {
+    f(&mut RECORDS.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+pub fn log(level: u8, message: String) {
+    let line = Line {
+        when: SystemTime::now(),
+        level,
+        message,
+    };
+    with(|r| r.log.push(line));
+}
+
+/// An error shown by `/rest/system/error` (and logged).
+pub fn error(message: String) {
+    log(4, message.clone());
+    let line = Line {
+        when: SystemTime::now(),
+        level: 4,
+        message,
+    };
+    with(|r| r.errors.push(line));
+}
+
+pub fn clear_errors() {
+    with(|r| r.errors = Ring::new(ERRORS));
+}
+
+/// (when, level, message) of the kept lines after `since`.
+pub fn log_lines(since: Option<SystemTime>) -> Vec<(SystemTime, u8, String)> {
+    with(|r| {
+        r.log
+            .iter()
+            .filter(|l| since.is_none_or(|s| l.when > s))
+            .map(|l| (l.when, l.level, l.message.clone()))
+            .collect()
+    })
+}
+
+pub fn errors() -> Vec<(SystemTime, u8, String)> {
+    with(|r| {
+        r.errors
+            .iter()
+            .map(|l| (l.when, l.level, l.message.clone()))
+            .collect()
+    })
+}
+
+pub fn device_up(id: &str) {
+    let now = SystemTime::now();
+    with(|r| {
+        let d = r.devices.entry(id.to_string()).or_default();
+        d.last_seen = Some(now);
+        d.connected_since = Some(now);
+    });
+}
+
+pub fn device_down(id: &str) {
+    let now = SystemTime::now();
+    with(|r| {
+        let d = r.devices.entry(id.to_string()).or_default();
+        d.last_seen = Some(now);
+        if let Some(since) = d.connected_since.take() {
+            d.last_duration_s = now.duration_since(since).unwrap_or_default().as_secs_f64();
+        }
+    });
+}
+
+pub fn device_stats(id: &str) -> DeviceStats {
+    with(|r| {
+        let mut d = r.devices.get(id).cloned().unwrap_or_default();
+        // While connected, "last seen" is now.
+        if d.connected_since.is_some() {
+            d.last_seen = Some(SystemTime::now());
+        }
+        d
+    })
+}
+
+pub fn folder_scanned(folder: &str) {
+    let now = SystemTime::now();
+    with(|r| r.folders.entry(folder.to_string()).or_default().last_scan = Some(now));
+}
+
+pub fn folder_file(folder: &str, name: &str, deleted: bool) {
+    let now = SystemTime::now();
+    with(|r| {
+        r.folders.entry(folder.to_string()).or_default().last_file =
+            Some((now, name.to_string(), deleted));
+    });
+}
+
+pub fn folder_stats(folder: &str) -> FolderStats {
+    with(|r| r.folders.get(folder).cloned().unwrap_or_default())
+}

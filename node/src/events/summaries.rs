@@ -1,0 +1,70 @@
+//! `FolderSummary` and `FolderCompletion` events: the folder's status and
+//! each connected device's completion, emitted when they change (checked
+//! every second, as Syncthing's summary service batches them). The
+//! figures come from the same functions as `/rest/db/status|completion`,
+//! which are cached until the index changes, so an idle check is cheap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{emit, Kind};
+use crate::model::Node;
+
+const EVERY: Duration = Duration::from_secs(1);
+
+pub async fn run(node: Arc<Node>) {
+    let mut last: HashMap<(String, Option<String>), Value> = HashMap::new();
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tick.tick().await;
+        let n2 = node.clone();
+        let seen = std::mem::take(&mut last);
+        // The figures read the database: off the async threads.
+        match tokio::task::spawn_blocking(move || check(&n2, seen)).await {
+            Ok(next) => last = next,
+            Err(e) => tracing::warn!(error = %e, "folder summary task failed"),
+        }
+    }
+}
+
+type Seen = HashMap<(String, Option<String>), Value>;
+
+fn check(node: &Node, mut last: Seen) -> Seen {
+    let mut next = HashMap::new();
+    for f in node.config().folders {
+        let Ok(Some(summary)) = crate::rest::db::status_json(node, &f.id) else {
+            continue;
+        };
+        let key = (f.id.clone(), None);
+        if last.remove(&key).as_ref() != Some(&summary) {
+            emit(
+                Kind::FolderSummary,
+                json!({"folder": f.id, "summary": summary}),
+            );
+        }
+        next.insert(key, summary);
+        for d in f.device_ids() {
+            if d == node.my_id || !node.connected(&d) {
+                continue;
+            }
+            let Ok(mut comp) = crate::rest::db::completion_json(node, &f.id, Some(d)) else {
+                continue;
+            };
+            let key = (f.id.clone(), Some(d.to_string()));
+            if last.remove(&key).as_ref() != Some(&comp) {
+                let mut ev = comp.clone();
+                ev["folder"] = json!(f.id);
+                ev["device"] = json!(d.to_string());
+                if let Some(o) = ev.as_object_mut() {
+                    o.remove("remoteState");
+                }
+                emit(Kind::FolderCompletion, ev);
+            }
+            next.insert(key, std::mem::take(&mut comp));
+        }
+    }
+    next
+}

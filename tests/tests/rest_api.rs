@@ -1,0 +1,652 @@
+//! The node's REST API: authentication like Syncthing's, the status codes
+//! of bad input (none of which changes the configuration), configuration
+//! round trips, and every endpoint side by side with Syncthing 1.19.2.
+
+use std::time::Duration;
+
+use e2e::node::NodeHome;
+use e2e::rest_api::{call, keyed, shape_diff};
+use e2e::syncthing::start_tcp;
+use serde_json::{json, Value};
+
+/// Every file of the home whose name starts with `config` (the file and
+/// nothing else may change).
+fn config_files(home: &NodeHome) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&home.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("config"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn bad_input_gets_syncthings_status_codes_and_never_changes_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let folder = dir.path().join("f");
+    std::fs::create_dir_all(&folder).unwrap();
+    let node = home.start();
+    let (port, key) = (home.gui_port, home.api_key.as_str());
+    // A folder to PATCH later.
+    let f = json!({"id": "f", "label": "F", "path": folder, "type": "sendreceive"});
+    let a = keyed(
+        port,
+        key,
+        "POST",
+        "/rest/config/folders",
+        Some(&f.to_string()),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let before = config_files(&home);
+
+    let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
+        ("GET", "/rest/no/such/thing", None, 404, ""),
+        ("GET", "/rest/system/nosuch", None, 404, ""),
+        ("GET", "/rest/system/shutdown", None, 405, ""),
+        ("DELETE", "/rest/system/status", None, 405, ""),
+        ("POST", "/rest/config/restart-required", None, 405, ""),
+        ("PUT", "/rest/config", Some("{not json"), 400, "JSON"),
+        ("POST", "/rest/system/config", Some("[1,2"), 400, "JSON"),
+        (
+            "PATCH",
+            "/rest/config/options",
+            Some("{\"listenAddresses\": 5}"),
+            400,
+            "listenAddresses",
+        ),
+        (
+            "PATCH",
+            "/rest/config/folders/f",
+            Some("{\"rescanIntervalS\": \"soon\"}"),
+            400,
+            "rescanIntervalS",
+        ),
+        (
+            "PATCH",
+            "/rest/config/folders/f",
+            Some("{\"type\": \"mirror\"}"),
+            400,
+            "mirror",
+        ),
+        (
+            "PATCH",
+            "/rest/config/folders/f",
+            Some("{\"ignorePerms\": true}"),
+            400,
+            "ignorePerms",
+        ),
+        (
+            "PUT",
+            "/rest/config/folders/g",
+            Some("{\"path\": \"relative/path\"}"),
+            400,
+            "absolute",
+        ),
+        (
+            "GET",
+            "/rest/config/devices/NOT-A-DEVICE",
+            None,
+            400,
+            "device ID",
+        ),
+        (
+            "DELETE",
+            "/rest/config/devices/NOT-A-DEVICE",
+            None,
+            400,
+            "device ID",
+        ),
+        (
+            "POST",
+            "/rest/config/devices",
+            Some("{\"deviceID\": \"AAAA-BBBB\"}"),
+            400,
+            "deviceID",
+        ),
+        (
+            "GET",
+            "/rest/db/completion?folder=f&device=XYZ",
+            None,
+            400,
+            "device ID",
+        ),
+        ("GET", "/rest/db/status", None, 400, "folder"),
+        ("GET", "/rest/db/status?folder=nope", None, 404, ""),
+        ("DELETE", "/rest/config/folders/nope", None, 404, ""),
+    ];
+    for (method, path, body, want, says) in &cases {
+        let a = keyed(port, key, method, path, *body);
+        assert_eq!(a.status, *want, "{method} {path}: {}", a.body);
+        assert!(
+            a.body.contains(says),
+            "{method} {path}: {:?} lacks {says:?}",
+            a.body
+        );
+        println!("{method:6} {path:48} -> {} {}", a.status, a.body.trim());
+    }
+    // Missing, wrong, or wrongly-placed keys.
+    for headers in [
+        vec![],
+        vec![("X-API-Key", "wrong")],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("X-API-Key", "")],
+    ] {
+        let a = call(port, "GET", "/rest/system/status", &headers, None);
+        assert_eq!(a.status, 403, "{headers:?}: {}", a.body);
+        let a = call(port, "POST", "/rest/system/shutdown", &headers, None);
+        assert_eq!(a.status, 403, "{headers:?}: {}", a.body);
+    }
+    assert_eq!(
+        config_files(&home),
+        before,
+        "a refused request changed the config"
+    );
+    assert!(node.get("/rest/system/ping").is_ok(), "the node still runs");
+
+    // Bearer works like X-API-Key; the health check needs nothing.
+    let bearer = format!("Bearer {key}");
+    let a = call(
+        port,
+        "GET",
+        "/rest/system/status",
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(a.status, 200);
+    let a = call(port, "GET", "/rest/noauth/health", &[], None);
+    assert_eq!((a.status, a.json()), (200, json!({"status": "OK"})));
+    node.stop();
+}
+
+#[test]
+fn browser_rules_basic_auth_csrf_host_check_and_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let node = home.start();
+    let (port, key) = (home.gui_port, home.api_key.as_str());
+
+    // A CORS preflight gets the allowed methods, nothing else.
+    let a = call(
+        port,
+        "OPTIONS",
+        "/rest/system/status",
+        &[("Origin", "http://evil.example")],
+        None,
+    );
+    assert_eq!(a.status, 204);
+    assert!(a
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("X-API-Key"));
+    // DNS rebinding: another host name for our loopback address.
+    let a = call(
+        port,
+        "GET",
+        "/rest/system/status",
+        &[("X-API-Key", key), ("Host", "evil.example:80")],
+        None,
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(a.body.contains("Host check"), "{}", a.body);
+
+    // A GUI user; the password is stored as a bcrypt hash.
+    let a = keyed(
+        port,
+        key,
+        "PATCH",
+        "/rest/config/gui",
+        Some(r#"{"user": "ops", "password": "s3cret"}"#),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let gui = keyed(port, key, "GET", "/rest/config/gui", None).json();
+    let hash = gui["password"].as_str().unwrap();
+    assert!(hash.starts_with("$2"), "password stored as {hash:?}");
+    let text = std::fs::read_to_string(home.config_path()).unwrap_or_default();
+    assert!(
+        !text.contains("s3cret"),
+        "plain password in the config file"
+    );
+
+    let basic = |user: &str, pw: &str| {
+        let raw = format!("{user}:{pw}");
+        let mut s = String::new();
+        // Minimal base64 for the test.
+        let t = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for c in raw.as_bytes().chunks(3) {
+            let n = (c[0] as u32) << 16
+                | (*c.get(1).unwrap_or(&0) as u32) << 8
+                | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    s.push(t[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        format!("Basic {s}")
+    };
+    let wrong = basic("ops", "guess");
+    let a = call(
+        port,
+        "GET",
+        "/rest/system/status",
+        &[("Authorization", &wrong)],
+        None,
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    let right = basic("ops", "s3cret");
+    // Right password but no CSRF token: what a cross-origin page could do
+    // with the browser's cached credentials.
+    let a = call(
+        port,
+        "GET",
+        "/rest/system/status",
+        &[("Authorization", &right)],
+        None,
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(a.body.contains("CSRF"), "{}", a.body);
+    // A page of our own origin gets the token as a cookie and echoes it.
+    let a = call(port, "GET", "/", &[("Authorization", &right)], None);
+    assert_eq!(a.status, 200);
+    let cookie = a
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .find_map(|(_, v)| v.strip_prefix("CSRF-Token-"))
+        .expect("CSRF cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (unique, token) = cookie.split_once('=').unwrap();
+    let header = format!("X-CSRF-Token-{unique}");
+    let a = call(
+        port,
+        "GET",
+        "/rest/system/status",
+        &[("Authorization", &right), (&header, token)],
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["myID"], home.id.as_str());
+    node.stop();
+
+    // Without an API key and user, a non-loopback address is refused
+    // (a fresh home: this one has a GUI user now).
+    let fresh = NodeHome::generate(&dir.path().join("fresh"), "fresh");
+    let out = std::process::Command::new(e2e::our_binary("node"))
+        .args(["serve", "--home"])
+        .arg(&fresh.dir)
+        .arg(format!("--gui-address=0.0.0.0:{}", e2e::pick_port()))
+        .arg("--gui-apikey=")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(!out.status.success());
+    assert!(err.contains("refusing to serve the REST API"), "{err}");
+}
+
+#[test]
+fn configuration_round_trips_through_the_syncthing_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let node = home.start();
+    let (port, key) = (home.gui_port, home.api_key.as_str());
+    let peer = "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD";
+    let folder = dir.path().join("shared");
+    std::fs::create_dir_all(&folder).unwrap();
+
+    // Whole config: GET, edit like a tool would, PUT back.
+    let mut c = keyed(port, key, "GET", "/rest/config", None).json();
+    assert_eq!(c["version"], 36);
+    let me = c["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["deviceID"] == home.id.as_str());
+    assert!(
+        me,
+        "this device is listed among the devices, as in Syncthing"
+    );
+    c["devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"deviceID": peer.ll(), "name": "peer", "addresses": ["dynamic"]}));
+    let mut f = keyed(port, key, "GET", "/rest/config/defaults/folder", None).json();
+    f["id"] = json!("shared");
+    f["path"] = json!(folder);
+    f["devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"deviceID": peer}));
+    c["folders"].as_array_mut().unwrap().push(f);
+    let a = keyed(port, key, "PUT", "/rest/config", Some(&c.to_string()));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let back = keyed(port, key, "GET", "/rest/config", None).json();
+    assert_eq!(back["folders"][0]["id"], "shared");
+    let d = keyed(
+        port,
+        key,
+        "GET",
+        &format!("/rest/config/devices/{peer}"),
+        None,
+    )
+    .json();
+    assert_eq!(
+        (d["name"].as_str(), d["deviceID"].as_str()),
+        (Some("peer"), Some(peer)),
+        "lower-case ID normalised"
+    );
+
+    // The old endpoint and the per-object ones.
+    let a = keyed(
+        port,
+        key,
+        "PATCH",
+        "/rest/config/folders/shared",
+        Some(r#"{"label": "Shared", "rescanIntervalS": 120}"#),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let f = keyed(port, key, "GET", "/rest/config/folders/shared", None).json();
+    assert_eq!(
+        (f["label"].as_str(), f["rescanIntervalS"].as_u64()),
+        (Some("Shared"), Some(120))
+    );
+    let sys = keyed(port, key, "GET", "/rest/system/config", None).json();
+    assert_eq!(sys["folders"][0]["label"], "Shared");
+    let a = keyed(
+        port,
+        key,
+        "POST",
+        "/rest/system/config",
+        Some(&sys.to_string()),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    // Listen addresses apply at the next start.
+    let a = keyed(
+        port,
+        key,
+        "PATCH",
+        "/rest/config/options",
+        Some(r#"{"listenAddresses": ["tcp://127.0.0.1:1"]}"#),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let rr = keyed(port, key, "GET", "/rest/config/restart-required", None).json();
+    assert_eq!(rr, json!({"requiresRestart": true}));
+    let a = keyed(
+        port,
+        key,
+        "DELETE",
+        &format!("/rest/config/devices/{peer}"),
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = keyed(
+        port,
+        key,
+        "GET",
+        &format!("/rest/config/devices/{peer}"),
+        None,
+    );
+    assert_eq!(a.status, 404);
+    // Pause and resume persist in the configuration.
+    node.stop();
+}
+
+trait Lower {
+    fn ll(&self) -> String;
+}
+
+impl Lower for &str {
+    fn ll(&self) -> String {
+        self.to_ascii_lowercase()
+    }
+}
+
+/// Paths called on both; `{folder}` and `{device}` are filled in.
+const GETS: &[&str] = &[
+    "/rest/system/ping",
+    "/rest/system/status",
+    "/rest/system/version",
+    "/rest/system/connections",
+    "/rest/system/error",
+    "/rest/system/log",
+    "/rest/system/discovery",
+    "/rest/system/browse?current=/",
+    "/rest/config",
+    "/rest/system/config",
+    "/rest/config/restart-required",
+    "/rest/config/insync",
+    "/rest/config/options",
+    "/rest/config/gui",
+    "/rest/config/ldap",
+    "/rest/config/folders",
+    "/rest/config/devices",
+    "/rest/config/folders/{folder}",
+    "/rest/config/devices/{device}",
+    "/rest/config/defaults/folder",
+    "/rest/config/defaults/device",
+    "/rest/config/defaults/ignores",
+    "/rest/db/status?folder={folder}",
+    "/rest/db/completion?folder={folder}&device={device}",
+    "/rest/db/completion?folder={folder}",
+    "/rest/db/need?folder={folder}",
+    "/rest/db/remoteneed?folder={folder}&device={device}",
+    "/rest/db/localchanged?folder={folder}",
+    "/rest/db/file?folder={folder}&file=a.txt",
+    "/rest/db/browse?folder={folder}",
+    "/rest/db/ignores?folder={folder}",
+    "/rest/folder/errors?folder={folder}",
+    "/rest/stats/device",
+    "/rest/stats/folder",
+    "/rest/cluster/pending/devices",
+    "/rest/cluster/pending/folders",
+    "/rest/svc/deviceid?id={device}",
+    "/rest/svc/deviceid?id=nonsense",
+    "/rest/svc/random/string?length=16",
+    "/rest/events?since=0&limit=5&timeout=0",
+    "/rest/events/disk?since=0&limit=5&timeout=0",
+];
+
+/// Differences kept on purpose: (path prefix of the endpoint, field path
+/// prefix, reason).
+const DELIBERATE: &[(&str, &str, &str)] = &[
+    (
+        "/rest/system/status",
+        ".hashedFiles",
+        "extra counters of this node (hashing, serving, pulling)",
+    ),
+    ("/rest/system/status", ".hashedBytes", "extra counter"),
+    ("/rest/system/status", ".servedBytes", "extra counter"),
+    ("/rest/system/status", ".servedRequests", "extra counter"),
+    ("/rest/system/status", ".pulledBytes", "extra counter"),
+    ("/rest/system/status", ".reusedBytes", "extra counter"),
+    (
+        "/rest/system/status",
+        ".discovery",
+        "Syncthing adds discovery fields only when discovery is on",
+    ),
+    (
+        "/rest/system/status",
+        ".lastDialStatus.<id>.error",
+        "null after a successful dial, a string after a failed one, on both (a value, not a shape)",
+    ),
+    (
+        "/rest/system/connections",
+        ".connections.<id>",
+        "Syncthing lists its own device (never connected) first; per-device shapes equal",
+    ),
+    (
+        "/rest/config",
+        ".name",
+        "this node's name is a top-level field (Syncthing keeps it on its own device entry)",
+    ),
+    ("/rest/system/config", ".name", "as /rest/config"),
+    (
+        "/rest/config",
+        ".options.dnsServers",
+        "extra option: DNS servers for host names",
+    ),
+    (
+        "/rest/system/config",
+        ".options.dnsServers",
+        "as /rest/config",
+    ),
+    ("/rest/config/options", ".dnsServers", "as /rest/config"),
+    ("/rest/config/devices", "[0].paused", "-"),
+    (
+        "/rest/db/status",
+        ".receiveOnly",
+        "only for receive-only folders, as in Syncthing",
+    ),
+    (
+        "/rest/db/file",
+        ".availability",
+        "block availability per device is not tracked",
+    ),
+    (
+        "/rest/db/file",
+        ".mtime",
+        "no mtime remapping (the node writes the real mtime)",
+    ),
+    (
+        "/rest/db/file",
+        ".global.permissions",
+        "present when the entry has permission bits",
+    ),
+    (
+        "/rest/db/file",
+        ".local.permissions",
+        "present when the entry has permission bits",
+    ),
+    (
+        "/rest/db/completion",
+        ".remoteState",
+        "newer Syncthing field, also given here",
+    ),
+    (
+        "/rest/events",
+        "",
+        "different events happened on each side (same envelope: id, globalID, time, type, data)",
+    ),
+    ("/rest/events/disk", "", "as /rest/events"),
+    ("/rest/system/log", ".messages[0]", "different lines"),
+    (
+        "/rest/system/error",
+        ".errors",
+        "Syncthing 1.19.2 warns about running as root; this node has no error",
+    ),
+    ("/rest/db/need", "", "-"),
+    ("/rest/db/remoteneed", "", "-"),
+    ("/rest/db/localchanged", "", "-"),
+];
+
+fn deliberate(endpoint: &str, diff: &str) -> Option<&'static str> {
+    DELIBERATE
+        .iter()
+        .find(|(e, field, _)| endpoint.starts_with(e) && diff.starts_with(field))
+        .map(|(_, _, why)| *why)
+}
+
+#[test]
+fn every_endpoint_side_by_side_with_syncthing_1_19_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, st_port) = start_tcp(&dir.path().join("st"));
+    let home = NodeHome::generate(&dir.path().join("n"), "ours");
+    let node = home.start();
+    let (port, key) = (home.gui_port, home.api_key.clone());
+    // The same folder on both, shared with each other; one file on each.
+    let st_dir = dir.path().join("st-folder");
+    let our_dir = dir.path().join("our-folder");
+    st.add_device(&home.id, &[&home.address()]);
+    st.share_folder("folder-x", &st_dir, "sendreceive", &[&home.id]);
+    std::fs::write(st_dir.join("a.txt"), b"hello").unwrap();
+    std::fs::create_dir_all(&our_dir).unwrap();
+    std::fs::write(our_dir.join("a.txt"), b"hello").unwrap();
+    let dev = json!({"deviceID": st.id(), "name": "st", "addresses": [format!("tcp://127.0.0.1:{st_port}")]});
+    assert_eq!(
+        keyed(
+            port,
+            &key,
+            "POST",
+            "/rest/config/devices",
+            Some(&dev.to_string())
+        )
+        .status,
+        200
+    );
+    let f = json!({"id": "folder-x", "path": our_dir, "type": "sendreceive",
+                   "devices": [{"deviceID": st.id()}]});
+    assert_eq!(
+        keyed(
+            port,
+            &key,
+            "POST",
+            "/rest/config/folders",
+            Some(&f.to_string())
+        )
+        .status,
+        200
+    );
+    st.scan("folder-x");
+    let up = e2e::wait::until(Duration::from_secs(60), Duration::from_millis(200), || {
+        node.connected(st.id()).then_some(())
+    });
+    assert!(up.is_some(), "not connected:\n{}", node.proc.log_tail(30));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut unexplained = Vec::new();
+    let mut table = Vec::new();
+    for p in GETS {
+        let theirs_path = p
+            .replace("{folder}", "folder-x")
+            .replace("{device}", &home.id);
+        let ours_path = p
+            .replace("{folder}", "folder-x")
+            .replace("{device}", st.id());
+        let t = st.get(&theirs_path);
+        let o = keyed(port, &key, "GET", &ours_path, None);
+        let (Ok(t), 200) = (&t, o.status) else {
+            unexplained.push(format!(
+                "{p}: Syncthing {:?}, ours HTTP {} {}",
+                t.as_ref().err(),
+                o.status,
+                o.body.trim()
+            ));
+            continue;
+        };
+        let o: Value = o.json();
+        let mut diffs = Vec::new();
+        shape_diff(t, &o, "", &mut diffs);
+        let endpoint = p.split('?').next().unwrap();
+        for d in diffs {
+            match deliberate(endpoint, &d) {
+                Some(why) => table.push(format!("{endpoint:36} {d}  [{why}]")),
+                None => unexplained.push(format!("{p}: {d}")),
+            }
+        }
+    }
+    // Both refuse the upgrader the same way.
+    let t = st.get("/rest/system/upgrade").unwrap_err();
+    let o = keyed(port, &key, "GET", "/rest/system/upgrade", None);
+    assert!(t.contains("503") && o.status == 503, "{t} / {}", o.status);
+    println!("deliberate differences:\n{}", table.join("\n"));
+    assert!(
+        unexplained.is_empty(),
+        "unexplained differences:\n{}",
+        unexplained.join("\n")
+    );
+    node.stop();
+    st.shutdown();
+}
