@@ -32,6 +32,8 @@ const BATCH_FILES: usize = 1000;
 const BATCH_BYTES: usize = 250 * 1024;
 /// Outstanding request data per connection (Syncthing's default 32 MiB).
 const MAX_REQUEST_KIB: usize = 32 * 1024;
+/// Requests read from disk at once, over all connections.
+static DISK_READS: Semaphore = Semaphore::const_new(32);
 /// Least time between two rounds of index updates to a peer.
 const INDEX_UPDATE_GAP: Duration = Duration::from_millis(250);
 /// Requests received but not yet answered, per connection.
@@ -398,10 +400,14 @@ impl Conn {
                 Some(f) => {
                     let name = req.name.clone();
                     let folder_id = f.id.clone();
+                    // Small requests fit the byte budget by the thousand: the
+                    // disk reads themselves are bounded (threads and memory).
+                    let read = DISK_READS.acquire().await;
                     let served =
                         tokio::task::spawn_blocking(move || fileserve::serve(&f.path, &req))
                             .await
                             .unwrap_or(Served::Error(wire::ErrorCode::Generic));
+                    drop(read);
                     if served == Served::Stale {
                         tracing::info!(device = %peer, folder = %folder_id, file = %name,
                             "requested data does not match; rescanning");

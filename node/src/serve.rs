@@ -39,7 +39,14 @@ const RESCAN_SOON: Duration = Duration::from_secs(1);
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     args.log.init();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // Blocking work (disk reads, hashing, the index) is bounded where it is
+    // spawned; the cap here keeps a burst from costing hundreds of thread
+    // stacks.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(run(args))
 }
 

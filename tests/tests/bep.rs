@@ -479,7 +479,47 @@ fn bench_index_memory_per_file() {
     let base = measure(100);
     let big = measure(100_000);
     println!(
-        "BENCH peak RSS: {} KiB with 100 files, {} KiB with 100,000 files: {:.0} bytes per file",
+        "BENCH peak RSS (scan only): {} KiB with 100 files, {} KiB with 100,000 files: {:.0} bytes per file",
+        base / 1024,
+        big / 1024,
+        (big.saturating_sub(base)) as f64 / 99_900.0
+    );
+    // The same with a real device that pulls the whole folder from us: our
+    // index is sent to it and its index (100,000 remote entries) comes
+    // back, and the global state is computed over both.
+    let with_peer = |n: usize| {
+        let src = tmp.path().join(format!("src-{n}"));
+        let home = NodeHome::generate(&tmp.path().join(format!("node-peer-{n}")), "rust");
+        let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join(format!("st-{n}")));
+        home.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+        home.add_folder("m", &src, "sendonly", &[st.id()]);
+        st.add_device(&home.id, &[&home.address()]);
+        let node = home.start();
+        st.share_folder(
+            "m",
+            &tmp.path().join(format!("dst-{n}")),
+            "receiveonly",
+            &[&home.id],
+        );
+        st.wait_synced("m", n as u64, Duration::from_secs(900))
+            .unwrap();
+        // Their index update of the last files reaches us, and the
+        // completion the REST API reports is computed over all of it.
+        let done = e2e::wait::until(Duration::from_secs(120), Duration::from_millis(500), || {
+            node.get(&format!("/rest/db/completion?folder=m&device={}", st.id()))
+                .ok()
+                .filter(|c| c["completion"] == 100.0)
+        });
+        assert!(done.is_some(), "our node never saw the peer complete");
+        let rss = peak_rss(node.proc.pid());
+        node.stop();
+        st.shutdown();
+        rss
+    };
+    let base = with_peer(100);
+    let big = with_peer(100_000);
+    println!(
+        "BENCH peak RSS (a real device pulled everything): {} KiB with 100 files, {} KiB with 100,000 files: {:.0} bytes per file",
         base / 1024,
         big / 1024,
         (big.saturating_sub(base)) as f64 / 99_900.0
