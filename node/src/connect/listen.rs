@@ -115,6 +115,10 @@ pub async fn supervise(node: Arc<Node>) {
 /// Starts missing listeners and stops unwanted ones. With `strict`, a TCP
 /// address that cannot be bound is an error (start-up).
 pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
+    // One at a time: two rounds both seeing an address missing would both
+    // bind it.
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = ONE.lock().await;
     let want = wanted(node);
     {
         let mut l = listeners().lock().unwrap_or_else(|p| p.into_inner());
