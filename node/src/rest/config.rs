@@ -174,6 +174,10 @@ fn clean_folder(v: &mut Value, where_: &str) -> Result<(), String> {
         return Err(format!("{where_}: expected a folder object"));
     }
     strip(v, shape::FOLDER, &format!("{where_}."))?;
+    // Syncthing still reads the old type names older tools send.
+    if v.get("type").and_then(Value::as_str) == Some("readwrite") {
+        v["type"] = json!("sendreceive");
+    }
     if let Some(devs) = v.get_mut("devices").and_then(Value::as_array_mut) {
         for (i, d) in devs.iter_mut().enumerate() {
             strip(d, shape::FOLDER_DEVICE, &format!("{where_}.devices[{i}]."))?;
