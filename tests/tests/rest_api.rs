@@ -749,3 +749,107 @@ fn every_endpoint_side_by_side_with_syncthing_1_19_2() {
     node.stop();
     st.shutdown();
 }
+
+#[test]
+fn pause_resume_restart_and_pending_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let ha = NodeHome::generate(&dir.path().join("a"), "a");
+    let hb = NodeHome::generate(&dir.path().join("b"), "b");
+    let a = ha.start();
+    let b = hb.start();
+    let (pa, ka) = (ha.gui_port, ha.api_key.as_str());
+    // B knows A, A does not know B yet: B is pending on A.
+    let dev_a = json!({"deviceID": ha.id, "name": "a", "addresses": [ha.address()]});
+    b.send("POST", "/rest/config/devices", &dev_a).unwrap();
+    let pending = e2e::wait::until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let p = a.get("/rest/cluster/pending/devices").ok()?;
+        p.get(&hb.id).cloned()
+    })
+    .expect("B pending on A");
+    assert_eq!(pending["name"], "b");
+    let evs = keyed(
+        pa,
+        ka,
+        "GET",
+        "/rest/events?events=PendingDevicesChanged&timeout=5",
+        None,
+    )
+    .json();
+    assert_eq!(
+        evs[0]["data"]["added"][0]["deviceID"],
+        hb.id.as_str(),
+        "{evs}"
+    );
+    let a_del = keyed(
+        pa,
+        ka,
+        "DELETE",
+        &format!("/rest/cluster/pending/devices?device={}", hb.id),
+        None,
+    );
+    assert_eq!(a_del.status, 200);
+
+    // Accepted: connected.
+    let dev_b = json!({"deviceID": hb.id, "name": "b", "addresses": [hb.address()]});
+    a.send("POST", "/rest/config/devices", &dev_b).unwrap();
+    let connected = |want: bool| {
+        e2e::wait::until(Duration::from_secs(40), Duration::from_millis(200), || {
+            (a.connected(&hb.id) == want).then_some(())
+        })
+        .is_some()
+    };
+    assert!(connected(true), "{}", a.proc.log_tail(20));
+    // Paused: the connection goes and stays gone; resumed: it comes back.
+    let r = keyed(
+        pa,
+        ka,
+        "POST",
+        &format!("/rest/system/pause?device={}", hb.id),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(connected(false), "still connected after pause");
+    let c = a.get("/rest/system/connections").unwrap();
+    assert_eq!(c["connections"][&hb.id]["paused"], true);
+    let d = a.get(&format!("/rest/config/devices/{}", hb.id)).unwrap();
+    assert_eq!(d["paused"], true, "pause is saved");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!a.connected(&hb.id), "a paused device reconnected");
+    let evs = keyed(
+        pa,
+        ka,
+        "GET",
+        "/rest/events?events=DevicePaused,DeviceDisconnected&timeout=5",
+        None,
+    )
+    .json();
+    let kinds: Vec<&str> = evs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"DevicePaused") && kinds.contains(&"DeviceDisconnected"),
+        "{kinds:?}"
+    );
+    let r = keyed(pa, ka, "POST", "/rest/system/resume", None);
+    assert_eq!(r.status, 200);
+    assert!(connected(true), "not reconnected after resume");
+
+    // Restart: same process ID, a new start time, and it answers again.
+    let before = a.get("/rest/system/status").unwrap()["startTime"].clone();
+    let pid = a.proc.pid();
+    let r = keyed(pa, ka, "POST", "/rest/system/restart", None);
+    assert_eq!((r.status, r.json()), (200, json!({"ok": "restarting"})));
+    let after = e2e::wait::until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let s = a.get("/rest/system/status").ok()?;
+        (s["startTime"] != before).then_some(s)
+    })
+    .expect("restarted");
+    assert_eq!(a.proc.pid(), pid);
+    assert_eq!(after["myID"], ha.id.as_str());
+    assert!(connected(true), "not reconnected after restart");
+    a.stop();
+    b.stop();
+}
