@@ -17,9 +17,17 @@ const EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(node: Arc<Node>) {
     let mut last: HashMap<(String, Option<String>), Value> = HashMap::new();
+    let mut last_print = String::new();
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
+        // Nothing changed (index, folder states, connections): the figures
+        // are the same, and computing them would scan the local table.
+        let print = fingerprint(&node);
+        if print == last_print {
+            continue;
+        }
+        last_print = print;
         let n2 = node.clone();
         let seen = std::mem::take(&mut last);
         // The figures read the database: off the async threads.
@@ -31,6 +39,31 @@ pub async fn run(node: Arc<Node>) {
 }
 
 type Seen = HashMap<(String, Option<String>), Value>;
+
+/// What the summaries depend on, cheaply: the index generation, each
+/// folder's state and error count, the connected devices.
+fn fingerprint(node: &Node) -> String {
+    let mut out = node.db.generation().to_string();
+    for f in node.config().folders {
+        if let Some(rt) = node.folder_runtime(&f.id) {
+            let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
+            let errors = rt
+                .pull_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len();
+            out.push_str(&format!(
+                "|{}:{state}:{errors}:{}",
+                f.id,
+                *rt.sequence.borrow()
+            ));
+        }
+    }
+    let mut conns: Vec<String> = node.connections().keys().map(|d| d.to_string()).collect();
+    conns.sort();
+    out.push_str(&conns.join(","));
+    out
+}
 
 fn check(node: &Node, mut last: Seen) -> Seen {
     let mut next = HashMap::new();
