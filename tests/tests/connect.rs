@@ -597,6 +597,7 @@ fn hostile_discovery_servers_and_relay_are_survived() {
     let seen = wait::until(Duration::from_secs(30), Duration::from_millis(250), || {
         let log = node.proc.log();
         (relay.connections.load(Ordering::Relaxed) >= 4
+            && log.contains("invitation with a malformed device ID ignored")
             && log.matches("announcement failed").count() >= 3
             && log.contains("discovery lookup failed"))
         .then_some(log)
