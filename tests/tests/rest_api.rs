@@ -543,6 +543,11 @@ const DELIBERATE: &[(&str, &str, &str)] = &[
     ("/rest/events/disk", "[0].data", "as /rest/events"),
     ("/rest/system/log", ".messages[0]", "different lines"),
     (
+        "/rest/folder/errors",
+        ".errors: null in Syncthing, array in ours",
+        "an empty list is [] here (Syncthing marshals a nil list as null); clients iterate either",
+    ),
+    (
         "/rest/system/error",
         ".errors: null",
         "Syncthing 1.19.2 warns about running as root; this node has no error",

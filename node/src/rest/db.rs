@@ -68,9 +68,9 @@ pub async fn route(c: &Call) -> Answer {
             let perpage = c.num("perpage", 65536)?;
             let shown = super::http_util::page(&errors, page, perpage);
             Ok(json(
-                // No errors is `null`, as Syncthing's empty list marshals.
-                &json!({"folder": f.id, "errors": if shown.is_empty() { Value::Null } else { json!(shown) },
-                        "page": page, "perpage": perpage}),
+                // Always a list ([] when empty, where Syncthing says null): every
+                // client iterates it either way, and a list never needs a check.
+                &json!({"folder": f.id, "errors": shown, "page": page, "perpage": perpage}),
             ))
         }
         _ => super::db_lists::route(c).await,
