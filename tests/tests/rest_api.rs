@@ -186,6 +186,15 @@ fn browser_rules_basic_auth_csrf_host_check_and_public_address() {
         .header("access-control-allow-headers")
         .unwrap()
         .contains("X-API-Key"));
+    // With the key, any origin may call (Syncthing's rule); without, no
+    // CORS header is given.
+    let a = keyed(port, key, "GET", "/rest/system/ping", None);
+    assert_eq!(a.header("access-control-allow-origin"), Some("*"));
+    let a = call(port, "GET", "/rest/system/ping", &[], None);
+    assert_eq!(
+        (a.status, a.header("access-control-allow-origin")),
+        (403, None)
+    );
     // DNS rebinding: another host name for our loopback address.
     let a = call(
         port,

@@ -42,8 +42,12 @@ pub struct Guard {
 pub enum Verdict {
     /// Answered here (preflight, refusal).
     Reply(Reply),
-    /// Go on; add these `Set-Cookie` values to the reply.
-    Pass { cookies: Vec<String> },
+    /// Go on; add these `Set-Cookie` values to the reply, and
+    /// `Access-Control-Allow-Origin: *` if `any_origin`.
+    Pass {
+        cookies: Vec<String>,
+        any_origin: bool,
+    },
 }
 
 fn random_token() -> String {
@@ -229,10 +233,17 @@ impl Guard {
         }
 
         if path.starts_with("/rest/noauth/") {
-            return Verdict::Pass { cookies: vec![] };
+            return Verdict::Pass {
+                cookies: vec![],
+                any_origin: false,
+            };
         }
         if Self::api_key_ok(&gui, parts) {
-            return Verdict::Pass { cookies: vec![] };
+            // As Syncthing: a page holding the key may call from any origin.
+            return Verdict::Pass {
+                cookies: vec![],
+                any_origin: true,
+            };
         }
 
         let mut cookies = Vec::new();
@@ -264,7 +275,10 @@ impl Guard {
                 cookies.push(format!("{csrf_name}={token}; Path=/"));
                 remember(&self.csrf, token, MAX_CSRF_TOKENS);
             }
-            return Verdict::Pass { cookies };
+            return Verdict::Pass {
+                cookies,
+                any_origin: false,
+            };
         }
         let header = format!("X-CSRF-Token-{}", self.unique);
         let token = parts
@@ -272,7 +286,10 @@ impl Guard {
             .get(header.as_str())
             .and_then(|v| v.to_str().ok());
         if token.is_some_and(|t| known(&self.csrf, t)) {
-            return Verdict::Pass { cookies };
+            return Verdict::Pass {
+                cookies,
+                any_origin: false,
+            };
         }
         // No key, no CSRF token. Syncthing says "CSRF Error" here; say
         // what a script most likely lacks.

@@ -70,7 +70,10 @@ async fn handle(node: Arc<Node>, guard: &auth::Guard, req: Request<Incoming>) ->
     let (parts, body) = req.into_parts();
     let mut reply = match guard.check(&node, &parts) {
         auth::Verdict::Reply(r) => r,
-        auth::Verdict::Pass { cookies } => {
+        auth::Verdict::Pass {
+            cookies,
+            any_origin,
+        } => {
             let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
@@ -88,6 +91,12 @@ async fn handle(node: Arc<Node>, guard: &auth::Guard, req: Request<Incoming>) ->
             let mut r = match route(&call).await {
                 Ok(r) | Err(r) => r,
             };
+            if any_origin {
+                r.headers_mut().insert(
+                    "Access-Control-Allow-Origin",
+                    http::HeaderValue::from_static("*"),
+                );
+            }
             for c in cookies {
                 if let Ok(v) = http::HeaderValue::from_str(&c) {
                     r.headers_mut().append(http::header::SET_COOKIE, v);
