@@ -82,6 +82,7 @@ fn action(f: &FileInfo) -> &'static str {
 }
 
 pub fn item_started(folder: &str, f: &FileInfo) {
+    super::progress::start(folder, f);
     emit(
         Kind::ItemStarted,
         json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f)}),
@@ -90,6 +91,7 @@ pub fn item_started(folder: &str, f: &FileInfo) {
 
 /// `error` is null on success, as in Syncthing.
 pub fn item_finished(folder: &str, f: &FileInfo, error: Option<String>) {
+    super::progress::finish(folder, &f.name);
     emit(
         Kind::ItemFinished,
         json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f),

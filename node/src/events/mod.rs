@@ -9,6 +9,7 @@
 
 mod data;
 mod kind;
+pub mod progress;
 pub mod record;
 mod ring;
 pub mod summaries;

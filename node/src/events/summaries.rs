@@ -14,13 +14,23 @@ use super::{emit, Kind};
 use crate::model::Node;
 
 const EVERY: Duration = Duration::from_secs(1);
+/// `DownloadProgress` every 5 s (Syncthing's default interval).
+const PROGRESS_EVERY_TICKS: u64 = 5;
 
 pub async fn run(node: Arc<Node>) {
     let mut last: HashMap<(String, Option<String>), Value> = HashMap::new();
     let mut last_print = String::new();
     let mut tick = tokio::time::interval(EVERY);
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        ticks += 1;
+        // Syncthing's default progressUpdateIntervalS.
+        if ticks % PROGRESS_EVERY_TICKS == 0 {
+            if let Some(p) = super::progress::take_changes() {
+                emit(Kind::DownloadProgress, p);
+            }
+        }
         // Nothing changed (index, folder states, connections): the figures
         // are the same, and computing them would scan the local table.
         let print = fingerprint(&node);

@@ -575,6 +575,12 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
         if off + size as u64 <= temp_len && disk::read_verified(&file, off, size, &b.hash).is_some()
         {
             REUSED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+            crate::events::progress::block(
+                ctx.folder,
+                &g.name,
+                size,
+                crate::events::progress::Source::Reused,
+            );
             continue;
         }
         let local = match (old.as_ref(), old_blocks.get(&b.hash)) {
@@ -596,6 +602,12 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
             file.write_all_at(&data, off)
                 .with_context(|| format!("cannot write {}", temp.display()))?;
             REUSED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+            crate::events::progress::block(
+                ctx.folder,
+                &g.name,
+                size,
+                crate::events::progress::Source::Copied,
+            );
             continue;
         }
         missing.push((i, b.clone()));
@@ -681,6 +693,12 @@ async fn fetch_block(ctx: &Ctx<'_>, n: &Needed, i: usize, b: &BlockInfo) -> Resu
         match r.request(req).await {
             Ok(data) if disk::block_matches(&data, b) => {
                 PULLED_BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
+                crate::events::progress::block(
+                    ctx.folder,
+                    &n.global.name,
+                    data.len(),
+                    crate::events::progress::Source::Pulled,
+                );
                 return Ok(data);
             }
             Ok(_) => {
