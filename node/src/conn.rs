@@ -137,6 +137,14 @@ where
     tracing::info!(device = %peer, name = %device.name, %address, kind,
         client = %format!("{} {}", their_hello.client_name, their_hello.client_version),
         "connected");
+    crate::events::device_connected(
+        &peer,
+        &their_hello.device_name,
+        &their_hello.client_name,
+        &their_hello.client_version,
+        kind,
+        address,
+    );
 
     // Writer: a separate task, so a slow peer never stops us reading.
     let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);

@@ -187,19 +187,6 @@ impl Node {
             }
             let _ = old.close.try_send("replaced by a new connection".into());
         }
-        let name = self
-            .config()
-            .device(&device)
-            .map(|d| d.name.clone())
-            .unwrap_or_default();
-        crate::events::device_connected(
-            &device,
-            &name,
-            "",
-            &info.client_version,
-            info.kind,
-            info.address,
-        );
         conns.insert(device, info);
         true
     }

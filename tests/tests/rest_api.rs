@@ -850,6 +850,21 @@ fn pause_resume_restart_and_pending_devices() {
     let r = keyed(pa, ka, "POST", "/rest/system/resume", None);
     assert_eq!(r.status, 200);
     assert!(connected(true), "not reconnected after resume");
+    let evs = keyed(
+        pa,
+        ka,
+        "GET",
+        "/rest/events?events=DeviceConnected&timeout=5",
+        None,
+    )
+    .json();
+    let last = &evs.as_array().unwrap().last().unwrap()["data"];
+    assert_eq!(last["id"], hb.id.as_str(), "{evs}");
+    assert_eq!(last["deviceName"], "b", "{evs}");
+    assert!(
+        !last["clientName"].as_str().unwrap_or("").is_empty(),
+        "{evs}"
+    );
 
     // Restart: same process ID, a new start time, and it answers again.
     let before = a.get("/rest/system/status").unwrap()["startTime"].clone();
