@@ -153,7 +153,8 @@ impl Node {
         next.validate()?;
         next.save(&self.home)?;
         *guard = next.clone();
-        crate::events::config_saved(&next);
+        drop(guard);
+        crate::events::config_saved(self);
         Ok(next)
     }
 

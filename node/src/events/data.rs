@@ -193,13 +193,12 @@ pub fn pending_folder_added(folder: &str, label: &str, device: &DeviceId) {
     );
 }
 
-pub fn config_saved(config: &crate::config::Config) {
+/// `ConfigSaved` with the whole configuration as `/rest/config` shows it.
+/// Called without the configuration lock held (it reads the config).
+pub fn config_saved(node: &crate::model::Node) {
     super::record::log(2, "Configuration saved".into());
-    bus().set_labels(config);
-    emit(
-        Kind::ConfigSaved,
-        serde_json::to_value(config).unwrap_or(Value::Null),
-    );
+    bus().set_labels(&node.config());
+    emit(Kind::ConfigSaved, crate::rest::config::config_json(node));
 }
 
 pub fn starting(home: &std::path::Path, my_id: &DeviceId) {

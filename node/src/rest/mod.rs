@@ -13,7 +13,7 @@
 
 mod auth;
 mod cluster;
-mod config;
+pub(crate) mod config;
 mod config_shape;
 pub(crate) mod db;
 mod db_lists;
