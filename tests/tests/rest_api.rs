@@ -717,6 +717,7 @@ fn every_endpoint_side_by_side_with_syncthing_1_19_2() {
             None,
         ),
         ("GET", "/rest/nope".into(), None),
+        ("GET", "/rest/debug/peerCompletion".into(), None),
         ("GET", "/rest/system/shutdown".into(), None),
         ("PUT", "/rest/config".into(), Some("{broken".into())),
         ("POST", "/rest/system/ping".into(), None),

@@ -66,6 +66,18 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET, Method::POST])?;
             ignores(c)
         }
+        "/rest/folder/versions" => {
+            c.allow(&[Method::GET, Method::POST])?;
+            c.folder()?;
+            if c.method == Method::POST {
+                return Err(bad(
+                    "file versioning is not supported by this node: there are no versions to restore",
+                ));
+            }
+            // No versioning here, so no archived versions: Syncthing's
+            // answer for a folder without any.
+            Ok(json(&json!({})))
+        }
         "/rest/db/prio" => {
             c.allow(&[Method::POST])?;
             Err(bad(

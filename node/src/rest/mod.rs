@@ -123,6 +123,8 @@ async fn route(c: &Call) -> Answer {
         Some("stats") => stats::route(c).await,
         Some("svc") => svc::route(c).await,
         Some("noauth") => system::noauth(c).await,
+        // Syncthing's debug endpoints, off unless its GUI debugging is on.
+        Some("debug") => Err(text(StatusCode::FORBIDDEN, "Debugging disabled")),
         Some(_) => Err(http_util::not_found()),
         None if p == "/metrics" => metrics::route(c).await,
         // The GUI's place: a short page (Syncthing hands out the CSRF
