@@ -63,19 +63,8 @@ impl Call {
         }
     }
 
-    #[allow(dead_code)]
-    pub fn flag(&self, key: &str) -> bool {
-        matches!(self.q(key), Some("true" | "1" | "yes"))
-    }
-
     /// The body as JSON (400 with the parser's message if malformed).
     pub fn json(&self) -> Result<Value, Reply> {
-        serde_json::from_slice(&self.body).map_err(|e| bad(format!("invalid JSON: {e}")))
-    }
-
-    /// The body as one typed object (400 naming the problem).
-    #[allow(dead_code)]
-    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, Reply> {
         serde_json::from_slice(&self.body).map_err(|e| bad(format!("invalid JSON: {e}")))
     }
 
