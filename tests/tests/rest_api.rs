@@ -409,7 +409,41 @@ fn configuration_round_trips_through_the_syncthing_shapes() {
         None,
     );
     assert_eq!(a.status, 404);
-    // Pause and resume persist in the configuration.
+    // Pausing a folder, by any endpoint, is an event.
+    for paused in [true, false] {
+        let body = json!({ "paused": paused }).to_string();
+        let a = keyed(
+            port,
+            key,
+            "PATCH",
+            "/rest/config/folders/shared",
+            Some(&body),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let evs = keyed(
+        port,
+        key,
+        "GET",
+        "/rest/events?events=FolderPaused,FolderResumed&timeout=5",
+        None,
+    )
+    .json();
+    let kinds: Vec<(&str, &str)> = evs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["data"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("FolderPaused", "shared"), ("FolderResumed", "shared")]
+    );
     node.stop();
 }
 

@@ -261,6 +261,7 @@ fn extra_checks(c: &Config) -> anyhow::Result<()> {
 
 /// Applies a configuration change (checked, saved, then in effect).
 fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -> Answer {
+    let before = node.config();
     let mut refused = None;
     let result = node.update_config(|c| {
         if let Err(e) = f(c) {
@@ -271,11 +272,32 @@ fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -
         extra_checks(c)
     });
     match result {
-        Ok(_) => match crate::serve::apply_config(node) {
-            Ok(()) => Ok(ok()),
-            Err(e) => Err(internal(format!("saved, but not applied: {e:#}"))),
-        },
+        Ok(after) => {
+            paused_events(&before, &after);
+            match crate::serve::apply_config(node) {
+                Ok(()) => Ok(ok()),
+                Err(e) => Err(internal(format!("saved, but not applied: {e:#}"))),
+            }
+        }
         Err(e) => Err(bad(refused.unwrap_or_else(|| format!("{e:#}")))),
+    }
+}
+
+/// `FolderPaused`/`FolderResumed`, `DevicePaused`/`DeviceResumed` for
+/// what a change paused or resumed, whichever endpoint made it.
+fn paused_events(before: &Config, after: &Config) {
+    for f in &after.folders {
+        if let Some(old) = before.folders.iter().find(|o| o.id == f.id) {
+            if old.paused != f.paused {
+                crate::events::folder_paused(&f.id, &f.label, f.paused);
+            }
+        }
+    }
+    for d in &after.devices {
+        let Ok(id) = d.id() else { continue };
+        if before.device(&id).is_some_and(|o| o.paused != d.paused) {
+            crate::events::device_paused(&id, d.paused);
+        }
     }
 }
 
@@ -492,24 +514,13 @@ async fn folder(c: &Call, id: &str) -> Answer {
             merge(&mut v, body).map_err(|e| e.unwrap_or_else(|r| r))?;
             v["id"] = json!(id);
             let next: FolderConfig = typed(v, "folder").map_err(bad)?;
-            let was_paused = node
-                .config()
-                .folders
-                .iter()
-                .find(|f| f.id == id)
-                .map(|f| f.paused);
-            let (label, paused) = (next.label.clone(), next.paused);
-            let r = change(node, |cf| {
+            change(node, |cf| {
                 match cf.folders.iter_mut().find(|f| f.id == id) {
                     Some(f) => *f = next,
                     None => cf.folders.push(next),
                 }
                 Ok(())
-            });
-            if r.is_ok() && was_paused.is_some_and(|w| w != paused) {
-                crate::events::folder_paused(&id, &label, paused);
-            }
-            r
+            })
         }
     }
 }
