@@ -1189,3 +1189,54 @@ fn disk_filling_up_during_a_pull_removes_the_partial_file() {
     st.shutdown();
     drop(fs);
 }
+
+/// Benchmark: a 300 MiB file pulled by our node from another of our nodes
+/// (a source that is not the bottleneck), beside `openssl speed`: the
+/// puller's own rate (request, SHA-256 verify, write, fsync, rename).
+#[test]
+#[ignore = "benchmark: run explicitly, in release (scripts/bench-pull)"]
+fn bench_pull_large_file_between_our_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    {
+        let mut f = std::fs::File::create(src.join("large.bin")).unwrap();
+        for chunk in 0..300u64 {
+            f.write_all(&bytes(7000 + chunk, 1 << 20)).unwrap();
+        }
+    }
+    let a = NodeHome::generate(&tmp.path().join("a"), "a");
+    let b = NodeHome::generate(&tmp.path().join("b"), "b");
+    a.add_device(&b.id, &[&b.address()]);
+    a.add_folder("big", &src, "sendonly", &[&b.id]);
+    b.add_device(&a.id, &[&a.address()]);
+    let sender = a.start();
+    sender.wait_scanned("big", 1, Duration::from_secs(120));
+    let receiver = b.start();
+    let connected = wait::until(Duration::from_secs(30), Duration::from_millis(50), || {
+        receiver.connected(&a.id).then_some(())
+    });
+    assert!(connected.is_some());
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    let t0 = Instant::now();
+    receiver
+        .send(
+            "POST",
+            "/rest/config/folders",
+            &serde_json::json!({"id": "big", "path": dst, "type": "receiveonly",
+                "devices": [{"deviceID": a.id}], "fsWatcherEnabled": false}),
+        )
+        .unwrap();
+    node_synced(&receiver, "big", 1, Duration::from_secs(300));
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(tree(&src), tree(&dst));
+    let rate = (300u64 << 20) as f64 / 1e6 / secs;
+    let sha = openssl_sha256_mb_s();
+    println!(
+        "BENCH 300 MiB file from our node into our node: {secs:.2} s, {rate:.0} MB/s = {:.0} % of openssl speed -evp sha256 {sha:.0} MB/s per core",
+        rate / sha * 100.0
+    );
+    receiver.stop();
+    sender.stop();
+}
