@@ -38,7 +38,9 @@ const PULL_RETRY: Duration = Duration::from_secs(10);
 const RESCAN_SOON: Duration = Duration::from_secs(1);
 
 pub fn serve(args: ServeArgs) -> Result<()> {
-    args.log.init();
+    // Recent log lines are kept for /rest/system/log too.
+    args.log
+        .init_with_copy(Some(crate::events::record::log_line));
     // Blocking work (disk reads, hashing, the index) is bounded where it is
     // spawned; the cap here keeps a burst from costing hundreds of thread
     // stacks.

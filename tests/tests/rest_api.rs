@@ -163,6 +163,20 @@ fn bad_input_gets_syncthings_status_codes_and_never_changes_the_config() {
     assert_eq!(a.status, 200);
     let a = call(port, "GET", "/rest/noauth/health", &[], None);
     assert_eq!((a.status, a.json()), (200, json!({"status": "OK"})));
+    // The node's own log lines are served.
+    let log = keyed(port, key, "GET", "/rest/system/log", None).json();
+    let lines: Vec<&str> = log["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["message"].as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains("starting")),
+        "{lines:?}"
+    );
     node.stop();
 }
 

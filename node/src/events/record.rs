@@ -147,3 +147,55 @@ pub fn folder_file(folder: &str, name: &str, deleted: bool) {
 pub fn folder_stats(folder: &str) -> FolderStats {
     with(|r| r.folders.get(folder).cloned().unwrap_or_default())
 }
+
+/// A line the logger wrote (see `service::LogArgs::init_with_copy`): kept
+/// for `/rest/system/log` without colours or the timestamp (the entry has
+/// its own), with Syncthing's level numbers.
+pub fn log_line(text: &str) {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip a CSI sequence: ESC [ … final byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    let line = plain.trim();
+    if line.is_empty() {
+        return;
+    }
+    let level = if line.contains("ERROR") {
+        4
+    } else if line.contains("WARN") {
+        3
+    } else if line.contains("DEBUG") || line.contains("TRACE") {
+        1
+    } else {
+        2
+    };
+    // `2026-01-02T03:04:05.123456Z  INFO target: message` → `INFO target: message`.
+    let message = match line.split_once(char::is_whitespace) {
+        Some((first, rest)) if first.starts_with(|c: char| c.is_ascii_digit()) => rest.trim_start(),
+        _ => line,
+    };
+    log(level, message.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_lose_colours_and_timestamps() {
+        super::log_line(
+            "\u{1b}[2m2026-01-02T03:04:05Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m node::x: disk low\n",
+        );
+        let lines = super::log_lines(None);
+        let (_, level, msg) = lines.last().unwrap();
+        assert_eq!((*level, msg.as_str()), (3, "WARN node::x: disk low"));
+    }
+}
