@@ -96,21 +96,26 @@ const PARALLEL_FILES: usize = 4;
 const PAGE: usize = 256;
 
 /// The global-state counts of `folder` (`/rest/db/status`), reused until
-/// the index changes.
+/// the index changes (or briefly after: `summaries`).
 pub fn need_totals(node: &Node, folder: &str) -> Result<need::Totals> {
     let generation = node.db.generation();
     let key = (folder.to_string(), None);
     if let Some(Summary::Totals(t)) = node.summaries.get(&key, generation) {
         return Ok(t);
     }
+    let started = std::time::Instant::now();
     let mut t = need::Totals::default();
     node.db
         .for_each_entry(folder, None, Direction::Ascending, |e| {
             need::evaluate(e, &mut t);
             ControlFlow::Continue(())
         })?;
-    node.summaries
-        .put(key, generation, Summary::Totals(t.clone()));
+    node.summaries.put(
+        key,
+        generation,
+        Summary::Totals(t.clone()),
+        started.elapsed(),
+    );
     Ok(t)
 }
 
@@ -123,6 +128,7 @@ pub fn completion(node: &Node, folder: &str, device: Option<DeviceId>) -> Result
     if let Some(Summary::Completion(c)) = node.summaries.get(&key, generation) {
         return Ok(c);
     }
+    let started = std::time::Instant::now();
     let mut c = need::Completion::default();
     node.db
         .for_each_entry(folder, None, Direction::Ascending, |e| {
@@ -130,8 +136,12 @@ pub fn completion(node: &Node, folder: &str, device: Option<DeviceId>) -> Result
             ControlFlow::Continue(())
         })?;
     let c = c.finish();
-    node.summaries
-        .put(key, generation, Summary::Completion(c.clone()));
+    node.summaries.put(
+        key,
+        generation,
+        Summary::Completion(c.clone()),
+        started.elapsed(),
+    );
     Ok(c)
 }
 

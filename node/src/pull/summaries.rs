@@ -1,9 +1,15 @@
 //! Folder summaries (`db/status` counts, `db/completion` per device) kept
 //! until the index changes: tools poll them every second or so, and each
-//! computation streams the whole folder.
+//! computation streams the whole folder. While the index changes all the
+//! time (a pull of many small files records a batch every few
+//! milliseconds) a summary is served for ten times what it cost to compute
+//! before it is computed again: the streaming never takes more than a tenth
+//! of the time, and the figures lag only where they are costly (about 3 s
+//! at 100,000 files; a few milliseconds for small folders).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use proto::DeviceId;
 
@@ -19,28 +25,76 @@ pub enum Summary {
 /// (folder, device: `None` for the folder's totals).
 pub type Key = (String, Option<DeviceId>);
 
-/// Entries are valid for one database generation; a few per folder.
+struct Cached {
+    generation: u64,
+    summary: Summary,
+    at: Instant,
+    cost: Duration,
+}
+
+/// A few entries per folder.
 #[derive(Default)]
 pub struct Summaries {
-    map: Mutex<HashMap<Key, (u64, Summary)>>,
+    map: Mutex<HashMap<Key, Cached>>,
 }
+
+/// A summary of an older generation is served for this many times its cost.
+const COST_FACTOR: u32 = 10;
 
 /// More keys than this (folders × devices) and the cache starts over.
 const MAX_ENTRIES: usize = 4096;
 
 impl Summaries {
+    /// The summary for `key` if it is of `generation`, or recent enough
+    /// (see the module).
     pub fn get(&self, key: &Key, generation: u64) -> Option<Summary> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key)
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, s)| s.clone())
+            .filter(|c| c.generation == generation || c.at.elapsed() < c.cost * COST_FACTOR)
+            .map(|c| c.summary.clone())
     }
 
-    pub fn put(&self, key: Key, generation: u64, summary: Summary) {
+    /// Stores a summary computed from `generation`, which took `cost`.
+    pub fn put(&self, key: Key, generation: u64, summary: Summary, cost: Duration) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(key, (generation, summary));
+        let at = Instant::now();
+        map.insert(
+            key,
+            Cached {
+                generation,
+                summary,
+                at,
+                cost,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_generations_are_served_only_briefly() {
+        let s = Summaries::default();
+        let key = ("f".to_string(), None);
+        let t = |n| {
+            Summary::Totals(Totals {
+                need_files: n,
+                ..Default::default()
+            })
+        };
+        s.put(key.clone(), 1, t(5), Duration::ZERO);
+        assert!(matches!(s.get(&key, 1), Some(Summary::Totals(x)) if x.need_files == 5));
+        // A newer index: a cheap figure is computed again at once…
+        assert!(s.get(&key, 2).is_none());
+        // …a costly one is kept ten times its cost.
+        s.put(key.clone(), 1, t(5), Duration::from_secs(100));
+        assert!(s.get(&key, 3).is_some());
+        // Nothing for another key.
+        assert!(s.get(&("g".to_string(), None), 1).is_none());
     }
 }
