@@ -288,6 +288,100 @@ fn free_space(dir: &Path) -> Option<(u64, u64)> {
     ))
 }
 
+fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = |_| std::io::Error::from(ErrorKind::InvalidInput);
+    let a = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(bad)?;
+    let b = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(bad)?;
+    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Puts the finished temp file in place of `target` atomically, and
+/// closes the gap between the last "unchanged locally" check and the
+/// rename: the two are swapped (`RENAME_EXCHANGE`), then what was swapped
+/// out is checked against the index once more. If the user wrote the file
+/// in that gap, their version is kept as a conflict copy instead of being
+/// lost. Falls back to a plain rename where the filesystem cannot swap.
+pub fn swap_into_place(
+    db: &Db,
+    folder: &str,
+    name: &str,
+    temp: &Path,
+    target: &Path,
+    incoming: &FileInfo,
+) -> Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    for _ in 0..3 {
+        match rename2(temp, target, libc::RENAME_EXCHANGE) {
+            Ok(()) => {
+                // `temp` now holds what was in place.
+                if local_unchanged(db, folder, name, temp).unwrap_or(false) {
+                    let _ = fs::remove_file(temp);
+                } else {
+                    keep_raced(dir, name, temp, incoming)?;
+                }
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                match rename2(temp, target, libc::RENAME_NOREPLACE) {
+                    Ok(()) => return Ok(()),
+                    // Created in between: swap it out and check it.
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot rename into {}", target.display()))
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot rename into {}", target.display()))
+            }
+        }
+    }
+    fs::rename(temp, target).with_context(|| format!("cannot rename into {}", target.display()))
+}
+
+/// Keeps a local version that is about to be replaced as a conflict copy
+/// under a name not yet taken (even for a name that is itself a conflict
+/// copy).
+fn keep_raced(dir: &Path, name: &str, swapped_out: &Path, incoming: &FileInfo) -> Result<()> {
+    let short = proto::ShortId(incoming.modified_by).to_string();
+    let stamp = conflict_stamp();
+    for k in 0..100 {
+        let stamp = if k == 0 {
+            stamp.clone()
+        } else {
+            format!("{stamp}-{k}")
+        };
+        let cname = proto::bep::global::conflict_name(basename(name), &stamp, &short);
+        let cpath = dir.join(&cname);
+        if rename2(swapped_out, &cpath, libc::RENAME_NOREPLACE).is_ok() {
+            tracing::warn!(file = %name, conflict_copy = %cpath.display(),
+                "local version kept as a conflict copy");
+            return Ok(());
+        }
+    }
+    bail!(
+        "cannot keep the local version of {name} written while it was replaced (left in {})",
+        swapped_out.display()
+    )
+}
+
 /// Removes the temp file of `name` (never through a symlinked parent).
 pub fn remove_temp(root: &Path, name: &str) {
     if let Ok(Some(dir)) = parent_dir(root, name, false) {
@@ -411,11 +505,16 @@ pub fn conflict_stamp() -> String {
 }
 
 /// Moves the local file at `target` aside as a conflict copy, named after
-/// the device whose change won (`incoming.modified_by`). A name that is
-/// already a conflict copy is not copied again.
+/// the device whose change won (`incoming.modified_by`).
+///
+/// 1.19.2 deletes a losing copy whose name is already a conflict copy.
+/// But conflict names only hold the second and the winner, so two devices
+/// resolving against the same winner at the same moment make copies with
+/// the same name and different contents (seen in the convergence test):
+/// deleting ours would lose an edit. Ours is kept once more instead.
 pub fn move_to_conflict(dir: &Path, name: &str, target: &Path, incoming: &FileInfo) -> Result<()> {
     if name.contains(".sync-conflict-") {
-        return Ok(());
+        return keep_raced(dir, name, target, incoming);
     }
     let short = proto::ShortId(incoming.modified_by).to_string();
     let cname = proto::bep::global::conflict_name(basename(name), &conflict_stamp(), &short);
@@ -523,6 +622,50 @@ mod tests {
         fs::write(d.join("cache/deep/f"), b"x").unwrap();
         clear_dir_for_delete(&d, "d", &ign).unwrap();
         assert!(!d.join("cache").exists());
+    }
+
+    #[test]
+    fn a_file_written_in_the_last_moment_is_kept_as_a_conflict_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let root = dir.path().join("f");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("a"), b"indexed").unwrap();
+        let live = crate::scan::Live::default();
+        crate::scan::scan(&db, "f", &root, 1, &|_| {}, &live).unwrap();
+        let incoming = FileInfo {
+            name: "a".into(),
+            modified_by: 7,
+            ..Default::default()
+        };
+        // Unchanged since the index: replaced, nothing kept.
+        let temp = root.join(".syncthing.a.tmp");
+        fs::write(&temp, b"pulled 1").unwrap();
+        swap_into_place(&db, "f", "a", &temp, &root.join("a"), &incoming).unwrap();
+        assert_eq!(fs::read(root.join("a")).unwrap(), b"pulled 1");
+        assert!(!temp.exists());
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 2); // a, .stfolder
+                                                             // Written after the last check: kept as a conflict copy.
+        fs::write(&temp, b"pulled 2").unwrap();
+        swap_into_place(&db, "f", "a", &temp, &root.join("a"), &incoming).unwrap();
+        assert_eq!(fs::read(root.join("a")).unwrap(), b"pulled 2");
+        let kept: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("a.sync-conflict-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(fs::read(root.join(&kept[0])).unwrap(), b"pulled 1");
+        // A new name created in between is kept too.
+        fs::write(&temp, b"pulled 3").unwrap();
+        fs::write(root.join("new"), b"user's").unwrap();
+        swap_into_place(&db, "f", "new", &temp, &root.join("new"), &incoming).unwrap();
+        assert_eq!(fs::read(root.join("new")).unwrap(), b"pulled 3");
+        assert!(fs::read_dir(&root).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("new.sync-conflict-")));
     }
 
     #[test]
