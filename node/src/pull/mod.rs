@@ -99,7 +99,7 @@ const PAGE: usize = 256;
 /// the index changes (or briefly after: `summaries`).
 pub fn need_totals(node: &Node, folder: &str) -> Result<need::Totals> {
     let generation = node.db.generation();
-    let key = (folder.to_string(), None);
+    let key = (folder.to_string(), None, "totals");
     if let Some(Summary::Totals(t)) = node.summaries.get(&key, generation) {
         return Ok(t);
     }
@@ -119,12 +119,31 @@ pub fn need_totals(node: &Node, folder: &str) -> Result<need::Totals> {
     Ok(t)
 }
 
+/// Counts of our own entries of `folder`: (files, directories, symlinks,
+/// deleted, bytes); reused like the other summaries.
+pub fn local_totals(node: &Node, folder: &str) -> Result<(u64, u64, u64, u64, u64)> {
+    let generation = node.db.generation();
+    let key = (folder.to_string(), None, "local");
+    if let Some(Summary::Local(t)) = node.summaries.get(&key, generation) {
+        return Ok(t);
+    }
+    let started = std::time::Instant::now();
+    let t = node.db.local_totals(folder)?;
+    node.summaries
+        .put(key, generation, Summary::Local(t), started.elapsed());
+    Ok(t)
+}
+
 /// How complete `device` (`None`: we) is for `folder`, against the global
 /// state; reused until the index changes.
 pub fn completion(node: &Node, folder: &str, device: Option<DeviceId>) -> Result<need::Completion> {
     let device = device.filter(|d| *d != node.my_id);
     let generation = node.db.generation();
-    let key = (folder.to_string(), device.or(Some(node.my_id)));
+    let key = (
+        folder.to_string(),
+        device.or(Some(node.my_id)),
+        "completion",
+    );
     if let Some(Summary::Completion(c)) = node.summaries.get(&key, generation) {
         return Ok(c);
     }

@@ -20,10 +20,13 @@ use super::need::{Completion, Totals};
 pub enum Summary {
     Totals(Totals),
     Completion(Completion),
+    /// Our own entries: (files, directories, symlinks, deleted, bytes).
+    Local((u64, u64, u64, u64, u64)),
 }
 
-/// (folder, device: `None` for the folder's totals).
-pub type Key = (String, Option<DeviceId>);
+/// (folder, device: `None` for the folder's totals and our own counts,
+/// told apart by the [`Summary`] variant asked for).
+pub type Key = (String, Option<DeviceId>, &'static str);
 
 struct Cached {
     generation: u64,
@@ -80,7 +83,7 @@ mod tests {
     #[test]
     fn older_generations_are_served_only_briefly() {
         let s = Summaries::default();
-        let key = ("f".to_string(), None);
+        let key = ("f".to_string(), None, "totals");
         let t = |n| {
             Summary::Totals(Totals {
                 need_files: n,
@@ -95,6 +98,6 @@ mod tests {
         s.put(key.clone(), 1, t(5), Duration::from_secs(100));
         assert!(s.get(&key, 3).is_some());
         // Nothing for another key.
-        assert!(s.get(&("g".to_string(), None), 1).is_none());
+        assert!(s.get(&("g".to_string(), None, "totals"), 1).is_none());
     }
 }

@@ -98,7 +98,7 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Va
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .len();
-    let (files, dirs, links, deleted, bytes) = node.db.local_totals(folder)?;
+    let (files, dirs, links, deleted, bytes) = crate::pull::local_totals(node, folder)?;
     let g = crate::pull::need_totals(node, folder)?;
     let seq = *rt.sequence.borrow();
     let receive_only = node

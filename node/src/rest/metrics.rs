@@ -44,7 +44,7 @@ fn folder_and_device_metrics(node: &crate::model::Node) -> String {
             continue;
         };
         let folder = label_value(&f.id);
-        if let Ok((_, totals)) = crate::pull::need_list(node, &f.id) {
+        if let Ok(totals) = crate::pull::need_totals(node, &f.id) {
             let _ = writeln!(
                 need,
                 "node_folder_need_bytes{{folder=\"{folder}\"}} {}",
