@@ -9,6 +9,7 @@
 //! A missing program fails the test with the name of the package to
 //! install; nothing is skipped silently.
 
+pub mod bench;
 pub mod bep_peer;
 pub mod connect;
 pub mod discovery;

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use e2e::bench::openssl_sha256_mb_s;
 use e2e::bep_peer::RawPeer;
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, tree};
@@ -878,22 +879,6 @@ fn node_synced(node: &e2e::node::Node, folder: &str, files: u64, limit: Duration
         "not synced: {last}\n{}",
         node.proc.log_tail(30)
     );
-}
-
-/// OpenSSL's single-core SHA-256 rate in MB/s (16 KiB blocks).
-fn openssl_sha256_mb_s() -> f64 {
-    let out = std::process::Command::new("openssl")
-        .args(["speed", "-evp", "sha256", "-seconds", "2"])
-        .output()
-        .expect("run openssl speed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // Last line: "sha256  a b c d e f" in 1000s of bytes per second.
-    text.lines()
-        .rev()
-        .find(|l| l.starts_with("sha256") || l.starts_with("SHA256"))
-        .and_then(|l| l.split_whitespace().nth(5))
-        .and_then(|v| v.trim_end_matches('k').parse::<f64>().ok())
-        .map_or(0.0, |k| k / 1000.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
