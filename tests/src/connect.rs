@@ -442,35 +442,6 @@ impl Drop for HostileTls {
     }
 }
 
-/// Starts our node like `NodeHome::start`, with extra environment
-/// variables (e.g. `SSL_CERT_FILE` for a private CA).
-pub fn start_node_with_env(home: &crate::node::NodeHome, env: &[(&str, &Path)]) -> Node {
-    let mut cmd = Command::new(crate::our_binary("node"));
-    cmd.arg("serve").arg("--home").arg(&home.dir);
-    cmd.env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = Proc::spawn("node", cmd, &home.dir.join("node.log"));
-    let mut node = Node {
-        home: home.clone(),
-        proc,
-    };
-    let up = wait::until(Duration::from_secs(30), Duration::from_millis(50), || {
-        if !node.proc.alive() {
-            return Some(false);
-        }
-        node.get("/rest/system/ping").ok().map(|_| true)
-    });
-    assert_eq!(
-        up,
-        Some(true),
-        "node did not come up:\n{}",
-        node.proc.log_tail(30)
-    );
-    node
-}
-
 /// A private CA (`ca.pem`) and, in `dir`, `cert.pem`/`key.pem` it signed
 /// for the host name `localhost` (made with openssl).
 pub fn private_ca(dir: &Path) -> std::path::PathBuf {

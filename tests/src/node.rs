@@ -99,9 +99,18 @@ impl NodeHome {
 
     /// Starts `node serve` and waits for its REST API.
     pub fn start(&self) -> Node {
+        self.start_with_env(&[])
+    }
+
+    /// `start` with extra environment variables (e.g. `SSL_CERT_FILE` for
+    /// a private CA).
+    pub fn start_with_env(&self, env: &[(&str, &Path)]) -> Node {
         let mut cmd = Command::new(our_binary("node"));
         cmd.arg("serve").arg("--home").arg(&self.dir);
         cmd.env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let proc = Proc::spawn("node", cmd, &self.dir.join("node.log"));
         let mut node = Node {
             home: self.clone(),

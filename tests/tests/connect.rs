@@ -685,7 +685,7 @@ fn discovery_server_verified_by_ca_and_host_name() {
     let disco = Discosrv::start(&disco_dir, &[]);
     let disco_id = disco.id.unwrap();
     let home = NodeHome::generate(&tmp.path().join("node"), "ours");
-    let node = e2e::connect::start_node_with_env(&home, &[("SSL_CERT_FILE", &ca)]);
+    let node = home.start_with_env(&[("SSL_CERT_FILE", &ca)]);
     let by_name = format!("https://localhost:{}/", disco.port);
     let by_ip = format!("https://127.0.0.1:{}/", disco.port);
     set_node_options(
