@@ -215,7 +215,10 @@ async fn announce<S: Store>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ANNOUNCEMENT_BYTES as u64) {
+    // A body a little too large is still read (and dropped by `read_body`)
+    // so the 413 is not lost to a reset; only one far too large to drain
+    // is refused from its declared length alone.
+    if declared.is_some_and(|n| n > (MAX_ANNOUNCEMENT_BYTES + DRAIN_BYTES) as u64) {
         app.metrics.announcement("bad_request");
         return too_large();
     }
@@ -275,6 +278,9 @@ fn device_param(query: &str) -> Option<DeviceId> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// How much of a too-large body is read and dropped before answering 413.
+const DRAIN_BYTES: usize = 256 * 1024;
+
 enum BodyError {
     TooLarge,
     Failed,
@@ -285,7 +291,6 @@ enum BodyError {
 /// so that the connection is not closed on unread data (which makes the
 /// kernel reset it and lose the reply); beyond that it is simply closed.
 async fn read_body(mut body: hyper::body::Incoming) -> Result<Bytes, BodyError> {
-    const DRAIN_BYTES: usize = 256 * 1024;
     let mut buf = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
