@@ -29,6 +29,10 @@ fn syncthing_command() -> Command {
         .env("STNORESTART", "1")
         .env("STMONITORED", "1")
         .env_remove("STTRACE");
+    // Debugging a test: E2E_STTRACE=model,… traces the real program.
+    if let Some(trace) = std::env::var_os("E2E_STTRACE") {
+        cmd.env("STTRACE", trace);
+    }
     cmd
 }
 

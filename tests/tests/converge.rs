@@ -235,7 +235,12 @@ fn one_edit(
 #[ignore = "intermittent (about 1 run in 5 here): one conflicting edit on a hot name is sometimes missing after convergence; run explicitly: cargo test -p e2e --test converge -- --ignored --nocapture"]
 fn two_nodes_and_syncthing_converge_without_losing_edits() {
     let started = Instant::now();
-    let tmp = tempfile::tempdir().unwrap();
+    let mut tmp = tempfile::tempdir().unwrap();
+    // Debugging: E2E_KEEP=1 leaves the trees, databases and logs behind.
+    if std::env::var_os("E2E_KEEP").is_some() {
+        tmp.disable_cleanup(true);
+        eprintln!("keeping {}", tmp.path().display());
+    }
     let a = NodeHome::generate(&tmp.path().join("a"), "a");
     let b = NodeHome::generate(&tmp.path().join("b"), "b");
     let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));

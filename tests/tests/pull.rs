@@ -465,6 +465,53 @@ fn concurrent_edits_converge_and_both_survive() {
     st.shutdown();
 }
 
+/// A conflict copy that a newer version replaces is kept once more: the
+/// real 1.19.2 renames a second conflict copy over a first one made in the
+/// same second for the same winner, and its scan then announces that as a
+/// plain modification; without this the first edit is lost everywhere.
+#[test]
+fn a_replaced_conflict_copy_is_kept_again_not_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    let src = tmp.path().join("st-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let copy = "notes.sync-conflict-20260101-120000-ABCDEFG.txt";
+    std::fs::write(src.join(copy), b"first losing edit\n").unwrap();
+    std::fs::write(src.join("plain.txt"), b"v1\n").unwrap();
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&dst).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("c", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("c", &dst, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    wait_complete(&st, &node, "c");
+
+    // The real device replaces the conflict copy (as its rename does) and
+    // edits an ordinary file: only the conflict copy is kept again.
+    std::fs::write(src.join(copy), b"second losing edit, same name\n").unwrap();
+    std::fs::write(src.join("plain.txt"), b"v2\n").unwrap();
+    st.scan("c");
+    wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
+    let all = contents(&dst);
+    assert!(all.contains(&b"first losing edit\n".to_vec()), "{all:?}");
+    assert_eq!(
+        std::fs::read(dst.join(copy)).unwrap(),
+        b"second losing edit, same name\n"
+    );
+    assert!(!all.contains(&b"v1\n".to_vec()), "{all:?}");
+    let kept: Vec<String> = tree(&dst)
+        .into_keys()
+        .filter(|n| n.starts_with("notes.sync-conflict-20260101-120000-ABCDEFG.sync-conflict-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{:?}", tree(&dst).keys());
+    node.stop();
+    st.shutdown();
+}
+
 #[test]
 fn send_only_ignores_remote_changes_until_overridden() {
     let tmp = tempfile::tempdir().unwrap();

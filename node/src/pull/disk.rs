@@ -513,7 +513,7 @@ pub fn conflict_stamp() -> String {
 /// the same name and different contents (seen in the convergence test):
 /// deleting ours would lose an edit. Ours is kept once more instead.
 pub fn move_to_conflict(dir: &Path, name: &str, target: &Path, incoming: &FileInfo) -> Result<()> {
-    if name.contains(".sync-conflict-") {
+    if proto::bep::global::is_conflict_copy(name) {
         return keep_raced(dir, name, target, incoming);
     }
     let short = proto::ShortId(incoming.modified_by).to_string();

@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::stream::{self, StreamExt};
 use proto::bep::blocks::BLOCK_SIZES;
-use proto::bep::global::{is_conflict, temp_basename};
+use proto::bep::global::{is_conflict, is_conflict_copy, temp_basename};
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Request};
 use proto::DeviceId;
 use tokio::sync::Semaphore;
@@ -441,16 +441,36 @@ fn recorded(g: &FileInfo, target: &Path) -> Result<Change> {
 
 /// If the local entry at `target` is a regular file in a version that
 /// conflicts with `g`, it is moved aside as a conflict copy.
+///
+/// A conflict copy that a newer version would replace is kept too: conflict
+/// copies exist only to hold an edit that lost, and Syncthing 1.19.2
+/// renames a new conflict copy over an existing one of the same name (same
+/// second, same winner), which then reaches us as an ordinary newer
+/// version and would otherwise destroy the edit everywhere.
 fn keep_conflicting(ctx: &Ctx<'_>, n: &Needed, dir: &Path, target: &Path) -> Result<()> {
     let Some(local) = n.local.as_ref().filter(|l| !l.deleted) else {
         return Ok(());
     };
-    let is_file = fs::symlink_metadata(target).is_ok_and(|m| m.is_file());
-    if is_file && is_conflict(local, &n.global, ctx.my_short) {
+    if !fs::symlink_metadata(target).is_ok_and(|m| m.is_file()) || same_content(local, &n.global) {
+        return Ok(());
+    }
+    if is_conflict(local, &n.global, ctx.my_short) || is_conflict_copy(&n.global.name) {
         disk::move_to_conflict(dir, &n.global.name, target, &n.global)?;
         ctx.conflicts.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Whether two versions of a file hold the same bytes (then nothing is
+/// lost by replacing one with the other, and 1.19.2 makes no conflict copy
+/// either: it only updates the metadata).
+fn same_content(a: &FileInfo, b: &FileInfo) -> bool {
+    a.size == b.size
+        && a.blocks.len() == b.blocks.len()
+        && a.blocks
+            .iter()
+            .zip(&b.blocks)
+            .all(|(x, y)| x.hash == y.hash)
 }
 
 fn make_dir(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {

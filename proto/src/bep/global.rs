@@ -86,6 +86,13 @@ pub fn conflict_name(name: &str, stamp: &str, short_id: &str) -> String {
     format!("{dir}{stem}.sync-conflict-{stamp}-{short_id}{ext}")
 }
 
+/// Whether a name is a conflict copy (its basename holds the marker, as
+/// 1.19.2 tests it).
+pub fn is_conflict_copy(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    base.contains(".sync-conflict-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
