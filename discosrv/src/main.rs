@@ -168,13 +168,13 @@ async fn periodic<S: Store>(app: Arc<App<S>>, mut stop: watch::Receiver<bool>) {
                 .get_or_create(&[("name", name)])
                 .set(t.delay());
         }
-        if n % LIMITER_SWEEP.as_secs() == 0 {
+        if n.is_multiple_of(LIMITER_SWEEP.as_secs()) {
             if let Some(l) = &app.limiter {
                 app.metrics.rate_limiter_clients.set(l.sweep() as i64);
             }
         }
         if let Some(current) = app.store.current_devices() {
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 app.metrics
                     .database_keys
                     .get_or_create(&[("category", "current")])

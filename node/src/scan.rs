@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use proto::bep::blocks::{self, block_size, block_size_for_rescan, empty_file_blocks, hash_block};
+use proto::bep::blocks::{self, block_size, block_size_for_rescan, empty_file_blocks};
 use proto::bep::names;
 use proto::bep::vector;
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Vector};
@@ -588,17 +588,18 @@ fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64, live: &Live) -> Ve
         .collect()
 }
 
-/// Bytes read per system call while hashing (a whole number of blocks).
-/// One block per read keeps it in the L2 cache between the copy out of the
-/// page cache, SHA-256 and Adler-32; 4 MiB reads went out to memory three
-/// times and scanned at 75 % of openssl's SHA-256 rate × cores here, one
-/// block per read at 81 %. The extra system calls cost far less.
-const READ_CHUNK: usize = 128 << 10;
+/// Bytes read per system call while hashing: enough whole blocks to fill
+/// the multi-buffer hasher's 16 lanes (`hash_blocks`) for blocks up to
+/// 1 MiB, fewer lanes for larger blocks so that a hashing thread never
+/// holds more than this.
+const READ_CHUNK: usize = 16 << 20;
+/// Blocks per read (and per multi-buffer call) at most.
+const LANES: usize = 16;
 
 /// Hashes `len` bytes of `path` from `offset` in blocks of `bs`.
 fn hash_range(path: &Path, offset: u64, len: u64, bs: usize) -> Result<Vec<BlockInfo>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let chunk = bs * (READ_CHUNK / bs).max(1);
+    let chunk = bs * (READ_CHUNK / bs).clamp(1, LANES);
     let mut buf = vec![0u8; chunk.min(len as usize)];
     let mut blocks = Vec::new();
     let mut pos = offset;
@@ -609,9 +610,7 @@ fn hash_range(path: &Path, offset: u64, len: u64, bs: usize) -> Result<Vec<Block
         if n < want {
             bail!("{} shrank while being hashed", path.display());
         }
-        for (i, block) in buf[..n].chunks(bs).enumerate() {
-            blocks.push(hash_block(pos + (i * bs) as u64, block));
-        }
+        blocks.extend(blocks::hash_blocks(pos, &buf[..n], bs));
         pos += n as u64;
     }
     Ok(blocks)
@@ -674,6 +673,7 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::bep::blocks::hash_block;
 
     #[test]
     fn large_files_hashed_in_parallel_units_match_sequential_hashing() {

@@ -338,7 +338,7 @@ fn two_nodes_and_syncthing_converge_without_losing_edits() {
     let converged = wait::until(CONVERGE_WITHIN, Duration::from_millis(500), || {
         let trees: Vec<_> = roots.iter().map(|r| tree(r)).collect();
         if trees[0] != trees[1] || trees[1] != trees[2] || !devices.iter().all(Device::idle) {
-            if t1.elapsed().as_secs() % 10 == 0 {
+            if t1.elapsed().as_secs().is_multiple_of(10) {
                 for d in &devices {
                     d.scan();
                 }

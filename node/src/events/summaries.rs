@@ -26,7 +26,7 @@ pub async fn run(node: Arc<Node>) {
         tick.tick().await;
         ticks += 1;
         // Syncthing's default progressUpdateIntervalS.
-        if ticks % PROGRESS_EVERY_TICKS == 0 {
+        if ticks.is_multiple_of(PROGRESS_EVERY_TICKS) {
             if let Some(p) = super::progress::take_changes() {
                 emit(Kind::DownloadProgress, p);
             }

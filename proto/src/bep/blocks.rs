@@ -153,6 +153,44 @@ mod adler_avx2 {
     }
 }
 
+/// Blocks hashed in one multi-buffer call: 16 fill the AVX-512 lanes.
+const LANES: usize = 16;
+/// Fewer blocks than this are hashed one by one.
+const MIN_LANES: usize = 4;
+
+/// The BlockInfos of `data`, found at `offset` and cut into blocks of `bs`
+/// bytes (the last may be shorter). Independent blocks are hashed several
+/// at once, one per SIMD lane, which runs about twice as fast per core as
+/// one SHA-256 stream with the SHA extensions.
+pub fn hash_blocks(offset: u64, data: &[u8], bs: usize) -> Vec<BlockInfo> {
+    let bs = bs.max(1);
+    let mut out = Vec::with_capacity(data.len().div_ceil(bs));
+    let mut digests = [[0u8; 32]; LANES];
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let group: Vec<&[u8]> = data[pos..].chunks(bs).take(LANES).collect();
+        let n = group.len();
+        if n < MIN_LANES {
+            // Too few to fill lanes: one stream each (SHA extensions).
+            for (d, block) in digests.iter_mut().zip(&group) {
+                d.copy_from_slice(&Sha256::digest(block));
+            }
+        } else {
+            tape_sha256::hash_many(&group, &mut digests[..n]);
+        }
+        for (block, digest) in group.iter().zip(&digests[..n]) {
+            out.push(BlockInfo {
+                offset: (offset + pos as u64) as i64,
+                size: block.len() as i32,
+                hash: digest.to_vec(),
+                weak_hash: adler32(block),
+            });
+            pos += block.len();
+        }
+    }
+    out
+}
+
 /// The BlockInfo of `data` found at `offset`.
 pub fn hash_block(offset: u64, data: &[u8]) -> BlockInfo {
     BlockInfo {
@@ -254,6 +292,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn many_blocks_at_once_hash_as_one_at_a_time(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40_000),
+            bs in 1usize..3000,
+            offset in 0u64..1 << 40,
+        ) {
+            let one_by_one: Vec<BlockInfo> = data
+                .chunks(bs)
+                .enumerate()
+                .map(|(i, c)| hash_block(offset + (i * bs) as u64, c))
+                .collect();
+            proptest::prop_assert_eq!(hash_blocks(offset, &data, bs), one_by_one);
+        }
+
         #[test]
         fn adler32_matches_the_textbook_loop(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000)) {
             let (mut a, mut b) = (1u64, 0u64);

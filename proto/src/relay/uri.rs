@@ -138,7 +138,7 @@ pub fn format_go_duration(d: Duration) -> String {
         // Go switches to smaller units below one second.
         return if d.is_zero() {
             "0s".to_owned()
-        } else if millis > 0 && d.subsec_micros() % 1000 == 0 {
+        } else if millis > 0 && d.subsec_micros().is_multiple_of(1000) {
             format!("{millis}ms")
         } else {
             format!("{}µs", d.as_micros())
