@@ -73,10 +73,10 @@ pub struct RoundStats {
     pub rescan: bool,
 }
 
-struct Ctx<'a> {
-    node: &'a Arc<Node>,
-    folder: &'a str,
-    root: &'a Path,
+struct Ctx {
+    node: Arc<Node>,
+    folder: String,
+    root: PathBuf,
     my_short: u64,
     /// Conflict copies made this round (they are new local files to scan).
     conflicts: AtomicUsize,
@@ -85,11 +85,33 @@ struct Ctx<'a> {
     budget: Semaphore,
     /// The folder's `.stignore`, read at the start of the round.
     ignores: crate::ignore::Ignores,
+    /// Directories whose entries changed since the last recorded batch:
+    /// made durable once each, right before the batch is recorded (one
+    /// fsync per directory and batch, not per file, as 1.19.2 does).
+    changed_dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl Ctx {
+    fn dir_changed(&self, dir: &Path) {
+        let mut dirs = self.changed_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if !dirs.contains(dir) {
+            dirs.insert(dir.to_path_buf());
+        }
+    }
+}
+
+/// Runs disk work (opens, writes, fsyncs, renames) on the blocking pool,
+/// so files pulled at once overlap their disk waits and the runtime's
+/// threads stay free for the network.
+async fn on_disk<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("disk task failed: {e}"))?
 }
 
 /// Files (and symlinks) pulled at the same time: overlaps one file's
 /// round trips and fsyncs with another's transfer.
-const PARALLEL_FILES: usize = 4;
+const PARALLEL_FILES: usize = 16;
 
 /// Needed items looked at per database pass: bounds the memory of a pull
 /// round whatever the size of the folder.
@@ -250,16 +272,17 @@ fn load(node: &Node, folder: &str, mut n: Needed) -> Result<Option<Needed>> {
 /// files and symlinks in ascending name order (parents first), then
 /// deletions in descending order (children first), a page at a time.
 pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats> {
-    let ctx = Ctx {
-        node,
-        folder: &folder.id,
-        root: &folder.path,
+    let ctx = Arc::new(Ctx {
+        node: node.clone(),
+        folder: folder.id.clone(),
+        root: folder.path.clone(),
         my_short: node.my_id.short().0,
         conflicts: AtomicUsize::new(0),
         budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
         ignores: crate::ignore::Ignores::load(&folder.path)
             .context("not pulling until the folder's .stignore is fixed")?,
-    };
+        changed_dirs: Default::default(),
+    });
     let mut stats = RoundStats::default();
     let mut pending: Vec<Change> = Vec::new();
     let passes: [(Direction, Want); 2] = [
@@ -275,11 +298,13 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
             })
             .await
             .map_err(|e| anyhow!("need computation failed: {e}"))??;
-            // Directories and deletions in order (parents exist before
-            // their children, children go before their parents); files and
-            // symlinks of the page then several at a time.
+            // Directories, symlinks and deletions in order (parents exist
+            // before their children, children go before their parents, and
+            // a symlink is in place before any name below it is tried, so
+            // that name is refused instead of getting a directory made for
+            // it); files of the page then several at a time.
             let (ordered, parallel): (Vec<Needed>, Vec<Needed>) = page.into_iter().partition(|n| {
-                n.global.deleted || n.global.r#type == FileInfoType::Directory as i32
+                n.global.deleted || n.global.r#type != FileInfoType::File as i32
             });
             for n in ordered {
                 let name = n.global.name.clone();
@@ -300,7 +325,7 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
             drop(results);
             // Applied items are recorded before the next page is computed,
             // so it does not offer them again.
-            record(node, &folder.id, std::mem::take(&mut pending))?;
+            record(&ctx, std::mem::take(&mut pending))?;
             match last {
                 Some(l) => after = Some(l),
                 None => break,
@@ -315,17 +340,18 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
 
 /// Checks the name, loads the whole entries and applies one needed item.
 /// `Ok(None)`: the global entry changed meanwhile (the next round sees it).
-async fn pull_one(ctx: &Ctx<'_>, n: Needed) -> Result<Option<Change>> {
+async fn pull_one(ctx: &Arc<Ctx>, n: Needed) -> Result<Option<Change>> {
     disk::check_name(&n.global.name)?;
     if ctx.ignores.is_ignored(&n.global.name) {
         return Ok(Some(disk::ignored_entry(&n.global)));
     }
-    match load(ctx.node, ctx.folder, n)? {
+    match load(&ctx.node, &ctx.folder, n)? {
         Some(n) => {
-            crate::events::item_started(ctx.folder, &n.global);
+            let n = Arc::new(n);
+            crate::events::item_started(&ctx.folder, &n.global);
             let r = apply(ctx, &n).await;
             crate::events::item_finished(
-                ctx.folder,
+                &ctx.folder,
                 &n.global,
                 r.as_ref().err().map(|e| format!("{e:#}")),
             );
@@ -338,7 +364,7 @@ async fn pull_one(ctx: &Ctx<'_>, n: Needed) -> Result<Option<Change>> {
 /// Books the outcome of one item: recorded (in batches), a reason to
 /// rescan, or a pull error.
 fn settle(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     name: String,
     result: Result<Option<Change>>,
     stats: &mut RoundStats,
@@ -350,7 +376,7 @@ fn settle(
             pending.push(change);
             stats.applied += 1;
             if pending.len() >= RECORD_BATCH {
-                record(ctx.node, ctx.folder, std::mem::take(pending))?;
+                record(ctx, std::mem::take(pending))?;
             }
         }
         Err(e) if e.downcast_ref::<LocallyChanged>().is_some() => {
@@ -367,11 +393,17 @@ fn settle(
 }
 
 /// Records pulled entries (our version becomes the global one) and wakes
-/// the index senders.
-fn record(node: &Node, folder: &str, changes: Vec<Change>) -> Result<()> {
+/// the index senders. The directories they changed are made durable
+/// first: the index never records a rename a crash could undo.
+fn record(ctx: &Ctx, changes: Vec<Change>) -> Result<()> {
+    let dirs = std::mem::take(&mut *ctx.changed_dirs.lock().unwrap_or_else(|p| p.into_inner()));
+    for dir in &dirs {
+        disk::sync_dir(dir);
+    }
     if changes.is_empty() {
         return Ok(());
     }
+    let (node, folder) = (&ctx.node, ctx.folder.as_str());
     let names = crate::events::remote_changes(folder, changes.iter().map(|c| &c.info));
     let seq = node.db.apply(folder, changes)?;
     crate::events::local_index_updated(folder, names, seq);
@@ -381,34 +413,35 @@ fn record(node: &Node, folder: &str, changes: Vec<Change>) -> Result<()> {
     Ok(())
 }
 
-async fn apply(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
+async fn apply(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
     let g = &n.global;
     if n.local.as_ref().is_some_and(|l| l.invalid) {
         bail!("changed locally in this receive-only folder; the local change is kept (POST /rest/db/revert?folder= to take the remote version)");
     }
+    let (c, m) = (ctx.clone(), n.clone());
     if g.deleted {
-        return delete(ctx, n);
+        return on_disk(move || delete(&c, &m)).await;
     }
     match FileInfoType::try_from(g.r#type) {
         Ok(FileInfoType::File) => pull_file(ctx, n).await,
-        Ok(FileInfoType::Directory) => make_dir(ctx, n),
+        Ok(FileInfoType::Directory) => on_disk(move || make_dir(&c, &m)).await,
         Ok(FileInfoType::Symlink)
         | Ok(FileInfoType::SymlinkFile)
-        | Ok(FileInfoType::SymlinkDirectory) => make_symlink(ctx, n),
+        | Ok(FileInfoType::SymlinkDirectory) => on_disk(move || make_symlink(&c, &m)).await,
         Err(_) => bail!("unknown entry type {}", g.r#type),
     }
 }
 
-fn unchanged_or_bail(ctx: &Ctx<'_>, name: &str, target: &Path) -> Result<()> {
-    if !disk::local_unchanged(&ctx.node.db, ctx.folder, name, target)? {
+fn unchanged_or_bail(ctx: &Ctx, name: &str, target: &Path) -> Result<()> {
+    if !disk::local_unchanged(&ctx.node.db, &ctx.folder, name, target)? {
         return Err(LocallyChanged.into());
     }
     Ok(())
 }
 
 /// Where `name` goes: (its directory, its path). Parents are created.
-fn locate(ctx: &Ctx<'_>, name: &str, create: bool) -> Result<Option<(PathBuf, PathBuf)>> {
-    Ok(disk::parent_dir(ctx.root, name, create)?.map(|dir| {
+fn locate(ctx: &Ctx, name: &str, create: bool) -> Result<Option<(PathBuf, PathBuf)>> {
+    Ok(disk::parent_dir(&ctx.root, name, create)?.map(|dir| {
         let target = dir.join(basename(name));
         (dir, target)
     }))
@@ -447,7 +480,7 @@ fn recorded(g: &FileInfo, target: &Path) -> Result<Change> {
 /// renames a new conflict copy over an existing one of the same name (same
 /// second, same winner), which then reaches us as an ordinary newer
 /// version and would otherwise destroy the edit everywhere.
-fn keep_conflicting(ctx: &Ctx<'_>, n: &Needed, dir: &Path, target: &Path) -> Result<()> {
+fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Path, target: &Path) -> Result<()> {
     let Some(local) = n.local.as_ref().filter(|l| !l.deleted) else {
         return Ok(());
     };
@@ -473,7 +506,7 @@ fn same_content(a: &FileInfo, b: &FileInfo) -> bool {
             .all(|(x, y)| x.hash == y.hash)
 }
 
-fn make_dir(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
+fn make_dir(ctx: &Ctx, n: &Needed) -> Result<Change> {
     let g = &n.global;
     let (dir, target) = locate(ctx, &g.name, true)?.context("parent directory missing")?;
     unchanged_or_bail(ctx, &g.name, &target)?;
@@ -483,7 +516,7 @@ fn make_dir(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             fs::create_dir(&target)
                 .with_context(|| format!("cannot create {}", target.display()))?;
-            disk::sync_dir(&dir);
+            ctx.dir_changed(&dir);
         }
         Err(e) => return Err(e).with_context(|| format!("cannot stat {}", target.display())),
     }
@@ -494,7 +527,7 @@ fn make_dir(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
     recorded(g, &target)
 }
 
-fn make_symlink(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
+fn make_symlink(ctx: &Ctx, n: &Needed) -> Result<Change> {
     let g = &n.global;
     if g.symlink_target.is_empty() || g.symlink_target.contains(&0) {
         bail!("invalid symlink target");
@@ -516,11 +549,11 @@ fn make_symlink(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
     keep_conflicting(ctx, n, &dir, &target)?;
     fs::rename(&temp, &target)
         .with_context(|| format!("cannot rename into {}", target.display()))?;
-    disk::sync_dir(&dir);
+    ctx.dir_changed(&dir);
     recorded(g, &target)
 }
 
-fn delete(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
+fn delete(ctx: &Ctx, n: &Needed) -> Result<Change> {
     let g = &n.global;
     let tombstone = Change {
         info: FileInfo {
@@ -552,7 +585,7 @@ fn delete(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
                 .with_context(|| format!("cannot remove {}", target.display()))?;
         }
     }
-    disk::sync_dir(&dir);
+    ctx.dir_changed(&dir);
     Ok(tombstone)
 }
 
@@ -563,18 +596,81 @@ fn mtime(g: &FileInfo) -> SystemTime {
 
 /// [`pull_file_into_place`]; on a full disk its temp file is removed (it
 /// would keep the disk full for everything else) and the error says so.
-async fn pull_file(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
+async fn pull_file(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
     let result = pull_file_into_place(ctx, n).await;
     match result {
         Err(e) if disk::is_disk_full(&e) => {
-            disk::remove_temp(ctx.root, &n.global.name);
+            disk::remove_temp(&ctx.root, &n.global.name);
             Err(e.context("the folder's disk is full; the partial file was removed and the pull resumes when space is freed"))
         }
         r => r,
     }
 }
 
-async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
+/// A file being pulled: its temp file, open, holding every block found
+/// locally; `missing` are the blocks to request.
+struct Prepared {
+    file: fs::File,
+    temp: PathBuf,
+    dir: PathBuf,
+    target: PathBuf,
+    missing: Vec<(usize, BlockInfo)>,
+}
+
+/// Disk work first (on the blocking pool), the requests for the missing
+/// blocks, then the disk work that puts the file in place.
+async fn pull_file_into_place(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
+    let (c, m) = (ctx.clone(), n.clone());
+    let mut p = on_disk(move || prepare_file(&c, &m)).await?;
+    let missing = std::mem::take(&mut p.missing);
+    fetch_missing(ctx, n, &p.file, &p.temp, missing).await?;
+    let (c, m) = (ctx.clone(), n.clone());
+    on_disk(move || finish_file(&c, &m, p)).await
+}
+
+/// Requests the blocks not found locally (bounded in flight) and writes
+/// them into the temp file.
+async fn fetch_missing(
+    ctx: &Ctx,
+    n: &Needed,
+    file: &fs::File,
+    temp: &Path,
+    missing: Vec<(usize, BlockInfo)>,
+) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let block_size = n
+        .global
+        .blocks
+        .first()
+        .map_or(1, |b| b.size.max(1) as usize);
+    let in_flight = (IN_FLIGHT_BYTES / block_size).clamp(1, MAX_IN_FLIGHT);
+    let mut results = stream::iter(missing.into_iter().map(|(i, b)| async move {
+        let kib = (b.size.max(0) as u32).div_ceil(1024).max(1);
+        let _permit = ctx
+            .budget
+            .acquire_many(kib)
+            .await
+            .map_err(|_| anyhow!("pull round ended"))?;
+        let data = fetch_block(ctx, n, i, &b).await?;
+        file.write_all_at(&data, b.offset as u64)
+            .with_context(|| format!("cannot write {}", temp.display()))?;
+        Ok::<(), anyhow::Error>(())
+    }))
+    .buffer_unordered(in_flight);
+    while let Some(r) = results.next().await {
+        // The first failure ends the file; the temp file keeps what
+        // arrived for the next attempt.
+        r?;
+    }
+    Ok(())
+}
+
+/// Checks the target, opens the temp file and fills it with every block
+/// available locally: already in the temp file (an interrupted pull), in
+/// the old version, or in any other indexed file.
+fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
     let g = &n.global;
     let max_block = BLOCK_SIZES[BLOCK_SIZES.len() - 1];
     let mut expected = 0i64;
@@ -625,7 +721,7 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
         {
             REUSED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
             crate::events::progress::block(
-                ctx.folder,
+                &ctx.folder,
                 &g.name,
                 size,
                 crate::events::progress::Source::Reused,
@@ -637,7 +733,7 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
             _ => None,
         };
         let local = local.or_else(|| {
-            let (other, o, s) = ctx.node.db.find_block(ctx.folder, &b.hash).ok()??;
+            let (other, o, s) = ctx.node.db.find_block(&ctx.folder, &b.hash).ok()??;
             if s != size {
                 return None;
             }
@@ -652,7 +748,7 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
                 .with_context(|| format!("cannot write {}", temp.display()))?;
             REUSED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
             crate::events::progress::block(
-                ctx.folder,
+                &ctx.folder,
                 &g.name,
                 size,
                 crate::events::progress::Source::Copied,
@@ -661,35 +757,26 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
         }
         missing.push((i, b.clone()));
     }
-    drop(old);
-    drop(others);
+    Ok(Prepared {
+        file,
+        temp,
+        dir,
+        target,
+        missing,
+    })
+}
 
-    if !missing.is_empty() {
-        let block_size = g.blocks.first().map_or(1, |b| b.size.max(1) as usize);
-        let in_flight = (IN_FLIGHT_BYTES / block_size).clamp(1, MAX_IN_FLIGHT);
-        let file_ref = &file;
-        let temp_ref = &temp;
-        let mut results = stream::iter(missing.into_iter().map(|(i, b)| async move {
-            let kib = (b.size.max(0) as u32).div_ceil(1024).max(1);
-            let _permit = ctx
-                .budget
-                .acquire_many(kib)
-                .await
-                .map_err(|_| anyhow!("pull round ended"))?;
-            let data = fetch_block(ctx, n, i, &b).await?;
-            file_ref
-                .write_all_at(&data, b.offset as u64)
-                .with_context(|| format!("cannot write {}", temp_ref.display()))?;
-            Ok::<(), anyhow::Error>(())
-        }))
-        .buffer_unordered(in_flight);
-        while let Some(r) = results.next().await {
-            // The first failure ends the file; the temp file keeps what
-            // arrived for the next attempt.
-            r?;
-        }
-    }
-
+/// Completes the temp file (size, mode, mtime, fsync) and swaps it into
+/// place, unless the target changed locally meanwhile.
+fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
+    let g = &n.global;
+    let Prepared {
+        file,
+        temp,
+        dir,
+        target,
+        ..
+    } = p;
     file.set_len(g.size.max(0) as u64)?;
     let mode = if g.no_permissions {
         0o644
@@ -706,15 +793,15 @@ async fn pull_file_into_place(ctx: &Ctx<'_>, n: &Needed) -> Result<Change> {
     // before replacing it (and once more in the swap itself).
     unchanged_or_bail(ctx, &g.name, &target)?;
     keep_conflicting(ctx, n, &dir, &target)?;
-    disk::swap_into_place(&ctx.node.db, ctx.folder, &g.name, &temp, &target, g)?;
-    disk::sync_dir(&dir);
+    disk::swap_into_place(&ctx.node.db, &ctx.folder, &g.name, &temp, &target, g)?;
+    ctx.dir_changed(&dir);
     recorded(g, &target)
 }
 
 /// Fetches block `i` from a device announcing the global version, trying
 /// each connected one in turn (starting at a different one per block to
 /// spread the load) until the data matches its hash.
-async fn fetch_block(ctx: &Ctx<'_>, n: &Needed, i: usize, b: &BlockInfo) -> Result<Vec<u8>> {
+async fn fetch_block(ctx: &Ctx, n: &Needed, i: usize, b: &BlockInfo) -> Result<Vec<u8>> {
     let conns = ctx.node.connections();
     let peers: Vec<_> = n
         .sources
@@ -756,7 +843,7 @@ async fn fetch_block(ctx: &Ctx<'_>, n: &Needed, i: usize, b: &BlockInfo) -> Resu
             Ok((true, data)) => {
                 PULLED_BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
                 crate::events::progress::block(
-                    ctx.folder,
+                    &ctx.folder,
                     &n.global.name,
                     data.len(),
                     crate::events::progress::Source::Pulled,
