@@ -232,7 +232,6 @@ fn one_edit(
 }
 
 #[test]
-#[ignore = "intermittent (about 1 run in 5 here): one conflicting edit on a hot name is sometimes missing after convergence; run explicitly: cargo test -p e2e --test converge -- --ignored --nocapture"]
 fn two_nodes_and_syncthing_converge_without_losing_edits() {
     let started = Instant::now();
     let mut tmp = tempfile::tempdir().unwrap();
