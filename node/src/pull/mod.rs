@@ -303,9 +303,9 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
             // a symlink is in place before any name below it is tried, so
             // that name is refused instead of getting a directory made for
             // it); files of the page then several at a time.
-            let (ordered, parallel): (Vec<Needed>, Vec<Needed>) = page.into_iter().partition(|n| {
-                n.global.deleted || n.global.r#type != FileInfoType::File as i32
-            });
+            let (ordered, parallel): (Vec<Needed>, Vec<Needed>) = page
+                .into_iter()
+                .partition(|n| n.global.deleted || n.global.r#type != FileInfoType::File as i32);
             for n in ordered {
                 let name = n.global.name.clone();
                 let result = pull_one(&ctx, n).await;
