@@ -49,8 +49,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .max_blocking_threads(64)
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(args))
+    let result = runtime.block_on(run(args));
+    // Dropping the runtime would wait for every blocking task still running
+    // (a scan, a pull's disk work) however long it takes: give them a few
+    // seconds, then exit anyway. The index and the temp files are made to
+    // survive an interrupted task, as they survive a crash.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
+
+/// How long blocking tasks get to finish once the node has stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn run(args: ServeArgs) -> Result<()> {
     let home = args.home.clone();

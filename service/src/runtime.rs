@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Runs `main` on a multi-threaded tokio runtime. An error is logged once,
 /// with its whole context chain, and becomes exit code 1.
@@ -19,7 +20,11 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main) {
+    let result = runtime.block_on(main);
+    // Dropping the runtime would wait for blocking tasks still running
+    // however long they take; a stopped server exits within a few seconds.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -148,13 +148,30 @@ fn one_command_site_syncs_from_real_syncthing_and_stops_on_ctrl_c() {
     // Ctrl-C: the script stops the three programs and exits 0.
     site.signal(libc::SIGINT);
     let status = site.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+        // Which program did not stop: the end of each one's log.
+        let mut logs = String::new();
+        for name in ["discosrv", "relaysrv", "node"] {
+            let text =
+                std::fs::read_to_string(home.join(format!("logs/{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            logs.push_str(&format!("--- {name}.log (last lines)\n"));
+            for l in tail.iter().rev() {
+                logs.push_str(l);
+                logs.push('\n');
+            }
+        }
         panic!(
-            "scripts/site did not stop on SIGINT:\n{}",
+            "scripts/site did not stop on SIGINT:\n{}\n{logs}",
             site.log_tail(20)
         )
     });
     assert!(status.success(), "exit {status:?}:\n{}", site.log_tail(20));
     assert!(site.log().contains("site: stopped"));
+    assert!(
+        !site.log().contains("did not stop"),
+        "a program had to be killed:\n{}",
+        site.log_tail(20)
+    );
     for port in [disco, relay, node_port, gui, metrics, status_port] {
         let gone = wait::until(Duration::from_secs(10), Duration::from_millis(100), || {
             std::net::TcpStream::connect(("127.0.0.1", port))
