@@ -4,6 +4,7 @@
 //! receives a file from it, and stops everything on SIGINT (Ctrl-C).
 
 use e2e::{our_binary, pick_port, syncthing, wait, Proc};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -51,6 +52,18 @@ fn one_command_site_syncs_from_real_syncthing_and_stops_on_ctrl_c() {
         .arg("--no-local-discovery")
         .arg("--bin-dir")
         .arg(&bin_dir);
+    // The test plays Ctrl-C. A test run started in the background of a
+    // non-interactive shell inherits SIGINT ignored, and bash cannot trap a
+    // signal ignored on entry: give the script the default, as a terminal
+    // would.
+    // SAFETY: signal(2) is async-signal-safe and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut site = Proc::spawn("scripts/site", cmd, &tmp.path().join("site.log"));
 
     let banner = wait::until(Duration::from_secs(60), Duration::from_millis(100), || {
