@@ -94,6 +94,7 @@ struct Ctx {
 impl Ctx {
     fn dir_changed(&self, dir: &Path) {
         let mut dirs = self.changed_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        // Most files land in a directory already listed: no allocation.
         if !dirs.contains(dir) {
             dirs.insert(dir.to_path_buf());
         }
@@ -109,8 +110,8 @@ async fn on_disk<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'stat
         .map_err(|e| anyhow!("disk task failed: {e}"))?
 }
 
-/// Files (and symlinks) pulled at the same time: overlaps one file's
-/// round trips and fsyncs with another's transfer.
+/// Files pulled at the same time: their requests, disk work and fsyncs
+/// overlap (memory stays bounded by the round's byte budget).
 const PARALLEL_FILES: usize = 16;
 
 /// Needed items looked at per database pass: bounds the memory of a pull
