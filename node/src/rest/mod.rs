@@ -41,6 +41,37 @@ use crate::model::Node;
 
 /// Largest request body accepted (a whole configuration).
 const MAX_BODY: usize = 4 << 20;
+/// How much of a too-large body is read and dropped before the 413: a
+/// connection closed on unread data is reset, and the client loses the
+/// answer.
+const DRAIN_BYTES: usize = 1 << 20;
+
+enum BodyError {
+    TooLarge,
+    Failed(hyper::Error),
+}
+
+/// Reads a request body of at most `MAX_BODY` bytes.
+async fn read_body(mut body: Incoming) -> Result<bytes::Bytes, BodyError> {
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Failed)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total <= MAX_BODY {
+            buf.extend_from_slice(&data);
+        } else if total > MAX_BODY + DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(bytes::Bytes::from(buf))
+}
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let guard = Arc::new(auth::Guard::new(&node));
@@ -74,10 +105,16 @@ async fn handle(node: Arc<Node>, guard: &auth::Guard, req: Request<Incoming>) ->
             cookies,
             any_origin,
         } => {
-            let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body: {e}"))
+            let body = match read_body(body).await {
+                Ok(b) => b,
+                Err(BodyError::TooLarge) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("request body larger than {MAX_BODY} bytes"),
+                    )
+                }
+                Err(BodyError::Failed(e)) => {
+                    return text(StatusCode::BAD_REQUEST, &format!("request body: {e}"))
                 }
             };
             let call = Call {
