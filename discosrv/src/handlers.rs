@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use ipnet::IpNet;
 use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
 use proto::discovery::{self, LookupReply, Source};
@@ -215,20 +215,25 @@ async fn announce<S: Store>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // A body a little too large is still read (and dropped by `read_body`)
+    // A body a little too large is still read (and dropped by `read_limited`)
     // so the 413 is not lost to a reset; only one far too large to drain
     // is refused from its declared length alone.
     if declared.is_some_and(|n| n > (MAX_ANNOUNCEMENT_BYTES + DRAIN_BYTES) as u64) {
         app.metrics.announcement("bad_request");
         return too_large();
     }
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body())).await {
+    let bytes = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        service::body::read_limited(req.into_body(), MAX_ANNOUNCEMENT_BYTES, DRAIN_BYTES),
+    )
+    .await
+    {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(BodyError::TooLarge)) => {
+        Ok(Err(service::body::BodyError::TooLarge)) => {
             app.metrics.announcement("bad_request");
             return too_large();
         }
-        Ok(Err(BodyError::Failed)) | Err(_) => {
+        Ok(Err(service::body::BodyError::Failed(_))) | Err(_) => {
             app.metrics.announcement("bad_request");
             return text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
         }
@@ -280,36 +285,6 @@ fn device_param(query: &str) -> Option<DeviceId> {
 
 /// How much of a too-large body is read and dropped before answering 413.
 const DRAIN_BYTES: usize = 256 * 1024;
-
-enum BodyError {
-    TooLarge,
-    Failed,
-}
-
-/// Reads an announcement body of at most `MAX_ANNOUNCEMENT_BYTES`. Past
-/// the limit, up to `DRAIN_BYTES` more are read and dropped before the 413,
-/// so that the connection is not closed on unread data (which makes the
-/// kernel reset it and lose the reply); beyond that it is simply closed.
-async fn read_body(mut body: hyper::body::Incoming) -> Result<Bytes, BodyError> {
-    let mut buf = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| BodyError::Failed)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total = total.saturating_add(data.len());
-        if total <= MAX_ANNOUNCEMENT_BYTES {
-            buf.extend_from_slice(&data);
-        } else if total > MAX_ANNOUNCEMENT_BYTES + DRAIN_BYTES {
-            break;
-        }
-    }
-    if total > MAX_ANNOUNCEMENT_BYTES {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(Bytes::from(buf))
-}
 
 /// `seen` as Go's RFC 3339 with nanoseconds (trailing zeros trimmed), in
 /// UTC. Written by hand: it is on every successful lookup.

@@ -1,6 +1,7 @@
 //! Runtime plumbing shared by `discosrv`, `relaysrv` and `node`: logging,
-//! the async runtime and shutdown. Protocol logic lives in `proto`, never here.
+//! the async runtime, shutdown and bounded HTTP bodies. Protocol logic lives in `proto`, never here.
 
+pub mod body;
 pub mod logging;
 pub mod runtime;
 pub mod shutdown;

@@ -28,7 +28,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -41,37 +40,8 @@ use crate::model::Node;
 
 /// Largest request body accepted (a whole configuration).
 const MAX_BODY: usize = 4 << 20;
-/// How much of a too-large body is read and dropped before the 413: a
-/// connection closed on unread data is reset, and the client loses the
-/// answer.
+/// How much of a too-large body is read and dropped before the 413.
 const DRAIN_BYTES: usize = 1 << 20;
-
-enum BodyError {
-    TooLarge,
-    Failed(hyper::Error),
-}
-
-/// Reads a request body of at most `MAX_BODY` bytes.
-async fn read_body(mut body: Incoming) -> Result<bytes::Bytes, BodyError> {
-    let mut buf = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(BodyError::Failed)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total = total.saturating_add(data.len());
-        if total <= MAX_BODY {
-            buf.extend_from_slice(&data);
-        } else if total > MAX_BODY + DRAIN_BYTES {
-            break;
-        }
-    }
-    if total > MAX_BODY {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(bytes::Bytes::from(buf))
-}
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let guard = Arc::new(auth::Guard::new(&node));
@@ -105,15 +75,15 @@ async fn handle(node: Arc<Node>, guard: &auth::Guard, req: Request<Incoming>) ->
             cookies,
             any_origin,
         } => {
-            let body = match read_body(body).await {
+            let body = match service::body::read_limited(body, MAX_BODY, DRAIN_BYTES).await {
                 Ok(b) => b,
-                Err(BodyError::TooLarge) => {
+                Err(service::body::BodyError::TooLarge) => {
                     return text(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         &format!("request body larger than {MAX_BODY} bytes"),
                     )
                 }
-                Err(BodyError::Failed(e)) => {
+                Err(service::body::BodyError::Failed(e)) => {
                     return text(StatusCode::BAD_REQUEST, &format!("request body: {e}"))
                 }
             };
