@@ -411,10 +411,23 @@ impl Conn {
                     // Small requests fit the byte budget by the thousand: the
                     // disk reads themselves are bounded (threads and memory).
                     let read = DISK_READS.acquire().await;
-                    let served =
-                        tokio::task::spawn_blocking(move || fileserve::serve(&f.path, &req))
-                            .await
-                            .unwrap_or(Served::Error(wire::ErrorCode::Generic));
+                    let node2 = node.clone();
+                    let served = tokio::task::spawn_blocking(move || {
+                        let served = fileserve::serve(&f.path, &req);
+                        // Only what we announce is served: a name we ignore
+                        // (or hold as deleted or invalid) may still be on
+                        // disk, and a peer may ask for it by name (1.19.2
+                        // answers "no such file" too).
+                        let announced = node2.db.announces_file(&f.id, &req.name);
+                        match served {
+                            Served::Data(_) if !matches!(announced, Ok(true)) => {
+                                Served::Error(wire::ErrorCode::NoSuchFile)
+                            }
+                            s => s,
+                        }
+                    })
+                    .await
+                    .unwrap_or(Served::Error(wire::ErrorCode::Generic));
                     drop(read);
                     if served == Served::Stale {
                         tracing::info!(device = %peer, folder = %folder_id, file = %name,

@@ -218,6 +218,9 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     let root = tmp.path().join("f");
     std::fs::create_dir_all(root.join("sub")).unwrap();
     std::fs::write(root.join("sub/data.txt"), b"hello world\n").unwrap();
+    // Ignored: on disk, never announced, so never served either.
+    std::fs::write(root.join(".stignore"), b"private.txt\n").unwrap();
+    std::fs::write(root.join("private.txt"), b"private\n").unwrap();
     std::fs::write(tmp.path().join("secret"), b"secret\n").unwrap();
     std::os::unix::fs::symlink(tmp.path(), root.join("outside")).unwrap();
     std::os::unix::fs::symlink("../secret", root.join("secret-link")).unwrap();
@@ -260,8 +263,9 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     p.hello();
     p.send(&cc);
     assert!(matches!(p.next_message(), Some(Message::ClusterConfig(_))));
-    let cases: [(&str, &[u8], i32); 7] = [
+    let cases: [(&str, &[u8], i32); 8] = [
         ("sub/data.txt", b"hello world\n", 0),
+        ("private.txt", b"private\n", 2),
         ("../secret", b"secret\n", 1),
         ("/etc/hostname", b"x", 1),
         ("sub/../../secret", b"secret\n", 1),

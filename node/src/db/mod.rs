@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
 use prost::Message as _;
-use proto::bep::wire::{FileInfo, Vector};
+use proto::bep::wire::{FileInfo, FileInfoType, Vector};
 use proto::DeviceId;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -290,6 +290,20 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// Whether `name` is a file we announce as present and valid: only
+    /// those are served (not ignored, deleted or locally flagged ones).
+    pub fn announces_file(&self, folder: &str, name: &str) -> Result<bool> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT 1 FROM files WHERE folder = ?1 AND name = ?2
+                AND deleted = 0 AND invalid = 0 AND kind = ?3",
+        )?;
+        Ok(stmt
+            .query_row(params![folder, name, FileInfoType::File as i32], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// Starts a scan's bookkeeping of the names found on disk (kept in a
