@@ -508,6 +508,10 @@ fn a_replaced_conflict_copy_is_kept_again_not_lost() {
         .filter(|n| n.starts_with("notes.sync-conflict-20260101-120000-ABCDEFG.sync-conflict-"))
         .collect();
     assert_eq!(kept.len(), 1, "{:?}", tree(&dst).keys());
+    // `db/file` names the connected device that has the global version.
+    let f = node.get("/rest/db/file?folder=c&file=plain.txt").unwrap();
+    assert_eq!(f["availability"][0]["id"].as_str(), Some(st.id()), "{f}");
+    assert_eq!(f["availability"][0]["fromTemporary"], false, "{f}");
     node.stop();
     st.shutdown();
 }

@@ -583,16 +583,6 @@ const DELIBERATE: &[(&str, &str, &str)] = &[
     ),
     (
         "/rest/db/file",
-        ".availability",
-        "block availability per device is not tracked",
-    ),
-    (
-        "/rest/db/file",
-        ".mtime",
-        "no mtime remapping (the node writes the real mtime)",
-    ),
-    (
-        "/rest/db/file",
         ".global.permissions",
         "present when the entry has permission bits",
     ),

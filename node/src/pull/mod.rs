@@ -187,22 +187,23 @@ pub fn completion(node: &Node, folder: &str, device: Option<DeviceId>) -> Result
     Ok(c)
 }
 
-/// The global entry of one name, in full (with its blocks), and the device
-/// announcing it (`None`: we do).
+/// The global version of `name` (who announced it, the entry) and the
+/// devices announcing exactly that version.
 pub fn global_file(
     node: &Node,
     folder: &str,
     name: &str,
-) -> Result<Option<(Option<DeviceId>, FileInfo)>> {
+) -> Result<Option<(Option<DeviceId>, FileInfo, Vec<DeviceId>)>> {
     let entry = node.db.entry(folder, name)?;
-    let Some((who, _)) = need::global(&entry) else {
+    let Some((who, g)) = need::global(&entry) else {
         return Ok(None);
     };
+    let sources = need::sources(&entry, g);
     let full = match who {
         None => node.db.file(folder, name)?,
         Some(d) => node.db.remote_file(folder, &d, name)?,
     };
-    Ok(full.map(|f| (who, f)))
+    Ok(full.map(|f| (who, f, sources)))
 }
 
 /// Every needed item of `folder` with our entry loaded in full (the global

@@ -138,8 +138,21 @@ pub fn evaluate(entry: Entry, t: &mut Totals) -> Option<Needed> {
     } else {
         t.need_symlinks += 1;
     }
+    let sources = sources(&entry, global);
+    let global = global.clone();
+    Some(Needed {
+        global,
+        from,
+        local: entry.local,
+        sources,
+    })
+}
+
+/// The devices announcing exactly `global`'s version, valid and present
+/// (where its blocks can be requested).
+pub fn sources(entry: &Entry, global: &FileInfo) -> Vec<DeviceId> {
     let gv = global.version.clone().unwrap_or_default();
-    let sources = entry
+    entry
         .remotes
         .iter()
         .filter(|(_, r)| {
@@ -148,14 +161,7 @@ pub fn evaluate(entry: Entry, t: &mut Totals) -> Option<Needed> {
                 && compare(&r.version.clone().unwrap_or_default(), &gv) == Ordering::Equal
         })
         .map(|(d, _)| *d)
-        .collect();
-    let global = global.clone();
-    Some(Needed {
-        global,
-        from,
-        local: entry.local,
-        sources,
-    })
+        .collect()
 }
 
 /// Adds one name to the completion of `device` (`None`: ours).

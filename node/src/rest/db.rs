@@ -42,9 +42,26 @@ pub async fn route(c: &Call) -> Answer {
                     Err(text(StatusCode::NOT_FOUND, "no such object in the index"))
                 }
                 (Ok(local), Ok(global)) => {
-                    let global = global.map(|(_, g)| g).or_else(|| local.clone());
+                    // As 1.19.2: the connected devices that have the global
+                    // version.
+                    let connected = c.node.connections();
+                    let availability: Vec<Value> = global
+                        .as_ref()
+                        .map(|(_, _, sources)| sources.as_slice())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|d| connected.contains_key(*d))
+                        .map(|d| json!({"id": d.to_string(), "fromTemporary": false}))
+                        .collect();
+                    let global = global.map(|(_, g, _)| g).or_else(|| local.clone());
+                    // The node writes the real mtime and keeps no mapping:
+                    // Syncthing's answer for a file without one.
+                    let no_mapping = "0001-01-01T00:00:00Z";
                     Ok(json(&json!({"local": local.as_ref().map(file_json),
-                                    "global": global.as_ref().map(file_json)})))
+                                    "global": global.as_ref().map(file_json),
+                                    "availability": availability,
+                                    "mtime": {"err": null,
+                                              "value": {"real": no_mapping, "virtual": no_mapping}}})))
                 }
                 (Err(e), _) | (_, Err(e)) => Err(internal(format!("{e:#}"))),
             }
