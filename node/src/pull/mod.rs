@@ -187,23 +187,24 @@ pub fn completion(node: &Node, folder: &str, device: Option<DeviceId>) -> Result
     Ok(c)
 }
 
-/// The global version of `name` (who announced it, the entry) and the
-/// devices announcing exactly that version.
-pub fn global_file(
-    node: &Node,
-    folder: &str,
-    name: &str,
-) -> Result<Option<(Option<DeviceId>, FileInfo, Vec<DeviceId>)>> {
+/// The global version of one name, in full.
+pub struct GlobalFile {
+    pub file: FileInfo,
+    /// The devices announcing exactly that version.
+    pub sources: Vec<DeviceId>,
+}
+
+pub fn global_file(node: &Node, folder: &str, name: &str) -> Result<Option<GlobalFile>> {
     let entry = node.db.entry(folder, name)?;
-    let Some((who, g)) = need::global(&entry) else {
+    let Some((from, g)) = need::global(&entry) else {
         return Ok(None);
     };
     let sources = need::sources(&entry, g);
-    let full = match who {
+    let full = match from {
         None => node.db.file(folder, name)?,
         Some(d) => node.db.remote_file(folder, &d, name)?,
     };
-    Ok(full.map(|f| (who, f, sources)))
+    Ok(full.map(|file| GlobalFile { file, sources }))
 }
 
 /// Every needed item of `folder` with our entry loaded in full (the global

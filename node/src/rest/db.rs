@@ -47,13 +47,13 @@ pub async fn route(c: &Call) -> Answer {
                     let connected = c.node.connections();
                     let availability: Vec<Value> = global
                         .as_ref()
-                        .map(|(_, _, sources)| sources.as_slice())
+                        .map(|g| g.sources.as_slice())
                         .unwrap_or_default()
                         .iter()
                         .filter(|d| connected.contains_key(*d))
                         .map(|d| json!({"id": d.to_string(), "fromTemporary": false}))
                         .collect();
-                    let global = global.map(|(_, g, _)| g).or_else(|| local.clone());
+                    let global = global.map(|g| g.file).or_else(|| local.clone());
                     // The node writes the real mtime and keeps no mapping:
                     // Syncthing's answer for a file without one.
                     let no_mapping = "0001-01-01T00:00:00Z";
