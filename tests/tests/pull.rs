@@ -18,6 +18,23 @@ use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, V
 use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
 
+/// Folder `id` shared between a real Syncthing device (at `theirs`, of
+/// that type) and our node (at `ours_at`), each knowing the other's
+/// address. Our node is not started.
+fn share_with_real_device(
+    st: &e2e::Syncthing,
+    st_port: u16,
+    ours: &NodeHome,
+    id: &str,
+    (theirs, their_type): (&Path, &str),
+    (ours_at, our_type): (&Path, &str),
+) {
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder(id, theirs, their_type, &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder(id, ours_at, our_type, &[st.id()]);
+}
+
 fn wait_same_tree(theirs: &Path, ours: &Path, limit: Duration, log: &dyn Fn() -> String) {
     let same = wait::until(limit, Duration::from_millis(250), || {
         (tree(theirs) == tree(ours)).then_some(())
@@ -71,10 +88,14 @@ fn our_node_pulls_from_real_syncthing() {
     build_tree(&src, 300, 6);
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("pull", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("pull", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "pull",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
 
     let started = Instant::now();
     let node = ours.start();
@@ -135,10 +156,14 @@ fn receive_only_keeps_local_changes_until_reverted() {
     build_tree(&src, 40, 1);
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("ro", &src, "sendonly", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("ro", &dst, "receiveonly", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "ro",
+        (&src, "sendonly"),
+        (&dst, "receiveonly"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
@@ -360,10 +385,14 @@ fn kill_9_while_pulling_leaves_old_or_new_and_resumes() {
     }
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("big", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("big", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "big",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
 
     let mut node = ours.start();
     let partial = wait::until(Duration::from_secs(60), Duration::from_millis(20), || {
@@ -426,10 +455,14 @@ fn concurrent_edits_converge_and_both_survive() {
     std::fs::write(src.join("shared.txt"), b"base\n").unwrap();
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("c", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("c", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "c",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
@@ -481,10 +514,14 @@ fn a_replaced_conflict_copy_is_kept_again_not_lost() {
     std::fs::write(src.join("plain.txt"), b"v1\n").unwrap();
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("c", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("c", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "c",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
@@ -525,10 +562,14 @@ fn send_only_ignores_remote_changes_until_overridden() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("master.txt"), b"the master copy\n").unwrap();
     let theirs = tmp.path().join("st-dst");
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("so", &src, "sendonly", &[st.id()]);
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("so", &theirs, "sendreceive", &[&ours.id]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "so",
+        (&theirs, "sendreceive"),
+        (&src, "sendonly"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     wait_same_tree(&src, &theirs, Duration::from_secs(60), &log);
@@ -590,10 +631,14 @@ fn large_file_one_changed_block_transfers_little() {
     }
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("big", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("big", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "big",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     let t0 = Instant::now();
@@ -678,10 +723,14 @@ fn ignored_files_are_neither_sent_nor_pulled_nor_deleted() {
     std::fs::write(mine.join("local.log"), b"our log\n").unwrap();
     std::fs::write(mine.join("mine.txt"), b"mine\n").unwrap();
 
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("ig", &theirs, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("ig", &mine, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "ig",
+        (&theirs, "sendreceive"),
+        (&mine, "sendreceive"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     let scan_ours = || node.post("/rest/db/scan?folder=ig").unwrap();
@@ -858,10 +907,14 @@ fn full_disk_stops_the_file_with_an_error_and_resumes_when_freed() {
     let fs = Tmpfs::mount(&dst, "16m");
     let existing = bytes(78, 2 << 20);
     std::fs::write(dst.join("existing.bin"), &existing).unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("full", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("full", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "full",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
 
@@ -1140,10 +1193,14 @@ fn names_differing_only_in_case_are_distinct_on_a_case_sensitive_filesystem() {
     std::fs::create_dir_all(&dst).unwrap();
     // A local file whose name differs only in case from an incoming one.
     std::fs::write(dst.join("PHOTO.jpg"), b"ours\n").unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("case", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("case", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "case",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     wait_same_tree(&src, &dst, Duration::from_secs(60), &log);
@@ -1176,10 +1233,14 @@ fn disk_filling_up_during_a_pull_removes_the_partial_file() {
     let existing = bytes(79, 2 << 20);
     std::fs::write(dst.join("existing.bin"), &existing).unwrap();
     std::fs::write(dst.join(".stignore"), "*.ign\n").unwrap();
-    st.add_device(&ours.id, &[&ours.address()]);
-    st.share_folder("full", &src, "sendreceive", &[&ours.id]);
-    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
-    ours.add_folder("full", &dst, "sendreceive", &[st.id()]);
+    share_with_real_device(
+        &st,
+        st_port,
+        &ours,
+        "full",
+        (&src, "sendreceive"),
+        (&dst, "sendreceive"),
+    );
     let node = ours.start();
     let log = || node.proc.log_tail(40);
 
