@@ -501,12 +501,7 @@ fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Path, target: &Path) -> Result<
 /// lost by replacing one with the other, and 1.19.2 makes no conflict copy
 /// either: it only updates the metadata).
 fn same_content(a: &FileInfo, b: &FileInfo) -> bool {
-    a.size == b.size
-        && a.blocks.len() == b.blocks.len()
-        && a.blocks
-            .iter()
-            .zip(&b.blocks)
-            .all(|(x, y)| x.hash == y.hash)
+    a.size == b.size && proto::bep::blocks::same_blocks(&a.blocks, &b.blocks)
 }
 
 fn make_dir(ctx: &Ctx, n: &Needed) -> Result<Change> {
