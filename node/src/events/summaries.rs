@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::{emit, Kind};
 use crate::model::Node;
+use crate::pull::summaries::Figures;
 
 const EVERY: Duration = Duration::from_secs(1);
 /// `DownloadProgress` every 5 s (Syncthing's default interval).
@@ -33,16 +34,24 @@ pub async fn run(node: Arc<Node>) {
         }
         // Nothing changed (index, folder states, connections): the figures
         // are the same, and computing them would scan the local table.
-        let print = fingerprint(&node);
+        let (generation, print) = fingerprint(&node);
         if print == last_print {
             continue;
         }
-        last_print = print;
         let n2 = node.clone();
         let seen = std::mem::take(&mut last);
         // The figures read the database: off the async threads.
         match tokio::task::spawn_blocking(move || check(&n2, seen)).await {
-            Ok(next) => last = next,
+            Ok((next, oldest)) => {
+                last = next;
+                // Figures reused from an older index (costly ones are, for a
+                // while) are looked at again next time: otherwise the last
+                // change before a quiet spell, such as the completion
+                // reaching 100 %, would never be told.
+                if oldest >= generation {
+                    last_print = print;
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "folder summary task failed"),
         }
     }
@@ -50,10 +59,12 @@ pub async fn run(node: Arc<Node>) {
 
 type Seen = HashMap<(String, Option<String>), Value>;
 
-/// What the summaries depend on, cheaply: the index generation, each
-/// folder's state and error count, the connected devices.
-fn fingerprint(node: &Node) -> String {
-    let mut out = node.db.generation().to_string();
+/// What the summaries depend on, cheaply: the index generation (also
+/// returned apart), each folder's state and error count, the connected
+/// devices.
+fn fingerprint(node: &Node) -> (u64, String) {
+    let generation = node.db.generation();
+    let mut out = generation.to_string();
     for f in node.config().folders {
         if let Some(rt) = node.folder_runtime(&f.id) {
             let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -72,15 +83,23 @@ fn fingerprint(node: &Node) -> String {
     let mut conns: Vec<String> = node.connections().keys().map(|d| d.to_string()).collect();
     conns.sort();
     out.push_str(&conns.join(","));
-    out
+    (generation, out)
 }
 
-fn check(node: &Node, mut last: Seen) -> Seen {
+/// Emits what changed since `last`; returns what was seen and the oldest
+/// index generation the figures came from.
+fn check(node: &Node, mut last: Seen) -> (Seen, u64) {
     let mut next = HashMap::new();
+    let mut oldest = u64::MAX;
     for f in node.config().folders {
-        let Ok(Some(summary)) = crate::rest::db::status_json(node, &f.id) else {
+        let Ok(Some(Figures {
+            value: summary,
+            generation,
+        })) = crate::rest::db::status_json(node, &f.id)
+        else {
             continue;
         };
+        oldest = oldest.min(generation);
         let key = (f.id.clone(), None);
         if last.remove(&key).as_ref() != Some(&summary) {
             emit(
@@ -93,9 +112,14 @@ fn check(node: &Node, mut last: Seen) -> Seen {
             if d == node.my_id || !node.connected(&d) {
                 continue;
             }
-            let Ok(mut comp) = crate::rest::db::completion_json(node, &f.id, Some(d)) else {
+            let Ok(Figures {
+                value: mut comp,
+                generation,
+            }) = crate::rest::db::completion_json(node, &f.id, Some(d))
+            else {
                 continue;
             };
+            oldest = oldest.min(generation);
             let key = (f.id.clone(), Some(d.to_string()));
             if last.remove(&key).as_ref() != Some(&comp) {
                 let mut ev = comp.clone();
@@ -109,5 +133,5 @@ fn check(node: &Node, mut last: Seen) -> Seen {
             next.insert(key, std::mem::take(&mut comp));
         }
     }
-    next
+    (next, oldest)
 }

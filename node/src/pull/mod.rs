@@ -51,7 +51,7 @@ use crate::db::{Change, Direction};
 use crate::model::Node;
 use disk::{basename, LocallyChanged};
 use need::Needed;
-use summaries::Summary;
+use summaries::{Figures, Summary};
 
 /// Block data fetched from peers / copied from local files, since start.
 pub static PULLED_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -120,71 +120,71 @@ const PAGE: usize = 256;
 
 /// The global-state counts of `folder` (`/rest/db/status`), reused until
 /// the index changes (or briefly after: `summaries`).
-pub fn need_totals(node: &Node, folder: &str) -> Result<need::Totals> {
-    let generation = node.db.generation();
+pub fn need_totals(node: &Node, folder: &str) -> Result<Figures<need::Totals>> {
     let key = (folder.to_string(), None, "totals");
-    if let Some(Summary::Totals(t)) = node.summaries.get(&key, generation) {
-        return Ok(t);
-    }
-    let started = std::time::Instant::now();
-    let mut t = need::Totals::default();
-    node.db
-        .for_each_entry(folder, None, Direction::Ascending, |e| {
-            need::evaluate(e, &mut t);
-            ControlFlow::Continue(())
+    let f = node
+        .summaries
+        .get_or_compute(key, node.db.generation(), || {
+            let mut t = need::Totals::default();
+            node.db
+                .for_each_entry(folder, None, Direction::Ascending, |e| {
+                    need::evaluate(e, &mut t);
+                    ControlFlow::Continue(())
+                })?;
+            Ok(Summary::Totals(t))
         })?;
-    node.summaries.put(
-        key,
-        generation,
-        Summary::Totals(t.clone()),
-        started.elapsed(),
-    );
-    Ok(t)
+    f.pick(|s| match s {
+        Summary::Totals(v) => Some(v),
+        _ => None,
+    })
+    .ok_or_else(|| anyhow!("summary cache mixed up for the totals of {folder}"))
 }
 
 /// Counts of our own entries of `folder`: (files, directories, symlinks,
 /// deleted, bytes); reused like the other summaries.
-pub fn local_totals(node: &Node, folder: &str) -> Result<(u64, u64, u64, u64, u64)> {
-    let generation = node.db.generation();
+pub fn local_totals(node: &Node, folder: &str) -> Result<Figures<(u64, u64, u64, u64, u64)>> {
     let key = (folder.to_string(), None, "local");
-    if let Some(Summary::Local(t)) = node.summaries.get(&key, generation) {
-        return Ok(t);
-    }
-    let started = std::time::Instant::now();
-    let t = node.db.local_totals(folder)?;
-    node.summaries
-        .put(key, generation, Summary::Local(t), started.elapsed());
-    Ok(t)
+    let f = node
+        .summaries
+        .get_or_compute(key, node.db.generation(), || {
+            Ok(Summary::Local(node.db.local_totals(folder)?))
+        })?;
+    f.pick(|s| match s {
+        Summary::Local(v) => Some(v),
+        _ => None,
+    })
+    .ok_or_else(|| anyhow!("summary cache mixed up for the local counts of {folder}"))
 }
 
 /// How complete `device` (`None`: we) is for `folder`, against the global
 /// state; reused until the index changes.
-pub fn completion(node: &Node, folder: &str, device: Option<DeviceId>) -> Result<need::Completion> {
+pub fn completion(
+    node: &Node,
+    folder: &str,
+    device: Option<DeviceId>,
+) -> Result<Figures<need::Completion>> {
     let device = device.filter(|d| *d != node.my_id);
-    let generation = node.db.generation();
     let key = (
         folder.to_string(),
         device.or(Some(node.my_id)),
         "completion",
     );
-    if let Some(Summary::Completion(c)) = node.summaries.get(&key, generation) {
-        return Ok(c);
-    }
-    let started = std::time::Instant::now();
-    let mut c = need::Completion::default();
-    node.db
-        .for_each_entry(folder, None, Direction::Ascending, |e| {
-            need::add_completion(&e, device.as_ref(), &mut c);
-            ControlFlow::Continue(())
+    let f = node
+        .summaries
+        .get_or_compute(key, node.db.generation(), || {
+            let mut c = need::Completion::default();
+            node.db
+                .for_each_entry(folder, None, Direction::Ascending, |e| {
+                    need::add_completion(&e, device.as_ref(), &mut c);
+                    ControlFlow::Continue(())
+                })?;
+            Ok(Summary::Completion(c.finish()))
         })?;
-    let c = c.finish();
-    node.summaries.put(
-        key,
-        generation,
-        Summary::Completion(c.clone()),
-        started.elapsed(),
-    );
-    Ok(c)
+    f.pick(|s| match s {
+        Summary::Completion(v) => Some(v),
+        _ => None,
+    })
+    .ok_or_else(|| anyhow!("summary cache mixed up for a completion in {folder}"))
 }
 
 /// The global version of one name, in full.

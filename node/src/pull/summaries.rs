@@ -28,6 +28,24 @@ pub enum Summary {
 /// told apart by the [`Summary`] variant asked for).
 pub type Key = (String, Option<DeviceId>, &'static str);
 
+/// Figures of the index and the index generation they were computed from:
+/// older than the current one when a costly summary is reused, so that a
+/// reader who must not miss the final figures (the event service) knows
+/// to look again.
+#[derive(Debug, Clone)]
+pub struct Figures<T> {
+    pub value: T,
+    pub generation: u64,
+}
+
+impl Figures<Summary> {
+    /// The figures of one kind of summary, if that is what they are.
+    pub fn pick<T>(self, kind: impl FnOnce(Summary) -> Option<T>) -> Option<Figures<T>> {
+        let generation = self.generation;
+        kind(self.value).map(|value| Figures { value, generation })
+    }
+}
+
 struct Cached {
     generation: u64,
     summary: Summary,
@@ -49,16 +67,38 @@ const MAX_ENTRIES: usize = 4096;
 
 impl Summaries {
     /// The summary for `key` if it is of `generation`, or recent enough
-    /// (see the module).
-    pub fn get(&self, key: &Key, generation: u64) -> Option<Summary> {
+    /// (see the module), with the generation it was computed from;
+    /// otherwise `compute`s it (timed, and stored as of `generation`).
+    pub fn get_or_compute(
+        &self,
+        key: Key,
+        generation: u64,
+        compute: impl FnOnce() -> anyhow::Result<Summary>,
+    ) -> anyhow::Result<Figures<Summary>> {
+        if let Some(hit) = self.get(&key, generation) {
+            return Ok(hit);
+        }
+        let started = Instant::now();
+        let summary = compute()?;
+        self.put(key, generation, summary.clone(), started.elapsed());
+        Ok(Figures {
+            value: summary,
+            generation,
+        })
+    }
+
+    fn get(&self, key: &Key, generation: u64) -> Option<Figures<Summary>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key)
             .filter(|c| c.generation == generation || c.at.elapsed() < c.cost * COST_FACTOR)
-            .map(|c| c.summary.clone())
+            .map(|c| Figures {
+                value: c.summary.clone(),
+                generation: c.generation,
+            })
     }
 
     /// Stores a summary computed from `generation`, which took `cost`.
-    pub fn put(&self, key: Key, generation: u64, summary: Summary, cost: Duration) {
+    fn put(&self, key: Key, generation: u64, summary: Summary, cost: Duration) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.clear();
@@ -91,12 +131,18 @@ mod tests {
             })
         };
         s.put(key.clone(), 1, t(5), Duration::ZERO);
-        assert!(matches!(s.get(&key, 1), Some(Summary::Totals(x)) if x.need_files == 5));
+        assert!(matches!(s.get(&key, 1),
+                         Some(Figures { value: Summary::Totals(x), generation: 1 }) if x.need_files == 5));
         // A newer index: a cheap figure is computed again at once…
         assert!(s.get(&key, 2).is_none());
-        // …a costly one is kept ten times its cost.
+        // …a costly one is kept ten times its cost, and says how old it is.
         s.put(key.clone(), 1, t(5), Duration::from_secs(100));
-        assert!(s.get(&key, 3).is_some());
+        assert!(matches!(
+            s.get(&key, 3),
+            Some(Figures { generation: 1, .. })
+        ));
+        let again = s.get_or_compute(key.clone(), 3, || panic!("served from the cache"));
+        assert_eq!(again.unwrap().generation, 1);
         // Nothing for another key.
         assert!(s.get(&("g".to_string(), None, "totals"), 1).is_none());
     }

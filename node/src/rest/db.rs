@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::http_util::{internal, json, ok, rfc3339, text, time_fmt, Answer, Call};
 use crate::model::Node;
+use crate::pull::summaries::Figures;
 
 pub async fn route(c: &Call) -> Answer {
     match c.path.as_str() {
@@ -97,7 +98,7 @@ pub async fn route(c: &Call) -> Answer {
 fn status(c: &Call) -> Answer {
     let folder = c.folder()?.id;
     match status_json(&c.node, &folder) {
-        Ok(Some(v)) => Ok(json(&v)),
+        Ok(Some(v)) => Ok(json(&v.value)),
         Ok(None) => Err(text(StatusCode::NOT_FOUND, "folder is not running")),
         Err(e) => Err(internal(format!("{e:#}"))),
     }
@@ -105,7 +106,7 @@ fn status(c: &Call) -> Answer {
 
 /// The folder summary (`/rest/db/status`, `FolderSummary` events); None
 /// if the folder is not running.
-pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Value>> {
+pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Figures<Value>>> {
     let Some(rt) = node.folder_runtime(folder) else {
         return Ok(None);
     };
@@ -115,8 +116,12 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Va
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .len();
-    let (files, dirs, links, deleted, bytes) = crate::pull::local_totals(node, folder)?;
+    let local = crate::pull::local_totals(node, folder)?;
     let g = crate::pull::need_totals(node, folder)?;
+    // The figures are as old as the older of the two.
+    let generation = local.generation.min(g.generation);
+    let (files, dirs, links, deleted, bytes) = local.value;
+    let g = g.value;
     let seq = *rt.sequence.borrow();
     let receive_only = node
         .config()
@@ -158,14 +163,17 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Va
             v[k] = json!(0);
         }
     }
-    Ok(Some(v))
+    Ok(Some(Figures {
+        value: v,
+        generation,
+    }))
 }
 
 fn completion(c: &Call) -> Answer {
     let folder = c.folder()?.id;
     let device = c.device()?;
     completion_json(&c.node, &folder, device)
-        .map(|v| json(&v))
+        .map(|v| json(&v.value))
         .map_err(|e| internal(format!("{e:#}")))
 }
 
@@ -175,7 +183,7 @@ pub(crate) fn completion_json(
     node: &Node,
     folder: &str,
     device: Option<proto::DeviceId>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Figures<Value>> {
     let device = device.filter(|d| *d != node.my_id);
     let (sequence, state) = match device {
         None => (
@@ -192,14 +200,20 @@ pub(crate) fn completion_json(
             },
         ),
     };
-    let c = crate::pull::completion(node, folder, device)?;
-    Ok(json!({
-        "completion": c.completion, "globalBytes": c.global_bytes,
-        "globalItems": c.global_items, "needBytes": c.need_bytes,
-        "needDeletes": c.need_deletes, "needItems": c.need_items,
-        "remoteState": state,
-        "sequence": sequence,
-    }))
+    let Figures {
+        value: c,
+        generation,
+    } = crate::pull::completion(node, folder, device)?;
+    Ok(Figures {
+        value: json!({
+            "completion": c.completion, "globalBytes": c.global_bytes,
+            "globalItems": c.global_items, "needBytes": c.need_bytes,
+            "needDeletes": c.need_deletes, "needItems": c.need_items,
+            "remoteState": state,
+            "sequence": sequence,
+        }),
+        generation,
+    })
 }
 
 async fn revert_or_override(c: &Call) -> Answer {

@@ -48,7 +48,7 @@ fn folder_and_device_metrics(node: &crate::model::Node) -> String {
             let _ = writeln!(
                 need,
                 "node_folder_need_bytes{{folder=\"{folder}\"}} {}",
-                totals.need_bytes
+                totals.value.need_bytes
             );
         }
         let n = rt
