@@ -51,7 +51,7 @@ use crate::db::{Change, Direction};
 use crate::model::Node;
 use disk::{basename, LocallyChanged};
 use need::Needed;
-use summaries::{Figures, Summary};
+use summaries::{Figures, LocalCounts, Summary};
 
 /// Block data fetched from peers / copied from local files, since start.
 pub static PULLED_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -142,7 +142,7 @@ pub fn need_totals(node: &Node, folder: &str) -> Result<Figures<need::Totals>> {
 
 /// Counts of our own entries of `folder`: (files, directories, symlinks,
 /// deleted, bytes); reused like the other summaries.
-pub fn local_totals(node: &Node, folder: &str) -> Result<Figures<(u64, u64, u64, u64, u64)>> {
+pub fn local_totals(node: &Node, folder: &str) -> Result<Figures<LocalCounts>> {
     let key = (folder.to_string(), None, "local");
     let f = node
         .summaries

@@ -20,9 +20,11 @@ use super::need::{Completion, Totals};
 pub enum Summary {
     Totals(Totals),
     Completion(Completion),
-    /// Our own entries: (files, directories, symlinks, deleted, bytes).
-    Local((u64, u64, u64, u64, u64)),
+    Local(LocalCounts),
 }
+
+/// Our own entries: (files, directories, symlinks, deleted, bytes).
+pub type LocalCounts = (u64, u64, u64, u64, u64);
 
 /// (folder, device: `None` for the folder's totals and our own counts,
 /// told apart by the [`Summary`] variant asked for).
