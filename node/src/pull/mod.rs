@@ -608,7 +608,7 @@ async fn pull_file(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
 /// A file being pulled: its temp file, open, holding every block found
 /// locally; `missing` are the blocks to request.
 struct Prepared {
-    file: fs::File,
+    file: Arc<fs::File>,
     temp: PathBuf,
     dir: PathBuf,
     target: PathBuf,
@@ -631,7 +631,7 @@ async fn pull_file_into_place(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change>
 async fn fetch_missing(
     ctx: &Ctx,
     n: &Needed,
-    file: &fs::File,
+    file: &Arc<fs::File>,
     temp: &Path,
     missing: Vec<(usize, BlockInfo)>,
 ) -> Result<()> {
@@ -644,17 +644,22 @@ async fn fetch_missing(
         .first()
         .map_or(1, |b| b.size.max(1) as usize);
     let in_flight = (IN_FLIGHT_BYTES / block_size).clamp(1, MAX_IN_FLIGHT);
-    let mut results = stream::iter(missing.into_iter().map(|(i, b)| async move {
-        let kib = (b.size.max(0) as u32).div_ceil(1024).max(1);
-        let _permit = ctx
-            .budget
-            .acquire_many(kib)
-            .await
-            .map_err(|_| anyhow!("pull round ended"))?;
-        let data = fetch_block(ctx, n, i, &b).await?;
-        file.write_all_at(&data, b.offset as u64)
-            .with_context(|| format!("cannot write {}", temp.display()))?;
-        Ok::<(), anyhow::Error>(())
+    let sink = Arc::new(TempFile {
+        file: file.clone(),
+        path: temp.to_path_buf(),
+        unflushed: AtomicU64::new(0),
+    });
+    let mut results = stream::iter(missing.into_iter().map(|(i, b)| {
+        let sink = sink.clone();
+        async move {
+            let kib = (b.size.max(0) as u32).div_ceil(1024).max(1);
+            let _permit = ctx
+                .budget
+                .acquire_many(kib)
+                .await
+                .map_err(|_| anyhow!("pull round ended"))?;
+            fetch_block(ctx, n, i, &b, &sink).await
+        }
     }))
     .buffer_unordered(in_flight);
     while let Some(r) = results.next().await {
@@ -663,6 +668,43 @@ async fn fetch_missing(
         r?;
     }
     Ok(())
+}
+
+/// The temp file that fetched blocks are written into.
+struct TempFile {
+    file: Arc<fs::File>,
+    path: PathBuf,
+    /// Bytes written since the kernel was last asked to start writing
+    /// them out.
+    unflushed: AtomicU64,
+}
+
+/// Written data is handed to the disk every this many bytes, so that the
+/// final fsync of a large file waits for the last few MiB only, not for
+/// all of it (the disk works while the network does).
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+impl TempFile {
+    /// Verifies `data` against `b` and, if it matches, writes it in place.
+    /// Blocking: hashing and writing 256 KiB take a fraction of a
+    /// millisecond, on the blocking pool so blocks arriving together use
+    /// every core and the folder's task only schedules.
+    fn verify_and_write(&self, data: &[u8], b: &BlockInfo) -> Result<bool> {
+        if !disk::block_matches(data, b) {
+            return Ok(false);
+        }
+        self.file
+            .write_all_at(data, b.offset as u64)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        let before = self
+            .unflushed
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if before < WRITEBACK_EVERY && before + data.len() as u64 >= WRITEBACK_EVERY {
+            self.unflushed.store(0, Ordering::Relaxed);
+            disk::start_writeback(&self.file);
+        }
+        Ok(true)
+    }
 }
 
 /// Checks the target, opens the temp file and fills it with every block
@@ -688,7 +730,7 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
     }
     let temp = dir.join(temp_basename(basename(&g.name)));
     disk::check_space(&dir, g.size.max(0) as u64, &temp)?;
-    let file = disk::open_temp(&temp)?;
+    let file = Arc::new(disk::open_temp(&temp)?);
     let temp_len = file.metadata()?.len();
 
     // Blocks of the old version, usable by hash.
@@ -798,8 +840,15 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
 
 /// Fetches block `i` from a device announcing the global version, trying
 /// each connected one in turn (starting at a different one per block to
-/// spread the load) until the data matches its hash.
-async fn fetch_block(ctx: &Ctx, n: &Needed, i: usize, b: &BlockInfo) -> Result<Vec<u8>> {
+/// spread the load) until the data matches its hash, and writes it into
+/// `sink`.
+async fn fetch_block(
+    ctx: &Ctx,
+    n: &Needed,
+    i: usize,
+    b: &BlockInfo,
+    sink: &Arc<TempFile>,
+) -> Result<()> {
     let conns = ctx.node.connections();
     let peers: Vec<_> = n
         .sources
@@ -823,38 +872,29 @@ async fn fetch_block(ctx: &Ctx, n: &Needed, i: usize, b: &BlockInfo) -> Result<V
             weak_hash: b.weak_hash,
             block_no: i as i32,
         };
-        // Hashing a block takes ~0.1 ms per 256 KiB: on the blocking pool,
-        // so blocks arriving together are verified on all cores.
-        let verified = match r.request(req).await {
-            Ok(data) => {
-                let block = b.clone();
-                tokio::task::spawn_blocking(move || {
-                    let ok = disk::block_matches(&data, &block);
-                    (data, ok)
-                })
-                .await
-                .map_err(|e| anyhow!("block verification failed: {e}"))
+        let data = match r.request(req).await {
+            Ok(data) => data,
+            Err(e) => {
+                last = e.context(format!("block {i} from {dev}"));
+                continue;
             }
-            Err(e) => Err(e),
         };
-        match verified.map(|(data, ok)| (ok, data)) {
-            Ok((true, data)) => {
-                PULLED_BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
-                crate::events::progress::block(
-                    &ctx.folder,
-                    &n.global.name,
-                    data.len(),
-                    crate::events::progress::Source::Pulled,
-                );
-                return Ok(data);
-            }
-            Ok((false, _)) => {
-                tracing::warn!(device = %dev, file = %n.global.name, block = i,
-                    "block data does not match its hash; trying another device");
-                last = anyhow!("block {i} from {dev} does not match its hash");
-            }
-            Err(e) => last = e.context(format!("block {i} from {dev}")),
+        let len = data.len();
+        let (block, into) = (b.clone(), sink.clone());
+        // A failed write (a full disk) ends the file at once.
+        if on_disk(move || into.verify_and_write(&data, &block)).await? {
+            PULLED_BYTES.fetch_add(len as u64, Ordering::Relaxed);
+            crate::events::progress::block(
+                &ctx.folder,
+                &n.global.name,
+                len,
+                crate::events::progress::Source::Pulled,
+            );
+            return Ok(());
         }
+        tracing::warn!(device = %dev, file = %n.global.name, block = i,
+            "block data does not match its hash; trying another device");
+        last = anyhow!("block {i} from {dev} does not match its hash");
     }
     Err(last)
 }
