@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use proto::bep::names;
-use proto::bep::wire::{BlockInfo, FileInfo};
+use proto::bep::wire::FileInfo;
 use sha2::{Digest, Sha256};
 
 use crate::db::{Change, Db};
@@ -469,10 +469,6 @@ pub fn read_verified(file: &File, offset: u64, size: usize, hash: &[u8]) -> Opti
     let mut data = vec![0u8; size];
     file.read_exact_at(&mut data, offset).ok()?;
     (Sha256::digest(&data)[..] == hash[..]).then_some(data)
-}
-
-pub fn block_matches(data: &[u8], b: &BlockInfo) -> bool {
-    data.len() == b.size.max(0) as usize && Sha256::digest(data)[..] == b.hash[..]
 }
 
 /// Asks the kernel to start writing `file`'s dirty pages to disk without

@@ -5,6 +5,7 @@
 //! * [`summaries`] — `db/status` and `db/completion` figures kept until
 //!   the index changes.
 //! * [`requester`] — our Requests on a connection and their Responses.
+//! * [`verify`] — fetched blocks hashed several at once and written.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
 //!   checks, temp files, conflict copies).
 //! * [`local_ops`] — revert (receive-only) and override (send-only).
@@ -25,6 +26,7 @@ pub mod local_ops;
 pub mod need;
 pub mod requester;
 pub mod summaries;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -52,6 +54,7 @@ use crate::model::Node;
 use disk::{basename, LocallyChanged};
 use need::Needed;
 use summaries::{Figures, LocalCounts, Summary};
+use verify::{TempFile, Verifier};
 
 /// Block data fetched from peers / copied from local files, since start.
 pub static PULLED_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -83,6 +86,9 @@ struct Ctx {
     /// Requested block data in flight, in KiB, across the files pulled at
     /// once (memory stays bounded however many run).
     budget: Semaphore,
+    /// Verifies and writes fetched blocks; started when the round first
+    /// fetches one (most rounds fetch nothing).
+    verifier: std::sync::OnceLock<Verifier>,
     /// The folder's `.stignore`, read at the start of the round.
     ignores: crate::ignore::Ignores,
     /// Directories whose entries changed since the last recorded batch:
@@ -92,6 +98,12 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn verifier(&self) -> &Verifier {
+        self.verifier.get_or_init(|| {
+            Verifier::start(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        })
+    }
+
     fn dir_changed(&self, dir: &Path) {
         let mut dirs = self.changed_dirs.lock().unwrap_or_else(|p| p.into_inner());
         // Most files land in a directory already listed: no allocation.
@@ -285,6 +297,7 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         ignores: crate::ignore::Ignores::load(&folder.path)
             .context("not pulling until the folder's .stignore is fixed")?,
         changed_dirs: Default::default(),
+        verifier: Default::default(),
     });
     let mut stats = RoundStats::default();
     let mut pending: Vec<Change> = Vec::new();
@@ -644,11 +657,7 @@ async fn fetch_missing(
         .first()
         .map_or(1, |b| b.size.max(1) as usize);
     let in_flight = (IN_FLIGHT_BYTES / block_size).clamp(1, MAX_IN_FLIGHT);
-    let sink = Arc::new(TempFile {
-        file: file.clone(),
-        path: temp.to_path_buf(),
-        unflushed: AtomicU64::new(0),
-    });
+    let sink = Arc::new(TempFile::new(file.clone(), temp.to_path_buf()));
     let mut results = stream::iter(missing.into_iter().map(|(i, b)| {
         let sink = sink.clone();
         async move {
@@ -668,43 +677,6 @@ async fn fetch_missing(
         r?;
     }
     Ok(())
-}
-
-/// The temp file that fetched blocks are written into.
-struct TempFile {
-    file: Arc<fs::File>,
-    path: PathBuf,
-    /// Bytes written since the kernel was last asked to start writing
-    /// them out.
-    unflushed: AtomicU64,
-}
-
-/// Written data is handed to the disk every this many bytes, so that the
-/// final fsync of a large file waits for the last few MiB only, not for
-/// all of it (the disk works while the network does).
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-impl TempFile {
-    /// Verifies `data` against `b` and, if it matches, writes it in place.
-    /// Blocking: hashing and writing 256 KiB take a fraction of a
-    /// millisecond, on the blocking pool so blocks arriving together use
-    /// every core and the folder's task only schedules.
-    fn verify_and_write(&self, data: &[u8], b: &BlockInfo) -> Result<bool> {
-        if !disk::block_matches(data, b) {
-            return Ok(false);
-        }
-        self.file
-            .write_all_at(data, b.offset as u64)
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
-        let before = self
-            .unflushed
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if before < WRITEBACK_EVERY && before + data.len() as u64 >= WRITEBACK_EVERY {
-            self.unflushed.store(0, Ordering::Relaxed);
-            disk::start_writeback(&self.file);
-        }
-        Ok(true)
-    }
 }
 
 /// Checks the target, opens the temp file and fills it with every block
@@ -880,9 +852,12 @@ async fn fetch_block(
             }
         };
         let len = data.len();
-        let (block, into) = (b.clone(), sink.clone());
         // A failed write (a full disk) ends the file at once.
-        if on_disk(move || into.verify_and_write(&data, &block)).await? {
+        if ctx
+            .verifier()
+            .verify_and_write(data, b.clone(), sink.clone())
+            .await?
+        {
             PULLED_BYTES.fetch_add(len as u64, Ordering::Relaxed);
             crate::events::progress::block(
                 &ctx.folder,

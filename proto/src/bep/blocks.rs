@@ -170,14 +170,7 @@ pub fn hash_blocks(offset: u64, data: &[u8], bs: usize) -> Vec<BlockInfo> {
     while pos < data.len() {
         let group: Vec<&[u8]> = data[pos..].chunks(bs).take(LANES).collect();
         let n = group.len();
-        if n < MIN_LANES {
-            // Too few to fill lanes: one stream each (SHA extensions).
-            for (d, block) in digests.iter_mut().zip(&group) {
-                d.copy_from_slice(&Sha256::digest(block));
-            }
-        } else {
-            tape_sha256::hash_many(&group, &mut digests[..n]);
-        }
+        sha256_each(&group, &mut digests[..n]);
         for (block, digest) in group.iter().zip(&digests[..n]) {
             out.push(BlockInfo {
                 offset: (offset + pos as u64) as i64,
@@ -189,6 +182,22 @@ pub fn hash_blocks(offset: u64, data: &[u8], bs: usize) -> Vec<BlockInfo> {
         }
     }
     out
+}
+
+/// The SHA-256 of each of `blocks` into `digests` (one each): up to
+/// [`LANES`] at once in SIMD lanes when there are enough of them to fill
+/// lanes, one stream each (SHA extensions) otherwise.
+pub fn sha256_each(blocks: &[&[u8]], digests: &mut [[u8; 32]]) {
+    for (group, out) in blocks.chunks(LANES).zip(digests.chunks_mut(LANES)) {
+        let n = group.len().min(out.len());
+        if n < MIN_LANES {
+            for (d, block) in out.iter_mut().zip(group) {
+                d.copy_from_slice(&Sha256::digest(block));
+            }
+        } else {
+            tape_sha256::hash_many(&group[..n], &mut out[..n]);
+        }
+    }
 }
 
 /// The BlockInfo of `data` found at `offset`.
@@ -304,6 +313,18 @@ mod tests {
                 .map(|(i, c)| hash_block(offset + (i * bs) as u64, c))
                 .collect();
             proptest::prop_assert_eq!(hash_blocks(offset, &data, bs), one_by_one);
+        }
+
+        #[test]
+        fn independent_blocks_of_any_sizes_hash_as_one_at_a_time(
+            blocks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000), 0..40),
+        ) {
+            let slices: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
+            let mut digests = vec![[0u8; 32]; slices.len()];
+            sha256_each(&slices, &mut digests);
+            for (block, digest) in slices.iter().zip(&digests) {
+                proptest::prop_assert_eq!(&Sha256::digest(block)[..], &digest[..]);
+            }
         }
 
         #[test]
