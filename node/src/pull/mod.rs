@@ -658,6 +658,9 @@ async fn fetch_missing(
         .map_or(1, |b| b.size.max(1) as usize);
     let in_flight = (IN_FLIGHT_BYTES / block_size).clamp(1, MAX_IN_FLIGHT);
     let sink = Arc::new(TempFile::new(file.clone(), temp.to_path_buf()));
+    // However this ends (done, failed, or dropped with the round), no
+    // block is written afterwards.
+    let _closed = CloseOnDrop(sink.clone());
     let mut results = stream::iter(missing.into_iter().map(|(i, b)| {
         let sink = sink.clone();
         async move {
@@ -677,6 +680,14 @@ async fn fetch_missing(
         r?;
     }
     Ok(())
+}
+
+struct CloseOnDrop(Arc<TempFile>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Checks the target, opens the temp file and fills it with every block

@@ -24,6 +24,11 @@ pub struct TempFile {
     /// Bytes written since the kernel was last asked to start writing
     /// them out.
     unflushed: AtomicU64,
+    /// False once the file's pull has ended: a block verified after that
+    /// (its request abandoned when another block failed) is not written,
+    /// because by then a later pull of the same name, perhaps of another
+    /// version, may be reusing this temp file. Held while writing.
+    open: Mutex<bool>,
 }
 
 /// Written data is handed to the disk every this many bytes, so that the
@@ -37,10 +42,21 @@ impl TempFile {
             file,
             path,
             unflushed: AtomicU64::new(0),
+            open: Mutex::new(true),
         }
     }
 
-    fn write(&self, data: &[u8], offset: u64) -> Result<()> {
+    /// No block is written after this returns.
+    pub fn close(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+
+    /// Writes `data` at `offset`; false if the file was closed.
+    fn write(&self, data: &[u8], offset: u64) -> Result<bool> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if !*open {
+            return Ok(false);
+        }
         self.file
             .write_all_at(data, offset)
             .with_context(|| format!("cannot write {}", self.path.display()))?;
@@ -50,7 +66,7 @@ impl TempFile {
             self.unflushed.store(0, Ordering::Relaxed);
             disk::start_writeback(&self.file);
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -58,7 +74,7 @@ struct Job {
     data: Vec<u8>,
     block: BlockInfo,
     into: Arc<TempFile>,
-    /// Whether the data matched (and was written); Err if the write failed.
+    /// Whether the data matched and was written; Err if the write failed.
     done: oneshot::Sender<Result<bool>>,
 }
 
@@ -84,7 +100,8 @@ impl Verifier {
 
     /// Verifies `data` against `block` and, if it matches, writes it at the
     /// block's offset of `into`. `Ok(false)`: the data does not match (the
-    /// caller tries another device); `Err`: the write failed.
+    /// caller tries another device) or `into` was closed; `Err`: the write
+    /// failed.
     pub async fn verify_and_write(
         &self,
         data: Vec<u8>,
@@ -130,14 +147,61 @@ fn work(rx: &Mutex<mpsc::UnboundedReceiver<Job>>) {
             let matches = job.data.len() == job.block.size.max(0) as usize
                 && digest[..] == job.block.hash[..];
             let result = if matches {
-                job.into
-                    .write(&job.data, job.block.offset.max(0) as u64)
-                    .map(|()| true)
+                job.into.write(&job.data, job.block.offset.max(0) as u64)
             } else {
                 Ok(false)
             };
             // The requester may be gone (the file failed): nothing to tell.
             let _ = job.done.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::bep::blocks::hash_block;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_matching_blocks_are_written_and_none_after_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let file = Arc::new(fs::File::create(&path).unwrap());
+        let into = Arc::new(TempFile::new(file, path.clone()));
+        let v = Verifier::start(2);
+        // Enough blocks at once to fill SIMD lanes, each checked alone.
+        let blocks: Vec<(Vec<u8>, BlockInfo)> = (0..40u8)
+            .map(|i| {
+                let data = vec![i + 1; 1000 + usize::from(i)];
+                let b = hash_block(u64::from(i) * 2000, &data);
+                (data, b)
+            })
+            .collect();
+        let results =
+            futures_util::future::join_all(blocks.iter().enumerate().map(|(i, (d, b))| {
+                // Every fifth block arrives damaged.
+                let mut data = d.clone();
+                if i % 5 == 0 {
+                    data[7] ^= 1;
+                }
+                v.verify_and_write(data, b.clone(), into.clone())
+            }))
+            .await;
+        let on_disk = fs::read(&path).unwrap();
+        for (i, ((d, b), r)) in blocks.iter().zip(results).enumerate() {
+            let at = b.offset as usize;
+            if i % 5 == 0 {
+                assert!(!r.unwrap(), "damaged block {i} accepted");
+                assert!(on_disk.len() < at + d.len() || on_disk[at..at + d.len()] != d[..]);
+            } else {
+                assert!(r.unwrap(), "good block {i} refused");
+                assert_eq!(&on_disk[at..at + d.len()], &d[..]);
+            }
+        }
+        // Closed: a good block is no longer written.
+        into.close();
+        let (d, b) = (vec![0xAB; 500], hash_block(100_000, &[0xAB; 500]));
+        assert!(!v.verify_and_write(d, b, into.clone()).await.unwrap());
+        assert_eq!(fs::read(&path).unwrap(), on_disk);
     }
 }
