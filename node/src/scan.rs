@@ -300,23 +300,32 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
             });
         }
     }
+    let mut adopted = Vec::new();
     for result in hash_all(to_hash, short_id, live) {
         match result {
-            Ok(change) => {
+            Ok(mut change) => {
                 stats.hashed_files += 1;
                 stats.hashed_bytes += change.info.size as u64;
-                changes.push(change);
+                let before = known.get(&change.info.name).map(|o| &o.version);
+                if let Some((version, by)) = announced_version(db, folder, &change.info, before)? {
+                    change.info.version = Some(version);
+                    change.info.modified_by = by;
+                    adopted.push(change);
+                } else {
+                    changes.push(change);
+                }
             }
             Err(e) => tracing::warn!(folder, error = %format!("{e:#}"), "file skipped this scan"),
         }
-    }
-    if changes.is_empty() {
-        return Ok(());
     }
     if receive_only {
         for c in &mut changes {
             c.info.invalid = true;
         }
+    }
+    changes.append(&mut adopted);
+    if changes.is_empty() {
+        return Ok(());
     }
     // Parents before children (a peer creates the directory first); names
     // sort that way, and the walk visits parents in earlier batches.
@@ -327,6 +336,51 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
     crate::events::local_index_updated(folder, names, seq);
     progress(seq);
     Ok(())
+}
+
+/// The version a device announced for exactly this file — same bytes,
+/// size, modification time and permissions — if it includes everything we
+/// had recorded for the name (`before`): the file is that version, as the
+/// puller would have recorded it. That is the state a crash leaves between
+/// the puller putting a file in place and recording it; bumping our
+/// counter instead would make a version concurrent with the cluster's for
+/// the same bytes. Returns the version and who modified it.
+fn announced_version(
+    db: &Db,
+    folder: &str,
+    file: &FileInfo,
+    before: Option<&Vector>,
+) -> Result<Option<(Vector, u64)>> {
+    let entry = db.entry(folder, &file.name)?;
+    for (device, summary) in &entry.remotes {
+        let Some(version) = summary.version.as_ref().filter(|v| !v.counters.is_empty()) else {
+            continue;
+        };
+        let includes_ours = before.is_none_or(|ours| {
+            matches!(
+                vector::compare(version, ours),
+                vector::Ordering::Equal | vector::Ordering::Greater
+            )
+        });
+        if summary.deleted
+            || summary.invalid
+            || summary.r#type != FileInfoType::File as i32
+            || summary.size != file.size
+            || summary.modified_s != file.modified_s
+            || summary.modified_ns != file.modified_ns
+            || !includes_ours
+        {
+            continue;
+        }
+        let Some(full) = db.remote_file(folder, device, &file.name)? else {
+            continue;
+        };
+        let same_mode = full.no_permissions || full.permissions & 0o777 == file.permissions & 0o777;
+        if same_mode && blocks::same_blocks(&full.blocks, &file.blocks) {
+            return Ok(Some((version.clone(), full.modified_by)));
+        }
+    }
+    Ok(None)
 }
 
 /// On-disk facts compared between scans.
@@ -762,5 +816,82 @@ mod tests {
         let tail = db.files_since("f", seq4, 100).unwrap();
         assert_eq!(tail[0].name, "hello.txt");
         assert!(tail[1].deleted && tail[1].name == "sub/empty" && tail[1].blocks.is_empty());
+    }
+
+    /// A crash between the puller's rename and its record leaves on disk
+    /// exactly what a device announced: the scan records that version, not
+    /// a version of ours concurrent with it for the same bytes.
+    #[test]
+    fn a_file_exactly_as_announced_takes_the_announced_version() {
+        use proto::bep::wire::Counter;
+        use std::time::{Duration, UNIX_EPOCH};
+        let dir = tempfile::tempdir().unwrap();
+        let (home, root) = (dir.path().join("home"), dir.path().join("f"));
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&home).unwrap();
+        let db = Db::open(&home).unwrap();
+        let path = root.join("a.txt");
+        fs::write(&path, b"ours\n").unwrap();
+        scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        let ours = db.file("f", "a.txt").unwrap().unwrap().version.unwrap();
+
+        // Another device's newer version (it saw ours).
+        let theirs = proto::DeviceId::from_slice(&[7u8; 32]).unwrap();
+        let mut version = ours.clone();
+        version.counters.push(Counter { id: 99, value: 5 });
+        let content = b"their newer content\n";
+        let announced = FileInfo {
+            name: "a.txt".into(),
+            size: content.len() as i64,
+            modified_s: 1_700_000_000,
+            modified_ns: 123_456_789,
+            permissions: 0o644,
+            version: Some(version.clone()),
+            modified_by: 99,
+            blocks: vec![hash_block(0, content)],
+            ..Default::default()
+        };
+        db.remote_files("f", &theirs, std::slice::from_ref(&announced), true)
+            .unwrap();
+        let put_in_place = |data: &[u8], mode: u32| {
+            fs::write(&path, data).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let at = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+
+        // Their file, renamed into place but not recorded: theirs it is.
+        put_in_place(content, 0o644);
+        scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        let rec = db.file("f", "a.txt").unwrap().unwrap();
+        assert_eq!(rec.version.as_ref(), Some(&version));
+        assert_eq!(rec.modified_by, 99);
+        assert_eq!(rec.blocks, announced.blocks);
+
+        // Other bytes at the same time, or another mode: a change of ours,
+        // with our counter raised.
+        let other = b"not what they announced\n";
+        for (data, mode) in [(&other[..], 0o644), (&content[..], 0o600)] {
+            put_in_place(data, mode);
+            scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+            let rec = db.file("f", "a.txt").unwrap().unwrap();
+            let v = rec.version.unwrap();
+            assert_eq!(vector::compare(&v, &version), vector::Ordering::Greater);
+            assert_eq!(rec.modified_by, 42);
+        }
+
+        // Their bytes again, but we have a change they never saw: ours.
+        put_in_place(content, 0o644);
+        scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        let rec = db.file("f", "a.txt").unwrap().unwrap();
+        assert_eq!(rec.modified_by, 42);
+        assert!(
+            vector::compare(rec.version.as_ref().unwrap(), &version) == vector::Ordering::Greater
+        );
     }
 }
