@@ -19,6 +19,14 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A file of `mib` MiB of [`bytes`], each MiB seeded `seed + its index`.
+pub fn write_mib_file(path: &Path, mib: u64, seed: u64) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in 0..mib {
+        f.write_all(&bytes(seed + chunk, 1 << 20)).unwrap();
+    }
+}
+
 pub fn sha256(data: &[u8]) -> Vec<u8> {
     proto::bep::blocks::hash_block(0, data).hash
 }
@@ -44,10 +52,7 @@ pub fn build_tree(root: &Path, small_files: usize, big_mib: usize) -> u64 {
     let script = root.join("run.sh");
     std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut big = std::fs::File::create(root.join("big.bin")).unwrap();
-    for chunk in 0..big_mib {
-        big.write_all(&bytes(1000 + chunk as u64, 1 << 20)).unwrap();
-    }
+    write_mib_file(&root.join("big.bin"), big_mib as u64, 1000);
     std::os::unix::fs::symlink("dir0/sub0/file 0.dat", root.join("link")).unwrap();
     files + 5
 }

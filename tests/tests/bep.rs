@@ -4,7 +4,6 @@
 //! impostor devices are refused, malformed input never harms the node.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -631,10 +630,7 @@ fn bench_scan_rate() {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..4u64 {
-        let mut f = std::fs::File::create(src.join(format!("f{i}"))).unwrap();
-        for chunk in 0..256u64 {
-            f.write_all(&bytes(i * 1000 + chunk, 1 << 20)).unwrap();
-        }
+        e2e::tree::write_mib_file(&src.join(format!("f{i}")), 256, i * 1000);
     }
     let home = NodeHome::generate(&tmp.path().join("node"), "rust");
     let peer = e2e::syncthing::generate(&tmp.path().join("peer"));

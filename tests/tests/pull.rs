@@ -4,7 +4,6 @@
 //! executable — then modifications, deletions and a directory rename,
 //! reusing local blocks; the real device sees our node 100 % complete.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use e2e::bench::openssl_sha256_mb_s;
 use e2e::bep_peer::RawPeer;
 use e2e::node::NodeHome;
-use e2e::tree::{build_tree, bytes, tree};
+use e2e::tree::{build_tree, bytes, tree, write_mib_file};
 use e2e::wait;
 use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, Vector};
 use proto::bep::Message;
@@ -377,12 +376,7 @@ fn kill_9_while_pulling_leaves_old_or_new_and_resumes() {
     let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let src = tmp.path().join("st-src");
     std::fs::create_dir_all(&src).unwrap();
-    {
-        let mut f = std::fs::File::create(src.join("large.bin")).unwrap();
-        for chunk in 0..160u64 {
-            f.write_all(&bytes(5000 + chunk, 1 << 20)).unwrap();
-        }
-    }
+    write_mib_file(&src.join("large.bin"), 160, 5000);
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
     share_with_real_device(
@@ -623,12 +617,7 @@ fn large_file_one_changed_block_transfers_little() {
     let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
     let src = tmp.path().join("st-src");
     std::fs::create_dir_all(&src).unwrap();
-    {
-        let mut f = std::fs::File::create(src.join("large.bin")).unwrap();
-        for chunk in 0..300u64 {
-            f.write_all(&bytes(9000 + chunk, 1 << 20)).unwrap();
-        }
-    }
+    write_mib_file(&src.join("large.bin"), 300, 9000);
     let dst = tmp.path().join("our-dst");
     std::fs::create_dir_all(&dst).unwrap();
     share_with_real_device(
@@ -1340,12 +1329,7 @@ fn bench_pull_large_file_between_our_nodes() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    {
-        let mut f = std::fs::File::create(src.join("large.bin")).unwrap();
-        for chunk in 0..300u64 {
-            f.write_all(&bytes(7000 + chunk, 1 << 20)).unwrap();
-        }
-    }
+    write_mib_file(&src.join("large.bin"), 300, 7000);
     let a = NodeHome::generate(&tmp.path().join("a"), "a");
     let b = NodeHome::generate(&tmp.path().join("b"), "b");
     a.add_device(&b.id, &[&b.address()]);
@@ -1480,12 +1464,7 @@ fn bench_serving_ceiling_real_syncthing_vs_our_node() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    {
-        let mut f = std::fs::File::create(src.join("large.bin")).unwrap();
-        for chunk in 0..300u64 {
-            f.write_all(&bytes(9000 + chunk, 1 << 20)).unwrap();
-        }
-    }
+    write_mib_file(&src.join("large.bin"), 300, 9000);
     let raw = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
     let raw_id = raw.device_id().to_string();
 
