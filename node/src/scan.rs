@@ -351,8 +351,7 @@ fn announced_version(
     file: &FileInfo,
     before: Option<&Vector>,
 ) -> Result<Option<(Vector, u64)>> {
-    let entry = db.entry(folder, &file.name)?;
-    for (device, summary) in &entry.remotes {
+    for (device, summary) in &db.remote_summaries(folder, &file.name)? {
         let Some(version) = summary.version.as_ref().filter(|v| !v.counters.is_empty()) else {
             continue;
         };

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use prost::Message as _;
 use proto::bep::wire::{FileInfo, Vector};
 use proto::DeviceId;
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::Db;
 
@@ -150,25 +150,17 @@ impl Db {
             ))?
             .query_row(params![folder, name], |r| summary(r.get(0)?, r, 1))
             .optional()?;
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {REMOTE_COLUMNS} FROM remote_files
-             WHERE folder = ?1 AND name = ?2 AND info IS NOT NULL ORDER BY device"
-        ))?;
-        let rows = stmt.query_map(params![folder, name], |r| {
-            Ok((r.get::<_, Vec<u8>>(1)?, summary(r.get(0)?, r, 2)?))
-        })?;
-        let mut remotes = Vec::new();
-        for row in rows {
-            let (device, info) = row?;
-            let device =
-                DeviceId::from_slice(&device).context("corrupt device in the index database")?;
-            remotes.push((device, info));
-        }
+        // Under the same lock: local and remote entries of one moment.
         Ok(Entry {
             name: name.to_string(),
             local,
-            remotes,
+            remotes: remote_summaries(&conn, folder, name)?,
         })
+    }
+
+    /// What each device announced for one name, without the blocks.
+    pub fn remote_summaries(&self, folder: &str, name: &str) -> Result<Vec<(DeviceId, FileInfo)>> {
+        remote_summaries(&self.conn(), folder, name)
     }
 
     /// The whole entry a device announced for `name` (with its blocks).
@@ -189,6 +181,29 @@ impl Db {
             .map(|b| FileInfo::decode(&b[..]).context("corrupt entry in the index database"))
             .transpose()
     }
+}
+
+/// What each device announced for one name, without the blocks.
+fn remote_summaries(
+    conn: &Connection,
+    folder: &str,
+    name: &str,
+) -> Result<Vec<(DeviceId, FileInfo)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {REMOTE_COLUMNS} FROM remote_files
+         WHERE folder = ?1 AND name = ?2 AND info IS NOT NULL ORDER BY device"
+    ))?;
+    let rows = stmt.query_map(params![folder, name], |r| {
+        Ok((r.get::<_, Vec<u8>>(1)?, summary(r.get(0)?, r, 2)?))
+    })?;
+    let mut remotes = Vec::new();
+    for row in rows {
+        let (device, info) = row?;
+        let device =
+            DeviceId::from_slice(&device).context("corrupt device in the index database")?;
+        remotes.push((device, info));
+    }
+    Ok(remotes)
 }
 
 /// The name of the next row of a stream, or its error.
