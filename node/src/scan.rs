@@ -300,14 +300,28 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
             });
         }
     }
+    let hashed = hash_all(to_hash, short_id, live);
+    // Names some device announced, looked up for the batch at once (most
+    // new files have none).
+    let names: Vec<&str> = hashed
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|c| c.info.name.as_str()))
+        .collect();
+    let others = db.announced_by_others(folder, &names)?;
+    drop(names);
     let mut adopted = Vec::new();
-    for result in hash_all(to_hash, short_id, live) {
+    for result in hashed {
         match result {
             Ok(mut change) => {
                 stats.hashed_files += 1;
                 stats.hashed_bytes += change.info.size as u64;
                 let before = known.get(&change.info.name).map(|o| &o.version);
-                if let Some((version, by)) = announced_version(db, folder, &change.info, before)? {
+                let announced = if others.contains(&change.info.name) {
+                    announced_version(db, folder, &change.info, before)?
+                } else {
+                    None
+                };
+                if let Some((version, by)) = announced {
                     change.info.version = Some(version);
                     change.info.modified_by = by;
                     adopted.push(change);

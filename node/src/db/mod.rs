@@ -4,7 +4,7 @@
 //! skip unchanged files), and what each remote device announced (its index
 //! ID and the highest sequence received), for delta index exchange.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -287,6 +287,31 @@ impl Db {
             let meta = stmt.query_row(params![folder, name], row_meta).optional()?;
             if let Some(meta) = meta {
                 out.insert(name.to_string(), meta);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which of `names` some device has announced an entry for.
+    pub fn announced_by_others(&self, folder: &str, names: &[&str]) -> Result<HashSet<String>> {
+        let conn = self.conn();
+        let mut out = HashSet::new();
+        let any: Option<i64> = conn
+            .prepare_cached("SELECT 1 FROM remote_files WHERE folder = ?1 LIMIT 1")?
+            .query_row([folder], |r| r.get(0))
+            .optional()?;
+        if any.is_none() {
+            return Ok(out);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT 1 FROM remote_files WHERE folder = ?1 AND name = ?2 AND info IS NOT NULL LIMIT 1",
+        )?;
+        for name in names {
+            let found: Option<i64> = stmt
+                .query_row(params![folder, name], |r| r.get(0))
+                .optional()?;
+            if found.is_some() {
+                out.insert(name.to_string());
             }
         }
         Ok(out)
