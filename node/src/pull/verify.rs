@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{anyhow, Context, Result};
 use proto::bep::blocks::sha256_each;
@@ -27,8 +27,9 @@ pub struct TempFile {
     /// False once the file's pull has ended: a block verified after that
     /// (its request abandoned when another block failed) is not written,
     /// because by then a later pull of the same name, perhaps of another
-    /// version, may be reusing this temp file. Held while writing.
-    open: Mutex<bool>,
+    /// version, may be reusing this temp file. Read-held while writing
+    /// (blocks of one file are written by several workers at once).
+    open: RwLock<bool>,
 }
 
 /// Written data is handed to the disk every this many bytes, so that the
@@ -42,18 +43,18 @@ impl TempFile {
             file,
             path,
             unflushed: AtomicU64::new(0),
-            open: Mutex::new(true),
+            open: RwLock::new(true),
         }
     }
 
     /// No block is written after this returns.
     pub fn close(&self) {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        *self.open.write().unwrap_or_else(|p| p.into_inner()) = false;
     }
 
     /// Writes `data` at `offset`; false if the file was closed.
     fn write(&self, data: &[u8], offset: u64) -> Result<bool> {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
         if !*open {
             return Ok(false);
         }
