@@ -149,6 +149,16 @@ if mode == "relay":
     for n in nodes:
         until(f"{n.name} back after restart", 60, lambda n=n: n.call("GET", "/rest/system/status"))
 
+    # Pair the nodes only once both have announced: a lookup of a device
+    # that has not announced yet gets a 404 with Retry-After >= 60 s (as
+    # from stdiscosrv), so a device paired in that instant would be found
+    # a minute or two later, not in seconds.
+    def announced(n):
+        st = n.call("GET", "/rest/system/status").get("discoveryStatus") or {}
+        return st and all(v.get("error") is None for v in st.values())
+    for n in nodes:
+        until(f"{n.name} announced to the discosrv container", 60, lambda n=n: announced(n))
+
 for me, peer in ((a, b), (b, a)):
     addresses = ["dynamic"] if mode == "relay" else [f"tcp://{peer.name}:22000"]
     me.call("POST", "/rest/config/devices",
