@@ -11,7 +11,26 @@ use proto::bep::{
     decode_frame, decode_hello, encode_frame, encode_hello, Compress, Decoded, Message,
 };
 use proto::tls::{self, alpn, ServerPin, Versions};
-use proto::Identity;
+use proto::{DeviceId, Identity};
+
+/// A ClusterConfig sharing `folder` between `devices` (no index IDs: a
+/// peer with no index yet).
+pub fn cluster_config(folder: &str, devices: &[DeviceId]) -> Message {
+    Message::ClusterConfig(wire::ClusterConfig {
+        folders: vec![wire::Folder {
+            id: folder.into(),
+            devices: devices
+                .iter()
+                .map(|d| wire::Device {
+                    id: d.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        secondary: false,
+    })
+}
 
 pub struct RawPeer {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::bench::openssl_sha256_mb_s;
-use e2e::bep_peer::RawPeer;
+use e2e::bep_peer::{cluster_config, RawPeer};
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, sha256, tree};
 use e2e::{pick_port, wait, SyncthingHome};
-use proto::bep::wire::{self, ClusterConfig, Device, Folder};
+use proto::bep::wire;
 use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
 
@@ -229,23 +229,7 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     node.wait_scanned("f", 1, Duration::from_secs(10));
     let our_id: DeviceId = ours.id.parse().unwrap();
 
-    let cc = Message::ClusterConfig(ClusterConfig {
-        folders: vec![Folder {
-            id: "f".into(),
-            devices: vec![
-                Device {
-                    id: our_id.as_bytes().to_vec(),
-                    ..Default::default()
-                },
-                Device {
-                    id: raw.device_id().as_bytes().to_vec(),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        }],
-        secondary: false,
-    });
+    let cc = cluster_config("f", &[our_id, raw.device_id()]);
     let request = |id: i32, name: &str, data: &[u8]| {
         Message::Request(wire::Request {
             id,

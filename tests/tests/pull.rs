@@ -9,11 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::bench::openssl_sha256_mb_s;
-use e2e::bep_peer::RawPeer;
+use e2e::bep_peer::{cluster_config, RawPeer};
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, tree, write_mib_file};
 use e2e::wait;
-use proto::bep::wire::{self, ClusterConfig, Counter, Device, FileInfo, Folder, Vector};
+use proto::bep::wire::{self, Counter, FileInfo, Vector};
 use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
 
@@ -246,20 +246,7 @@ fn hostile_peer_cannot_write_outside_or_inject_bad_data() {
     let node = ours.start();
     node.wait_scanned("f", 0, Duration::from_secs(10));
     let our_id: DeviceId = ours.id.parse().unwrap();
-    let cc = Message::ClusterConfig(ClusterConfig {
-        folders: vec![Folder {
-            id: "f".into(),
-            devices: [our_id, raw_dev]
-                .iter()
-                .map(|d| Device {
-                    id: d.as_bytes().to_vec(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        secondary: false,
-    });
+    let cc = cluster_config("f", &[our_id, raw_dev]);
     let index = |files: Vec<FileInfo>| {
         Message::Index(wire::Index {
             folder: "f".into(),
@@ -1426,20 +1413,7 @@ fn raw_peer_for(
     let their: DeviceId = their_id.parse().unwrap();
     let mut p = RawPeer::connect(raw, port, Duration::from_secs(30));
     p.hello();
-    p.send(&Message::ClusterConfig(ClusterConfig {
-        folders: vec![Folder {
-            id: folder.into(),
-            devices: [their, raw.device_id()]
-                .iter()
-                .map(|d| Device {
-                    id: d.as_bytes().to_vec(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        secondary: false,
-    }));
+    p.send(&cluster_config(folder, &[their, raw.device_id()]));
     loop {
         let files = match p.next_message() {
             Some(Message::Index(i)) => i.files,
