@@ -308,7 +308,6 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
         .filter_map(|r| r.as_ref().ok().map(|c| c.info.name.as_str()))
         .collect();
     let others = db.announced_by_others(folder, &names)?;
-    drop(names);
     let mut adopted = Vec::new();
     for result in hashed {
         match result {

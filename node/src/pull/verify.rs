@@ -19,8 +19,8 @@ use super::disk;
 
 /// A temp file that fetched blocks are written into.
 pub struct TempFile {
-    pub file: Arc<fs::File>,
-    pub path: PathBuf,
+    file: Arc<fs::File>,
+    path: PathBuf,
     /// Bytes written since the kernel was last asked to start writing
     /// them out.
     unflushed: AtomicU64,
