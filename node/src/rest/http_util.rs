@@ -25,6 +25,8 @@ pub struct Call {
     #[allow(dead_code)] // for handlers that look at headers
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// REST refusals by reason, for `/metrics`.
+    pub refusals: Arc<super::auth::Refusals>,
 }
 
 impl Call {

@@ -27,8 +27,27 @@ pub async fn route(c: &Call) -> Answer {
         crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
         node.connections().len(),
     );
-    let text = text + &folder_and_device_metrics(node);
+    let text = text + &folder_and_device_metrics(node) + &refusal_metrics(&c.refusals);
     Ok(http::Response::new(Full::new(Bytes::from(text))))
+}
+
+/// REST requests and connections refused, by reason (wrong key, Host
+/// check, throttled logins, connection limits, …).
+fn refusal_metrics(r: &super::auth::Refusals) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP node_rest_refused_total REST requests or connections refused, by reason.\n\
+         # TYPE node_rest_refused_total counter\n",
+    );
+    for why in super::auth::Refusal::ALL {
+        let _ = writeln!(
+            out,
+            "node_rest_refused_total{{reason=\"{}\"}} {}",
+            why.label(),
+            r.get(why)
+        );
+    }
+    out
 }
 
 /// Per-folder sync state and per-device connection state: what the alerts

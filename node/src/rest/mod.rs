@@ -20,18 +20,22 @@ mod db_lists;
 mod events;
 pub mod http_util;
 mod metrics;
+mod source;
 mod stats;
 mod svc;
 mod system;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub use auth::check_listen_address;
 use http_util::{parse_query, text, Answer, Call, Reply};
@@ -42,49 +46,100 @@ use crate::model::Node;
 const MAX_BODY: usize = 4 << 20;
 /// How much of a too-large body is read and dropped before the 413.
 const DRAIN_BYTES: usize = 1 << 20;
+/// Time a client has to send a request's headers, counted from the first
+/// byte of the request — and, between requests on a kept-alive
+/// connection, from the end of the previous answer (hyper starts it when
+/// it waits for a head). A slowloris client holds its slot this long.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a request body may take to arrive in full.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most REST connections served at once; more are accepted and closed
+/// straight away, so the kernel's backlog never fills.
+const MAX_CONNECTIONS: usize = 256;
+/// Most of those from one source (an IPv4 address, an IPv6 /64), so one
+/// client cannot take every slot.
+const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let guard = Arc::new(auth::Guard::new(&node));
     tokio::spawn(crate::events::summaries::run(node.clone()));
     config::remember_startup(&node);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source = Arc::new(source::PerSource::new(MAX_CONNECTIONS_PER_SOURCE));
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: wait for a descriptor to be freed
+                // instead of spinning on the error.
+                tracing::warn!(error = %e, "REST API: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let peer_ip = peer.ip().to_canonical();
+        let (Ok(slot), Some(source_slot)) =
+            (slots.clone().try_acquire_owned(), per_source.enter(peer_ip))
+        else {
+            guard.refusals.count(auth::Refusal::ConnectionLimit);
+            tracing::debug!(%peer, "REST API: connection limit reached; closing");
+            drop(tcp);
             continue;
         };
         let node = node.clone();
         let guard = guard.clone();
         tokio::spawn(async move {
+            let _slots = (slot, source_slot);
             let svc = service_fn(move |req| {
                 let node = node.clone();
                 let guard = guard.clone();
-                async move { Ok::<_, Infallible>(handle(node, &guard, req).await) }
+                async move { Ok::<_, Infallible>(handle(node, &guard, peer_ip, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 << 10)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
     }
 }
 
-async fn handle(node: Arc<Node>, guard: &auth::Guard, req: Request<Incoming>) -> Reply {
+async fn handle(
+    node: Arc<Node>,
+    guard: &auth::Guard,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Reply {
     let (parts, body) = req.into_parts();
-    let mut reply = match guard.check(&node, &parts) {
+    let mut reply = match guard.check(&node, &parts, peer).await {
         auth::Verdict::Reply(r) => r,
         auth::Verdict::Pass {
             cookies,
             any_origin,
         } => {
-            let body = match service::body::read_limited(body, MAX_BODY, DRAIN_BYTES).await {
-                Ok(b) => b,
-                Err(service::body::BodyError::TooLarge) => {
+            let read = service::body::read_limited(body, MAX_BODY, DRAIN_BYTES);
+            let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(service::body::BodyError::TooLarge)) => {
                     return text(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         &format!("request body larger than {MAX_BODY} bytes"),
                     )
                 }
-                Err(service::body::BodyError::Failed(e)) => {
+                Ok(Err(service::body::BodyError::Failed(e))) => {
                     return text(StatusCode::BAD_REQUEST, &format!("request body: {e}"))
+                }
+                Err(_) => {
+                    let mut r = text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!("request body not received within {BODY_TIMEOUT:?}"),
+                    );
+                    r.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    return r;
                 }
             };
             let call = Call {
@@ -94,6 +149,7 @@ async fn handle(node: Arc<Node>, guard: &auth::Guard, req: Request<Incoming>) ->
                 query: parse_query(parts.uri.query()),
                 headers: parts.headers,
                 body,
+                refusals: guard.refusals.clone(),
             };
             let mut r = match route(&call).await {
                 Ok(r) | Err(r) => r,
