@@ -16,7 +16,7 @@ use proto::bep::wire::{self, ClusterConfig, Device, FileInfo, Folder, Hello, Ind
 use proto::bep::{Compress, Message};
 use proto::DeviceId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::fileserve::{self, Served};
@@ -27,6 +27,9 @@ use crate::pull::requester::Requester;
 /// them (a name other than "syncthing" is shown with the version).
 const CLIENT_NAME: &str = "node";
 const CLIENT_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+/// Bytes for the socket, with the budget shares of the Responses in them.
+type Chunk = (Vec<u8>, Vec<OwnedSemaphorePermit>);
+
 /// Index batches: at most this many files or about this many bytes.
 const BATCH_FILES: usize = 1000;
 const BATCH_BYTES: usize = 250 * 1024;
@@ -112,6 +115,12 @@ where
     };
 
     let (msg_tx, mut msg_rx) = mpsc::channel::<Message>(256);
+    // Responses travel with their share of the data budget, and the share
+    // is given back only once the bytes are written to the socket: a peer
+    // that asks for data and never reads holds at most the budget, not
+    // every response queued behind its closed window.
+    let (resp_tx, mut resp_rx) = mpsc::channel::<(Message, OwnedSemaphorePermit)>(64);
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     let requester = Arc::new(Requester::new(msg_tx.clone()));
     let (close_tx, mut close_rx) = mpsc::channel::<String>(1);
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
@@ -147,13 +156,14 @@ where
     );
 
     // Writer: a separate task, so a slow peer never stops us reading.
-    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+    let (wtx, mut wrx) = mpsc::channel::<Chunk>(64);
     let writer_out = out_bytes.clone();
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = wrx.recv().await {
+        while let Some((bytes, permits)) = wrx.recv().await {
             if wr.write_all(&bytes).await.is_err() {
                 break;
             }
+            drop(permits);
             writer_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             // TLS may hold records back until flushed; without this the
             // last Response of a burst could wait for the next Ping.
@@ -169,6 +179,7 @@ where
         node: node.clone(),
         peer,
         msg_tx,
+        resp_tx,
         requester: requester.clone(),
         index_senders: HashMap::new(),
         last_cluster_config: None,
@@ -189,13 +200,18 @@ where
                     Event::Message(m) => {
                         if let Err(e) = conn.handle(m).await {
                             session.close(&format!("{e:#}"), Instant::now());
-                            let _ = wtx.send(session.take_outgoing()).await;
+                            let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
                             return Err(e);
                         }
                     }
                 }
             }
-            if session.has_outgoing() && wtx.send(session.take_outgoing()).await.is_err() {
+            if session.has_outgoing()
+                && wtx
+                    .send((session.take_outgoing(), std::mem::take(&mut held)))
+                    .await
+                    .is_err()
+            {
                 bail!("write failed");
             }
             tokio::select! {
@@ -210,9 +226,13 @@ where
                 Some(m) = msg_rx.recv() => {
                     session.send(&m, Instant::now())?;
                 }
+                Some((m, permit)) = resp_rx.recv() => {
+                    session.send(&m, Instant::now())?;
+                    held.push(permit);
+                }
                 _ = tick.tick() => {
                     if let Err(e) = session.poll_timers(Instant::now()) {
-                        let _ = wtx.send(session.take_outgoing()).await;
+                        let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
                         return Err(e.into());
                     }
                 }
@@ -227,7 +247,7 @@ where
                 reason = close_rx.recv() => {
                     let reason = reason.unwrap_or_else(|| "shutting down".into());
                     session.close(&reason, Instant::now());
-                    let _ = wtx.send(session.take_outgoing()).await;
+                    let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
                     bail!("closed: {reason}");
                 }
             }
@@ -250,6 +270,8 @@ struct Conn {
     node: Arc<Node>,
     peer: DeviceId,
     msg_tx: mpsc::Sender<Message>,
+    /// Responses with the budget share they hold until written.
+    resp_tx: mpsc::Sender<(Message, OwnedSemaphorePermit)>,
     requester: Arc<Requester>,
     index_senders: HashMap<String, JoinHandle<()>>,
     /// The peer's latest ClusterConfig, re-applied when our config changes.
@@ -262,8 +284,8 @@ impl Conn {
     async fn handle(&mut self, message: Message) -> Result<()> {
         match message {
             Message::ClusterConfig(cc) => self.cluster_config(cc).await,
-            Message::Index(idx) => self.index(idx, true),
-            Message::IndexUpdate(idx) => self.index(idx, false),
+            Message::Index(idx) => self.index(idx, true).await,
+            Message::IndexUpdate(idx) => self.index(idx, false).await,
             Message::Request(req) => self.request(req).await,
             Message::Response(r) => {
                 self.requester.deliver(r);
@@ -354,7 +376,7 @@ impl Conn {
         Ok(())
     }
 
-    fn index(&mut self, idx: Index, replace: bool) -> Result<()> {
+    async fn index(&mut self, idx: Index, replace: bool) -> Result<()> {
         if self.node.shared_folder(&idx.folder, &self.peer).is_none() {
             bail!(
                 "index for folder {:?}, which is not shared with this device",
@@ -366,15 +388,25 @@ impl Conn {
             check_file_info(f)?;
             max = max.max(f.sequence);
         }
-        self.node
-            .db
-            .remote_files(&idx.folder, &self.peer, &idx.files, replace)?;
-        let (id, seq) = self.node.db.remote(&idx.folder, &self.peer)?;
-        let seq = if replace { max } else { seq.max(max) };
-        self.node.db.set_remote(&idx.folder, &self.peer, id, seq)?;
-        crate::events::remote_index_updated(&self.peer, &idx.folder, idx.files.len(), seq);
+        // SQLite work (a transaction of up to a batch of files, under the
+        // database's lock) belongs on the blocking pool, not on the
+        // runtime that carries every other connection.
+        let (node, peer) = (self.node.clone(), self.peer);
+        let files = idx.files.len();
+        let folder = idx.folder.clone();
+        let seq = tokio::task::spawn_blocking(move || -> Result<i64> {
+            node.db
+                .remote_files(&idx.folder, &peer, &idx.files, replace)?;
+            let (id, seq) = node.db.remote(&idx.folder, &peer)?;
+            let seq = if replace { max } else { seq.max(max) };
+            node.db.set_remote(&idx.folder, &peer, id, seq)?;
+            Ok(seq)
+        })
+        .await
+        .context("index storage task")??;
+        crate::events::remote_index_updated(&self.peer, &folder, files, seq);
         // New remote entries may be needed: scan, then pull.
-        if let Some(rt) = self.node.folder_runtime(&idx.folder) {
+        if let Some(rt) = self.node.folder_runtime(&folder) {
             let _ = rt.scan_now.try_send(());
         }
         Ok(())
@@ -398,10 +430,13 @@ impl Conn {
         }
         let limiter = self.requests.clone();
         let node = self.node.clone();
-        let tx = self.msg_tx.clone();
+        let tx = self.resp_tx.clone();
         let peer = self.peer;
         tokio::spawn(async move {
-            let permit = limiter.acquire_many_owned(kib).await;
+            let Ok(permit) = limiter.acquire_many_owned(kib).await else {
+                waiting.fetch_sub(1, Ordering::Relaxed);
+                return;
+            };
             let id = req.id;
             let served = match folder {
                 None => Served::Error(wire::ErrorCode::Generic),
@@ -457,8 +492,7 @@ impl Conn {
                     code: wire::ErrorCode::NoSuchFile as i32,
                 },
             };
-            let _ = tx.send(Message::Response(response)).await;
-            drop(permit);
+            let _ = tx.send((Message::Response(response), permit)).await;
             waiting.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(())

@@ -67,6 +67,8 @@ pub struct Node {
     pub identity: Identity,
     pub my_id: DeviceId,
     pub config: RwLock<Config>,
+    /// Held by one configuration change at a time (see `update_config`).
+    config_writer: Mutex<()>,
     pub db: Db,
     /// Folder summaries computed from `db`, until it changes.
     pub summaries: crate::pull::summaries::Summaries,
@@ -90,6 +92,17 @@ pub struct Node {
 /// An existing connection at least this old is replaced by a new one.
 pub const REPLACE_AFTER: Duration = Duration::from_secs(10);
 
+/// Runs blocking work (disk, fsync) from wherever we are: on a runtime
+/// worker, the runtime first moves its other tasks to other workers.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -110,6 +123,7 @@ impl Node {
             identity,
             my_id,
             config: RwLock::new(config),
+            config_writer: Mutex::new(()),
             db,
             summaries: Default::default(),
             started: SystemTime::now(),
@@ -147,13 +161,16 @@ impl Node {
         &self,
         change: impl FnOnce(&mut Config) -> anyhow::Result<()>,
     ) -> anyhow::Result<Config> {
-        let mut guard = self.config.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = guard.clone();
+        // Writers take turns on their own lock; readers (every REST call,
+        // every connection) keep reading the current configuration while
+        // the next one is written and fsynced, which may take long on a
+        // busy NAS disk — and that wait is moved off the async runtime.
+        let _writer = lock(&self.config_writer);
+        let mut next = self.config();
         change(&mut next)?;
         next.validate()?;
-        next.save(&self.home)?;
-        *guard = next.clone();
-        drop(guard);
+        blocking(|| next.save(&self.home))?;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
         crate::events::config_saved(self);
         Ok(next)
     }

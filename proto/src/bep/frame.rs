@@ -4,7 +4,11 @@
 
 use prost::Message as _;
 
-use super::limits::MAX_MESSAGE;
+use super::budget::{self, BudgetError, Schema};
+use super::limits::{
+    MAX_CLUSTER_CONFIG_BODY, MAX_CLUSTER_CONFIG_DECODED, MAX_DECODED, MAX_DOWNLOAD_PROGRESS_BODY,
+    MAX_INDEX_BODY, MAX_MESSAGE, MAX_RESPONSE_BODY, MAX_SMALL_BODY,
+};
 use super::lz4::{self, Lz4Error};
 use super::wire::{self, Header, MessageCompression, MessageType};
 
@@ -130,6 +134,53 @@ pub enum FrameError {
     Lz4(#[from] Lz4Error),
     #[error("{kind} message is not valid protobuf: {error}")]
     Body { kind: &'static str, error: String },
+    #[error("{kind} message of {len} bytes is over its limit of {limit} bytes")]
+    BodyTooLarge {
+        kind: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+}
+
+/// The name, body limit and decoding schema of a message type; `None`
+/// for a type we do not know.
+fn kind_rules(t: i32) -> (&'static str, usize, Option<Schema>) {
+    let Ok(kind) = MessageType::try_from(t) else {
+        return ("unknown", MAX_SMALL_BODY, None);
+    };
+    let flat = |n| Some(Schema::Flat(n));
+    match kind {
+        MessageType::ClusterConfig => (
+            "ClusterConfig",
+            MAX_CLUSTER_CONFIG_BODY,
+            Some(Schema::ClusterConfig),
+        ),
+        MessageType::Index => ("Index", MAX_INDEX_BODY, Some(Schema::Index)),
+        MessageType::IndexUpdate => ("IndexUpdate", MAX_INDEX_BODY, Some(Schema::Index)),
+        MessageType::Request => (
+            "Request",
+            MAX_SMALL_BODY,
+            flat(std::mem::size_of::<wire::Request>()),
+        ),
+        MessageType::Response => (
+            "Response",
+            MAX_RESPONSE_BODY,
+            flat(std::mem::size_of::<wire::Response>()),
+        ),
+        MessageType::DownloadProgress => (
+            "DownloadProgress",
+            MAX_DOWNLOAD_PROGRESS_BODY,
+            Some(Schema::DownloadProgress),
+        ),
+        MessageType::Ping => ("Ping", MAX_SMALL_BODY, flat(0)),
+        MessageType::Close => (
+            "Close",
+            MAX_SMALL_BODY,
+            flat(std::mem::size_of::<wire::Close>()),
+        ),
+    }
 }
 
 /// Result of looking at the start of a receive buffer.
@@ -210,14 +261,24 @@ pub fn decode_frame(buf: &[u8]) -> Result<Decoded, FrameError> {
     if ml > MAX_MESSAGE {
         return Err(FrameError::MessageTooLarge(ml));
     }
+    // The header is readable now: the type's own limit applies before the
+    // body is waited for (and buffered).
+    let header = Header::decode(&buf[2..2 + hl]).map_err(|e| FrameError::Header(e.to_string()))?;
+    let compression = MessageCompression::try_from(header.compression)
+        .map_err(|_| FrameError::UnknownCompression(header.compression))?;
+    let (name, limit, schema) = kind_rules(header.r#type);
+    if ml > limit {
+        return Err(FrameError::BodyTooLarge {
+            kind: name,
+            len: ml,
+            limit,
+        });
+    }
     let total = 2 + hl + 4 + ml;
     let Some(body) = buf.get(2 + hl + 4..total) else {
         return Ok(Decoded::Incomplete { needed: total });
     };
-    let header = Header::decode(&buf[2..2 + hl]).map_err(|e| FrameError::Header(e.to_string()))?;
-    let compression = MessageCompression::try_from(header.compression)
-        .map_err(|_| FrameError::UnknownCompression(header.compression))?;
-    let Ok(kind) = MessageType::try_from(header.r#type) else {
+    let (Ok(kind), Some(schema)) = (MessageType::try_from(header.r#type), schema) else {
         return Ok(Decoded::Frame {
             message: Message::Unknown(header.r#type),
             consumed: total,
@@ -227,10 +288,15 @@ pub fn decode_frame(buf: &[u8]) -> Result<Decoded, FrameError> {
     let body = match compression {
         MessageCompression::None => body,
         MessageCompression::Lz4 => {
-            decompressed = lz4::decompress(body)?;
+            decompressed = lz4::decompress_within(body, limit)?;
             &decompressed[..]
         }
     };
+    let decoded_budget = match kind {
+        MessageType::ClusterConfig => MAX_CLUSTER_CONFIG_DECODED,
+        _ => MAX_DECODED,
+    };
+    budget::check(name, schema, body, decoded_budget)?;
     let message = decode_body(kind, body)?;
     Ok(Decoded::Frame {
         message,

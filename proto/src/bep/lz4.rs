@@ -37,11 +37,16 @@ pub fn compress_if_worth_it(data: &[u8]) -> Option<Vec<u8>> {
 /// Decompresses prefix + block, refusing sizes over `MAX_MESSAGE` and
 /// ratios LZ4 cannot produce, before allocating.
 pub fn decompress(payload: &[u8]) -> Result<Vec<u8>, Lz4Error> {
+    decompress_within(payload, MAX_MESSAGE)
+}
+
+/// `decompress` with a lower limit than `MAX_MESSAGE` (a message type's).
+pub fn decompress_within(payload: &[u8], limit: usize) -> Result<Vec<u8>, Lz4Error> {
     let Some((prefix, block)) = payload.split_first_chunk::<4>() else {
         return Err(Lz4Error::Short(payload.len()));
     };
     let claimed = u32::from_be_bytes(*prefix) as usize;
-    if claimed > MAX_MESSAGE {
+    if claimed > limit.min(MAX_MESSAGE) {
         return Err(Lz4Error::TooLarge(claimed));
     }
     if claimed > block.len().saturating_mul(MAX_LZ4_RATIO).saturating_add(16) {

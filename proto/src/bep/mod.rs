@@ -7,6 +7,7 @@
 //!   decoder that works on a byte buffer.
 //! * [`lz4`] — the raw-block LZ4 form with its length prefix, bounded.
 //! * [`limits`] — every length limit, in one place.
+//! * [`budget`] — the memory a body would decode to, bounded before decoding.
 //! * [`blocks`] — block-size rule, block hashing, `blocks_hash`.
 //! * [`vector`] — version vectors: update, compare, merge.
 //! * [`names`] — validation of file names received from peers.
@@ -14,6 +15,7 @@
 //! * [`session`] — the connection state machine (Hello → ClusterConfig → …).
 
 pub mod blocks;
+pub mod budget;
 pub mod frame;
 pub mod global;
 pub mod hello;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::frame::{decode_frame, encode_frame, Compress, Decoded, FrameError, Message};
 use super::hello::{decode_hello, encode_hello, HelloError};
+use super::limits::{MAX_CLUSTER_FOLDERS, MAX_FOLDER_DEVICES, MAX_FOLDER_ID, MAX_FOLDER_LABEL};
 use super::names::{self, NameError};
 use super::wire::{self, ClusterConfig, FileInfo, FileInfoType, Hello};
 use crate::device_id::DeviceId;
@@ -241,6 +242,12 @@ pub enum ContentError {
     BadDeviceId(String),
     #[error("file {name:?}: {problem}")]
     File { name: String, problem: String },
+    #[error("cluster config lists {0} folders, over the limit of {MAX_CLUSTER_FOLDERS}")]
+    TooManyFolders(usize),
+    #[error("cluster config folder lists {0} devices, over the limit of {MAX_FOLDER_DEVICES}")]
+    TooManyDevices(usize),
+    #[error("cluster config folder ID or label is too long ({0} bytes)")]
+    FolderNameTooLong(usize),
     #[error(transparent)]
     Name(#[from] NameError),
 }
@@ -251,7 +258,18 @@ pub fn check_cluster_config(
     local: DeviceId,
     remote: DeviceId,
 ) -> Result<(), ContentError> {
+    if cc.folders.len() > MAX_CLUSTER_FOLDERS {
+        return Err(ContentError::TooManyFolders(cc.folders.len()));
+    }
     for folder in &cc.folders {
+        if folder.devices.len() > MAX_FOLDER_DEVICES {
+            return Err(ContentError::TooManyDevices(folder.devices.len()));
+        }
+        if folder.id.len() > MAX_FOLDER_ID || folder.label.len() > MAX_FOLDER_LABEL {
+            return Err(ContentError::FolderNameTooLong(
+                folder.id.len().max(folder.label.len()),
+            ));
+        }
         let mut ids = Vec::with_capacity(folder.devices.len());
         for d in &folder.devices {
             ids.push(

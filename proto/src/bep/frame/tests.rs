@@ -199,30 +199,60 @@ fn malformed_frames_are_errors() {
         decode_frame(&[0, 0, 0x1d, 0xcd, 0x65, 0x01]),
         Err(FrameError::MessageTooLarge(500_000_001))
     );
-    // Exactly the limit is allowed and waits for the body.
+    // Each type has its own, lower limit, also judged before the body:
+    // a ClusterConfig (type 0) of 500 MB is refused at once...
     assert_eq!(
         decode_frame(&[0, 0, 0x1d, 0xcd, 0x65, 0x00]),
-        Ok(Decoded::Incomplete {
-            needed: 500_000_006
+        Err(FrameError::BodyTooLarge {
+            kind: "ClusterConfig",
+            len: 500_000_000,
+            limit: crate::bep::limits::MAX_CLUSTER_CONFIG_BODY
         })
     );
+    // ...and a Response (type 4) of exactly its limit waits for the body.
+    let limit = crate::bep::limits::MAX_RESPONSE_BODY as u32;
+    let mut f = vec![0, 2, 0x08, 0x04];
+    f.extend_from_slice(&limit.to_be_bytes());
+    assert_eq!(
+        decode_frame(&f),
+        Ok(Decoded::Incomplete {
+            needed: 8 + limit as usize
+        })
+    );
+    f[4..8].copy_from_slice(&(limit + 1).to_be_bytes());
+    assert!(matches!(
+        decode_frame(&f),
+        Err(FrameError::BodyTooLarge {
+            kind: "Response",
+            ..
+        })
+    ));
     // Unknown compression.
     assert_eq!(
         decode_frame(&[0, 2, 0x10, 0x05, 0, 0, 0, 0]),
         Err(FrameError::UnknownCompression(5))
     );
-    // LZ4 bomb: a Ping claiming 400 MB from 8 bytes.
+    // LZ4 bomb: a Ping claiming 400 KB from 8 bytes.
     let mut bomb = vec![0, 4, 0x08, 0x06, 0x10, 0x01, 0, 0, 0, 12];
-    bomb.extend_from_slice(&400_000_000u32.to_be_bytes());
+    bomb.extend_from_slice(&400_000u32.to_be_bytes());
     bomb.extend_from_slice(&[0xf0; 8]);
     assert!(matches!(
         decode_frame(&bomb),
         Err(FrameError::Lz4(Lz4Error::Bomb { .. }))
     ));
-    // A body that is not protobuf.
+    // Claiming more than a Ping may ever hold: refused before that check.
+    bomb[10..14].copy_from_slice(&400_000_000u32.to_be_bytes());
+    assert!(matches!(
+        decode_frame(&bomb),
+        Err(FrameError::Lz4(Lz4Error::TooLarge(400_000_000)))
+    ));
+    // A body that is not protobuf: refused by the walk that bounds what
+    // decoding would allocate, before prost sees it.
     assert!(matches!(
         decode_frame(&[0, 2, 0x08, 0x03, 0, 0, 0, 2, 0xff, 0xff]),
-        Err(FrameError::Body { .. })
+        Err(FrameError::Budget(BudgetError::Malformed {
+            kind: "Request"
+        }))
     ));
 }
 

@@ -1,0 +1,193 @@
+//! A *known* device turned hostile (issue 14, M5): it may send anything a
+//! connection allows, so what it can make the node allocate must be
+//! bounded by the node, not by the peer's good manners.
+
+use std::time::{Duration, Instant};
+
+use e2e::bep_peer::{cluster_config, RawPeer};
+use e2e::node::{Node, NodeHome};
+use proto::bep::{wire, Message};
+use proto::{DeviceId, Identity, KeyKind};
+
+/// Peak resident memory of a process in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A frame of BEP message type `kind` whose body is `payload` as given
+/// (LZ4 prefix + block when `lz4`), built by hand: the point is to send
+/// what no honest encoder would.
+fn raw_frame(kind: u8, lz4: bool, payload: &[u8]) -> Vec<u8> {
+    let header = [0x08, kind, 0x10, u8::from(lz4)];
+    let mut f = Vec::with_capacity(payload.len() + 10);
+    f.extend_from_slice(&(header.len() as u16).to_be_bytes());
+    f.extend_from_slice(&header);
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const INDEX: u8 = 1;
+const CLUSTER_CONFIG: u8 = 0;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    node: Node,
+    raw: Identity,
+    our_id: DeviceId,
+    port: u16,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let raw = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+    let raw_id = raw.device_id().to_string();
+    let root = dir.path().join("f");
+    std::fs::create_dir_all(&root).unwrap();
+    // 32 MiB, the largest Request the protocol allows.
+    let big: Vec<u8> = (0..32u32 << 20)
+        .map(|i| i.wrapping_mul(2654435761) as u8)
+        .collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    home.add_device(&raw_id, &["dynamic"]);
+    home.add_folder("f", &root, "sendonly", &[&raw_id]);
+    let node = home.start();
+    node.wait_scanned("f", 1, Duration::from_secs(60));
+    Setup {
+        our_id: home.id.parse().unwrap(),
+        port: home.listen_port,
+        node,
+        raw,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    fn peer(&self) -> RawPeer {
+        let mut p = RawPeer::connect(&self.raw, self.port, Duration::from_secs(20));
+        p.hello();
+        p.send(&cluster_config("f", &[self.our_id, self.raw.device_id()]));
+        p
+    }
+
+    fn alive(&mut self) {
+        assert!(
+            self.node.proc.alive(),
+            "node died:\n{}",
+            self.node.proc.log_tail(30)
+        );
+        assert!(self.node.get("/rest/system/ping").is_ok());
+    }
+}
+
+#[test]
+fn decompression_and_decoding_bombs_close_the_connection_with_bounded_memory() {
+    let mut s = setup();
+    let pid = s.node.proc.pid();
+    let base = peak_rss(pid);
+
+    // 16 Mi empty FileInfos: 32 MiB decompressed, about 130 KiB on the
+    // wire, several GB once decoded into structs.
+    let body: Vec<u8> = [0x12u8, 0x00].repeat(16 << 20);
+    let lz = proto::bep::lz4::compress_if_worth_it(&body).unwrap();
+    println!(
+        "Index bomb: {} bytes on the wire, {} decompressed",
+        lz.len(),
+        body.len()
+    );
+    let mut p = s.peer();
+    p.send_raw(&raw_frame(INDEX, true, &lz));
+    assert!(p.closed_by_node(), "Index bomb: connection not closed");
+    drop(p);
+    s.alive();
+
+    // A ClusterConfig offering 1,000,000 folders, each listing both
+    // devices as the protocol requires: 86 MB raw, LZ4-compressed.
+    let mut cc = Vec::with_capacity(86_000_000);
+    let dev = |id: &DeviceId| {
+        let mut d = vec![0x82, 0x01, 34, 0x0a, 32];
+        d.extend_from_slice(id.as_bytes());
+        d
+    };
+    let (ours, theirs) = (dev(&s.our_id), dev(&s.raw.device_id()));
+    for i in 0..1_000_000u32 {
+        let id = format!("f{i:07}");
+        let len = 2 + id.len() + ours.len() + theirs.len();
+        cc.extend_from_slice(&[0x0a, len as u8, 0x0a, id.len() as u8]);
+        cc.extend_from_slice(id.as_bytes());
+        cc.extend_from_slice(&ours);
+        cc.extend_from_slice(&theirs);
+    }
+    let lz = proto::bep::lz4::compress_if_worth_it(&cc).unwrap();
+    drop(cc);
+    let mut p = RawPeer::connect(&s.raw, s.port, Duration::from_secs(20));
+    p.hello();
+    p.send_raw(&raw_frame(CLUSTER_CONFIG, true, &lz));
+    assert!(
+        p.closed_by_node(),
+        "ClusterConfig bomb: connection not closed"
+    );
+    drop(p);
+    s.alive();
+    // Nothing of it reached the pending folders.
+    let pending = s.node.get("/rest/cluster/pending/folders").unwrap();
+    assert!(
+        pending.as_object().is_none_or(|o| o.len() < 10),
+        "pending folders: {}",
+        pending.to_string().chars().take(200).collect::<String>()
+    );
+
+    let grew = peak_rss(pid).saturating_sub(base);
+    println!(
+        "bombs: peak RSS {} MiB → grew {} MiB",
+        base >> 20,
+        grew >> 20
+    );
+    assert!(grew < 200 << 20, "peak RSS grew by {} MiB", grew >> 20);
+    s.node.stop();
+}
+
+#[test]
+fn a_peer_that_requests_much_and_never_reads_holds_only_the_budget() {
+    let mut s = setup();
+    let pid = s.node.proc.pid();
+    let base = peak_rss(pid);
+    let mut p = s.peer();
+    // 2,000 Requests for 32 MiB each (64 GB in all), then never a read.
+    let started = Instant::now();
+    for id in 0..2000 {
+        p.send(&Message::Request(wire::Request {
+            id,
+            folder: "f".into(),
+            name: "big.bin".into(),
+            offset: 0,
+            size: 32 << 20,
+            ..Default::default()
+        }));
+    }
+    println!(
+        "2000 requests sent in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Give the node time to read and queue whatever it would.
+    std::thread::sleep(Duration::from_secs(8));
+    s.alive();
+    let grew = peak_rss(pid).saturating_sub(base);
+    println!(
+        "requests never read: peak RSS {} MiB → grew {} MiB",
+        base >> 20,
+        grew >> 20
+    );
+    // The data budget is 32 MiB in flight; a response is copied while
+    // framed, and TLS buffers a record or two.
+    assert!(grew < 300 << 20, "peak RSS grew by {} MiB", grew >> 20);
+    drop(p);
+    s.alive();
+    s.node.stop();
+}
