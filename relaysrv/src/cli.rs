@@ -46,10 +46,18 @@ pub struct Cli {
     #[arg(long, env = "RELAYSRV_NETWORK_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub network_timeout: Duration,
 
-    /// Time allowed for the TLS handshake, a data connection's join request,
-    /// and for both sides of a pairing to arrive.
+    /// Time allowed for both sides of a pairing to arrive, and for
+    /// writing replies.
     #[arg(long, env = "RELAYSRV_MESSAGE_TIMEOUT", default_value = "1m", value_parser = parse_duration)]
     pub message_timeout: Duration,
+
+    /// Time from accepting a connection to its TLS handshake being done
+    /// and its JoinRelayRequest or ConnectRequest read (protocol
+    /// connections), or its JoinSessionRequest read (data connections).
+    /// Syncthing allows itself 10 s for the same steps; a connection that
+    /// has shown nothing by then is closed (strelaysrv allows 60 s).
+    #[arg(long, env = "RELAYSRV_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
 
     /// Rate limit of each pairing (both directions together), bytes/s; 0 = none.
     #[arg(long, env = "RELAYSRV_PER_SESSION_RATE", default_value_t = 0)]
@@ -60,8 +68,11 @@ pub struct Cli {
     pub global_rate: u64,
 
     /// Status HTTP listener (`/status` JSON as strelaysrv, `/metrics` for
-    /// Prometheus); empty = off.
-    #[arg(long, env = "RELAYSRV_STATUS_SRV", default_value = ":22070")]
+    /// Prometheus); empty = off. Loopback only by default (strelaysrv
+    /// listens on all interfaces): `:22070` exposes it as strelaysrv does,
+    /// e.g. for Prometheus in another container. At most 32 connections
+    /// are served at once; more are closed.
+    #[arg(long, env = "RELAYSRV_STATUS_SRV", default_value = "127.0.0.1:22070")]
     pub status_srv: String,
 
     /// Comma-separated relay pool URLs to register with. EMPTY BY DEFAULT
@@ -84,6 +95,15 @@ pub struct Cli {
     #[arg(long, env = "RELAYSRV_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
+    /// With a token: answer a ConnectRequest only when the dialing device
+    /// is itself joined (which took the token) on another connection, so
+    /// devices without the token cannot make joined devices open
+    /// connections. Syncthing's ConnectRequest has no token field, so
+    /// every dialing device must also list this relay (with the token) as
+    /// a listen address. Others get code 3 (wrong token).
+    #[arg(long, env = "RELAYSRV_CONNECT_REQUIRES_TOKEN")]
+    pub connect_requires_token: bool,
+
     /// Bytes moved per step of a pairing direction: the kernel pipe size
     /// when splicing (pipes are taken from a small pool only while bytes
     /// flow), the buffer size of the copy forwarder. Nothing is held while
@@ -102,19 +122,51 @@ pub struct Cli {
     #[arg(long, env = "RELAYSRV_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
 
+    /// Most pairings waiting for their data connections that were asked
+    /// for from one source (IPv4 address or IPv6 /64); beyond it its
+    /// ConnectRequests get RelayFull. Pairings normally complete within
+    /// milliseconds, so only a flood reaches this. 0 = no limit.
+    #[arg(long, env = "RELAYSRV_PER_IP_MAX_PENDING", default_value_t = 100)]
+    pub per_ip_max_pending: usize,
+
+    /// Invitations per second one joined device receives from one source
+    /// (sustained); excess ConnectRequests get code 429 and no invitation.
+    /// From all sources together a device receives at most four times
+    /// this rate and burst. 0 = no limit.
+    #[arg(long, env = "RELAYSRV_INVITATION_RATE", default_value_t = 10)]
+    pub invitation_rate: u32,
+
+    /// Burst of invitations one joined device receives from one source.
+    #[arg(long, env = "RELAYSRV_INVITATION_BURST", default_value_t = 50)]
+    pub invitation_burst: u32,
+
     /// Most active pairings; 0 = limited only by open files. Beyond it a
     /// ConnectRequest gets RelayFull.
     #[arg(long, env = "RELAYSRV_MAX_PAIRINGS", default_value_t = 0)]
     pub max_pairings: usize,
 
-    /// New connections per second accepted from one IP address (sustained);
-    /// excess connections are closed at once. 0 = no limit.
+    /// New connections per second accepted from one source: an IPv4
+    /// address or an IPv6 /64 (sustained); excess connections are closed
+    /// at once. 0 = no limit.
     #[arg(long, env = "RELAYSRV_PER_IP_CONN_RATE", default_value_t = 100)]
     pub per_ip_conn_rate: u32,
 
-    /// Burst of new connections allowed from one IP address.
+    /// Burst of new connections allowed from one source.
     #[arg(long, env = "RELAYSRV_PER_IP_CONN_BURST", default_value_t = 1000)]
     pub per_ip_conn_burst: u32,
+
+    /// Sockets (protocol and data) one source (IPv4 address or IPv6 /64)
+    /// may hold open at once; more are closed at once. A joined device
+    /// holds one, plus one per pairing. 0 = no limit.
+    #[arg(long, env = "RELAYSRV_PER_IP_MAX_CONNS", default_value_t = 2000)]
+    pub per_ip_max_conns: usize,
+
+    /// Most accepted sockets at once; 0 = 80 % of the open-file limit
+    /// (never more than that). At the limit, the oldest connection that
+    /// has not joined (or shown a session key) is closed for a newcomer;
+    /// joined devices and pairings are never dropped for one.
+    #[arg(long, env = "RELAYSRV_MAX_SOCKETS", default_value_t = 0)]
+    pub max_sockets: usize,
 
     /// How pairings move bytes: `splice` (zero-copy, Linux), `copy`
     /// (portable user-space copy), `auto` (splice where available).

@@ -7,9 +7,10 @@ use std::time::Duration;
 use proto::relay::{Header, Message, Response, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::limits::{PerIpLimiter, SocketGuard};
+use crate::limits::{source_key, PerIpLimiter, SocketGuard, SocketRefused, UnprovenGuard};
 use crate::metrics::Reject;
 use crate::state::Relay;
 
@@ -43,33 +44,82 @@ pub async fn accept_loop(
             relay.metrics.reject(Reject::IpRate);
             continue;
         }
-        let guard = relay.capacity.socket();
+        let source = source_key(peer.ip());
+        if relay.capacity.sockets_exhausted() {
+            // Room is made only at the expense of connections that have
+            // proved nothing yet; a joined device or a pairing is worth
+            // more than any newcomer.
+            if relay.unproven.evict_oldest() {
+                relay.metrics.reject(Reject::Evicted);
+                tracing::debug!(%peer, "out of sockets: closed the oldest unjoined connection");
+            } else {
+                relay.metrics.reject(Reject::SocketsExhausted);
+                tracing::debug!(%peer, "out of sockets and none unjoined: newcomer closed");
+                continue;
+            }
+        }
+        let guard = match relay.capacity.socket(source) {
+            Ok(g) => g,
+            Err(SocketRefused::SourceLimit) => {
+                relay.metrics.reject(Reject::SourceConnections);
+                tracing::debug!(%peer, %source, "source at --per-ip-max-conns: closed");
+                continue;
+            }
+        };
+        let deadline = Instant::now() + relay.settings.handshake_timeout;
+        let unproven = relay.unproven.register(relay.next_id());
         let _ = tcp.set_nodelay(true);
         let ka = socket2::TcpKeepalive::new()
             .with_time(relay.settings.network_timeout)
             .with_interval(relay.settings.network_timeout);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
-        tokio::spawn(demux(relay.clone(), tcp, guard, acceptor.clone()));
+        let conn = Accepted {
+            tcp,
+            guard,
+            unproven,
+            deadline,
+        };
+        tokio::spawn(demux(relay.clone(), conn, acceptor.clone()));
     }
 }
 
-async fn demux(relay: Arc<Relay>, tcp: TcpStream, guard: SocketGuard, acceptor: TlsAcceptor) {
+/// A connection just accepted and counted.
+pub struct Accepted {
+    pub tcp: TcpStream,
+    pub guard: SocketGuard,
+    /// Held until the connection joins or shows a session key; cancelled
+    /// if it is evicted before.
+    pub unproven: UnprovenGuard,
+    /// When the handshake and first request must be done.
+    pub deadline: Instant,
+}
+
+async fn demux(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {
     let mut first = [0u8; 1];
+    let evicted = conn.unproven.evicted();
     // peek leaves the byte in the socket for whichever handler follows.
-    let is_tls = matches!(
-        tokio::time::timeout(FIRST_BYTE, tcp.peek(&mut first)).await,
-        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE
-    );
+    let peeked = tokio::select! {
+        p = tokio::time::timeout(FIRST_BYTE, conn.tcp.peek(&mut first)) => p,
+        _ = evicted.cancelled() => return,
+    };
+    let is_tls = matches!(peeked, Ok(Ok(1)) if first[0] == TLS_HANDSHAKE);
     if is_tls {
-        crate::protocol::serve(relay, tcp, guard, acceptor).await;
+        crate::protocol::serve(relay, conn, acceptor).await;
     } else {
-        data_connection(relay, tcp, guard).await;
+        data_connection(relay, conn).await;
     }
 }
 
 /// A data connection must start with JoinSessionRequest.
-async fn data_connection(relay: Arc<Relay>, mut tcp: TcpStream, guard: SocketGuard) {
+async fn data_connection(relay: Arc<Relay>, conn: Accepted) {
+    let Accepted {
+        mut tcp,
+        guard,
+        unproven,
+        deadline,
+    } = conn;
     let limit = relay.settings.message_timeout;
+    let evicted = unproven.evicted();
     // Exactly one frame is read: whatever follows belongs to the peer.
     let read = async {
         let mut head = [0u8; HEADER_LEN];
@@ -80,7 +130,11 @@ async fn data_connection(relay: Arc<Relay>, mut tcp: TcpStream, guard: SocketGua
         tcp.read_exact(payload).await?;
         Message::decode(header.kind, payload).map_err(std::io::Error::other)
     };
-    let msg = match tokio::time::timeout(limit, read).await {
+    let read = tokio::select! {
+        r = tokio::time::timeout_at(deadline, read) => r,
+        _ = evicted.cancelled() => return,
+    };
+    let msg = match read {
         Ok(Ok(msg)) => msg,
         Ok(Err(e)) => {
             relay.metrics.reject(Reject::Malformed);
@@ -94,7 +148,7 @@ async fn data_connection(relay: Arc<Relay>, mut tcp: TcpStream, guard: SocketGua
     };
     match msg {
         Message::JoinSessionRequest(req) => {
-            crate::pairing::join(relay, tcp, guard, req.key.as_slice()).await;
+            crate::pairing::join(relay, tcp, guard, unproven, req.key.as_slice()).await;
         }
         _ => {
             relay.metrics.reject(Reject::Unexpected);

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Cli;
-use crate::limits::{Capacity, PerIpLimiter};
+use crate::limits::{Capacity, CapacityConfig, PerIpLimiter};
 use crate::splice::ForwarderKind;
 use crate::state::{Relay, Settings};
 
@@ -64,6 +64,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = cli.token()?;
     if cli.provided_by.chars().count() > 30 {
         bail!("--provided-by is limited to 30 characters");
+    }
+    if cli.connect_requires_token && token.is_none() {
+        bail!(
+            "--connect-requires-token needs a join token (--token, --token-file or RELAYSRV_TOKEN)"
+        );
     }
     let forwarder = ForwarderKind::choose(cli.forwarder)?;
     let identity = load_identity(&cli)?;
@@ -126,9 +131,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ping_interval: cli.ping_interval,
         network_timeout: cli.network_timeout,
         message_timeout: cli.message_timeout,
+        handshake_timeout: cli.handshake_timeout,
         per_session_rate: cli.per_session_rate,
         global_rate: cli.global_rate,
         token,
+        connect_requires_token: cli.connect_requires_token,
+        invitation_rate: cli.invitation_rate,
+        invitation_burst: cli.invitation_burst,
         network_buffer: cli.network_buffer as usize,
         forwarder,
         invitation_address,
@@ -137,9 +146,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         provided_by: cli.provided_by.clone(),
     };
     let shutdown = CancellationToken::new();
-    let capacity = Capacity::new(cli.max_clients, cli.max_pending, cli.max_pairings);
+    let capacity = Capacity::new(CapacityConfig {
+        max_clients: cli.max_clients,
+        max_pending: cli.max_pending,
+        max_pairings: cli.max_pairings,
+        max_sockets: cli.max_sockets,
+        per_source_sockets: cli.per_ip_max_conns,
+        per_source_pending: cli.per_ip_max_pending,
+    });
     tracing::info!(
         open_sockets_limit = capacity.max_sockets,
+        per_source_sockets = capacity.per_source_sockets,
+        per_source_pending = capacity.per_source_pending,
+        invitation_rate = cli.invitation_rate,
+        handshake_timeout = ?cli.handshake_timeout,
         ?forwarder,
         "limits"
     );
@@ -186,6 +206,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(
             "join token required: devices add &token=… to the URI above (Syncthing ≥ 1.22.1)"
         );
+        if relay.settings.connect_requires_token {
+            tracing::info!("connect requests only from devices joined with the token");
+        } else {
+            tracing::info!(
+                "any device may dial a joined device (--connect-requires-token to restrict)"
+            );
+        }
     }
     if let Some(a) = status_addr {
         tracing::info!("status: http://{a}/status, metrics: http://{a}/metrics");
@@ -224,13 +251,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tasks.spawn(status::serve(relay.clone(), l, history));
     }
     {
-        let shutdown = shutdown.clone();
+        let relay = relay.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => per_ip.forget_idle(),
-                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        per_ip.forget_idle();
+                        if let Some(l) = &relay.invitations {
+                            l.forget_idle();
+                        }
+                    }
+                    _ = relay.shutdown.cancelled() => return,
                 }
             }
         });

@@ -31,6 +31,26 @@ pub enum Reject {
     Tls,
     /// Nothing (or not enough) arrived in time.
     Timeout,
+    /// The source (IPv4 address or IPv6 /64) holds --per-ip-max-conns
+    /// sockets: closed before any reply.
+    SourceConnections,
+    /// ConnectRequest while its source has --per-ip-max-pending unanswered
+    /// pairings: RelayFull.
+    SourcePending,
+    /// ConnectRequest over the target's invitation rate: code 429, no
+    /// invitation.
+    InvitationRate,
+    /// ConnectRequest from a device not joined with the token while
+    /// --connect-requires-token is on (code 3).
+    ConnectToken,
+    /// An unjoined socket (TLS, pre-join, data connection without a key)
+    /// closed to make room for a newcomer when sockets ran out.
+    Evicted,
+    /// Out of sockets and nothing unjoined to evict: the newcomer is
+    /// closed; joined devices are never dropped for it.
+    SocketsExhausted,
+    /// The status listener is at its connection cap.
+    StatusBusy,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -7,6 +7,7 @@
 //! pairings not completed within the message timeout.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use proto::DeviceId;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::limits::SocketGuard;
+use crate::limits::{SocketGuard, UnprovenGuard};
 use crate::metrics::Reject;
 use crate::state::{lock, Relay};
 
@@ -32,6 +33,8 @@ pub struct PendingPairing {
     pub server: DeviceId,
     pub client: DeviceId,
     pub created: Instant,
+    /// Source (see `limits::source_key`) of the ConnectRequest.
+    source: IpAddr,
     keys: [Key; 2],
     slot: Mutex<Slot>,
 }
@@ -40,6 +43,9 @@ pub struct PendingPairing {
 struct Inner {
     keys: HashMap<Key, Arc<PendingPairing>>,
     pairings: HashMap<u64, Arc<PendingPairing>>,
+    /// Pending pairings per requesting source: one source must not fill
+    /// the table and make every other ConnectRequest RelayFull.
+    per_source: HashMap<IpAddr, usize>,
 }
 
 #[derive(Default)]
@@ -50,6 +56,8 @@ pub struct PendingTable {
 /// Why no pairing was created.
 pub enum CreateError {
     Full,
+    /// The requesting source has `per_source_pending` unanswered pairings.
+    SourceFull,
 }
 
 impl PendingTable {
@@ -59,12 +67,17 @@ impl PendingTable {
         relay: &Relay,
         server: DeviceId,
         client: DeviceId,
+        source: IpAddr,
     ) -> Result<(Key, Key), CreateError> {
         let max_pairings = relay.capacity.max_pairings;
         if max_pairings > 0 && relay.active_count() >= max_pairings {
             return Err(CreateError::Full);
         }
         let mut inner = lock(&self.inner);
+        let per_source = relay.capacity.per_source_pending;
+        if per_source > 0 && inner.per_source.get(&source).copied().unwrap_or(0) >= per_source {
+            return Err(CreateError::SourceFull);
+        }
         if inner.pairings.len() >= relay.capacity.max_pending {
             return Err(CreateError::Full);
         }
@@ -79,12 +92,14 @@ impl PendingTable {
             server,
             client,
             created: Instant::now(),
+            source,
             keys: [server_key, client_key],
             slot: Mutex::new(Slot::Empty),
         });
         inner.keys.insert(server_key, p.clone());
         inner.keys.insert(client_key, p.clone());
         inner.pairings.insert(p.id, p);
+        *inner.per_source.entry(source).or_insert(0) += 1;
         relay.metrics.pending.set(inner.pairings.len() as i64);
         Ok((server_key, client_key))
     }
@@ -102,7 +117,14 @@ impl PendingTable {
         for k in &p.keys {
             inner.keys.remove(k);
         }
-        inner.pairings.remove(&p.id);
+        if inner.pairings.remove(&p.id).is_some() {
+            if let Some(n) = inner.per_source.get_mut(&p.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.per_source.remove(&p.source);
+                }
+            }
+        }
         relay.metrics.pending.set(inner.pairings.len() as i64);
     }
 
@@ -185,12 +207,21 @@ async fn reply(relay: &Relay, stream: &mut TcpStream, code: i32) -> bool {
 }
 
 /// A data connection presented `key`.
-pub async fn join(relay: Arc<Relay>, mut stream: TcpStream, guard: SocketGuard, key: &[u8]) {
+pub async fn join(
+    relay: Arc<Relay>,
+    mut stream: TcpStream,
+    guard: SocketGuard,
+    unproven: UnprovenGuard,
+    key: &[u8],
+) {
     let Some(p) = relay.pending.take_key(key) else {
         relay.metrics.reject(Reject::UnknownKey);
         reply(&relay, &mut stream, Response::NOT_FOUND).await;
         return;
     };
+    // A valid key: this socket belongs to a pairing now and is no longer
+    // evicted for newcomers (the pairing's own timeout bounds it).
+    drop(unproven);
     if matches!(*lock(&p.slot), Slot::Closed) {
         relay.metrics.reject(Reject::AlreadyJoined);
         reply(&relay, &mut stream, Response::ALREADY_CONNECTED).await;

@@ -2,18 +2,20 @@
 //! JoinRelayRequest (listening devices) or ConnectRequest (dialing devices),
 //! pings, and invitations pushed to joined devices.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::relay::{Message, Response, SessionInvitation, ShortBytes, HEADER_LEN, MAX_PAYLOAD};
 use proto::DeviceId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
-use crate::limits::SocketGuard;
+use crate::limits::UnprovenGuard;
+use crate::listener::Accepted;
 use crate::metrics::Reject;
 use crate::pairing::CreateError;
 use crate::state::{JoinedDevice, Relay};
@@ -24,10 +26,25 @@ const OUTBOX: usize = 64;
 const HANDOFF: Duration = Duration::from_secs(1);
 
 /// Runs one protocol connection to its end.
-pub async fn serve(relay: Arc<Relay>, tcp: TcpStream, _guard: SocketGuard, acceptor: TlsAcceptor) {
+pub async fn serve(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {
+    let Accepted {
+        tcp,
+        guard,
+        unproven,
+        deadline,
+    } = conn;
     let peer = tcp.peer_addr().ok();
-    let tls = match tokio::time::timeout(relay.settings.message_timeout, acceptor.accept(tcp)).await
-    {
+    // `guard` counts the socket until this function returns.
+    let source = guard.source();
+    let evicted = unproven.evicted();
+    let handshake = tokio::select! {
+        h = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => h,
+        _ = evicted.cancelled() => {
+            tracing::debug!(?peer, "evicted during the TLS handshake");
+            return;
+        }
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             relay.metrics.reject(Reject::Tls);
@@ -59,6 +76,10 @@ pub async fn serve(relay: Arc<Relay>, tcp: TcpStream, _guard: SocketGuard, accep
         id,
         conn_id: relay.next_id(),
         joined: false,
+        source,
+        unproven: Some(unproven),
+        evicted,
+        deadline,
     };
     let why = session.run(tls).await;
     if session.joined {
@@ -75,6 +96,13 @@ struct Session {
     id: DeviceId,
     conn_id: u64,
     joined: bool,
+    /// `limits::source_key` of the peer.
+    source: IpAddr,
+    /// Dropped once joined: from then on the connection is never evicted.
+    unproven: Option<UnprovenGuard>,
+    evicted: CancellationToken,
+    /// Join or connect request by then (--handshake-timeout from accept).
+    deadline: Instant,
 }
 
 /// Frames arriving on a stream. Reading is cancel-safe: partial frames stay
@@ -146,6 +174,7 @@ impl Session {
         let mut tx = Some(tx);
         let mut ping = tokio::time::interval_at(Instant::now() + s.ping_interval, s.ping_interval);
         let mut idle_deadline = Instant::now() + s.network_timeout;
+        let (evicted, handshake_deadline) = (self.evicted.clone(), self.deadline);
         loop {
             tokio::select! {
                 read = frames.next(&mut rd) => {
@@ -192,14 +221,19 @@ impl Session {
                         relay.metrics.reject(Reject::Timeout);
                         return "did not join within the ping interval".into();
                     }
+                    // Unlike strelaysrv, a joined device is never dropped
+                    // when sockets run out: unjoined ones are evicted
+                    // instead (see listener::accept_loop).
                     if !send(&mut wr, &Message::Ping, s.network_timeout).await {
                         return "write failed".into();
                     }
-                    if relay.capacity.sockets_exhausted() && !relay.has_pairings(&self.id) {
-                        relay.metrics.reject(Reject::Full);
-                        send(&mut wr, &Message::RelayFull, s.message_timeout).await;
-                        return "dropped: relay over its limits and no pairing".into();
-                    }
+                }
+                _ = sleep_until(handshake_deadline), if !self.joined => {
+                    relay.metrics.reject(Reject::Timeout);
+                    return "no join or connect request within the handshake timeout".into();
+                }
+                _ = evicted.cancelled(), if !self.joined => {
+                    return "evicted: out of sockets and not joined".into();
                 }
                 _ = sleep_until(idle_deadline) => {
                     relay.metrics.reject(Reject::Timeout);
@@ -255,6 +289,7 @@ impl Session {
             return Err("device already joined on another connection".into());
         }
         self.joined = true;
+        self.unproven = None;
         tracing::info!(device = %self.id, "device joined");
         if !send(
             wr,
@@ -270,7 +305,21 @@ impl Session {
 
     async fn connect<W: AsyncWrite + Unpin>(&mut self, target: &ShortBytes, wr: &mut W) {
         let relay = self.relay.clone();
-        let limit = relay.settings.message_timeout;
+        let s = &relay.settings;
+        let limit = s.message_timeout;
+        // Syncthing's ConnectRequest carries no token: the proof is that
+        // the dialing device is joined, which took the token.
+        if s.connect_requires_token
+            && s.token.is_some()
+            && !self.joined
+            && !relay.is_joined(&self.id)
+        {
+            relay.metrics.reject(Reject::ConnectToken);
+            tracing::debug!(device = %self.id.short(), "connect request from a device not joined with the token");
+            let reply = Message::Response(Response::with_code(Response::WRONG_TOKEN));
+            send(wr, &reply, limit).await;
+            return;
+        }
         let not_found = Message::Response(Response::with_code(Response::NOT_FOUND));
         let Ok(target) = DeviceId::from_slice(target.as_slice()) else {
             relay.metrics.reject(Reject::TargetNotFound);
@@ -282,10 +331,25 @@ impl Session {
             send(wr, &not_found, limit).await;
             return;
         };
-        let (server_key, client_key) = match relay.pending.create(&relay, target, self.id) {
+        if let Some(rate) = &relay.invitations {
+            if !rate.allow(target, self.source) {
+                relay.metrics.reject(Reject::InvitationRate);
+                tracing::debug!(target = %target.short(), source = %self.source, "invitation rate exceeded");
+                let reply = Message::Response(Response::with_code(Response::TOO_MANY_REQUESTS));
+                send(wr, &reply, limit).await;
+                return;
+            }
+        }
+        let created = relay.pending.create(&relay, target, self.id, self.source);
+        let (server_key, client_key) = match created {
             Ok(keys) => keys,
-            Err(CreateError::Full) => {
-                relay.metrics.reject(Reject::Full);
+            Err(e) => {
+                let reason = match e {
+                    CreateError::Full => Reject::Full,
+                    CreateError::SourceFull => Reject::SourcePending,
+                };
+                relay.metrics.reject(reason);
+                tracing::debug!(source = %self.source, ?reason, "connect request refused: RelayFull");
                 send(wr, &Message::RelayFull, limit).await;
                 return;
             }

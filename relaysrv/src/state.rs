@@ -10,7 +10,7 @@ use proto::DeviceId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::limits::{ByteBucket, Capacity};
+use crate::limits::{ByteBucket, Capacity, InvitationLimiter, Unproven};
 use crate::metrics::Metrics;
 use crate::pairing::PendingTable;
 use crate::splice::ForwarderKind;
@@ -21,9 +21,16 @@ pub struct Settings {
     pub ping_interval: Duration,
     pub network_timeout: Duration,
     pub message_timeout: Duration,
+    /// Accept to TLS done and first request read (see --handshake-timeout).
+    pub handshake_timeout: Duration,
     pub per_session_rate: u64,
     pub global_rate: u64,
     pub token: Option<String>,
+    /// ConnectRequests only from devices joined (with the token).
+    pub connect_requires_token: bool,
+    /// Invitations per second and burst per (target, source); 0 = none.
+    pub invitation_rate: u32,
+    pub invitation_burst: u32,
     pub network_buffer: usize,
     pub forwarder: ForwarderKind,
     /// IP bytes put in invitations: empty, 4 or 16 (see the spec's note on
@@ -55,6 +62,9 @@ pub struct Relay {
     pub capacity: Capacity,
     pub global_bucket: Option<ByteBucket>,
     pub shutdown: CancellationToken,
+    /// Sockets that may be evicted when sockets run out.
+    pub unproven: Arc<Unproven>,
+    pub invitations: Option<InvitationLimiter>,
     devices: Mutex<HashMap<DeviceId, JoinedDevice>>,
     pub pending: PendingTable,
     active: Mutex<HashMap<u64, ActivePairing>>,
@@ -71,7 +81,11 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Relay {
     pub fn new(settings: Settings, capacity: Capacity, shutdown: CancellationToken) -> Arc<Relay> {
         let global_bucket = ByteBucket::new(settings.global_rate);
+        let invitations =
+            InvitationLimiter::new(settings.invitation_rate, settings.invitation_burst);
         Arc::new(Relay {
+            unproven: Arc::new(Unproven::default()),
+            invitations,
             settings,
             started: Instant::now(),
             start_time: SystemTime::now(),
@@ -124,14 +138,12 @@ impl Relay {
         lock(&self.devices).get(id).map(|d| d.outbox.clone())
     }
 
-    pub fn joined_count(&self) -> usize {
-        lock(&self.devices).len()
+    pub fn is_joined(&self, id: &DeviceId) -> bool {
+        lock(&self.devices).contains_key(id)
     }
 
-    pub fn has_pairings(&self, id: &DeviceId) -> bool {
-        lock(&self.active)
-            .values()
-            .any(|p| p.server == *id || p.client == *id)
+    pub fn joined_count(&self) -> usize {
+        lock(&self.devices).len()
     }
 
     pub fn add_active(&self, pairing_id: u64, pairing: ActivePairing) {

@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 
 use crate::state::{lock, Relay};
 
+/// Status connections served at once; more are closed at once, so a
+/// flood of them cannot take file descriptors from devices.
+const MAX_STATUS_CONNECTIONS: usize = 32;
+
 /// One sample of `bytesProxied` every 10 s, an hour of them.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 const SAMPLES: usize = 361;
@@ -64,13 +68,19 @@ pub async fn sample_rates(relay: Arc<Relay>, history: Arc<RateHistory>) {
 }
 
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener, history: Arc<RateHistory>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_STATUS_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = relay.shutdown.cancelled() => return,
         };
-        let Ok((tcp, _)) = accepted else {
+        let Ok((tcp, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            relay.metrics.reject(crate::metrics::Reject::StatusBusy);
+            tracing::debug!(%peer, "status listener at its connection cap: closed");
             continue;
         };
         let relay = relay.clone();
@@ -87,6 +97,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, history: Arc<RateHi
                 .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(TokioIo::new(tcp), svc);
             let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            drop(slot);
         });
     }
 }

@@ -3,7 +3,8 @@
 //! `proto::relay` and `proto::tls`.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -112,6 +113,21 @@ impl RelayServer {
             .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
     }
 
+    /// Like [`RelayServer::metric`], `default` when the sample is absent
+    /// (a labelled counter appears only once counted).
+    pub fn metric_or(&self, sample: &str, default: f64) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(default)
+    }
+
     /// Waits until `f(status)` holds; panics with the last status otherwise.
     pub fn wait_status(&self, what: &str, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
@@ -149,6 +165,28 @@ pub struct ProtocolClient {
 impl ProtocolClient {
     /// TLS to 127.0.0.1:`port` as `identity`, pinning the relay's ID.
     pub fn connect(port: u16, identity: &Identity, relay: DeviceId) -> io::Result<ProtocolClient> {
+        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        Self::over(tcp, identity, relay)
+    }
+
+    /// The same from local address `from` (e.g. 127.0.0.2: one test
+    /// plays several sources).
+    pub fn connect_from(
+        from: IpAddr,
+        port: u16,
+        identity: &Identity,
+        relay: DeviceId,
+    ) -> io::Result<ProtocolClient> {
+        let tcp = tcp_from(from, SocketAddr::from(([127, 0, 0, 1], port)))?;
+        Self::over(tcp, identity, relay)
+    }
+
+    /// TLS over an established connection to the relay.
+    pub fn over(
+        tcp: TcpStream,
+        identity: &Identity,
+        relay: DeviceId,
+    ) -> io::Result<ProtocolClient> {
         let config = proto::tls::client_config(
             Some(identity),
             &[alpn::RELAY],
@@ -158,7 +196,6 @@ impl ProtocolClient {
         .map_err(io::Error::other)?;
         let conn = rustls::ClientConnection::new(Arc::new(config), proto::tls::server_name())
             .map_err(io::Error::other)?;
-        let tcp = TcpStream::connect(("127.0.0.1", port))?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
@@ -243,4 +280,135 @@ pub fn pair(
     assert_eq!(ra, Message::Response(proto::relay::Response::with_code(0)));
     assert_eq!(rb, Message::Response(proto::relay::Response::with_code(0)));
     (a, b)
+}
+
+/// A TCP connection to `to` from local address `from` (any port). The
+/// standard library cannot bind before connecting; binding 127.0.0.x or an
+/// address added to a namespace's `lo` lets one test be several sources.
+pub fn tcp_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let (domain, local, local_len) = sockaddr(SocketAddr::new(from, 0));
+    let (_, remote, remote_len) = sockaddr(to);
+    // SAFETY: plain socket calls on a descriptor we own; the sockaddr
+    // buffers live across the calls and their lengths match their family.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Owned from here: closed on every error path.
+        let tcp = TcpStream::from_raw_fd(fd);
+        let raw = tcp.as_raw_fd();
+        if libc::bind(raw, (&raw const local).cast(), local_len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::connect(raw, (&raw const remote).cast(), remote_len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(tcp)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            (libc::AF_INET, storage, len)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            (libc::AF_INET6, storage, len)
+        }
+    }
+}
+
+/// A network namespace of its own with addresses on its `lo`, for tests
+/// that need many IPv6 addresses (root only; see `netns::Lan::available`).
+/// Dropping it deletes the namespace.
+pub struct Netns {
+    pub name: String,
+}
+
+fn run_ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// A namespace with `lo` up and carrying `addrs` (CIDR, e.g. `fd00::1/64`).
+    pub fn create(addrs: &[&str]) -> Result<Netns, String> {
+        let name = format!("strelay{:x}", rand::random::<u32>() & 0xfffff);
+        run_ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        run_ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        for a in addrs {
+            // nodad: usable at once, no duplicate detection on loopback.
+            run_ip(&["-n", &ns.name, "addr", "add", a, "dev", "lo", "nodad"])?;
+        }
+        Ok(ns)
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered the namespace.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = Path::new("/var/run/netns").join(&self.name);
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: setns(2) on this thread only, with an fd we hold.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+                f()
+            });
+            match h.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run_ip(&["netns", "del", &self.name]);
+    }
 }

@@ -348,7 +348,10 @@ fn raw(port: u16) -> std::net::TcpStream {
 #[test]
 fn garbage_and_malformed_first_bytes_are_closed_and_the_relay_carries_on() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = RelayServer::start(&dir.path().join("relay"), &["--message-timeout", "2s"]);
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &["--message-timeout", "2s", "--handshake-timeout", "2s"],
+    );
     let port = relay.port;
     let cases: Vec<Vec<u8>> = vec![
         b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -381,7 +384,7 @@ fn garbage_and_malformed_first_bytes_are_closed_and_the_relay_carries_on() {
             "no reply to garbage expected, got {got:02x?}"
         );
     }
-    // Silence: the first-byte wait and then the message timeout close it.
+    // Silence: the first-byte wait and then the handshake timeout close it.
     let mut silent = raw(port);
     assert!(closed_within(&mut silent, Duration::from_secs(6)));
     assert!(relay.metric("relaysrv_rejects_total{reason=\"Malformed\"}") >= 4.0);
@@ -793,4 +796,430 @@ fn registers_with_a_pool_only_when_one_is_given() {
     let quiet = RelayServer::start(&dir.path().join("quiet"), &[]);
     assert_eq!(quiet.status()["options"]["pools"], json!([""]));
     assert!(!quiet.proc.log().contains("pool"), "{}", quiet.proc.log());
+}
+
+/// A joined device served on its own thread: answers pings, collects
+/// invitations, and notes when the relay drops it.
+struct Joined {
+    id: DeviceId,
+    invitations: std::sync::mpsc::Receiver<proto::relay::SessionInvitation>,
+    pings: Arc<std::sync::atomic::AtomicUsize>,
+    /// Invitations received in all.
+    received: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Joined {
+    fn start(port: u16, rid: DeviceId, token: Option<&str>) -> Joined {
+        let me = identity();
+        let id = me.device_id();
+        let mut c = ProtocolClient::connect(port, &me, rid).unwrap();
+        assert_eq!(c.join(token).unwrap(), response(0));
+        c.set_timeout(Duration::from_secs(120));
+        let (tx, invitations) = std::sync::mpsc::channel();
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dropped = Arc::new(std::sync::Mutex::new(None));
+        let (p, r, d) = (pings.clone(), received.clone(), dropped.clone());
+        std::thread::spawn(move || loop {
+            let why = match e2e::relay::read_message(&mut c.stream) {
+                Ok(Message::Ping) => {
+                    p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match c.send(&Message::Pong) {
+                        Ok(()) => continue,
+                        Err(e) => format!("pong failed: {e}"),
+                    }
+                }
+                Ok(Message::SessionInvitation(inv)) => {
+                    r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if tx.send(inv).is_err() {
+                        return; // the test is over
+                    }
+                    continue;
+                }
+                Ok(other) => format!("relay sent {other:?}"),
+                Err(e) => format!("connection lost: {e}"),
+            };
+            *d.lock().unwrap() = Some(why);
+            return;
+        });
+        Joined {
+            id,
+            invitations,
+            pings,
+            received,
+            dropped,
+        }
+    }
+
+    fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn pings(&self) -> usize {
+        self.pings.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn assert_joined(&self) {
+        if let Some(why) = self.dropped.lock().unwrap().as_ref() {
+            panic!("joined device {} was dropped: {why}", self.id.short());
+        }
+    }
+
+    /// Waits for the invitation from `from`, skipping others.
+    fn invitation_from(&self, from: DeviceId, limit: Duration) -> proto::relay::SessionInvitation {
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.invitations.recv_timeout(left) {
+                Ok(inv) if inv.from.as_slice() == from.as_bytes() => return inv,
+                Ok(_) => {}
+                Err(e) => {
+                    self.assert_joined();
+                    panic!("no invitation from {} within {limit:?}: {e}", from.short());
+                }
+            }
+        }
+    }
+}
+
+fn loopback(last: u8) -> std::net::IpAddr {
+    std::net::IpAddr::from([127, 0, 0, last])
+}
+
+/// Acceptance 8 (M3): two sources flood a joined device with
+/// ConnectRequests. Each source is held to its own pending pairings and
+/// its own invitation budget for that device, so the table never fills and
+/// a dial from a third source still gets its invitation and pairs.
+#[test]
+fn connect_request_flood_from_two_sources_leaves_room_for_a_real_dial() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &[
+            "--max-pending",
+            "20",
+            "--per-ip-max-pending",
+            "4",
+            "--invitation-rate",
+            "1",
+            "--invitation-burst",
+            "3",
+            "--per-ip-conn-rate",
+            "0",
+        ],
+    );
+    let (port, rid) = (relay.port, relay.id);
+    let target = Joined::start(port, rid, None);
+
+    // 30 ConnectRequests from each of 127.0.0.2 and 127.0.0.3, none of
+    // whose pairings is ever joined (they would hold the table for the
+    // whole message timeout).
+    let started = Instant::now();
+    let floods: Vec<_> = [2u8, 3]
+        .into_iter()
+        .map(|last| {
+            let target = target.id;
+            std::thread::spawn(move || {
+                let attacker = identity();
+                let (mut invited, mut refused) = (0, 0);
+                for _ in 0..30 {
+                    let mut c =
+                        ProtocolClient::connect_from(loopback(last), port, &attacker, rid).unwrap();
+                    match c.connect_to(target).unwrap() {
+                        Message::SessionInvitation(_) => invited += 1,
+                        Message::RelayFull => refused += 1,
+                        Message::Response(r) if r.code == Response::TOO_MANY_REQUESTS => {
+                            refused += 1
+                        }
+                        other => panic!("flood got {other:?}"),
+                    }
+                }
+                (invited, refused)
+            })
+        })
+        .collect();
+    let results: Vec<(u32, u32)> = floods.into_iter().map(|h| h.join().unwrap()).collect();
+    let flood_secs = started.elapsed().as_secs_f64();
+    for (invited, refused) in &results {
+        // Per source: at most 4 pending pairings at once, whatever the
+        // invitation budget would allow.
+        assert!(*invited <= 4, "{results:?}");
+        assert!(*refused >= 26, "{results:?}");
+    }
+    assert!(
+        relay.metric_or("relaysrv_rejects_total{reason=\"SourcePending\"}", 0.0)
+            + relay.metric_or("relaysrv_rejects_total{reason=\"InvitationRate\"}", 0.0)
+            >= 52.0,
+        "{}",
+        relay.metrics()
+    );
+    let st = relay.status();
+    assert!(n(&st, "numPendingSessionKeys") <= 2 * 8, "{st}");
+
+    // A real dial from 127.0.0.1 still gets its invitation and pairs.
+    let dialer = identity();
+    let mut d = ProtocolClient::connect(port, &dialer, rid).unwrap();
+    let mine = invitation(d.connect_to(target.id).unwrap());
+    let theirs = target.invitation_from(dialer.device_id(), Duration::from_secs(20));
+    let (_a, ra) = join_session(port, theirs.key.as_slice()).unwrap();
+    let (_b, rb) = join_session(port, mine.key.as_slice()).unwrap();
+    assert_eq!((ra, rb), (response(0), response(0)));
+
+    // The target was not flooded: what reached it from the two sources is
+    // within their pending caps.
+    let flood_invitations = target.received() - 1;
+    assert!(
+        flood_invitations <= 8,
+        "{flood_invitations} flood invitations in {flood_secs:.1} s"
+    );
+    target.assert_joined();
+}
+
+/// M3: the invitation budget of a device per source refills and answers
+/// code 429 (not an invitation) when spent.
+#[test]
+fn invitations_over_the_rate_get_code_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &["--invitation-rate", "1", "--invitation-burst", "2"],
+    );
+    let (port, rid) = (relay.port, relay.id);
+    let target = Joined::start(port, rid, None);
+    let dialer = identity();
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let mut d = ProtocolClient::connect(port, &dialer, rid).unwrap();
+        replies.push(d.connect_to(target.id).unwrap());
+    }
+    let invited = replies
+        .iter()
+        .filter(|m| matches!(m, Message::SessionInvitation(_)))
+        .count();
+    assert!((2..=3).contains(&invited), "{replies:?}");
+    assert!(
+        replies.contains(&response(Response::TOO_MANY_REQUESTS)),
+        "{replies:?}"
+    );
+    assert!(relay.metric("relaysrv_rejects_total{reason=\"InvitationRate\"}") >= 1.0);
+    // Refilled at 1/s: a later dial is invited again.
+    let ok = wait::until(Duration::from_secs(15), Duration::from_millis(300), || {
+        let mut d = ProtocolClient::connect(port, &dialer, rid).ok()?;
+        matches!(d.connect_to(target.id).ok()?, Message::SessionInvitation(_)).then_some(())
+    });
+    assert!(ok.is_some(), "budget never refilled");
+}
+
+/// M3: with --connect-requires-token only devices joined with the token
+/// may dial: a stranger gets code 3 and the target sees nothing.
+#[test]
+fn connect_requires_token_lets_only_joined_devices_dial() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &["--token", "tok", "--connect-requires-token"],
+    );
+    let (port, rid) = (relay.port, relay.id);
+    let target = Joined::start(port, rid, Some("tok"));
+
+    let mut stranger = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    assert_eq!(
+        stranger.connect_to(target.id).unwrap(),
+        response(Response::WRONG_TOKEN)
+    );
+    assert!(relay.metric("relaysrv_rejects_total{reason=\"ConnectToken\"}") >= 1.0);
+
+    // A device joined with the token dials on a second connection.
+    let friend = identity();
+    let mut listening = ProtocolClient::connect(port, &friend, rid).unwrap();
+    assert_eq!(listening.join(Some("tok")).unwrap(), response(0));
+    let mut d = ProtocolClient::connect(port, &friend, rid).unwrap();
+    invitation(d.connect_to(target.id).unwrap());
+    target.invitation_from(friend.device_id(), Duration::from_secs(20));
+    assert_eq!(
+        target.received(),
+        1,
+        "the stranger's request reached the target"
+    );
+
+    // The flag without a token is refused at start, with a message.
+    let out = std::process::Command::new(e2e::our_binary("relaysrv"))
+        .args([
+            "--connect-requires-token",
+            "--status-srv",
+            "",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("RELAYSRV_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--connect-requires-token needs a join token"),
+        "{err}"
+    );
+}
+
+/// Acceptance 8 (M4): silent and half-open TLS connections from another
+/// source up to and beyond the socket limit. Unjoined sockets are evicted
+/// for newcomers; the joined devices stay joined through several ping
+/// ticks (strelaysrv, and this relay before, dropped joined devices
+/// without a pairing at each tick while over the limit) and still get an
+/// invitation from a dial made while the flood holds every socket.
+#[test]
+fn slowloris_at_the_socket_limit_never_drops_joined_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &[
+            "--max-sockets",
+            "24",
+            "--ping-interval",
+            "500ms",
+            // Eviction, not the handshake timeout, must make room here.
+            "--handshake-timeout",
+            "60s",
+            "--per-ip-conn-rate",
+            "0",
+        ],
+    );
+    let (port, rid) = (relay.port, relay.id);
+    let a = Joined::start(port, rid, None);
+    let b = Joined::start(port, rid, None);
+
+    // 80 connections from 127.0.0.2: half stop inside a TLS record header,
+    // half never send a byte.
+    let relay_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut held = Vec::new();
+    for i in 0..80 {
+        let mut t = e2e::relay::tcp_from(loopback(2), relay_addr).unwrap();
+        if i % 2 == 0 {
+            let _ = t.write_all(&[0x16, 0x03, 0x01]);
+        }
+        held.push(t);
+    }
+    relay.wait_status("sockets evicted", Duration::from_secs(30), |_| {
+        relay.metric_or("relaysrv_rejects_total{reason=\"Evicted\"}", 0.0) >= 40.0
+    });
+    // Several ping ticks pass with the relay at its limit.
+    let pings = (a.pings(), b.pings());
+    let ticked = wait::until(Duration::from_secs(30), Duration::from_millis(100), || {
+        (a.pings() >= pings.0 + 3 && b.pings() >= pings.1 + 3).then_some(())
+    });
+    a.assert_joined();
+    b.assert_joined();
+    assert!(ticked.is_some(), "pings stopped");
+
+    // A dial while the flood still holds the sockets: the newcomer evicts
+    // an unjoined one and the joined target gets the invitation.
+    let dialer = identity();
+    let mut d = ProtocolClient::connect(port, &dialer, rid).unwrap();
+    invitation(d.connect_to(a.id).unwrap());
+    a.invitation_from(dialer.device_id(), Duration::from_secs(20));
+    a.assert_joined();
+    b.assert_joined();
+    assert!(n(&relay.status(), "numConnections") >= 2);
+    drop(held);
+}
+
+/// Acceptance 8 (M4): addresses of one IPv6 /64 share one per-source
+/// socket budget; another /64 is not affected. Runs in a network namespace
+/// whose `lo` carries fd00::/64 and fd00:0:0:1::/64 addresses (root only).
+#[test]
+fn many_addresses_of_one_ipv6_64_are_limited_as_one_source() {
+    if let Err(why) = e2e::netns::Lan::available() {
+        eprintln!("SKIPPED many_addresses_of_one_ipv6_64_are_limited_as_one_source: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ns = e2e::relay::Netns::create(&[
+        "fd00::1/64",
+        "fd00::a/64",
+        "fd00::b/64",
+        "fd00::c/64",
+        "fd00::d/64",
+        "fd00:0:0:1::a/64",
+        "fd00:0:0:2::a/64",
+    ])
+    .expect("namespace");
+    let port = e2e::pick_port();
+    let keys = dir.path().join("relay");
+    let mut cmd = ns.command(&e2e::our_binary("relaysrv"));
+    cmd.args(["--keys", keys.to_str().unwrap()])
+        .args(["--listen", &format!("[fd00::1]:{port}")])
+        .args(["--status-srv", ""])
+        .args(["--per-ip-max-conns", "3", "--handshake-timeout", "60s"])
+        .args(["--log-level", "info,relaysrv=debug"])
+        .env_remove("RELAYSRV_TOKEN");
+    let mut proc = e2e::Proc::spawn("relaysrv", cmd, &dir.path().join("relaysrv.log"));
+    let relay_addr: std::net::SocketAddr = format!("[fd00::1]:{port}").parse().unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+
+    let verdicts = ns.run_in(|| {
+        // Up once a connection from a third /64 is answered.
+        let up = wait::until(Duration::from_secs(30), Duration::from_millis(100), || {
+            let mut t = e2e::relay::tcp_from(ip("fd00:0:0:2::a"), relay_addr).ok()?;
+            answered(&mut t).then_some(())
+        });
+        assert!(up.is_some(), "relay did not come up");
+        // Three silent sockets from three addresses of fd00::/64 ...
+        let held: Vec<_> = ["fd00::a", "fd00::b", "fd00::c"]
+            .iter()
+            .map(|a| e2e::relay::tcp_from(ip(a), relay_addr).unwrap())
+            .collect();
+        // ... so a fourth address of that /64 is closed, while another
+        // /64 is served.
+        let mut same = e2e::relay::tcp_from(ip("fd00::d"), relay_addr).unwrap();
+        let mut other = e2e::relay::tcp_from(ip("fd00:0:0:1::a"), relay_addr).unwrap();
+        let verdicts = (answered(&mut same), answered(&mut other));
+        drop(held);
+        verdicts
+    });
+    assert_eq!(
+        verdicts,
+        (false, true),
+        "(fd00::d served, fd00:0:0:1::a served)\n{}",
+        proc.log_tail(30)
+    );
+    assert!(proc.alive());
+    let log = std::fs::read_to_string(dir.path().join("relaysrv.log")).unwrap_or_default();
+    assert!(log.contains("--per-ip-max-conns"), "{log}");
+}
+
+/// Sends a Ping on a raw (data-mode) connection: a served one answers
+/// code 100, a refused one is closed without a reply.
+fn answered(t: &mut std::net::TcpStream) -> bool {
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if t.write_all(&Message::Ping.encode().unwrap()).is_err() {
+        return false;
+    }
+    matches!(e2e::relay::read_message(t), Ok(m) if m == response(Response::UNEXPECTED_MESSAGE))
+}
+
+/// M4: a connection that has shown nothing useful by --handshake-timeout
+/// is closed, long before the ping interval: a stalled TLS handshake, a
+/// TLS connection that never joins, a data connection without its key.
+#[test]
+fn unjoined_connections_are_closed_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayServer::start(
+        &dir.path().join("relay"),
+        &["--handshake-timeout", "1s", "--ping-interval", "5m"],
+    );
+    let (port, rid) = (relay.port, relay.id);
+    let mut stalled = raw(port);
+    stalled.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    let mut silent = raw(port);
+    let mut idle = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    let mut joined = ProtocolClient::connect(port, &identity(), rid).unwrap();
+    assert_eq!(joined.join(None).unwrap(), response(0));
+    assert!(closed_within(&mut stalled, Duration::from_secs(20)));
+    assert!(closed_within(&mut silent, Duration::from_secs(20)));
+    assert!(closed_within(&mut idle.stream, Duration::from_secs(20)));
+    // The joined one is not: it still answers a ping.
+    joined.send(&Message::Ping).unwrap();
+    assert_eq!(joined.recv().unwrap(), Message::Pong);
 }

@@ -141,6 +141,10 @@ impl Response {
     pub const NOT_FOUND: i32 = 1;
     pub const ALREADY_CONNECTED: i32 = 2;
     pub const WRONG_TOKEN: i32 = 3;
+    /// Not in Syncthing's relays: our relay's answer to a ConnectRequest
+    /// over the target's invitation rate. Syncthing clients treat any
+    /// Response to a ConnectRequest as a failed dial and retry later.
+    pub const TOO_MANY_REQUESTS: i32 = 429;
     pub const UNEXPECTED_MESSAGE: i32 = 100;
 
     /// The response with the reference server's text for `code`.
@@ -150,6 +154,7 @@ impl Response {
             Self::NOT_FOUND => "not found",
             Self::ALREADY_CONNECTED => "already connected",
             Self::WRONG_TOKEN => "wrong token",
+            Self::TOO_MANY_REQUESTS => "too many requests",
             Self::UNEXPECTED_MESSAGE => "unexpected message",
             _ => "",
         };
