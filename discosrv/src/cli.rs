@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipnet::IpNet;
+use proto::discovery::CertHeader;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -39,10 +40,23 @@ pub struct Cli {
     pub key_type: proto::KeyKind,
 
     /// Serve plain HTTP behind a TLS-terminating reverse proxy that forwards
-    /// the client certificate (X-SSL-Cert, X-Tls-Client-Cert-Der-Base64 or
-    /// X-Forwarded-Tls-Client-Cert) and address (X-Forwarded-For, X-Client-Port).
+    /// the client certificate (see --client-cert-header) and address
+    /// (X-Forwarded-For, X-Client-Port).
     #[arg(long, env = "DISCOSRV_HTTP")]
     pub http: bool,
+
+    /// In --http mode, the one header the proxy writes the client certificate
+    /// to: X-SSL-Cert (nginx), X-Tls-Client-Cert-Der-Base64 (caddy) or
+    /// X-Forwarded-Tls-Client-Cert (traefik); the proxy's name works too. An
+    /// announcement carrying either of the other two is refused (403): a
+    /// proxy passes a client's copy of them through, so it must remove them.
+    #[arg(
+        long,
+        env = "DISCOSRV_CLIENT_CERT_HEADER",
+        default_value = "X-SSL-Cert",
+        value_parser = clap::value_parser!(CertHeader)
+    )]
+    pub client_cert_header: CertHeader,
 
     /// Peers whose forwarding headers are believed, in --http mode (CIDR, repeatable
     /// or comma-separated). Headers from anyone else are ignored.
@@ -156,6 +170,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.trusted_proxies.len(), 3);
+        assert_eq!(cli.client_cert_header, CertHeader::Nginx);
+        for (value, want) in [
+            ("caddy", CertHeader::Caddy),
+            ("X-Tls-Client-Cert-Der-Base64", CertHeader::Caddy),
+            ("x-forwarded-tls-client-cert", CertHeader::Traefik),
+            ("nginx", CertHeader::Nginx),
+        ] {
+            let cli = Cli::try_parse_from(["discosrv", "--client-cert-header", value]).unwrap();
+            assert_eq!(cli.client_cert_header, want, "{value}");
+        }
+        assert!(Cli::try_parse_from(["discosrv", "--client-cert-header", "x-cert"]).is_err());
         Cli::command_for_tests().debug_assert();
     }
 

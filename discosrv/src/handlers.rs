@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use ipnet::IpNet;
 use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
-use proto::discovery::{self, LookupReply, Source};
+use proto::discovery::{self, CertHeader, CertHeaderError, HeaderValues, LookupReply, Source};
 use proto::DeviceId;
 
 use crate::metrics::Metrics;
@@ -42,6 +42,8 @@ pub struct App<S> {
     /// `--http`: plain HTTP behind a reverse proxy.
     pub http_mode: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// `--client-cert-header`: the only certificate header believed.
+    pub cert_header: CertHeader,
 }
 
 /// Who sent a request, after deciding whether to believe proxy headers.
@@ -85,22 +87,25 @@ impl<S: Store> App<S> {
         conn: &ConnInfo,
         client: &Client,
         headers: &HeaderMap,
-    ) -> Result<Option<DeviceId>, ()> {
+    ) -> Result<Option<DeviceId>, CertHeaderError> {
         if let Some(id) = conn.device {
             return Ok(Some(id));
         }
         if !client.via_trusted_proxy {
             return Ok(None);
         }
-        let lookup = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
-        match discovery::client_cert_from_headers(lookup) {
-            Ok(Some(der)) => Ok(Some(DeviceId::from_der_cert(&der))),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                tracing::debug!(error = %e, "bad client certificate header");
-                Err(())
+        let lookup = |name: &str| {
+            let mut all = headers.get_all(name).iter();
+            match (all.next(), all.next()) {
+                (None, _) => HeaderValues::Absent,
+                (Some(v), None) => HeaderValues::One(v.as_bytes()),
+                _ => HeaderValues::Many,
             }
-        }
+        };
+        Ok(
+            discovery::client_cert_from_headers(self.cert_header, lookup)?
+                .map(|der| DeviceId::from_der_cert(&der)),
+        )
     }
 }
 
@@ -204,9 +209,17 @@ async fn announce<S: Store>(
 ) -> Response<Body> {
     let device = match app.device(conn, client, req.headers()) {
         Ok(Some(d)) => d,
-        Ok(None) | Err(()) => {
+        Ok(None) => {
             app.metrics.announcement("no_certificate");
             return text(StatusCode::FORBIDDEN, "Forbidden")
+                .with_header("retry-after", retry::error_retry_after());
+        }
+        Err(e) => {
+            // The error names header names only, never their contents.
+            tracing::debug!(client = %client.limit_ip, reason = e.reason(), error = %e, "announcement refused");
+            app.metrics.announcement("bad_certificate_header");
+            app.metrics.refused(e.reason());
+            return text_owned(StatusCode::FORBIDDEN, format!("Forbidden: {e}"))
                 .with_header("retry-after", retry::error_retry_after());
         }
     };
@@ -345,7 +358,15 @@ fn empty(status: StatusCode) -> Response<Body> {
 
 /// A plain-text error like Go's `http.Error`.
 fn text(status: StatusCode, msg: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    text_body(status, Bytes::from(format!("{msg}\n")))
+}
+
+fn text_owned(status: StatusCode, msg: String) -> Response<Body> {
+    text_body(status, Bytes::from(msg + "\n"))
+}
+
+fn text_body(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

@@ -122,6 +122,7 @@ fn new_app<S: Store>(cli: &Cli, store: S) -> App<S> {
         unseen_tracker: NotFoundTracker::new(cli.desired_unseen_not_found_rate),
         http_mode: cli.http,
         trusted_proxies: cli.trusted_proxies.clone(),
+        cert_header: cli.client_cert_header,
     }
 }
 

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub retry_after: Family<L1, Gauge<f64, AtomicU64>>,
     pub connections: Gauge,
     pub rate_limiter_clients: Gauge,
+    refused: Family<L1, Counter>,
     hot: Hot,
 }
 
@@ -75,6 +76,12 @@ impl Metrics {
         let retry_after = Family::<L1, Gauge<f64, AtomicU64>>::default();
         let connections = Gauge::default();
         let rate_limiter_clients = Gauge::default();
+        let refused = Family::<L1, Counter>::default();
+        registry.register(
+            "syncthing_discovery_refused",
+            "Requests and connections refused for a reason other than the rate limit, by reason",
+            refused.clone(),
+        );
         registry.register(
             "syncthing_discovery_api_requests",
             "API requests by HTTP method (type) and status code (result)",
@@ -186,7 +193,13 @@ impl Metrics {
             retry_after,
             connections,
             rate_limiter_clients,
+            refused,
         }
+    }
+
+    /// One refusal; `reason` is a fixed label (never client data).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     pub fn request(&self, method: &http::Method, status: u16, elapsed: Duration) {

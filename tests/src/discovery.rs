@@ -346,8 +346,21 @@ pub struct Nginx {
     pub id: DeviceId,
 }
 
+/// The lines of the README's nginx snippet that remove the other proxies'
+/// certificate headers a client may send itself.
+pub const NGINX_CLEAR_OTHER_CERT_HEADERS: &str = r#"proxy_set_header X-Tls-Client-Cert-Der-Base64 "";
+            proxy_set_header X-Forwarded-Tls-Client-Cert "";"#;
+
 impl Nginx {
+    /// nginx with the documented configuration.
     pub fn start(dir: &Path, upstream_port: u16) -> Nginx {
+        Self::start_with(dir, upstream_port, NGINX_CLEAR_OTHER_CERT_HEADERS)
+    }
+
+    /// nginx with `extra` directives in its `location` in place of the
+    /// lines clearing the other certificate headers (e.g. "" for the
+    /// configuration documented before issue 14).
+    pub fn start_with(dir: &Path, upstream_port: u16, extra: &str) -> Nginx {
         let nginx = require_program("nginx", "nginx-light");
         std::fs::create_dir_all(dir).expect("nginx dir");
         let identity =
@@ -382,6 +395,7 @@ http {{
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Client-Port $remote_port;
             proxy_set_header X-SSL-Cert $ssl_client_escaped_cert;
+            {extra}
         }}
     }}
 }}

@@ -513,38 +513,51 @@ fn forwarding_headers_only_from_trusted_proxies() {
     assert_eq!(r.status, 404);
     untrusted.stop();
 
-    // Trusted: the certificate in each proxy's header form, and the first
-    // element of a multi-address X-Forwarded-For as source.
-    let srv = Discosrv::start(
-        &dir.path().join("trusted"),
-        &["--http", "--trusted-proxy", "10.0.0.0/8,127.0.0.0/8"],
-    );
-    let lookup = || plain(srv.port, "GET", &format!("/?device={id}"), &[], b"");
-    for cert in [
-        ("X-SSL-Cert", pem.clone()),
-        ("X-Tls-Client-Cert-Der-Base64", b64.clone()),
+    // Trusted: the certificate in each proxy's header form (the server
+    // configured for it), and the client address from X-Forwarded-For.
+    for (flag, cert) in [
+        ("nginx", ("X-SSL-Cert", pem.clone())),
+        ("caddy", ("X-Tls-Client-Cert-Der-Base64", b64.clone())),
         (
-            "X-Forwarded-Tls-Client-Cert",
-            b64.replace('+', "%2B")
-                .replace('/', "%2F")
-                .replace('=', "%3D"),
+            "traefik",
+            (
+                "X-Forwarded-Tls-Client-Cert",
+                b64.replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D"),
+            ),
         ),
     ] {
+        let srv = Discosrv::start(
+            &dir.path().join(flag),
+            &[
+                "--http",
+                "--trusted-proxy",
+                "10.0.0.0/8,127.0.0.0/8",
+                "--client-cert-header",
+                flag,
+            ],
+        );
         let headers = [
             (cert.0, cert.1.as_str()),
-            ("X-Forwarded-For", "198.51.100.20, 10.1.2.3"),
+            ("X-Forwarded-For", "198.51.100.20"),
             ("X-Client-Port", "40000"),
         ];
         let r = plain(srv.port, "POST", "/", &headers, body);
         assert_eq!(r.status, 204, "{}: {r:?}", cert.0);
-        let r = lookup();
+        let r = plain(srv.port, "GET", &format!("/?device={id}"), &[], b"");
         assert_eq!(
             r.addresses(),
             ["tcp://198.51.100.20:22000", "tcp://198.51.100.20:40000"],
             "{}",
             cert.0
         );
+        srv.stop();
     }
+    let srv = Discosrv::start(
+        &dir.path().join("trusted"),
+        &["--http", "--trusted-proxy", "10.0.0.0/8,127.0.0.0/8"],
+    );
     // A garbage certificate header from a trusted proxy: refused.
     let r = plain(srv.port, "POST", "/", &[("X-SSL-Cert", "garbage")], body);
     assert_eq!(r.status, 403);
@@ -644,4 +657,152 @@ fn redis_record_is_bounded() {
     // stored record keeps 100 (those expiring last; ties broken arbitrarily).
     assert_eq!(got.len(), 100, "{got:?}");
     srv.stop();
+}
+
+/// Issue 14, H1: behind nginx (which writes only X-SSL-Cert), a client
+/// without a certificate adds another proxy's certificate header holding a
+/// victim's certificate (certificates are public) to announce for it.
+#[test]
+fn another_proxys_certificate_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = identity();
+    let vid = victim.device_id().to_string();
+    let b64 = data_encoding_base64(victim.cert_der());
+    let pem = victim.cert_pem().replace('\n', " ");
+    let body = br#"{"addresses":["tcp://attacker.example:22000"]}"#;
+    let forged = [
+        ("X-Tls-Client-Cert-Der-Base64", b64.as_str()),
+        ("X-Forwarded-Tls-Client-Cert", b64.as_str()),
+    ];
+
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--http", "--trusted-proxy", "127.0.0.1/32"],
+    );
+    let attacker = identity();
+    let lookup_via = |port: u16, id| {
+        https(
+            port,
+            Some(id),
+            None,
+            "GET",
+            &format!("/?device={vid}"),
+            &[],
+            b"",
+        )
+    };
+    // The documented nginx configuration removes the other headers; the
+    // configuration documented before (without those lines) forwards
+    // them, and discosrv itself refuses.
+    for (name, extra) in [
+        (
+            "nginx-documented",
+            e2e::discovery::NGINX_CLEAR_OTHER_CERT_HEADERS,
+        ),
+        ("nginx-old", ""),
+    ] {
+        let nginx = Nginx::start_with(&dir.path().join(name), srv.port, extra);
+        for header in forged {
+            for who in [None, Some(&attacker)] {
+                let r = https(
+                    nginx.port,
+                    Some(nginx.id),
+                    who,
+                    "POST",
+                    "/",
+                    &[header],
+                    body,
+                );
+                // With its own certificate through the documented nginx,
+                // the client announces for itself only: the header is gone.
+                let want = if who.is_some() && !extra.is_empty() {
+                    204
+                } else {
+                    403
+                };
+                assert_eq!(
+                    r.status,
+                    want,
+                    "{name}, {}, own cert {}: {r:?}",
+                    header.0,
+                    who.is_some()
+                );
+                let r = lookup_via(nginx.port, nginx.id);
+                assert_eq!(
+                    r.status, 404,
+                    "{name}: the victim's record was written: {r:?}"
+                );
+            }
+        }
+        if extra.is_empty() {
+            let r = https(
+                nginx.port,
+                Some(nginx.id),
+                None,
+                "POST",
+                "/",
+                &[forged[0]],
+                body,
+            );
+            assert!(r.text().contains("not the configured one"), "{r:?}");
+        }
+        // A real client still announces through it.
+        let r = https(
+            nginx.port,
+            Some(nginx.id),
+            Some(&attacker),
+            "POST",
+            "/",
+            &[],
+            body,
+        );
+        assert_eq!(r.status, 204, "{name}: {r:?}");
+    }
+    let m = srv.metrics();
+    assert!(
+        m.contains("syncthing_discovery_refused_total{reason=\"cert_header_unexpected\"}"),
+        "{m}"
+    );
+    assert!(!srv.proc.log().contains(&b64[..40]), "raw header logged");
+    srv.stop();
+
+    // A server configured for Caddy's or Traefik's header, behind a
+    // trusted proxy that forwards what the client sent (127.0.0.1 plays
+    // it): the client's own X-SSL-Cert is refused, alone or beside the
+    // proxy's header with the client's real certificate.
+    let own = data_encoding_base64(attacker.cert_der());
+    for flag in ["caddy", "traefik"] {
+        let srv = Discosrv::start(
+            &dir.path().join(flag),
+            &[
+                "--http",
+                "--trusted-proxy",
+                "127.0.0.1/32",
+                "--client-cert-header",
+                flag,
+            ],
+        );
+        let proxys = if flag == "caddy" {
+            "X-Tls-Client-Cert-Der-Base64"
+        } else {
+            "X-Forwarded-Tls-Client-Cert"
+        };
+        for headers in [
+            vec![
+                ("X-SSL-Cert", pem.as_str()),
+                ("X-Forwarded-For", "192.0.2.7"),
+            ],
+            vec![
+                ("X-SSL-Cert", pem.as_str()),
+                (proxys, own.as_str()),
+                ("X-Forwarded-For", "192.0.2.7"),
+            ],
+        ] {
+            let r = plain(srv.port, "POST", "/", &headers, body);
+            assert_eq!(r.status, 403, "{flag}: {headers:?}: {r:?}");
+            let r = plain(srv.port, "GET", &format!("/?device={vid}"), &[], b"");
+            assert_eq!(r.status, 404, "{flag}: stored for the victim");
+        }
+        srv.stop();
+    }
 }
