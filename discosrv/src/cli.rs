@@ -59,7 +59,8 @@ pub struct Cli {
     pub client_cert_header: CertHeader,
 
     /// Peers whose forwarding headers are believed, in --http mode (CIDR, repeatable
-    /// or comma-separated). Headers from anyone else are ignored.
+    /// or comma-separated). Headers from anyone else are ignored. The client is
+    /// the rightmost X-Forwarded-For address outside these networks.
     #[arg(
         long = "trusted-proxy",
         env = "DISCOSRV_TRUSTED_PROXY",

@@ -66,7 +66,14 @@ impl<S: Store> App<S> {
                 via_trusted_proxy: false,
             };
         }
-        let ip = header_str(headers, "x-forwarded-for").and_then(discovery::forwarded_for);
+        // Non-UTF-8 lines become "", which is not an address.
+        let ip = discovery::forwarded_for(
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.to_str().unwrap_or("")),
+            |ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)),
+        );
         let port = header_str(headers, "x-client-port").and_then(discovery::client_port);
         Client {
             // Without X-Forwarded-For the client's address is unknown: the

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::discovery::{https, plain, Discosrv, Nginx, Redis, Reply};
+use e2e::discovery::{https, https_from, plain, Discosrv, Nginx, Redis, Reply};
 use e2e::{pick_port, wait, SyncthingHome};
 use proto::{Identity, KeyKind};
 use serde_json::json;
@@ -701,7 +701,7 @@ fn another_proxys_certificate_header_is_refused() {
         ),
         ("nginx-old", ""),
     ] {
-        let nginx = Nginx::start_with(&dir.path().join(name), srv.port, extra);
+        let nginx = Nginx::start_with(&dir.path().join(name), srv.port, "$remote_addr", extra);
         for header in forged {
             for who in [None, Some(&attacker)] {
                 let r = https(
@@ -805,4 +805,62 @@ fn another_proxys_certificate_header_is_refused() {
         }
         srv.stop();
     }
+}
+
+/// Issue 14, M8: behind a proxy that appends to X-Forwarded-For (nginx's
+/// `$proxy_add_x_forwarded_for`), a client writing a new address on the
+/// left of each request must still be rate-limited as itself.
+#[test]
+fn lying_x_forwarded_for_does_not_escape_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--http",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--rate-limit",
+            "1",
+            "--rate-limit-burst",
+            "2",
+        ],
+    );
+    let nginx = Nginx::start_with(
+        &dir.path().join("nginx"),
+        srv.port,
+        "$proxy_add_x_forwarded_for",
+        e2e::discovery::NGINX_CLEAR_OTHER_CERT_HEADERS,
+    );
+    // The client is 127.0.0.2: 127.0.0.1 is nginx, the trusted proxy.
+    let client = Some("127.0.0.2".parse().unwrap());
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let lie = format!("198.51.100.{}", i + 1);
+        let r = https_from(
+            client,
+            nginx.port,
+            Some(nginx.id),
+            None,
+            "GET",
+            "/ping",
+            &[("X-Forwarded-For", lie.as_str())],
+            b"",
+        );
+        statuses.push(r.status);
+    }
+    let elapsed = started.elapsed().as_secs();
+    let allowed = statuses.iter().filter(|s| **s == 204).count() as u64;
+    assert!(
+        statuses.iter().all(|s| [204, 429].contains(s)),
+        "{statuses:?}"
+    );
+    // Burst 2 plus one a second, whatever the machine's speed.
+    assert!(
+        allowed <= 2 + elapsed + 1,
+        "{allowed} allowed in {elapsed} s: {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    drop(nginx);
+    srv.stop();
 }

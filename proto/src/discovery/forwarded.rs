@@ -129,19 +129,40 @@ impl CertHeaderError {
     }
 }
 
-/// The client IP from `X-Forwarded-For`: its first (leftmost, i.e. the
-/// original client's) element, trimmed. Elements written as `ip:port` or
+/// The client IP from the `X-Forwarded-For` lines of a request, in the
+/// order received. Each proxy appends the address it got the request from,
+/// so only the rightmost elements were written by proxies: anything to
+/// their left may be the client's invention. Walking from the right, the
+/// first address `trusted` does not cover is the client; when every one is
+/// trusted (a client inside the proxies' network), the leftmost. `None`
+/// when there is no element, or one on the way is not an address (the
+/// chain cannot be followed past it). Elements written as `ip:port` or
 /// `[v6]:port` are understood too.
-pub fn forwarded_for(value: &str) -> Option<IpAddr> {
-    let first = value.split(',').next()?.trim();
-    if let Ok(ip) = first.parse::<IpAddr>() {
+pub fn forwarded_for<'a>(
+    lines: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let mut leftmost = None;
+    for line in lines.rev() {
+        for element in line.rsplit(',') {
+            let ip = forwarded_element(element.trim())?;
+            if !trusted(ip) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
+        }
+    }
+    leftmost
+}
+
+fn forwarded_element(e: &str) -> Option<IpAddr> {
+    if let Ok(ip) = e.parse::<IpAddr>() {
         return Some(ip.to_canonical());
     }
-    if let Ok(sa) = first.parse::<SocketAddr>() {
+    if let Ok(sa) = e.parse::<SocketAddr>() {
         return Some(sa.ip().to_canonical());
     }
-    first
-        .strip_prefix('[')
+    e.strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
         .and_then(|s| s.parse::<IpAddr>().ok())
         .map(|ip| ip.to_canonical())
@@ -248,25 +269,78 @@ mod tests {
 
     #[test]
     fn forwarded_for_forms() {
+        let none = |_: IpAddr| false;
         let cases = [
             ("198.51.100.20", Some("198.51.100.20")),
-            (" 198.51.100.20 , 10.0.0.1", Some("198.51.100.20")),
-            ("2001:db8::5, 10.0.0.1", Some("2001:db8::5")),
+            (" 198.51.100.20 ", Some("198.51.100.20")),
+            ("2001:db8::5", Some("2001:db8::5")),
             ("198.51.100.20:4000", Some("198.51.100.20")),
             ("[2001:db8::5]:4000", Some("2001:db8::5")),
             ("[2001:db8::5]", Some("2001:db8::5")),
             ("::ffff:198.51.100.20", Some("198.51.100.20")),
             ("unknown", None),
             ("", None),
-            (", 198.51.100.20", None),
+            ("198.51.100.20, ", None),
         ];
         for (value, want) in cases {
             assert_eq!(
-                forwarded_for(value),
+                forwarded_for([value].into_iter(), none),
                 want.map(|w| w.parse().unwrap()),
                 "{value:?}"
             );
         }
+    }
+
+    /// Issue 14, M8: a proxy that appends leaves the client's own text on
+    /// the left; only the rightmost untrusted element is the client.
+    #[test]
+    fn forwarded_for_takes_the_rightmost_untrusted_address() {
+        let proxies: Vec<(IpAddr, u8)> = vec![
+            ("10.0.0.0".parse().unwrap(), 8),
+            ("2001:db8:ffff::".parse().unwrap(), 48),
+        ];
+        let trusted = |ip: IpAddr| {
+            proxies.iter().any(|(net, bits)| match (net, ip) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => {
+                    u32::from(*n) >> (32 - bits) == u32::from(a) >> (32 - bits)
+                }
+                (IpAddr::V6(n), IpAddr::V6(a)) => {
+                    u128::from(*n) >> (128 - bits) == u128::from(a) >> (128 - bits)
+                }
+                _ => false,
+            })
+        };
+        let cases: [(&[&str], Option<&str>); 9] = [
+            // Client-written lie on the left, real client appended by the proxy.
+            (&["1.2.3.4, 203.0.113.9"], Some("203.0.113.9")),
+            // Two proxies of ours appended after the client.
+            (
+                &["1.2.3.4, 203.0.113.9, 10.0.0.2, 10.9.9.9"],
+                Some("203.0.113.9"),
+            ),
+            // Lines are one list, in order.
+            (&["1.2.3.4", "203.0.113.9, 10.0.0.2"], Some("203.0.113.9")),
+            (&["203.0.113.9, 10.0.0.2", "10.0.0.3"], Some("203.0.113.9")),
+            (&["2001:db8::1, 2001:db8:ffff::7"], Some("2001:db8::1")),
+            // Garbage the client wrote is never reached.
+            (&["garbage, 203.0.113.9"], Some("203.0.113.9")),
+            // Garbage between us and the client: unknown.
+            (&["203.0.113.9, garbage, 10.0.0.2"], None),
+            // All trusted: the leftmost (a client inside the proxies' network).
+            (&["10.1.1.1, 10.0.0.2"], Some("10.1.1.1")),
+            (&[], None),
+        ];
+        for (lines, want) in cases {
+            assert_eq!(
+                forwarded_for(lines.iter().copied(), trusted),
+                want.map(|w| w.parse().unwrap()),
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_port_forms() {
         assert_eq!(client_port("40000"), Some(40000));
         assert_eq!(client_port(" 1 "), Some(1));
         assert_eq!(client_port("0"), None);
