@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use ipnet::IpNet;
 use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
 use proto::discovery::{self, CertHeader, CertHeaderError, HeaderValues, LookupReply, Source};
@@ -23,7 +24,91 @@ use crate::store::{Lookup, Now, Store};
 /// Time allowed for an announcement body to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type Body = Full<Bytes>;
+/// A response body that also keeps the request's body until the response
+/// has been sent. Over HTTP/2, a request body dropped while its stream is
+/// still open and unanswered makes h2 reset the stream with CANCEL, and the
+/// client never sees the answer (a 403 or 413 sent before the upload ended
+/// was lost that way); dropped after the response's last frame, h2 resets
+/// with NO_ERROR as RFC 9113 §8.1 asks, and the answer stands.
+///
+/// Some clients (curl 7.88, Debian 12's) still drop an answer whose stream
+/// is reset, even with NO_ERROR, while they upload. So over HTTP/2 the rest
+/// of an unread request body is read and dropped after the answer, on its
+/// own task, bounded by [`H2_DRAIN_BYTES`] and [`H2_DRAIN_TIME`]: the
+/// upload then ends normally and no reset is needed.
+pub struct Body {
+    data: Option<Bytes>,
+    request: Option<Incoming>,
+    h2: bool,
+}
+
+/// How much of an unread HTTP/2 request body is read after the answer.
+const H2_DRAIN_BYTES: usize = 4 * 1024 * 1024;
+const H2_DRAIN_TIME: Duration = Duration::from_secs(10);
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        use hyper::body::Body as _;
+        let Some(mut request) = self.request.take() else {
+            return;
+        };
+        if !self.h2 || request.is_end_stream() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(H2_DRAIN_TIME, async {
+                let mut total = 0usize;
+                while let Some(Ok(frame)) = request.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        total = total.saturating_add(data.len());
+                        if total > H2_DRAIN_BYTES {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+impl Body {
+    fn new(data: Bytes) -> Body {
+        Body {
+            data: (!data.is_empty()).then_some(data),
+            request: None,
+            h2: false,
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .data
+                .take()
+                .map(|d| Ok(hyper::body::Frame::data(d))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
 
 /// What the connection knows about its client.
 #[derive(Clone, Debug)]
@@ -123,22 +208,26 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub async fn handle<S: Store>(
     app: Arc<App<S>>,
     conn: Arc<ConnInfo>,
-    req: Request<hyper::body::Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let resp = route(&app, &conn, req).await;
+    let (parts, mut body) = req.into_parts();
+    let mut resp = route(&app, &conn, &parts, &mut body).await;
     app.metrics
-        .request(&method, resp.status().as_u16(), started.elapsed());
+        .request(&parts.method, resp.status().as_u16(), started.elapsed());
+    let b = resp.body_mut();
+    b.h2 = parts.version == http::Version::HTTP_2;
+    b.request = Some(body);
     Ok(resp)
 }
 
 async fn route<S: Store>(
     app: &App<S>,
     conn: &ConnInfo,
-    req: Request<hyper::body::Incoming>,
+    req: &http::request::Parts,
+    body: &mut Incoming,
 ) -> Response<Body> {
-    let client = app.client(conn, req.headers());
+    let client = app.client(conn, &req.headers);
     if let Some(limiter) = &app.limiter {
         if let Err(wait) = limiter.check(client.limit_ip) {
             app.metrics.rate_limited.inc();
@@ -147,7 +236,7 @@ async fn route<S: Store>(
                 .with_header("retry-after", secs);
         }
     }
-    match req.uri().path() {
+    match req.uri.path() {
         "/ping" => return empty(StatusCode::NO_CONTENT),
         "/healthz" => {
             return if app.store.healthy().await {
@@ -159,9 +248,9 @@ async fn route<S: Store>(
         }
         _ => {}
     }
-    match *req.method() {
-        Method::GET => lookup(app, req.uri().query()).await,
-        Method::POST => announce(app, conn, &client, req).await,
+    match req.method {
+        Method::GET => lookup(app, req.uri.query()).await,
+        Method::POST => announce(app, conn, &client, req, body).await,
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             .with_header("allow", "GET, POST"),
     }
@@ -183,7 +272,7 @@ async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
                 seen: rfc3339(found.seen_unix_ns),
                 addresses: found.addresses,
             };
-            let mut resp = Response::new(Full::new(Bytes::from(reply.to_json())));
+            let mut resp = Response::new(Body::new(Bytes::from(reply.to_json())));
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
@@ -212,9 +301,10 @@ async fn announce<S: Store>(
     app: &App<S>,
     conn: &ConnInfo,
     client: &Client,
-    req: Request<hyper::body::Incoming>,
+    req: &http::request::Parts,
+    body: &mut Incoming,
 ) -> Response<Body> {
-    let device = match app.device(conn, client, req.headers()) {
+    let device = match app.device(conn, client, &req.headers) {
         Ok(Some(d)) => d,
         Ok(None) => {
             app.metrics.announcement("no_certificate");
@@ -231,7 +321,7 @@ async fn announce<S: Store>(
         }
     };
     let declared = req
-        .headers()
+        .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -244,7 +334,7 @@ async fn announce<S: Store>(
     }
     let bytes = match tokio::time::timeout(
         BODY_TIMEOUT,
-        service::body::read_limited(req.into_body(), MAX_ANNOUNCEMENT_BYTES, DRAIN_BYTES),
+        service::body::read_limited_mut(body, MAX_ANNOUNCEMENT_BYTES, DRAIN_BYTES),
     )
     .await
     {
@@ -358,7 +448,7 @@ impl WithHeader for Response<Body> {
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::new(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }
@@ -373,7 +463,7 @@ fn text_owned(status: StatusCode, msg: String) -> Response<Body> {
 }
 
 fn text_body(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

@@ -864,3 +864,57 @@ fn lying_x_forwarded_for_does_not_escape_the_rate_limit() {
     drop(nginx);
     srv.stop();
 }
+
+/// Issue 14: over HTTP/2 (curl's default with TLS and ALPN), a refusal sent
+/// before the upload ended was lost to a stream reset. curl 7.88 (Debian
+/// 12) drops an answer even on a NO_ERROR reset, so this is its strictest
+/// client.
+#[test]
+fn http2_clients_get_403_and_413_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(&dir.path().join("disco"), &["--rate-limit", "0"]);
+    let dev = identity();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    dev.save(&cert, &key).unwrap();
+    let curl = |with_cert: bool, body: &Path| {
+        let mut cmd = std::process::Command::new(e2e::require_program("curl", "curl"));
+        cmd.args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ]);
+        if with_cert {
+            cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        let out = cmd
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("https://127.0.0.1:{}/", srv.port))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut bodies = Vec::new();
+    for size in [100usize, 70_000, 300_000, 3_000_000] {
+        let path = dir.path().join(format!("body-{size}"));
+        std::fs::write(&path, vec![b' '; size]).unwrap();
+        bodies.push((size, path));
+    }
+    for round in 0..3 {
+        for (size, path) in &bodies {
+            assert_eq!(
+                curl(false, path),
+                "2 403",
+                "round {round}, no certificate, {size} bytes"
+            );
+            if *size > 65_536 {
+                assert_eq!(curl(true, path), "2 413", "round {round}, {size} bytes");
+            }
+        }
+    }
+    assert_eq!(srv.lookup(&dev.device_id().to_string()).status, 404);
+    srv.stop();
+}

@@ -160,3 +160,6 @@ async fn http<S: Store, I>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
