@@ -78,7 +78,13 @@ pub struct Cli {
 
     /// Keep announcements in Redis instead (redis://[:password@]host:port[/db],
     /// rediss:// for TLS). With --redis-cluster, repeat it for each seed node.
-    #[arg(long, env = "DISCOSRV_REDIS_URL", value_delimiter = ',')]
+    /// Its value may hold a password, so --help never shows it.
+    #[arg(
+        long,
+        env = "DISCOSRV_REDIS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub redis_url: Vec<String>,
 
     /// The --redis-url nodes form a Redis Cluster.

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub rate_limiter_clients: Gauge,
     refused: Family<L1, Counter>,
+    accept_errors: Family<L1, Counter>,
     hot: Hot,
 }
 
@@ -77,6 +78,12 @@ impl Metrics {
         let connections = Gauge::default();
         let rate_limiter_clients = Gauge::default();
         let refused = Family::<L1, Counter>::default();
+        let accept_errors = Family::<L1, Counter>::default();
+        registry.register(
+            "syncthing_discovery_accept_errors",
+            "Failed accepts (out of file descriptors and the like) by listener; each is followed by a pause",
+            accept_errors.clone(),
+        );
         registry.register(
             "syncthing_discovery_refused",
             "Requests and connections refused for a reason other than the rate limit, by reason",
@@ -194,7 +201,15 @@ impl Metrics {
             connections,
             rate_limiter_clients,
             refused,
+            accept_errors,
         }
+    }
+
+    /// A failed `accept` on `listener` ("api" or "metrics").
+    pub fn accept_error(&self, listener: &'static str) {
+        self.accept_errors
+            .get_or_create(&[("listener", listener)])
+            .inc();
     }
 
     /// One refusal; `reason` is a fixed label (never client data).

@@ -34,6 +34,18 @@ impl Discosrv {
     }
 
     pub fn start_on(dir: &Path, port: u16, metrics_port: u16, extra: &[&str]) -> Discosrv {
+        Self::start_with(dir, port, metrics_port, extra, |_| {})
+    }
+
+    /// [`Discosrv::start_on`] with a last change to the command (e.g. a
+    /// `pre_exec` lowering a limit).
+    pub fn start_with(
+        dir: &Path,
+        port: u16,
+        metrics_port: u16,
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Discosrv {
         std::fs::create_dir_all(dir).expect("create discosrv dir");
         let mut cmd = Command::new(our_binary("discosrv"));
         cmd.arg("--listen")
@@ -54,6 +66,7 @@ impl Discosrv {
                 cmd.env_remove(k);
             }
         }
+        tweak(&mut cmd);
         let mut proc = Proc::spawn("discosrv", cmd, &dir.join("discosrv.log"));
         let up = wait::listening(port, Duration::from_secs(20));
         assert!(

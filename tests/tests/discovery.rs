@@ -918,3 +918,84 @@ fn http2_clients_get_403_and_413_intact() {
     assert_eq!(srv.lookup(&dev.device_id().to_string()).status, 404);
     srv.stop();
 }
+
+/// Issue 14, low: DISCOSRV_REDIS_URL may hold a password; --help printed it.
+#[test]
+fn help_does_not_print_the_redis_url() {
+    let out = std::process::Command::new(e2e::programs::our_binary("discosrv"))
+        .arg("--help")
+        .env("DISCOSRV_REDIS_URL", "redis://:hunter2-secret@redis:6379/0")
+        .output()
+        .expect("discosrv --help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--redis-url"), "{text}");
+    assert!(!text.contains("hunter2-secret"), "{text}");
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 (utime, stime); `after` starts at field 3.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Issue 14, low: out of file descriptors, the metrics accept loop retried
+/// at once and spun a core. The open-file limit is made small (soft and
+/// hard, so raising it at start cannot help) and filled by idle metrics
+/// connections; the server must then pause between failed accepts.
+#[test]
+fn metrics_accept_loop_backs_off_when_out_of_file_descriptors() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start_with(
+        &dir.path().join("disco"),
+        pick_port(),
+        pick_port(),
+        &[],
+        |cmd| {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let lim = libc::rlimit {
+                        rlim_cur: 64,
+                        rlim_max: 64,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let pid = srv.proc.pid();
+    let hogs: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.metrics_port)).ok())
+        .collect();
+    assert!(hogs.len() > 64, "only {} connections", hogs.len());
+    // Wait until the server has run out (its log says so), then measure.
+    let out = wait::until(Duration::from_secs(20), Duration::from_millis(100), || {
+        srv.proc.log().contains("accept failed").then_some(())
+    });
+    assert!(out.is_some(), "never ran out:\n{}", srv.proc.log_tail(20));
+    let (t0, c0) = (std::time::Instant::now(), cpu_seconds(pid));
+    std::thread::sleep(Duration::from_secs(3));
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds(pid) - c0);
+    assert!(
+        cpu < wall / 4.0,
+        "{cpu:.2} s of CPU in {wall:.2} s while out of descriptors"
+    );
+    drop(hogs);
+    // Serving again, and the failures were counted.
+    let m = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let r = std::panic::catch_unwind(|| srv.metrics()).ok()?;
+        r.contains("syncthing_discovery_accept_errors_total{listener=\"metrics\"}")
+            .then_some(r)
+    });
+    assert!(m.is_some(), "{}", srv.proc.log_tail(20));
+    srv.stop();
+}

@@ -37,6 +37,23 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Pause after a failed `accept`. Out of file descriptors (EMFILE/ENFILE)
+/// the pending connection stays queued and `accept` fails again at once:
+/// retrying without a pause spins a core and starves everything else.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Counts and logs a failed `accept`, then pauses.
+pub async fn accept_failed(
+    metrics: &crate::metrics::Metrics,
+    listener: &'static str,
+    e: &std::io::Error,
+) {
+    metrics.accept_error(listener);
+    // At most ten lines a second per listener, thanks to the pause.
+    tracing::warn!(listener, error = %e, "accept failed; pausing");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -72,9 +89,7 @@ pub async fn serve<S: Store>(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed(&app.metrics, "api", &e).await;
                     continue;
                 }
             },
