@@ -999,3 +999,60 @@ fn metrics_accept_loop_backs_off_when_out_of_file_descriptors() {
     assert!(m.is_some(), "{}", srv.proc.log_tail(20));
     srv.stop();
 }
+
+/// Issue 14, H4: the soft open-files limit is raised to the hard one at
+/// start (a shell's usual 1024 would cap connections far below the hard
+/// limit), and the limit in force is logged.
+#[test]
+fn open_files_limit_is_raised_at_start() {
+    use std::os::unix::process::CommandExt;
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    if hard.rlim_max <= 256 {
+        eprintln!("hard open-files limit {} too low to test", hard.rlim_max);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start_with(
+        &dir.path().join("disco"),
+        pick_port(),
+        pick_port(),
+        &[],
+        |cmd| {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = 256;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        },
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.proc.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(soft[3], hard.rlim_max.to_string(), "{line}");
+    let log = srv.proc.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("open files limit") && l.contains(&hard.rlim_max.to_string())),
+        "{log}"
+    );
+    srv.stop();
+}
