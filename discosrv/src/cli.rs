@@ -125,9 +125,22 @@ pub struct Cli {
     #[arg(long, env = "DISCOSRV_UNSEEN_RATE", default_value_t = 1000.0)]
     pub desired_unseen_not_found_rate: f64,
 
-    /// Most simultaneous client connections; more wait to be accepted.
+    /// Most simultaneous client connections; one more is accepted and
+    /// closed at once (so the listen queue never fills), and counted.
     #[arg(long, env = "DISCOSRV_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
+
+    /// Most simultaneous connections from one client IP (IPv6: one /64);
+    /// more are closed at once and counted. A studio's devices behind one NAT
+    /// share an address, hence the room. --trusted-proxy peers in --http
+    /// mode are not limited. 0 turns the limit off.
+    #[arg(long, env = "DISCOSRV_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// A connection with no request for this long is closed (HTTP/2:
+    /// GOAWAY), whatever keep-alive pings say.
+    #[arg(long, env = "DISCOSRV_IDLE_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 
     #[command(flatten)]
     pub log: service::LogArgs,

@@ -142,7 +142,17 @@ async fn serve<S: Store>(
         tokio::spawn(status::serve(l, app.clone(), rx.clone()));
     }
     tokio::spawn(periodic(app.clone(), rx.clone()));
-    let api = tokio::spawn(server::serve(listener, tls, app, cli.max_connections, rx));
+    let limits = server::Limits {
+        max_connections: cli.max_connections,
+        per_ip: cli.max_connections_per_ip,
+        idle_timeout: cli.idle_timeout,
+        exempt: if cli.http {
+            cli.trusted_proxies.clone()
+        } else {
+            Vec::new()
+        },
+    };
+    let api = tokio::spawn(server::serve(listener, tls, app, limits, rx));
     service::shutdown::signal().await;
     let _ = tx.send(true);
     api.await.context("API server task")?;

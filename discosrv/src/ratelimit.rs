@@ -73,7 +73,7 @@ impl RateLimit {
 
 /// IPv4 addresses as they are; IPv6 by /64, the smallest prefix a single
 /// site usually gets (otherwise one host could use 2^64 keys).
-fn key(ip: IpAddr) -> IpAddr {
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let seg = v6.segments();

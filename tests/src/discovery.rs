@@ -215,6 +215,30 @@ pub fn https_from(
     exchange(&mut stream, method, target, headers, body)
 }
 
+/// A TLS connection speaking HTTP/2 (ALPN h2, preface and SETTINGS sent)
+/// that then stays silent, from `source` when given; None when the server
+/// closes or refuses it.
+pub fn idle_h2(
+    port: u16,
+    source: Option<std::net::IpAddr>,
+) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let config = tls::client_config(None, &[alpn::H2], ServerPin::Any, Versions::Tls12AndUp)
+        .expect("client config");
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), tls::server_name()).expect("client conn");
+    let sock = connect_from(source, port);
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    // Preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).ok()?;
+    stream.flush().ok()?;
+    // The server's SETTINGS arrive on an accepted connection.
+    let mut first = [0u8; 9];
+    stream.read_exact(&mut first).ok()?;
+    Some(stream)
+}
+
 /// One HTTP/1.1 request in plain text.
 pub fn plain(
     port: u16,

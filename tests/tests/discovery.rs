@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::discovery::{https, https_from, plain, Discosrv, Nginx, Redis, Reply};
+use e2e::discovery::{https, https_from, idle_h2, plain, Discosrv, Nginx, Redis, Reply};
 use e2e::{pick_port, wait, SyncthingHome};
 use proto::{Identity, KeyKind};
 use serde_json::json;
@@ -1054,5 +1054,87 @@ fn open_files_limit_is_raised_at_start() {
             .any(|l| l.contains("open files limit") && l.contains(&hard.rlim_max.to_string())),
         "{log}"
     );
+    srv.stop();
+}
+
+/// Issue 14, H4: idle HTTP/2 connections from one source held every slot
+/// and the accept loop stopped, locking everyone out. Now one source gets
+/// --max-connections-per-ip slots, and past --max-connections a connection
+/// is accepted and closed at once instead of waiting in the listen queue.
+#[test]
+fn idle_connections_from_one_source_do_not_lock_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--max-connections",
+            "12",
+            "--max-connections-per-ip",
+            "4",
+            "--rate-limit",
+            "0",
+        ],
+    );
+    let dev = identity();
+    let id = dev.device_id().to_string();
+    assert_eq!(
+        srv.announce(&dev, &["tcp://idle.example:22000"]).status,
+        204
+    );
+    let src = |n: u8| Some(std::net::IpAddr::from([127, 0, 0, n]));
+    let lookup_from = |n: u8| {
+        https_from(
+            src(n),
+            srv.port,
+            srv.id,
+            None,
+            "GET",
+            &format!("/?device={id}"),
+            &[],
+            b"",
+        )
+    };
+
+    // --max-connections idle h2 connections from one source: 4 kept.
+    let held: Vec<_> = (0..12).filter_map(|_| idle_h2(srv.port, src(1))).collect();
+    assert_eq!(held.len(), 4, "per-source cap");
+    let r = lookup_from(2);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.addresses(), ["tcp://idle.example:22000"]);
+
+    // Fill the rest from two more sources: 12 in all. One more connection
+    // from a fourth source is closed at once, not queued; the lookup
+    // succeeds again as soon as a slot is free.
+    let more: Vec<_> = (0..8)
+        .filter_map(|n| idle_h2(srv.port, src(3 + n / 4)))
+        .collect();
+    assert_eq!(more.len(), 8);
+    let t = std::time::Instant::now();
+    assert!(
+        idle_h2(srv.port, src(9)).is_none(),
+        "accepted past --max-connections"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "left waiting instead of refused"
+    );
+    drop(more);
+    let r = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        // Refused (closed) until the server has seen the others go.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lookup_from(9))).ok()?;
+        (r.status == 200).then_some(r)
+    });
+    assert!(r.is_some(), "{}", srv.proc.log_tail(20));
+
+    let m = srv.metrics();
+    for reason in ["max_connections_per_ip", "max_connections"] {
+        assert!(
+            m.contains(&format!(
+                "syncthing_discovery_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}: {m}"
+        );
+    }
+    drop(held);
     srv.stop();
 }

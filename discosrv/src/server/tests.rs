@@ -41,7 +41,7 @@ pub(crate) fn test_app() -> App<MemoryStore> {
 
 impl TestServer {
     /// A TLS discovery server on 127.0.0.1 with `app`.
-    pub async fn start(app: App<MemoryStore>, max_connections: usize) -> TestServer {
+    pub async fn start(app: App<MemoryStore>, limits: super::Limits) -> TestServer {
         let identity = Identity::generate("stdiscosrv", KeyKind::Ed25519).unwrap();
         let config = proto::tls::server_config(
             &identity,
@@ -55,13 +55,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let app = Arc::new(app);
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(super::serve(
-            listener,
-            Some(tls),
-            app.clone(),
-            max_connections,
-            rx,
-        ));
+        let task = tokio::spawn(super::serve(listener, Some(tls), app.clone(), limits, rx));
         TestServer {
             addr,
             app,
@@ -73,6 +67,15 @@ impl TestServer {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+pub(crate) fn limits(max: usize, per_ip: usize, idle_secs: u64) -> super::Limits {
+    super::Limits {
+        max_connections: max,
+        per_ip,
+        idle_timeout: std::time::Duration::from_secs(idle_secs),
+        exempt: Vec::new(),
     }
 }
 
@@ -117,7 +120,7 @@ async fn post(
 /// to a stream reset; each status must reach the client intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_clients_get_403_and_413_intact() {
-    let srv = TestServer::start(test_app(), 100).await;
+    let srv = TestServer::start(test_app(), limits(100, 0, 60)).await;
     let dev = Identity::generate("syncthing", KeyKind::EcdsaP384).unwrap();
     let mut anon = h2_client(srv.addr, None).await;
     let mut with_cert = h2_client(srv.addr, Some(&dev)).await;
@@ -142,5 +145,51 @@ async fn h2_clients_get_403_and_413_intact() {
     ));
     let m = srv.app.metrics.render_prometheus();
     assert!(m.contains("type=\"POST\",result=\"413\"} 3"), "{m}");
+    srv.stop().await;
+}
+
+#[test]
+fn per_ip_slots_aggregate_ipv6_by_64_and_are_given_back() {
+    let table = Arc::new(super::PerIp::default());
+    let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+    let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+    let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    let s1 = table.take(a, 2).unwrap();
+    let s2 = table.take(b, 2).unwrap();
+    assert!(table.take(a, 2).is_none(), "same /64 shares two slots");
+    assert!(table.take(c, 2).is_some(), "another /64 is another client");
+    let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let _v = table.take(v4, 1).unwrap();
+    assert!(table.take(v4, 1).is_none());
+    assert!(table.take("192.0.2.2".parse().unwrap(), 1).is_some());
+    drop(s1);
+    assert!(
+        table.take(b, 2).is_some(),
+        "a closed connection gives its slot back"
+    );
+    drop(s2);
+}
+
+/// A silent HTTP/2 connection (pings answered, no request) is closed
+/// after the idle timeout instead of holding its slot forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connection_is_closed() {
+    let srv = TestServer::start(test_app(), limits(100, 0, 1)).await;
+    let mut send = h2_client(srv.addr, None).await;
+    // One request, then silence.
+    let req = http::Request::get("https://127.0.0.1/ping")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 204);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if send.is_closed() || send.ready().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection still open after 30 s");
     srv.stop().await;
 }
