@@ -108,6 +108,28 @@ pub struct Cli {
     #[arg(long, env = "DISCOSRV_RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
 
+    /// Announcements of devices the store does not hold yet, per client IP
+    /// (IPv6: per /64) and minute, after --new-device-burst; more get 429.
+    /// Known devices are not counted. 0 turns this limit off.
+    #[arg(long, env = "DISCOSRV_NEW_DEVICE_RATE", default_value_t = 60)]
+    pub new_device_rate: u32,
+
+    /// New devices one client IP may announce at once (a site's devices
+    /// behind one NAT on their first start).
+    #[arg(long, env = "DISCOSRV_NEW_DEVICE_BURST", default_value_t = 256)]
+    pub new_device_burst: u32,
+
+    /// Most devices the embedded store holds; past it, announcements of new
+    /// devices get 503 with Retry-After (known ones still update).
+    #[arg(long, env = "DISCOSRV_MAX_RECORDS", default_value_t = 2_000_000)]
+    pub max_records: u64,
+
+    /// Most bytes the embedded store's records may take (about 116 bytes
+    /// for a device with three IPv4 addresses, at most 8 KiB of addresses
+    /// per device); past it, as --max-records.
+    #[arg(long, env = "DISCOSRV_MAX_STORE_BYTES", default_value_t = 1 << 30)]
+    pub max_store_bytes: u64,
+
     /// Most client IPs the rate limiter remembers; idle ones are forgotten first.
     #[arg(
         long,

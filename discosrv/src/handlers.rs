@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::store::record::MAX_RECORD_ADDRESS_BYTES;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -19,7 +20,7 @@ use proto::DeviceId;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::retry::{self, NotFoundTracker};
-use crate::store::{Lookup, Now, Store};
+use crate::store::{Announced, Lookup, Now, Store};
 
 /// Time allowed for an announcement body to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -122,6 +123,8 @@ pub struct App<S> {
     pub store: S,
     pub metrics: Metrics,
     pub limiter: Option<RateLimit>,
+    /// `--new-device-rate`: announcements of devices the store lacks.
+    pub new_device_limiter: Option<RateLimit>,
     pub seen_tracker: NotFoundTracker,
     pub unseen_tracker: NotFoundTracker,
     /// `--http`: plain HTTP behind a reverse proxy.
@@ -320,6 +323,19 @@ async fn announce<S: Store>(
                 .with_header("retry-after", retry::error_retry_after());
         }
     };
+    // A new device costs a record: fresh certificates are free to make, so
+    // each source gets few new ones (known devices are not counted).
+    if let Some(limiter) = &app.new_device_limiter {
+        if app.store.knows(&device) == Some(false) {
+            if let Err(wait) = limiter.check(client.limit_ip) {
+                app.metrics.refused("new_device_rate");
+                app.metrics.announcement("new_device_rate");
+                tracing::debug!(client = %client.limit_ip, "new device refused: --new-device-rate");
+                return text(StatusCode::TOO_MANY_REQUESTS, "Too Many New Devices")
+                    .with_header("retry-after", wait.as_secs() + 1);
+            }
+        }
+    }
     let declared = req
         .headers
         .get(CONTENT_LENGTH)
@@ -362,9 +378,22 @@ async fn announce<S: Store>(
         app.metrics.announcement("bad_request");
         return bad_request();
     }
+    // A record holds at most this much address text, whatever the body.
+    if addresses.iter().map(String::len).sum::<usize>() > MAX_RECORD_ADDRESS_BYTES {
+        app.metrics.refused("announcement_too_large");
+        app.metrics.announcement("bad_request");
+        return too_large();
+    }
     let t = Instant::now();
     match app.store.announce(device, addresses, Now::system()).await {
-        Ok(()) => {
+        Ok(Announced::Full) => {
+            app.metrics.store_op("merge", "full", t.elapsed());
+            app.metrics.refused("store_full");
+            app.metrics.announcement("store_full");
+            tracing::debug!(device = %device.short(), "new device refused: the store's budget is spent");
+            unavailable()
+        }
+        Ok(Announced::Stored) => {
             app.metrics.store_op("merge", "success", t.elapsed());
             app.metrics.announcement("success");
             empty(StatusCode::NO_CONTENT).with_header("reannounce-after", retry::reannounce_after())

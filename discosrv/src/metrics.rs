@@ -33,6 +33,7 @@ pub struct Metrics {
     pub retry_after: Family<L1, Gauge<f64, AtomicU64>>,
     pub connections: Gauge,
     pub rate_limiter_clients: Gauge,
+    pub store_bytes: Gauge,
     refused: Family<L1, Counter>,
     accept_errors: Family<L1, Counter>,
     hot: Hot,
@@ -79,6 +80,12 @@ impl Metrics {
         let rate_limiter_clients = Gauge::default();
         let refused = Family::<L1, Counter>::default();
         let accept_errors = Family::<L1, Counter>::default();
+        let store_bytes = Gauge::default();
+        registry.register(
+            "syncthing_discovery_database_bytes",
+            "Estimated memory of the embedded store's records (see --max-store-bytes)",
+            store_bytes.clone(),
+        );
         registry.register(
             "syncthing_discovery_accept_errors",
             "Failed accepts (out of file descriptors and the like) by listener; each is followed by a pause",
@@ -202,6 +209,7 @@ impl Metrics {
             rate_limiter_clients,
             refused,
             accept_errors,
+            store_bytes,
         }
     }
 

@@ -1138,3 +1138,177 @@ fn idle_connections_from_one_source_do_not_lock_others_out() {
     drop(held);
     srv.stop();
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Issue 14, H3: fresh certificates (free to make) announcing large bodies
+/// filled memory without bound. Through a trusted proxy's Caddy header (no
+/// handshake per device, as the benchmark's fill), 200 certificates send
+/// 60 KB bodies of long addresses, then 2000 send 7.5 KB each, against a
+/// 4 MiB budget: the first are refused (413), the rest stop at the budget
+/// with 503 + Retry-After, and the server's RSS grows by less than 3× it.
+#[test]
+fn fresh_certificates_with_large_bodies_stay_within_the_budget() {
+    const BUDGET: u64 = 4 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--http",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--client-cert-header",
+            "caddy",
+            "--rate-limit",
+            "0",
+            "--new-device-rate",
+            "0",
+            "--max-store-bytes",
+            &BUDGET.to_string(),
+        ],
+    );
+    let pid = srv.proc.pid();
+    let before = rss_kib(pid);
+    let body = |n: usize, len: usize| {
+        let addrs: Vec<String> = (0..n)
+            // Labels of 50 characters: a valid host name of about `len`.
+            .map(|i| {
+                format!(
+                    "tcp://{}h{i}.example:22000",
+                    format!("{}.", "h".repeat(49)).repeat(len / 50)
+                )
+            })
+            .collect();
+        json!({ "addresses": addrs }).to_string().into_bytes()
+    };
+    let announce = |b: &[u8]| {
+        let dev = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+        let der = data_encoding_base64(dev.cert_der());
+        let headers = [
+            ("X-Tls-Client-Cert-Der-Base64", der.as_str()),
+            ("X-Forwarded-For", "192.0.2.1"),
+        ];
+        (dev, plain(srv.port, "POST", "/", &headers, b))
+    };
+    // Relay URLs may carry long parameters: 60 of nearly 1 KB each.
+    let relays: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                "relay://192.0.2.1:22067/?id=X&n={i}&pad={}",
+                "p".repeat(950)
+            )
+        })
+        .collect();
+    let big = json!({ "addresses": relays }).to_string().into_bytes();
+    assert!(big.len() > 55_000 && big.len() < 64 * 1024);
+    for _ in 0..200 {
+        let (dev, r) = announce(&big);
+        assert_eq!(r.status, 413, "{r:?}");
+        let look = plain(
+            srv.port,
+            "GET",
+            &format!("/?device={}", dev.device_id()),
+            &[],
+            b"",
+        );
+        assert_eq!(look.status, 404);
+    }
+    let fill = body(30, 200);
+    let mut counts = std::collections::BTreeMap::<u16, u32>::new();
+    for _ in 0..2000 {
+        let (_, r) = announce(&fill);
+        if r.status == 503 {
+            assert!(r.secs("retry-after").is_some(), "503 without Retry-After");
+        }
+        *counts.entry(r.status).or_default() += 1;
+    }
+    let after = rss_kib(pid);
+    let grown = after.saturating_sub(before) * 1024;
+    eprintln!(
+        "BUDGET {BUDGET} bytes; RSS {before} KiB -> {after} KiB (+{grown} bytes); replies {counts:?}"
+    );
+    let stored = u64::from(counts.get(&204).copied().unwrap_or(0));
+    assert!(counts.get(&503).copied().unwrap_or(0) > 0, "{counts:?}");
+    // Each stored record holds at least its address text.
+    let per: u64 = serde_json::from_slice::<serde_json::Value>(&fill).unwrap()["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().len() as u64)
+        .sum();
+    assert!(
+        stored * per <= BUDGET + per,
+        "{stored} stored of {per} bytes: {counts:?}"
+    );
+    assert!(
+        grown < 3 * BUDGET,
+        "RSS grew by {grown} bytes for a budget of {BUDGET}"
+    );
+    let m = srv.metrics();
+    for reason in ["store_full", "announcement_too_large"] {
+        assert!(
+            m.contains(&format!(
+                "syncthing_discovery_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}"
+        );
+    }
+    srv.stop();
+}
+
+/// Issue 14, H3: new device IDs per source come at a lower rate than
+/// requests; known devices and other sources are not held back.
+#[test]
+fn new_devices_per_source_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--http",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--client-cert-header",
+            "caddy",
+            "--rate-limit",
+            "0",
+            "--new-device-rate",
+            "1",
+            "--new-device-burst",
+            "3",
+        ],
+    );
+    let body = br#"{"addresses":["tcp://new.example:22000"]}"#;
+    let post = |dev: &Identity, from: &str| {
+        let der = data_encoding_base64(dev.cert_der());
+        let headers = [
+            ("X-Tls-Client-Cert-Der-Base64", der.as_str()),
+            ("X-Forwarded-For", from),
+        ];
+        plain(srv.port, "POST", "/", &headers, body)
+    };
+    let devs: Vec<Identity> = (0..10).map(|_| identity()).collect();
+    let statuses: Vec<u16> = devs.iter().map(|d| post(d, "192.0.2.1").status).collect();
+    assert_eq!(&statuses[..3], [204, 204, 204], "{statuses:?}");
+    // One a minute after the burst: at most one more, however slow this run.
+    let more = statuses[3..].iter().filter(|s| **s == 204).count();
+    assert!(more <= 1, "{statuses:?}");
+    let r = post(&devs[9], "192.0.2.1");
+    if r.status == 429 {
+        assert!(r.secs("retry-after").is_some_and(|s| s >= 1), "{r:?}");
+    }
+    // A known device re-announces; another source adds its own.
+    assert_eq!(post(&devs[0], "192.0.2.1").status, 204);
+    assert_eq!(post(&identity(), "192.0.2.2").status, 204);
+    assert!(srv
+        .metrics()
+        .contains("syncthing_discovery_refused_total{reason=\"new_device_rate\"}"));
+    srv.stop();
+}

@@ -31,6 +31,7 @@ pub(crate) fn test_app() -> App<MemoryStore> {
         store: MemoryStore::new(None),
         metrics: Metrics::new(),
         limiter: None,
+        new_device_limiter: None,
         seen_tracker: NotFoundTracker::new(1000.0),
         unseen_tracker: NotFoundTracker::new(1000.0),
         http_mode: false,
