@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipnet::IpNet;
+use proto::discovery::CertHeader;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -39,13 +40,27 @@ pub struct Cli {
     pub key_type: proto::KeyKind,
 
     /// Serve plain HTTP behind a TLS-terminating reverse proxy that forwards
-    /// the client certificate (X-SSL-Cert, X-Tls-Client-Cert-Der-Base64 or
-    /// X-Forwarded-Tls-Client-Cert) and address (X-Forwarded-For, X-Client-Port).
+    /// the client certificate (see --client-cert-header) and address
+    /// (X-Forwarded-For, X-Client-Port).
     #[arg(long, env = "DISCOSRV_HTTP")]
     pub http: bool,
 
+    /// In --http mode, the one header the proxy writes the client certificate
+    /// to: X-SSL-Cert (nginx), X-Tls-Client-Cert-Der-Base64 (caddy) or
+    /// X-Forwarded-Tls-Client-Cert (traefik); the proxy's name works too. An
+    /// announcement carrying either of the other two is refused (403): a
+    /// proxy passes a client's copy of them through, so it must remove them.
+    #[arg(
+        long,
+        env = "DISCOSRV_CLIENT_CERT_HEADER",
+        default_value = "X-SSL-Cert",
+        value_parser = clap::value_parser!(CertHeader)
+    )]
+    pub client_cert_header: CertHeader,
+
     /// Peers whose forwarding headers are believed, in --http mode (CIDR, repeatable
-    /// or comma-separated). Headers from anyone else are ignored.
+    /// or comma-separated). Headers from anyone else are ignored. The client is
+    /// the rightmost X-Forwarded-For address outside these networks.
     #[arg(
         long = "trusted-proxy",
         env = "DISCOSRV_TRUSTED_PROXY",
@@ -63,7 +78,13 @@ pub struct Cli {
 
     /// Keep announcements in Redis instead (redis://[:password@]host:port[/db],
     /// rediss:// for TLS). With --redis-cluster, repeat it for each seed node.
-    #[arg(long, env = "DISCOSRV_REDIS_URL", value_delimiter = ',')]
+    /// Its value may hold a password, so --help never shows it.
+    #[arg(
+        long,
+        env = "DISCOSRV_REDIS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub redis_url: Vec<String>,
 
     /// The --redis-url nodes form a Redis Cluster.
@@ -87,6 +108,28 @@ pub struct Cli {
     #[arg(long, env = "DISCOSRV_RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
 
+    /// Announcements of devices the store does not hold yet, per client IP
+    /// (IPv6: per /64) and minute, after --new-device-burst; more get 429.
+    /// Known devices are not counted. 0 turns this limit off.
+    #[arg(long, env = "DISCOSRV_NEW_DEVICE_RATE", default_value_t = 60)]
+    pub new_device_rate: u32,
+
+    /// New devices one client IP may announce at once (a site's devices
+    /// behind one NAT on their first start).
+    #[arg(long, env = "DISCOSRV_NEW_DEVICE_BURST", default_value_t = 256)]
+    pub new_device_burst: u32,
+
+    /// Most devices the embedded store holds; past it, announcements of new
+    /// devices get 503 with Retry-After (known ones still update).
+    #[arg(long, env = "DISCOSRV_MAX_RECORDS", default_value_t = 2_000_000)]
+    pub max_records: u64,
+
+    /// Most bytes the embedded store's records may take (about 116 bytes
+    /// for a device with three IPv4 addresses, at most 8 KiB of addresses
+    /// per device); past it, as --max-records.
+    #[arg(long, env = "DISCOSRV_MAX_STORE_BYTES", default_value_t = 1 << 30)]
+    pub max_store_bytes: u64,
+
     /// Most client IPs the rate limiter remembers; idle ones are forgotten first.
     #[arg(
         long,
@@ -104,9 +147,22 @@ pub struct Cli {
     #[arg(long, env = "DISCOSRV_UNSEEN_RATE", default_value_t = 1000.0)]
     pub desired_unseen_not_found_rate: f64,
 
-    /// Most simultaneous client connections; more wait to be accepted.
+    /// Most simultaneous client connections; one more is accepted and
+    /// closed at once (so the listen queue never fills), and counted.
     #[arg(long, env = "DISCOSRV_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
+
+    /// Most simultaneous connections from one client IP (IPv6: one /64);
+    /// more are closed at once and counted. A studio's devices behind one NAT
+    /// share an address, hence the room. --trusted-proxy peers in --http
+    /// mode are not limited. 0 turns the limit off.
+    #[arg(long, env = "DISCOSRV_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// A connection with no request for this long is closed (HTTP/2:
+    /// GOAWAY), whatever keep-alive pings say.
+    #[arg(long, env = "DISCOSRV_IDLE_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 
     #[command(flatten)]
     pub log: service::LogArgs,
@@ -156,6 +212,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.trusted_proxies.len(), 3);
+        assert_eq!(cli.client_cert_header, CertHeader::Nginx);
+        for (value, want) in [
+            ("caddy", CertHeader::Caddy),
+            ("X-Tls-Client-Cert-Der-Base64", CertHeader::Caddy),
+            ("x-forwarded-tls-client-cert", CertHeader::Traefik),
+            ("nginx", CertHeader::Nginx),
+        ] {
+            let cli = Cli::try_parse_from(["discosrv", "--client-cert-header", value]).unwrap();
+            assert_eq!(cli.client_cert_header, want, "{value}");
+        }
+        assert!(Cli::try_parse_from(["discosrv", "--client-cert-header", "x-cert"]).is_err());
         Cli::command_for_tests().debug_assert();
     }
 

@@ -6,24 +6,110 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::store::record::MAX_RECORD_ADDRESS_BYTES;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use ipnet::IpNet;
 use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
-use proto::discovery::{self, LookupReply, Source};
+use proto::discovery::{self, CertHeader, CertHeaderError, HeaderValues, LookupReply, Source};
 use proto::DeviceId;
 
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::retry::{self, NotFoundTracker};
-use crate::store::{Lookup, Now, Store};
+use crate::store::{Announced, Lookup, Now, Store};
 
 /// Time allowed for an announcement body to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type Body = Full<Bytes>;
+/// A response body that also keeps the request's body until the response
+/// has been sent. Over HTTP/2, a request body dropped while its stream is
+/// still open and unanswered makes h2 reset the stream with CANCEL, and the
+/// client never sees the answer (a 403 or 413 sent before the upload ended
+/// was lost that way); dropped after the response's last frame, h2 resets
+/// with NO_ERROR as RFC 9113 §8.1 asks, and the answer stands.
+///
+/// Some clients (curl 7.88, Debian 12's) still drop an answer whose stream
+/// is reset, even with NO_ERROR, while they upload. So over HTTP/2 the rest
+/// of an unread request body is read and dropped after the answer, on its
+/// own task, bounded by [`H2_DRAIN_BYTES`] and [`H2_DRAIN_TIME`]: the
+/// upload then ends normally and no reset is needed.
+pub struct Body {
+    data: Option<Bytes>,
+    request: Option<Incoming>,
+    h2: bool,
+}
+
+/// How much of an unread HTTP/2 request body is read after the answer.
+const H2_DRAIN_BYTES: usize = 4 * 1024 * 1024;
+const H2_DRAIN_TIME: Duration = Duration::from_secs(10);
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        use hyper::body::Body as _;
+        let Some(mut request) = self.request.take() else {
+            return;
+        };
+        if !self.h2 || request.is_end_stream() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(H2_DRAIN_TIME, async {
+                let mut total = 0usize;
+                while let Some(Ok(frame)) = request.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        total = total.saturating_add(data.len());
+                        if total > H2_DRAIN_BYTES {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+impl Body {
+    fn new(data: Bytes) -> Body {
+        Body {
+            data: (!data.is_empty()).then_some(data),
+            request: None,
+            h2: false,
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .data
+                .take()
+                .map(|d| Ok(hyper::body::Frame::data(d))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
 
 /// What the connection knows about its client.
 #[derive(Clone, Debug)]
@@ -37,11 +123,15 @@ pub struct App<S> {
     pub store: S,
     pub metrics: Metrics,
     pub limiter: Option<RateLimit>,
+    /// `--new-device-rate`: announcements of devices the store lacks.
+    pub new_device_limiter: Option<RateLimit>,
     pub seen_tracker: NotFoundTracker,
     pub unseen_tracker: NotFoundTracker,
     /// `--http`: plain HTTP behind a reverse proxy.
     pub http_mode: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// `--client-cert-header`: the only certificate header believed.
+    pub cert_header: CertHeader,
 }
 
 /// Who sent a request, after deciding whether to believe proxy headers.
@@ -64,7 +154,14 @@ impl<S: Store> App<S> {
                 via_trusted_proxy: false,
             };
         }
-        let ip = header_str(headers, "x-forwarded-for").and_then(discovery::forwarded_for);
+        // Non-UTF-8 lines become "", which is not an address.
+        let ip = discovery::forwarded_for(
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.to_str().unwrap_or("")),
+            |ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)),
+        );
         let port = header_str(headers, "x-client-port").and_then(discovery::client_port);
         Client {
             // Without X-Forwarded-For the client's address is unknown: the
@@ -85,22 +182,25 @@ impl<S: Store> App<S> {
         conn: &ConnInfo,
         client: &Client,
         headers: &HeaderMap,
-    ) -> Result<Option<DeviceId>, ()> {
+    ) -> Result<Option<DeviceId>, CertHeaderError> {
         if let Some(id) = conn.device {
             return Ok(Some(id));
         }
         if !client.via_trusted_proxy {
             return Ok(None);
         }
-        let lookup = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
-        match discovery::client_cert_from_headers(lookup) {
-            Ok(Some(der)) => Ok(Some(DeviceId::from_der_cert(&der))),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                tracing::debug!(error = %e, "bad client certificate header");
-                Err(())
+        let lookup = |name: &str| {
+            let mut all = headers.get_all(name).iter();
+            match (all.next(), all.next()) {
+                (None, _) => HeaderValues::Absent,
+                (Some(v), None) => HeaderValues::One(v.as_bytes()),
+                _ => HeaderValues::Many,
             }
-        }
+        };
+        Ok(
+            discovery::client_cert_from_headers(self.cert_header, lookup)?
+                .map(|der| DeviceId::from_der_cert(&der)),
+        )
     }
 }
 
@@ -111,22 +211,26 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub async fn handle<S: Store>(
     app: Arc<App<S>>,
     conn: Arc<ConnInfo>,
-    req: Request<hyper::body::Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let resp = route(&app, &conn, req).await;
+    let (parts, mut body) = req.into_parts();
+    let mut resp = route(&app, &conn, &parts, &mut body).await;
     app.metrics
-        .request(&method, resp.status().as_u16(), started.elapsed());
+        .request(&parts.method, resp.status().as_u16(), started.elapsed());
+    let b = resp.body_mut();
+    b.h2 = parts.version == http::Version::HTTP_2;
+    b.request = Some(body);
     Ok(resp)
 }
 
 async fn route<S: Store>(
     app: &App<S>,
     conn: &ConnInfo,
-    req: Request<hyper::body::Incoming>,
+    req: &http::request::Parts,
+    body: &mut Incoming,
 ) -> Response<Body> {
-    let client = app.client(conn, req.headers());
+    let client = app.client(conn, &req.headers);
     if let Some(limiter) = &app.limiter {
         if let Err(wait) = limiter.check(client.limit_ip) {
             app.metrics.rate_limited.inc();
@@ -135,7 +239,7 @@ async fn route<S: Store>(
                 .with_header("retry-after", secs);
         }
     }
-    match req.uri().path() {
+    match req.uri.path() {
         "/ping" => return empty(StatusCode::NO_CONTENT),
         "/healthz" => {
             return if app.store.healthy().await {
@@ -147,9 +251,9 @@ async fn route<S: Store>(
         }
         _ => {}
     }
-    match *req.method() {
-        Method::GET => lookup(app, req.uri().query()).await,
-        Method::POST => announce(app, conn, &client, req).await,
+    match req.method {
+        Method::GET => lookup(app, req.uri.query()).await,
+        Method::POST => announce(app, conn, &client, req, body).await,
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             .with_header("allow", "GET, POST"),
     }
@@ -171,7 +275,7 @@ async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
                 seen: rfc3339(found.seen_unix_ns),
                 addresses: found.addresses,
             };
-            let mut resp = Response::new(Full::new(Bytes::from(reply.to_json())));
+            let mut resp = Response::new(Body::new(Bytes::from(reply.to_json())));
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
@@ -200,18 +304,40 @@ async fn announce<S: Store>(
     app: &App<S>,
     conn: &ConnInfo,
     client: &Client,
-    req: Request<hyper::body::Incoming>,
+    req: &http::request::Parts,
+    body: &mut Incoming,
 ) -> Response<Body> {
-    let device = match app.device(conn, client, req.headers()) {
+    let device = match app.device(conn, client, &req.headers) {
         Ok(Some(d)) => d,
-        Ok(None) | Err(()) => {
+        Ok(None) => {
             app.metrics.announcement("no_certificate");
             return text(StatusCode::FORBIDDEN, "Forbidden")
                 .with_header("retry-after", retry::error_retry_after());
         }
+        Err(e) => {
+            // The error names header names only, never their contents.
+            tracing::debug!(client = %client.limit_ip, reason = e.reason(), error = %e, "announcement refused");
+            app.metrics.announcement("bad_certificate_header");
+            app.metrics.refused(e.reason());
+            return text_owned(StatusCode::FORBIDDEN, format!("Forbidden: {e}"))
+                .with_header("retry-after", retry::error_retry_after());
+        }
     };
+    // A new device costs a record: fresh certificates are free to make, so
+    // each source gets few new ones (known devices are not counted).
+    if let Some(limiter) = &app.new_device_limiter {
+        if app.store.knows(&device) == Some(false) {
+            if let Err(wait) = limiter.check(client.limit_ip) {
+                app.metrics.refused("new_device_rate");
+                app.metrics.announcement("new_device_rate");
+                tracing::debug!(client = %client.limit_ip, "new device refused: --new-device-rate");
+                return text(StatusCode::TOO_MANY_REQUESTS, "Too Many New Devices")
+                    .with_header("retry-after", wait.as_secs() + 1);
+            }
+        }
+    }
     let declared = req
-        .headers()
+        .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -224,7 +350,7 @@ async fn announce<S: Store>(
     }
     let bytes = match tokio::time::timeout(
         BODY_TIMEOUT,
-        service::body::read_limited(req.into_body(), MAX_ANNOUNCEMENT_BYTES, DRAIN_BYTES),
+        service::body::read_limited_mut(body, MAX_ANNOUNCEMENT_BYTES, DRAIN_BYTES),
     )
     .await
     {
@@ -252,9 +378,22 @@ async fn announce<S: Store>(
         app.metrics.announcement("bad_request");
         return bad_request();
     }
+    // A record holds at most this much address text, whatever the body.
+    if addresses.iter().map(String::len).sum::<usize>() > MAX_RECORD_ADDRESS_BYTES {
+        app.metrics.refused("announcement_too_large");
+        app.metrics.announcement("bad_request");
+        return too_large();
+    }
     let t = Instant::now();
     match app.store.announce(device, addresses, Now::system()).await {
-        Ok(()) => {
+        Ok(Announced::Full) => {
+            app.metrics.store_op("merge", "full", t.elapsed());
+            app.metrics.refused("store_full");
+            app.metrics.announcement("store_full");
+            tracing::debug!(device = %device.short(), "new device refused: the store's budget is spent");
+            unavailable()
+        }
+        Ok(Announced::Stored) => {
             app.metrics.store_op("merge", "success", t.elapsed());
             app.metrics.announcement("success");
             empty(StatusCode::NO_CONTENT).with_header("reannounce-after", retry::reannounce_after())
@@ -338,14 +477,22 @@ impl WithHeader for Response<Body> {
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::new(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }
 
 /// A plain-text error like Go's `http.Error`.
 fn text(status: StatusCode, msg: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    text_body(status, Bytes::from(format!("{msg}\n")))
+}
+
+fn text_owned(status: StatusCode, msg: String) -> Response<Body> {
+    text_body(status, Bytes::from(msg + "\n"))
+}
+
+fn text_body(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

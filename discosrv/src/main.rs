@@ -24,7 +24,7 @@ use crate::handlers::App;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::retry::NotFoundTracker;
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{Budget, MemoryStore};
 use crate::store::redis::RedisStore;
 use crate::store::{Now, Store};
 
@@ -72,7 +72,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(listen = %cli.listen, mode = if cli.http { "http" } else { "https" }, "discovery API listening");
 
     if cli.redis_url.is_empty() {
-        let store = MemoryStore::new(Some(cli.db_dir.clone()));
+        let store = MemoryStore::new(Some(cli.db_dir.clone())).with_budget(Budget {
+            max_records: cli.max_records,
+            max_bytes: cli.max_store_bytes,
+        });
         let t = std::time::Instant::now();
         let loaded = store
             .load_snapshot(Now::system())
@@ -118,10 +121,16 @@ fn new_app<S: Store>(cli: &Cli, store: S) -> App<S> {
             cli.rate_limit_burst,
             cli.rate_limit_max_clients,
         ),
+        new_device_limiter: RateLimit::per_minute(
+            cli.new_device_rate,
+            cli.new_device_burst,
+            cli.rate_limit_max_clients,
+        ),
         seen_tracker: NotFoundTracker::new(cli.desired_seen_not_found_rate),
         unseen_tracker: NotFoundTracker::new(cli.desired_unseen_not_found_rate),
         http_mode: cli.http,
         trusted_proxies: cli.trusted_proxies.clone(),
+        cert_header: cli.client_cert_header,
     }
 }
 
@@ -141,7 +150,17 @@ async fn serve<S: Store>(
         tokio::spawn(status::serve(l, app.clone(), rx.clone()));
     }
     tokio::spawn(periodic(app.clone(), rx.clone()));
-    let api = tokio::spawn(server::serve(listener, tls, app, cli.max_connections, rx));
+    let limits = server::Limits {
+        max_connections: cli.max_connections,
+        per_ip: cli.max_connections_per_ip,
+        idle_timeout: cli.idle_timeout,
+        exempt: if cli.http {
+            cli.trusted_proxies.clone()
+        } else {
+            Vec::new()
+        },
+    };
+    let api = tokio::spawn(server::serve(listener, tls, app, limits, rx));
     service::shutdown::signal().await;
     let _ = tx.send(true);
     api.await.context("API server task")?;
@@ -172,6 +191,9 @@ async fn periodic<S: Store>(app: Arc<App<S>>, mut stop: watch::Receiver<bool>) {
             if let Some(l) = &app.limiter {
                 app.metrics.rate_limiter_clients.set(l.sweep() as i64);
             }
+            if let Some(l) = &app.new_device_limiter {
+                l.sweep();
+            }
         }
         if let Some(current) = app.store.current_devices() {
             if n.is_multiple_of(10) {
@@ -199,6 +221,9 @@ async fn memory_maintenance(
                 let a = app.clone();
                 if let Ok(current) = tokio::task::spawn_blocking(move || a.store.expire(Now::system())).await {
                     app.metrics.database_keys.get_or_create(&[("category", "current")]).set(current as i64);
+                    let (records, bytes) = app.store.usage();
+                    app.metrics.database_keys.get_or_create(&[("category", "all")]).set(records as i64);
+                    app.metrics.store_bytes.set(bytes as i64);
                 }
             }
             _ = flush.tick() => {

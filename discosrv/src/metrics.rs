@@ -33,6 +33,9 @@ pub struct Metrics {
     pub retry_after: Family<L1, Gauge<f64, AtomicU64>>,
     pub connections: Gauge,
     pub rate_limiter_clients: Gauge,
+    pub store_bytes: Gauge,
+    refused: Family<L1, Counter>,
+    accept_errors: Family<L1, Counter>,
     hot: Hot,
 }
 
@@ -75,6 +78,24 @@ impl Metrics {
         let retry_after = Family::<L1, Gauge<f64, AtomicU64>>::default();
         let connections = Gauge::default();
         let rate_limiter_clients = Gauge::default();
+        let refused = Family::<L1, Counter>::default();
+        let accept_errors = Family::<L1, Counter>::default();
+        let store_bytes = Gauge::default();
+        registry.register(
+            "syncthing_discovery_database_bytes",
+            "Estimated memory of the embedded store's records (see --max-store-bytes)",
+            store_bytes.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_accept_errors",
+            "Failed accepts (out of file descriptors and the like) by listener; each is followed by a pause",
+            accept_errors.clone(),
+        );
+        registry.register(
+            "syncthing_discovery_refused",
+            "Requests and connections refused for a reason other than the rate limit, by reason",
+            refused.clone(),
+        );
         registry.register(
             "syncthing_discovery_api_requests",
             "API requests by HTTP method (type) and status code (result)",
@@ -186,7 +207,22 @@ impl Metrics {
             retry_after,
             connections,
             rate_limiter_clients,
+            refused,
+            accept_errors,
+            store_bytes,
         }
+    }
+
+    /// A failed `accept` on `listener` ("api" or "metrics").
+    pub fn accept_error(&self, listener: &'static str) {
+        self.accept_errors
+            .get_or_create(&[("listener", listener)])
+            .inc();
+    }
+
+    /// One refusal; `reason` is a fixed label (never client data).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     pub fn request(&self, method: &http::Method, status: u16, elapsed: Duration) {

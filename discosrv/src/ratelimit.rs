@@ -25,12 +25,28 @@ impl RateLimit {
     pub fn new(per_second: u32, burst: u32, max_clients: usize) -> Option<Self> {
         let rate = NonZeroU32::new(per_second)?;
         let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
-        let quota = Quota::per_second(rate).allow_burst(burst);
-        Some(RateLimit {
+        Some(Self::with_quota(
+            Quota::per_second(rate).allow_burst(burst),
+            max_clients,
+        ))
+    }
+
+    /// `per_minute` events a minute after a burst; None when 0 (off).
+    pub fn per_minute(per_minute: u32, burst: u32, max_clients: usize) -> Option<Self> {
+        let rate = NonZeroU32::new(per_minute)?;
+        let burst = NonZeroU32::new(burst).unwrap_or(rate);
+        Some(Self::with_quota(
+            Quota::per_minute(rate).allow_burst(burst),
+            max_clients,
+        ))
+    }
+
+    fn with_quota(quota: Quota, max_clients: usize) -> Self {
+        RateLimit {
             quota,
             max_clients: max_clients.max(1),
             limiter: RwLock::new(Arc::new(RateLimiter::keyed(quota))),
-        })
+        }
     }
 
     fn current(&self) -> Arc<Limiter> {
@@ -73,7 +89,7 @@ impl RateLimit {
 
 /// IPv4 addresses as they are; IPv6 by /64, the smallest prefix a single
 /// site usually gets (otherwise one host could use 2^64 keys).
-fn key(ip: IpAddr) -> IpAddr {
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let seg = v6.segments();

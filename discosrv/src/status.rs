@@ -23,7 +23,13 @@ pub async fn serve<S: Store>(
 ) {
     loop {
         let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    crate::server::accept_failed(&app.metrics, "metrics", &e).await;
+                    continue;
+                }
+            },
             _ = stop.changed() => return,
         };
         let app = app.clone();

@@ -41,6 +41,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     // Recent log lines are kept for /rest/system/log too.
     args.log
         .init_with_copy(Some(crate::events::record::log_line));
+    // Every peer, REST client and open file is a descriptor.
+    service::runtime::raise_open_file_limit();
     // Blocking work (disk reads, hashing, the index) is bounded where it is
     // spawned; the cap here keeps a burst from costing hundreds of thread
     // stacks.

@@ -23,6 +23,18 @@ pub async fn read_limited(
     max: usize,
     drain: usize,
 ) -> Result<Bytes, BodyError> {
+    read_limited_mut(&mut body, max, drain).await
+}
+
+/// [`read_limited`] leaving the body with the caller, who should keep it
+/// until the answer is sent: over HTTP/2, a request body dropped before the
+/// response resets the stream (CANCEL) and the client loses the answer;
+/// dropped after it, the reset says NO_ERROR and the answer stands.
+pub async fn read_limited_mut(
+    body: &mut Incoming,
+    max: usize,
+    drain: usize,
+) -> Result<Bytes, BodyError> {
     let mut buf = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {

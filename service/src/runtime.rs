@@ -10,6 +10,7 @@ pub fn run_main<F>(main: F) -> ExitCode
 where
     F: Future<Output = anyhow::Result<()>>,
 {
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,5 +31,74 @@ where
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, once at start,
+/// and logs the limit in force. Every connection of a server is a file
+/// descriptor and the usual soft default (1024) is far below what the
+/// hard limit allows; hitting it makes `accept` fail for everyone.
+/// Returns the soft limit in force, if it could be read.
+pub fn raise_open_file_limit() -> Option<libc::rlim_t> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the open files limit (RLIMIT_NOFILE)");
+        return None;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(error = %e, soft = before, hard = lim.rlim_max, "cannot raise the open files limit");
+        }
+    }
+    tracing::info!(
+        limit = lim.rlim_cur,
+        was = before,
+        "open files limit (RLIMIT_NOFILE)"
+    );
+    Some(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_file_limit_is_raised_to_the_hard_limit() {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        // Start from a lowered soft limit, as a default shell gives.
+        let low = libc::rlimit {
+            rlim_cur: lim.rlim_max.min(256),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+        let got = raise_open_file_limit().unwrap();
+        assert_eq!(got, lim.rlim_max);
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        assert_eq!(now.rlim_cur, lim.rlim_max);
     }
 }

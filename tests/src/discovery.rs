@@ -34,6 +34,18 @@ impl Discosrv {
     }
 
     pub fn start_on(dir: &Path, port: u16, metrics_port: u16, extra: &[&str]) -> Discosrv {
+        Self::start_with(dir, port, metrics_port, extra, |_| {})
+    }
+
+    /// [`Discosrv::start_on`] with a last change to the command (e.g. a
+    /// `pre_exec` lowering a limit).
+    pub fn start_with(
+        dir: &Path,
+        port: u16,
+        metrics_port: u16,
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Discosrv {
         std::fs::create_dir_all(dir).expect("create discosrv dir");
         let mut cmd = Command::new(our_binary("discosrv"));
         cmd.arg("--listen")
@@ -54,6 +66,7 @@ impl Discosrv {
                 cmd.env_remove(k);
             }
         }
+        tweak(&mut cmd);
         let mut proc = Proc::spawn("discosrv", cmd, &dir.join("discosrv.log"));
         let up = wait::listening(port, Duration::from_secs(20));
         assert!(
@@ -176,14 +189,54 @@ pub fn https(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
+    https_from(None, port, server, who, method, target, headers, body)
+}
+
+/// [`https`] from a chosen loopback source address (127.0.0.2, …), to be
+/// another client than 127.0.0.1 for per-source limits.
+#[allow(clippy::too_many_arguments)]
+pub fn https_from(
+    source: Option<std::net::IpAddr>,
+    port: u16,
+    server: Option<DeviceId>,
+    who: Option<&Identity>,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let pin = server.map(ServerPin::Device).unwrap_or(ServerPin::Any);
     let config = tls::client_config(who, &[alpn::HTTP_1_1], pin, Versions::Tls12AndUp)
         .expect("client config");
     let conn =
         rustls::ClientConnection::new(Arc::new(config), tls::server_name()).expect("client conn");
-    let sock = connect(port);
+    let sock = connect_from(source, port);
     let mut stream = rustls::StreamOwned::new(conn, sock);
     exchange(&mut stream, method, target, headers, body)
+}
+
+/// A TLS connection speaking HTTP/2 (ALPN h2, preface and SETTINGS sent)
+/// that then stays silent, from `source` when given; None when the server
+/// closes or refuses it.
+pub fn idle_h2(
+    port: u16,
+    source: Option<std::net::IpAddr>,
+) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let config = tls::client_config(None, &[alpn::H2], ServerPin::Any, Versions::Tls12AndUp)
+        .expect("client config");
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), tls::server_name()).expect("client conn");
+    let sock = connect_from(source, port);
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    // Preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).ok()?;
+    stream.flush().ok()?;
+    // The server's SETTINGS arrive on an accepted connection.
+    let mut first = [0u8; 9];
+    stream.read_exact(&mut first).ok()?;
+    Some(stream)
 }
 
 /// One HTTP/1.1 request in plain text.
@@ -199,7 +252,24 @@ pub fn plain(
 }
 
 fn connect(port: u16) -> TcpStream {
-    let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    connect_from(None, port)
+}
+
+/// A TCP connection to 127.0.0.1:`port`, from `source` when given (any
+/// 127.0.0.0/8 address works on Linux without configuration).
+pub fn connect_from(source: Option<std::net::IpAddr>, port: u16) -> TcpStream {
+    let sock = match source {
+        None => TcpStream::connect(("127.0.0.1", port)).expect("connect"),
+        Some(ip) => {
+            use socket2::{Domain, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            s.bind(&std::net::SocketAddr::new(ip, 0).into())
+                .expect("bind the source address");
+            s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+                .expect("connect");
+            s.into()
+        }
+    };
     sock.set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     sock.set_write_timeout(Some(Duration::from_secs(15)))
@@ -346,8 +416,28 @@ pub struct Nginx {
     pub id: DeviceId,
 }
 
+/// The lines of the README's nginx snippet that remove the other proxies'
+/// certificate headers a client may send itself.
+pub const NGINX_CLEAR_OTHER_CERT_HEADERS: &str = r#"proxy_set_header X-Tls-Client-Cert-Der-Base64 "";
+            proxy_set_header X-Forwarded-Tls-Client-Cert "";"#;
+
 impl Nginx {
+    /// nginx with the documented configuration.
     pub fn start(dir: &Path, upstream_port: u16) -> Nginx {
+        Self::start_with(
+            dir,
+            upstream_port,
+            "$remote_addr",
+            NGINX_CLEAR_OTHER_CERT_HEADERS,
+        )
+    }
+
+    /// nginx with `xff` as the value of X-Forwarded-For (e.g.
+    /// `$proxy_add_x_forwarded_for`, which appends to the client's) and
+    /// `extra` directives in its `location` in place of the lines clearing
+    /// the other certificate headers (e.g. "" for the configuration
+    /// documented before issue 14).
+    pub fn start_with(dir: &Path, upstream_port: u16, xff: &str, extra: &str) -> Nginx {
         let nginx = require_program("nginx", "nginx-light");
         std::fs::create_dir_all(dir).expect("nginx dir");
         let identity =
@@ -379,9 +469,10 @@ http {{
         ssl_verify_client optional_no_ca;
         location / {{
             proxy_pass http://127.0.0.1:{upstream_port};
-            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-For {xff};
             proxy_set_header X-Client-Port $remote_port;
             proxy_set_header X-SSL-Cert $ssl_client_escaped_cert;
+            {extra}
         }}
     }}
 }}

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::discovery::{https, plain, Discosrv, Nginx, Redis, Reply};
+use e2e::discovery::{https, https_from, idle_h2, plain, Discosrv, Nginx, Redis, Reply};
 use e2e::{pick_port, wait, SyncthingHome};
 use proto::{Identity, KeyKind};
 use serde_json::json;
@@ -513,38 +513,51 @@ fn forwarding_headers_only_from_trusted_proxies() {
     assert_eq!(r.status, 404);
     untrusted.stop();
 
-    // Trusted: the certificate in each proxy's header form, and the first
-    // element of a multi-address X-Forwarded-For as source.
-    let srv = Discosrv::start(
-        &dir.path().join("trusted"),
-        &["--http", "--trusted-proxy", "10.0.0.0/8,127.0.0.0/8"],
-    );
-    let lookup = || plain(srv.port, "GET", &format!("/?device={id}"), &[], b"");
-    for cert in [
-        ("X-SSL-Cert", pem.clone()),
-        ("X-Tls-Client-Cert-Der-Base64", b64.clone()),
+    // Trusted: the certificate in each proxy's header form (the server
+    // configured for it), and the client address from X-Forwarded-For.
+    for (flag, cert) in [
+        ("nginx", ("X-SSL-Cert", pem.clone())),
+        ("caddy", ("X-Tls-Client-Cert-Der-Base64", b64.clone())),
         (
-            "X-Forwarded-Tls-Client-Cert",
-            b64.replace('+', "%2B")
-                .replace('/', "%2F")
-                .replace('=', "%3D"),
+            "traefik",
+            (
+                "X-Forwarded-Tls-Client-Cert",
+                b64.replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D"),
+            ),
         ),
     ] {
+        let srv = Discosrv::start(
+            &dir.path().join(flag),
+            &[
+                "--http",
+                "--trusted-proxy",
+                "10.0.0.0/8,127.0.0.0/8",
+                "--client-cert-header",
+                flag,
+            ],
+        );
         let headers = [
             (cert.0, cert.1.as_str()),
-            ("X-Forwarded-For", "198.51.100.20, 10.1.2.3"),
+            ("X-Forwarded-For", "198.51.100.20"),
             ("X-Client-Port", "40000"),
         ];
         let r = plain(srv.port, "POST", "/", &headers, body);
         assert_eq!(r.status, 204, "{}: {r:?}", cert.0);
-        let r = lookup();
+        let r = plain(srv.port, "GET", &format!("/?device={id}"), &[], b"");
         assert_eq!(
             r.addresses(),
             ["tcp://198.51.100.20:22000", "tcp://198.51.100.20:40000"],
             "{}",
             cert.0
         );
+        srv.stop();
     }
+    let srv = Discosrv::start(
+        &dir.path().join("trusted"),
+        &["--http", "--trusted-proxy", "10.0.0.0/8,127.0.0.0/8"],
+    );
     // A garbage certificate header from a trusted proxy: refused.
     let r = plain(srv.port, "POST", "/", &[("X-SSL-Cert", "garbage")], body);
     assert_eq!(r.status, 403);
@@ -643,5 +656,659 @@ fn redis_record_is_bounded() {
     // 180 different addresses announced within the same seconds: the
     // stored record keeps 100 (those expiring last; ties broken arbitrarily).
     assert_eq!(got.len(), 100, "{got:?}");
+    srv.stop();
+}
+
+/// Issue 14, H1: behind nginx (which writes only X-SSL-Cert), a client
+/// without a certificate adds another proxy's certificate header holding a
+/// victim's certificate (certificates are public) to announce for it.
+#[test]
+fn another_proxys_certificate_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = identity();
+    let vid = victim.device_id().to_string();
+    let b64 = data_encoding_base64(victim.cert_der());
+    let pem = victim.cert_pem().replace('\n', " ");
+    let body = br#"{"addresses":["tcp://attacker.example:22000"]}"#;
+    let forged = [
+        ("X-Tls-Client-Cert-Der-Base64", b64.as_str()),
+        ("X-Forwarded-Tls-Client-Cert", b64.as_str()),
+    ];
+
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--http", "--trusted-proxy", "127.0.0.1/32"],
+    );
+    let attacker = identity();
+    let lookup_via = |port: u16, id| {
+        https(
+            port,
+            Some(id),
+            None,
+            "GET",
+            &format!("/?device={vid}"),
+            &[],
+            b"",
+        )
+    };
+    // The documented nginx configuration removes the other headers; the
+    // configuration documented before (without those lines) forwards
+    // them, and discosrv itself refuses.
+    for (name, extra) in [
+        (
+            "nginx-documented",
+            e2e::discovery::NGINX_CLEAR_OTHER_CERT_HEADERS,
+        ),
+        ("nginx-old", ""),
+    ] {
+        let nginx = Nginx::start_with(&dir.path().join(name), srv.port, "$remote_addr", extra);
+        for header in forged {
+            for who in [None, Some(&attacker)] {
+                let r = https(
+                    nginx.port,
+                    Some(nginx.id),
+                    who,
+                    "POST",
+                    "/",
+                    &[header],
+                    body,
+                );
+                // With its own certificate through the documented nginx,
+                // the client announces for itself only: the header is gone.
+                let want = if who.is_some() && !extra.is_empty() {
+                    204
+                } else {
+                    403
+                };
+                assert_eq!(
+                    r.status,
+                    want,
+                    "{name}, {}, own cert {}: {r:?}",
+                    header.0,
+                    who.is_some()
+                );
+                let r = lookup_via(nginx.port, nginx.id);
+                assert_eq!(
+                    r.status, 404,
+                    "{name}: the victim's record was written: {r:?}"
+                );
+            }
+        }
+        if extra.is_empty() {
+            let r = https(
+                nginx.port,
+                Some(nginx.id),
+                None,
+                "POST",
+                "/",
+                &[forged[0]],
+                body,
+            );
+            assert!(r.text().contains("not the configured one"), "{r:?}");
+        }
+        // A real client still announces through it.
+        let r = https(
+            nginx.port,
+            Some(nginx.id),
+            Some(&attacker),
+            "POST",
+            "/",
+            &[],
+            body,
+        );
+        assert_eq!(r.status, 204, "{name}: {r:?}");
+    }
+    let m = srv.metrics();
+    assert!(
+        m.contains("syncthing_discovery_refused_total{reason=\"cert_header_unexpected\"}"),
+        "{m}"
+    );
+    assert!(!srv.proc.log().contains(&b64[..40]), "raw header logged");
+    srv.stop();
+
+    // A server configured for Caddy's or Traefik's header, behind a
+    // trusted proxy that forwards what the client sent (127.0.0.1 plays
+    // it): the client's own X-SSL-Cert is refused, alone or beside the
+    // proxy's header with the client's real certificate.
+    let own = data_encoding_base64(attacker.cert_der());
+    for flag in ["caddy", "traefik"] {
+        let srv = Discosrv::start(
+            &dir.path().join(flag),
+            &[
+                "--http",
+                "--trusted-proxy",
+                "127.0.0.1/32",
+                "--client-cert-header",
+                flag,
+            ],
+        );
+        let proxys = if flag == "caddy" {
+            "X-Tls-Client-Cert-Der-Base64"
+        } else {
+            "X-Forwarded-Tls-Client-Cert"
+        };
+        for headers in [
+            vec![
+                ("X-SSL-Cert", pem.as_str()),
+                ("X-Forwarded-For", "192.0.2.7"),
+            ],
+            vec![
+                ("X-SSL-Cert", pem.as_str()),
+                (proxys, own.as_str()),
+                ("X-Forwarded-For", "192.0.2.7"),
+            ],
+        ] {
+            let r = plain(srv.port, "POST", "/", &headers, body);
+            assert_eq!(r.status, 403, "{flag}: {headers:?}: {r:?}");
+            let r = plain(srv.port, "GET", &format!("/?device={vid}"), &[], b"");
+            assert_eq!(r.status, 404, "{flag}: stored for the victim");
+        }
+        srv.stop();
+    }
+}
+
+/// Issue 14, M8: behind a proxy that appends to X-Forwarded-For (nginx's
+/// `$proxy_add_x_forwarded_for`), a client writing a new address on the
+/// left of each request must still be rate-limited as itself.
+#[test]
+fn lying_x_forwarded_for_does_not_escape_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--http",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--rate-limit",
+            "1",
+            "--rate-limit-burst",
+            "2",
+        ],
+    );
+    let nginx = Nginx::start_with(
+        &dir.path().join("nginx"),
+        srv.port,
+        "$proxy_add_x_forwarded_for",
+        e2e::discovery::NGINX_CLEAR_OTHER_CERT_HEADERS,
+    );
+    // The client is 127.0.0.2: 127.0.0.1 is nginx, the trusted proxy.
+    let client = Some("127.0.0.2".parse().unwrap());
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let lie = format!("198.51.100.{}", i + 1);
+        let r = https_from(
+            client,
+            nginx.port,
+            Some(nginx.id),
+            None,
+            "GET",
+            "/ping",
+            &[("X-Forwarded-For", lie.as_str())],
+            b"",
+        );
+        statuses.push(r.status);
+    }
+    let elapsed = started.elapsed().as_secs();
+    let allowed = statuses.iter().filter(|s| **s == 204).count() as u64;
+    assert!(
+        statuses.iter().all(|s| [204, 429].contains(s)),
+        "{statuses:?}"
+    );
+    // Burst 2 plus one a second, whatever the machine's speed.
+    assert!(
+        allowed <= 2 + elapsed + 1,
+        "{allowed} allowed in {elapsed} s: {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    drop(nginx);
+    srv.stop();
+}
+
+/// Issue 14: over HTTP/2 (curl's default with TLS and ALPN), a refusal sent
+/// before the upload ended was lost to a stream reset. curl 7.88 (Debian
+/// 12) drops an answer even on a NO_ERROR reset, so this is its strictest
+/// client.
+#[test]
+fn http2_clients_get_403_and_413_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(&dir.path().join("disco"), &["--rate-limit", "0"]);
+    let dev = identity();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    dev.save(&cert, &key).unwrap();
+    let curl = |with_cert: bool, body: &Path| {
+        let mut cmd = std::process::Command::new(e2e::require_program("curl", "curl"));
+        cmd.args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ]);
+        if with_cert {
+            cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        let out = cmd
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("https://127.0.0.1:{}/", srv.port))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut bodies = Vec::new();
+    for size in [100usize, 70_000, 300_000, 3_000_000] {
+        let path = dir.path().join(format!("body-{size}"));
+        std::fs::write(&path, vec![b' '; size]).unwrap();
+        bodies.push((size, path));
+    }
+    for round in 0..3 {
+        for (size, path) in &bodies {
+            assert_eq!(
+                curl(false, path),
+                "2 403",
+                "round {round}, no certificate, {size} bytes"
+            );
+            if *size > 65_536 {
+                assert_eq!(curl(true, path), "2 413", "round {round}, {size} bytes");
+            }
+        }
+    }
+    assert_eq!(srv.lookup(&dev.device_id().to_string()).status, 404);
+    srv.stop();
+}
+
+/// Issue 14, low: DISCOSRV_REDIS_URL may hold a password; --help printed it.
+#[test]
+fn help_does_not_print_the_redis_url() {
+    let out = std::process::Command::new(e2e::programs::our_binary("discosrv"))
+        .arg("--help")
+        .env("DISCOSRV_REDIS_URL", "redis://:hunter2-secret@redis:6379/0")
+        .output()
+        .expect("discosrv --help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--redis-url"), "{text}");
+    assert!(!text.contains("hunter2-secret"), "{text}");
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 (utime, stime); `after` starts at field 3.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Issue 14, low: out of file descriptors, the metrics accept loop retried
+/// at once and spun a core. The open-file limit is made small (soft and
+/// hard, so raising it at start cannot help) and filled by idle metrics
+/// connections; the server must then pause between failed accepts.
+#[test]
+fn metrics_accept_loop_backs_off_when_out_of_file_descriptors() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start_with(
+        &dir.path().join("disco"),
+        pick_port(),
+        pick_port(),
+        &[],
+        |cmd| {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let lim = libc::rlimit {
+                        rlim_cur: 64,
+                        rlim_max: 64,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let pid = srv.proc.pid();
+    let hogs: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.metrics_port)).ok())
+        .collect();
+    assert!(hogs.len() > 64, "only {} connections", hogs.len());
+    // Wait until the server has run out (its log says so), then measure.
+    let out = wait::until(Duration::from_secs(20), Duration::from_millis(100), || {
+        srv.proc.log().contains("accept failed").then_some(())
+    });
+    assert!(out.is_some(), "never ran out:\n{}", srv.proc.log_tail(20));
+    let (t0, c0) = (std::time::Instant::now(), cpu_seconds(pid));
+    std::thread::sleep(Duration::from_secs(3));
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds(pid) - c0);
+    assert!(
+        cpu < wall / 4.0,
+        "{cpu:.2} s of CPU in {wall:.2} s while out of descriptors"
+    );
+    drop(hogs);
+    // Serving again, and the failures were counted.
+    let m = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let r = std::panic::catch_unwind(|| srv.metrics()).ok()?;
+        r.contains("syncthing_discovery_accept_errors_total{listener=\"metrics\"}")
+            .then_some(r)
+    });
+    assert!(m.is_some(), "{}", srv.proc.log_tail(20));
+    srv.stop();
+}
+
+/// Issue 14, H4: the soft open-files limit is raised to the hard one at
+/// start (a shell's usual 1024 would cap connections far below the hard
+/// limit), and the limit in force is logged.
+#[test]
+fn open_files_limit_is_raised_at_start() {
+    use std::os::unix::process::CommandExt;
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    if hard.rlim_max <= 256 {
+        eprintln!("hard open-files limit {} too low to test", hard.rlim_max);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start_with(
+        &dir.path().join("disco"),
+        pick_port(),
+        pick_port(),
+        &[],
+        |cmd| {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = 256;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        },
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.proc.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(soft[3], hard.rlim_max.to_string(), "{line}");
+    let log = srv.proc.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("open files limit") && l.contains(&hard.rlim_max.to_string())),
+        "{log}"
+    );
+    srv.stop();
+}
+
+/// Issue 14, H4: idle HTTP/2 connections from one source held every slot
+/// and the accept loop stopped, locking everyone out. Now one source gets
+/// --max-connections-per-ip slots, and past --max-connections a connection
+/// is accepted and closed at once instead of waiting in the listen queue.
+#[test]
+fn idle_connections_from_one_source_do_not_lock_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--max-connections",
+            "12",
+            "--max-connections-per-ip",
+            "4",
+            "--rate-limit",
+            "0",
+        ],
+    );
+    let dev = identity();
+    let id = dev.device_id().to_string();
+    assert_eq!(
+        srv.announce(&dev, &["tcp://idle.example:22000"]).status,
+        204
+    );
+    let src = |n: u8| Some(std::net::IpAddr::from([127, 0, 0, n]));
+    let lookup_from = |n: u8| {
+        https_from(
+            src(n),
+            srv.port,
+            srv.id,
+            None,
+            "GET",
+            &format!("/?device={id}"),
+            &[],
+            b"",
+        )
+    };
+
+    // --max-connections idle h2 connections from one source: 4 kept.
+    let held: Vec<_> = (0..12).filter_map(|_| idle_h2(srv.port, src(1))).collect();
+    assert_eq!(held.len(), 4, "per-source cap");
+    let r = lookup_from(2);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.addresses(), ["tcp://idle.example:22000"]);
+
+    // Fill the rest from two more sources: 12 in all. One more connection
+    // from a fourth source is closed at once, not queued; the lookup
+    // succeeds again as soon as a slot is free.
+    let more: Vec<_> = (0..8)
+        .filter_map(|n| idle_h2(srv.port, src(3 + n / 4)))
+        .collect();
+    assert_eq!(more.len(), 8);
+    let t = std::time::Instant::now();
+    assert!(
+        idle_h2(srv.port, src(9)).is_none(),
+        "accepted past --max-connections"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "left waiting instead of refused"
+    );
+    drop(more);
+    let r = wait::until(Duration::from_secs(20), Duration::from_millis(200), || {
+        // Refused (closed) until the server has seen the others go.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lookup_from(9))).ok()?;
+        (r.status == 200).then_some(r)
+    });
+    assert!(r.is_some(), "{}", srv.proc.log_tail(20));
+
+    let m = srv.metrics();
+    for reason in ["max_connections_per_ip", "max_connections"] {
+        assert!(
+            m.contains(&format!(
+                "syncthing_discovery_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}: {m}"
+        );
+    }
+    drop(held);
+    srv.stop();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Issue 14, H3: fresh certificates (free to make) announcing large bodies
+/// filled memory without bound. Through a trusted proxy's Caddy header (no
+/// handshake per device, as the benchmark's fill), 200 certificates send
+/// 60 KB bodies of long addresses, then 2000 send 7.5 KB each, against a
+/// 4 MiB budget: the first are refused (413), the rest stop at the budget
+/// with 503 + Retry-After, and the server's RSS grows by less than 3× it.
+#[test]
+fn fresh_certificates_with_large_bodies_stay_within_the_budget() {
+    const BUDGET: u64 = 4 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--http",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--client-cert-header",
+            "caddy",
+            "--rate-limit",
+            "0",
+            "--new-device-rate",
+            "0",
+            "--max-store-bytes",
+            &BUDGET.to_string(),
+        ],
+    );
+    let pid = srv.proc.pid();
+    let before = rss_kib(pid);
+    let body = |n: usize, len: usize| {
+        let addrs: Vec<String> = (0..n)
+            // Labels of 50 characters: a valid host name of about `len`.
+            .map(|i| {
+                format!(
+                    "tcp://{}h{i}.example:22000",
+                    format!("{}.", "h".repeat(49)).repeat(len / 50)
+                )
+            })
+            .collect();
+        json!({ "addresses": addrs }).to_string().into_bytes()
+    };
+    let announce = |b: &[u8]| {
+        let dev = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+        let der = data_encoding_base64(dev.cert_der());
+        let headers = [
+            ("X-Tls-Client-Cert-Der-Base64", der.as_str()),
+            ("X-Forwarded-For", "192.0.2.1"),
+        ];
+        (dev, plain(srv.port, "POST", "/", &headers, b))
+    };
+    // Relay URLs may carry long parameters: 60 of nearly 1 KB each.
+    let relays: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                "relay://192.0.2.1:22067/?id=X&n={i}&pad={}",
+                "p".repeat(950)
+            )
+        })
+        .collect();
+    let big = json!({ "addresses": relays }).to_string().into_bytes();
+    assert!(big.len() > 55_000 && big.len() < 64 * 1024);
+    for _ in 0..200 {
+        let (dev, r) = announce(&big);
+        assert_eq!(r.status, 413, "{r:?}");
+        let look = plain(
+            srv.port,
+            "GET",
+            &format!("/?device={}", dev.device_id()),
+            &[],
+            b"",
+        );
+        assert_eq!(look.status, 404);
+    }
+    let fill = body(30, 200);
+    let mut counts = std::collections::BTreeMap::<u16, u32>::new();
+    for _ in 0..2000 {
+        let (_, r) = announce(&fill);
+        if r.status == 503 {
+            assert!(r.secs("retry-after").is_some(), "503 without Retry-After");
+        }
+        *counts.entry(r.status).or_default() += 1;
+    }
+    let after = rss_kib(pid);
+    let grown = after.saturating_sub(before) * 1024;
+    eprintln!(
+        "BUDGET {BUDGET} bytes; RSS {before} KiB -> {after} KiB (+{grown} bytes); replies {counts:?}"
+    );
+    let stored = u64::from(counts.get(&204).copied().unwrap_or(0));
+    assert!(counts.get(&503).copied().unwrap_or(0) > 0, "{counts:?}");
+    // Each stored record holds at least its address text.
+    let per: u64 = serde_json::from_slice::<serde_json::Value>(&fill).unwrap()["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().len() as u64)
+        .sum();
+    assert!(
+        stored * per <= BUDGET + per,
+        "{stored} stored of {per} bytes: {counts:?}"
+    );
+    assert!(
+        grown < 3 * BUDGET,
+        "RSS grew by {grown} bytes for a budget of {BUDGET}"
+    );
+    let m = srv.metrics();
+    for reason in ["store_full", "announcement_too_large"] {
+        assert!(
+            m.contains(&format!(
+                "syncthing_discovery_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}"
+        );
+    }
+    srv.stop();
+}
+
+/// Issue 14, H3: new device IDs per source come at a lower rate than
+/// requests; known devices and other sources are not held back.
+#[test]
+fn new_devices_per_source_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--http",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--client-cert-header",
+            "caddy",
+            "--rate-limit",
+            "0",
+            "--new-device-rate",
+            "1",
+            "--new-device-burst",
+            "3",
+        ],
+    );
+    let body = br#"{"addresses":["tcp://new.example:22000"]}"#;
+    let post = |dev: &Identity, from: &str| {
+        let der = data_encoding_base64(dev.cert_der());
+        let headers = [
+            ("X-Tls-Client-Cert-Der-Base64", der.as_str()),
+            ("X-Forwarded-For", from),
+        ];
+        plain(srv.port, "POST", "/", &headers, body)
+    };
+    let devs: Vec<Identity> = (0..10).map(|_| identity()).collect();
+    let statuses: Vec<u16> = devs.iter().map(|d| post(d, "192.0.2.1").status).collect();
+    assert_eq!(&statuses[..3], [204, 204, 204], "{statuses:?}");
+    // One a minute after the burst: at most one more, however slow this run.
+    let more = statuses[3..].iter().filter(|s| **s == 204).count();
+    assert!(more <= 1, "{statuses:?}");
+    let r = post(&devs[9], "192.0.2.1");
+    if r.status == 429 {
+        assert!(r.secs("retry-after").is_some_and(|s| s >= 1), "{r:?}");
+    }
+    // A known device re-announces; another source adds its own.
+    assert_eq!(post(&devs[0], "192.0.2.1").status, 204);
+    assert_eq!(post(&identity(), "192.0.2.2").status, 204);
+    assert!(srv
+        .metrics()
+        .contains("syncthing_discovery_refused_total{reason=\"new_device_rate\"}"));
     srv.stop();
 }

@@ -19,7 +19,7 @@ use proto::discovery::ADDRESS_LIFETIME_SECS;
 use proto::DeviceId;
 
 use super::record::{self, View};
-use super::{Found, Lookup, Now, Store, StoreError};
+use super::{Announced, Found, Lookup, Now, Store, StoreError};
 
 const SHARDS: usize = 64;
 const MAGIC: &[u8; 16] = b"DISCOSRV-SNAP-2\n";
@@ -66,6 +66,32 @@ pub struct MemoryStore {
     dir: Option<PathBuf>,
     /// Announcements since the last snapshot (skip writing when idle).
     changes: AtomicU64,
+    /// Records held and their cost in bytes ([`cost`]), kept up to date
+    /// under each shard's write lock; read against the budget before a
+    /// new device is added (concurrent writers may overshoot by a few).
+    records: AtomicU64,
+    bytes: AtomicU64,
+    budget: Budget,
+}
+
+/// The most the store holds; past it, new devices are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub max_records: u64,
+    pub max_bytes: u64,
+}
+
+impl Budget {
+    pub const UNLIMITED: Budget = Budget {
+        max_records: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+}
+
+/// What a record costs in memory: its heap block, the set's slot and the
+/// allocator's bookkeeping, roughly.
+fn cost(record_len: usize) -> u64 {
+    record_len as u64 + 48
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +126,33 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::new(HashSet::new())).collect(),
             dir,
             changes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            budget: Budget::UNLIMITED,
         }
+    }
+
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Records held and their cost in bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        (
+            self.records.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn added(&self, len: usize) {
+        self.records.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(cost(len), Ordering::Relaxed);
+    }
+
+    fn removed(&self, len: usize) {
+        self.records.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(cost(len), Ordering::Relaxed);
     }
 
     fn shard(&self, id: &[u8; 32]) -> &RwLock<HashSet<Entry>> {
@@ -120,7 +172,7 @@ impl MemoryStore {
             .sum()
     }
 
-    pub fn announce_sync(&self, id: DeviceId, addresses: &[String], now: Now) {
+    pub fn announce_sync(&self, id: DeviceId, addresses: &[String], now: Now) -> Announced {
         let now_s = clamp_secs(now.secs());
         let expires = clamp_secs(now.secs() + ADDRESS_LIFETIME_SECS as i64);
         let key = id.as_bytes();
@@ -130,11 +182,32 @@ impl MemoryStore {
         };
         let merged = match shard.get(key).and_then(Entry::view) {
             Some(v) => record::merge(v.addrs(), addresses, expires, now_s),
-            None => record::merge(std::iter::empty(), addresses, expires, now_s),
+            None => {
+                let (records, bytes) = self.usage();
+                if records >= self.budget.max_records || bytes >= self.budget.max_bytes {
+                    return Announced::Full;
+                }
+                record::merge(std::iter::empty(), addresses, expires, now_s)
+            }
         };
-        shard.replace(Entry(record::encode(key, now.0, &merged)));
+        let blob = record::encode(key, now.0, &merged);
+        let len = blob.len();
+        if let Some(old) = shard.replace(Entry(blob)) {
+            self.removed(old.0.len());
+        }
+        self.added(len);
         drop(shard);
         self.changes.fetch_add(1, Ordering::Relaxed);
+        Announced::Stored
+    }
+
+    /// Whether a record of `id` is held.
+    pub fn contains(&self, id: &DeviceId) -> bool {
+        let shard = match self.shard(id.as_bytes()).read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        shard.contains(id.as_bytes())
     }
 
     pub fn lookup_sync(&self, id: &DeviceId, now: Now) -> Lookup {
@@ -174,6 +247,7 @@ impl MemoryStore {
                 Err(p) => p.into_inner(),
             };
             let mut rewrite = Vec::new();
+            let mut gone = (0u64, 0u64);
             shard.retain(|e| {
                 let Some(v) = e.view() else { return false };
                 let mut live = 0usize;
@@ -190,14 +264,25 @@ impl MemoryStore {
                 if live < total {
                     rewrite.push((v.id(), v.seen_ns()));
                 }
-                live > 0 || v.seen_ns() >= forget_before
+                let keep = live > 0 || v.seen_ns() >= forget_before;
+                if !keep {
+                    gone.0 += 1;
+                    gone.1 += cost(e.0.len());
+                }
+                keep
             });
+            self.records.fetch_sub(gone.0, Ordering::Relaxed);
+            self.bytes.fetch_sub(gone.1, Ordering::Relaxed);
             for (id, seen) in rewrite {
                 if let Some(e) = shard.get(&id) {
                     if let Some(v) = e.view() {
                         let kept: Vec<_> = v.addrs().filter(|a| a.expires > now_s).collect();
                         let blob = record::encode(&id, seen, &kept);
-                        shard.replace(Entry(blob));
+                        let len = blob.len();
+                        if let Some(old) = shard.replace(Entry(blob)) {
+                            self.removed(old.0.len());
+                        }
+                        self.added(len);
                     }
                 }
             }
@@ -330,7 +415,11 @@ impl MemoryStore {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            shard.replace(entry);
+            let len = entry.0.len();
+            if let Some(old) = shard.replace(entry) {
+                self.removed(old.0.len());
+            }
+            self.added(len);
             loaded.records += 1;
         }
     }
@@ -346,9 +435,8 @@ impl Store for MemoryStore {
         id: DeviceId,
         addresses: Vec<String>,
         now: Now,
-    ) -> Result<(), StoreError> {
-        self.announce_sync(id, &addresses, now);
-        Ok(())
+    ) -> Result<Announced, StoreError> {
+        Ok(self.announce_sync(id, &addresses, now))
     }
 
     async fn lookup(&self, id: DeviceId, now: Now) -> Result<Lookup, StoreError> {
@@ -361,6 +449,10 @@ impl Store for MemoryStore {
 
     fn current_devices(&self) -> Option<u64> {
         None
+    }
+
+    fn knows(&self, id: &DeviceId) -> Option<bool> {
+        Some(self.contains(id))
     }
 }
 
@@ -439,5 +531,54 @@ mod tests {
         assert!(loaded.records > 50 && loaded.records < 200);
         assert!(loaded.damaged_moved_to.unwrap().exists());
         assert!(!path.exists());
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// Issue 14, H3: fresh device IDs could fill memory without bound.
+    #[test]
+    fn new_devices_are_refused_past_the_budget_known_ones_still_update() {
+        let s = MemoryStore::new(None).with_budget(Budget {
+            max_records: 3,
+            max_bytes: u64::MAX,
+        });
+        let now = Now(1_800_000_000 * 1_000_000_000);
+        let addrs = vec!["tcp://192.0.2.1:22000".to_string()];
+        for n in 0..3u8 {
+            let id = DeviceId::from_bytes([n; 32]);
+            assert_eq!(s.announce_sync(id, &addrs, now), Announced::Stored);
+        }
+        let late = DeviceId::from_bytes([9; 32]);
+        assert_eq!(s.announce_sync(late, &addrs, now), Announced::Full);
+        assert!(!s.contains(&late));
+        let more = vec!["tcp://192.0.2.2:22000".to_string()];
+        let known = DeviceId::from_bytes([1; 32]);
+        assert_eq!(s.announce_sync(known, &more, now), Announced::Stored);
+        assert_eq!(s.usage().0, 3);
+
+        // Bytes too; and expiry gives the room back.
+        let s = MemoryStore::new(None).with_budget(Budget {
+            max_records: u64::MAX,
+            max_bytes: 1000,
+        });
+        let mut stored = 0;
+        for n in 0..100u8 {
+            if s.announce_sync(DeviceId::from_bytes([n; 32]), &addrs, now) == Announced::Stored {
+                stored += 1;
+            }
+        }
+        let (records, bytes) = s.usage();
+        assert_eq!(records, stored);
+        assert!(
+            stored < 100 && bytes < 1000 + cost(200),
+            "{stored} records, {bytes} bytes"
+        );
+        let later = Now(now.0 + (FORGET_AFTER_SECS + 3 * 3600) * 1_000_000_000);
+        s.expire(later);
+        assert_eq!(s.usage(), (0, 0));
+        assert_eq!(s.announce_sync(late, &addrs, later), Announced::Stored);
     }
 }

@@ -55,6 +55,15 @@ impl Now {
     }
 }
 
+/// What became of an announcement the store could take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announced {
+    Stored,
+    /// A new device, and the record budget is spent: refused (503 with
+    /// `Retry-After`); known devices still update their records.
+    Full,
+}
+
 /// Storage of announcements. Addresses given to `announce` are already
 /// validated and rewritten; each expires [`proto::discovery::ADDRESS_LIFETIME_SECS`]
 /// after `now`. A new announcement merges with what is stored.
@@ -64,7 +73,7 @@ pub trait Store: Send + Sync + 'static {
         id: DeviceId,
         addresses: Vec<String>,
         now: Now,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Announced, StoreError>> + Send;
 
     fn lookup(
         &self,
@@ -77,4 +86,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Devices with at least one current address, if cheaply known.
     fn current_devices(&self) -> Option<u64>;
+
+    /// Whether the store holds a record of `id`, if that is cheap to tell
+    /// (for the lower rate of new devices); None when it is not.
+    fn knows(&self, _id: &DeviceId) -> Option<bool> {
+        None
+    }
 }

@@ -27,6 +27,11 @@ const V6: u8 = 0x80;
 
 /// Most addresses kept per device; older ones go first.
 pub const MAX_ADDRESSES: usize = proto::discovery::messages::MAX_ADDRESSES;
+/// Most bytes of address text kept per device (an announcement with more
+/// is refused; a merge keeps the latest-expiring within it). Forty relay
+/// URLs with all their parameters fit; a 64 KiB body of long addresses
+/// from a fresh certificate does not.
+pub const MAX_RECORD_ADDRESS_BYTES: usize = 8 * 1024;
 
 /// A stored address and when it expires (Unix seconds).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,7 +246,8 @@ fn push_decimal(out: &mut String, mut n: u32) {
 
 /// The merge of a stored address list with newly announced addresses:
 /// expired ones dropped, duplicates keep the later expiry, sorted by URL,
-/// at most [`MAX_ADDRESSES`] (the soonest-expiring dropped first).
+/// at most [`MAX_ADDRESSES`] and [`MAX_RECORD_ADDRESS_BYTES`] (the
+/// soonest-expiring dropped first).
 pub fn merge(
     old: impl Iterator<Item = Addr>,
     new: &[String],
@@ -256,9 +262,19 @@ pub fn merge(
     // Sort by URL, latest expiry first, then keep the first of each URL.
     all.sort_unstable_by(|a, b| a.url.cmp(&b.url).then(b.expires.cmp(&a.expires)));
     all.dedup_by(|later, first| later.url == first.url);
-    if all.len() > MAX_ADDRESSES {
+    let bytes: usize = all.iter().map(|a| a.url.len()).sum();
+    if all.len() > MAX_ADDRESSES || bytes > MAX_RECORD_ADDRESS_BYTES {
         all.sort_unstable_by_key(|a| std::cmp::Reverse(a.expires));
         all.truncate(MAX_ADDRESSES);
+        let mut total = 0usize;
+        let keep = all
+            .iter()
+            .take_while(|a| {
+                total += a.url.len();
+                total <= MAX_RECORD_ADDRESS_BYTES
+            })
+            .count();
+        all.truncate(keep);
         all.sort_unstable_by(|a, b| a.url.cmp(&b.url));
     }
     all
@@ -336,5 +352,17 @@ mod tests {
         let got = merge(std::iter::once(a("tcp://z:1", 999)), &many, 100, 10);
         assert_eq!(got.len(), MAX_ADDRESSES);
         assert!(got.contains(&a("tcp://z:1", 999)));
+    }
+
+    #[test]
+    fn merged_record_bytes_are_bounded() {
+        let long = |i: usize, n: usize| format!("tcp://{}{i}.example:1", "h".repeat(n));
+        let old: Vec<Addr> = (0..40).map(|i| a(&long(i, 200), 5000)).collect();
+        let new: Vec<String> = (100..135).map(|i| long(i, 200)).collect();
+        let got = merge(old.into_iter(), &new, 9000, 1000);
+        let bytes: usize = got.iter().map(|a| a.url.len()).sum();
+        assert!(bytes <= MAX_RECORD_ADDRESS_BYTES, "{bytes}");
+        // The newest announcement is kept whole.
+        assert!(new.iter().all(|u| got.iter().any(|g| &g.url == u)));
     }
 }

@@ -21,7 +21,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
 use super::memory::FORGET_AFTER_SECS;
-use super::{Found, Lookup, Now, Store, StoreError};
+use super::{Announced, Found, Lookup, Now, Store, StoreError};
 
 /// Longest a single Redis operation may take before the request gets 503.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -206,7 +206,7 @@ impl Store for RedisStore {
         id: DeviceId,
         addresses: Vec<String>,
         now: Now,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Announced, StoreError> {
         let key = self.key(&id);
         self.run(|mut conn| {
             let mut inv = self.merge.key(&key);
@@ -221,7 +221,7 @@ impl Store for RedisStore {
             async move { inv.invoke_async::<i64>(&mut conn).await }
         })
         .await?;
-        Ok(())
+        Ok(Announced::Stored)
     }
 
     async fn lookup(&self, id: DeviceId, now: Now) -> Result<Lookup, StoreError> {

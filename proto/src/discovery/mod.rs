@@ -14,7 +14,10 @@ pub mod local;
 pub mod messages;
 
 pub use address::{rewrite_addresses, AddressError, AnnouncedAddress, Source};
-pub use forwarded::{client_cert_from_headers, client_port, forwarded_for, CertHeaderError};
+pub use forwarded::{
+    client_cert_from_headers, client_port, forwarded_for, CertHeader, CertHeaderError,
+    HeaderValues, UnknownCertHeader,
+};
 pub use messages::{parse_announcement, Announcement, AnnouncementError, LookupReply};
 
 /// Seconds an announced address stays valid without a new announcement.
