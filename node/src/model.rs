@@ -168,6 +168,7 @@ impl Node {
         let mut next = guard.clone();
         change(&mut next)?;
         next.validate()?;
+        next.validate_folder_paths(&self.home)?;
         next.save(&self.home)?;
         *guard = next.clone();
         drop(guard);

@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::bep_peer::{tcp_from, RawPeer};
+use e2e::bep_peer::{cluster_config, tcp_from, RawPeer};
 use e2e::node::NodeHome;
 use e2e::wait;
+use proto::bep::wire;
+use proto::bep::Message;
 use proto::{Identity, KeyKind};
 
 /// Resident memory of a process, from /proc.
@@ -243,4 +245,233 @@ fn silent_connections_do_not_lock_out_a_known_device() {
     assert!(opened >= 72, "the flood did not run ({opened} sockets)");
     node_b.stop();
     node_a.stop();
+}
+
+/// A FAT image mounted with `fusefat` (FUSE: no kernel vfat module
+/// needed) at `mount`; unmounted when dropped. None, with the reason
+/// printed, where this cannot work (not root: /dev/fuse is root's).
+struct FatMount {
+    mount: std::path::PathBuf,
+    proc: Option<e2e::Proc>,
+}
+
+impl FatMount {
+    fn new(dir: &std::path::Path) -> Option<FatMount> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a FAT image needs root (CI runs as root)");
+            return None;
+        }
+        if !std::path::Path::new("/dev/fuse").exists() {
+            eprintln!("SKIPPED: no /dev/fuse on this machine");
+            return None;
+        }
+        let mkfs = e2e::require_program("mkfs.vfat", "dosfstools");
+        let fusefat = e2e::require_program("fusefat", "fusefat");
+        e2e::require_program("fusermount", "fuse3");
+        let image = dir.join("fat.img");
+        let mount = dir.join("fat");
+        std::fs::create_dir_all(&mount).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let out = std::process::Command::new(mkfs)
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mkfs.vfat: {out:?}");
+        let mut cmd = std::process::Command::new(fusefat);
+        cmd.args(["-f", "-o", "rw+"]).arg(&image).arg(&mount);
+        let proc = e2e::Proc::spawn("fusefat", cmd, &dir.join("fusefat.log"));
+        let mounted = wait::until(Duration::from_secs(10), Duration::from_millis(50), || {
+            let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+            mounts
+                .contains(&format!(" {} ", mount.display()))
+                .then_some(())
+        });
+        assert!(mounted.is_some(), "fusefat did not mount: {}", proc.log());
+        Some(FatMount {
+            mount,
+            proc: Some(proc),
+        })
+    }
+}
+
+impl Drop for FatMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount")
+            .arg("-u")
+            .arg(&self.mount)
+            .status();
+        if let Some(mut p) = self.proc.take() {
+            if p.wait_exit(Duration::from_secs(5)).is_none() {
+                p.stop(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn file_entry(name: &str, data: &[u8], peer: &proto::DeviceId) -> wire::FileInfo {
+    wire::FileInfo {
+        name: name.into(),
+        size: data.len() as i64,
+        permissions: 0o644,
+        modified_s: 1_700_000_000,
+        version: Some(wire::Vector {
+            counters: vec![wire::Counter {
+                id: peer.short().0,
+                value: 1,
+            }],
+        }),
+        sequence: 1,
+        modified_by: peer.short().0,
+        block_size: 128 << 10,
+        blocks: vec![proto::bep::blocks::hash_block(0, data)],
+        ..Default::default()
+    }
+}
+
+/// Issue 14, acceptance 7: on a case-insensitive filesystem (a FAT image
+/// made by the test), a peer announcing `.STIGNORE` and `.STFOLDER/…` is
+/// refused: both are pull errors, never requested, and our `.stignore`
+/// and `.stfolder` are untouched.
+#[test]
+fn internal_names_in_another_case_are_refused_on_a_case_insensitive_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fat) = FatMount::new(tmp.path()) else {
+        return;
+    };
+    let root = fat.mount.clone();
+    std::fs::write(root.join(".stignore"), b"keep-me\n").unwrap();
+    assert_eq!(
+        std::fs::read(root.join(".STIGNORE")).unwrap(),
+        b"keep-me\n",
+        "the mount is not case-insensitive"
+    );
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let raw = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+    let raw_dev = raw.device_id();
+    let raw_id = raw_dev.to_string();
+    ours.add_device(&raw_id, &["dynamic"]);
+    ours.add_folder("f", &root, "sendreceive", &[&raw_id]);
+    let node = ours.start();
+    node.wait_scanned("f", 0, Duration::from_secs(20));
+    let stfolder_before: Vec<_> = std::fs::read_dir(root.join(".stfolder"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+
+    let our_id: proto::DeviceId = ours.id.parse().unwrap();
+    let mut p = RawPeer::connect(&raw, ours.listen_port, Duration::from_millis(500));
+    p.hello();
+    p.send(&cluster_config("f", &[our_id, raw_dev]));
+    p.send(&Message::Index(wire::Index {
+        folder: "f".into(),
+        files: vec![
+            file_entry(".STIGNORE", b"*\n", &raw_dev),
+            file_entry(".STFOLDER/evil.txt", b"evil\n", &raw_dev),
+        ],
+        ..Default::default()
+    }));
+    let mut requested = Vec::new();
+    let errors = wait::until(Duration::from_secs(40), Duration::from_millis(10), || {
+        if let Some(Message::Request(r)) = p.next_message() {
+            requested.push(r.name.clone());
+            p.send(&Message::Response(wire::Response {
+                id: r.id,
+                data: if r.name == ".STIGNORE" {
+                    b"*\n".to_vec()
+                } else {
+                    b"evil\n".to_vec()
+                },
+                code: 0,
+            }));
+        }
+        let errors = node.get("/rest/folder/errors?folder=f").ok()?;
+        let names: Vec<String> = errors["errors"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| Some(format!("{}: {}", e["path"].as_str()?, e["error"].as_str()?)))
+            .collect();
+        (names.len() >= 2).then_some(names)
+    })
+    .unwrap_or_else(|| panic!("no pull errors:\n{}", node.proc.log_tail(30)));
+    eprintln!("refused: {errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(".STIGNORE:") && e.contains("internal name")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(".STFOLDER/evil.txt:") && e.contains("internal name")),
+        "{errors:?}"
+    );
+    assert!(requested.is_empty(), "requested {requested:?}");
+    assert_eq!(std::fs::read(root.join(".stignore")).unwrap(), b"keep-me\n");
+    let stfolder_after: Vec<_> = std::fs::read_dir(root.join(".stfolder"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        stfolder_before, stfolder_after,
+        "something written in .stfolder"
+    );
+    drop(p);
+    node.stop();
+    drop(fat);
+}
+
+/// Issue 14, low items (configuration): values that overflowed time
+/// arithmetic and folder paths that would share the node's own files or
+/// the same files twice are refused with a 400; the node stays up.
+#[test]
+fn harmful_configuration_values_are_refused_over_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let folder = tmp.path().join("f");
+    std::fs::create_dir_all(&folder).unwrap();
+    ours.add_folder("f", &folder, "sendreceive", &[]);
+    let node = ours.start();
+    let huge = serde_json::json!(u64::MAX);
+    let refused = [
+        (
+            "PATCH",
+            "/rest/config/options",
+            serde_json::json!({ "reconnectionIntervalS": huge }),
+        ),
+        (
+            "PATCH",
+            "/rest/config/folders/f",
+            serde_json::json!({ "rescanIntervalS": huge }),
+        ),
+        (
+            "POST",
+            "/rest/config/folders",
+            serde_json::json!({ "id": "home", "path": tmp.path() }),
+        ),
+        (
+            "POST",
+            "/rest/config/folders",
+            serde_json::json!({ "id": "nested", "path": folder.join("sub") }),
+        ),
+        (
+            "POST",
+            "/rest/config/folders",
+            serde_json::json!({ "id": "twice", "path": folder }),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let err = node
+            .send(method, path, &body)
+            .expect_err(&format!("{method} {path} {body} accepted"));
+        assert!(err.starts_with("HTTP 400"), "{method} {path}: {err}");
+        eprintln!("{method} {path}: {err}");
+    }
+    assert!(node.get("/rest/system/ping").is_ok(), "node down");
+    let config = node.get("/rest/config").unwrap();
+    assert_eq!(config["folders"].as_array().unwrap().len(), 1);
+    assert_ne!(config["options"]["reconnectionIntervalS"], huge);
+    node.stop();
 }
