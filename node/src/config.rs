@@ -207,6 +207,7 @@ impl Config {
         let config = file::load(home)?;
         config
             .validate()
+            .and_then(|()| config.validate_folder_paths(home))
             .with_context(|| format!("in {}", Self::path(home).display()))?;
         Ok(config)
     }
@@ -242,6 +243,12 @@ impl Config {
                     f.id
                 ),
             }
+            if f.rescan_interval_s > MAX_INTERVAL_S || f.fs_watcher_delay_s > MAX_INTERVAL_S {
+                bail!(
+                    "folder {:?}: rescanIntervalS and fsWatcherDelayS must be at most {MAX_INTERVAL_S} (ten years)",
+                    f.id
+                );
+            }
             for d in &f.devices {
                 let id: DeviceId = d
                     .device_id
@@ -249,6 +256,9 @@ impl Config {
                     .with_context(|| format!("folder {:?}: device ID {:?}", f.id, d.device_id))?;
                 let _ = id;
             }
+        }
+        if self.options.reconnection_interval_s > MAX_INTERVAL_S {
+            bail!("options.reconnectionIntervalS must be at most {MAX_INTERVAL_S} (ten years)");
         }
         for d in &self.options.dns_servers {
             crate::resolve::parse_dns_server(d)
@@ -262,11 +272,69 @@ impl Config {
             .filter(|a| !a.is_empty())
         {
             if a.starts_with("relay://") {
-                a.parse::<proto::relay::RelayUri>()
-                    .map_err(|e| anyhow::anyhow!("listen address {a:?}: {e}"))?;
+                let uri = a
+                    .parse::<proto::relay::RelayUri>()
+                    .map_err(|e| anyhow::anyhow!("listen address {:?}: {e}", shown_uri(a)))?;
+                crate::relay_client::join_token(&uri)
+                    .map_err(|e| anyhow::anyhow!("listen address {}: {e}", uri.without_token()))?;
                 continue;
             }
             parse_tcp_address(a)?;
+        }
+        Ok(())
+    }
+
+    /// Folder paths that would expose or corrupt something: the same
+    /// directory twice, one folder inside another (two indexes of the same
+    /// files, each pulling over the other), or a folder holding the node's
+    /// home (it would serve `key.pem` and the index database to peers).
+    /// Paths are compared as written and, when they exist, with symlinks
+    /// resolved.
+    pub fn validate_folder_paths(&self, home: &Path) -> Result<()> {
+        let resolved =
+            |p: &Path| -> PathBuf { std::fs::canonicalize(p).unwrap_or_else(|_| lexical(p)) };
+        let home_abs = if home.is_absolute() {
+            home.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(home))
+                .unwrap_or_else(|_| home.to_path_buf())
+        };
+        let homes = [lexical(&home_abs), resolved(&home_abs)];
+        let paths: Vec<(&str, [PathBuf; 2])> = self
+            .folders
+            .iter()
+            .map(|f| (f.id.as_str(), [lexical(&f.path), resolved(&f.path)]))
+            .collect();
+        for (id, forms) in &paths {
+            for p in forms {
+                if homes.iter().any(|h| h.starts_with(p)) {
+                    bail!(
+                        "folder {id:?}: path {} contains the node's home directory {} (its key and database would be shared)",
+                        p.display(),
+                        home.display()
+                    );
+                }
+            }
+        }
+        for (i, (a, fa)) in paths.iter().enumerate() {
+            for (b, fb) in &paths[i + 1..] {
+                for (pa, pb) in fa.iter().zip(fb) {
+                    if pa == pb {
+                        bail!(
+                            "folders {a:?} and {b:?} have the same path {}",
+                            pa.display()
+                        );
+                    }
+                    if pa.starts_with(pb) || pb.starts_with(pa) {
+                        bail!(
+                            "folders {a:?} and {b:?}: one path is inside the other ({} and {})",
+                            pa.display(),
+                            pb.display()
+                        );
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -276,6 +344,32 @@ impl Config {
             .iter()
             .find(|d| d.id().ok().as_ref() == Some(id))
     }
+}
+
+/// Largest interval setting in seconds (ten years): larger values are
+/// refused, as they overflow time arithmetic and mean "never" anyway.
+pub const MAX_INTERVAL_S: u64 = 10 * 365 * 24 * 3600;
+
+/// `path` with `.` and `..` components resolved without touching the
+/// disk (`..` at the root stays at the root).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A listen address as it may appear in an error (no token).
+fn shown_uri(a: &str) -> &str {
+    a.split_once("token=").map_or(a, |(before, _)| before)
 }
 
 /// `tcp://HOST:PORT` (also `tcp4://`, `tcp6://`) → `HOST:PORT`; None for
@@ -333,5 +427,93 @@ mod tests {
         assert!(Config::load(dir.path()).is_err());
         assert_eq!(tcp_host_port("tcp://a:1"), Some("a:1"));
         assert_eq!(tcp_host_port("dynamic"), None);
+    }
+
+    fn folder(id: &str, path: &Path) -> FolderConfig {
+        FolderConfig {
+            id: id.into(),
+            label: String::new(),
+            path: path.to_path_buf(),
+            kind: "sendreceive".into(),
+            devices: vec![],
+            rescan_interval_s: 3600,
+            paused: false,
+            fs_watcher_enabled: true,
+            fs_watcher_delay_s: 1,
+        }
+    }
+
+    #[test]
+    fn duplicate_nested_and_home_holding_folders_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let with = |folders: Vec<FolderConfig>| Config {
+            folders,
+            ..Default::default()
+        };
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        assert!(with(vec![folder("a", &a), folder("b", &b)])
+            .validate_folder_paths(&home)
+            .is_ok());
+        let cases = [
+            (vec![folder("a", &a), folder("b", &a)], "same path"),
+            (
+                vec![folder("a", &a), folder("b", &a.join("x/../."))],
+                "same path",
+            ),
+            (
+                vec![folder("a", &a), folder("b", &a.join("sub"))],
+                "inside the other",
+            ),
+            (vec![folder("h", dir.path())], "home directory"),
+            (vec![folder("h", &home)], "home directory"),
+            (vec![folder("h", Path::new("/"))], "home directory"),
+        ];
+        for (folders, why) in cases {
+            let err = format!(
+                "{:#}",
+                with(folders).validate_folder_paths(&home).unwrap_err()
+            );
+            assert!(err.contains(why), "{err}");
+        }
+        // Through a symlink too.
+        std::os::unix::fs::symlink(&a, dir.path().join("link")).unwrap();
+        std::fs::create_dir_all(&a).unwrap();
+        let err = with(vec![folder("a", &a), folder("l", &dir.path().join("link"))])
+            .validate_folder_paths(&home)
+            .unwrap_err();
+        assert!(err.to_string().contains("same path"), "{err}");
+    }
+
+    #[test]
+    fn intervals_that_would_overflow_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.options.reconnection_interval_s = u64::MAX;
+        assert!(c.validate().is_err());
+        c.options.reconnection_interval_s = MAX_INTERVAL_S;
+        c.validate().unwrap();
+        let mut f = folder("f", dir.path());
+        f.rescan_interval_s = u64::MAX - 1;
+        c.folders.push(f);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("rescanIntervalS"), "{err}");
+    }
+
+    #[test]
+    fn a_relay_token_needs_a_pinned_relay() {
+        let mut c = Config::default();
+        c.options.listen_addresses = vec!["relay://relay.example:22067/?token=s3cret".into()];
+        let err = format!("{:#}", c.validate().unwrap_err());
+        assert!(err.contains("id="), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        c.options.listen_addresses = vec![format!(
+            "relay://relay.example:22067/?id={}&token=s3cret",
+            DeviceId::from_der_cert(b"relay")
+        )];
+        c.validate().unwrap();
+        c.options.listen_addresses = vec!["relay://relay.example:22067/".into()];
+        c.validate().unwrap();
     }
 }

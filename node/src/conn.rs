@@ -52,7 +52,7 @@ pub async fn run<S>(
     peer: DeviceId,
     address: SocketAddr,
     kind: &'static str,
-    handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    handshake: Option<crate::connect::admission::Ticket>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -64,6 +64,14 @@ where
         bail!("shutting down");
     }
     let device = node.config().device(&peer).cloned();
+    // Incoming connections have one deadline for TLS and Hello together.
+    let hello_deadline = handshake.as_ref().map_or_else(
+        || tokio::time::Instant::now() + proto::bep::session::HELLO_TIMEOUT,
+        |t| t.deadline,
+    );
+    // A configured device has proven who it is: its slot goes back at
+    // once, so strangers holding slots never delay it.
+    let handshake = handshake.filter(|_| device.is_none());
     let our_name = match &device {
         // Like Syncthing, tell only known devices our name.
         Some(_) => node.config().name.clone(),
@@ -83,7 +91,7 @@ where
 
     // The peer's Hello, within the time limit.
     let mut buf = vec![0u8; 64 * 1024];
-    let their_hello = tokio::time::timeout(proto::bep::session::HELLO_TIMEOUT, async {
+    let read_hello = tokio::time::timeout_at(hello_deadline, async {
         loop {
             let n = rd.read(&mut buf).await?;
             if n == 0 {
@@ -94,16 +102,28 @@ where
                 return Ok(h);
             }
         }
-    })
-    .await
-    .map_err(|_| anyhow!("no Hello within 20 s"))??;
+    });
+    let mut their_hello = tokio::select! {
+        r = read_hello => r.map_err(|_| {
+            if handshake.is_some() {
+                crate::guard::Refusal::HandshakeTimeout.count();
+            }
+            anyhow!("no Hello in time")
+        })??,
+        _ = crate::connect::admission::evicted(handshake.as_ref()) => {
+            bail!("Hello not received before the handshake slot was needed by a newer connection")
+        }
+    };
     // The unauthenticated part is over.
-    drop(handshake_permit);
+    drop(handshake);
+    // Peer-chosen strings are cut and cleaned before anything keeps or
+    // logs them.
+    their_hello.device_name = crate::guard::peer_name(&their_hello.device_name);
+    their_hello.client_name = crate::guard::peer_name(&their_hello.client_name);
+    their_hello.client_version = crate::guard::peer_name(&their_hello.client_version);
 
     let Some(device) = device else {
-        tracing::info!(device = %peer, name = %their_hello.device_name, %address,
-            "connection from unknown device rejected; recorded as pending");
-        node.add_pending(
+        let listed = node.add_pending(
             peer,
             PendingDevice {
                 name: their_hello.device_name.clone(),
@@ -111,6 +131,14 @@ where
                 time: SystemTime::now(),
             },
         );
+        // Certificates cost nothing: a flood of strangers must not flood
+        // the log either.
+        static UNKNOWN_LOG: crate::guard::LogLimiter =
+            crate::guard::LogLimiter::new(10, Duration::from_secs(6));
+        if let Some(suppressed) = UNKNOWN_LOG.allow() {
+            tracing::info!(device = %peer, name = %their_hello.device_name, %address, listed,
+                suppressed, "connection from unknown device rejected");
+        }
         return Ok(());
     };
 
@@ -196,7 +224,9 @@ where
             while let Some(event) = session.next_event()? {
                 match event {
                     Event::Hello(_) => {}
-                    Event::Closed(reason) => bail!("closed by remote: {reason}"),
+                    Event::Closed(reason) => {
+                        bail!("closed by remote: {}", crate::guard::peer_text(&reason))
+                    }
                     Event::Message(m) => {
                         if let Err(e) = conn.handle(m).await {
                             session.close(&format!("{e:#}"), Instant::now());
@@ -304,10 +334,13 @@ impl Conn {
         let mut offered = Vec::new();
         for folder in &cc.folders {
             let Some(local) = self.node.shared_folder(&folder.id, &self.peer) else {
-                tracing::info!(device = %self.peer, folder = %folder.id,
+                tracing::info!(device = %self.peer, folder = %crate::guard::peer_text(&folder.id),
                     "peer offers a folder we do not share with it; recorded as pending");
-                self.node
-                    .add_pending_folder(&folder.id, self.peer, &folder.label);
+                self.node.add_pending_folder(
+                    &folder.id,
+                    self.peer,
+                    &crate::guard::peer_name(&folder.label),
+                );
                 continue;
             };
             offered.push(folder.id.clone());
@@ -465,7 +498,7 @@ impl Conn {
                     .unwrap_or(Served::Error(wire::ErrorCode::Generic));
                     drop(read);
                     if served == Served::Stale {
-                        tracing::info!(device = %peer, folder = %folder_id, file = %name,
+                        tracing::info!(device = %peer, folder = %folder_id, file = ?name,
                             "requested data does not match; rescanning");
                         if let Some(rt) = node.folder_runtime(&folder_id) {
                             let _ = rt.scan_now.try_send(());

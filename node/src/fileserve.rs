@@ -39,7 +39,7 @@ pub fn serve(root: &Path, req: &Request) -> Served {
     if names::validate(&req.name).is_err() {
         return Served::Error(ErrorCode::Generic);
     }
-    if names::is_internal(&req.name) {
+    if names::is_reserved(&req.name) {
         return Served::Error(ErrorCode::InvalidFile);
     }
     let file = match open_beneath(root, &req.name) {

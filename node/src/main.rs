@@ -11,6 +11,7 @@ mod db;
 mod discovery;
 mod events;
 mod fileserve;
+mod guard;
 mod identity_cmd;
 mod ignore;
 mod model;

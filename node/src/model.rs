@@ -74,7 +74,11 @@ pub struct Node {
     pub summaries: crate::pull::summaries::Summaries,
     pub started: SystemTime,
     pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
+    /// Unknown devices that connected, at most [`MAX_PENDING_DEVICES`].
     pub pending: Mutex<HashMap<DeviceId, PendingDevice>>,
+    /// New pending entries per source: certificates cost nothing, so one
+    /// host must not fill the list (or the log) with fresh ones.
+    pending_rate: crate::guard::SourceRate,
     /// Folders offered by a connected device that we do not share with it:
     /// folder ID → device → (label, time).
     pub pending_folders: Mutex<HashMap<String, FolderOffers>>,
@@ -91,6 +95,14 @@ pub struct Node {
 
 /// An existing connection at least this old is replaced by a new one.
 pub const REPLACE_AFTER: Duration = Duration::from_secs(10);
+/// Pending (unknown) devices kept; the oldest makes room for a new one.
+/// An operator accepts devices one by one: a hundred is plenty, and a
+/// flood of fresh certificates cannot grow memory.
+pub const MAX_PENDING_DEVICES: usize = 100;
+/// New pending devices one source (IPv4 address, IPv6 /64) may add per
+/// [`PENDING_RATE_WINDOW`].
+pub const PENDING_PER_SOURCE: u32 = 10;
+pub const PENDING_RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Runs blocking work (disk, fsync) from wherever we are: on a runtime
 /// worker, the runtime first moves its other tasks to other workers.
@@ -129,6 +141,11 @@ impl Node {
             started: SystemTime::now(),
             connections: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            pending_rate: crate::guard::SourceRate::new(
+                PENDING_PER_SOURCE,
+                PENDING_RATE_WINDOW,
+                4096,
+            ),
             pending_folders: Mutex::new(HashMap::new()),
             folders: RwLock::new(HashMap::new()),
             served_bytes: AtomicU64::new(0),
@@ -169,6 +186,7 @@ impl Node {
         let mut next = self.config();
         change(&mut next)?;
         next.validate()?;
+        next.validate_folder_paths(&self.home)?;
         blocking(|| next.save(&self.home))?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
         crate::events::config_saved(self);
@@ -227,11 +245,47 @@ impl Node {
         lock(&self.connections).clone()
     }
 
-    pub fn add_pending(&self, device: DeviceId, p: PendingDevice) {
+    /// Records an unknown device that connected (its name is cut and
+    /// cleaned here, whatever the caller did). A device already listed is
+    /// refreshed; a new one counts against its source's budget and, with
+    /// the list full, pushes the oldest entry out. Returns whether the
+    /// device is listed now.
+    pub fn add_pending(&self, device: DeviceId, mut p: PendingDevice) -> bool {
+        p.name = crate::guard::peer_name(&p.name);
         let (name, address) = (p.name.clone(), p.address);
-        if lock(&self.pending).insert(device, p).is_none() {
-            crate::events::pending_device_added(&device, &name, address);
+        let mut evicted = None;
+        {
+            let mut pending = lock(&self.pending);
+            if let Some(old) = pending.get_mut(&device) {
+                *old = p;
+                return true;
+            }
+            let source = crate::guard::Source::of(address);
+            if !self.pending_rate.allow(source, std::time::Instant::now()) {
+                crate::guard::Refusal::PendingRate.count();
+                return false;
+            }
+            if pending.len() >= MAX_PENDING_DEVICES {
+                let oldest = pending
+                    .iter()
+                    .min_by_key(|(_, p)| p.time)
+                    .map(|(id, _)| *id);
+                if let Some(id) = oldest {
+                    pending.remove(&id);
+                    crate::guard::Refusal::PendingEvicted.count();
+                    evicted = Some(id);
+                }
+            }
+            pending.insert(device, p);
         }
+        if let Some(id) = evicted {
+            crate::events::emit(
+                crate::events::Kind::PendingDevicesChanged,
+                serde_json::json!({"removed": [{"deviceID": id.to_string()}]}),
+            );
+        }
+        crate::events::pending_device_added(&device, &name, address);
+        true
     }
 
     pub fn add_pending_folder(&self, folder: &str, device: DeviceId, label: &str) {

@@ -146,9 +146,9 @@ async fn join_session(inv: &SessionInvitation, relay: SocketAddr) -> Result<TcpS
     match reply {
         Message::Response(r) if r.code == Response::SUCCESS => Ok(tcp),
         Message::Response(r) if r.code == Response::ALREADY_CONNECTED => Err(anyhow!(Retryable(
-            format!("relay session: {} (code 2)", r.message)
+            format!("relay session: {:?} (code 2)", r.message)
         ))),
-        Message::Response(r) => bail!("relay session: {} (code {})", r.message, r.code),
+        Message::Response(r) => bail!("relay session: {:?} (code {})", r.message, r.code),
         other => bail!("relay session: unexpected {:?}", other.kind()),
     }
 }
@@ -247,7 +247,7 @@ async fn dial_once(
         .map_err(|_| anyhow!("relay {relay}: no answer to the connect request"))??;
     let inv = match reply {
         Message::SessionInvitation(inv) => inv,
-        Message::Response(r) => bail!("relay {relay}: {} (code {})", r.message, r.code),
+        Message::Response(r) => bail!("relay {relay}: {:?} (code {})", r.message, r.code),
         other => bail!("relay {relay}: unexpected {:?}", other.kind()),
     };
     drop(proto_conn);
@@ -293,6 +293,19 @@ pub async fn listen_loop(
     }
 }
 
+/// The token to send when joining the relay of `uri`. A token is a
+/// secret for one relay: without `id=` we cannot tell that relay from
+/// whoever answers at its address (a spoofed DNS name, a hijacked IP), so
+/// a token is only ever sent to a pinned relay.
+pub fn join_token(uri: &RelayUri) -> Result<Option<String>> {
+    match (&uri.token, uri.id) {
+        (Some(_), None) => bail!(
+            "a relay token is only sent to a relay pinned by its device ID: add ?id=<relay device ID>"
+        ),
+        (token, _) => Ok(token.clone()),
+    }
+}
+
 /// What of a relay listen address may be shown to others: host, port and
 /// `id` — never the token (nor other parameters, as Syncthing ≥ 1.23.3).
 pub fn announceable(uri: &RelayUri) -> String {
@@ -305,13 +318,12 @@ async fn listen_once(
     shown: &str,
     joined: &tokio::sync::watch::Sender<Option<String>>,
 ) -> Result<()> {
+    let token = join_token(uri)?;
     let (mut conn, relay) = connect_protocol(node, uri).await?;
     let invitations = Arc::new(tokio::sync::Semaphore::new(MAX_INVITATIONS));
     write_message(
         &mut conn,
-        &Message::JoinRelayRequest(JoinRelayRequest {
-            token: uri.token.clone(),
-        }),
+        &Message::JoinRelayRequest(JoinRelayRequest { token }),
     )
     .await?;
     let reply = tokio::time::timeout(STEP_TIMEOUT, read_message(&mut conn))
@@ -320,7 +332,7 @@ async fn listen_once(
     match reply {
         Message::Response(r) if r.code == Response::SUCCESS => {}
         Message::RelayFull => bail!("relay is full"),
-        Message::Response(r) => bail!("join refused: {} (code {})", r.message, r.code),
+        Message::Response(r) => bail!("join refused: {:?} (code {})", r.message, r.code),
         other => bail!(
             "unexpected {:?} in answer to the join request",
             other.kind()
@@ -393,6 +405,19 @@ mod tests {
             format!("relay://relay.site-a.example:22067/?id={id}")
         );
         assert!(!format!("{shown:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_token_is_never_sent_to_an_unpinned_relay() {
+        let unpinned: RelayUri = "relay://relay.example:22067/?token=s3cret".parse().unwrap();
+        assert!(join_token(&unpinned).is_err());
+        let id = "LYXKCHX-VI3NYZR-ALCJBHF-WMZYSPK-QG6QJA3-MPFYMSO-U56GTUK-NA2MIAW";
+        let pinned: RelayUri = format!("relay://relay.example:22067/?id={id}&token=s3cret")
+            .parse()
+            .unwrap();
+        assert_eq!(join_token(&pinned).unwrap().as_deref(), Some("s3cret"));
+        let open: RelayUri = "relay://relay.example:22067/".parse().unwrap();
+        assert_eq!(join_token(&open).unwrap(), None);
     }
 
     #[tokio::test]

@@ -197,7 +197,8 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         // The watcher starts after the first successful scan (the folder
         // exists then) and lives as long as this loop.
         if watcher.is_none() && f.fs_watcher_enabled && matches!(result, Ok(Ok(_))) {
-            let delay = Duration::from_secs(f.fs_watcher_delay_s);
+            let delay =
+                Duration::from_secs(f.fs_watcher_delay_s.min(crate::config::MAX_INTERVAL_S));
             match crate::watch::start(&f.path, delay, rt.scan_now.clone()) {
                 Ok(w) => watcher = Some(w),
                 Err(e) => tracing::warn!(folder = %folder, error = %format!("{e:#}"),
@@ -259,7 +260,9 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
             crate::events::set_state(&folder, &rt.state, "idle");
         }
         // Jitter the interval (±25 %) so many folders do not scan together.
-        let base = f.rescan_interval_s.max(1) as f64;
+        // Validation caps the setting; the clamp keeps the arithmetic
+        // below from ever overflowing a Duration.
+        let base = f.rescan_interval_s.clamp(1, crate::config::MAX_INTERVAL_S) as f64;
         let mut wait = Duration::from_secs_f64(base * (0.75 + rand::random::<f64>() * 0.5));
         if let Some(soon) = retry_soon {
             wait = wait.min(soon);

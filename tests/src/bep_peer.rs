@@ -2,7 +2,7 @@
 //! wants (including malformed ones) and reads what our node answers.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,18 @@ pub fn cluster_config(folder: &str, devices: &[DeviceId]) -> Message {
     })
 }
 
+/// A TCP connection to `127.0.0.1:port` from the loopback address
+/// `source` (Linux routes all of 127.0.0.0/8 to `lo`).
+pub fn tcp_from(source: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into(),
+        Duration::from_secs(10),
+    )?;
+    Ok(socket.into())
+}
+
 pub struct RawPeer {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     buf: Vec<u8>,
@@ -57,10 +69,40 @@ impl RawPeer {
         }
     }
 
+    /// `connect`, from the loopback address `source` (any of 127/8), so
+    /// a test can play many hosts.
+    pub fn connect_from(
+        identity: &Identity,
+        source: Ipv4Addr,
+        port: u16,
+        read_timeout: Duration,
+    ) -> std::io::Result<RawPeer> {
+        let config = tls::client_config(
+            Some(identity),
+            &[alpn::BEP],
+            ServerPin::Any,
+            Versions::Tls13Only,
+        )
+        .unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
+        let tcp = tcp_from(source, port)?;
+        tcp.set_read_timeout(Some(read_timeout))?;
+        tcp.set_write_timeout(Some(read_timeout))?;
+        Ok(RawPeer {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            buf: Vec::new(),
+        })
+    }
+
     /// Sends our Hello and waits (up to 20 s) for the node's.
     pub fn hello(&mut self) {
+        self.hello_as("raw");
+    }
+
+    /// `hello` with the device name `name`.
+    pub fn hello_as(&mut self, name: &str) {
         let hello = Hello {
-            device_name: "raw".into(),
+            device_name: name.into(),
             client_name: "syncthing".into(),
             client_version: "v1.19.2".into(),
             ..Default::default()

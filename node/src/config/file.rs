@@ -173,7 +173,20 @@ pub fn save(config: &Config, home: &Path) -> Result<()> {
     let target = path(home);
     let tmp = home.join(format!(".{FILE_NAME}.tmp"));
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // The file holds the API key and the GUI password hash: owner
+        // only, whatever the umask. A temp file left by a crash may have
+        // other permissions, so it is replaced, not reused.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &target)?;
@@ -237,6 +250,21 @@ mod tests {
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&c).unwrap()
         );
+    }
+
+    #[test]
+    fn the_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // An earlier version's world-readable file is replaced too.
+        std::fs::write(path(dir.path()), "name = \"old\"\n").unwrap();
+        std::fs::set_permissions(path(dir.path()), std::fs::Permissions::from_mode(0o644)).unwrap();
+        save(&sample(dir.path()), dir.path()).unwrap();
+        let mode = std::fs::metadata(path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     }
 
     #[test]

@@ -200,7 +200,12 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        let max = Duration::from_secs(config.options.reconnection_interval_s.max(1));
+        let max = Duration::from_secs(
+            config
+                .options
+                .reconnection_interval_s
+                .clamp(1, crate::config::MAX_INTERVAL_S),
+        );
         let kind = current_kind(&node, &device).filter(|_| node.connected(&device));
         let relayed = kind.is_some_and(|k| super::priority(k) > 1);
         if kind.is_some() && (!relayed || Instant::now() < next_upgrade) {

@@ -14,11 +14,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::admission::Admission;
+use crate::guard::{LogLimiter, Refusal};
 use crate::model::Node;
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS handshakes accepted at the same time.
-const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Lines about connections that failed before the peer was known: anyone
+/// can cause them, so they are rate-limited.
+static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(20, Duration::from_secs(5));
+
+/// Handshake slots shared by every TCP listener of the process.
+fn admission() -> &'static Arc<Admission> {
+    static A: std::sync::OnceLock<Arc<Admission>> = std::sync::OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
 /// How often the listeners are compared with the configuration.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
@@ -222,9 +231,6 @@ async fn start_one(node: &Arc<Node>, uri: &str) -> Result<Listener> {
 
 async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
-    // Handshakes and Hellos in progress are bounded: unauthenticated
-    // connections cannot pile up (each is also limited in time).
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -234,34 +240,59 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                 continue;
             }
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, "too many handshakes in progress; connection dropped");
+        // Unauthenticated connections are bounded per source and in time;
+        // a full table cuts its oldest handshake (see `admission`).
+        let Some(ticket) = admission().admit(addr) else {
+            if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                tracing::warn!(%addr, suppressed,
+                    "too many handshakes in progress from this source; connection closed");
+            }
             continue;
         };
         let node = node.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(%addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%addr, "TLS handshake timed out");
+            let handshake = tokio::time::timeout_at(ticket.deadline, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                            tracing::info!(%addr, error = %e, suppressed, "TLS handshake failed");
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        Refusal::HandshakeTimeout.count();
+                        if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                            tracing::info!(%addr, suppressed, "TLS handshake timed out");
+                        }
+                        return;
+                    }
+                },
+                _ = ticket.evicted() => {
+                    if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                        tracing::info!(%addr, suppressed,
+                            "TLS handshake cut: all handshake slots taken, this one was the oldest");
+                    }
                     return;
                 }
             };
             let Some(peer) = tls::peer_device_id(tls.get_ref().1) else {
-                tracing::info!(%addr, "peer sent no certificate");
+                if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                    tracing::info!(%addr, suppressed, "peer sent no certificate");
+                }
                 return;
             };
             if let Err(e) =
-                crate::conn::run(node, tls, peer, addr, "tcp-server", Some(permit)).await
+                crate::conn::run(node, tls, peer, addr, "tcp-server", Some(ticket)).await
             {
-                tracing::info!(%addr, device = %peer, error = %format!("{e:#}"), "connection ended");
+                // Only connections that never got past the Hello end here.
+                if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                    tracing::info!(%addr, device = %peer, error = %format!("{e:#}"), suppressed,
+                        "connection ended");
+                }
             }
         });
     }

@@ -6,7 +6,9 @@
 //!
 //! * `listen.rs` — listeners reconciled with `listenAddresses`.
 //! * `dial.rs` — address candidates and the per-device loop.
+//! * `admission.rs` — slots for unauthenticated handshakes.
 
+pub mod admission;
 mod dial;
 mod listen;
 

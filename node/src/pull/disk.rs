@@ -33,10 +33,12 @@ impl std::error::Error for LocallyChanged {}
 /// Checks a name from a peer before it touches the disk.
 pub fn check_name(name: &str) -> Result<()> {
     names::validate(name)?;
+    // Any case: on a case-insensitive filesystem `.STIGNORE` would
+    // overwrite our `.stignore`.
     if names::is_internal(name) {
-        bail!("internal name (.stfolder, .stignore, .stversions) not accepted from a peer");
+        bail!("internal name (.stfolder, .stignore, .stversions, in any case) not accepted from a peer");
     }
-    if names::is_temporary(name) {
+    if names::is_temporary_any_case(name) {
         bail!("temporary-file name not accepted from a peer");
     }
     if name.split('/').any(|c| c.len() > 255) {
@@ -371,7 +373,7 @@ fn keep_raced(dir: &Path, name: &str, swapped_out: &Path, incoming: &FileInfo) -
         let cname = proto::bep::global::conflict_name(basename(name), &stamp, &short);
         let cpath = dir.join(&cname);
         if rename2(swapped_out, &cpath, libc::RENAME_NOREPLACE).is_ok() {
-            tracing::warn!(file = %name, conflict_copy = %cpath.display(),
+            tracing::warn!(file = ?name, conflict_copy = ?cpath,
                 "local version kept as a conflict copy");
             return Ok(());
         }
@@ -540,7 +542,7 @@ pub fn move_to_conflict(dir: &Path, name: &str, target: &Path, incoming: &FileIn
             cpath.display()
         )
     })?;
-    tracing::warn!(file = %name, conflict_copy = %cpath.display(), "conflicting local change kept as a conflict copy");
+    tracing::warn!(file = ?name, conflict_copy = ?cpath, "conflicting local change kept as a conflict copy");
     Ok(())
 }
 

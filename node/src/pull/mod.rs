@@ -396,12 +396,13 @@ fn settle(
             }
         }
         Err(e) if e.downcast_ref::<LocallyChanged>().is_some() => {
-            tracing::info!(folder = %ctx.folder, file = %name, "changed locally while pulling; rescanning first");
+            tracing::info!(folder = %ctx.folder, file = ?name, "changed locally while pulling; rescanning first");
             stats.rescan = true;
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            tracing::warn!(folder = %ctx.folder, file = %name, error = %msg, "cannot pull");
+            // Names come from peers: Debug formatting escapes control characters.
+            tracing::warn!(folder = %ctx.folder, file = ?name, error = ?msg, "cannot pull");
             stats.errors.push((name, msg));
         }
     }
@@ -878,7 +879,7 @@ async fn fetch_block(
             );
             return Ok(());
         }
-        tracing::warn!(device = %dev, file = %n.global.name, block = i,
+        tracing::warn!(device = %dev, file = ?n.global.name, block = i,
             "block data does not match its hash; trying another device");
         last = anyhow!("block {i} from {dev} does not match its hash");
     }

@@ -27,7 +27,10 @@ pub async fn route(c: &Call) -> Answer {
         crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
         node.connections().len(),
     );
-    let text = text + &folder_and_device_metrics(node) + &refusal_metrics(&c.refusals);
+    let text = text
+        + &folder_and_device_metrics(node)
+        + &refusal_metrics(&c.refusals)
+        + &crate::guard::metrics_text();
     Ok(http::Response::new(Full::new(Bytes::from(text))))
 }
 

@@ -37,20 +37,44 @@ pub fn validate(name: &str) -> Result<(), NameError> {
 }
 
 /// Whether `name` is one of Syncthing's internal files or lies below one.
+///
+/// Compared without regard to ASCII case: on a case-insensitive
+/// filesystem (vfat, exFAT, SMB, ext4 casefold, macOS) `.STIGNORE` *is*
+/// `.stignore`, so a peer must not be able to write, and we must never
+/// serve or announce, any spelling of these names.
 pub fn is_internal(name: &str) -> bool {
-    INTERNAL_NAMES.iter().any(|i| {
-        name == *i
-            || name
-                .strip_prefix(i)
-                .is_some_and(|rest| rest.starts_with('/'))
-    })
+    let first = name.split('/').next().unwrap_or(name);
+    INTERNAL_NAMES.iter().any(|i| first.eq_ignore_ascii_case(i))
 }
 
-/// Whether the last component of `name` is a Syncthing temporary file.
+/// Whether the last component of `name` is a Syncthing temporary file
+/// (exact case: the scanner deletes stale ones, and a user's file that
+/// merely looks similar must survive).
 pub fn is_temporary(name: &str) -> bool {
     let base = name.rsplit('/').next().unwrap_or(name);
     (base.starts_with(TEMP_PREFIX_UNIX) || base.starts_with(TEMP_PREFIX_WINDOWS))
         && base.ends_with(".tmp")
+}
+
+/// [`is_temporary`] in any ASCII case: a name from a peer that would be
+/// one of our temporary files on a case-insensitive filesystem.
+pub fn is_temporary_any_case(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let starts = |p: &str| {
+        base.get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p))
+    };
+    let ends = base.len() >= 4
+        && base
+            .get(base.len() - 4..)
+            .is_some_and(|e| e.eq_ignore_ascii_case(".tmp"));
+    (starts(TEMP_PREFIX_UNIX) || starts(TEMP_PREFIX_WINDOWS)) && ends
+}
+
+/// Whether a name from a peer is one we keep for ourselves (internal or
+/// temporary, in any case): never written, served or taken from a peer.
+pub fn is_reserved(name: &str) -> bool {
+    is_internal(name) || is_temporary_any_case(name)
 }
 
 #[cfg(test)]
@@ -97,5 +121,23 @@ mod tests {
         assert!(is_temporary("~syncthing~foo.tmp"));
         assert!(!is_temporary(".syncthing.foo"));
         assert!(!is_temporary("x.tmp"));
+    }
+
+    #[test]
+    fn reserved_names_match_in_any_ascii_case() {
+        for n in [".STIGNORE", ".StFolder", ".STVERSIONS/a", ".stfolder/x/y"] {
+            assert!(is_internal(n), "{n}");
+            assert!(is_reserved(n), "{n}");
+        }
+        assert!(!is_internal(".STFOLDERX"));
+        assert!(!is_internal("a/.STIGNORE"));
+        assert!(is_reserved("a/.SYNCTHING.foo.TMP"));
+        assert!(is_reserved("~SYNCTHING~x.Tmp"));
+        assert!(
+            !is_temporary("a/.SYNCTHING.foo.TMP"),
+            "local cleanup stays exact"
+        );
+        assert!(!is_reserved("a/.syncthing.foo"));
+        assert!(!is_reserved("é.tmp"));
     }
 }
