@@ -22,7 +22,7 @@ use proto::bep::wire::{self, Counter, FileInfo, FileInfoType, Vector};
 use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
 
-const FILES: usize = 8;
+const FILES: usize = 32;
 /// Three 128 KiB blocks each: each file's pull spans several Responses.
 const FILE_LEN: usize = 300_000;
 /// How long the slow peer holds each Response at least.
@@ -69,10 +69,19 @@ fn content(i: usize, version: u64) -> Vec<u8> {
     bytes(100 * version + i as u64, FILE_LEN)
 }
 
-/// Everything below `dir` (symlinks not followed): relative path → (type
-/// and mode, contents of a file or target of a symlink).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (u32, Vec<u8>)>) {
+/// Type and mode, length and a hash of the contents (of a file) or target
+/// (of a symlink): compact in a failure message.
+type Seen = (u32, usize, u64);
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Everything below `dir` (symlinks not followed), by relative path.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Seen> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Seen>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             let m = std::fs::symlink_metadata(&p).unwrap();
@@ -89,7 +98,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
             };
             out.insert(
                 p.strip_prefix(root).unwrap().to_path_buf(),
-                (m.permissions().mode(), data),
+                (m.permissions().mode(), data.len(), fnv(&data)),
             );
             if m.is_dir() {
                 walk(root, &p, out);
@@ -98,7 +107,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
     }
     let mut out = BTreeMap::new();
     let m = std::fs::symlink_metadata(dir).unwrap();
-    out.insert(PathBuf::from("."), (m.permissions().mode(), Vec::new()));
+    out.insert(PathBuf::from("."), (m.permissions().mode(), 0, 0));
     walk(dir, dir, &mut out);
     out
 }
@@ -176,10 +185,13 @@ fn directory_swapped_for_a_symlink_while_pulling_never_leads_outside() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&parking).unwrap();
 
-    // The outside: files named like the pulled ones, a directory named
-    // like the one the peer wants 0777, restrictive modes throughout.
+    // The outside: restrictive modes throughout; files named like the
+    // ones the peer later deletes, a directory named like the one it wants
+    // 0777; nothing named like the files it changes (a name that exists
+    // outside makes the "changed locally?" check trip, which hides the
+    // race rather than closing it).
     std::fs::create_dir_all(outside.join("sub")).unwrap();
-    for i in 0..FILES {
+    for i in 0..FILES / 2 {
         let p = outside.join(format!("f{i}"));
         std::fs::write(&p, format!("outside {i}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
