@@ -2,17 +2,25 @@
 //! that holds a name without ever passing through a symlink, checking that
 //! what is on disk is still what our index says (so a local change is
 //! never overwritten), temp files, conflict copies.
+//!
+//! Every step goes through a [`Dir`] (`dirfd.rs`): the directory holding a
+//! name is opened from the folder root without crossing a symlink and held
+//! open, and the name inside it is created, renamed, chmodded or removed
+//! with `*at` calls relative to that descriptor, never by a path that a
+//! local process could redirect between the check and the operation.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use proto::bep::names;
 use proto::bep::wire::FileInfo;
 use sha2::{Digest, Sha256};
 
+use super::dirfd::{self, Dir, Kind, Rename};
 use crate::db::{Change, Db};
 use crate::ignore::Ignores;
 use crate::scan;
@@ -51,67 +59,85 @@ pub fn basename(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// The directory holding `name` below `root`. Every component on the way
-/// must be a real directory (a symlink or file there is refused); missing
-/// ones are created when `create`, otherwise `None` is returned.
+/// The folder-relative directory of `name` (`""` at the top).
+pub fn dirname(name: &str) -> &str {
+    name.rfind('/').map_or("", |i| &name[..i])
+}
+
+/// The directory holding `name` below `root`, held open. Every component
+/// on the way must be a real directory (a symlink or file there is
+/// refused, also when it appears while we look); missing ones are created
+/// when `create`, otherwise `None` is returned.
 ///
 /// On a case-insensitive filesystem every component, the last one
 /// included, must also exist in exactly the given case (1.19.2's case
 /// check): "a/foo" never overwrites or lands in a local "A/Foo".
-pub fn parent_dir(root: &Path, name: &str, create: bool) -> Result<Option<PathBuf>> {
+pub fn parent_dir(root: &Dir, name: &str, create: bool) -> Result<Option<Dir>> {
     let insensitive = case_insensitive(root);
-    let mut dir = root.to_path_buf();
-    let mut parts: Vec<&str> = name.split('/').collect();
-    let last = parts.pop().unwrap_or_default();
-    let mut done = 0;
-    for part in parts {
-        done += part.len() + 1;
-        if insensitive {
-            check_case(&dir, part, &name[..done - 1])?;
+    let parent = dirname(name);
+    if !insensitive {
+        // The common case in one call: the whole parent exists.
+        match root.open_beneath(parent) {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) if e.kind() == ErrorKind::NotFound && !create => return Ok(None),
+            // Missing parts are created below; a symlink or file on the
+            // way is named by the walk.
+            Err(e) if e.kind() == ErrorKind::NotFound || dirfd::is_not_a_dir(&e) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot open the directory {parent:?}"))
+            }
         }
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => bail!(
-                "{} is not a directory (a symlink or file); not writing through it",
-                dir.display()
-            ),
+    }
+    let mut dir = root.try_clone().context("cannot open the folder")?;
+    let mut done = 0;
+    for part in parent.split('/').filter(|p| !p.is_empty()) {
+        done += part.len() + 1;
+        let shown = &name[..done - 1];
+        if insensitive {
+            check_case(&dir, part, shown)?;
+        }
+        dir = match dir.child(part) {
+            Ok(d) => d,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 if !create {
                     return Ok(None);
                 }
-                match fs::create_dir(&dir) {
+                match dir.mkdir(part, 0o777) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-                            bail!("{} appeared as a non-directory", dir.display());
-                        }
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot create {}", dir.display()))
-                    }
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e).with_context(|| format!("cannot create {shown:?}")),
                 }
+                dir.child(part).map_err(|e| refused(e, shown))?
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
-        }
+            Err(e) => return Err(refused(e, shown)),
+        };
     }
     if insensitive {
-        check_case(&dir, last, name)?;
+        check_case(&dir, basename(name), name)?;
     }
     Ok(Some(dir))
 }
 
+/// The error for a directory on the way that could not be opened; a
+/// symlink or file there is counted (`REFUSED_NOT_A_DIR`).
+fn refused(e: std::io::Error, shown: &str) -> anyhow::Error {
+    if dirfd::is_not_a_dir(&e) {
+        super::REFUSED_NOT_A_DIR.fetch_add(1, Ordering::Relaxed);
+        anyhow!("{shown:?} is not a directory (a symlink or file); not writing through it")
+    } else {
+        anyhow::Error::from(e).context(format!("cannot open the directory {shown:?}"))
+    }
+}
+
 /// Whether the folder's filesystem folds case: the marker is found under
 /// another case. (Then a lookup of "foo" may land on "Foo".)
-fn case_insensitive(root: &Path) -> bool {
-    let upper = root.join(scan::MARKER.to_uppercase());
-    fs::symlink_metadata(root.join(scan::MARKER)).is_ok()
-        && fs::symlink_metadata(&upper).is_ok()
-        && fs::read_dir(root).is_ok_and(|entries| {
-            !entries
-                .flatten()
-                .any(|e| e.file_name().to_str() == Some(&scan::MARKER.to_uppercase()))
-        })
+fn case_insensitive(root: &Dir) -> bool {
+    let upper = scan::MARKER.to_uppercase();
+    root.exists(scan::MARKER)
+        && root.exists(&upper)
+        && root
+            .entries()
+            .is_ok_and(|mut entries| !entries.any(|(n, _)| n.to_str() == Some(&upper)))
 }
 
 /// A name that differs only in case from the local `base` in `dir`.
@@ -135,11 +161,10 @@ impl std::error::Error for CaseConflict {}
 
 /// The local entry of `dir` equal to `base` except for case, when there is
 /// one and none spelled exactly `base`.
-pub fn differently_cased(dir: &Path, base: &str) -> Option<String> {
+pub fn differently_cased(dir: &Dir, base: &str) -> Option<String> {
     let lower = base.to_lowercase();
     let mut found = None;
-    for e in fs::read_dir(dir).ok()?.flatten() {
-        let n = e.file_name();
+    for (n, _) in dir.entries().ok()? {
         let Some(n) = n.to_str() else { continue };
         if n == base {
             return None;
@@ -153,8 +178,8 @@ pub fn differently_cased(dir: &Path, base: &str) -> Option<String> {
 
 /// Fails when `dir/base` exists only under another case. `shown` is the
 /// folder-relative name for the message.
-fn check_case(dir: &Path, base: &str, shown: &str) -> Result<()> {
-    if fs::symlink_metadata(dir.join(base)).is_err() {
+fn check_case(dir: &Dir, base: &str, shown: &str) -> Result<()> {
+    if !dir.exists(base) {
         return Ok(());
     }
     if let Some(real) = differently_cased(dir, base) {
@@ -189,14 +214,16 @@ pub fn ignored_entry(global: &FileInfo) -> Change {
 /// looked at (the directory is then left alone).
 const MAX_DELETE_DEPTH: usize = 64;
 
-/// Before directory `name` (at `path`) is removed: removes what inside may
-/// go — our temp files and entries ignored with `(?d)` — and fails if an
-/// ignored entry remains (ignored files are never deleted, so neither is
-/// their directory: 1.19.2's "contains ignored files"). Other entries are
-/// left for the caller's removal to fail on. Symlinks are never followed.
-pub fn clear_dir_for_delete(path: &Path, name: &str, ignores: &Ignores) -> Result<()> {
+/// Before directory `name` (open as `dir`) is removed: removes what
+/// inside may go — our temp files and entries ignored with `(?d)` — and
+/// fails if an ignored entry remains (ignored files are never deleted, so
+/// neither is their directory: 1.19.2's "contains ignored files"). Other
+/// entries are left for the caller's removal to fail on. Symlinks are
+/// never followed: subdirectories are opened from their parent's
+/// descriptor with `O_NOFOLLOW`.
+pub fn clear_dir_for_delete(dir: &Dir, name: &str, ignores: &Ignores) -> Result<()> {
     let mut has_ignored = None;
-    clear_below(path, name, ignores, 0, &mut has_ignored)?;
+    clear_below(dir, name, ignores, 0, &mut has_ignored)?;
     if let Some(kept) = has_ignored {
         bail!(
             "directory {name:?} contains ignored files (e.g. {kept:?}); not deleted. Prefix the pattern with (?d) in .stignore to allow deleting them"
@@ -206,7 +233,7 @@ pub fn clear_dir_for_delete(path: &Path, name: &str, ignores: &Ignores) -> Resul
 }
 
 fn clear_below(
-    path: &Path,
+    dir: &Dir,
     name: &str,
     ignores: &Ignores,
     depth: usize,
@@ -215,35 +242,40 @@ fn clear_below(
     if depth > MAX_DELETE_DEPTH {
         bail!("directory {name:?} is nested too deeply to be deleted safely");
     }
-    let Ok(entries) = fs::read_dir(path) else {
+    let Ok(entries) = dir.entries() else {
         return Ok(());
     };
-    for e in entries.flatten() {
-        let os = e.file_name();
+    for (os, kind) in entries {
         let Some(base) = os.to_str() else { continue };
         let child = format!("{name}/{base}");
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let is_dir = kind == Kind::Dir;
         let verdict = ignores.check(&child);
         if verdict.deletable {
             if is_dir {
                 // Everything below a (?d) directory matches it too, except
                 // what a `!` pattern keeps.
-                clear_below(&e.path(), &child, ignores, depth + 1, has_ignored)?;
+                if let Ok(sub) = dir.child(base) {
+                    clear_below(&sub, &child, ignores, depth + 1, has_ignored)?;
+                }
                 if has_ignored.is_none() {
-                    fs::remove_dir(e.path()).with_context(|| {
+                    dir.remove_dir(base).with_context(|| {
                         format!("cannot remove the ignored directory {child:?}")
                     })?;
                 }
             } else {
-                fs::remove_file(e.path())
+                dir.remove_file(base)
                     .with_context(|| format!("cannot remove the ignored file {child:?}"))?;
             }
         } else if verdict.ignored {
             has_ignored.get_or_insert(child);
         } else if names::is_temporary(base) && !is_dir {
-            let _ = fs::remove_file(e.path());
+            let _ = dir.remove_file(base);
         } else if is_dir {
-            clear_below(&e.path(), &child, ignores, depth + 1, has_ignored)?;
+            // A subdirectory replaced by a symlink meanwhile is not
+            // entered; the caller's removal then fails on it.
+            if let Ok(sub) = dir.child(base) {
+                clear_below(&sub, &child, ignores, depth + 1, has_ignored)?;
+            }
         }
     }
     Ok(())
@@ -256,112 +288,82 @@ const MIN_FREE_PERCENT: u64 = 1;
 /// Refuses to start a file of `size` bytes in `dir` when the filesystem
 /// cannot hold it (beyond what its temp file `temp` already holds) and
 /// still keep 1 % free, like 1.19.2's CheckAvailableSpace: nothing is
-/// written that would fill the disk.
-pub fn check_space(dir: &Path, size: u64, temp: &Path) -> Result<()> {
-    let Some((avail, total)) = free_space(dir) else {
+/// written that would fill the disk. `folder` is for the message.
+pub fn check_space(dir: &Dir, size: u64, temp: &str, folder: &Path) -> Result<()> {
+    let Ok((avail, total)) = dir.free_space() else {
         return Ok(());
     };
-    let have = fs::symlink_metadata(temp).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
+    let have = dir
+        .stat(temp)
+        .map_or(0, |m| if m.is_file() { m.len() } else { 0 });
     let need = size.saturating_sub(have);
     let reserve = total / 100 * MIN_FREE_PERCENT;
     if avail < need.saturating_add(reserve) {
         bail!(
             "insufficient space in folder {}: {need} bytes needed, {avail} available (1 % kept free); free some space and it resumes",
-            dir.display()
+            folder.display()
         );
     }
     Ok(())
 }
 
-/// (available to us, total) bytes of the filesystem holding `dir`.
-fn free_space(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid
-    // NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let unit = st.f_frsize as u64;
-    Some((
-        (st.f_bavail as u64).saturating_mul(unit),
-        (st.f_blocks as u64).saturating_mul(unit),
-    ))
-}
-
-fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let bad = |_| std::io::Error::from(ErrorKind::InvalidInput);
-    let a = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(bad)?;
-    let b = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(bad)?;
-    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Puts the finished temp file in place of `target` atomically, and
-/// closes the gap between the last "unchanged locally" check and the
-/// rename: the two are swapped (`RENAME_EXCHANGE`), then what was swapped
-/// out is checked against the index once more. If the user wrote the file
-/// in that gap, their version is kept as a conflict copy instead of being
-/// lost. Falls back to a plain rename where the filesystem cannot swap.
+/// Puts the finished temp file `temp` in place of `target` (both in
+/// `dir`) atomically, and closes the gap between the last "unchanged
+/// locally" check and the rename: the two are swapped (`RENAME_EXCHANGE`),
+/// then what was swapped out is checked against the index once more. If
+/// the user wrote the file in that gap, their version is kept as a
+/// conflict copy instead of being lost. Falls back to a plain rename where
+/// the filesystem cannot swap.
 pub fn swap_into_place(
     db: &Db,
     folder: &str,
     name: &str,
-    temp: &Path,
-    target: &Path,
+    dir: &Dir,
+    temp: &str,
+    target: &str,
     incoming: &FileInfo,
 ) -> Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
+    let failed =
+        |e: std::io::Error| anyhow::Error::from(e).context(format!("cannot rename into {name:?}"));
     for _ in 0..3 {
-        match rename2(temp, target, libc::RENAME_EXCHANGE) {
+        match dir.rename(temp, dir, target, Rename::Exchange) {
             Ok(()) => {
                 // `temp` now holds what was in place.
-                if local_unchanged(db, folder, name, temp).unwrap_or(false) {
-                    let _ = fs::remove_file(temp);
+                if local_unchanged(db, folder, name, dir, temp).unwrap_or(false) {
+                    let _ = dir.remove_file(temp);
                 } else {
                     keep_raced(dir, name, temp, incoming)?;
                 }
                 return Ok(());
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                match rename2(temp, target, libc::RENAME_NOREPLACE) {
+                match dir.rename(temp, dir, target, Rename::NoReplace) {
                     Ok(()) => return Ok(()),
                     // Created in between: swap it out and check it.
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-                    Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("cannot rename into {}", target.display()))
-                    }
+                    Err(e) => return Err(failed(e)),
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot rename into {}", target.display()))
-            }
+            Err(e) => return Err(failed(e)),
         }
     }
-    fs::rename(temp, target).with_context(|| format!("cannot rename into {}", target.display()))
+    dir.rename(temp, dir, target, Rename::Replace)
+        .map_err(failed)
 }
 
-/// Keeps a local version that is about to be replaced as a conflict copy
-/// under a name not yet taken (even for a name that is itself a conflict
-/// copy).
-fn keep_raced(dir: &Path, name: &str, swapped_out: &Path, incoming: &FileInfo) -> Result<()> {
+/// `name` with its last component replaced by `base`, for messages.
+fn sibling(name: &str, base: &str) -> String {
+    match dirname(name) {
+        "" => base.to_string(),
+        d => format!("{d}/{base}"),
+    }
+}
+
+/// Keeps a local version that is about to be replaced (`swapped_out` in
+/// `dir`) as a conflict copy under a name not yet taken (even for a name
+/// that is itself a conflict copy).
+fn keep_raced(dir: &Dir, name: &str, swapped_out: &str, incoming: &FileInfo) -> Result<()> {
     let short = proto::ShortId(incoming.modified_by).to_string();
     let stamp = conflict_stamp();
     for k in 0..100 {
@@ -371,25 +373,27 @@ fn keep_raced(dir: &Path, name: &str, swapped_out: &Path, incoming: &FileInfo) -
             format!("{stamp}-{k}")
         };
         let cname = proto::bep::global::conflict_name(basename(name), &stamp, &short);
-        let cpath = dir.join(&cname);
-        if rename2(swapped_out, &cpath, libc::RENAME_NOREPLACE).is_ok() {
-            tracing::warn!(file = ?name, conflict_copy = ?cpath,
+        if dir
+            .rename(swapped_out, dir, &cname, Rename::NoReplace)
+            .is_ok()
+        {
+            tracing::warn!(file = ?name, conflict_copy = ?sibling(name, &cname),
                 "local version kept as a conflict copy");
             return Ok(());
         }
     }
     bail!(
-        "cannot keep the local version of {name} written while it was replaced (left in {})",
-        swapped_out.display()
+        "cannot keep the local version of {name} written while it was replaced (left in {:?})",
+        sibling(name, swapped_out)
     )
 }
 
 /// Removes the temp file of `name` (never through a symlinked parent).
-pub fn remove_temp(root: &Path, name: &str) {
+pub fn remove_temp(root: &Dir, name: &str) {
     if let Ok(Some(dir)) = parent_dir(root, name, false) {
-        let temp = dir.join(proto::bep::global::temp_basename(basename(name)));
-        if fs::symlink_metadata(&temp).is_ok_and(|m| m.is_file()) {
-            let _ = fs::remove_file(&temp);
+        let temp = proto::bep::global::temp_basename(basename(name));
+        if dir.stat(&temp).is_ok_and(|m| m.is_file()) {
+            let _ = dir.remove_file(&temp);
         }
     }
 }
@@ -403,67 +407,45 @@ pub fn is_disk_full(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Whether `path` (for `name`) is as our index last recorded it: absent
-/// when the index has no live entry, unchanged otherwise (a live entry
-/// gone from disk is a local deletion, which loses against any new
+/// Whether `base` in `dir` (for `name`) is as our index last recorded it:
+/// absent when the index has no live entry, unchanged otherwise (a live
+/// entry gone from disk is a local deletion, which loses against any new
 /// version, so it also counts as unchanged).
-pub fn local_unchanged(db: &Db, folder: &str, name: &str, path: &Path) -> Result<bool> {
+pub fn local_unchanged(db: &Db, folder: &str, name: &str, dir: &Dir, base: &str) -> Result<bool> {
     let known = db
         .local_meta(folder, &[name])?
         .remove(name)
         .filter(|k| !k.deleted);
-    match (known, fs::symlink_metadata(path)) {
+    match (known, dir.stat(base)) {
         (_, Err(e)) if e.kind() == ErrorKind::NotFound => Ok(true),
-        (_, Err(e)) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+        (_, Err(e)) => Err(e).with_context(|| format!("cannot stat {:?}", sibling(name, base))),
         (None, Ok(_)) => Ok(false),
         (Some(k), Ok(m)) => Ok(scan::unchanged(&k, &scan::disk_meta(&m))),
     }
 }
 
-/// Opens (creating if needed) a temp file for writing without following a
-/// symlink; it must be a regular file.
-pub fn open_temp(path: &Path) -> Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-    };
-    // A leftover we cannot write (read-only mode already applied, or a
-    // symlink's temp) is ours to replace: temp names are never synced.
-    let file = match open() {
-        Ok(f) => f,
-        Err(_) if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) => {
-            fs::remove_file(path).with_context(|| {
-                format!("cannot remove the stale temporary file {}", path.display())
-            })?;
-            let reopened = open();
-            reopened
-                .with_context(|| format!("cannot open the temporary file {}", path.display()))?
+/// Opens (creating if needed) the temp file `temp` in `dir` for writing
+/// without following a symlink; it must be a regular file. An existing one
+/// (an interrupted pull) is reused.
+pub fn open_temp(dir: &Dir, temp: &str) -> Result<File> {
+    match dir.open_or_create(temp, 0o600) {
+        Ok(f) => Ok(f),
+        // A leftover we cannot write (read-only mode already applied, or a
+        // symlink's temp) is ours to replace: temp names are never synced.
+        Err(_) if dir.stat(temp).is_ok_and(|m| !m.is_dir()) => {
+            dir.remove_file(temp)
+                .with_context(|| format!("cannot remove the stale temporary file {temp:?}"))?;
+            dir.create_new(temp, 0o600)
+                .with_context(|| format!("cannot open the temporary file {temp:?}"))
         }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot open the temporary file {}", path.display()))
-        }
-    };
-    if !file.metadata()?.is_file() {
-        bail!("{} is not a regular file", path.display());
+        Err(e) => Err(e).with_context(|| format!("cannot open the temporary file {temp:?}")),
     }
-    Ok(file)
 }
 
-/// Opens an existing regular file for reading without following a symlink.
-pub fn open_existing(path: &Path) -> Option<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    file.metadata().ok()?.is_file().then_some(file)
+/// Opens an existing regular file `base` of `dir` for reading without
+/// following a symlink.
+pub fn open_existing(dir: &Dir, base: &str) -> Option<File> {
+    dir.open_read(base).ok()
 }
 
 /// Reads `size` bytes at `offset` and returns them if they hash to `hash`.
@@ -489,13 +471,6 @@ pub fn start_writeback(file: &File) {
     }
 }
 
-/// Makes a rename or removal in `dir` durable.
-pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 /// `YYYYMMDD-HHMMSS` in local time, for conflict names.
 pub fn conflict_stamp() -> String {
     let now = std::time::SystemTime::now()
@@ -518,37 +493,41 @@ pub fn conflict_stamp() -> String {
     )
 }
 
-/// Moves the local file at `target` aside as a conflict copy, named after
-/// the device whose change won (`incoming.modified_by`).
+/// Moves the local file `base` of `dir` aside as a conflict copy, named
+/// after the device whose change won (`incoming.modified_by`).
 ///
 /// 1.19.2 deletes a losing copy whose name is already a conflict copy.
 /// But conflict names only hold the second and the winner, so two devices
 /// resolving against the same winner at the same moment make copies with
 /// the same name and different contents (seen in the convergence test):
 /// deleting ours would lose an edit. Ours is kept once more instead.
-pub fn move_to_conflict(dir: &Path, name: &str, target: &Path, incoming: &FileInfo) -> Result<()> {
+pub fn move_to_conflict(dir: &Dir, name: &str, base: &str, incoming: &FileInfo) -> Result<()> {
     if proto::bep::global::is_conflict_copy(name) {
-        return keep_raced(dir, name, target, incoming);
+        return keep_raced(dir, name, base, incoming);
     }
     let short = proto::ShortId(incoming.modified_by).to_string();
     let cname = proto::bep::global::conflict_name(basename(name), &conflict_stamp(), &short);
-    let cpath = dir.join(&cname);
-    if fs::symlink_metadata(&cpath).is_ok() {
-        bail!("conflict copy {} already exists", cpath.display());
+    let shown = sibling(name, &cname);
+    if dir.exists(&cname) {
+        bail!("conflict copy {shown:?} already exists");
     }
-    fs::rename(target, &cpath).with_context(|| {
-        format!(
-            "cannot move the conflicting local copy to {}",
-            cpath.display()
-        )
-    })?;
-    tracing::warn!(file = ?name, conflict_copy = ?cpath, "conflicting local change kept as a conflict copy");
+    let moved = match dir.rename(base, dir, &cname, Rename::NoReplace) {
+        // A filesystem without RENAME_NOREPLACE: checked just above.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            dir.rename(base, dir, &cname, Rename::Replace)
+        }
+        r => r,
+    };
+    moved.with_context(|| format!("cannot move the conflicting local copy to {shown:?}"))?;
+    tracing::warn!(file = ?name, conflict_copy = ?shown, "conflicting local change kept as a conflict copy");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn hostile_names_are_refused() {
@@ -567,8 +546,19 @@ mod tests {
         check_name("dir with space/ü.txt").unwrap();
     }
 
+    /// The inode of what `dir` holds open.
+    fn ino(dir: &Dir) -> u64 {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        File::from(dir.as_fd().try_clone_to_owned().unwrap())
+            .metadata()
+            .unwrap()
+            .ino()
+    }
+
     #[test]
     fn parents_never_go_through_symlinks() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("f");
         let outside = dir.path().join("outside");
@@ -576,29 +566,31 @@ mod tests {
         fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
         fs::write(root.join("file"), b"x").unwrap();
-        assert!(parent_dir(&root, "link/evil", true).is_err());
-        assert!(parent_dir(&root, "link/sub/evil", true).is_err());
-        assert!(parent_dir(&root, "file/evil", true).is_err());
+        let r = Dir::open(&root).unwrap();
+        let before = super::super::REFUSED_NOT_A_DIR.load(Ordering::Relaxed);
+        for bad in ["link/evil", "link/sub/evil", "file/evil"] {
+            let e = parent_dir(&r, bad, true).unwrap_err();
+            assert!(format!("{e:#}").contains("not a directory"), "{e:#}");
+        }
+        assert!(super::super::REFUSED_NOT_A_DIR.load(Ordering::Relaxed) >= before + 3);
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
-        assert_eq!(parent_dir(&root, "a/b/c", false).unwrap(), None);
-        let made = parent_dir(&root, "a/b/c", true).unwrap().unwrap();
-        assert_eq!(made, root.join("a/b"));
-        assert!(made.is_dir());
-        assert_eq!(parent_dir(&root, "top", false).unwrap(), Some(root.clone()));
+        assert!(parent_dir(&r, "a/b/c", false).unwrap().is_none());
+        let made = parent_dir(&r, "a/b/c", true).unwrap().unwrap();
+        assert_eq!(ino(&made), fs::metadata(root.join("a/b")).unwrap().ino());
+        let top = parent_dir(&r, "top", false).unwrap().unwrap();
+        assert_eq!(ino(&top), fs::metadata(&root).unwrap().ino());
     }
 
     #[test]
     fn case_only_differences_are_found() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("Foo.txt"), b"x").unwrap();
-        assert_eq!(
-            differently_cased(dir.path(), "foo.TXT").as_deref(),
-            Some("Foo.txt")
-        );
-        assert_eq!(differently_cased(dir.path(), "Foo.txt"), None);
-        assert_eq!(differently_cased(dir.path(), "bar"), None);
+        let d = Dir::open(dir.path()).unwrap();
+        assert_eq!(differently_cased(&d, "foo.TXT").as_deref(), Some("Foo.txt"));
+        assert_eq!(differently_cased(&d, "Foo.txt"), None);
+        assert_eq!(differently_cased(&d, "bar"), None);
         fs::write(dir.path().join("ÄB"), b"x").unwrap();
-        assert_eq!(differently_cased(dir.path(), "äb").as_deref(), Some("ÄB"));
+        assert_eq!(differently_cased(&d, "äb").as_deref(), Some("ÄB"));
         let e = CaseConflict {
             given: "d/foo.txt".into(),
             real: "d/Foo.txt".into(),
@@ -606,10 +598,10 @@ mod tests {
         assert!(e.to_string().contains("different upper or lowercase"));
         // This filesystem is case-sensitive: like 1.19.2 there, "foo.txt"
         // and "Foo.txt" are two files and no conflict.
-        assert!(!case_insensitive(dir.path()));
+        assert!(!case_insensitive(&d));
         fs::create_dir(dir.path().join(scan::MARKER)).unwrap();
-        assert!(!case_insensitive(dir.path()));
-        parent_dir(dir.path(), "foo.txt", false).unwrap();
+        assert!(!case_insensitive(&d));
+        parent_dir(&d, "foo.txt", false).unwrap();
     }
 
     #[test]
@@ -621,12 +613,13 @@ mod tests {
         fs::write(d.join("sub/.DS_Store"), b"x").unwrap();
         fs::write(d.join(".syncthing.a.tmp"), b"x").unwrap();
         let ign = Ignores::parse("(?d).DS_Store\n*.keep").unwrap();
-        clear_dir_for_delete(&d, "d", &ign).unwrap();
+        let held = Dir::open(&d).unwrap();
+        clear_dir_for_delete(&held, "d", &ign).unwrap();
         assert!(!d.join(".DS_Store").exists() && !d.join("sub/.DS_Store").exists());
         assert!(!d.join(".syncthing.a.tmp").exists());
         assert!(d.join("sub").is_dir(), "not ignored: left to the caller");
         fs::write(d.join("sub/x.keep"), b"precious").unwrap();
-        let e = clear_dir_for_delete(&d, "d", &ign).unwrap_err();
+        let e = clear_dir_for_delete(&held, "d", &ign).unwrap_err();
         assert!(format!("{e:#}").contains("contains ignored files"), "{e:#}");
         assert_eq!(fs::read(d.join("sub/x.keep")).unwrap(), b"precious");
         // A (?d) directory goes whole.
@@ -634,8 +627,17 @@ mod tests {
         fs::remove_file(d.join("sub/x.keep")).unwrap();
         fs::create_dir_all(d.join("cache/deep")).unwrap();
         fs::write(d.join("cache/deep/f"), b"x").unwrap();
-        clear_dir_for_delete(&d, "d", &ign).unwrap();
+        // A symlink to the outside inside is removed, never entered.
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("cache")).unwrap();
+        fs::write(outside.join("cache/f"), b"x").unwrap();
+        fs::write(outside.join(".syncthing.a.tmp"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("sub/link")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("cache/deep/link")).unwrap();
+        clear_dir_for_delete(&held, "d", &ign).unwrap();
         assert!(!d.join("cache").exists());
+        assert!(fs::symlink_metadata(d.join("sub/link")).is_ok());
+        assert!(outside.join("cache/f").exists() && outside.join(".syncthing.a.tmp").exists());
     }
 
     #[test]
@@ -652,16 +654,21 @@ mod tests {
             modified_by: 7,
             ..Default::default()
         };
+        let r = Dir::open(&root).unwrap();
+        let swap = |name: &str| {
+            let t = proto::bep::global::temp_basename(name);
+            swap_into_place(&db, "f", name, &r, &t, name, &incoming)
+        };
         // Unchanged since the index: replaced, nothing kept.
         let temp = root.join(".syncthing.a.tmp");
         fs::write(&temp, b"pulled 1").unwrap();
-        swap_into_place(&db, "f", "a", &temp, &root.join("a"), &incoming).unwrap();
+        swap("a").unwrap();
         assert_eq!(fs::read(root.join("a")).unwrap(), b"pulled 1");
         assert!(!temp.exists());
         assert_eq!(fs::read_dir(&root).unwrap().count(), 2); // a, .stfolder
                                                              // Written after the last check: kept as a conflict copy.
         fs::write(&temp, b"pulled 2").unwrap();
-        swap_into_place(&db, "f", "a", &temp, &root.join("a"), &incoming).unwrap();
+        swap("a").unwrap();
         assert_eq!(fs::read(root.join("a")).unwrap(), b"pulled 2");
         let kept: Vec<_> = fs::read_dir(&root)
             .unwrap()
@@ -672,9 +679,9 @@ mod tests {
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(fs::read(root.join(&kept[0])).unwrap(), b"pulled 1");
         // A new name created in between is kept too.
-        fs::write(&temp, b"pulled 3").unwrap();
+        fs::write(root.join(".syncthing.new.tmp"), b"pulled 3").unwrap();
         fs::write(root.join("new"), b"user's").unwrap();
-        swap_into_place(&db, "f", "new", &temp, &root.join("new"), &incoming).unwrap();
+        swap("new").unwrap();
         assert_eq!(fs::read(root.join("new")).unwrap(), b"pulled 3");
         assert!(fs::read_dir(&root).unwrap().flatten().any(|e| e
             .file_name()
@@ -685,9 +692,10 @@ mod tests {
     #[test]
     fn space_is_checked_before_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let temp = dir.path().join(".syncthing.x.tmp");
-        check_space(dir.path(), 1, &temp).unwrap();
-        let e = check_space(dir.path(), u64::MAX / 2, &temp).unwrap_err();
+        let d = Dir::open(dir.path()).unwrap();
+        let temp = ".syncthing.x.tmp";
+        check_space(&d, 1, temp, dir.path()).unwrap();
+        let e = check_space(&d, u64::MAX / 2, temp, dir.path()).unwrap_err();
         assert!(format!("{e:#}").contains("insufficient space"));
         let full = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC))
             .context("cannot write");
@@ -702,11 +710,21 @@ mod tests {
         fs::write(&secret, b"keep").unwrap();
         let temp = dir.path().join(".syncthing.x.tmp");
         std::os::unix::fs::symlink(&secret, &temp).unwrap();
+        let d = Dir::open(dir.path()).unwrap();
         // The symlink is replaced by a fresh file; the target is untouched.
-        let f = open_temp(&temp).unwrap();
+        let f = open_temp(&d, ".syncthing.x.tmp").unwrap();
         f.write_all_at(b"new", 0).unwrap();
         assert_eq!(fs::read(&secret).unwrap(), b"keep");
         assert!(fs::symlink_metadata(&temp).unwrap().is_file());
+        // An interrupted pull's temp file is reused, a read-only one
+        // replaced.
+        drop(f);
+        let f = open_temp(&d, ".syncthing.x.tmp").unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 3);
+        fs::set_permissions(&temp, fs::Permissions::from_mode(0o400)).unwrap();
+        let f = open_temp(&d, ".syncthing.x.tmp").unwrap();
+        f.write_all_at(b"ok", 0).unwrap();
+        assert!(open_temp(&d, ".stfolder-missing/x").is_err());
     }
 
     #[test]
@@ -715,14 +733,15 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         let root = dir.path().join("f");
         fs::create_dir_all(&root).unwrap();
+        let r = Dir::open(&root).unwrap();
         // Unknown to the index and absent: fine; present: a local change.
-        assert!(local_unchanged(&db, "f", "a", &root.join("a")).unwrap());
+        assert!(local_unchanged(&db, "f", "a", &r, "a").unwrap());
         fs::write(root.join("a"), b"data").unwrap();
-        assert!(!local_unchanged(&db, "f", "a", &root.join("a")).unwrap());
+        assert!(!local_unchanged(&db, "f", "a", &r, "a").unwrap());
         let live = crate::scan::Live::default();
         crate::scan::scan(&db, "f", &root, 1, &|_| {}, &live).unwrap();
-        assert!(local_unchanged(&db, "f", "a", &root.join("a")).unwrap());
+        assert!(local_unchanged(&db, "f", "a", &r, "a").unwrap());
         fs::write(root.join("a"), b"other data").unwrap();
-        assert!(!local_unchanged(&db, "f", "a", &root.join("a")).unwrap());
+        assert!(!local_unchanged(&db, "f", "a", &r, "a").unwrap());
     }
 }

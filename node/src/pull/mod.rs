@@ -8,6 +8,9 @@
 //! * [`verify`] — fetched blocks hashed several at once and written.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
 //!   checks, temp files, conflict copies).
+//! * [`dirfd`] — directory handles: every disk operation of a pull is made
+//!   relative to a directory opened from the folder root without crossing
+//!   a symlink, never through a path.
 //! * [`local_ops`] — revert (receive-only) and override (send-only).
 //!
 //! A round runs in the folder's loop right after a scan, so scanning and
@@ -21,6 +24,7 @@
 //! against its SHA-256, then fsynced and renamed over the target: the
 //! target is always either the old or the complete new version.
 
+pub mod dirfd;
 pub mod disk;
 pub mod local_ops;
 pub mod need;
@@ -29,11 +33,9 @@ pub mod summaries;
 pub mod verify;
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::ErrorKind;
 use std::ops::ControlFlow;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,7 +53,8 @@ use tokio::sync::Semaphore;
 use crate::config::FolderConfig;
 use crate::db::{Change, Direction};
 use crate::model::Node;
-use disk::{basename, LocallyChanged};
+use dirfd::{Dir, Rename};
+use disk::{basename, dirname, LocallyChanged};
 use need::Needed;
 use summaries::{Figures, LocalCounts, Summary};
 use verify::{TempFile, Verifier};
@@ -59,6 +62,9 @@ use verify::{TempFile, Verifier};
 /// Block data fetched from peers / copied from local files, since start.
 pub static PULLED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static REUSED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Pulls refused because a directory on the way to the name was a symlink
+/// or a file (one was put there, or swapped in while we worked).
+pub static REFUSED_NOT_A_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// Requested block data in flight per round (all files together).
 const IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
@@ -79,7 +85,12 @@ pub struct RoundStats {
 struct Ctx {
     node: Arc<Node>,
     folder: String,
+    /// The folder's path, for messages; the disk is reached through
+    /// `root_dir` only.
     root: PathBuf,
+    /// The folder root, held open for the round: every name is reached
+    /// from it without crossing a symlink.
+    root_dir: Dir,
     my_short: u64,
     /// Conflict copies made this round (they are new local files to scan).
     conflicts: AtomicUsize,
@@ -91,10 +102,12 @@ struct Ctx {
     verifier: std::sync::OnceLock<Verifier>,
     /// The folder's `.stignore`, read at the start of the round.
     ignores: crate::ignore::Ignores,
-    /// Directories whose entries changed since the last recorded batch:
-    /// made durable once each, right before the batch is recorded (one
-    /// fsync per directory and batch, not per file, as 1.19.2 does).
-    changed_dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+    /// Directories (folder-relative, `""` the root) whose entries changed
+    /// since the last recorded batch: made durable once each, right before
+    /// the batch is recorded (one fsync per directory and batch, not per
+    /// file, as 1.19.2 does). Names, not descriptors: a page may touch
+    /// hundreds of directories.
+    changed_dirs: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Ctx {
@@ -104,11 +117,13 @@ impl Ctx {
         })
     }
 
-    fn dir_changed(&self, dir: &Path) {
+    /// Notes that an entry of `name`'s directory changed.
+    fn dir_changed(&self, name: &str) {
+        let dir = dirname(name);
         let mut dirs = self.changed_dirs.lock().unwrap_or_else(|p| p.into_inner());
         // Most files land in a directory already listed: no allocation.
         if !dirs.contains(dir) {
-            dirs.insert(dir.to_path_buf());
+            dirs.insert(dir.to_string());
         }
     }
 }
@@ -291,6 +306,8 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         node: node.clone(),
         folder: folder.id.clone(),
         root: folder.path.clone(),
+        root_dir: Dir::open(&folder.path)
+            .with_context(|| format!("cannot open the folder {}", folder.path.display()))?,
         my_short: node.my_id.short().0,
         conflicts: AtomicUsize::new(0),
         budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
@@ -415,7 +432,11 @@ fn settle(
 fn record(ctx: &Ctx, changes: Vec<Change>) -> Result<()> {
     let dirs = std::mem::take(&mut *ctx.changed_dirs.lock().unwrap_or_else(|p| p.into_inner()));
     for dir in &dirs {
-        disk::sync_dir(dir);
+        // Reopened the safe way; one that became a symlink meanwhile is
+        // not synced (nothing of ours was renamed through it).
+        if let Ok(d) = ctx.root_dir.open_beneath(dir) {
+            let _ = d.sync();
+        }
     }
     if changes.is_empty() {
         return Ok(());
@@ -449,26 +470,27 @@ async fn apply(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
     }
 }
 
-fn unchanged_or_bail(ctx: &Ctx, name: &str, target: &Path) -> Result<()> {
-    if !disk::local_unchanged(&ctx.node.db, &ctx.folder, name, target)? {
+/// Fails with [`LocallyChanged`] unless `name` (in `dir`) is as the index
+/// says.
+fn unchanged_or_bail(ctx: &Ctx, name: &str, dir: &Dir) -> Result<()> {
+    if !disk::local_unchanged(&ctx.node.db, &ctx.folder, name, dir, basename(name))? {
         return Err(LocallyChanged.into());
     }
     Ok(())
 }
 
-/// Where `name` goes: (its directory, its path). Parents are created.
-fn locate(ctx: &Ctx, name: &str, create: bool) -> Result<Option<(PathBuf, PathBuf)>> {
-    Ok(disk::parent_dir(&ctx.root, name, create)?.map(|dir| {
-        let target = dir.join(basename(name));
-        (dir, target)
-    }))
+/// The directory `name` goes in, held open (reached without crossing a
+/// symlink); missing parents are created when `create`.
+fn locate(ctx: &Ctx, name: &str, create: bool) -> Result<Option<Dir>> {
+    disk::parent_dir(&ctx.root_dir, name, create)
 }
 
 /// Our index entry for a pulled item: the global entry, with the on-disk
 /// facts the scanner compares (so the next scan sees it unchanged).
-fn recorded(g: &FileInfo, target: &Path) -> Result<Change> {
-    let m = fs::symlink_metadata(target)
-        .with_context(|| format!("cannot stat {}", target.display()))?;
+fn recorded(g: &FileInfo, dir: &Dir) -> Result<Change> {
+    let m = dir
+        .stat(basename(&g.name))
+        .with_context(|| format!("cannot stat {:?}", g.name))?;
     let mut info = g.clone();
     info.invalid = false;
     if m.file_type().is_symlink() {
@@ -497,15 +519,16 @@ fn recorded(g: &FileInfo, target: &Path) -> Result<Change> {
 /// renames a new conflict copy over an existing one of the same name (same
 /// second, same winner), which then reaches us as an ordinary newer
 /// version and would otherwise destroy the edit everywhere.
-fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Path, target: &Path) -> Result<()> {
+fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Dir) -> Result<()> {
     let Some(local) = n.local.as_ref().filter(|l| !l.deleted) else {
         return Ok(());
     };
-    if !fs::symlink_metadata(target).is_ok_and(|m| m.is_file()) || same_content(local, &n.global) {
+    let base = basename(&n.global.name);
+    if !dir.stat(base).is_ok_and(|m| m.is_file()) || same_content(local, &n.global) {
         return Ok(());
     }
     if is_conflict(local, &n.global, ctx.my_short) || is_conflict_copy(&n.global.name) {
-        disk::move_to_conflict(dir, &n.global.name, target, &n.global)?;
+        disk::move_to_conflict(dir, &n.global.name, base, &n.global)?;
         ctx.conflicts.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -520,23 +543,27 @@ fn same_content(a: &FileInfo, b: &FileInfo) -> bool {
 
 fn make_dir(ctx: &Ctx, n: &Needed) -> Result<Change> {
     let g = &n.global;
-    let (dir, target) = locate(ctx, &g.name, true)?.context("parent directory missing")?;
-    unchanged_or_bail(ctx, &g.name, &target)?;
-    match fs::symlink_metadata(&target) {
+    let dir = locate(ctx, &g.name, true)?.context("parent directory missing")?;
+    let base = basename(&g.name);
+    unchanged_or_bail(ctx, &g.name, &dir)?;
+    match dir.stat(base) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!("a file or symlink is in the way of this directory"),
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            fs::create_dir(&target)
-                .with_context(|| format!("cannot create {}", target.display()))?;
-            ctx.dir_changed(&dir);
+            dir.mkdir(base, 0o777)
+                .with_context(|| format!("cannot create {:?}", g.name))?;
+            ctx.dir_changed(&g.name);
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", target.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {:?}", g.name)),
     }
     if !g.no_permissions {
-        fs::set_permissions(&target, fs::Permissions::from_mode(g.permissions & 0o777))
-            .with_context(|| format!("cannot set permissions of {}", target.display()))?;
+        // The peer chooses the mode: set on the directory opened without
+        // following a symlink, never by path.
+        dir.child(base)
+            .and_then(|d| d.set_permissions(g.permissions & 0o777))
+            .with_context(|| format!("cannot set permissions of {:?}", g.name))?;
     }
-    recorded(g, &target)
+    recorded(g, &dir)
 }
 
 fn make_symlink(ctx: &Ctx, n: &Needed) -> Result<Change> {
@@ -544,25 +571,26 @@ fn make_symlink(ctx: &Ctx, n: &Needed) -> Result<Change> {
     if g.symlink_target.is_empty() || g.symlink_target.contains(&0) {
         bail!("invalid symlink target");
     }
-    let (dir, target) = locate(ctx, &g.name, true)?.context("parent directory missing")?;
-    unchanged_or_bail(ctx, &g.name, &target)?;
-    if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+    let dir = locate(ctx, &g.name, true)?.context("parent directory missing")?;
+    let base = basename(&g.name);
+    unchanged_or_bail(ctx, &g.name, &dir)?;
+    if dir.stat(base).is_ok_and(|m| m.is_dir()) {
         bail!("a directory is in the way of this symlink");
     }
-    let temp = dir.join(temp_basename(basename(&g.name)));
-    match fs::symlink_metadata(&temp) {
-        Ok(m) if m.is_dir() => bail!("{} is a directory", temp.display()),
-        Ok(_) => fs::remove_file(&temp)?,
+    let temp = temp_basename(base);
+    match dir.stat(&temp) {
+        Ok(m) if m.is_dir() => bail!("{temp:?} is a directory"),
+        Ok(_) => dir.remove_file(&temp)?,
         Err(_) => {}
     }
-    std::os::unix::fs::symlink(OsStr::from_bytes(&g.symlink_target), &temp)
-        .with_context(|| format!("cannot create symlink {}", temp.display()))?;
-    unchanged_or_bail(ctx, &g.name, &target)?;
-    keep_conflicting(ctx, n, &dir, &target)?;
-    fs::rename(&temp, &target)
-        .with_context(|| format!("cannot rename into {}", target.display()))?;
-    ctx.dir_changed(&dir);
-    recorded(g, &target)
+    dir.symlink(&g.symlink_target, &temp)
+        .with_context(|| format!("cannot create the symlink {temp:?}"))?;
+    unchanged_or_bail(ctx, &g.name, &dir)?;
+    keep_conflicting(ctx, n, &dir)?;
+    dir.rename(&temp, &dir, base, Rename::Replace)
+        .with_context(|| format!("cannot rename into {:?}", g.name))?;
+    ctx.dir_changed(&g.name);
+    recorded(g, &dir)
 }
 
 fn delete(ctx: &Ctx, n: &Needed) -> Result<Change> {
@@ -574,30 +602,35 @@ fn delete(ctx: &Ctx, n: &Needed) -> Result<Change> {
         },
         inode: 0,
     };
-    let Some((dir, target)) = locate(ctx, &g.name, false)? else {
+    let Some(dir) = locate(ctx, &g.name, false)? else {
         return Ok(tombstone);
     };
-    unchanged_or_bail(ctx, &g.name, &target)?;
-    match fs::symlink_metadata(&target) {
+    let base = basename(&g.name);
+    unchanged_or_bail(ctx, &g.name, &dir)?;
+    match dir.stat(base) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(tombstone),
-        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", target.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {:?}", g.name)),
         Ok(m) if m.is_dir() => {
             // Our leftover temp files and (?d)-ignored files go; other
-            // ignored files keep the directory.
-            disk::clear_dir_for_delete(&target, &g.name, &ctx.ignores)?;
-            fs::remove_dir(&target).with_context(|| {
+            // ignored files keep the directory. Its contents are reached
+            // through its own descriptor (a symlink swapped in fails).
+            let inner = dir
+                .child(base)
+                .with_context(|| format!("cannot open the directory {:?}", g.name))?;
+            disk::clear_dir_for_delete(&inner, &g.name, &ctx.ignores)?;
+            dir.remove_dir(base).with_context(|| {
                 format!(
-                    "cannot remove directory {} (does it hold files the other devices do not have?)",
-                    target.display()
+                    "cannot remove directory {:?} (does it hold files the other devices do not have?)",
+                    g.name
                 )
             })?;
         }
         Ok(_) => {
-            fs::remove_file(&target)
-                .with_context(|| format!("cannot remove {}", target.display()))?;
+            dir.remove_file(base)
+                .with_context(|| format!("cannot remove {:?}", g.name))?;
         }
     }
-    ctx.dir_changed(&dir);
+    ctx.dir_changed(&g.name);
     Ok(tombstone)
 }
 
@@ -612,7 +645,7 @@ async fn pull_file(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
     let result = pull_file_into_place(ctx, n).await;
     match result {
         Err(e) if disk::is_disk_full(&e) => {
-            disk::remove_temp(&ctx.root, &n.global.name);
+            disk::remove_temp(&ctx.root_dir, &n.global.name);
             Err(e.context("the folder's disk is full; the partial file was removed and the pull resumes when space is freed"))
         }
         r => r,
@@ -623,9 +656,11 @@ async fn pull_file(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
 /// locally; `missing` are the blocks to request.
 struct Prepared {
     file: Arc<fs::File>,
-    temp: PathBuf,
-    dir: PathBuf,
-    target: PathBuf,
+    /// The temp file's name in `dir`.
+    temp: String,
+    /// The directory of the target, held from the first check to the
+    /// rename into place.
+    dir: Dir,
     missing: Vec<(usize, BlockInfo)>,
 }
 
@@ -635,7 +670,8 @@ async fn pull_file_into_place(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change>
     let (c, m) = (ctx.clone(), n.clone());
     let mut p = on_disk(move || prepare_file(&c, &m)).await?;
     let missing = std::mem::take(&mut p.missing);
-    fetch_missing(ctx, n, &p.file, &p.temp, missing).await?;
+    let shown = ctx.root.join(dirname(&n.global.name)).join(&p.temp);
+    fetch_missing(ctx, n, &p.file, &shown, missing).await?;
     let (c, m) = (ctx.clone(), n.clone());
     on_disk(move || finish_file(&c, &m, p)).await
 }
@@ -707,14 +743,15 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
     if expected != g.size.max(0) {
         bail!("block list does not add up to the file size");
     }
-    let (dir, target) = locate(ctx, &g.name, true)?.context("parent directory missing")?;
-    unchanged_or_bail(ctx, &g.name, &target)?;
-    if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+    let dir = locate(ctx, &g.name, true)?.context("parent directory missing")?;
+    let base = basename(&g.name);
+    unchanged_or_bail(ctx, &g.name, &dir)?;
+    if dir.stat(base).is_ok_and(|m| m.is_dir()) {
         bail!("a directory is in the way of this file");
     }
-    let temp = dir.join(temp_basename(basename(&g.name)));
-    disk::check_space(&dir, g.size.max(0) as u64, &temp)?;
-    let file = Arc::new(disk::open_temp(&temp)?);
+    let temp = temp_basename(base);
+    disk::check_space(&dir, g.size.max(0) as u64, &temp, &ctx.root)?;
+    let file = Arc::new(disk::open_temp(&dir, &temp)?);
     let temp_len = file.metadata()?.len();
 
     // Blocks of the old version, usable by hash.
@@ -730,7 +767,7 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
     let old = if old_blocks.is_empty() {
         None
     } else {
-        disk::open_existing(&target)
+        disk::open_existing(&dir, base)
     };
     let mut missing: Vec<(usize, BlockInfo)> = Vec::new();
     // Other local files holding blocks we need, opened once each.
@@ -762,14 +799,14 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
                 return None;
             }
             let f = others.entry(other.clone()).or_insert_with(|| {
-                let (_, path) = locate(ctx, &other, false).ok()??;
-                disk::open_existing(&path)
+                let d = locate(ctx, &other, false).ok()??;
+                disk::open_existing(&d, basename(&other))
             });
             disk::read_verified(f.as_ref()?, o, s, &b.hash)
         });
         if let Some(data) = local {
             file.write_all_at(&data, off)
-                .with_context(|| format!("cannot write {}", temp.display()))?;
+                .with_context(|| format!("cannot write {temp:?}"))?;
             REUSED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
             crate::events::progress::block(
                 &ctx.folder,
@@ -785,7 +822,6 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
         file,
         temp,
         dir,
-        target,
         missing,
     })
 }
@@ -795,11 +831,7 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
 fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
     let g = &n.global;
     let Prepared {
-        file,
-        temp,
-        dir,
-        target,
-        ..
+        file, temp, dir, ..
     } = p;
     file.set_len(g.size.max(0) as u64)?;
     let mode = if g.no_permissions {
@@ -810,16 +842,18 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.set_modified(mtime(g))?;
     file.sync_all()
-        .with_context(|| format!("cannot flush {} to disk", temp.display()))?;
+        .with_context(|| format!("cannot flush {temp:?} to disk"))?;
     drop(file);
 
     // The target may have changed while we fetched: check again right
-    // before replacing it (and once more in the swap itself).
-    unchanged_or_bail(ctx, &g.name, &target)?;
-    keep_conflicting(ctx, n, &dir, &target)?;
-    disk::swap_into_place(&ctx.node.db, &ctx.folder, &g.name, &temp, &target, g)?;
-    ctx.dir_changed(&dir);
-    recorded(g, &target)
+    // before replacing it (and once more in the swap itself). All in the
+    // directory held since the first check, whatever its path now leads to.
+    unchanged_or_bail(ctx, &g.name, &dir)?;
+    keep_conflicting(ctx, n, &dir)?;
+    let base = basename(&g.name);
+    disk::swap_into_place(&ctx.node.db, &ctx.folder, &g.name, &dir, &temp, base, g)?;
+    ctx.dir_changed(&g.name);
+    recorded(g, &dir)
 }
 
 /// Fetches block `i` from a device announcing the global version, trying

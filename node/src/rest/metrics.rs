@@ -19,12 +19,15 @@ pub async fn route(c: &Call) -> Answer {
          # TYPE node_served_bytes_total counter\nnode_served_bytes_total {}\n\
          # TYPE node_pulled_bytes_total counter\nnode_pulled_bytes_total {}\n\
          # TYPE node_reused_bytes_total counter\nnode_reused_bytes_total {}\n\
+         # HELP node_pull_refused_total Pulls refused because a directory on the way was a symlink or a file.\n\
+         # TYPE node_pull_refused_total counter\nnode_pull_refused_total{{reason=\"not_a_directory\"}} {}\n\
          # TYPE node_connections gauge\nnode_connections {}\n",
         TOTAL_HASHED_FILES.load(Ordering::Relaxed),
         TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
         node.served_bytes.load(Ordering::Relaxed),
         crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
         crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
+        crate::pull::REFUSED_NOT_A_DIR.load(Ordering::Relaxed),
         node.connections().len(),
     );
     let text = text
