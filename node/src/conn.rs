@@ -353,19 +353,24 @@ impl Conn {
                     .unwrap_or_default()
             };
             let (theirs, ours) = (entry(&self.peer), entry(&self.node.my_id));
-            // What the peer says about itself: remember its index ID.
-            let (stored_id, stored_seq) = self.node.db.remote(&folder.id, &self.peer)?;
-            if theirs.index_id != stored_id {
-                // A new (or no) index on their side: what we knew is void.
-                self.node.db.clear_remote_files(&folder.id, &self.peer)?;
-                self.node
-                    .db
-                    .set_remote(&folder.id, &self.peer, theirs.index_id, 0)?;
-            } else {
-                self.node
-                    .db
-                    .set_remote(&folder.id, &self.peer, stored_id, stored_seq)?;
-            }
+            // What the peer says about itself: remember its index ID. The
+            // SQLite work (clearing a whole remote index may take long)
+            // runs on the blocking pool, as for received indexes.
+            let (node, peer, fid) = (self.node.clone(), self.peer, folder.id.clone());
+            let their_index = theirs.index_id;
+            let (our_index_id, our_seq) = tokio::task::spawn_blocking(move || {
+                let (stored_id, stored_seq) = node.db.remote(&fid, &peer)?;
+                if their_index != stored_id {
+                    // A new (or no) index on their side: what we knew is void.
+                    node.db.clear_remote_files(&fid, &peer)?;
+                    node.db.set_remote(&fid, &peer, their_index, 0)?;
+                } else {
+                    node.db.set_remote(&fid, &peer, stored_id, stored_seq)?;
+                }
+                anyhow::Ok(node.db.folder_state(&fid)?)
+            })
+            .await
+            .context("cluster config storage task")??;
             if folder.paused || local.paused {
                 if let Some(h) = self.index_senders.remove(&folder.id) {
                     h.abort();
@@ -376,7 +381,6 @@ impl Conn {
                 continue;
             }
             // What the peer says about us decides full or delta sending.
-            let (our_index_id, our_seq) = self.node.db.folder_state(&folder.id)?;
             let start = if ours.index_id == our_index_id && ours.max_sequence <= our_seq {
                 ours.max_sequence.max(0)
             } else {
