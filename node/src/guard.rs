@@ -174,16 +174,19 @@ pub enum Refusal {
     PendingEvicted,
     /// A log line held back by a rate limit.
     LogSuppressed,
+    /// A folder offer not recorded: the pending offers are full.
+    PendingFolderOverflow,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::HandshakePerSource,
         Refusal::HandshakeEvicted,
         Refusal::HandshakeTimeout,
         Refusal::PendingRate,
         Refusal::PendingEvicted,
         Refusal::LogSuppressed,
+        Refusal::PendingFolderOverflow,
     ];
 
     pub fn label(self) -> &'static str {
@@ -194,11 +197,13 @@ impl Refusal {
             Refusal::PendingRate => "pending_device_rate",
             Refusal::PendingEvicted => "pending_device_evicted",
             Refusal::LogSuppressed => "log_suppressed",
+            Refusal::PendingFolderOverflow => "pending_folder_overflow",
         }
     }
 
     fn counter(self) -> &'static AtomicU64 {
-        static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+        static COUNTS: [AtomicU64; Refusal::ALL.len()] =
+            [const { AtomicU64::new(0) }; Refusal::ALL.len()];
         &COUNTS[self as usize]
     }
 

@@ -103,6 +103,9 @@ pub const MAX_PENDING_DEVICES: usize = 100;
 /// [`PENDING_RATE_WINDOW`].
 pub const PENDING_PER_SOURCE: u32 = 10;
 pub const PENDING_RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Folder offers (folder × offering device) kept pending; more are not
+/// recorded until some are accepted or dismissed.
+pub const MAX_PENDING_FOLDER_OFFERS: usize = 1000;
 
 /// Runs blocking work (disk, fsync) from wherever we are: on a runtime
 /// worker, the runtime first moves its other tasks to other workers.
@@ -289,11 +292,22 @@ impl Node {
     }
 
     pub fn add_pending_folder(&self, folder: &str, device: DeviceId, label: &str) {
-        let new = lock(&self.pending_folders)
+        let mut pending = lock(&self.pending_folders);
+        let offers: usize = pending.values().map(HashMap::len).sum();
+        let known = pending.get(folder).is_some_and(|o| o.contains_key(&device));
+        if !known && offers >= MAX_PENDING_FOLDER_OFFERS {
+            // A known device offering folder after folder (each
+            // ClusterConfig may list thousands) must not grow memory
+            // without end; an operator accepts offers one by one.
+            crate::guard::Refusal::PendingFolderOverflow.count();
+            return;
+        }
+        let new = pending
             .entry(folder.to_string())
             .or_default()
             .insert(device, (label.to_string(), SystemTime::now()))
             .is_none();
+        drop(pending);
         if new {
             crate::events::pending_folder_added(folder, label, &device);
         }

@@ -143,6 +143,47 @@ fn decompression_and_decoding_bombs_close_the_connection_with_bounded_memory() {
         pending.to_string().chars().take(200).collect::<String>()
     );
 
+    // Within every limit, 1,500 folders offered: at most 1,000 offers are
+    // kept pending (an operator accepts them one by one).
+    let mut p = RawPeer::connect(&s.raw, s.port, Duration::from_secs(20));
+    p.hello();
+    let devices = vec![
+        wire::Device {
+            id: s.our_id.as_bytes().to_vec(),
+            ..Default::default()
+        },
+        wire::Device {
+            id: s.raw.device_id().as_bytes().to_vec(),
+            ..Default::default()
+        },
+    ];
+    p.send(&Message::ClusterConfig(wire::ClusterConfig {
+        folders: (0..1500)
+            .map(|i| wire::Folder {
+                id: format!("offer-{i}"),
+                devices: devices.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        secondary: false,
+    }));
+    let offers = e2e::wait::until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let n = s
+            .node
+            .get("/rest/cluster/pending/folders")
+            .ok()?
+            .as_object()?
+            .len();
+        (n >= 1000).then_some(n)
+    });
+    assert_eq!(
+        offers,
+        Some(1000),
+        "pending folder offers not capped at 1000"
+    );
+    drop(p);
+    s.alive();
+
     let grew = peak_rss(pid).saturating_sub(base);
     println!(
         "bombs: peak RSS {} MiB → grew {} MiB",
