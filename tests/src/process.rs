@@ -126,3 +126,14 @@ impl Drop for Proc {
         self.stop(Duration::from_secs(10));
     }
 }
+
+/// Peak resident memory of a process in bytes (`VmHWM` of
+/// `/proc/PID/status`; 0 if unreadable).
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

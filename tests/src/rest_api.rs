@@ -206,3 +206,9 @@ impl EventReader {
         None
     }
 }
+
+/// An `Authorization` value for HTTP basic auth.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    let raw = format!("{user}:{password}");
+    format!("Basic {}", data_encoding::BASE64.encode(raw.as_bytes()))
+}

@@ -329,16 +329,6 @@ fn malformed_frames_and_escaping_requests_are_refused() {
     node.stop();
 }
 
-/// Peak resident memory of a process in bytes (`VmHWM`).
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Benchmark (documented command, one run; build in release first):
 /// `cargo build --release -p node && cargo test --release -p e2e --test bep -- --ignored --nocapture --test-threads=1 bench_`
 ///
@@ -451,7 +441,7 @@ fn bench_index_memory_per_file() {
         node.post("/rest/db/scan?folder=m").unwrap();
         std::thread::sleep(Duration::from_secs(2));
         node.wait_scanned("m", n as u64, Duration::from_secs(600));
-        let rss = peak_rss(node.proc.pid());
+        let rss = e2e::process::peak_rss(node.proc.pid());
         node.stop();
         rss
     };
@@ -490,7 +480,7 @@ fn bench_index_memory_per_file() {
                 .filter(|c| c["completion"] == 100.0)
         });
         assert!(done.is_some(), "our node never saw the peer complete");
-        let rss = peak_rss(node.proc.pid());
+        let rss = e2e::process::peak_rss(node.proc.pid());
         node.stop();
         st.shutdown();
         rss

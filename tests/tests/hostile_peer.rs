@@ -9,16 +9,6 @@ use e2e::node::{Node, NodeHome};
 use proto::bep::{wire, Message};
 use proto::{DeviceId, Identity, KeyKind};
 
-/// Peak resident memory of a process in bytes (`VmHWM`).
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// A frame of BEP message type `kind` whose body is `payload` as given
 /// (LZ4 prefix + block when `lz4`), built by hand: the point is to send
 /// what no honest encoder would.
@@ -90,7 +80,7 @@ impl Setup {
 fn decompression_and_decoding_bombs_close_the_connection_with_bounded_memory() {
     let mut s = setup();
     let pid = s.node.proc.pid();
-    let base = peak_rss(pid);
+    let base = e2e::process::peak_rss(pid);
 
     // 16 Mi empty FileInfos: 32 MiB decompressed, about 130 KiB on the
     // wire, several GB once decoded into structs.
@@ -184,7 +174,7 @@ fn decompression_and_decoding_bombs_close_the_connection_with_bounded_memory() {
     drop(p);
     s.alive();
 
-    let grew = peak_rss(pid).saturating_sub(base);
+    let grew = e2e::process::peak_rss(pid).saturating_sub(base);
     println!(
         "bombs: peak RSS {} MiB → grew {} MiB",
         base >> 20,
@@ -198,7 +188,7 @@ fn decompression_and_decoding_bombs_close_the_connection_with_bounded_memory() {
 fn a_peer_that_requests_much_and_never_reads_holds_only_the_budget() {
     let mut s = setup();
     let pid = s.node.proc.pid();
-    let base = peak_rss(pid);
+    let base = e2e::process::peak_rss(pid);
     let mut p = s.peer();
     // 2,000 Requests for 32 MiB each (64 GB in all), then never a read.
     let started = Instant::now();
@@ -219,7 +209,7 @@ fn a_peer_that_requests_much_and_never_reads_holds_only_the_budget() {
     // Give the node time to read and queue whatever it would.
     std::thread::sleep(Duration::from_secs(8));
     s.alive();
-    let grew = peak_rss(pid).saturating_sub(base);
+    let grew = e2e::process::peak_rss(pid).saturating_sub(base);
     println!(
         "requests never read: peak RSS {} MiB → grew {} MiB",
         base >> 20,

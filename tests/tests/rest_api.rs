@@ -252,26 +252,7 @@ fn browser_rules_basic_auth_csrf_host_check_and_public_address() {
         "plain password in the config file"
     );
 
-    let basic = |user: &str, pw: &str| {
-        let raw = format!("{user}:{pw}");
-        let mut s = String::new();
-        // Minimal base64 for the test.
-        let t = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        for c in raw.as_bytes().chunks(3) {
-            let n = (c[0] as u32) << 16
-                | (*c.get(1).unwrap_or(&0) as u32) << 8
-                | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= c.len() {
-                    s.push(t[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        format!("Basic {s}")
-    };
-    let wrong = basic("ops", "guess");
+    let wrong = e2e::rest_api::basic_auth("ops", "guess");
     let a = call(
         port,
         "GET",
@@ -280,7 +261,7 @@ fn browser_rules_basic_auth_csrf_host_check_and_public_address() {
         None,
     );
     assert_eq!(a.status, 401, "{}", a.body);
-    let right = basic("ops", "s3cret");
+    let right = e2e::rest_api::basic_auth("ops", "s3cret");
     // Right password but no CSRF token: what a cross-origin page could do
     // with the browser's cached credentials.
     let a = call(

@@ -8,30 +8,10 @@ use std::time::{Duration, Instant};
 
 use e2e::bep_peer::{cluster_config, RawPeer};
 use e2e::node::NodeHome;
-use e2e::rest_api::{call, keyed, Answer};
+use e2e::rest_api::{basic_auth, call, keyed, Answer};
 use e2e::tree::sha256;
 use proto::bep::{wire, Message};
 use proto::{DeviceId, Identity, KeyKind};
-
-fn basic(user: &str, pw: &str) -> String {
-    use std::fmt::Write as _;
-    let raw = format!("{user}:{pw}");
-    let t = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::from("Basic ");
-    for c in raw.as_bytes().chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                let _ = write!(s, "{}", t[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
 
 fn cookies(a: &Answer) -> Vec<&str> {
     a.headers
@@ -160,7 +140,7 @@ fn key_only_node_on_a_public_address_opens_nothing_without_the_key() {
     c["gui"]["password"] = bcrypt_hash("s3cret").into();
     home.set_config(&c);
     let node = home.start();
-    let right = basic("ops", "s3cret");
+    let right = basic_auth("ops", "s3cret");
     let a = call(port, "GET", "/metrics", &[], None);
     assert_eq!(a.status, 401, "{}", a.body);
     let a = call(port, "GET", "/metrics", &[("Authorization", &right)], None);
@@ -376,7 +356,7 @@ fn rest_slowloris_and_password_guessing_are_bounded() {
                 let mut codes = Vec::new();
                 for round in 0..3 {
                     let pw = format!("guess-{i}-{round}");
-                    codes.push(status_or_closed(port, &basic("ops", &pw)));
+                    codes.push(status_or_closed(port, &basic_auth("ops", &pw)));
                 }
                 codes
             })
@@ -427,7 +407,7 @@ fn rest_slowloris_and_password_guessing_are_bounded() {
 
     // The throttle is per source: from 127.0.0.2 (another source on
     // loopback) the right password works at once.
-    let right = basic("ops", "s3cret");
+    let right = basic_auth("ops", "s3cret");
     assert_eq!(
         call_from("127.0.0.2", port, "/", &[("Authorization", &right)]),
         200
