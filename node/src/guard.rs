@@ -65,7 +65,11 @@ pub enum Source {
 
 impl Source {
     pub fn of(addr: SocketAddr) -> Source {
-        match addr.ip() {
+        Source::of_ip(addr.ip())
+    }
+
+    pub fn of_ip(ip: IpAddr) -> Source {
+        match ip {
             IpAddr::V4(v4) => Source::V4(u32::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => Source::V4(u32::from(v4)),

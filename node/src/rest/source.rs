@@ -1,26 +1,12 @@
-//! Where a REST request comes from, as limits count it: an IPv4 address
-//! or an IPv6 /64 (an attacker owns a whole /64 as easily as one
-//! address), and a count of open connections per source.
+//! Open REST connections per source (`guard::Source`: an IPv4 address
+//! or an IPv6 /64 — an attacker owns a whole /64 as easily as one
+//! address).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Source {
-    V4(u32),
-    /// The upper 64 bits.
-    V6(u64),
-}
-
-impl Source {
-    pub fn of(ip: IpAddr) -> Source {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => Source::V4(v4.into()),
-            IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
-        }
-    }
-}
+pub use crate::guard::Source;
 
 /// Open connections per source, each at most `max`.
 pub struct PerSource {
@@ -45,7 +31,7 @@ impl PerSource {
     /// A slot for a connection from `ip`, or `None` if its source holds
     /// `max` already.
     pub fn enter(&self, ip: IpAddr) -> Option<Slot> {
-        let source = Source::of(ip);
+        let source = Source::of_ip(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(source).or_insert(0);
         if *n >= self.max {
@@ -78,14 +64,14 @@ mod tests {
 
     #[test]
     fn an_ipv6_slash_64_is_one_source() {
-        let a = Source::of("2001:db8:1:2::1".parse().unwrap());
-        let b = Source::of("2001:db8:1:2:ffff::9".parse().unwrap());
-        let c = Source::of("2001:db8:1:3::1".parse().unwrap());
+        let a = Source::of_ip("2001:db8:1:2::1".parse().unwrap());
+        let b = Source::of_ip("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = Source::of_ip("2001:db8:1:3::1".parse().unwrap());
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(
-            Source::of("::ffff:192.0.2.1".parse().unwrap()),
-            Source::of("192.0.2.1".parse().unwrap())
+            Source::of_ip("::ffff:192.0.2.1".parse().unwrap()),
+            Source::of_ip("192.0.2.1".parse().unwrap())
         );
     }
 

@@ -81,7 +81,7 @@ impl Logins {
         (want_user, hash): (&str, &str),
         (user, password): (&str, &str),
     ) -> Login {
-        let source = Source::of(ip);
+        let source = Source::of_ip(ip);
         if let Some(wait) = self.throttled(source, Instant::now()) {
             return Login::Throttled(wait);
         }
@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn backoff_doubles_and_is_capped_and_sources_are_bounded() {
         let l = Logins::default();
-        let s = Source::of("192.0.2.1".parse().unwrap());
+        let s = Source::of_ip("192.0.2.1".parse().unwrap());
         let now = Instant::now();
         for _ in 0..FREE_FAILURES {
             l.failed(s, now);
