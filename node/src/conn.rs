@@ -106,7 +106,7 @@ where
     let mut their_hello = tokio::select! {
         r = read_hello => r.map_err(|_| {
             if handshake.is_some() {
-                crate::guard::Refusal::HandshakeTimeout.count();
+                node.refusals.count(crate::guard::Refusal::HandshakeTimeout);
             }
             anyhow!("no Hello in time")
         })??,
@@ -133,9 +133,7 @@ where
         );
         // Certificates cost nothing: a flood of strangers must not flood
         // the log either.
-        static UNKNOWN_LOG: crate::guard::LogLimiter =
-            crate::guard::LogLimiter::new(10, Duration::from_secs(6));
-        if let Some(suppressed) = UNKNOWN_LOG.allow() {
+        if let Some(suppressed) = node.unknown_device_log.allow() {
             tracing::info!(device = %peer, name = %their_hello.device_name, %address, listed,
                 suppressed, "connection from unknown device rejected");
         }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest peer-chosen name (device name, client name/version, folder
@@ -130,14 +130,17 @@ pub struct LogLimiter {
     burst: f64,
     every: Duration,
     state: Mutex<Option<(f64, Instant, u64)>>,
+    /// Where held-back lines are counted (`log_suppressed`).
+    refusals: Arc<Refusals>,
 }
 
 impl LogLimiter {
-    pub const fn new(burst: u32, every: Duration) -> LogLimiter {
+    pub fn new(burst: u32, every: Duration, refusals: Arc<Refusals>) -> LogLimiter {
         LogLimiter {
-            burst: burst as f64,
+            burst: f64::from(burst),
             every,
             state: Mutex::new(None),
+            refusals,
         }
     }
 
@@ -154,7 +157,7 @@ impl LogLimiter {
         *last = now;
         if *tokens < 1.0 {
             *suppressed += 1;
-            Refusal::LogSuppressed.count();
+            self.refusals.count(Refusal::LogSuppressed);
             return None;
         }
         *tokens -= 1.0;
@@ -204,33 +207,33 @@ impl Refusal {
             Refusal::PendingFolderOverflow => "pending_folder_overflow",
         }
     }
-
-    fn counter(self) -> &'static AtomicU64 {
-        static COUNTS: [AtomicU64; Refusal::ALL.len()] =
-            [const { AtomicU64::new(0) }; Refusal::ALL.len()];
-        &COUNTS[self as usize]
-    }
-
-    pub fn count(self) {
-        self.counter().fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn total(self) -> u64 {
-        self.counter().load(Ordering::Relaxed)
-    }
 }
 
-/// The refusal counters in Prometheus text format.
-pub fn metrics_text() -> String {
-    let mut out = String::from("# TYPE node_refused_total counter\n");
-    for r in Refusal::ALL {
-        out.push_str(&format!(
-            "node_refused_total{{reason=\"{}\"}} {}\n",
-            r.label(),
-            r.total()
-        ));
+/// The refusal counters of one node, by [`Refusal`].
+#[derive(Default)]
+pub struct Refusals([AtomicU64; Refusal::ALL.len()]);
+
+impl Refusals {
+    pub fn count(&self, r: Refusal) {
+        self.0[r as usize].fetch_add(1, Ordering::Relaxed);
     }
-    out
+
+    pub fn total(&self, r: Refusal) -> u64 {
+        self.0[r as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from("# TYPE node_refused_total counter\n");
+        for r in Refusal::ALL {
+            out.push_str(&format!(
+                "node_refused_total{{reason=\"{}\"}} {}\n",
+                r.label(),
+                self.total(r)
+            ));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +285,7 @@ mod tests {
 
     #[test]
     fn log_limiter_lets_a_burst_through_then_counts_what_it_holds_back() {
-        let l = LogLimiter::new(2, Duration::from_secs(10));
+        let l = LogLimiter::new(2, Duration::from_secs(10), Arc::default());
         let t = Instant::now();
         assert_eq!(l.allow_at(t), Some(0));
         assert_eq!(l.allow_at(t), Some(0));

@@ -60,6 +60,14 @@ pub struct FolderRuntime {
 }
 
 pub struct Node {
+    /// Refusals of strangers' and peers' excesses (`node_refused_total`).
+    pub refusals: Arc<crate::guard::Refusals>,
+    /// Handshake slots shared by every TCP listener of this node.
+    pub admission: Arc<crate::connect::admission::Admission>,
+    /// Log lines about failed handshakes and connections from unknown
+    /// devices, rate-limited (strangers must not flood the log).
+    pub handshake_log: crate::guard::LogLimiter,
+    pub unknown_device_log: crate::guard::LogLimiter,
     pub home: PathBuf,
     /// REST address and key in effect (command line overrides included,
     /// which are never written to the file).
@@ -87,6 +95,9 @@ pub struct Node {
     pub dialers: Mutex<HashSet<DeviceId>>,
     /// Bytes of file data served in Responses (for tests and metrics).
     pub served_bytes: AtomicU64,
+    /// Pulls refused because a directory on the way to the name was a
+    /// symlink or a file (`node_pull_refused_total`).
+    pub pull_refused_not_a_dir: AtomicU64,
     pub served_requests: AtomicU64,
     next_serial: AtomicU64,
     /// Tells `serve` to stop (REST shutdown).
@@ -131,7 +142,20 @@ impl Node {
         db: Db,
     ) -> Node {
         let my_id = identity.device_id();
+        let refusals = Arc::new(crate::guard::Refusals::default());
         Node {
+            admission: Arc::new(crate::connect::admission::Admission::new(refusals.clone())),
+            handshake_log: crate::guard::LogLimiter::new(
+                20,
+                Duration::from_secs(5),
+                refusals.clone(),
+            ),
+            unknown_device_log: crate::guard::LogLimiter::new(
+                10,
+                Duration::from_secs(6),
+                refusals.clone(),
+            ),
+            refusals,
             home,
             gui,
             dialers: Mutex::new(HashSet::new()),
@@ -152,6 +176,7 @@ impl Node {
             pending_folders: Mutex::new(HashMap::new()),
             folders: RwLock::new(HashMap::new()),
             served_bytes: AtomicU64::new(0),
+            pull_refused_not_a_dir: AtomicU64::new(0),
             served_requests: AtomicU64::new(0),
             next_serial: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
@@ -265,7 +290,7 @@ impl Node {
             }
             let source = crate::guard::Source::of(address);
             if !self.pending_rate.allow(source, std::time::Instant::now()) {
-                crate::guard::Refusal::PendingRate.count();
+                self.refusals.count(crate::guard::Refusal::PendingRate);
                 return false;
             }
             if pending.len() >= MAX_PENDING_DEVICES {
@@ -275,7 +300,7 @@ impl Node {
                     .map(|(id, _)| *id);
                 if let Some(id) = oldest {
                     pending.remove(&id);
-                    crate::guard::Refusal::PendingEvicted.count();
+                    self.refusals.count(crate::guard::Refusal::PendingEvicted);
                     evicted = Some(id);
                 }
             }
@@ -299,7 +324,8 @@ impl Node {
             // A known device offering folder after folder (each
             // ClusterConfig may list thousands) must not grow memory
             // without end; an operator accepts offers one by one.
-            crate::guard::Refusal::PendingFolderOverflow.count();
+            self.refusals
+                .count(crate::guard::Refusal::PendingFolderOverflow);
             return;
         }
         let new = pending

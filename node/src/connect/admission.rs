@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::guard::{Refusal, Source};
+use crate::guard::{Refusal, Refusals, Source};
 
 /// Handshakes in progress over all listeners.
 pub const MAX_HANDSHAKES: usize = 64;
@@ -43,6 +43,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Admission {
     inner: Mutex<Inner>,
+    /// The node's refusal counters.
+    refusals: Arc<Refusals>,
 }
 
 /// A slot held by one handshake; dropping it gives the slot back.
@@ -55,13 +57,20 @@ pub struct Ticket {
 }
 
 impl Admission {
+    pub fn new(refusals: Arc<Refusals>) -> Admission {
+        Admission {
+            inner: Mutex::default(),
+            refusals,
+        }
+    }
+
     /// A slot for a connection from `addr`, or None when its source
     /// already has [`MAX_PER_SOURCE`] handshakes in progress.
     pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Ticket> {
         let source = Source::of(addr);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.per_source.get(&source).copied().unwrap_or(0) >= MAX_PER_SOURCE {
-            Refusal::HandshakePerSource.count();
+            self.refusals.count(Refusal::HandshakePerSource);
             return None;
         }
         if inner.active.len() >= MAX_HANDSHAKES {
@@ -69,7 +78,7 @@ impl Admission {
                 release(&mut inner.per_source, old_source);
                 // notify_one keeps the signal for a task not yet waiting.
                 signal.notify_one();
-                Refusal::HandshakeEvicted.count();
+                self.refusals.count(Refusal::HandshakeEvicted);
             }
         }
         let id = inner.next;

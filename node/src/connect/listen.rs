@@ -14,20 +14,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::admission::Admission;
-use crate::guard::{LogLimiter, Refusal};
+use crate::guard::Refusal;
 use crate::model::Node;
 
 /// Lines about connections that failed before the peer was known: anyone
 /// can cause them, so they are rate-limited.
-static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(20, Duration::from_secs(5));
-
-/// Handshake slots shared by every TCP listener of the process.
-fn admission() -> &'static Arc<Admission> {
-    static A: std::sync::OnceLock<Arc<Admission>> = std::sync::OnceLock::new();
-    A.get_or_init(Default::default)
-}
-
 /// How often the listeners are compared with the configuration.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
@@ -242,8 +233,8 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
         };
         // Unauthenticated connections are bounded per source and in time;
         // a full table cuts its oldest handshake (see `admission`).
-        let Some(ticket) = admission().admit(addr) else {
-            if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+        let Some(ticket) = node.admission.admit(addr) else {
+            if let Some(suppressed) = node.handshake_log.allow() {
                 tracing::warn!(%addr, suppressed,
                     "too many handshakes in progress from this source; connection closed");
             }
@@ -258,21 +249,21 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                        if let Some(suppressed) = node.handshake_log.allow() {
                             tracing::info!(%addr, error = %e, suppressed, "TLS handshake failed");
                         }
                         return;
                     }
                     Err(_) => {
-                        Refusal::HandshakeTimeout.count();
-                        if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                        node.refusals.count(Refusal::HandshakeTimeout);
+                        if let Some(suppressed) = node.handshake_log.allow() {
                             tracing::info!(%addr, suppressed, "TLS handshake timed out");
                         }
                         return;
                     }
                 },
                 _ = ticket.evicted() => {
-                    if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                    if let Some(suppressed) = node.handshake_log.allow() {
                         tracing::info!(%addr, suppressed,
                             "TLS handshake cut: all handshake slots taken, this one was the oldest");
                     }
@@ -280,16 +271,16 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                 }
             };
             let Some(peer) = tls::peer_device_id(tls.get_ref().1) else {
-                if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                if let Some(suppressed) = node.handshake_log.allow() {
                     tracing::info!(%addr, suppressed, "peer sent no certificate");
                 }
                 return;
             };
             if let Err(e) =
-                crate::conn::run(node, tls, peer, addr, "tcp-server", Some(ticket)).await
+                crate::conn::run(node.clone(), tls, peer, addr, "tcp-server", Some(ticket)).await
             {
                 // Only connections that never got past the Hello end here.
-                if let Some(suppressed) = HANDSHAKE_LOG.allow() {
+                if let Some(suppressed) = node.handshake_log.allow() {
                     tracing::info!(%addr, device = %peer, error = %format!("{e:#}"), suppressed,
                         "connection ended");
                 }

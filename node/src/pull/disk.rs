@@ -13,9 +13,8 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use proto::bep::names;
 use proto::bep::wire::FileInfo;
 use sha2::{Digest, Sha256};
@@ -118,12 +117,17 @@ pub fn parent_dir(root: &Dir, name: &str, create: bool) -> Result<Option<Dir>> {
     Ok(Some(dir))
 }
 
-/// The error for a directory on the way that could not be opened; a
-/// symlink or file there is counted (`REFUSED_NOT_A_DIR`).
+/// A directory on the way to a name is a symlink or a file (one was put
+/// there, or swapped in while we worked): nothing is written through it.
+/// The puller counts these (`node_pull_refused_total`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a directory (a symlink or file); not writing through it")]
+pub struct NotADirectory(String);
+
+/// The error for a directory on the way that could not be opened.
 fn refused(e: std::io::Error, shown: &str) -> anyhow::Error {
     if dirfd::is_not_a_dir(&e) {
-        super::REFUSED_NOT_A_DIR.fetch_add(1, Ordering::Relaxed);
-        anyhow!("{shown:?} is not a directory (a symlink or file); not writing through it")
+        anyhow::Error::new(NotADirectory(shown.to_string()))
     } else {
         anyhow::Error::from(e).context(format!("cannot open the directory {shown:?}"))
     }
@@ -567,12 +571,11 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
         fs::write(root.join("file"), b"x").unwrap();
         let r = Dir::open(&root).unwrap();
-        let before = super::super::REFUSED_NOT_A_DIR.load(Ordering::Relaxed);
         for bad in ["link/evil", "link/sub/evil", "file/evil"] {
             let e = parent_dir(&r, bad, true).unwrap_err();
             assert!(format!("{e:#}").contains("not a directory"), "{e:#}");
+            assert!(e.downcast_ref::<NotADirectory>().is_some(), "{e:#}");
         }
-        assert!(super::super::REFUSED_NOT_A_DIR.load(Ordering::Relaxed) >= before + 3);
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         assert!(parent_dir(&r, "a/b/c", false).unwrap().is_none());
         let made = parent_dir(&r, "a/b/c", true).unwrap().unwrap();

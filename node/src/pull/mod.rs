@@ -62,9 +62,6 @@ use verify::{TempFile, Verifier};
 /// Block data fetched from peers / copied from local files, since start.
 pub static PULLED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static REUSED_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Pulls refused because a directory on the way to the name was a symlink
-/// or a file (one was put there, or swapped in while we worked).
-pub static REFUSED_NOT_A_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// Requested block data in flight per round (all files together).
 const IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
@@ -482,7 +479,15 @@ fn unchanged_or_bail(ctx: &Ctx, name: &str, dir: &Dir) -> Result<()> {
 /// The directory `name` goes in, held open (reached without crossing a
 /// symlink); missing parents are created when `create`.
 fn locate(ctx: &Ctx, name: &str, create: bool) -> Result<Option<Dir>> {
-    disk::parent_dir(&ctx.root_dir, name, create)
+    let found = disk::parent_dir(&ctx.root_dir, name, create);
+    if let Err(e) = &found {
+        if e.downcast_ref::<disk::NotADirectory>().is_some() {
+            ctx.node
+                .pull_refused_not_a_dir
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    found
 }
 
 /// Our index entry for a pulled item: the global entry, with the on-disk

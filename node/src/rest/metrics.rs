@@ -27,13 +27,13 @@ pub async fn route(c: &Call) -> Answer {
         node.served_bytes.load(Ordering::Relaxed),
         crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
         crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
-        crate::pull::REFUSED_NOT_A_DIR.load(Ordering::Relaxed),
+        node.pull_refused_not_a_dir.load(Ordering::Relaxed),
         node.connections().len(),
     );
     let text = text
         + &folder_and_device_metrics(node)
         + &refusal_metrics(&c.refusals)
-        + &crate::guard::metrics_text();
+        + &node.refusals.metrics_text();
     Ok(http::Response::new(Full::new(Bytes::from(text))))
 }
 
