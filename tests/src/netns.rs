@@ -243,3 +243,56 @@ impl Drop for Lan {
         let _ = ip(&["netns", "del", &self.bridge]);
     }
 }
+
+/// A network namespace of its own with addresses on its `lo`, for tests
+/// that need many IPv6 addresses (root only; see `netns::Lan::available`).
+/// Dropping it deletes the namespace.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A namespace with `lo` up and carrying `addrs` (CIDR, e.g. `fd00::1/64`).
+    pub fn create(addrs: &[&str]) -> Result<Netns, String> {
+        let name = format!("strelay{:x}", rand::random::<u32>() & 0xfffff);
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        for a in addrs {
+            // nodad: usable at once, no duplicate detection on loopback.
+            ip(&["-n", &ns.name, "addr", "add", a, "dev", "lo", "nodad"])?;
+        }
+        Ok(ns)
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered the namespace.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = Path::new("/var/run/netns").join(&self.name);
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: setns(2) on this thread only, with an fd we hold.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            });
+            match h.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}

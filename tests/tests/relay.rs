@@ -1139,7 +1139,7 @@ fn many_addresses_of_one_ipv6_64_are_limited_as_one_source() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ns = e2e::relay::Netns::create(&[
+    let ns = e2e::netns::Netns::create(&[
         "fd00::1/64",
         "fd00::a/64",
         "fd00::b/64",
