@@ -165,7 +165,7 @@ pub struct Cli {
     pub idle_timeout: Duration,
 
     #[command(flatten)]
-    pub log: service::LogArgs,
+    pub log: daemon::LogArgs,
 }
 
 /// `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces, IPv6 and IPv4).

@@ -350,16 +350,16 @@ async fn announce<S: Store>(
     }
     let bytes = match tokio::time::timeout(
         BODY_TIMEOUT,
-        service::body::read_limited_mut(body, MAX_ANNOUNCEMENT_BYTES, DRAIN_BYTES),
+        daemon::body::read_limited_mut(body, MAX_ANNOUNCEMENT_BYTES, DRAIN_BYTES),
     )
     .await
     {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(service::body::BodyError::TooLarge)) => {
+        Ok(Err(daemon::body::BodyError::TooLarge)) => {
             app.metrics.announcement("bad_request");
             return too_large();
         }
-        Ok(Err(service::body::BodyError::Failed(_))) | Err(_) => {
+        Ok(Err(daemon::body::BodyError::Failed(_))) | Err(_) => {
             app.metrics.announcement("bad_request");
             return text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
         }

@@ -36,7 +36,7 @@ const LIMITER_SWEEP: Duration = Duration::from_secs(10);
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    service::run_main(run(cli))
+    daemon::run_main(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -161,7 +161,7 @@ async fn serve<S: Store>(
         },
     };
     let api = tokio::spawn(server::serve(listener, tls, app, limits, rx));
-    service::shutdown::signal().await;
+    daemon::shutdown::signal().await;
     let _ = tx.send(true);
     api.await.context("API server task")?;
     Ok(())

@@ -4,25 +4,6 @@
 //! runs the device: BEP connections, scanning, the persistent index and
 //! serving folders to real Syncthing peers.
 
-mod config;
-mod conn;
-mod connect;
-mod db;
-mod discovery;
-mod events;
-mod fileserve;
-mod guard;
-mod identity_cmd;
-mod ignore;
-mod model;
-mod pull;
-mod relay_client;
-mod resolve;
-mod rest;
-mod scan;
-mod serve;
-mod watch;
-
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,14 +20,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the device ID of a certificate (like `syncthing --device-id`).
-    DeviceId(identity_cmd::DeviceIdArgs),
+    DeviceId(node::identity_cmd::DeviceIdArgs),
     /// Create cert.pem and key.pem (unless they exist: an identity made by
     /// Syncthing is adopted) and a starting config.toml (unless it exists)
     /// in a home directory, and print the device ID.
-    Generate(identity_cmd::GenerateArgs),
+    Generate(node::identity_cmd::GenerateArgs),
     /// Run the device: listen, dial configured devices, scan and serve
     /// folders, REST API.
-    Serve(serve::ServeArgs),
+    Serve(node::serve::ServeArgs),
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per
@@ -70,9 +51,9 @@ fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::DeviceId(args) => identity_cmd::device_id(args),
-        Command::Generate(args) => identity_cmd::generate(args),
-        Command::Serve(args) => serve::serve(args),
+        Command::DeviceId(args) => node::identity_cmd::device_id(args),
+        Command::Generate(args) => node::identity_cmd::generate(args),
+        Command::Serve(args) => node::serve::serve(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

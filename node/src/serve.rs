@@ -29,7 +29,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NODE_GUI_APIKEY", value_name = "KEY")]
     gui_apikey: Option<String>,
     #[command(flatten)]
-    log: service::LogArgs,
+    log: daemon::LogArgs,
 }
 
 /// Next scan-and-pull round after a round with errors or local changes.
@@ -42,7 +42,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     args.log
         .init_with_copy(Some(crate::events::record::log_line));
     // Every peer, REST client and open file is a descriptor.
-    service::runtime::raise_open_file_limit();
+    daemon::runtime::raise_open_file_limit();
     // Blocking work (disk reads, hashing, the index) is bounded where it is
     // spawned; the cap here keeps a burst from costing hundreds of thread
     // stacks.
@@ -107,7 +107,7 @@ async fn run(args: ServeArgs) -> Result<()> {
 
     let mut stop = node.shutdown.subscribe();
     tokio::select! {
-        _ = service::shutdown::signal() => {}
+        _ = daemon::shutdown::signal() => {}
         _ = stop.wait_for(|s| *s) => {}
     }
     tracing::info!("shutting down");

@@ -174,7 +174,7 @@ pub struct Cli {
     pub forwarder: Forwarder,
 
     #[command(flatten)]
-    pub log: service::LogArgs,
+    pub log: daemon::LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -32,7 +32,7 @@ use crate::state::{Relay, Settings};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    service::run_main(run(cli))
+    daemon::run_main(run(cli))
 }
 
 fn load_identity(cli: &Cli) -> anyhow::Result<Identity> {
@@ -268,7 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
     }
 
-    service::shutdown::signal().await;
+    daemon::shutdown::signal().await;
     shutdown.cancel();
     relay.pending.clear(&relay);
     // Connections see the cancellation and close; give them a moment.

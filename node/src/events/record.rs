@@ -148,7 +148,7 @@ pub fn folder_stats(folder: &str) -> FolderStats {
     with(|r| r.folders.get(folder).cloned().unwrap_or_default())
 }
 
-/// A line the logger wrote (see `service::LogArgs::init_with_copy`): kept
+/// A line the logger wrote (see `daemon::LogArgs::init_with_copy`): kept
 /// for `/rest/system/log` without colours or the timestamp (the entry has
 /// its own), with Syncthing's level numbers.
 pub fn log_line(text: &str) {

@@ -118,16 +118,16 @@ async fn handle(
             cookies,
             any_origin,
         } => {
-            let read = service::body::read_limited(body, MAX_BODY, DRAIN_BYTES);
+            let read = daemon::body::read_limited(body, MAX_BODY, DRAIN_BYTES);
             let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
                 Ok(Ok(b)) => b,
-                Ok(Err(service::body::BodyError::TooLarge)) => {
+                Ok(Err(daemon::body::BodyError::TooLarge)) => {
                     return text(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         &format!("request body larger than {MAX_BODY} bytes"),
                     )
                 }
-                Ok(Err(service::body::BodyError::Failed(e))) => {
+                Ok(Err(daemon::body::BodyError::Failed(e))) => {
                     return text(StatusCode::BAD_REQUEST, &format!("request body: {e}"))
                 }
                 Err(_) => {

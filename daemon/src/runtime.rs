@@ -10,11 +10,28 @@ pub fn run_main<F>(main: F) -> ExitCode
 where
     F: Future<Output = anyhow::Result<()>>,
 {
+    run_main_with(|b| b, main)
+}
+
+/// [`run_main`] with a say in how the runtime is built (the node caps its
+/// blocking threads, say).
+///
+/// `main` is expected to have awaited its own tasks (see
+/// [`crate::Shutdown`]); what is left when it returns are blocking calls
+/// that cannot be interrupted (a `read` on a stalled disk). They get
+/// [`BLOCKING_GRACE`], then the process exits without them: the programs'
+/// files are made to survive an interrupted write, as they survive a crash.
+pub fn run_main_with<F>(
+    configure: impl FnOnce(&mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder,
+    main: F,
+) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
     raise_open_file_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    let runtime = match configure(&mut builder).build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -22,9 +39,7 @@ where
         }
     };
     let result = runtime.block_on(main);
-    // Dropping the runtime would wait for blocking tasks still running
-    // however long they take; a stopped server exits within a few seconds.
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    runtime.shutdown_timeout(BLOCKING_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -33,6 +48,9 @@ where
         }
     }
 }
+
+/// How long blocking calls still running at exit are waited for.
+pub const BLOCKING_GRACE: Duration = Duration::from_secs(2);
 
 /// Raises the soft limit of open files to the hard limit, once at start,
 /// and logs the limit in force. Every connection of a server is a file

@@ -1,0 +1,12 @@
+//! What every long-running program of the project (`discosrv`, `relaysrv`,
+//! `node`) shares: logging, the async runtime, shutdown and bounded HTTP
+//! bodies. Protocol logic lives in `proto`, never here.
+
+pub mod body;
+pub mod logging;
+pub mod runtime;
+pub mod shutdown;
+
+pub use logging::LogArgs;
+pub use runtime::{run_main, run_main_with};
+pub use shutdown::Shutdown;

@@ -1,0 +1,185 @@
+//! Stopping a program: the signals that ask for it, and [`Shutdown`], which
+//! owns every task a program spawns so that stopping can be *awaited*.
+//!
+//! The discipline every program follows: a task is spawned through
+//! [`Shutdown::spawn`] (or holds a [`Shutdown::token`] clone and is awaited
+//! by whoever spawned it), watches [`Shutdown::cancelled`] at its await
+//! points, and returns; [`Shutdown::stop`] cancels and then waits for all of
+//! them. Nothing sleeps "long enough" at exit.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Resolves on SIGTERM (orchestrators) or SIGINT (Ctrl-C).
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                    _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+                }
+                return;
+            }
+            _ => tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The tasks of one running program (or one component of it) and the
+/// signal that asks them to stop. Cheap to clone: clones share both.
+///
+/// A child ([`Shutdown::child`]) is cancelled with its parent but can also
+/// be stopped alone, with its own tasks: a connection, a folder.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// What [`Shutdown::stop`] found when its deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("{remaining} task(s) still running {waited:?} after the stop was asked")]
+pub struct StopTimedOut {
+    pub remaining: usize,
+    pub waited: Duration,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A component that stops with this one, or on its own.
+    pub fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The cancellation signal, for code that only needs to watch it.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Resolves once the stop was asked.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Asks every task to stop; does not wait (see [`Shutdown::stop`]).
+    pub fn cancel(&self) {
+        self.token.cancel()
+    }
+
+    /// Spawns a task owned by this shutdown: [`Shutdown::stop`] waits for it.
+    /// The task must return once [`Shutdown::cancelled`] resolves.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Runs blocking work owned by this shutdown (a scan, a disk write):
+    /// [`Shutdown::stop`] waits for it too, so it must check
+    /// [`Shutdown::is_cancelled`] often enough to end in time.
+    pub fn spawn_blocking<F, T>(&self, work: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.tasks.spawn_blocking(work)
+    }
+
+    /// Tasks still running.
+    pub fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Waits until every owned task has returned, without asking them to
+    /// (for a component that ends on its own, once cancelled elsewhere).
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        // Spawning stays possible for a later stop of a restarted component.
+        self.tasks.reopen();
+    }
+
+    /// Asks every task to stop and waits for them, at most `deadline`.
+    pub async fn stop(&self, deadline: Duration) -> Result<(), StopTimedOut> {
+        self.cancel();
+        self.tasks.close();
+        let done = tokio::time::timeout(deadline, self.tasks.wait()).await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StopTimedOut {
+                remaining: self.tasks.len(),
+                waited: deadline,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn stop_waits_for_every_task_to_return() {
+        let s = Shutdown::new();
+        let ended = Arc::new(AtomicUsize::new(0));
+        for i in 0..8u64 {
+            let (s2, ended) = (s.clone(), ended.clone());
+            s.spawn(async move {
+                s2.cancelled().await;
+                // Some cleanup that takes a while after the signal.
+                tokio::time::sleep(Duration::from_millis(10 * i)).await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        s.stop(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(ended.load(Ordering::SeqCst), 8);
+        assert_eq!(s.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ignores_the_signal_is_reported() {
+        let s = Shutdown::new();
+        s.spawn(std::future::pending::<()>());
+        let e = s.stop(Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(e.remaining, 1);
+    }
+
+    #[tokio::test]
+    async fn a_child_stops_alone_or_with_its_parent() {
+        let parent = Shutdown::new();
+        let a = parent.child();
+        let b = parent.child();
+        a.stop(Duration::from_secs(1)).await.unwrap();
+        assert!(a.is_cancelled() && !b.is_cancelled() && !parent.is_cancelled());
+        let b2 = b.clone();
+        b.spawn(async move { b2.cancelled().await });
+        parent.cancel();
+        b.wait().await;
+        assert!(b.is_cancelled());
+    }
+}

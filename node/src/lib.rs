@@ -1,0 +1,22 @@
+//! `node`: a Syncthing-compatible sync device, as a library. The `node`
+//! binary (`main.rs`) parses flags and calls [`serve::serve`] (or the
+//! identity commands); tests start nodes in-process the same way.
+
+pub mod config;
+pub mod conn;
+pub mod connect;
+pub mod db;
+pub mod discovery;
+pub mod events;
+pub mod fileserve;
+pub mod guard;
+pub mod identity_cmd;
+pub mod ignore;
+pub mod model;
+pub mod pull;
+pub mod relay_client;
+pub mod resolve;
+pub mod rest;
+pub mod scan;
+pub mod serve;
+pub mod watch;
