@@ -97,6 +97,19 @@ impl Shutdown {
         self.tasks.spawn(task)
     }
 
+    /// Spawns a task owned by this shutdown that is simply dropped at its
+    /// current await point once the stop is asked: for loops with nothing
+    /// to say on the way out (a periodic announcement, an accept loop).
+    pub fn spawn_until_cancelled<F>(&self, task: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.token.clone();
+        self.tasks.spawn(async move {
+            token.run_until_cancelled_owned(task).await;
+        })
+    }
+
     /// Runs blocking work owned by this shutdown (a scan, a disk write):
     /// [`Shutdown::stop`] waits for it too, so it must check
     /// [`Shutdown::is_cancelled`] often enough to end in time.

@@ -60,7 +60,7 @@ where
     if peer == node.my_id {
         bail!("connected to myself");
     }
-    if *node.shutdown.borrow() {
+    if node.shutdown.is_cancelled() {
         bail!("shutting down");
     }
     let device = node.config().device(&peer).cloned();

@@ -53,7 +53,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::DeviceId(args) => node::identity_cmd::device_id(args),
         Command::Generate(args) => node::identity_cmd::generate(args),
-        Command::Serve(args) => node::serve::serve(args),
+        Command::Serve(args) => return node::serve::serve(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -100,8 +100,10 @@ pub struct Node {
     pub pull_refused_not_a_dir: AtomicU64,
     pub served_requests: AtomicU64,
     next_serial: AtomicU64,
-    /// Tells `serve` to stop (REST shutdown).
-    pub shutdown: watch::Sender<bool>,
+    /// Owns the node's tasks; cancelled when the node stops.
+    pub shutdown: daemon::Shutdown,
+    /// Set by REST (shutdown, restart); the node's owner acts on it.
+    pub stop_request: watch::Sender<Option<crate::handle::StopRequest>>,
 }
 
 /// An existing connection at least this old is replaced by a new one.
@@ -179,7 +181,8 @@ impl Node {
             pull_refused_not_a_dir: AtomicU64::new(0),
             served_requests: AtomicU64::new(0),
             next_serial: AtomicU64::new(1),
-            shutdown: watch::channel(false).0,
+            shutdown: daemon::Shutdown::new(),
+            stop_request: watch::channel(None).0,
         }
     }
 

@@ -44,7 +44,16 @@ pub static TOTAL_HASHED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub struct Live {
     pub entries: AtomicU64,
     pub hashed_bytes: AtomicU64,
+    /// Set when the node stops: the scan ends at the next batch or block
+    /// with [`Interrupted`], having recorded nothing half-done (deletions
+    /// are only found once every batch is through).
+    pub stop: std::sync::atomic::AtomicBool,
 }
+
+/// A scan ended early because the node is stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("scan interrupted: the node is stopping")]
+pub struct Interrupted;
 
 /// One entry found on disk.
 struct Found {
@@ -218,6 +227,9 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
     if found.is_empty() {
         return Ok(());
     }
+    if ctx.live.stop.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
     let Ctx {
         db,
         folder,
@@ -301,6 +313,11 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
         }
     }
     let hashed = hash_all(to_hash, short_id, live);
+    // Units skipped for the stop have no result: nothing of this batch may
+    // be recorded.
+    if live.stop.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
     // Names some device announced, looked up for the batch at once (most
     // new files have none).
     let names: Vec<&str> = hashed
@@ -619,6 +636,9 @@ fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64, live: &Live) -> Ve
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
+                if live.stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(unit) = units.get(i) else {
                     break;

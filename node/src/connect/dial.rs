@@ -193,7 +193,7 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
                 .remove(&device);
             return;
         };
-        if *node.shutdown.borrow() {
+        if node.shutdown.is_cancelled() {
             return;
         }
         if d.paused {

@@ -274,7 +274,7 @@ fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -
     match result {
         Ok(after) => {
             paused_events(&before, &after);
-            match crate::serve::apply_config(node) {
+            match crate::handle::apply_config(node) {
                 Ok(()) => Ok(ok()),
                 Err(e) => Err(internal(format!("saved, but not applied: {e:#}"))),
             }

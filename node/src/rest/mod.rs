@@ -62,7 +62,8 @@ const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let guard = Arc::new(auth::Guard::new(&node));
-    tokio::spawn(crate::events::summaries::run(node.clone()));
+    node.shutdown
+        .spawn_until_cancelled(crate::events::summaries::run(node.clone()));
     config::remember_startup(&node);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_source = Arc::new(source::PerSource::new(MAX_CONNECTIONS_PER_SOURCE));
@@ -86,24 +87,39 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             drop(tcp);
             continue;
         };
+        let stop = node.shutdown.clone();
         let node = node.clone();
         let guard = guard.clone();
-        tokio::spawn(async move {
+        // Owned by the node: a stop lets the answer being written (a
+        // shutdown's own "ok") leave, then closes the connection.
+        stop.clone().spawn(async move {
             let _slots = (slot, source_slot);
             let svc = service_fn(move |req| {
                 let node = node.clone();
                 let guard = guard.clone();
                 async move { Ok::<_, Infallible>(handle(node, &guard, peer_ip, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(64 << 10)
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    // A long poll (/rest/events) would hold the stop; it
+                    // gets a moment, not its full timeout.
+                    let _ = tokio::time::timeout(DRAIN_AT_STOP, conn).await;
+                }
+            }
         });
     }
 }
+
+/// How long a REST connection may finish its request once the node stops.
+const DRAIN_AT_STOP: Duration = Duration::from_secs(1);
 
 async fn handle(
     node: Arc<Node>,

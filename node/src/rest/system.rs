@@ -28,7 +28,8 @@ pub async fn route(c: &Call) -> Answer {
         }
         "/rest/system/shutdown" => {
             c.allow(&[Method::POST])?;
-            node.shutdown.send_replace(true);
+            node.stop_request
+                .send_replace(Some(crate::handle::StopRequest::Shutdown));
             Ok(json(&json!({"ok": "shutting down"})))
         }
         "/rest/system/restart" => {
@@ -308,29 +309,17 @@ fn pause(c: &Call, paused: bool) -> Answer {
             }
         }
     }
-    crate::serve::apply_config(node).map_err(|e| internal(format!("{e:#}")))?;
+    crate::handle::apply_config(node).map_err(|e| internal(format!("{e:#}")))?;
     Ok(ok())
 }
 
-/// Closes the connections, then replaces the process with a fresh start
-/// of the same program and arguments (same PID, so supervisors and
-/// tests keep tracking it).
+/// Asks the node's owner to stop it and start it again (`node serve`
+/// re-executes itself: same PID, so supervisors and tests keep tracking it).
+/// The answer leaves before the connections close.
 fn restart(c: &Call) -> Answer {
-    let Ok(exe) = std::env::current_exe() else {
-        return Err(internal("cannot find the node's own program to restart"));
-    };
-    for (_, conn) in c.node.connections() {
-        let _ = conn.close.try_send("device is restarting".into());
-    }
-    tokio::spawn(async move {
-        // Let the reply and the Close messages leave first.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        use std::os::unix::process::CommandExt;
-        let err = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .exec();
-        tracing::error!(error = %err, "restart failed; still running");
-    });
+    c.node
+        .stop_request
+        .send_replace(Some(crate::handle::StopRequest::Restart));
     Ok(json(&json!({"ok": "restarting"})))
 }
 

@@ -1,0 +1,41 @@
+//! A folder's life while the node runs: its runtime state and the loop
+//! that scans it, pulls what the cluster has that it lacks, and waits for
+//! the next round (a timer, the filesystem watcher or a REST request).
+//!
+//! Invariant: one loop per configured folder; it ends when the folder
+//! leaves the configuration or the node stops.
+
+mod progress;
+mod round;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::sync::{mpsc, watch};
+
+use crate::model::{FolderRuntime, Node};
+
+/// Gives every configured folder without one its runtime state and loop.
+pub fn start_missing(node: &Arc<Node>) -> Result<()> {
+    let config = node.config();
+    for f in &config.folders {
+        if node.folder_runtime(&f.id).is_some() {
+            continue;
+        }
+        let (_, seq) = node.db.folder_state(&f.id)?;
+        let (scan_tx, scan_rx) = mpsc::channel(1);
+        let rt = Arc::new(FolderRuntime {
+            sequence: watch::channel(seq).0,
+            state: std::sync::Mutex::new("scan-waiting"),
+            scan_now: scan_tx,
+            pull_errors: std::sync::Mutex::new(Vec::new()),
+        });
+        node.folders
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(f.id.clone(), rt);
+        node.shutdown
+            .spawn_until_cancelled(round::run(node.clone(), f.id.clone(), scan_rx));
+    }
+    Ok(())
+}
