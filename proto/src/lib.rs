@@ -17,6 +17,7 @@
 //!   are identified by device ID instead of a certificate authority.
 
 pub mod bep;
+pub mod crypto;
 pub mod device_id;
 pub mod discovery;
 pub mod identity;

@@ -73,7 +73,7 @@ impl Identity {
     ) -> Result<Self, IdentityError> {
         x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        let signing_key = crate::tls::provider()
+        let signing_key = crate::crypto::provider()
             .key_provider
             .load_private_key(key_der.clone_key())
             .map_err(|e| IdentityError::UnsupportedKey(e.to_string()))?;

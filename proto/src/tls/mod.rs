@@ -10,9 +10,8 @@
 
 mod verify;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, CommonState, ServerConfig, SupportedProtocolVersion};
 
 use crate::device_id::DeviceId;
@@ -66,13 +65,7 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The crypto provider every configuration in this project uses.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
-}
+pub use crate::crypto::provider;
 
 fn versions(v: Versions) -> &'static [&'static SupportedProtocolVersion] {
     static TLS13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
