@@ -118,13 +118,17 @@ where
     };
     // The connection is driven here rather than in a task of its own, so
     // nothing of a registration outlives it. If the connection ends first,
-    // the exchange still finishes (with what arrived, or an error).
+    // it is dropped (failing a request still waiting on it) and the
+    // exchange finishes with what arrived, or an error.
     let mut exchange = std::pin::pin!(exchange);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = &mut exchange => r,
-        _ = &mut conn => exchange.await,
+    {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = &mut exchange => return r,
+            _ = &mut conn => {}
+        }
     }
+    exchange.await
 }
 
 struct UrlParts {
