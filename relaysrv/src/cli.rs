@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use proto::{Identity, KeyKind, LoadedOrGenerated};
+
+use crate::limits::CapacityConfig;
+use crate::server::{ExternalAddress, JoinToken, ProvidedBy, ServerConfig};
+use crate::splice::ForwarderKind;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -194,6 +199,97 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
+    /// The relay these flags describe. Reads the token file and the keys
+    /// (generating them on first start) and resolves --ext-address.
+    pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        let token = self.token()?;
+        let provided_by = ProvidedBy::new(self.provided_by.clone())?;
+        if self.connect_requires_token && token.is_none() {
+            bail!(
+                "--connect-requires-token needs a join token (--token, --token-file or RELAYSRV_TOKEN)"
+            );
+        }
+        let forwarder = ForwarderKind::choose(self.forwarder)?;
+        let identity = self.identity()?;
+        let status_listen = match self.status_srv.as_str() {
+            "" => None,
+            s => Some(listen_addr(s)?),
+        };
+        Ok(ServerConfig {
+            identity,
+            listen: listen_addr(&self.listen)?,
+            status_listen,
+            external: self.external_address()?,
+            ping_interval: self.ping_interval,
+            network_timeout: self.network_timeout,
+            message_timeout: self.message_timeout,
+            handshake_timeout: self.handshake_timeout,
+            per_session_rate: self.per_session_rate,
+            global_rate: self.global_rate,
+            token: token.map(|token| JoinToken {
+                token,
+                connect_requires_token: self.connect_requires_token,
+            }),
+            invitation_rate: self.invitation_rate,
+            invitation_burst: self.invitation_burst,
+            network_buffer: self.network_buffer as usize,
+            forwarder,
+            pools: self
+                .pools
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            provided_by,
+            capacity: CapacityConfig {
+                max_clients: self.max_clients,
+                max_pending: self.max_pending,
+                max_pairings: self.max_pairings,
+                max_sockets: self.max_sockets,
+                per_source_sockets: self.per_ip_max_conns,
+                per_source_pending: self.per_ip_max_pending,
+            },
+            per_ip_conn_rate: self.per_ip_conn_rate,
+            per_ip_conn_burst: self.per_ip_conn_burst,
+        })
+    }
+
+    /// The relay's certificate from --keys, generated when both files are
+    /// missing.
+    fn identity(&self) -> anyhow::Result<Identity> {
+        std::fs::create_dir_all(&self.keys)
+            .with_context(|| format!("cannot create --keys directory {}", self.keys.display()))?;
+        let (cert, key) = (self.keys.join("cert.pem"), self.keys.join("key.pem"));
+        let loaded = Identity::load_or_generate(&cert, &key, "strelaysrv", KeyKind::Ed25519)
+            .context("relay certificate")?;
+        if let LoadedOrGenerated::Generated(_) = &loaded {
+            tracing::info!(cert = %cert.display(), "generated a new relay certificate");
+        }
+        Ok(loaded.into_identity())
+    }
+
+    /// --ext-address resolved once, at start (`:PORT` keeps the host empty).
+    fn external_address(&self) -> anyhow::Result<Option<ExternalAddress>> {
+        let given = &self.ext_address;
+        if given.is_empty() {
+            return Ok(None);
+        }
+        let full = if given.starts_with(':') {
+            format!("0.0.0.0{given}")
+        } else {
+            given.clone()
+        };
+        use std::net::ToSocketAddrs;
+        let addr = full
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| format!("bad --ext-address {given:?} (expected HOST:PORT)"))?;
+        let host = given.rsplit_once(':').map_or("", |(h, _)| h).to_owned();
+        Ok(Some(ExternalAddress { host, addr }))
+    }
+
     /// The join token from --token, --token-file or the environment.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         let token = match (&self.token, &self.token_file) {
@@ -238,4 +334,71 @@ pub fn listen_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("bad listen address {s:?} (expected HOST:PORT or :PORT)"))?
         .next()
         .with_context(|| format!("listen address {s:?} resolves to nothing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ServerConfig::new` documents itself as the command line's defaults:
+    /// keep the two from drifting apart.
+    #[test]
+    fn server_config_defaults_are_the_flag_defaults() {
+        if std::env::vars().any(|(k, _)| k.starts_with("RELAYSRV_")) {
+            eprintln!("skipped: RELAYSRV_* variables set");
+            return;
+        }
+        let keys = std::env::temp_dir().join(format!("relaysrv-cli-test-{}", std::process::id()));
+        let keys_arg = keys.to_str().unwrap();
+        let cli =
+            Cli::try_parse_from(["relaysrv", "--keys", keys_arg, "--status-srv", ""]).unwrap();
+        let from_flags = cli.config().unwrap();
+        let _ = std::fs::remove_dir_all(&keys);
+        let d = ServerConfig::new(from_flags.identity.clone(), from_flags.listen);
+        let f = &from_flags;
+        assert_eq!(f.listen, listen_addr(":22067").unwrap());
+        assert_eq!(f.status_listen, d.status_listen);
+        assert_eq!(f.external, d.external);
+        assert_eq!(
+            (
+                f.ping_interval,
+                f.network_timeout,
+                f.message_timeout,
+                f.handshake_timeout
+            ),
+            (
+                d.ping_interval,
+                d.network_timeout,
+                d.message_timeout,
+                d.handshake_timeout
+            )
+        );
+        assert_eq!(
+            (
+                f.per_session_rate,
+                f.global_rate,
+                f.invitation_rate,
+                f.invitation_burst
+            ),
+            (
+                d.per_session_rate,
+                d.global_rate,
+                d.invitation_rate,
+                d.invitation_burst
+            )
+        );
+        assert_eq!(
+            (&f.token, &f.pools, &f.provided_by),
+            (&d.token, &d.pools, &d.provided_by)
+        );
+        assert_eq!(
+            (f.network_buffer, f.forwarder),
+            (d.network_buffer, d.forwarder)
+        );
+        assert_eq!(f.capacity, d.capacity);
+        assert_eq!(
+            (f.per_ip_conn_rate, f.per_ip_conn_burst),
+            (d.per_ip_conn_rate, d.per_ip_conn_burst)
+        );
+    }
 }

@@ -85,6 +85,7 @@ pub async fn pace(buckets: &[&ByteBucket], n: usize) {
 }
 
 /// Capacity limits given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapacityConfig {
     pub max_clients: usize,
     pub max_pending: usize,

@@ -36,7 +36,10 @@ pub async fn accept_loop(
                 // Out of descriptors or memory: back off instead of spinning;
                 // the sockets in use free up as pairings end.
                 tracing::warn!(error = %e, "accept failed; pausing 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let pause = tokio::time::sleep(Duration::from_millis(100));
+                if relay.unless_stopping(pause).await.is_none() {
+                    return;
+                }
                 continue;
             }
         };
@@ -79,7 +82,11 @@ pub async fn accept_loop(
             unproven,
             deadline,
         };
-        tokio::spawn(demux(relay.clone(), conn, acceptor.clone()));
+        // Owned by the relay's Shutdown: its exit waits for this
+        // connection, which watches the same cancellation at every await.
+        relay
+            .shutdown
+            .spawn(demux(relay.clone(), conn, acceptor.clone()));
     }
 }
 
@@ -101,6 +108,7 @@ async fn demux(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {
     let peeked = tokio::select! {
         p = tokio::time::timeout(FIRST_BYTE, conn.tcp.peek(&mut first)) => p,
         _ = evicted.cancelled() => return,
+        _ = relay.shutdown.cancelled() => return,
     };
     let is_tls = matches!(peeked, Ok(Ok(1)) if first[0] == TLS_HANDSHAKE);
     if is_tls {
@@ -133,6 +141,7 @@ async fn data_connection(relay: Arc<Relay>, conn: Accepted) {
     let read = tokio::select! {
         r = tokio::time::timeout_at(deadline, read) => r,
         _ = evicted.cancelled() => return,
+        _ = relay.shutdown.cancelled() => return,
     };
     let msg = match read {
         Ok(Ok(msg)) => msg,
@@ -155,7 +164,8 @@ async fn data_connection(relay: Arc<Relay>, conn: Accepted) {
             if let Ok(bytes) =
                 Message::Response(Response::with_code(Response::UNEXPECTED_MESSAGE)).encode()
             {
-                let _ = tokio::time::timeout(limit, tcp.write_all(&bytes)).await;
+                let write = tokio::time::timeout(limit, tcp.write_all(&bytes));
+                let _ = relay.unless_stopping(write).await;
             }
         }
     }

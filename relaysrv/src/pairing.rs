@@ -175,7 +175,8 @@ impl PendingTable {
     }
 }
 
-/// Runs the sweeper until shutdown.
+/// Runs the sweeper until shutdown, then closes the data connections
+/// still waiting for their other side: they have no task of their own.
 pub async fn sweep(relay: Arc<Relay>) {
     let every = (relay.settings.message_timeout / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -184,7 +185,10 @@ pub async fn sweep(relay: Arc<Relay>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = relay.shutdown.cancelled() => return,
+            _ = relay.shutdown.cancelled() => {
+                relay.pending.clear(&relay);
+                return;
+            }
         }
         let n = relay.pending.expire(&relay, relay.settings.message_timeout);
         for _ in 0..n {
@@ -200,10 +204,8 @@ async fn reply(relay: &Relay, stream: &mut TcpStream, code: i32) -> bool {
     let Ok(bytes) = Message::Response(Response::with_code(code)).encode() else {
         return false;
     };
-    matches!(
-        tokio::time::timeout(relay.settings.message_timeout, stream.write_all(&bytes)).await,
-        Ok(Ok(()))
-    )
+    let write = tokio::time::timeout(relay.settings.message_timeout, stream.write_all(&bytes));
+    matches!(relay.unless_stopping(write).await, Some(Ok(Ok(()))))
 }
 
 /// A data connection presented `key`.

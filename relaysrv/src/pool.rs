@@ -48,7 +48,11 @@ pub fn next_after(status: u16, body: &[u8]) -> Next {
 
 pub async fn register_loop(relay: Arc<Relay>, pool: String, uri: String, identity: Identity) {
     loop {
-        let next = match post(&pool, &uri, &identity).await {
+        // A pool that holds the request open must not hold up the exit.
+        let Some(posted) = relay.unless_stopping(post(&pool, &uri, &identity)).await else {
+            return;
+        };
+        let next = match posted {
             Ok((status, body)) => {
                 let next = next_after(status, &body);
                 tracing::info!(%pool, status, ?next, "pool registration");
@@ -63,9 +67,12 @@ pub async fn register_loop(relay: Arc<Relay>, pool: String, uri: String, identit
             tracing::warn!(%pool, "pool refused this relay (401); not registering there again");
             return;
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = relay.shutdown.cancelled() => return,
+        if relay
+            .unless_stopping(tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            return;
         }
     }
 }
@@ -98,16 +105,30 @@ where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let limited = http_body_util::Limited::new(resp.into_body(), MAX_REPLY);
-    let body = limited
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading pool reply: {e}"))?
-        .to_bytes();
-    Ok((status, body.to_vec()))
+    let exchange = async move {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let limited = http_body_util::Limited::new(resp.into_body(), MAX_REPLY);
+        let body = limited
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading pool reply: {e}"))?
+            .to_bytes();
+        Ok((status, body.to_vec()))
+    };
+    // The connection is driven here rather than in a task of its own, so
+    // nothing of a registration outlives it. If the connection ends first,
+    // it is dropped (failing a request still waiting on it) and the
+    // exchange finishes with what arrived, or an error.
+    let mut exchange = std::pin::pin!(exchange);
+    {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = &mut exchange => return r,
+            _ = &mut conn => {}
+        }
+    }
+    exchange.await
 }
 
 struct UrlParts {

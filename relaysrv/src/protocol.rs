@@ -43,6 +43,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {
             tracing::debug!(?peer, "evicted during the TLS handshake");
             return;
         }
+        _ = relay.shutdown.cancelled() => return,
     };
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
@@ -81,7 +82,13 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {
         evicted,
         deadline,
     };
-    let why = session.run(tls).await;
+    // The session watches the stop itself between messages; this also
+    // ends it while it waits on a device (a reply the device does not
+    // read), so the leave below still runs.
+    let why = relay
+        .unless_stopping(session.run(tls))
+        .await
+        .unwrap_or_else(|| "relay stopping".into());
     if session.joined {
         relay.leave(&id, session.conn_id);
         tracing::info!(device = %id, ?peer, reason = %why, "device left");

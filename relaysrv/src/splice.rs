@@ -32,6 +32,15 @@ pub enum ForwarderKind {
 }
 
 impl ForwarderKind {
+    /// What `--forwarder auto` picks: splice where the kernel has it.
+    pub fn default_for_platform() -> ForwarderKind {
+        if cfg!(target_os = "linux") {
+            ForwarderKind::Splice
+        } else {
+            ForwarderKind::Copy
+        }
+    }
+
     pub fn choose(flag: crate::cli::Forwarder) -> anyhow::Result<ForwarderKind> {
         use crate::cli::Forwarder;
         match flag {
@@ -40,8 +49,7 @@ impl ForwarderKind {
                 anyhow::bail!("--forwarder splice needs Linux; use auto or copy")
             }
             Forwarder::Splice => Ok(ForwarderKind::Splice),
-            Forwarder::Auto if cfg!(target_os = "linux") => Ok(ForwarderKind::Splice),
-            Forwarder::Auto => Ok(ForwarderKind::Copy),
+            Forwarder::Auto => Ok(ForwarderKind::default_for_platform()),
         }
     }
 }
@@ -51,7 +59,7 @@ const POOL_MAX: usize = 32;
 
 /// Forwards between `a` and `b` until either side goes away.
 pub async fn run_pairing(relay: Arc<Relay>, p: &PendingPairing, a: TcpStream, b: TcpStream) {
-    let cancel = relay.shutdown.child_token();
+    let cancel = relay.shutdown.token().child_token();
     relay.add_active(
         p.id,
         ActivePairing {

@@ -10,6 +10,8 @@ use proto::DeviceId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use daemon::Shutdown;
+
 use crate::limits::{ByteBucket, Capacity, InvitationLimiter, Unproven};
 use crate::metrics::Metrics;
 use crate::pairing::PendingTable;
@@ -61,7 +63,8 @@ pub struct Relay {
     pub metrics: Metrics,
     pub capacity: Capacity,
     pub global_bucket: Option<ByteBucket>,
-    pub shutdown: CancellationToken,
+    /// Owns every task of the relay; cancelled when it stops.
+    pub shutdown: Shutdown,
     /// Sockets that may be evicted when sockets run out.
     pub unproven: Arc<Unproven>,
     pub invitations: Option<InvitationLimiter>,
@@ -79,7 +82,7 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Relay {
-    pub fn new(settings: Settings, capacity: Capacity, shutdown: CancellationToken) -> Arc<Relay> {
+    pub fn new(settings: Settings, capacity: Capacity, shutdown: Shutdown) -> Arc<Relay> {
         let global_bucket = ByteBucket::new(settings.global_rate);
         let invitations =
             InvitationLimiter::new(settings.invitation_rate, settings.invitation_burst);
@@ -98,6 +101,20 @@ impl Relay {
             active: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// Runs `work` unless the relay stops first (then `None`). For the
+    /// awaits of a connection that may block on a peer (a write to a
+    /// device that reads nothing): the relay's exit must not wait for them.
+    pub async fn unless_stopping<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            v = work => Some(v),
+        }
     }
 
     pub fn next_id(&self) -> u64 {

@@ -75,7 +75,11 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, history: Arc<RateHi
             _ = relay.shutdown.cancelled() => return,
         };
         let Ok((tcp, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Out of descriptors: back off instead of spinning.
+            let pause = tokio::time::sleep(Duration::from_millis(100));
+            if relay.unless_stopping(pause).await.is_none() {
+                return;
+            }
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -83,23 +87,35 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, history: Arc<RateHi
             tracing::debug!(%peer, "status listener at its connection cap: closed");
             continue;
         };
-        let relay = relay.clone();
-        let history = history.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let relay = relay.clone();
-                let history = history.clone();
-                async move { Ok::<_, Infallible>(route(&relay, &history, req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .header_read_timeout(Duration::from_secs(15))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(tcp), svc);
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-            drop(slot);
-        });
+        relay
+            .shutdown
+            .spawn(serve_connection(relay.clone(), tcp, history.clone(), slot));
     }
+}
+
+/// One status request (keep-alive is off), at most 30 s, cut short when the
+/// relay stops. `slot` is held until then.
+async fn serve_connection(
+    relay: Arc<Relay>,
+    tcp: tokio::net::TcpStream,
+    history: Arc<RateHistory>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let handler = relay.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let relay = handler.clone();
+        let history = history.clone();
+        async move { Ok::<_, Infallible>(route(&relay, &history, req)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .header_read_timeout(Duration::from_secs(15))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(tcp), svc);
+    let _ = relay
+        .unless_stopping(tokio::time::timeout(Duration::from_secs(30), conn))
+        .await;
+    drop(slot);
 }
 
 fn route(relay: &Relay, history: &RateHistory, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -749,6 +749,104 @@ fn sigterm_stops_the_relay_promptly() {
     assert!(relay.proc.log().contains("relay://127.0.0.1:"));
 }
 
+/// Issue 15: SIGTERM under load. Hundreds of joined devices, pairings
+/// moving bytes both ways, stalled TLS handshakes and half-sent data
+/// connections: the relay stops every task and exits 0 within 5 s, having
+/// awaited them all (a task it gave up on would be logged).
+#[test]
+fn sigterm_under_load_exits_cleanly_within_5_s() {
+    const JOINED: usize = 200;
+    const PAIRINGS: usize = 4;
+    const HALF_OPEN: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayServer::start(&dir.path().join("relay"), &[]);
+    let (port, rid) = (relay.port, relay.id);
+
+    let mut joined: Vec<(DeviceId, ProtocolClient)> = (0..JOINED)
+        .map(|_| {
+            let me = identity();
+            let mut c = ProtocolClient::connect(port, &me, rid).unwrap();
+            assert_eq!(c.join(None).unwrap(), response(0));
+            (me.device_id(), c)
+        })
+        .collect();
+
+    // Each pairing: both sides write and read at once until the relay
+    // cuts them.
+    let mut movers = Vec::new();
+    for (target, listener) in joined.iter_mut().take(PAIRINGS) {
+        let (a, b) = pair(port, rid, listener, &identity(), *target);
+        for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+            movers.push(std::thread::spawn(move || {
+                let chunk = vec![0x5au8; 64 * 1024];
+                while from.write_all(&chunk).is_ok() {}
+            }));
+            movers.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = to.set_read_timeout(Some(Duration::from_secs(30)));
+                while matches!(to.read(&mut buf), Ok(n) if n > 0) {}
+            }));
+        }
+    }
+
+    // Half-open: silent sockets, TLS handshakes stopped after the first
+    // byte, data connections stopped inside their first frame.
+    let mut half_open = Vec::new();
+    for i in 0..HALF_OPEN {
+        let mut t = raw(port);
+        match i % 3 {
+            0 => {}
+            1 => t.write_all(&[0x16, 0x03, 0x01]).unwrap(),
+            _ => t.write_all(&[0x9e, 0x79, 0xbc, 0x40, 0, 0]).unwrap(),
+        }
+        half_open.push(t);
+    }
+
+    let before = relay.wait_status("load in place", Duration::from_secs(30), |s| {
+        n(s, "numConnections") >= JOINED as u64 && n(s, "numActiveSessions") == PAIRINGS as u64
+    });
+    relay.wait_status("bytes flowing", Duration::from_secs(30), |s| {
+        n(s, "bytesProxied") > n(&before, "bytesProxied") + 1_000_000
+    });
+    let sockets = relay.metric("relaysrv_open_sockets");
+    assert!(
+        sockets >= (JOINED + 2 * PAIRINGS + PAIRINGS) as f64,
+        "{sockets}"
+    );
+
+    let asked = Instant::now();
+    relay.proc.signal(libc::SIGTERM);
+    let status = relay.proc.wait_exit(Duration::from_secs(5));
+    let took = asked.elapsed();
+    eprintln!("relaysrv exited {took:?} after SIGTERM, under load");
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "still running 5 s after SIGTERM:\n{}",
+            relay.proc.log_tail(30)
+        )
+    });
+    assert!(status.success(), "{status:?}\n{}", relay.proc.log_tail(30));
+    let log = relay.proc.log();
+    assert!(log.contains("relay stopped"), "{}", relay.proc.log_tail(30));
+    assert!(
+        !log.contains("still running"),
+        "{}",
+        relay.proc.log_tail(30)
+    );
+
+    // Every peer sees its connection closed.
+    for m in movers {
+        m.join().unwrap();
+    }
+    for (_, c) in &mut joined {
+        c.set_timeout(Duration::from_secs(10));
+        assert!(closed_within(&mut c.stream, Duration::from_secs(10)));
+    }
+    for t in &mut half_open {
+        assert!(closed_within(t, Duration::from_secs(10)));
+    }
+}
+
 #[test]
 fn registers_with_a_pool_only_when_one_is_given() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,42 @@
+//! `relaysrv`: a Syncthing-compatible relay server (relay protocol v1) for
+//! private networks, as a library. A program (the `relaysrv` binary, a
+//! test, a container tool) builds a [`ServerConfig`], starts it with
+//! [`Server::spawn`] and stops it with [`Server::shutdown`]; [`run`] is
+//! what the binary does with its flags.
+
+pub mod cli;
+mod limits;
+mod listener;
+mod metrics;
+mod pairing;
+mod pool;
+mod protocol;
+mod server;
+mod splice;
+mod state;
+mod status;
+
+pub use crate::cli::Cli;
+pub use crate::limits::CapacityConfig;
+pub use crate::server::{
+    ConfigError, ExternalAddress, JoinToken, ProvidedBy, Server, ServerConfig, SpawnError,
+    STOP_DEADLINE,
+};
+pub use crate::splice::ForwarderKind;
+
+/// The binary's life: flags to configuration, start, print the URI, wait
+/// for SIGTERM or SIGINT, stop and await every task.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config()?;
+    let server = Server::spawn(config).await?;
+    // Scripts read the URI from standard output.
+    println!("{}", server.uri());
+    daemon::shutdown::signal().await;
+    match server.shutdown().await {
+        Ok(()) => tracing::info!("relay stopped"),
+        // Every task watches the stop, so this is a bug; the process
+        // exits anyway and the open sockets close with it.
+        Err(e) => tracing::warn!(error = %e, "relay stopped with tasks still running"),
+    }
+    Ok(())
+}
