@@ -12,6 +12,7 @@ pub mod fileserve;
 pub mod guard;
 pub mod identity_cmd;
 pub mod ignore;
+pub mod metrics;
 pub mod model;
 pub mod pull;
 pub mod relay_client;

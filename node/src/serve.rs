@@ -38,9 +38,12 @@ const PULL_RETRY: Duration = Duration::from_secs(10);
 const RESCAN_SOON: Duration = Duration::from_secs(1);
 
 pub fn serve(args: ServeArgs) -> Result<()> {
-    // Recent log lines are kept for /rest/system/log too.
+    // Recent log lines are kept for /rest/system/log too: the records
+    // exist before the subscriber, which holds them, and go to the node.
+    let records = Arc::new(crate::events::record::Records::default());
+    let feed = records.clone();
     args.log
-        .init_with_copy(Some(crate::events::record::log_line));
+        .init_with_copy(Some(Arc::new(move |line: &str| feed.log_line(line))));
     // Every peer, REST client and open file is a descriptor.
     daemon::runtime::raise_open_file_limit();
     // Blocking work (disk reads, hashing, the index) is bounded where it is
@@ -51,7 +54,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .max_blocking_threads(64)
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run(args));
+    let result = runtime.block_on(run(args, records));
     // Dropping the runtime would wait for every blocking task still running
     // (a scan, a pull's disk work) however long it takes: give them a few
     // seconds, then exit anyway. The index and the temp files are made to
@@ -63,7 +66,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 /// How long blocking tasks get to finish once the node has stopped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-async fn run(args: ServeArgs) -> Result<()> {
+async fn run(args: ServeArgs, records: Arc<crate::events::record::Records>) -> Result<()> {
     let home = args.home.clone();
     let identity = Identity::load(&home.join("cert.pem"), &home.join("key.pem")).with_context(
         || {
@@ -85,10 +88,10 @@ async fn run(args: ServeArgs) -> Result<()> {
         gui.api_key = k;
     }
     let db = Db::open(&home)?;
-    let node = Arc::new(Node::new(home, gui, identity, config.clone(), db));
+    let node = Arc::new(Node::new(home, gui, identity, config.clone(), db, records));
     eprintln!("My ID: {}", node.my_id);
     tracing::info!(id = %node.my_id, "starting");
-    crate::events::starting(&node.home, &node.my_id);
+    node.events.starting(&node.home, &node.my_id);
 
     // Folders (an initial scan, then periodic/on-demand ones) and dialers.
     apply_config(&node)?;
@@ -103,7 +106,7 @@ async fn run(args: ServeArgs) -> Result<()> {
         eprintln!("REST API on http://{}", listener.local_addr()?);
         tokio::spawn(rest::serve(node.clone(), listener));
     }
-    crate::events::startup_complete(&node.my_id);
+    node.events.startup_complete(&node.my_id);
 
     let mut stop = node.shutdown.subscribe();
     tokio::select! {
@@ -127,7 +130,7 @@ async fn run(args: ServeArgs) -> Result<()> {
 /// change. (Listeners follow the configuration on their own, see `connect`.)
 pub fn apply_config(node: &Arc<Node>) -> Result<()> {
     let config = node.config();
-    crate::events::bus().set_labels(&config);
+    node.events.bus.set_labels(&config);
     for f in &config.folders {
         if node.folder_runtime(&f.id).is_some() {
             continue;
@@ -166,7 +169,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let Some(rt) = node.folder_runtime(&folder) else {
             return;
         };
-        crate::events::set_state(&folder, &rt.state, "scanning");
+        node.events.set_state(&folder, &rt.state, "scanning");
         let n2 = node.clone();
         let (fid, path) = (f.id.clone(), f.path.clone());
         let short = node.my_id.short().0;
@@ -174,14 +177,18 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let rt2 = rt.clone();
         let live = Arc::new(scan::Live::default());
         let live2 = live.clone();
-        let reporter = tokio::spawn(report_progress(folder.clone(), live.clone()));
+        let reporter = tokio::spawn(report_progress(node.clone(), folder.clone(), live.clone()));
         let result = tokio::task::spawn_blocking(move || {
+            let target = scan::Target {
+                folder: &fid,
+                root: &path,
+                short_id: short,
+                receive_only,
+            };
             scan::scan_folder(
                 &n2.db,
-                &fid,
-                &path,
-                short,
-                receive_only,
+                &n2.events,
+                target,
                 &|seq| {
                     rt2.sequence.send_replace(seq);
                 },
@@ -193,7 +200,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         if stderr_is_terminal() {
             eprint!("\r\x1b[K");
         }
-        crate::events::set_state(&folder, &rt.state, "idle");
+        node.events.set_state(&folder, &rt.state, "idle");
         // The watcher starts after the first successful scan (the folder
         // exists then) and lives as long as this loop.
         if watcher.is_none() && f.fs_watcher_enabled && matches!(result, Ok(Ok(_))) {
@@ -208,6 +215,8 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         let scanned_ok = matches!(result, Ok(Ok(_)));
         match result {
             Ok(Ok(stats)) => {
+                node.metrics.hashed_files.inc_by(stats.hashed_files as u64);
+                node.metrics.hashed_bytes.inc_by(stats.hashed_bytes);
                 let rate = stats.hashed_bytes as f64 / 1e6 / stats.seconds.max(1e-9);
                 eprintln!(
                     "Scanned folder {folder}: {} entries, {} hashed ({:.1} MB, {:.0} MB/s), {} unchanged, {} deleted, sequence {} in {:.2} s",
@@ -234,7 +243,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         // remote changes are not applied there).
         let mut retry_soon = None;
         if scanned_ok && !f.read_only() && !f.paused {
-            crate::events::set_state(&folder, &rt.state, "syncing");
+            node.events.set_state(&folder, &rt.state, "syncing");
             match pull::round(&node, &f).await {
                 Ok(stats) => {
                     if stats.applied > 0 || !stats.errors.is_empty() {
@@ -249,7 +258,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
                     } else if !stats.errors.is_empty() {
                         retry_soon = Some(PULL_RETRY);
                     }
-                    crate::events::folder_errors(&folder, &stats.errors);
+                    node.events.folder_errors(&folder, &stats.errors);
                     *rt.pull_errors.lock().unwrap_or_else(|p| p.into_inner()) = stats.errors;
                 }
                 Err(e) => {
@@ -257,7 +266,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
                     retry_soon = Some(PULL_RETRY);
                 }
             }
-            crate::events::set_state(&folder, &rt.state, "idle");
+            node.events.set_state(&folder, &rt.state, "idle");
         }
         // Jitter the interval (±25 %) so many folders do not scan together.
         // Validation caps the setting; the clamp keeps the arithmetic
@@ -303,7 +312,7 @@ fn stderr_is_terminal() -> bool {
 
 /// While a scan runs: a progress line redrawn in place on a terminal,
 /// otherwise a plain line every 10 s (logs stay readable).
-async fn report_progress(folder: String, live: Arc<scan::Live>) {
+async fn report_progress(node: Arc<Node>, folder: String, live: Arc<scan::Live>) {
     let tty = stderr_is_terminal();
     let every = Duration::from_secs(if tty { 1 } else { 10 });
     let start = std::time::Instant::now();
@@ -312,7 +321,8 @@ async fn report_progress(folder: String, live: Arc<scan::Live>) {
         let entries = live.entries.load(std::sync::atomic::Ordering::Relaxed);
         let mb = live.hashed_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
         let rate = mb / start.elapsed().as_secs_f64().max(1e-3);
-        crate::events::scan_progress(&folder, (mb * 1e6) as u64, (mb * 1e6) as u64, rate * 1e6);
+        node.events
+            .scan_progress(&folder, (mb * 1e6) as u64, (mb * 1e6) as u64, rate * 1e6);
         let line = format!(
             "Scanning folder {folder}: {entries} entries, {mb:.0} MB hashed ({rate:.0} MB/s)"
         );
