@@ -1,9 +1,10 @@
 //! What every long-running program of the project (`discosrv`, `relaysrv`,
-//! `node`) shares: logging, the async runtime, shutdown and bounded HTTP
-//! bodies. Protocol logic lives in `proto`, never here.
+//! `node`) shares: logging, the async runtime, shutdown, bounded HTTP
+//! bodies and the metrics text format. Protocol logic lives in `proto`, never here.
 
 pub mod body;
 pub mod logging;
+pub mod metrics;
 pub mod runtime;
 pub mod shutdown;
 

@@ -1,5 +1,7 @@
 //! `tracing` setup: human-readable by default, JSON lines on request.
 
+use std::sync::Arc;
+
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -23,11 +25,16 @@ pub struct LogArgs {
     pub log_level: String,
 }
 
+/// Gets the text of each log event (a program keeping recent lines,
+/// e.g. for an API). The subscriber is process-wide, so the callback
+/// holds whatever it feeds (an `Arc` of it) instead of reaching a global.
+pub type CopyFn = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Writes one log event to stderr and hands a copy of its text to a
-/// callback when done (a program keeping recent lines, e.g. for an API).
+/// callback when done.
 struct Tee {
     buf: Vec<u8>,
-    copy: fn(&str),
+    copy: CopyFn,
 }
 
 /// Longest copy of one event kept (the stderr line is never cut).
@@ -63,16 +70,16 @@ impl LogArgs {
     }
 
     /// Like [`LogArgs::init`], and `copy` also gets each event's text.
-    pub fn init_with_copy(&self, copy: Option<fn(&str)>) {
+    pub fn init_with_copy(&self, copy: Option<CopyFn>) {
         let (filter, bad) = match EnvFilter::try_new(&self.log_level) {
             Ok(f) => (f, None),
             Err(e) => (EnvFilter::new("info"), Some(e)),
         };
         let writer = move || -> Box<dyn std::io::Write> {
-            match copy {
+            match &copy {
                 Some(copy) => Box::new(Tee {
                     buf: Vec::new(),
-                    copy,
+                    copy: copy.clone(),
                 }),
                 None => Box::new(std::io::stderr()),
             }

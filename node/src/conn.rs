@@ -35,8 +35,6 @@ const BATCH_FILES: usize = 1000;
 const BATCH_BYTES: usize = 250 * 1024;
 /// Outstanding request data per connection (Syncthing's default 32 MiB).
 const MAX_REQUEST_KIB: usize = 32 * 1024;
-/// Requests read from disk at once, over all connections.
-static DISK_READS: Semaphore = Semaphore::const_new(32);
 /// Least time between two rounds of index updates to a peer.
 const INDEX_UPDATE_GAP: Duration = Duration::from_millis(250);
 /// Requests received but not yet answered, per connection.
@@ -106,7 +104,7 @@ where
     let mut their_hello = tokio::select! {
         r = read_hello => r.map_err(|_| {
             if handshake.is_some() {
-                node.refusals.count(crate::guard::Refusal::HandshakeTimeout);
+                node.metrics.refusals.count(crate::guard::Refusal::HandshakeTimeout);
             }
             anyhow!("no Hello in time")
         })??,
@@ -172,7 +170,7 @@ where
     tracing::info!(device = %peer, name = %device.name, %address, kind,
         client = %format!("{} {}", their_hello.client_name, their_hello.client_version),
         "connected");
-    crate::events::device_connected(
+    node.events.device_connected(
         &peer,
         &their_hello.device_name,
         &their_hello.client_name,
@@ -439,7 +437,9 @@ impl Conn {
         })
         .await
         .context("index storage task")??;
-        crate::events::remote_index_updated(&self.peer, &folder, files, seq);
+        self.node
+            .events
+            .remote_index_updated(&self.peer, &folder, files, seq);
         // New remote entries may be needed: scan, then pull.
         if let Some(rt) = self.node.folder_runtime(&folder) {
             let _ = rt.scan_now.try_send(());
@@ -480,7 +480,7 @@ impl Conn {
                     let folder_id = f.id.clone();
                     // Small requests fit the byte budget by the thousand: the
                     // disk reads themselves are bounded (threads and memory).
-                    let read = DISK_READS.acquire().await;
+                    let read = node.disk_reads.acquire().await;
                     let node2 = node.clone();
                     let served = tokio::task::spawn_blocking(move || {
                         let served = fileserve::serve(&f.path, &req);
@@ -511,9 +511,8 @@ impl Conn {
             };
             let response = match served {
                 Served::Data(data) => {
-                    node.served_bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    node.served_requests.fetch_add(1, Ordering::Relaxed);
+                    node.metrics.served_bytes.inc_by(data.len() as u64);
+                    node.metrics.served_requests.inc();
                     wire::Response { id, data, code: 0 }
                 }
                 Served::Error(code) => wire::Response {

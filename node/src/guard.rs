@@ -6,9 +6,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Longest peer-chosen name (device name, client name/version, folder
 /// label) we store or log, in characters: enough for any real name, small
@@ -209,30 +211,29 @@ impl Refusal {
     }
 }
 
-/// The refusal counters of one node, by [`Refusal`].
-#[derive(Default)]
-pub struct Refusals([AtomicU64; Refusal::ALL.len()]);
+/// The refusal counters of one node, by [`Refusal`]: handles on the
+/// `node_refused_total` series of its [`Metrics`](crate::metrics::Metrics).
+pub struct Refusals([Counter; Refusal::ALL.len()]);
+
+impl Default for Refusals {
+    /// Counters registered nowhere (for tests of the guards alone).
+    fn default() -> Self {
+        Refusals(Refusal::ALL.map(|_| Counter::default()))
+    }
+}
 
 impl Refusals {
+    /// One series per reason in `family`, all shown from the start.
+    pub fn registered(family: &Family<crate::metrics::Reason, Counter>) -> Refusals {
+        Refusals(Refusal::ALL.map(|r| crate::metrics::counter(family, [("reason", r.label())])))
+    }
+
     pub fn count(&self, r: Refusal) {
-        self.0[r as usize].fetch_add(1, Ordering::Relaxed);
+        self.0[r as usize].inc();
     }
 
     pub fn total(&self, r: Refusal) -> u64 {
-        self.0[r as usize].load(Ordering::Relaxed)
-    }
-
-    /// The counters in Prometheus text format.
-    pub fn metrics_text(&self) -> String {
-        let mut out = String::from("# TYPE node_refused_total counter\n");
-        for r in Refusal::ALL {
-            out.push_str(&format!(
-                "node_refused_total{{reason=\"{}\"}} {}\n",
-                r.label(),
-                self.total(r)
-            ));
-        }
-        out
+        self.0[r as usize].get()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::model::Node;
 use crate::rest;
 
 /// What a node needs to start besides its home directory's files.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// Home directory: cert.pem, key.pem, config.toml, the index database.
     pub home: PathBuf,
@@ -25,6 +25,9 @@ pub struct Options {
     pub gui_address: Option<String>,
     /// REST API key, overriding the configuration (not saved).
     pub gui_apikey: Option<String>,
+    /// Where the node's recent log lines are kept (`/rest/system/log`); the
+    /// log subscriber feeds them. A new, empty one if not given.
+    pub records: Option<Arc<crate::events::record::Records>>,
 }
 
 /// What a REST client asked the node to do with itself.
@@ -76,9 +79,10 @@ pub async fn spawn(options: Options) -> Result<NodeHandle> {
         gui.api_key = k;
     }
     let db = Db::open(&home)?;
-    let node = Arc::new(Node::new(home, gui, identity, config, db));
+    let records = options.records.unwrap_or_default();
+    let node = Arc::new(Node::new(home, gui, identity, config, db, records));
     tracing::info!(id = %node.my_id, "starting");
-    crate::events::starting(&node.home, &node.my_id);
+    node.events.starting(&node.home, &node.my_id);
     let rest_addr = match start(&node).await {
         Ok(addr) => addr,
         Err(e) => {
@@ -87,7 +91,7 @@ pub async fn spawn(options: Options) -> Result<NodeHandle> {
             return Err(e);
         }
     };
-    crate::events::startup_complete(&node.my_id);
+    node.events.startup_complete(&node.my_id);
     Ok(NodeHandle {
         node,
         rest_addr,
@@ -119,7 +123,7 @@ async fn start(node: &Arc<Node>) -> Result<Option<SocketAddr>> {
 /// (Listeners follow the configuration on their own, see `connect`.)
 pub fn apply_config(node: &Arc<Node>) -> Result<()> {
     let config = node.config();
-    crate::events::bus().set_labels(&config);
+    node.events.bus.set_labels(&config);
     crate::folder::start_missing(node)?;
     crate::connect::ensure_dialers(node);
     for (_, c) in node.connections() {
@@ -141,7 +145,7 @@ impl NodeHandle {
     /// The addresses the node is reachable at (TCP listeners with their
     /// bound port, joined relays), as discovery announces them.
     pub fn listen_addresses(&self) -> Vec<String> {
-        crate::connect::announced_addresses()
+        self.node.connect.announced_addresses()
     }
 
     /// Resolves when a REST client asks the node to shut down or restart.

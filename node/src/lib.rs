@@ -14,6 +14,7 @@ pub mod guard;
 pub mod handle;
 pub mod identity_cmd;
 pub mod ignore;
+pub mod metrics;
 pub mod model;
 pub mod pull;
 pub mod relay_client;

@@ -1,6 +1,8 @@
 //! The running node's shared state: identity, configuration, index
-//! database, live connections, pending (unknown) devices, and per-folder
-//! change notifications.
+//! database, live connections, pending (unknown) devices, per-folder
+//! change notifications, and the services every part reaches through the
+//! node (events, discovery, connection state, metrics). Nothing of a node
+//! lives in a process-wide value: two nodes in one process are apart.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -60,8 +62,16 @@ pub struct FolderRuntime {
 }
 
 pub struct Node {
-    /// Refusals of strangers' and peers' excesses (`node_refused_total`).
-    pub refusals: Arc<crate::guard::Refusals>,
+    /// Event bus, records (log, errors, statistics), download progress.
+    pub events: crate::events::Events,
+    /// What discovery knows and how its announcements went.
+    pub discovery: crate::discovery::Discovery,
+    /// Listeners, dial outcomes and the DNS resolver.
+    pub connect: crate::connect::ConnectState,
+    /// Counters and gauges for `/metrics`, refusal counters included.
+    pub metrics: crate::metrics::Metrics,
+    /// Requests read from disk at once, over all connections.
+    pub disk_reads: tokio::sync::Semaphore,
     /// Handshake slots shared by every TCP listener of this node.
     pub admission: Arc<crate::connect::admission::Admission>,
     /// Log lines about failed handshakes and connections from unknown
@@ -75,6 +85,10 @@ pub struct Node {
     pub identity: Identity,
     pub my_id: DeviceId,
     pub config: RwLock<Config>,
+    /// The configuration the process started with: the REST address, key
+    /// and listen addresses only change at the next start, so the REST API
+    /// compares with it (`restart-required`).
+    pub startup_config: Config,
     /// Held by one configuration change at a time (see `update_config`).
     config_writer: Mutex<()>,
     pub db: Db,
@@ -93,18 +107,15 @@ pub struct Node {
     pub folders: RwLock<HashMap<String, Arc<FolderRuntime>>>,
     /// Devices that have a dial loop running.
     pub dialers: Mutex<HashSet<DeviceId>>,
-    /// Bytes of file data served in Responses (for tests and metrics).
-    pub served_bytes: AtomicU64,
-    /// Pulls refused because a directory on the way to the name was a
-    /// symlink or a file (`node_pull_refused_total`).
-    pub pull_refused_not_a_dir: AtomicU64,
-    pub served_requests: AtomicU64,
     next_serial: AtomicU64,
     /// Owns the node's tasks; cancelled when the node stops.
     pub shutdown: daemon::Shutdown,
     /// Set by REST (shutdown, restart); the node's owner acts on it.
     pub stop_request: watch::Sender<Option<crate::handle::StopRequest>>,
 }
+
+/// Requests read from disk at once, over all connections.
+const DISK_READS: usize = 32;
 
 /// An existing connection at least this old is replaced by a new one.
 pub const REPLACE_AFTER: Duration = Duration::from_secs(10);
@@ -142,27 +153,30 @@ impl Node {
         identity: Identity,
         config: Config,
         db: Db,
+        records: Arc<crate::events::record::Records>,
     ) -> Node {
         let my_id = identity.device_id();
-        let refusals = Arc::new(crate::guard::Refusals::default());
+        let metrics = crate::metrics::Metrics::new();
+        let refusals = metrics.refusals.clone();
         Node {
+            events: crate::events::Events::new(records),
+            discovery: Default::default(),
+            connect: Default::default(),
+            metrics,
+            disk_reads: tokio::sync::Semaphore::new(DISK_READS),
             admission: Arc::new(crate::connect::admission::Admission::new(refusals.clone())),
             handshake_log: crate::guard::LogLimiter::new(
                 20,
                 Duration::from_secs(5),
                 refusals.clone(),
             ),
-            unknown_device_log: crate::guard::LogLimiter::new(
-                10,
-                Duration::from_secs(6),
-                refusals.clone(),
-            ),
-            refusals,
+            unknown_device_log: crate::guard::LogLimiter::new(10, Duration::from_secs(6), refusals),
             home,
             gui,
             dialers: Mutex::new(HashSet::new()),
             identity,
             my_id,
+            startup_config: config.clone(),
             config: RwLock::new(config),
             config_writer: Mutex::new(()),
             db,
@@ -177,9 +191,6 @@ impl Node {
             ),
             pending_folders: Mutex::new(HashMap::new()),
             folders: RwLock::new(HashMap::new()),
-            served_bytes: AtomicU64::new(0),
-            pull_refused_not_a_dir: AtomicU64::new(0),
-            served_requests: AtomicU64::new(0),
             next_serial: AtomicU64::new(1),
             shutdown: daemon::Shutdown::new(),
             stop_request: watch::channel(None).0,
@@ -220,7 +231,7 @@ impl Node {
         next.validate_folder_paths(&self.home)?;
         blocking(|| next.save(&self.home))?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
-        crate::events::config_saved(self);
+        self.events.config_saved(self);
         Ok(next)
     }
 
@@ -262,7 +273,7 @@ impl Node {
         let mut conns = lock(&self.connections);
         if conns.get(device).is_some_and(|c| c.serial == serial) {
             conns.remove(device);
-            crate::events::device_disconnected(device, "connection closed");
+            self.events.device_disconnected(device, "connection closed");
         }
     }
 
@@ -293,7 +304,9 @@ impl Node {
             }
             let source = crate::guard::Source::of(address);
             if !self.pending_rate.allow(source, std::time::Instant::now()) {
-                self.refusals.count(crate::guard::Refusal::PendingRate);
+                self.metrics
+                    .refusals
+                    .count(crate::guard::Refusal::PendingRate);
                 return false;
             }
             if pending.len() >= MAX_PENDING_DEVICES {
@@ -303,19 +316,21 @@ impl Node {
                     .map(|(id, _)| *id);
                 if let Some(id) = oldest {
                     pending.remove(&id);
-                    self.refusals.count(crate::guard::Refusal::PendingEvicted);
+                    self.metrics
+                        .refusals
+                        .count(crate::guard::Refusal::PendingEvicted);
                     evicted = Some(id);
                 }
             }
             pending.insert(device, p);
         }
         if let Some(id) = evicted {
-            crate::events::emit(
+            self.events.emit(
                 crate::events::Kind::PendingDevicesChanged,
                 serde_json::json!({"removed": [{"deviceID": id.to_string()}]}),
             );
         }
-        crate::events::pending_device_added(&device, &name, address);
+        self.events.pending_device_added(&device, &name, address);
         true
     }
 
@@ -327,7 +342,8 @@ impl Node {
             // A known device offering folder after folder (each
             // ClusterConfig may list thousands) must not grow memory
             // without end; an operator accepts offers one by one.
-            self.refusals
+            self.metrics
+                .refusals
                 .count(crate::guard::Refusal::PendingFolderOverflow);
             return;
         }
@@ -338,7 +354,7 @@ impl Node {
             .is_none();
         drop(pending);
         if new {
-            crate::events::pending_folder_added(folder, label, &device);
+            self.events.pending_folder_added(folder, label, &device);
         }
     }
 
@@ -354,5 +370,48 @@ impl Node {
 
     pub fn pending(&self) -> HashMap<DeviceId, PendingDevice> {
         lock(&self.pending).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(home: &std::path::Path) -> Node {
+        let identity = Identity::generate("syncthing", proto::KeyKind::Ed25519).unwrap();
+        let db = Db::open(home).unwrap();
+        Node::new(
+            home.to_path_buf(),
+            Default::default(),
+            identity,
+            Config::default(),
+            db,
+            Arc::default(),
+        )
+    }
+
+    /// Nothing of a node is process-wide: what one emits, records and
+    /// counts, the other in the same process never sees.
+    #[test]
+    fn two_nodes_in_one_process_share_no_state() {
+        let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (node(ha.path()), node(hb.path()));
+        a.events.starting(&a.home, &a.my_id);
+        a.events.records.error("disk full".into());
+        a.metrics.served_bytes.inc_by(42);
+        a.metrics
+            .refusals
+            .count(crate::guard::Refusal::PendingEvicted);
+        let all = crate::events::Mask::Only(crate::events::Kind::ALL.to_vec());
+        assert_eq!(a.events.bus.since(0, &all).len(), 1);
+        assert!(b.events.bus.since(0, &all).is_empty());
+        assert_eq!(a.events.records.errors().len(), 1);
+        assert!(b.events.records.errors().is_empty());
+        let text = |n: &Node| daemon::metrics::classic_text(&n.metrics.encode());
+        assert!(text(&a).contains("node_served_bytes_total 42\n"));
+        assert!(text(&b).contains("node_served_bytes_total 0\n"));
+        assert!(text(&a).contains("node_refused_total{reason=\"pending_device_evicted\"} 1\n"));
+        assert!(text(&b).contains("node_refused_total{reason=\"pending_device_evicted\"} 0\n"));
+        assert!(a.discovery.snapshot().is_empty() && b.connect.announced_addresses().is_empty());
     }
 }

@@ -68,7 +68,9 @@ async fn connect_protocol(
     uri: &RelayUri,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, SocketAddr)> {
     let servers = node.config().options.dns_servers.clone();
-    let addrs = crate::connect::resolver()
+    let addrs = node
+        .connect
+        .resolver
         .resolve(&servers, &uri.host, uri.port)
         .await?;
     let mut last = anyhow!("no address for relay {}", uri.authority());

@@ -17,6 +17,7 @@ use proto::bep::vector;
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Vector};
 
 use crate::db::{Change, Db, LocalMeta};
+use crate::events::Events;
 
 /// Marker Syncthing creates at the root of every folder.
 pub const MARKER: &str = ".stfolder";
@@ -33,11 +34,6 @@ pub struct ScanStats {
     pub sequence: i64,
     pub seconds: f64,
 }
-
-/// Files hashed since the process started (for the REST API and tests:
-/// a restart must not rehash unchanged files).
-pub static TOTAL_HASHED_FILES: AtomicU64 = AtomicU64::new(0);
-pub static TOTAL_HASHED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Live progress of one scan, for progress output while it runs.
 #[derive(Default)]
@@ -84,22 +80,45 @@ pub fn scan(
     progress: &dyn Fn(i64),
     live: &Live,
 ) -> Result<ScanStats> {
-    scan_folder(db, folder, root, short_id, false, progress, live)
+    let target = Target {
+        folder,
+        root,
+        short_id,
+        receive_only: false,
+    };
+    let events = crate::events::Events::default();
+    scan_folder(db, &events, target, progress, live)
+}
+
+/// The folder a scan looks at.
+pub struct Target<'a> {
+    pub folder: &'a str,
+    pub root: &'a Path,
+    /// Our short device ID (version vector counter).
+    pub short_id: u64,
+    /// Every local change is recorded `invalid` (see [`scan_folder`]).
+    pub receive_only: bool,
 }
 
 /// [`scan`], for a folder that is receive-only when `receive_only`: every
 /// local change is recorded `invalid` (that is how the index marks a
 /// receive-only local change: it is announced invalid, never becomes the
-/// global version and is never overwritten until reverted).
+/// global version and is never overwritten until reverted). The changes
+/// recorded are told on `events`; the caller counts the hashing figures
+/// of the returned stats.
 pub fn scan_folder(
     db: &Db,
-    folder: &str,
-    root: &Path,
-    short_id: u64,
-    receive_only: bool,
+    events: &Events,
+    target: Target<'_>,
     progress: &dyn Fn(i64),
     live: &Live,
 ) -> Result<ScanStats> {
+    let Target {
+        folder,
+        root,
+        short_id,
+        receive_only,
+    } = target;
     let started = Instant::now();
     let marker = root.join(MARKER);
     if !root.is_dir() {
@@ -132,6 +151,7 @@ pub fn scan_folder(
     db.seen_reset(folder)?;
     let ctx = Ctx {
         db,
+        events,
         folder,
         short_id,
         now,
@@ -201,13 +221,11 @@ pub fn scan_folder(
     stats.sequence = if changes.is_empty() {
         db.folder_state(folder)?.1
     } else {
-        let names = crate::events::local_changes(folder, changes.iter().map(|c| &c.info));
+        let names = events.local_changes(folder, changes.iter().map(|c| &c.info));
         let seq = db.apply(folder, changes)?;
-        crate::events::local_index_updated(folder, names, seq);
+        events.local_index_updated(folder, names, seq);
         seq
     };
-    TOTAL_HASHED_FILES.fetch_add(stats.hashed_files as u64, Ordering::Relaxed);
-    TOTAL_HASHED_BYTES.fetch_add(stats.hashed_bytes, Ordering::Relaxed);
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }
@@ -215,6 +233,7 @@ pub fn scan_folder(
 /// What every batch of one scan shares.
 struct Ctx<'a> {
     db: &'a Db,
+    events: &'a Events,
     folder: &'a str,
     short_id: u64,
     now: u64,
@@ -232,6 +251,7 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
     }
     let Ctx {
         db,
+        events,
         folder,
         short_id,
         now,
@@ -361,9 +381,9 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
     // sort that way, and the walk visits parents in earlier batches.
     changes.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     stats.changed += changes.len();
-    let names = crate::events::local_changes(folder, changes.iter().map(|c| &c.info));
+    let names = events.local_changes(folder, changes.iter().map(|c| &c.info));
     let seq = db.apply(folder, changes)?;
-    crate::events::local_index_updated(folder, names, seq);
+    events.local_index_updated(folder, names, seq);
     progress(seq);
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! or a REST shutdown, with logging, the runtime and restarts around it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
@@ -28,13 +29,17 @@ pub struct ServeArgs {
 const MAX_BLOCKING_THREADS: usize = 64;
 
 pub fn serve(args: ServeArgs) -> std::process::ExitCode {
-    // Recent log lines are kept for /rest/system/log too.
+    // Recent log lines are kept for /rest/system/log too: the records
+    // exist before the subscriber, which holds them, and go to the node.
+    let records = Arc::new(crate::events::record::Records::default());
+    let feed = records.clone();
     args.log
-        .init_with_copy(Some(crate::events::record::log_line));
+        .init_with_copy(Some(Arc::new(move |line: &str| feed.log_line(line))));
     let options = handle::Options {
         home: args.home,
         gui_address: args.gui_address,
         gui_apikey: args.gui_apikey,
+        records: Some(records),
     };
     let mut outcome = Ok(None);
     let code = daemon::run_main_with(

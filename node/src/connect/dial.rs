@@ -57,30 +57,26 @@ impl Candidate {
 /// When an address was last dialed, and the error (`None`: it worked).
 type DialOutcome = (SystemTime, Option<String>);
 
-/// Dial outcomes by address (label), for Syncthing's `lastDialStatus`.
-fn dial_status() -> &'static std::sync::Mutex<HashMap<String, DialOutcome>> {
-    static S: std::sync::OnceLock<std::sync::Mutex<HashMap<String, DialOutcome>>> =
-        std::sync::OnceLock::new();
-    S.get_or_init(Default::default)
-}
-
 /// Addresses remembered at most in `lastDialStatus`.
 const MAX_DIAL_STATUS: usize = 1000;
 
-fn record_dial(label: String, error: Option<String>) {
-    let mut m = dial_status().lock().unwrap_or_else(|p| p.into_inner());
-    if m.len() >= MAX_DIAL_STATUS && !m.contains_key(&label) {
-        m.clear();
-    }
-    m.insert(label, (SystemTime::now(), error));
-}
+/// Dial outcomes by address (label), for Syncthing's `lastDialStatus`.
+#[derive(Default)]
+pub(super) struct DialLog(std::sync::Mutex<HashMap<String, DialOutcome>>);
 
-/// `lastDialStatus`: address → (when, error or `None` for success).
-pub fn last_dial_status() -> HashMap<String, DialOutcome> {
-    dial_status()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
+impl DialLog {
+    fn record(&self, label: String, error: Option<String>) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_DIAL_STATUS && !m.contains_key(&label) {
+            m.clear();
+        }
+        m.insert(label, (SystemTime::now(), error));
+    }
+
+    /// `lastDialStatus`: address → (when, error or `None` for success).
+    pub(super) fn snapshot(&self) -> HashMap<String, DialOutcome> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// A dialable address, or `None` (unsupported scheme, unspecified host,
@@ -118,7 +114,9 @@ async fn candidates(node: &Arc<Node>, device: DeviceId, addresses: &[String]) ->
         if a == "dynamic" {
             texts.extend(crate::discovery::lookup(node, device).await);
         } else if let Some(name) = a.strip_prefix("dns-srv://") {
-            match super::resolver()
+            match node
+                .connect
+                .resolver
                 .srv(&options.dns_servers, name.trim_end_matches('/'))
                 .await
             {
@@ -230,7 +228,9 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
                 break;
             }
             let result = try_candidate(&node, device, c).await;
-            record_dial(c.label(), result.as_ref().err().map(|e| format!("{e:#}")));
+            node.connect
+                .dials
+                .record(c.label(), result.as_ref().err().map(|e| format!("{e:#}")));
             match result {
                 Ok(()) => {
                     connected = true;
@@ -271,7 +271,7 @@ async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Res
     let (task, kind) = match c {
         Candidate::Direct { host, port, .. } => {
             let servers = node.config().options.dns_servers;
-            let addrs = super::resolver().resolve(&servers, host, *port).await?;
+            let addrs = node.connect.resolver.resolve(&servers, host, *port).await?;
             let mut last = anyhow!("no address");
             let mut started = None;
             for addr in addrs {

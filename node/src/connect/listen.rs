@@ -34,10 +34,19 @@ impl Drop for Listener {
     }
 }
 
-/// Listen addresses that could not be started, with the reason.
-fn failures() -> &'static Mutex<HashMap<String, String>> {
-    static F: std::sync::OnceLock<Mutex<HashMap<String, String>>> = std::sync::OnceLock::new();
-    F.get_or_init(|| Mutex::new(HashMap::new()))
+/// One node's listeners, by listen address.
+#[derive(Default)]
+pub(super) struct Listeners {
+    running: Mutex<HashMap<String, Listener>>,
+    /// Listen addresses that could not be started, with the reason.
+    failures: Mutex<HashMap<String, String>>,
+    /// Held by one [`reconcile`] at a time: two rounds both seeing an
+    /// address missing would both bind it.
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What to show of a listen address: relay tokens never leave the node.
@@ -48,47 +57,46 @@ fn shown(uri: &str) -> String {
     }
 }
 
-/// Syncthing's `connectionServiceStatus`: per listen address its error
-/// (or null) and the addresses it makes us reachable at.
-pub fn service_status() -> serde_json::Map<String, serde_json::Value> {
-    let mut out = serde_json::Map::new();
-    for (uri, l) in listeners().lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let reachable: Vec<String> = l.reachable.borrow().iter().cloned().collect();
-        let error = if reachable.is_empty() {
-            serde_json::Value::from("not connected to the relay yet")
-        } else {
-            serde_json::Value::Null
-        };
-        out.insert(
-            shown(uri),
-            serde_json::json!({"error": error, "lanAddresses": reachable, "wanAddresses": reachable}),
-        );
+impl Listeners {
+    /// Syncthing's `connectionServiceStatus`: per listen address its error
+    /// (or null) and the addresses it makes us reachable at.
+    pub(super) fn service_status(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for (uri, l) in lock(&self.running).iter() {
+            let reachable: Vec<String> = l.reachable.borrow().iter().cloned().collect();
+            let error = if reachable.is_empty() {
+                serde_json::Value::from("not connected to the relay yet")
+            } else {
+                serde_json::Value::Null
+            };
+            out.insert(
+                shown(uri),
+                serde_json::json!({
+                    "error": error, "lanAddresses": reachable, "wanAddresses": reachable
+                }),
+            );
+        }
+        for (uri, e) in lock(&self.failures).iter() {
+            out.insert(
+                shown(uri),
+                serde_json::json!({"error": e, "lanAddresses": [], "wanAddresses": []}),
+            );
+        }
+        out
     }
-    for (uri, e) in failures().lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        out.insert(
-            shown(uri),
-            serde_json::json!({"error": e, "lanAddresses": [], "wanAddresses": []}),
-        );
+
+    /// Our current addresses, for discovery: TCP listeners as configured (the
+    /// bound port filled in) and relays we are joined to, without tokens.
+    pub(super) fn announced_addresses(&self) -> Vec<String> {
+        let l = lock(&self.running);
+        let mut out: Vec<String> = l
+            .values()
+            .filter_map(|x| x.reachable.borrow().clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
-    out
-}
-
-fn listeners() -> &'static Mutex<HashMap<String, Listener>> {
-    static L: std::sync::OnceLock<Mutex<HashMap<String, Listener>>> = std::sync::OnceLock::new();
-    L.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// Our current addresses, for discovery: TCP listeners as configured (the
-/// bound port filled in) and relays we are joined to, without tokens.
-pub fn announced_addresses() -> Vec<String> {
-    let l = listeners().lock().unwrap_or_else(|p| p.into_inner());
-    let mut out: Vec<String> = l
-        .values()
-        .filter_map(|x| x.reachable.borrow().clone())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// The listen addresses that should be running now.
@@ -115,45 +123,26 @@ pub async fn supervise(node: Arc<Node>) {
 /// Starts missing listeners and stops unwanted ones. With `strict`, a TCP
 /// address that cannot be bound is an error (start-up).
 pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
-    // One at a time: two rounds both seeing an address missing would both
-    // bind it.
-    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one = ONE.lock().await;
+    let this = &node.connect.listeners;
+    let _one = this.reconciling.lock().await;
     let want = wanted(node);
     {
-        let mut l = listeners().lock().unwrap_or_else(|p| p.into_inner());
-        l.retain(|k, _| want.contains(k));
-        failures()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| want.contains(k));
+        lock(&this.running).retain(|k, _| want.contains(k));
+        lock(&this.failures).retain(|k, _| want.contains(k));
     }
     let mut first_error = None;
     for uri in want {
-        if listeners()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&uri)
-        {
+        if lock(&this.running).contains_key(&uri) {
             continue;
         }
         match start_one(node, &uri).await {
             Ok(listener) => {
-                failures()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&uri);
-                listeners()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(uri, listener);
+                lock(&this.failures).remove(&uri);
+                lock(&this.running).insert(uri, listener);
             }
             Err(e) => {
                 tracing::warn!(address = %shown(&uri), error = %format!("{e:#}"), "cannot listen");
-                failures()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(uri.clone(), format!("{e:#}"));
+                lock(&this.failures).insert(uri.clone(), format!("{e:#}"));
                 first_error.get_or_insert(e);
             }
         }
@@ -255,7 +244,7 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                         return;
                     }
                     Err(_) => {
-                        node.refusals.count(Refusal::HandshakeTimeout);
+                        node.metrics.refusals.count(Refusal::HandshakeTimeout);
                         if let Some(suppressed) = node.handshake_log.allow() {
                             tracing::info!(%addr, suppressed, "TLS handshake timed out");
                         }

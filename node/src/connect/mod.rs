@@ -12,7 +12,7 @@ pub mod admission;
 mod dial;
 mod listen;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::Result;
 
@@ -20,12 +20,22 @@ use crate::model::Node;
 use crate::resolve::Resolver;
 
 pub use dial::ensure_dialers;
-pub use listen::announced_addresses;
 
-/// The process's resolver (one node per process: the home lock).
-pub fn resolver() -> &'static Resolver {
-    static R: OnceLock<Resolver> = OnceLock::new();
-    R.get_or_init(Resolver::default)
+/// One node's connection state (`node.connect`).
+#[derive(Default)]
+pub struct ConnectState {
+    /// DNS for dialing, relays and discovery servers (its cache is shared
+    /// by them all).
+    pub resolver: Resolver,
+    listeners: listen::Listeners,
+    dials: dial::DialLog,
+}
+
+impl ConnectState {
+    /// Our current addresses, for discovery (see [`listen::Listeners`]).
+    pub fn announced_addresses(&self) -> Vec<String> {
+        self.listeners.announced_addresses()
+    }
 }
 
 /// Starts listening (failing when a configured TCP address cannot be
@@ -50,10 +60,10 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
     let mut out = serde_json::Map::new();
     out.insert(
         "connectionServiceStatus".into(),
-        Value::Object(listen::service_status()),
+        Value::Object(node.connect.listeners.service_status()),
     );
     let mut dials = serde_json::Map::new();
-    for (address, (when, error)) in dial::last_dial_status() {
+    for (address, (when, error)) in node.connect.dials.snapshot() {
         dials.insert(address, json!({"when": rfc3339(when), "error": error}));
     }
     out.insert("lastDialStatus".into(), Value::Object(dials));
@@ -61,7 +71,8 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
     let mut status = serde_json::Map::new();
     let mut errors = serde_json::Map::new();
     if options.global_announce_enabled {
-        let known = crate::discovery::discovery()
+        let known = node
+            .discovery
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -228,7 +228,7 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
             return Ok(());
         }
         // Our addresses changed (a listener came or went): tell the LAN now.
-        if lan_addresses() != sent {
+        if lan_addresses(node) != sent {
             next = Instant::now();
         }
         if Instant::now() >= next {
@@ -262,7 +262,7 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
                     .filter_map(|x| rewrite_local_address(x, from))
                     .collect();
                 tracing::debug!(device = %a.id, from = %from, addresses = ?addrs, "local announcement");
-                let fresh = super::discovery().local.put(a.id, v6, addrs, a.instance_id);
+                let fresh = node.discovery.local.put(a.id, v6, addrs, a.instance_id);
                 if fresh && last_extra.elapsed() >= MIN_EXTRA_GAP {
                     last_extra = Instant::now();
                     next = Instant::now();
@@ -281,9 +281,10 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
 
 /// Our addresses worth telling the LAN: loopback ones are useless to
 /// anyone else (Syncthing ≥ 1.25 drops them too).
-fn lan_addresses() -> Vec<String> {
+fn lan_addresses(node: &Node) -> Vec<String> {
     use proto::discovery::address::{AnnouncedAddress, Host};
-    crate::connect::announced_addresses()
+    node.connect
+        .announced_addresses()
         .into_iter()
         .filter(|a| match AnnouncedAddress::parse(a).map(|p| p.host) {
             Ok(Host::Ip(ip)) => !ip.is_loopback(),
@@ -302,7 +303,7 @@ async fn send(
     port: u16,
     instance: i64,
 ) -> (Vec<String>, bool) {
-    let addresses = lan_addresses();
+    let addresses = lan_addresses(node);
     if addresses.is_empty() {
         return (addresses, false);
     }

@@ -6,7 +6,7 @@ pub mod global;
 pub mod local;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::DeviceId;
@@ -14,8 +14,7 @@ use proto::DeviceId;
 use crate::model::Node;
 use global::{LookupCache, ServerUrl};
 
-/// The discovery state of this process (one node per process: the home
-/// lock guarantees it).
+/// What one node's discovery knows (`node.discovery`).
 #[derive(Default)]
 pub struct Discovery {
     pub cache: LookupCache,
@@ -24,24 +23,20 @@ pub struct Discovery {
     pub status: Mutex<HashMap<String, Option<String>>>,
 }
 
-pub fn discovery() -> &'static Discovery {
-    static D: OnceLock<Discovery> = OnceLock::new();
-    D.get_or_init(Discovery::default)
-}
-
-/// What discovery currently knows (global cache and local announcements),
-/// for `/rest/system/discovery`.
-pub fn snapshot() -> HashMap<DeviceId, Vec<String>> {
-    let d = discovery();
-    let mut all = d.cache.snapshot();
-    for (id, addrs) in d.local.snapshot() {
-        all.entry(id).or_default().extend(addrs);
+impl Discovery {
+    /// What discovery currently knows (global cache and local
+    /// announcements), for `/rest/system/discovery`.
+    pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
+        let mut all = self.cache.snapshot();
+        for (id, addrs) in self.local.snapshot() {
+            all.entry(id).or_default().extend(addrs);
+        }
+        for v in all.values_mut() {
+            v.sort();
+            v.dedup();
+        }
+        all
     }
-    for v in all.values_mut() {
-        v.sort();
-        v.dedup();
-    }
-    all
 }
 
 /// How often the announcer looks at the configuration and our addresses.
@@ -53,7 +48,7 @@ pub async fn lookup(node: &Arc<Node>, device: DeviceId) -> Vec<String> {
     let options = node.config().options;
     let mut out: Vec<String> = Vec::new();
     if options.local_announce_enabled {
-        out.extend(discovery().local.get(&device));
+        out.extend(node.discovery.local.get(&device));
     }
     if options.global_announce_enabled {
         let servers: Vec<ServerUrl> = options
@@ -81,11 +76,13 @@ async fn lookup_one(
     device: DeviceId,
     dns: &[String],
 ) -> Vec<String> {
-    let d = discovery();
+    let d = &node.discovery;
     if let Some(cached) = d.cache.get(&server.text, &device) {
         return cached.unwrap_or_default();
     }
-    let addrs = match crate::connect::resolver()
+    let addrs = match node
+        .connect
+        .resolver
         .resolve(dns, &server.host, server.port)
         .await
     {
@@ -99,7 +96,6 @@ async fn lookup_one(
     };
     let path = format!("{}?device={device}", server.path);
     // Lookups carry no client certificate, as Syncthing 1.19.2.
-    let _ = node;
     let result = global::request(server, &addrs, None, http::Method::GET, &path, Vec::new()).await;
     let (ttl, answer, error) = global::lookup_outcome(&result);
     if let Some(e) = error {
@@ -129,7 +125,7 @@ pub async fn announce_loop(node: Arc<Node>) {
             state.clear();
             continue;
         }
-        let ours = crate::connect::announced_addresses();
+        let ours = node.connect.announced_addresses();
         let servers: Vec<ServerUrl> = options
             .global_announce_servers
             .iter()
@@ -165,10 +161,7 @@ pub async fn announce_loop(node: Arc<Node>) {
             let body = body.clone();
             let dns = options.dns_servers.clone();
             async move {
-                let result = match crate::connect::resolver()
-                    .resolve(&dns, &s.host, s.port)
-                    .await
-                {
+                let result = match node.connect.resolver.resolve(&dns, &s.host, s.port).await {
                     Ok(addrs) => {
                         global::request(
                             s,
@@ -194,7 +187,7 @@ pub async fn announce_loop(node: Arc<Node>) {
                     tracing::warn!(server = %server, error = %e, retry_s = delay.as_secs(), "announcement failed")
                 }
             }
-            discovery()
+            node.discovery
                 .status
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

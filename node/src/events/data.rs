@@ -7,7 +7,7 @@ use proto::bep::wire::FileInfo;
 use proto::DeviceId;
 use serde_json::{json, Value};
 
-use super::{bus, emit, Kind};
+use super::{Events, Kind};
 
 fn kind_name(f: &FileInfo) -> &'static str {
     match f.r#type {
@@ -15,62 +15,6 @@ fn kind_name(f: &FileInfo) -> &'static str {
         4 => "symlink",
         _ => "file",
     }
-}
-
-fn change(kind: Kind, folder: &str, f: &FileInfo) {
-    super::record::folder_file(folder, &f.name, f.deleted);
-    emit(
-        kind,
-        json!({
-            "folder": folder,
-            "folderID": folder,
-            "label": bus().label(folder),
-            "action": if f.deleted { "deleted" } else { "modified" },
-            "type": kind_name(f),
-            "path": f.name,
-            "modifiedBy": proto::ShortId(f.modified_by).to_string(),
-        }),
-    );
-}
-
-/// `LocalChangeDetected` for each valid item a scan recorded; returns the
-/// names for `LocalIndexUpdated`.
-pub fn local_changes<'a>(folder: &str, items: impl Iterator<Item = &'a FileInfo>) -> Vec<String> {
-    let mut names = Vec::new();
-    for f in items {
-        names.push(f.name.clone());
-        if !f.invalid {
-            change(Kind::LocalChangeDetected, folder, f);
-        }
-    }
-    names
-}
-
-pub fn local_index_updated(folder: &str, filenames: Vec<String>, sequence: i64) {
-    emit(
-        Kind::LocalIndexUpdated,
-        json!({"folder": folder, "items": filenames.len(), "filenames": filenames,
-               "sequence": sequence, "version": sequence}),
-    );
-}
-
-/// `RemoteChangeDetected` for each item the puller applied to disk;
-/// returns the names for `LocalIndexUpdated`.
-pub fn remote_changes<'a>(folder: &str, items: impl Iterator<Item = &'a FileInfo>) -> Vec<String> {
-    let mut names = Vec::new();
-    for f in items {
-        names.push(f.name.clone());
-        change(Kind::RemoteChangeDetected, folder, f);
-    }
-    names
-}
-
-pub fn remote_index_updated(device: &DeviceId, folder: &str, items: usize, sequence: i64) {
-    emit(
-        Kind::RemoteIndexUpdated,
-        json!({"device": device.to_string(), "folder": folder, "items": items,
-               "sequence": sequence, "version": sequence}),
-    );
 }
 
 fn action(f: &FileInfo) -> &'static str {
@@ -81,153 +25,232 @@ fn action(f: &FileInfo) -> &'static str {
     }
 }
 
-pub fn item_started(folder: &str, f: &FileInfo) {
-    super::progress::start(folder, f);
-    emit(
-        Kind::ItemStarted,
-        json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f)}),
-    );
-}
-
-/// `error` is null on success, as in Syncthing.
-pub fn item_finished(folder: &str, f: &FileInfo, error: Option<String>) {
-    super::progress::finish(folder, &f.name);
-    emit(
-        Kind::ItemFinished,
-        json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f),
-               "error": error}),
-    );
-}
-
-/// Sets a folder's state and emits `StateChanged` if it changed.
-pub fn set_state(folder: &str, state: &std::sync::Mutex<&'static str>, to: &'static str) {
-    let from = {
-        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *s, to)
-    };
-    if from == "scanning" {
-        super::record::folder_scanned(folder);
-    }
-    if from != to {
-        emit(
-            Kind::StateChanged,
-            json!({"folder": folder, "from": from, "to": to}),
+impl Events {
+    fn change(&self, kind: Kind, folder: &str, f: &FileInfo) {
+        self.records.folder_file(folder, &f.name, f.deleted);
+        self.emit(
+            kind,
+            json!({
+                "folder": folder,
+                "folderID": folder,
+                "label": self.bus.label(folder),
+                "action": if f.deleted { "deleted" } else { "modified" },
+                "type": kind_name(f),
+                "path": f.name,
+                "modifiedBy": proto::ShortId(f.modified_by).to_string(),
+            }),
         );
     }
-}
 
-pub fn scan_progress(folder: &str, current: u64, total: u64, rate: f64) {
-    emit(
-        Kind::FolderScanProgress,
-        json!({"folder": folder, "current": current, "total": total, "rate": rate}),
-    );
-}
-
-/// `FolderErrors` after a pull round with errors: (path, error) pairs.
-pub fn folder_errors(folder: &str, errors: &[(String, String)]) {
-    if errors.is_empty() {
-        return;
+    /// `LocalChangeDetected` for each valid item a scan recorded; returns the
+    /// names for `LocalIndexUpdated`.
+    pub fn local_changes<'a>(
+        &self,
+        folder: &str,
+        items: impl Iterator<Item = &'a FileInfo>,
+    ) -> Vec<String> {
+        let mut names = Vec::new();
+        for f in items {
+            names.push(f.name.clone());
+            if !f.invalid {
+                self.change(Kind::LocalChangeDetected, folder, f);
+            }
+        }
+        names
     }
-    super::record::log(
-        3,
-        format!(
-            "Folder {folder:?}: {} items could not be synced",
-            errors.len()
-        ),
-    );
-    let list: Vec<Value> = errors
-        .iter()
-        .map(|(p, e)| json!({"path": p, "error": e}))
-        .collect();
-    emit(
-        Kind::FolderErrors,
-        json!({"folder": folder, "errors": list}),
-    );
-}
 
-pub fn device_connected(
-    id: &DeviceId,
-    name: &str,
-    client_name: &str,
-    client_version: &str,
-    kind: &str,
-    addr: SocketAddr,
-) {
-    super::record::device_up(&id.to_string());
-    super::record::log(
-        2,
-        format!("Established connection to {id} ({name:?}, {kind}) at {addr}, {client_name} {client_version}"),
-    );
-    emit(
-        Kind::DeviceConnected,
-        json!({"id": id.to_string(), "deviceName": name, "clientName": client_name,
-               "clientVersion": client_version, "type": kind, "addr": addr.to_string()}),
-    );
-}
+    pub fn local_index_updated(&self, folder: &str, filenames: Vec<String>, sequence: i64) {
+        self.emit(
+            Kind::LocalIndexUpdated,
+            json!({"folder": folder, "items": filenames.len(), "filenames": filenames,
+                   "sequence": sequence, "version": sequence}),
+        );
+    }
 
-pub fn device_disconnected(id: &DeviceId, error: &str) {
-    super::record::device_down(&id.to_string());
-    super::record::log(2, format!("Connection to {id} closed: {error}"));
-    emit(
-        Kind::DeviceDisconnected,
-        json!({"id": id.to_string(), "error": error}),
-    );
-}
+    /// `RemoteChangeDetected` for each item the puller applied to disk;
+    /// returns the names for `LocalIndexUpdated`.
+    pub fn remote_changes<'a>(
+        &self,
+        folder: &str,
+        items: impl Iterator<Item = &'a FileInfo>,
+    ) -> Vec<String> {
+        let mut names = Vec::new();
+        for f in items {
+            names.push(f.name.clone());
+            self.change(Kind::RemoteChangeDetected, folder, f);
+        }
+        names
+    }
 
-pub fn pending_device_added(id: &DeviceId, name: &str, address: SocketAddr) {
-    super::record::log(
-        3,
-        format!("Connection from unknown device {id} ({name:?}) at {address} refused; it is listed as pending"),
-    );
-    emit(
-        Kind::PendingDevicesChanged,
-        json!({"added": [{"deviceID": id.to_string(), "name": name, "address": address.to_string()}]}),
-    );
-}
+    pub fn remote_index_updated(
+        &self,
+        device: &DeviceId,
+        folder: &str,
+        items: usize,
+        sequence: i64,
+    ) {
+        self.emit(
+            Kind::RemoteIndexUpdated,
+            json!({"device": device.to_string(), "folder": folder, "items": items,
+                   "sequence": sequence, "version": sequence}),
+        );
+    }
 
-pub fn pending_folder_added(folder: &str, label: &str, device: &DeviceId) {
-    emit(
-        Kind::PendingFoldersChanged,
-        json!({"added": [{"deviceID": device.to_string(), "folderID": folder, "folderLabel": label,
-                          "receiveEncrypted": false, "remoteEncrypted": false}]}),
-    );
-}
+    pub fn item_started(&self, folder: &str, f: &FileInfo) {
+        self.progress.start(folder, f);
+        self.emit(
+            Kind::ItemStarted,
+            json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f)}),
+        );
+    }
 
-/// `ConfigSaved` with the whole configuration as `/rest/config` shows it.
-/// Called without the configuration lock held (it reads the config).
-pub fn config_saved(node: &crate::model::Node) {
-    super::record::log(2, "Configuration saved".into());
-    bus().set_labels(&node.config());
-    emit(Kind::ConfigSaved, crate::rest::config::config_json(node));
-}
+    /// `error` is null on success, as in Syncthing.
+    pub fn item_finished(&self, folder: &str, f: &FileInfo, error: Option<String>) {
+        self.progress.finish(folder, &f.name);
+        self.emit(
+            Kind::ItemFinished,
+            json!({"folder": folder, "item": f.name, "type": kind_name(f), "action": action(f),
+                   "error": error}),
+        );
+    }
 
-pub fn starting(home: &std::path::Path, my_id: &DeviceId) {
-    super::record::log(2, format!("My ID: {my_id}"));
-    emit(
-        Kind::Starting,
-        json!({"home": home.display().to_string(), "myID": my_id.to_string()}),
-    );
-}
+    /// Sets a folder's state and emits `StateChanged` if it changed.
+    pub fn set_state(
+        &self,
+        folder: &str,
+        state: &std::sync::Mutex<&'static str>,
+        to: &'static str,
+    ) {
+        let from = {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *s, to)
+        };
+        if from == "scanning" {
+            self.records.folder_scanned(folder);
+        }
+        if from != to {
+            self.emit(
+                Kind::StateChanged,
+                json!({"folder": folder, "from": from, "to": to}),
+            );
+        }
+    }
 
-pub fn startup_complete(my_id: &DeviceId) {
-    super::record::log(2, "Startup complete".into());
-    emit(Kind::StartupComplete, json!({"myID": my_id.to_string()}));
-}
+    pub fn scan_progress(&self, folder: &str, current: u64, total: u64, rate: f64) {
+        self.emit(
+            Kind::FolderScanProgress,
+            json!({"folder": folder, "current": current, "total": total, "rate": rate}),
+        );
+    }
 
-pub fn device_paused(id: &DeviceId, paused: bool) {
-    let kind = if paused {
-        Kind::DevicePaused
-    } else {
-        Kind::DeviceResumed
-    };
-    emit(kind, json!({"device": id.to_string()}));
-}
+    /// `FolderErrors` after a pull round with errors: (path, error) pairs.
+    pub fn folder_errors(&self, folder: &str, errors: &[(String, String)]) {
+        if errors.is_empty() {
+            return;
+        }
+        self.records.log(
+            3,
+            format!(
+                "Folder {folder:?}: {} items could not be synced",
+                errors.len()
+            ),
+        );
+        let list: Vec<Value> = errors
+            .iter()
+            .map(|(p, e)| json!({"path": p, "error": e}))
+            .collect();
+        self.emit(
+            Kind::FolderErrors,
+            json!({"folder": folder, "errors": list}),
+        );
+    }
 
-pub fn folder_paused(id: &str, label: &str, paused: bool) {
-    let kind = if paused {
-        Kind::FolderPaused
-    } else {
-        Kind::FolderResumed
-    };
-    emit(kind, json!({"id": id, "label": label}));
+    pub fn device_connected(
+        &self,
+        id: &DeviceId,
+        name: &str,
+        client_name: &str,
+        client_version: &str,
+        kind: &str,
+        addr: SocketAddr,
+    ) {
+        self.records.device_up(&id.to_string());
+        self.records.log(
+            2,
+            format!("Established connection to {id} ({name:?}, {kind}) at {addr}, {client_name} {client_version}"),
+        );
+        self.emit(
+            Kind::DeviceConnected,
+            json!({"id": id.to_string(), "deviceName": name, "clientName": client_name,
+                   "clientVersion": client_version, "type": kind, "addr": addr.to_string()}),
+        );
+    }
+
+    pub fn device_disconnected(&self, id: &DeviceId, error: &str) {
+        self.records.device_down(&id.to_string());
+        self.records
+            .log(2, format!("Connection to {id} closed: {error}"));
+        self.emit(
+            Kind::DeviceDisconnected,
+            json!({"id": id.to_string(), "error": error}),
+        );
+    }
+
+    pub fn pending_device_added(&self, id: &DeviceId, name: &str, address: SocketAddr) {
+        self.records.log(
+            3,
+            format!("Connection from unknown device {id} ({name:?}) at {address} refused; it is listed as pending"),
+        );
+        self.emit(
+            Kind::PendingDevicesChanged,
+            json!({"added": [{"deviceID": id.to_string(), "name": name, "address": address.to_string()}]}),
+        );
+    }
+
+    pub fn pending_folder_added(&self, folder: &str, label: &str, device: &DeviceId) {
+        self.emit(
+            Kind::PendingFoldersChanged,
+            json!({"added": [{"deviceID": device.to_string(), "folderID": folder, "folderLabel": label,
+                              "receiveEncrypted": false, "remoteEncrypted": false}]}),
+        );
+    }
+
+    /// `ConfigSaved` with the whole configuration as `/rest/config` shows it.
+    /// Called without the configuration lock held (it reads the config).
+    pub fn config_saved(&self, node: &crate::model::Node) {
+        self.records.log(2, "Configuration saved".into());
+        self.bus.set_labels(&node.config());
+        self.emit(Kind::ConfigSaved, crate::rest::config::config_json(node));
+    }
+
+    pub fn starting(&self, home: &std::path::Path, my_id: &DeviceId) {
+        self.records.log(2, format!("My ID: {my_id}"));
+        self.emit(
+            Kind::Starting,
+            json!({"home": home.display().to_string(), "myID": my_id.to_string()}),
+        );
+    }
+
+    pub fn startup_complete(&self, my_id: &DeviceId) {
+        self.records.log(2, "Startup complete".into());
+        self.emit(Kind::StartupComplete, json!({"myID": my_id.to_string()}));
+    }
+
+    pub fn device_paused(&self, id: &DeviceId, paused: bool) {
+        let kind = if paused {
+            Kind::DevicePaused
+        } else {
+            Kind::DeviceResumed
+        };
+        self.emit(kind, json!({"device": id.to_string()}));
+    }
+
+    pub fn folder_paused(&self, id: &str, label: &str, paused: bool) {
+        let kind = if paused {
+            Kind::FolderPaused
+        } else {
+            Kind::FolderResumed
+        };
+        self.emit(kind, json!({"id": id, "label": label}));
+    }
 }

@@ -3,9 +3,10 @@
 //! on-disk change events apart, so a big scan cannot push state events
 //! out) and read by `/rest/events` long polls.
 //!
-//! One node runs per process (the home is locked), so the bus is a
-//! process-wide value: any part of the node emits with one call, without
-//! threading a handle through the scanner and puller.
+//! Each node owns one [`Events`] (`node.events`): its bus, its records
+//! (`record.rs`) and its download progress (`progress.rs`), so two nodes
+//! in one process never see each other's events. The functions of
+//! `data.rs` build each event's data and feed the records with it.
 
 mod data;
 mod kind;
@@ -15,13 +16,12 @@ mod ring;
 pub mod summaries;
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-pub use data::*;
 pub use kind::{Kind, Mask};
 use ring::Ring;
 
@@ -150,14 +150,34 @@ impl Bus {
     }
 }
 
-static BUS: LazyLock<Bus> = LazyLock::new(|| Bus::new(RING_CAPACITY));
-
-pub fn bus() -> &'static Bus {
-    &BUS
+/// One node's events and what it records beside them.
+pub struct Events {
+    pub bus: Bus,
+    /// Log lines, errors, device and folder statistics; shared with the
+    /// log subscriber, which feeds it every line.
+    pub records: Arc<record::Records>,
+    /// Files being pulled, for `DownloadProgress`.
+    pub progress: progress::Progress,
 }
 
-pub fn emit(kind: Kind, data: Value) {
-    BUS.emit(kind, data);
+impl Default for Events {
+    fn default() -> Self {
+        Events::new(Arc::default())
+    }
+}
+
+impl Events {
+    pub fn new(records: Arc<record::Records>) -> Events {
+        Events {
+            bus: Bus::new(RING_CAPACITY),
+            records,
+            progress: Default::default(),
+        }
+    }
+
+    pub fn emit(&self, kind: Kind, data: Value) {
+        self.bus.emit(kind, data);
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! flight are held, so the registry stays small.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 
 use proto::bep::wire::FileInfo;
 use serde_json::{json, Value};
@@ -21,7 +21,7 @@ pub enum Source {
 }
 
 #[derive(Default)]
-struct Progress {
+struct FileProgress {
     total: u64,
     reused: u64,
     copied: u64,
@@ -31,90 +31,97 @@ struct Progress {
 }
 
 struct Registry {
-    files: HashMap<String, HashMap<String, Progress>>,
+    files: HashMap<String, HashMap<String, FileProgress>>,
     changed: bool,
 }
 
-static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
-    Mutex::new(Registry {
-        files: HashMap::new(),
-        changed: false,
-    })
-});
+/// The files one node is pulling (see the module documentation).
+pub struct Progress(Mutex<Registry>);
 
-fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
-    f(&mut REGISTRY.lock().unwrap_or_else(|p| p.into_inner()))
-}
-
-pub(super) fn start(folder: &str, f: &FileInfo) {
-    if f.r#type != 0 || f.deleted || f.blocks.is_empty() {
-        return;
+impl Default for Progress {
+    fn default() -> Self {
+        Progress(Mutex::new(Registry {
+            files: HashMap::new(),
+            changed: false,
+        }))
     }
-    with(|r| {
-        r.files.entry(folder.to_string()).or_default().insert(
-            f.name.clone(),
-            Progress {
-                total: f.blocks.len() as u64,
-                bytes_total: f.size.max(0) as u64,
-                ..Default::default()
-            },
-        );
-        r.changed = true;
-    });
 }
 
-pub(super) fn finish(folder: &str, name: &str) {
-    with(|r| {
-        if let Some(m) = r.files.get_mut(folder) {
-            if m.remove(name).is_some() {
-                r.changed = true;
-            }
-            if m.is_empty() {
-                r.files.remove(folder);
-            }
-        }
-    });
-}
+impl Progress {
+    fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 
-/// One block of `name` is in place.
-pub fn block(folder: &str, name: &str, bytes: usize, source: Source) {
-    with(|r| {
-        let Some(p) = r.files.get_mut(folder).and_then(|m| m.get_mut(name)) else {
+    pub(super) fn start(&self, folder: &str, f: &FileInfo) {
+        if f.r#type != 0 || f.deleted || f.blocks.is_empty() {
             return;
-        };
-        match source {
-            Source::Reused => p.reused += 1,
-            Source::Copied => p.copied += 1,
-            Source::Pulled => p.pulled += 1,
         }
-        p.bytes_done += bytes as u64;
-        r.changed = true;
-    });
-}
+        self.with(|r| {
+            r.files.entry(folder.to_string()).or_default().insert(
+                f.name.clone(),
+                FileProgress {
+                    total: f.blocks.len() as u64,
+                    bytes_total: f.size.max(0) as u64,
+                    ..Default::default()
+                },
+            );
+            r.changed = true;
+        });
+    }
 
-/// The event data if anything changed since the last call.
-pub(super) fn take_changes() -> Option<Value> {
-    with(|r| {
-        if !r.changed {
-            return None;
-        }
-        r.changed = false;
-        let mut out = serde_json::Map::new();
-        for (folder, files) in &r.files {
-            let mut fm = serde_json::Map::new();
-            for (name, p) in files {
-                fm.insert(
-                    name.clone(),
-                    json!({"total": p.total, "reused": p.reused, "copiedFromOrigin": p.copied,
+    pub(super) fn finish(&self, folder: &str, name: &str) {
+        self.with(|r| {
+            if let Some(m) = r.files.get_mut(folder) {
+                if m.remove(name).is_some() {
+                    r.changed = true;
+                }
+                if m.is_empty() {
+                    r.files.remove(folder);
+                }
+            }
+        });
+    }
+
+    /// One block of `name` is in place.
+    pub fn block(&self, folder: &str, name: &str, bytes: usize, source: Source) {
+        self.with(|r| {
+            let Some(p) = r.files.get_mut(folder).and_then(|m| m.get_mut(name)) else {
+                return;
+            };
+            match source {
+                Source::Reused => p.reused += 1,
+                Source::Copied => p.copied += 1,
+                Source::Pulled => p.pulled += 1,
+            }
+            p.bytes_done += bytes as u64;
+            r.changed = true;
+        });
+    }
+
+    /// The event data if anything changed since the last call.
+    pub(super) fn take_changes(&self) -> Option<Value> {
+        self.with(|r| {
+            if !r.changed {
+                return None;
+            }
+            r.changed = false;
+            let mut out = serde_json::Map::new();
+            for (folder, files) in &r.files {
+                let mut fm = serde_json::Map::new();
+                for (name, p) in files {
+                    fm.insert(
+                        name.clone(),
+                        json!({"total": p.total, "reused": p.reused, "copiedFromOrigin": p.copied,
                            "copiedFromOriginShifted": 0, "copiedFromElsewhere": 0,
                            "pulled": p.pulled, "pulling": 0,
                            "bytesDone": p.bytes_done, "bytesTotal": p.bytes_total}),
-                );
+                    );
+                }
+                out.insert(folder.clone(), Value::Object(fm));
             }
-            out.insert(folder.clone(), Value::Object(fm));
-        }
-        Some(Value::Object(out))
-    })
+            Some(Value::Object(out))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -129,10 +136,11 @@ mod tests {
             blocks: vec![Default::default(); 3],
             ..Default::default()
         };
-        start("pt", &f);
-        block("pt", "progress-test.bin", 100, Source::Pulled);
-        block("pt", "progress-test.bin", 100, Source::Copied);
-        let v = take_changes().unwrap();
+        let progress = Progress::default();
+        progress.start("pt", &f);
+        progress.block("pt", "progress-test.bin", 100, Source::Pulled);
+        progress.block("pt", "progress-test.bin", 100, Source::Copied);
+        let v = progress.take_changes().unwrap();
         let p = &v["pt"]["progress-test.bin"];
         assert_eq!(
             (
@@ -142,8 +150,8 @@ mod tests {
             ),
             (Some(1), Some(200), Some(3))
         );
-        finish("pt", "progress-test.bin");
-        let v = take_changes().unwrap();
+        progress.finish("pt", "progress-test.bin");
+        let v = progress.take_changes().unwrap();
         assert!(v.get("pt").is_none());
     }
 }

@@ -3,9 +3,14 @@
 //! log lines and errors (bounded rings), when each device was last seen,
 //! when each folder was last scanned and its last changed file. Runtime
 //! only: they start empty after a restart.
+//!
+//! The log lines come from the process's `tracing` subscriber, which
+//! exists before the node does: the program makes the [`Records`] first,
+//! hands the subscriber a closure holding an `Arc` of it, then gives the
+//! same `Arc` to the node.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::ring::Ring;
@@ -36,165 +41,175 @@ pub struct FolderStats {
     pub last_file: Option<(SystemTime, String, bool)>,
 }
 
-struct Records {
+struct Inner {
     log: Ring<Line>,
     errors: Ring<Line>,
     devices: HashMap<String, DeviceStats>,
     folders: HashMap<String, FolderStats>,
 }
 
-static RECORDS: LazyLock<Mutex<Records>> = LazyLock::new(|| {
-    Mutex::new(Records {
-        log: Ring::new(LOG_LINES),
-        errors: Ring::new(ERRORS),
-        devices: HashMap::new(),
-        folders: HashMap::new(),
-    })
-});
+/// One node's records (see the module documentation).
+pub struct Records(Mutex<Inner>);
 
-fn with<T>(f: impl FnOnce(&mut Records) -> T) -> T {
-    f(&mut RECORDS.lock().unwrap_or_else(|p| p.into_inner()))
+impl Default for Records {
+    fn default() -> Self {
+        Records(Mutex::new(Inner {
+            log: Ring::new(LOG_LINES),
+            errors: Ring::new(ERRORS),
+            devices: HashMap::new(),
+            folders: HashMap::new(),
+        }))
+    }
 }
 
-pub fn log(level: u8, message: String) {
-    let line = Line {
-        when: SystemTime::now(),
-        level,
-        message,
-    };
-    with(|r| r.log.push(line));
-}
+impl Records {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 
-/// An error shown by `/rest/system/error` (and logged).
-pub fn error(message: String) {
-    log(4, message.clone());
-    let line = Line {
-        when: SystemTime::now(),
-        level: 4,
-        message,
-    };
-    with(|r| r.errors.push(line));
-}
+    pub fn log(&self, level: u8, message: String) {
+        let line = Line {
+            when: SystemTime::now(),
+            level,
+            message,
+        };
+        self.with(|r| r.log.push(line));
+    }
 
-pub fn clear_errors() {
-    with(|r| r.errors = Ring::new(ERRORS));
-}
+    /// An error shown by `/rest/system/error` (and logged).
+    pub fn error(&self, message: String) {
+        self.log(4, message.clone());
+        let line = Line {
+            when: SystemTime::now(),
+            level: 4,
+            message,
+        };
+        self.with(|r| r.errors.push(line));
+    }
 
-/// (when, level, message) of the kept lines after `since`.
-pub fn log_lines(since: Option<SystemTime>) -> Vec<(SystemTime, u8, String)> {
-    with(|r| {
-        r.log
-            .iter()
-            .filter(|l| since.is_none_or(|s| l.when > s))
-            .map(|l| (l.when, l.level, l.message.clone()))
-            .collect()
-    })
-}
+    pub fn clear_errors(&self) {
+        self.with(|r| r.errors = Ring::new(ERRORS));
+    }
 
-pub fn errors() -> Vec<(SystemTime, u8, String)> {
-    with(|r| {
-        r.errors
-            .iter()
-            .map(|l| (l.when, l.level, l.message.clone()))
-            .collect()
-    })
-}
+    /// (when, level, message) of the kept lines after `since`.
+    pub fn log_lines(&self, since: Option<SystemTime>) -> Vec<(SystemTime, u8, String)> {
+        self.with(|r| {
+            r.log
+                .iter()
+                .filter(|l| since.is_none_or(|s| l.when > s))
+                .map(|l| (l.when, l.level, l.message.clone()))
+                .collect()
+        })
+    }
 
-pub fn device_up(id: &str) {
-    let now = SystemTime::now();
-    with(|r| {
-        let d = r.devices.entry(id.to_string()).or_default();
-        d.last_seen = Some(now);
-        d.connected_since = Some(now);
-    });
-}
+    pub fn errors(&self) -> Vec<(SystemTime, u8, String)> {
+        self.with(|r| {
+            r.errors
+                .iter()
+                .map(|l| (l.when, l.level, l.message.clone()))
+                .collect()
+        })
+    }
 
-pub fn device_down(id: &str) {
-    let now = SystemTime::now();
-    with(|r| {
-        let d = r.devices.entry(id.to_string()).or_default();
-        d.last_seen = Some(now);
-        if let Some(since) = d.connected_since.take() {
-            d.last_duration_s = now.duration_since(since).unwrap_or_default().as_secs_f64();
-        }
-    });
-}
+    pub fn device_up(&self, id: &str) {
+        let now = SystemTime::now();
+        self.with(|r| {
+            let d = r.devices.entry(id.to_string()).or_default();
+            d.last_seen = Some(now);
+            d.connected_since = Some(now);
+        });
+    }
 
-pub fn device_stats(id: &str) -> DeviceStats {
-    with(|r| {
-        let mut d = r.devices.get(id).cloned().unwrap_or_default();
-        // While connected, "last seen" is now.
-        if d.connected_since.is_some() {
-            d.last_seen = Some(SystemTime::now());
-        }
-        d
-    })
-}
-
-pub fn folder_scanned(folder: &str) {
-    let now = SystemTime::now();
-    with(|r| r.folders.entry(folder.to_string()).or_default().last_scan = Some(now));
-}
-
-pub fn folder_file(folder: &str, name: &str, deleted: bool) {
-    let now = SystemTime::now();
-    with(|r| {
-        r.folders.entry(folder.to_string()).or_default().last_file =
-            Some((now, name.to_string(), deleted));
-    });
-}
-
-pub fn folder_stats(folder: &str) -> FolderStats {
-    with(|r| r.folders.get(folder).cloned().unwrap_or_default())
-}
-
-/// A line the logger wrote (see `daemon::LogArgs::init_with_copy`): kept
-/// for `/rest/system/log` without colours or the timestamp (the entry has
-/// its own), with Syncthing's level numbers.
-pub fn log_line(text: &str) {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip a CSI sequence: ESC [ … final byte.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
+    pub fn device_down(&self, id: &str) {
+        let now = SystemTime::now();
+        self.with(|r| {
+            let d = r.devices.entry(id.to_string()).or_default();
+            d.last_seen = Some(now);
+            if let Some(since) = d.connected_since.take() {
+                d.last_duration_s = now.duration_since(since).unwrap_or_default().as_secs_f64();
             }
-            continue;
+        });
+    }
+
+    pub fn device_stats(&self, id: &str) -> DeviceStats {
+        self.with(|r| {
+            let mut d = r.devices.get(id).cloned().unwrap_or_default();
+            // While connected, "last seen" is now.
+            if d.connected_since.is_some() {
+                d.last_seen = Some(SystemTime::now());
+            }
+            d
+        })
+    }
+
+    pub fn folder_scanned(&self, folder: &str) {
+        let now = SystemTime::now();
+        self.with(|r| r.folders.entry(folder.to_string()).or_default().last_scan = Some(now));
+    }
+
+    pub fn folder_file(&self, folder: &str, name: &str, deleted: bool) {
+        let now = SystemTime::now();
+        self.with(|r| {
+            r.folders.entry(folder.to_string()).or_default().last_file =
+                Some((now, name.to_string(), deleted));
+        });
+    }
+
+    pub fn folder_stats(&self, folder: &str) -> FolderStats {
+        self.with(|r| r.folders.get(folder).cloned().unwrap_or_default())
+    }
+
+    /// A line the logger wrote (see `daemon::LogArgs::init_with_copy`): kept
+    /// for `/rest/system/log` without colours or the timestamp (the entry has
+    /// its own), with Syncthing's level numbers.
+    pub fn log_line(&self, text: &str) {
+        let mut plain = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // Skip a CSI sequence: ESC [ … final byte.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            plain.push(c);
         }
-        plain.push(c);
+        let line = plain.trim();
+        if line.is_empty() {
+            return;
+        }
+        let level = if line.contains("ERROR") {
+            4
+        } else if line.contains("WARN") {
+            3
+        } else if line.contains("DEBUG") || line.contains("TRACE") {
+            1
+        } else {
+            2
+        };
+        // `2026-01-02T03:04:05.123456Z  INFO target: message` → `INFO target: message`.
+        let message = match line.split_once(char::is_whitespace) {
+            Some((first, rest)) if first.starts_with(|c: char| c.is_ascii_digit()) => {
+                rest.trim_start()
+            }
+            _ => line,
+        };
+        self.log(level, message.to_string());
     }
-    let line = plain.trim();
-    if line.is_empty() {
-        return;
-    }
-    let level = if line.contains("ERROR") {
-        4
-    } else if line.contains("WARN") {
-        3
-    } else if line.contains("DEBUG") || line.contains("TRACE") {
-        1
-    } else {
-        2
-    };
-    // `2026-01-02T03:04:05.123456Z  INFO target: message` → `INFO target: message`.
-    let message = match line.split_once(char::is_whitespace) {
-        Some((first, rest)) if first.starts_with(|c: char| c.is_ascii_digit()) => rest.trim_start(),
-        _ => line,
-    };
-    log(level, message.to_string());
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn log_lines_lose_colours_and_timestamps() {
-        super::log_line(
+        let records = super::Records::default();
+        records.log_line(
             "\u{1b}[2m2026-01-02T03:04:05Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m node::x: disk low\n",
         );
-        let lines = super::log_lines(None);
+        let lines = records.log_lines(None);
         let (_, level, msg) = lines.last().unwrap();
         assert_eq!((*level, msg.as_str()), (3, "WARN node::x: disk low"));
     }

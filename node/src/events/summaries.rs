@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{emit, Kind};
+use super::Kind;
 use crate::model::Node;
 use crate::pull::summaries::Figures;
 
@@ -28,8 +28,8 @@ pub async fn run(node: Arc<Node>) {
         ticks += 1;
         // Syncthing's default progressUpdateIntervalS.
         if ticks.is_multiple_of(PROGRESS_EVERY_TICKS) {
-            if let Some(p) = super::progress::take_changes() {
-                emit(Kind::DownloadProgress, p);
+            if let Some(p) = node.events.progress.take_changes() {
+                node.events.emit(Kind::DownloadProgress, p);
             }
         }
         // Nothing changed (index, folder states, connections): the figures
@@ -102,7 +102,7 @@ fn check(node: &Node, mut last: Seen) -> (Seen, u64) {
         oldest = oldest.min(generation);
         let key = (f.id.clone(), None);
         if last.remove(&key).as_ref() != Some(&summary) {
-            emit(
+            node.events.emit(
                 Kind::FolderSummary,
                 json!({"folder": f.id, "summary": summary}),
             );
@@ -128,7 +128,7 @@ fn check(node: &Node, mut last: Seen) -> (Seen, u64) {
                 if let Some(o) = ev.as_object_mut() {
                     o.remove("remoteState");
                 }
-                emit(Kind::FolderCompletion, ev);
+                node.events.emit(Kind::FolderCompletion, ev);
             }
             next.insert(key, std::mem::take(&mut comp));
         }

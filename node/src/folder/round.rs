@@ -54,25 +54,29 @@ pub async fn run(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()
 /// Scans the folder on the blocking pool; true if the scan succeeded.
 async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bool {
     let folder = &f.id;
-    crate::events::set_state(folder, &rt.state, "scanning");
+    node.events.set_state(folder, &rt.state, "scanning");
     let live = Arc::new(scan::Live::default());
     // Dropped when the scan ends, or with this future when the node stops:
     // then the blocking scan is told to stop too, not left running alone.
     let guard = ScanGuard {
         live: live.clone(),
-        reporter: tokio::spawn(progress::report(folder.clone(), live.clone())),
+        reporter: tokio::spawn(progress::report(node.clone(), folder.clone(), live.clone())),
     };
     let (node2, rt2, live2) = (node.clone(), rt.clone(), live.clone());
     let (fid, path) = (f.id.clone(), f.path.clone());
     let short = node.my_id.short().0;
     let receive_only = f.kind == "receiveonly";
     let result = tokio::task::spawn_blocking(move || {
+        let target = scan::Target {
+            folder: &fid,
+            root: &path,
+            short_id: short,
+            receive_only,
+        };
         scan::scan_folder(
             &node2.db,
-            &fid,
-            &path,
-            short,
-            receive_only,
+            &node2.events,
+            target,
             &|seq| {
                 rt2.sequence.send_replace(seq);
             },
@@ -82,10 +86,12 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
     .await;
     drop(guard);
     progress::clear_line();
-    crate::events::set_state(folder, &rt.state, "idle");
+    node.events.set_state(folder, &rt.state, "idle");
     match result {
         Ok(Ok(stats)) => {
             log_scan(folder, &stats);
+            node.metrics.hashed_files.inc_by(stats.hashed_files as u64);
+            node.metrics.hashed_bytes.inc_by(stats.hashed_bytes);
             rt.sequence.send_replace(stats.sequence);
             true
         }
@@ -147,7 +153,7 @@ fn start_watcher(f: &FolderConfig, rt: &FolderRuntime) -> Option<notify::Recomme
 /// rescan interval.
 async fn pull_round(node: &Arc<Node>, f: &FolderConfig, rt: &FolderRuntime) -> Option<Duration> {
     let folder = &f.id;
-    crate::events::set_state(folder, &rt.state, "syncing");
+    node.events.set_state(folder, &rt.state, "syncing");
     let mut retry_soon = None;
     match pull::round(node, f).await {
         Ok(stats) => {
@@ -163,7 +169,7 @@ async fn pull_round(node: &Arc<Node>, f: &FolderConfig, rt: &FolderRuntime) -> O
             } else if !stats.errors.is_empty() {
                 retry_soon = Some(PULL_RETRY);
             }
-            crate::events::folder_errors(folder, &stats.errors);
+            node.events.folder_errors(folder, &stats.errors);
             *rt.pull_errors.lock().unwrap_or_else(|p| p.into_inner()) = stats.errors;
         }
         Err(e) => {
@@ -171,7 +177,7 @@ async fn pull_round(node: &Arc<Node>, f: &FolderConfig, rt: &FolderRuntime) -> O
             retry_soon = Some(PULL_RETRY);
         }
     }
-    crate::events::set_state(folder, &rt.state, "idle");
+    node.events.set_state(folder, &rt.state, "idle");
     retry_soon
 }
 

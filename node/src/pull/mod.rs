@@ -38,7 +38,7 @@ use std::io::ErrorKind;
 use std::ops::ControlFlow;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,10 +58,6 @@ use disk::{basename, dirname, LocallyChanged};
 use need::Needed;
 use summaries::{Figures, LocalCounts, Summary};
 use verify::{TempFile, Verifier};
-
-/// Block data fetched from peers / copied from local files, since start.
-pub static PULLED_BYTES: AtomicU64 = AtomicU64::new(0);
-pub static REUSED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Requested block data in flight per round (all files together).
 const IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
@@ -378,9 +374,9 @@ async fn pull_one(ctx: &Arc<Ctx>, n: Needed) -> Result<Option<Change>> {
     match load(&ctx.node, &ctx.folder, n)? {
         Some(n) => {
             let n = Arc::new(n);
-            crate::events::item_started(&ctx.folder, &n.global);
+            ctx.node.events.item_started(&ctx.folder, &n.global);
             let r = apply(ctx, &n).await;
-            crate::events::item_finished(
+            ctx.node.events.item_finished(
                 &ctx.folder,
                 &n.global,
                 r.as_ref().err().map(|e| format!("{e:#}")),
@@ -439,9 +435,11 @@ fn record(ctx: &Ctx, changes: Vec<Change>) -> Result<()> {
         return Ok(());
     }
     let (node, folder) = (&ctx.node, ctx.folder.as_str());
-    let names = crate::events::remote_changes(folder, changes.iter().map(|c| &c.info));
+    let names = node
+        .events
+        .remote_changes(folder, changes.iter().map(|c| &c.info));
     let seq = node.db.apply(folder, changes)?;
-    crate::events::local_index_updated(folder, names, seq);
+    node.events.local_index_updated(folder, names, seq);
     if let Some(rt) = node.folder_runtime(folder) {
         rt.sequence.send_replace(seq);
     }
@@ -482,9 +480,7 @@ fn locate(ctx: &Ctx, name: &str, create: bool) -> Result<Option<Dir>> {
     let found = disk::parent_dir(&ctx.root_dir, name, create);
     if let Err(e) = &found {
         if e.downcast_ref::<disk::NotADirectory>().is_some() {
-            ctx.node
-                .pull_refused_not_a_dir
-                .fetch_add(1, Ordering::Relaxed);
+            ctx.node.metrics.pull_refused_not_a_dir.inc();
         }
     }
     found
@@ -785,8 +781,8 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
         // A temp file from an interrupted pull keeps its verified blocks.
         if off + size as u64 <= temp_len && disk::read_verified(&file, off, size, &b.hash).is_some()
         {
-            REUSED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
-            crate::events::progress::block(
+            ctx.node.metrics.reused_bytes.inc_by(size as u64);
+            ctx.node.events.progress.block(
                 &ctx.folder,
                 &g.name,
                 size,
@@ -812,8 +808,8 @@ fn prepare_file(ctx: &Ctx, n: &Needed) -> Result<Prepared> {
         if let Some(data) = local {
             file.write_all_at(&data, off)
                 .with_context(|| format!("cannot write {temp:?}"))?;
-            REUSED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
-            crate::events::progress::block(
+            ctx.node.metrics.reused_bytes.inc_by(size as u64);
+            ctx.node.events.progress.block(
                 &ctx.folder,
                 &g.name,
                 size,
@@ -909,8 +905,8 @@ async fn fetch_block(
             .verify_and_write(data, b.clone(), sink.clone())
             .await?
         {
-            PULLED_BYTES.fetch_add(len as u64, Ordering::Relaxed);
-            crate::events::progress::block(
+            ctx.node.metrics.pulled_bytes.inc_by(len as u64);
+            ctx.node.events.progress.block(
                 &ctx.folder,
                 &n.global.name,
                 len,

@@ -22,7 +22,7 @@ pub async fn route(c: &Call) -> Answer {
                     .remove(&id)
                     .is_some();
                 if removed {
-                    crate::events::emit(
+                    node.events.emit(
                         crate::events::Kind::PendingDevicesChanged,
                         json!({"removed": [{"deviceID": id.to_string()}]}),
                     );
@@ -62,7 +62,7 @@ pub async fn route(c: &Call) -> Answer {
                 }
                 drop(all);
                 if !removed.is_empty() {
-                    crate::events::emit(
+                    node.events.emit(
                         crate::events::Kind::PendingFoldersChanged,
                         json!({"removed": removed}),
                     );

@@ -4,7 +4,7 @@
 //! validated as a whole, saved atomically by `Config::save`, then put in
 //! effect; an invalid one is a 400 naming the field and nothing is saved.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -19,18 +19,9 @@ const CONFIG_VERSION: u32 = 36;
 /// bcrypt cost for a password set over the API (Syncthing uses the default).
 const BCRYPT_COST: u32 = 10;
 
-/// The configuration the process started with: address, key and listen
-/// addresses only change at the next start (`restart-required`).
-static STARTUP: OnceLock<Config> = OnceLock::new();
-
-pub fn remember_startup(node: &Node) {
-    let _ = STARTUP.set(node.config());
-}
-
+/// Address, key and listen addresses only change at the next start.
 fn restart_required(node: &Node) -> bool {
-    let Some(start) = STARTUP.get() else {
-        return false;
-    };
+    let start = &node.startup_config;
     let now = node.config();
     now.gui.address != start.gui.address
         || now.gui.api_key != start.gui.api_key
@@ -273,7 +264,7 @@ fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -
     });
     match result {
         Ok(after) => {
-            paused_events(&before, &after);
+            paused_events(node, &before, &after);
             match crate::handle::apply_config(node) {
                 Ok(()) => Ok(ok()),
                 Err(e) => Err(internal(format!("saved, but not applied: {e:#}"))),
@@ -285,18 +276,18 @@ fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -
 
 /// `FolderPaused`/`FolderResumed`, `DevicePaused`/`DeviceResumed` for
 /// what a change paused or resumed, whichever endpoint made it.
-fn paused_events(before: &Config, after: &Config) {
+fn paused_events(node: &Node, before: &Config, after: &Config) {
     for f in &after.folders {
         if let Some(old) = before.folders.iter().find(|o| o.id == f.id) {
             if old.paused != f.paused {
-                crate::events::folder_paused(&f.id, &f.label, f.paused);
+                node.events.folder_paused(&f.id, &f.label, f.paused);
             }
         }
     }
     for d in &after.devices {
         let Ok(id) = d.id() else { continue };
         if before.device(&id).is_some_and(|o| o.paused != d.paused) {
-            crate::events::device_paused(&id, d.paused);
+            node.events.device_paused(&id, d.paused);
         }
     }
 }

@@ -7,7 +7,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::http_util::{json, not_found, Answer, Call};
-use crate::events::{bus, Mask};
+use crate::events::Mask;
 
 /// Syncthing's default long-poll timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,7 +29,7 @@ pub async fn route(c: &Call) -> Answer {
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
         .min(MAX_TIMEOUT);
-    let mut events = bus().wait(since, &mask, timeout).await;
+    let mut events = c.node.events.bus.wait(since, &mask, timeout).await;
     // `limit` keeps the newest events, as Syncthing does.
     if limit > 0 && limit < events.len() {
         events.drain(..events.len() - limit);

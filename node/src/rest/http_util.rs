@@ -22,11 +22,8 @@ pub struct Call {
     pub method: Method,
     pub path: String,
     pub query: HashMap<String, String>,
-    #[allow(dead_code)] // for handlers that look at headers
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// REST refusals by reason, for `/metrics`.
-    pub refusals: Arc<super::auth::Refusals>,
 }
 
 impl Call {

@@ -11,7 +11,7 @@
 // them would only add an allocation to every early return.
 #![allow(clippy::result_large_err)]
 
-mod auth;
+pub mod auth;
 mod cluster;
 pub(crate) mod config;
 mod config_shape;
@@ -64,7 +64,6 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let guard = Arc::new(auth::Guard::new(&node));
     node.shutdown
         .spawn_until_cancelled(crate::events::summaries::run(node.clone()));
-    config::remember_startup(&node);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_source = Arc::new(source::PerSource::new(MAX_CONNECTIONS_PER_SOURCE));
     loop {
@@ -165,7 +164,6 @@ async fn handle(
                 query: parse_query(parts.uri.query()),
                 headers: parts.headers,
                 body,
-                refusals: guard.refusals.clone(),
             };
             let mut r = match route(&call).await {
                 Ok(r) | Err(r) => r,

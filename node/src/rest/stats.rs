@@ -5,7 +5,6 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::http_util::{json, not_found, rfc3339, Answer, Call};
-use crate::events::record;
 
 /// Go's zero time, what Syncthing shows for "never".
 const NEVER: &str = "1970-01-01T00:00:00Z";
@@ -24,7 +23,7 @@ pub async fn route(c: &Call) -> Answer {
                 .collect();
             ids.push(node.my_id.to_string());
             for id in ids {
-                let s = record::device_stats(&id);
+                let s = node.events.records.device_stats(&id);
                 out.insert(
                     id,
                     json!({
@@ -39,7 +38,7 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET])?;
             let mut out = serde_json::Map::new();
             for f in node.config().folders {
-                let s = record::folder_stats(&f.id);
+                let s = node.events.records.folder_stats(&f.id);
                 let last_file = match s.last_file {
                     Some((at, name, deleted)) => {
                         json!({"at": rfc3339(at), "filename": name, "deleted": deleted})

@@ -7,8 +7,6 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::http_util::{bad, internal, json, not_found, ok, rfc3339, text, Answer, Call};
-use crate::events::record;
-use crate::scan::{TOTAL_HASHED_BYTES, TOTAL_HASHED_FILES};
 
 /// Directory entries `/rest/system/browse` lists at most.
 const BROWSE_MAX: usize = 1000;
@@ -58,10 +56,13 @@ pub async fn route(c: &Call) -> Answer {
                 if msg.is_empty() {
                     return Err(bad("empty error message"));
                 }
-                record::error(msg);
+                node.events.records.error(msg);
                 return Ok(ok());
             }
-            let errors: Vec<Value> = record::errors()
+            let errors: Vec<Value> = node
+                .events
+                .records
+                .errors()
                 .into_iter()
                 .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
                 .collect();
@@ -69,13 +70,16 @@ pub async fn route(c: &Call) -> Answer {
         }
         "/rest/system/error/clear" => {
             c.allow(&[Method::POST])?;
-            record::clear_errors();
+            node.events.records.clear_errors();
             Ok(ok())
         }
         "/rest/system/log" => {
             c.allow(&[Method::GET])?;
             let since = c.q("since").and_then(parse_rfc3339);
-            let messages: Vec<Value> = record::log_lines(since)
+            let messages: Vec<Value> = node
+                .events
+                .records
+                .log_lines(since)
                 .into_iter()
                 .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
                 .collect();
@@ -83,7 +87,10 @@ pub async fn route(c: &Call) -> Answer {
         }
         "/rest/system/log.txt" => {
             c.allow(&[Method::GET])?;
-            let lines: String = record::log_lines(None)
+            let lines: String = node
+                .events
+                .records
+                .log_lines(None)
                 .into_iter()
                 .map(|(when, _, m)| format!("{}: {m}\n", rfc3339(when)))
                 .collect();
@@ -97,7 +104,7 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET])?;
             // Addresses learned by discovery (global and local caches).
             let mut out = serde_json::Map::new();
-            for (id, addresses) in crate::discovery::snapshot() {
+            for (id, addresses) in node.discovery.snapshot() {
                 out.insert(id.to_string(), json!({"addresses": addresses}));
             }
             Ok(json(&Value::Object(out)))
@@ -222,12 +229,12 @@ fn status(c: &Call) -> Value {
         "tilde": std::env::var("HOME").unwrap_or_default(),
         // No usage reporting in this node.
         "urVersionMax": 0,
-        "hashedFiles": TOTAL_HASHED_FILES.load(Ordering::Relaxed),
-        "hashedBytes": TOTAL_HASHED_BYTES.load(Ordering::Relaxed),
-        "servedBytes": node.served_bytes.load(Ordering::Relaxed),
-        "servedRequests": node.served_requests.load(Ordering::Relaxed),
-        "pulledBytes": crate::pull::PULLED_BYTES.load(Ordering::Relaxed),
-        "reusedBytes": crate::pull::REUSED_BYTES.load(Ordering::Relaxed),
+        "hashedFiles": node.metrics.hashed_files.get(),
+        "hashedBytes": node.metrics.hashed_bytes.get(),
+        "servedBytes": node.metrics.served_bytes.get(),
+        "servedRequests": node.metrics.served_requests.get(),
+        "pulledBytes": node.metrics.pulled_bytes.get(),
+        "reusedBytes": node.metrics.reused_bytes.get(),
     });
     // Listeners, dial results and discovery, as Syncthing reports them.
     if let Value::Object(m) = &mut v {
@@ -302,7 +309,7 @@ fn pause(c: &Call, paused: bool) -> Answer {
     })
     .map_err(|e| internal(format!("{e:#}")))?;
     for id in &changed {
-        crate::events::device_paused(id, paused);
+        node.events.device_paused(id, paused);
         if paused {
             if let Some(conn) = node.connections().get(id) {
                 let _ = conn.close.try_send("device paused".into());

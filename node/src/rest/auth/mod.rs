@@ -32,12 +32,13 @@ mod login;
 mod tokens;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use super::http_util::{same, text, Reply};
 use crate::config::Gui;
@@ -95,17 +96,29 @@ impl Refusal {
     }
 }
 
-/// Refusals counted by reason, for `/metrics`.
-#[derive(Default)]
-pub struct Refusals([AtomicU64; Refusal::ALL.len()]);
+/// Refusals counted by reason: handles on the `node_rest_refused_total`
+/// series of the node's [`Metrics`](crate::metrics::Metrics).
+pub struct Refusals([Counter; Refusal::ALL.len()]);
+
+impl Default for Refusals {
+    /// Counters registered nowhere (for tests of the guard alone).
+    fn default() -> Self {
+        Refusals(Refusal::ALL.map(|_| Counter::default()))
+    }
+}
 
 impl Refusals {
+    /// One series per reason in `family`, all shown from the start.
+    pub fn registered(family: &Family<crate::metrics::Reason, Counter>) -> Refusals {
+        Refusals(Refusal::ALL.map(|r| crate::metrics::counter(family, [("reason", r.label())])))
+    }
+
     pub fn count(&self, r: Refusal) {
-        self.0[r as usize].fetch_add(1, Ordering::Relaxed);
+        self.0[r as usize].inc();
     }
 
     pub fn get(&self, r: Refusal) -> u64 {
-        self.0[r as usize].load(Ordering::Relaxed)
+        self.0[r as usize].get()
     }
 }
 
@@ -246,7 +259,7 @@ impl Guard {
             sessions: Tokens::new(MAX_SESSIONS, SESSION_IDLE, SESSION_LIFETIME),
             logins: Logins::default(),
             sessions_for: Default::default(),
-            refusals: Arc::default(),
+            refusals: node.metrics.rest_refusals.clone(),
         }
     }
 
