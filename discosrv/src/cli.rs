@@ -5,9 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use ipnet::IpNet;
 use proto::discovery::CertHeader;
+use proto::Identity;
+
+use crate::config::{Budget, ConnectionLimits, RateLimits, ServerConfig, StoreConfig, Transport};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -166,6 +170,70 @@ pub struct Cli {
 
     #[command(flatten)]
     pub log: daemon::LogArgs,
+}
+
+impl Cli {
+    /// The server these flags describe. Loads (or creates) the server
+    /// certificate in TLS mode, so the device ID is known before serving.
+    pub fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let transport = if self.http {
+            if self.trusted_proxies.is_empty() {
+                tracing::warn!("--http without --trusted-proxy: forwarded client certificates and addresses are ignored, so every announcement will be refused");
+            }
+            Transport::Http {
+                trusted_proxies: self.trusted_proxies,
+                cert_header: self.client_cert_header,
+            }
+        } else {
+            let identity =
+                Identity::load_or_generate(&self.cert, &self.key, "stdiscosrv", self.key_type)
+                    .with_context(|| {
+                        format!(
+                    "loading the server certificate {} / key {} (both are generated when both are missing)",
+                    self.cert.display(),
+                    self.key.display()
+                )
+                    })?
+                    .into_identity();
+            Transport::Tls(Box::new(identity))
+        };
+        let store = if self.redis_url.is_empty() {
+            StoreConfig::Memory {
+                dir: Some(self.db_dir),
+                flush_interval: self.db_flush_interval,
+                budget: Budget {
+                    max_records: self.max_records,
+                    max_bytes: self.max_store_bytes,
+                },
+            }
+        } else {
+            StoreConfig::Redis {
+                urls: self.redis_url,
+                cluster: self.redis_cluster,
+                prefix: self.redis_prefix,
+            }
+        };
+        Ok(ServerConfig {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            transport,
+            store,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                per_ip: self.max_connections_per_ip,
+                idle_timeout: self.idle_timeout,
+            },
+            rates: RateLimits {
+                per_client: self.rate_limit,
+                per_client_burst: self.rate_limit_burst,
+                new_devices_per_minute: self.new_device_rate,
+                new_device_burst: self.new_device_burst,
+                max_clients: self.rate_limit_max_clients,
+                seen_not_found: self.desired_seen_not_found_rate,
+                unseen_not_found: self.desired_unseen_not_found_rate,
+            },
+        })
+    }
 }
 
 /// `HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces, IPv6 and IPv4).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::store::record::MAX_RECORD_ADDRESS_BYTES;
 use bytes::Bytes;
+use daemon::Shutdown;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -36,11 +37,13 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// is reset, even with NO_ERROR, while they upload. So over HTTP/2 the rest
 /// of an unread request body is read and dropped after the answer, on its
 /// own task, bounded by [`H2_DRAIN_BYTES`] and [`H2_DRAIN_TIME`]: the
-/// upload then ends normally and no reset is needed.
+/// upload then ends normally and no reset is needed. That task belongs to
+/// the server's [`Shutdown`] and ends when it stops.
 pub struct Body {
     data: Option<Bytes>,
     request: Option<Incoming>,
-    h2: bool,
+    /// Set for HTTP/2 requests only: who owns the drain task.
+    h2_tasks: Option<Shutdown>,
 }
 
 /// How much of an unread HTTP/2 request body is read after the answer.
@@ -50,17 +53,15 @@ const H2_DRAIN_TIME: Duration = Duration::from_secs(10);
 impl Drop for Body {
     fn drop(&mut self) {
         use hyper::body::Body as _;
-        let Some(mut request) = self.request.take() else {
+        let (Some(mut request), Some(tasks)) = (self.request.take(), self.h2_tasks.take()) else {
             return;
         };
-        if !self.h2 || request.is_end_stream() {
+        if request.is_end_stream() || tasks.is_cancelled() {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            let _ = tokio::time::timeout(H2_DRAIN_TIME, async {
+        let stop = tasks.clone();
+        tasks.spawn(async move {
+            let drain = tokio::time::timeout(H2_DRAIN_TIME, async {
                 let mut total = 0usize;
                 while let Some(Ok(frame)) = request.frame().await {
                     if let Ok(data) = frame.into_data() {
@@ -70,8 +71,12 @@ impl Drop for Body {
                         }
                     }
                 }
-            })
-            .await;
+            });
+            // At shutdown the connection closes anyway: no need to drain.
+            tokio::select! {
+                _ = drain => {}
+                _ = stop.cancelled() => {}
+            }
         });
     }
 }
@@ -81,7 +86,7 @@ impl Body {
         Body {
             data: (!data.is_empty()).then_some(data),
             request: None,
-            h2: false,
+            h2_tasks: None,
         }
     }
 }
@@ -208,10 +213,13 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Answers one request. `tasks` owns what outlives the answer (the
+/// draining of an HTTP/2 upload).
 pub async fn handle<S: Store>(
     app: Arc<App<S>>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
+    tasks: &Shutdown,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let (parts, mut body) = req.into_parts();
@@ -219,7 +227,9 @@ pub async fn handle<S: Store>(
     app.metrics
         .request(&parts.method, resp.status().as_u16(), started.elapsed());
     let b = resp.body_mut();
-    b.h2 = parts.version == http::Version::HTTP_2;
+    if parts.version == http::Version::HTTP_2 {
+        b.h2_tasks = Some(tasks.clone());
+    }
     b.request = Some(body);
     Ok(resp)
 }

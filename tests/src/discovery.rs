@@ -239,6 +239,93 @@ pub fn idle_h2(
     Some(stream)
 }
 
+/// A kept-alive HTTP/1.1 connection over TLS to 127.0.0.1, for load:
+/// requests one after the other, every failure returned (the server may
+/// close it at any time), never a panic.
+pub struct KeepAlive {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    /// Bytes read past the last reply.
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    /// Connects and completes the TLS handshake, with `who`'s certificate
+    /// when given, pinning `server` when given.
+    pub fn connect(
+        port: u16,
+        server: Option<DeviceId>,
+        who: Option<&Identity>,
+    ) -> std::io::Result<KeepAlive> {
+        let pin = server.map(ServerPin::Device).unwrap_or(ServerPin::Any);
+        let config = tls::client_config(who, &[alpn::HTTP_1_1], pin, Versions::Tls12AndUp)
+            .map_err(std::io::Error::other)?;
+        let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name())
+            .map_err(std::io::Error::other)?;
+        let sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(15)))?;
+        sock.set_write_timeout(Some(Duration::from_secs(15)))?;
+        let mut stream = rustls::StreamOwned::new(conn, sock);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(KeepAlive {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends bytes as they are (a partial request, for slow clients).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// One request on the connection; the reply's status.
+    pub fn request(&mut self, method: &str, target: &str, body: &[u8]) -> std::io::Result<u16> {
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.send_raw(&req)?;
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill()?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, head.clone());
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        // The server's bodies all have a known length.
+        let len: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .map_or(Ok(0), |(_, v)| v.trim().parse().map_err(|_| bad()))?;
+        while self.buf.len() < end + len {
+            self.fill()?;
+        }
+        self.buf.drain(..end + len);
+        Ok(status)
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
 /// One HTTP/1.1 request in plain text.
 pub fn plain(
     port: u16,

@@ -1312,3 +1312,126 @@ fn new_devices_per_source_are_rate_limited() {
         .contains("syncthing_discovery_refused_total{reason=\"new_device_rate\"}"));
     srv.stop();
 }
+
+/// Issue 15: SIGTERM under load. Kept-alive clients announce and look up
+/// without pause, others connect for each request, and slow ones hold a
+/// half-open TCP connection, half a request head or half a body. discosrv
+/// must stop by awaiting its tasks (requests in progress get a bounded
+/// drain, idle and half-open connections are closed), write its final
+/// snapshot and exit 0 within 5 s.
+#[test]
+fn sigterm_under_load_exits_cleanly_within_5s() {
+    use e2e::discovery::KeepAlive;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--rate-limit", "0", "--new-device-rate", "0"],
+    );
+    let (port, server) = (srv.port, srv.id);
+    let answered = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let devices: Vec<Identity> = (0..4).map(|_| identity()).collect();
+    let ids: Arc<Vec<String>> =
+        Arc::new(devices.iter().map(|d| d.device_id().to_string()).collect());
+    let mut workers = Vec::new();
+    // Kept-alive: each device announces in a loop; as many look up.
+    for (n, dev) in devices.into_iter().enumerate() {
+        let (answered, done, ids) = (answered.clone(), done.clone(), ids.clone());
+        workers.push(std::thread::spawn(move || {
+            let body = json!({ "addresses": [format!("tcp://192.0.2.{n}:22000")] }).to_string();
+            let Ok(mut announcer) = KeepAlive::connect(port, server, Some(&dev)) else {
+                return;
+            };
+            let Ok(mut looker) = KeepAlive::connect(port, server, None) else {
+                return;
+            };
+            let mut i = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                let a = announcer.request("POST", "/", body.as_bytes());
+                let l = looker.request("GET", &format!("/?device={}", ids[i % ids.len()]), b"");
+                match (a, l) {
+                    (Ok(204), Ok(200 | 404)) => answered.fetch_add(2, Ordering::Relaxed),
+                    (Ok(a), Ok(l)) => panic!("unexpected answers {a} / {l}"),
+                    // The server closed the connection: it is stopping.
+                    _ => return,
+                };
+                i += 1;
+            }
+        }));
+    }
+    // A new connection (TCP + TLS) for each lookup.
+    {
+        let (answered, done, id) = (answered.clone(), done.clone(), ids[0].clone());
+        workers.push(std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let r = KeepAlive::connect(port, server, None)
+                    .and_then(|mut c| c.request("GET", &format!("/?device={id}"), b""));
+                match r {
+                    Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => return,
+                };
+            }
+        }));
+    }
+    // Slow and partial clients, held open across the SIGTERM.
+    let half_open: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let partial = |bytes: &[u8]| {
+        let mut c = KeepAlive::connect(port, server, None).unwrap();
+        c.send_raw(bytes).unwrap();
+        c
+    };
+    let slow: Vec<_> = (0..4)
+        .flat_map(|_| {
+            [
+                partial(b"GET /?device="),
+                partial(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"addr"),
+            ]
+        })
+        .collect();
+
+    // The load is flowing before the signal.
+    let flowing = wait::until(Duration::from_secs(30), Duration::from_millis(50), || {
+        (answered.load(Ordering::Relaxed) >= 500).then_some(())
+    });
+    assert!(
+        flowing.is_some(),
+        "load did not start:\n{}",
+        srv.proc.log_tail(20)
+    );
+    let before = answered.load(Ordering::Relaxed);
+    let t = std::time::Instant::now();
+    srv.proc.signal(libc::SIGTERM);
+    let status = srv.proc.wait_exit(Duration::from_secs(30));
+    let took = t.elapsed();
+    done.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("a load client failed");
+    }
+    drop((half_open, slow));
+    eprintln!(
+        "{before} requests answered before SIGTERM, {} in all; exit after {took:?}",
+        answered.load(Ordering::Relaxed)
+    );
+    let log = srv.proc.log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "discosrv did not exit 0 ({status:?}):\n{}",
+        srv.proc.log_tail(30)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} to exit:\n{}",
+        srv.proc.log_tail(30)
+    );
+    // Every task returned before the final snapshot: none was abandoned.
+    assert!(!log.contains("did not all end in time"), "{log}");
+    assert!(
+        log.contains("final snapshot written") && log.contains("stopped"),
+        "{log}"
+    );
+}

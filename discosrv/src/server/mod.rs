@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use daemon::Shutdown;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::handlers::{self, App, ConnInfo};
@@ -22,8 +23,11 @@ use crate::store::Store;
 /// Time allowed for a TLS handshake, and for request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections get this long to finish their requests at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections get this long to finish their requests at shutdown. Short
+/// enough that the whole program stops within 5 s of SIGTERM even when a
+/// client is in the middle of a slow upload; a normal request takes
+/// milliseconds.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Binds `addr`; `[::]` also accepts IPv4 (dual stack).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -56,8 +60,8 @@ pub async fn accept_failed(
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn builder(tasks: &Shutdown) -> auto::Builder<OwnedExecutor> {
+    let mut b = auto::Builder::new(OwnedExecutor(tasks.clone()));
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -123,8 +127,10 @@ impl Drop for IpSlot {
     }
 }
 
-/// Serves until `shutdown` turns true, then lets open connections finish
-/// (bounded) and returns.
+/// Serves until `tasks` is cancelled, then returns at once. Every
+/// connection (and every task hyper starts for one) is a task of `tasks`,
+/// so whoever stops `tasks` waits for the open connections: each finishes
+/// its requests in progress within [`DRAIN_TIMEOUT`] and closes.
 ///
 /// Every connection is accepted: over a limit it is closed at once and
 /// counted, rather than left in the listen queue where, once the queue is
@@ -134,11 +140,11 @@ pub async fn serve<S: Store>(
     tls: Option<TlsAcceptor>,
     app: Arc<App<S>>,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
+    tasks: Shutdown,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
-    let builder = Arc::new(builder());
+    let builder = Arc::new(builder(&tasks));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -148,7 +154,7 @@ pub async fn serve<S: Store>(
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = tasks.cancelled() => break,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             app.metrics.refused("max_connections");
@@ -171,115 +177,127 @@ pub async fn serve<S: Store>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let tls = tls.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        let idle = limits.idle_timeout;
-        tokio::spawn(async move {
-            app.metrics.connections.inc();
-            connection(stream, peer, tls, app.clone(), &builder, idle, shutdown).await;
+        let conn = Conn {
+            peer,
+            tls: tls.clone(),
+            app: app.clone(),
+            builder: builder.clone(),
+            idle: limits.idle_timeout,
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(async move {
+            conn.app.metrics.connections.inc();
+            let app = conn.app.clone();
+            conn.run(stream).await;
             app.metrics.connections.dec();
             drop(ip_slot);
             drop(permit);
         });
     }
-    drop(listener);
-    // Wait (bounded) for connections to drain.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(
-        DRAIN_TIMEOUT + Duration::from_secs(1),
-        slots.acquire_many(all),
-    )
-    .await;
 }
 
-async fn connection<S: Store>(
-    stream: TcpStream,
+/// Runs hyper's own tasks (one per HTTP/2 stream) as tasks of a
+/// [`Shutdown`], so that stopping it waits for them too.
+#[derive(Clone)]
+pub(crate) struct OwnedExecutor(pub(crate) Shutdown);
+
+impl<F> hyper::rt::Executor<F> for OwnedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Conn<S> {
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     app: Arc<App<S>>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<OwnedExecutor>>,
     idle: Duration,
-    shutdown: watch::Receiver<bool>,
-) {
-    match tls {
-        None => {
-            let info = ConnInfo { peer, device: None };
-            http(stream, info, app, builder, idle, shutdown).await
-        }
-        Some(acceptor) => {
-            let tls_stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let device = proto::tls::peer_device_id(tls_stream.get_ref().1);
-            let info = ConnInfo { peer, device };
-            http(tls_stream, info, app, builder, idle, shutdown).await
-        }
-    }
+    tasks: Shutdown,
 }
 
-async fn http<S: Store, I>(
-    io: I,
-    info: ConnInfo,
-    app: Arc<App<S>>,
-    builder: &auto::Builder<TokioExecutor>,
-    idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let info = Arc::new(info);
-    // Requests started and finished on this connection: two uncontended
-    // atomic additions per request, read by the idle watchdog below.
-    let activity = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-    let act = activity.clone();
-    let svc = service_fn(move |req| {
-        let (app, info, act) = (app.clone(), info.clone(), act.clone());
-        act.0.fetch_add(1, Ordering::Relaxed);
-        async move {
-            let r = handlers::handle(app, info, req).await;
-            act.1.fetch_add(1, Ordering::Relaxed);
-            r
-        }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    // Keep-alive pings keep a silent HTTP/2 peer alive forever; a
-    // connection is idle when no request started during a whole tick and
-    // none is running, so it lives between `idle` and twice that.
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
-    let mut seen = 0u64;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::trace!(error = %e, "connection ended with an error");
+impl<S: Store> Conn<S> {
+    async fn run(self, stream: TcpStream) {
+        let peer = self.peer;
+        let Some(acceptor) = self.tls.clone() else {
+            let info = ConnInfo { peer, device: None };
+            return self.http(stream, info).await;
+        };
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+        let tls_stream = tokio::select! {
+            r = handshake => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
                 }
-                return;
-            }
-            _ = tick.tick() => {
-                let started = activity.0.load(Ordering::Relaxed);
-                let finished = activity.1.load(Ordering::Relaxed);
-                if started == seen && started == finished {
-                    break;
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
                 }
-                seen = started;
-            }
-            _ = shutdown.changed() => break,
-        }
+            },
+            // No request is in progress yet: nothing to let finish.
+            _ = self.tasks.cancelled() => return,
+        };
+        let device = proto::tls::peer_device_id(tls_stream.get_ref().1);
+        let info = ConnInfo { peer, device };
+        self.http(tls_stream, info).await
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+
+    async fn http<I>(self, io: I, info: ConnInfo)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = Arc::new(info);
+        // Requests started and finished on this connection: two uncontended
+        // atomic additions per request, read by the idle watchdog below.
+        let activity = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let act = activity.clone();
+        let (app, tasks) = (self.app.clone(), self.tasks.clone());
+        let svc = service_fn(move |req| {
+            let (app, info, act, tasks) = (app.clone(), info.clone(), act.clone(), tasks.clone());
+            act.0.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let r = handlers::handle(app, info, req, &tasks).await;
+                act.1.fetch_add(1, Ordering::Relaxed);
+                r
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        // Keep-alive pings keep a silent HTTP/2 peer alive forever; a
+        // connection is idle when no request started during a whole tick and
+        // none is running, so it lives between `idle` and twice that.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.idle, self.idle);
+        let mut seen = 0u64;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = tick.tick() => {
+                    let started = activity.0.load(Ordering::Relaxed);
+                    let finished = activity.1.load(Ordering::Relaxed);
+                    if started == seen && started == finished {
+                        break;
+                    }
+                    seen = started;
+                }
+                _ = self.tasks.cancelled() => break,
+            }
+        }
+        // Requests in progress are answered; idle connections close now.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+    }
 }
 
 #[cfg(test)]

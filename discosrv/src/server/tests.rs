@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use daemon::Shutdown;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ipnet::IpNet;
@@ -12,7 +13,6 @@ use proto::discovery::CertHeader;
 use proto::tls::{alpn, ClientCert, ServerPin, Versions};
 use proto::{Identity, KeyKind};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::handlers::App;
 use crate::metrics::Metrics;
@@ -22,8 +22,7 @@ use crate::store::memory::MemoryStore;
 pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub app: Arc<App<MemoryStore>>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Shutdown,
 }
 
 pub(crate) fn test_app() -> App<MemoryStore> {
@@ -55,19 +54,18 @@ impl TestServer {
         let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Arc::new(app);
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(super::serve(listener, Some(tls), app.clone(), limits, rx));
-        TestServer {
-            addr,
-            app,
-            stop,
-            task,
-        }
+        let tasks = Shutdown::new();
+        let serve = super::serve(listener, Some(tls), app.clone(), limits, tasks.clone());
+        tasks.spawn(serve);
+        TestServer { addr, app, tasks }
     }
 
+    /// Stops the accept loop and waits for every connection to close.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.tasks
+            .stop(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
     }
 }
 

@@ -1,0 +1,133 @@
+//! What a discovery server is started with: [`ServerConfig`], built from
+//! flags by [`crate::cli::Cli::into_config`] or directly by tests and tools.
+//!
+//! The choices that exclude each other are enums, so a configuration cannot
+//! hold, say, trusted proxies for a server that terminates TLS itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use proto::discovery::CertHeader;
+use proto::{DeviceId, Identity};
+
+pub use crate::store::memory::Budget;
+
+/// Everything [`crate::Server::spawn`] needs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The discovery API; port 0 picks a free one ([`crate::Server::local_addr`]).
+    pub listen: SocketAddr,
+    /// `/metrics` and `/healthz`, when wanted.
+    pub metrics_listen: Option<SocketAddr>,
+    pub transport: Transport,
+    pub store: StoreConfig,
+    pub connections: ConnectionLimits,
+    pub rates: RateLimits,
+}
+
+/// How clients reach the API.
+#[derive(Clone)]
+pub enum Transport {
+    /// HTTPS with this server certificate; clients prove their device
+    /// with their TLS client certificate.
+    Tls(Box<Identity>),
+    /// Plain HTTP behind a TLS-terminating reverse proxy (`--http`).
+    Http {
+        /// Peers whose forwarding headers are believed; they are also
+        /// exempt from the per-IP connection limit (every client arrives
+        /// through them).
+        trusted_proxies: Vec<IpNet>,
+        /// The one header the proxy writes the client certificate to.
+        cert_header: CertHeader,
+    },
+}
+
+impl Transport {
+    /// The server's device ID, which clients pin (TLS only).
+    pub fn device_id(&self) -> Option<DeviceId> {
+        match self {
+            Transport::Tls(identity) => Some(identity.device_id()),
+            Transport::Http { .. } => None,
+        }
+    }
+}
+
+/// Where announcements are kept.
+#[derive(Clone)]
+pub enum StoreConfig {
+    /// In memory, snapshotted under `dir` every `flush_interval` and at
+    /// shutdown (`dir` None: memory only).
+    Memory {
+        dir: Option<PathBuf>,
+        flush_interval: Duration,
+        budget: Budget,
+    },
+    /// Redis (one URL) or a Redis Cluster (its seed nodes). The URLs may
+    /// hold passwords, hence no `Debug` on the configuration.
+    Redis {
+        urls: Vec<String>,
+        cluster: bool,
+        prefix: String,
+    },
+}
+
+/// Limits on client connections (see the `--max-connections…` and
+/// `--idle-timeout` flags).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// Per client IP (IPv6: per /64); 0 is no limit.
+    pub per_ip: usize,
+    /// A connection without a request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Request rates (see the `--rate-limit…`, `--new-device…` and
+/// `--…-not-found-rate` flags); a rate of 0 turns its limit off.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimits {
+    /// Requests per second per client IP.
+    pub per_client: u32,
+    pub per_client_burst: u32,
+    /// Announcements of unknown devices per client IP and minute.
+    pub new_devices_per_minute: u32,
+    pub new_device_burst: u32,
+    /// Most client IPs the limiters remember.
+    pub max_clients: usize,
+    /// Target not-found replies per second, for devices seen before and never.
+    pub seen_not_found: f64,
+    pub unseen_not_found: f64,
+}
+
+impl ServerConfig {
+    /// A TLS server on `listen` with the flags' defaults, a memory-only
+    /// store and no rate limits: what in-process tests start.
+    pub fn for_tests(listen: SocketAddr, identity: Identity) -> ServerConfig {
+        ServerConfig {
+            listen,
+            metrics_listen: None,
+            transport: Transport::Tls(Box::new(identity)),
+            store: StoreConfig::Memory {
+                dir: None,
+                flush_interval: Duration::from_secs(300),
+                budget: Budget::UNLIMITED,
+            },
+            connections: ConnectionLimits {
+                max_connections: 20_000,
+                per_ip: 0,
+                idle_timeout: Duration::from_secs(120),
+            },
+            rates: RateLimits {
+                per_client: 0,
+                per_client_burst: 0,
+                new_devices_per_minute: 0,
+                new_device_burst: 0,
+                max_clients: 1_000_000,
+                seen_not_found: 1000.0,
+                unseen_not_found: 1000.0,
+            },
+        }
+    }
+}
