@@ -111,6 +111,7 @@ where
         _ = crate::connect::admission::evicted(handshake.as_ref()) => {
             bail!("Hello not received before the handshake slot was needed by a newer connection")
         }
+        _ = node.shutdown.cancelled() => bail!("shutting down"),
     };
     // The unauthenticated part is over.
     drop(handshake);
@@ -182,7 +183,9 @@ where
     // Writer: a separate task, so a slow peer never stops us reading.
     let (wtx, mut wrx) = mpsc::channel::<Chunk>(64);
     let writer_out = out_bytes.clone();
-    let writer = tokio::spawn(async move {
+    // Owned by the node but never cut short: it ends when the connection
+    // drops its sender, after the Close is written.
+    let writer = node.shutdown.spawn(async move {
         while let Some((bytes, permits)) = wrx.recv().await {
             if wr.write_all(&bytes).await.is_err() {
                 break;
@@ -273,6 +276,17 @@ where
                 reason = close_rx.recv() => {
                     let reason = reason.unwrap_or_else(|| "shutting down".into());
                     session.close(&reason, Instant::now());
+                    let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
+                    bail!("closed: {reason}");
+                }
+                // The node stops (its owner closes connections first; this
+                // covers one registered since).
+                _ = node.shutdown.cancelled() => {
+                    let reason = match *node.stop_request.borrow() {
+                        Some(crate::handle::StopRequest::Restart) => "device is restarting",
+                        _ => "device is shutting down",
+                    };
+                    session.close(reason, Instant::now());
                     let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
                     bail!("closed: {reason}");
                 }
@@ -384,7 +398,7 @@ impl Conn {
             };
             tracing::info!(device = %self.peer, folder = %folder.id, from_sequence = start,
                 our_sequence = our_seq, "sending index");
-            let handle = tokio::spawn(send_index(
+            let handle = self.node.shutdown.spawn_until_cancelled(send_index(
                 self.node.clone(),
                 folder.id.clone(),
                 start,
@@ -467,7 +481,7 @@ impl Conn {
         let node = self.node.clone();
         let tx = self.resp_tx.clone();
         let peer = self.peer;
-        tokio::spawn(async move {
+        self.node.shutdown.spawn_until_cancelled(async move {
             let Ok(permit) = limiter.acquire_many_owned(kib).await else {
                 waiting.fetch_sub(1, Ordering::Relaxed);
                 return;

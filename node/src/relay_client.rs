@@ -362,7 +362,7 @@ async fn listen_once(
                     continue;
                 };
                 let node = node.clone();
-                tokio::spawn(async move {
+                node.clone().shutdown.spawn(async move {
                     let _permit = permit;
                     if let Err(e) = accept_invitation(node, inv, relay, from).await {
                         tracing::info!(device = %from, error = %format!("{e:#}"), "relayed connection failed");
@@ -385,8 +385,16 @@ async fn accept_invitation(
         // Still let the BEP layer see it (pending devices), as Syncthing.
         tracing::info!(device = %from, "relay invitation from an unknown device");
     }
-    let tcp = join_session(&inv, relay).await?;
-    let tls = bep_tls(&node, tcp, inv.server_socket, from).await?;
+    // Until the connection runs (it watches the stop itself and says
+    // Close), a stopping node just drops the attempt.
+    let stop = node.shutdown.clone();
+    let tls = tokio::select! {
+        r = async {
+            let tcp = join_session(&inv, relay).await?;
+            bep_tls(&node, tcp, inv.server_socket, from).await
+        } => r?,
+        _ = stop.cancelled() => bail!("shutting down"),
+    };
     crate::conn::run(node, tls, from, relay, "relay-server", None).await
 }
 

@@ -42,13 +42,10 @@ pub fn serve(args: ServeArgs) -> std::process::ExitCode {
         records: Some(records),
     };
     let mut outcome = Ok(None);
-    let code = daemon::run_main_with(
-        |b| b.max_blocking_threads(MAX_BLOCKING_THREADS),
-        async {
-            outcome = run(options).await;
-            Ok(())
-        },
-    );
+    let code = daemon::run_main_with(|b| b.max_blocking_threads(MAX_BLOCKING_THREADS), async {
+        outcome = run(options).await;
+        Ok(())
+    });
     match outcome {
         Ok(Some(StopRequest::Restart)) => {
             exec_self();

@@ -10,11 +10,13 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Watches `root`; after a change, waits `delay` for more changes to settle,
-/// then asks for a scan on `scan_now`. The returned watcher must be kept.
+/// then asks for a scan on `scan_now`. The returned watcher must be kept;
+/// the task that debounces ends when it is dropped or `tasks` stop.
 pub fn start(
     root: &Path,
     delay: Duration,
     scan_now: mpsc::Sender<()>,
+    tasks: &daemon::Shutdown,
 ) -> Result<notify::RecommendedWatcher> {
     let (dirty_tx, mut dirty_rx) = mpsc::channel::<()>(1);
     let root_owned = root.to_path_buf();
@@ -44,7 +46,7 @@ pub fn start(
     watcher
         .watch(root, RecursiveMode::Recursive)
         .with_context(|| format!("cannot watch {}", root.display()))?;
-    tokio::spawn(async move {
+    tasks.spawn_until_cancelled(async move {
         while dirty_rx.recv().await.is_some() {
             tokio::time::sleep(delay).await;
             // Changes during the delay are part of this scan.

@@ -152,7 +152,7 @@ async fn candidates(node: &Arc<Node>, device: DeviceId, addresses: &[String]) ->
 /// at the next periodic check). Called after every configuration change.
 pub fn ensure_dialers(node: &Arc<Node>) {
     let n = node.clone();
-    tokio::spawn(async move {
+    node.shutdown.spawn_until_cancelled(async move {
         if let Err(e) = super::listen::reconcile(&n, false).await {
             tracing::debug!(error = %format!("{e:#}"), "listener not started");
         }
@@ -165,7 +165,8 @@ pub fn ensure_dialers(node: &Arc<Node>) {
         }
         let mut dialers = node.dialers.lock().unwrap_or_else(|p| p.into_inner());
         if dialers.insert(id) {
-            tokio::spawn(device_loop(node.clone(), id));
+            node.shutdown
+                .spawn_until_cancelled(device_loop(node.clone(), id));
         }
     }
 }
@@ -288,7 +289,8 @@ async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Res
         Candidate::Relay(uri) => {
             let (tls, relay) = crate::relay_client::dial(node, uri, device).await?;
             let node2 = node.clone();
-            let task = tokio::spawn(async move {
+            // Not cut at the node's stop: the connection sends its Close.
+            let task = node.shutdown.spawn(async move {
                 if let Err(e) =
                     crate::conn::run(node2, tls, device, relay, "relay-client", None).await
                 {
@@ -334,7 +336,8 @@ async fn dial_tcp(
     .context("TLS handshake timed out")??;
     let peer = tls::peer_device_id(tls.get_ref().1).context("server sent no certificate")?;
     let node = node.clone();
-    Ok(tokio::spawn(async move {
+    // Not cut at the node's stop: the connection sends its Close.
+    Ok(node.clone().shutdown.spawn(async move {
         if let Err(e) = crate::conn::run(node, tls, peer, addr, "tcp-client", None).await {
             tracing::info!(device = %peer, %addr, error = %format!("{e:#}"), "connection ended");
         }

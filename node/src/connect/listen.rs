@@ -156,11 +156,13 @@ pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
 async fn start_one(node: &Arc<Node>, uri: &str) -> Result<Listener> {
     if uri.starts_with("relay://") {
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(crate::relay_client::listen_loop(
-            node.clone(),
-            uri.to_string(),
-            tx,
-        ));
+        let task = node
+            .shutdown
+            .spawn_until_cancelled(crate::relay_client::listen_loop(
+                node.clone(),
+                uri.to_string(),
+                tx,
+            ));
         return Ok(Listener {
             task,
             reachable: rx,
@@ -198,7 +200,7 @@ async fn start_one(node: &Arc<Node>, uri: &str) -> Result<Listener> {
     )?);
     let (tx, rx) = watch::channel(Some(reachable));
     let node = node.clone();
-    let task = tokio::spawn(async move {
+    let task = node.clone().shutdown.spawn_until_cancelled(async move {
         // The sender lives as long as the listener.
         let _tx = tx;
         accept_loop(node, listener, tls_server).await
@@ -231,7 +233,9 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
         };
         let node = node.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        // Owned by the node, not cut at its stop: the connection sends its
+        // Close first (conn::run watches the stop).
+        node.clone().shutdown.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let handshake = tokio::time::timeout_at(ticket.deadline, acceptor.accept(tcp));
             let tls = tokio::select! {
@@ -251,6 +255,7 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                         return;
                     }
                 },
+                _ = node.shutdown.cancelled() => return,
                 _ = ticket.evicted() => {
                     if let Some(suppressed) = node.handshake_log.allow() {
                         tracing::info!(%addr, suppressed,

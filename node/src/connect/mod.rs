@@ -44,9 +44,10 @@ impl ConnectState {
 /// discovery. Dial loops start with [`ensure_dialers`].
 pub async fn start(node: &Arc<Node>) -> Result<()> {
     listen::reconcile(node, true).await?;
-    tokio::spawn(listen::supervise(node.clone()));
-    tokio::spawn(crate::discovery::announce_loop(node.clone()));
-    tokio::spawn(crate::discovery::local::run(node.clone()));
+    let tasks = &node.shutdown;
+    tasks.spawn_until_cancelled(listen::supervise(node.clone()));
+    tasks.spawn_until_cancelled(crate::discovery::announce_loop(node.clone()));
+    tasks.spawn_until_cancelled(crate::discovery::local::run(node.clone()));
     Ok(())
 }
 

@@ -35,7 +35,7 @@ pub async fn run(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()
         // The watcher starts after the first successful scan (the folder
         // exists then) and lives as long as this loop.
         if watcher.is_none() && f.fs_watcher_enabled && scanned_ok {
-            watcher = start_watcher(&f, &rt);
+            watcher = start_watcher(&node, &f, &rt);
         }
         // Then bring the folder to the global version (never for sendonly:
         // remote changes are not applied there).
@@ -137,9 +137,13 @@ fn log_scan(folder: &str, stats: &scan::ScanStats) {
         sequence = stats.sequence, seconds = stats.seconds, "scan complete");
 }
 
-fn start_watcher(f: &FolderConfig, rt: &FolderRuntime) -> Option<notify::RecommendedWatcher> {
+fn start_watcher(
+    node: &Node,
+    f: &FolderConfig,
+    rt: &FolderRuntime,
+) -> Option<notify::RecommendedWatcher> {
     let delay = Duration::from_secs(f.fs_watcher_delay_s.min(crate::config::MAX_INTERVAL_S));
-    match crate::watch::start(&f.path, delay, rt.scan_now.clone()) {
+    match crate::watch::start(&f.path, delay, rt.scan_now.clone(), &node.shutdown) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(folder = %f.id, error = %format!("{e:#}"),
