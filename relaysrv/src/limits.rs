@@ -17,7 +17,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use proto::DeviceId;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::lock;
+use crate::config::CapacityConfig;
+use crate::sync::lock;
 
 /// The key all per-source limits use: IPv4 addresses as they are (also
 /// when they arrive IPv4-mapped on a dual-stack socket), IPv6 addresses
@@ -61,7 +62,7 @@ impl ByteBucket {
 
     /// Takes `n` bytes; returns how long to wait before forwarding them.
     pub fn take(&self, n: usize) -> Duration {
-        let mut st = crate::state::lock(&self.state);
+        let mut st = lock(&self.state);
         let now = Instant::now();
         let (tokens, last) = *st;
         let refilled =
@@ -82,20 +83,6 @@ pub async fn pace(buckets: &[&ByteBucket], n: usize) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-}
-
-/// Capacity limits given on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CapacityConfig {
-    pub max_clients: usize,
-    pub max_pending: usize,
-    pub max_pairings: usize,
-    /// 0 = derived from the open-file limit only.
-    pub max_sockets: usize,
-    /// Sockets one source may hold at once; 0 = no limit.
-    pub per_source_sockets: usize,
-    /// Unanswered pairings one source may have; 0 = no limit.
-    pub per_source_pending: usize,
 }
 
 /// How full the relay may get.
