@@ -8,9 +8,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use proto::{Identity, KeyKind, LoadedOrGenerated};
 
-use crate::limits::CapacityConfig;
-use crate::server::{ExternalAddress, JoinToken, ProvidedBy, ServerConfig};
-use crate::splice::ForwarderKind;
+use crate::config::{
+    CapacityConfig, ExternalAddress, ForwarderKind, JoinToken, ProvidedBy, ServerConfig,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -189,6 +189,20 @@ pub enum Forwarder {
     Copy,
 }
 
+impl Forwarder {
+    /// What the flag means on this platform.
+    pub fn kind(self) -> anyhow::Result<ForwarderKind> {
+        match self {
+            Forwarder::Copy => Ok(ForwarderKind::Copy),
+            Forwarder::Splice if !cfg!(target_os = "linux") => {
+                anyhow::bail!("--forwarder splice needs Linux; use auto or copy")
+            }
+            Forwarder::Splice => Ok(ForwarderKind::Splice),
+            Forwarder::Auto => Ok(ForwarderKind::default_for_platform()),
+        }
+    }
+}
+
 /// Accepts humantime (`90s`, `1m 30s`) and Go (`1m30s`, `1m0s`) durations.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
@@ -209,7 +223,7 @@ impl Cli {
                 "--connect-requires-token needs a join token (--token, --token-file or RELAYSRV_TOKEN)"
             );
         }
-        let forwarder = ForwarderKind::choose(self.forwarder)?;
+        let forwarder = self.forwarder.kind()?;
         let identity = self.identity()?;
         let status_listen = match self.status_srv.as_str() {
             "" => None,

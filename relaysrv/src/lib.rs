@@ -4,7 +4,9 @@
 //! [`Server::spawn`] and stops it with [`Server::shutdown`]; [`run`] is
 //! what the binary does with its flags.
 
+mod accepted;
 pub mod cli;
+mod config;
 mod limits;
 mod listener;
 mod metrics;
@@ -15,14 +17,14 @@ mod server;
 mod splice;
 mod state;
 mod status;
+mod sync;
 
 pub use crate::cli::Cli;
-pub use crate::limits::CapacityConfig;
-pub use crate::server::{
-    ConfigError, ExternalAddress, JoinToken, ProvidedBy, Server, ServerConfig, SpawnError,
-    STOP_DEADLINE,
+pub use crate::config::{
+    CapacityConfig, ConfigError, ExternalAddress, ForwarderKind, JoinToken, ProvidedBy,
+    ServerConfig,
 };
-pub use crate::splice::ForwarderKind;
+pub use crate::server::{Server, SpawnError, STOP_DEADLINE};
 
 /// The binary's life: flags to configuration, start, print the URI, wait
 /// for SIGTERM or SIGINT, stop and await every task.

@@ -17,7 +17,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use proto::DeviceId;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::lock;
+use crate::config::CapacityConfig;
+use crate::sync::lock;
 
 /// The key all per-source limits use: IPv4 addresses as they are (also
 /// when they arrive IPv4-mapped on a dual-stack socket), IPv6 addresses
@@ -61,7 +62,7 @@ impl ByteBucket {
 
     /// Takes `n` bytes; returns how long to wait before forwarding them.
     pub fn take(&self, n: usize) -> Duration {
-        let mut st = crate::state::lock(&self.state);
+        let mut st = lock(&self.state);
         let now = Instant::now();
         let (tokens, last) = *st;
         let refilled =
@@ -82,20 +83,6 @@ pub async fn pace(buckets: &[&ByteBucket], n: usize) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-}
-
-/// Capacity limits given on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CapacityConfig {
-    pub max_clients: usize,
-    pub max_pending: usize,
-    pub max_pairings: usize,
-    /// 0 = derived from the open-file limit only.
-    pub max_sockets: usize,
-    /// Sockets one source may hold at once; 0 = no limit.
-    pub per_source_sockets: usize,
-    /// Unanswered pairings one source may have; 0 = no limit.
-    pub per_source_pending: usize,
 }
 
 /// How full the relay may get.
@@ -121,7 +108,12 @@ pub enum SocketRefused {
 
 impl Capacity {
     pub fn new(cfg: CapacityConfig) -> Capacity {
-        let from_files = raise_open_file_limit().saturating_mul(8) / 10;
+        // `daemon::run_main` raised the limit already when this is the
+        // relaysrv binary; a relay started inside another program raises it
+        // here (raising again changes nothing). 0 = unknown.
+        let open_files = daemon::runtime::raise_open_file_limit()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let from_files = open_files.saturating_mul(8) / 10;
         let max_sockets = match (cfg.max_sockets, from_files) {
             (0, f) => f,
             (m, 0) => m,
@@ -252,38 +244,6 @@ impl UnprovenGuard {
 impl Drop for UnprovenGuard {
     fn drop(&mut self) {
         lock(&self.set.sockets).remove(&self.id);
-    }
-}
-
-/// Raises the soft open-file limit to the hard one; returns the limit in
-/// force (0 when unknown).
-fn raise_open_file_limit() -> usize {
-    #[cfg(unix)]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return 0;
-            }
-            if lim.rlim_cur < lim.rlim_max {
-                let want = libc::rlimit {
-                    rlim_cur: lim.rlim_max,
-                    rlim_max: lim.rlim_max,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                    lim.rlim_cur = lim.rlim_max;
-                }
-            }
-        }
-        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
-    }
-    #[cfg(not(unix))]
-    {
-        0
     }
 }
 

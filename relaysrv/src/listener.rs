@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use proto::relay::{Header, Message, Response, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::limits::{source_key, PerIpLimiter, SocketGuard, SocketRefused, UnprovenGuard};
+use crate::accepted::Accepted;
+use crate::limits::{source_key, PerIpLimiter, SocketRefused};
 use crate::metrics::Reject;
 use crate::state::Relay;
 
@@ -88,17 +89,6 @@ pub async fn accept_loop(
             .shutdown
             .spawn(demux(relay.clone(), conn, acceptor.clone()));
     }
-}
-
-/// A connection just accepted and counted.
-pub struct Accepted {
-    pub tcp: TcpStream,
-    pub guard: SocketGuard,
-    /// Held until the connection joins or shows a session key; cancelled
-    /// if it is evicted before.
-    pub unproven: UnprovenGuard,
-    /// When the handshake and first request must be done.
-    pub deadline: Instant,
 }
 
 async fn demux(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {

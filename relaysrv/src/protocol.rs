@@ -14,10 +14,10 @@ use tokio::time::{sleep_until, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::accepted::Accepted;
 use crate::limits::UnprovenGuard;
-use crate::listener::Accepted;
 use crate::metrics::Reject;
-use crate::pairing::CreateError;
+use crate::state::pending::CreateError;
 use crate::state::{JoinedDevice, Relay};
 
 /// Invitations queued for one joined device before new ones wait.

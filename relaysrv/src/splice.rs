@@ -19,40 +19,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::config::ForwarderKind;
 use crate::limits::{pace, ByteBucket};
-use crate::pairing::PendingPairing;
-use crate::state::{lock, ActivePairing, Relay};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForwarderKind {
-    /// Zero-copy through a kernel pipe (Linux).
-    Splice,
-    /// Portable user-space copy.
-    Copy,
-}
-
-impl ForwarderKind {
-    /// What `--forwarder auto` picks: splice where the kernel has it.
-    pub fn default_for_platform() -> ForwarderKind {
-        if cfg!(target_os = "linux") {
-            ForwarderKind::Splice
-        } else {
-            ForwarderKind::Copy
-        }
-    }
-
-    pub fn choose(flag: crate::cli::Forwarder) -> anyhow::Result<ForwarderKind> {
-        use crate::cli::Forwarder;
-        match flag {
-            Forwarder::Copy => Ok(ForwarderKind::Copy),
-            Forwarder::Splice if !cfg!(target_os = "linux") => {
-                anyhow::bail!("--forwarder splice needs Linux; use auto or copy")
-            }
-            Forwarder::Splice => Ok(ForwarderKind::Splice),
-            Forwarder::Auto => Ok(ForwarderKind::default_for_platform()),
-        }
-    }
-}
+use crate::state::pending::PendingPairing;
+use crate::state::{ActivePairing, Relay};
+use crate::sync::lock;
 
 /// Conduits kept for reuse; more than this many idle ones are freed.
 const POOL_MAX: usize = 32;
@@ -296,7 +267,7 @@ mod pipe {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use crate::state::lock;
+    use crate::sync::lock;
 
     /// A non-blocking kernel pipe; closed on drop.
     pub struct Pipe {

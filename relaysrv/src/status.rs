@@ -14,7 +14,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::state::{lock, Relay};
+use crate::state::Relay;
+use crate::sync::lock;
 
 /// Status connections served at once; more are closed at once, so a
 /// flood of them cannot take file descriptors from devices.

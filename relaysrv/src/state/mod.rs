@@ -1,9 +1,11 @@
-//! The relay's shared state: settings, joined devices, pairings, counters.
+//! The relay's shared state, [`Relay`]: settings, joined devices,
+//! pairings, limits, counters. Handed as `Arc<Relay>` to every task;
+//! what the tasks do with it lives in the modules above this one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use proto::relay::SessionInvitation;
 use proto::DeviceId;
@@ -14,34 +16,13 @@ use daemon::Shutdown;
 
 use crate::limits::{ByteBucket, Capacity, InvitationLimiter, Unproven};
 use crate::metrics::Metrics;
-use crate::pairing::PendingTable;
-use crate::splice::ForwarderKind;
+use crate::sync::lock;
 
-/// Settings fixed at start.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub ping_interval: Duration,
-    pub network_timeout: Duration,
-    pub message_timeout: Duration,
-    /// Accept to TLS done and first request read (see --handshake-timeout).
-    pub handshake_timeout: Duration,
-    pub per_session_rate: u64,
-    pub global_rate: u64,
-    pub token: Option<String>,
-    /// ConnectRequests only from devices joined (with the token).
-    pub connect_requires_token: bool,
-    /// Invitations per second and burst per (target, source); 0 = none.
-    pub invitation_rate: u32,
-    pub invitation_burst: u32,
-    pub network_buffer: usize,
-    pub forwarder: ForwarderKind,
-    /// IP bytes put in invitations: empty, 4 or 16 (see the spec's note on
-    /// IPv4-mapped addresses), and the data port.
-    pub invitation_address: Vec<u8>,
-    pub invitation_port: u16,
-    pub pools: Vec<String>,
-    pub provided_by: String,
-}
+pub mod pending;
+mod settings;
+
+pub use self::pending::PendingTable;
+pub use self::settings::Settings;
 
 /// A device joined on a protocol connection, reachable for invitations.
 pub struct JoinedDevice {
@@ -72,13 +53,6 @@ pub struct Relay {
     pub pending: PendingTable,
     active: Mutex<HashMap<u64, ActivePairing>>,
     next_id: AtomicU64,
-}
-
-/// A poisoned lock only means another task panicked while holding it; the
-/// maps stay consistent (each update is a single insert or remove), so
-/// carry on rather than take the whole relay down.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Relay {
