@@ -41,6 +41,8 @@ const INDEX_UPDATE_GAP: Duration = Duration::from_millis(250);
 const MAX_WAITING_REQUESTS: u64 = 100_000;
 /// Time to get our Close out before dropping the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// The same when the node stops: under its stop deadline.
+const CLOSE_GRACE_AT_STOP: Duration = Duration::from_secs(1);
 
 /// Runs a connection whose TLS handshake is done. `peer` is the device ID
 /// of the certificate the peer presented.
@@ -301,7 +303,21 @@ where
     requester.close();
     node.unregister(&peer, serial);
     drop(wtx);
-    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+    // A stopping node has a deadline for all its connections together.
+    let grace = if node.shutdown.is_cancelled() {
+        CLOSE_GRACE_AT_STOP
+    } else {
+        CLOSE_GRACE
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    let _ = tokio::time::timeout_at(deadline, writer).await;
+    // Closing a socket with unread data in it resets the connection, and
+    // the peer may then lose our Close (it is still sending us Responses,
+    // say): read and drop until it closes its side too, or the deadline.
+    let _ = tokio::time::timeout_at(deadline, async {
+        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
     tracing::info!(device = %peer, reason = %result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default(), "disconnected");
     Ok(())
 }
