@@ -4,6 +4,7 @@
 //! usually owns the whole prefix), log lines that cannot flood the disk,
 //! and a counter per refusal reason for `/metrics`.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,7 +104,7 @@ impl SourceRate {
     /// Counts one event of `source` at `now`; false when it is over its
     /// budget.
     pub fn allow(&self, source: Source, now: Instant) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.locked();
         if seen.len() >= self.max_sources && !seen.contains_key(&source) {
             let window = self.window;
             seen.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
@@ -150,7 +151,7 @@ impl LogLimiter {
     }
 
     fn allow_at(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.locked();
         let (tokens, last, suppressed) = state.get_or_insert((self.burst, now, 0));
         let refill = now.saturating_duration_since(*last).as_secs_f64() / self.every.as_secs_f64();
         *tokens = (*tokens + refill).min(self.burst);

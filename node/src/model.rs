@@ -2,11 +2,12 @@
 //! database, live connections, pending (unknown) devices, and per-folder
 //! change notifications.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use proto::{DeviceId, Identity};
@@ -129,10 +130,6 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Node {
     pub fn new(
         home: PathBuf,
@@ -184,15 +181,12 @@ impl Node {
     }
 
     pub fn config(&self) -> Config {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.config.read_locked().clone()
     }
 
     /// The folder's configuration if it exists and is shared with `device`.
     pub fn shared_folder(&self, folder: &str, device: &DeviceId) -> Option<FolderConfig> {
-        let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+        let config = self.config.read_locked();
         config
             .folders
             .iter()
@@ -210,23 +204,19 @@ impl Node {
         // every connection) keep reading the current configuration while
         // the next one is written and fsynced, which may take long on a
         // busy NAS disk — and that wait is moved off the async runtime.
-        let _writer = lock(&self.config_writer);
+        let _writer = self.config_writer.locked();
         let mut next = self.config();
         change(&mut next)?;
         next.validate()?;
         next.validate_folder_paths(&self.home)?;
         blocking(|| next.save(&self.home))?;
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        *self.config.write_locked() = next.clone();
         crate::events::config_saved(self);
         Ok(next)
     }
 
     pub fn folder_runtime(&self, folder: &str) -> Option<Arc<FolderRuntime>> {
-        self.folders
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(folder)
-            .cloned()
+        self.folders.read_locked().get(folder).cloned()
     }
 
     pub fn serial(&self) -> u64 {
@@ -241,7 +231,7 @@ impl Node {
         if self.config().device(&device).is_some_and(|d| d.paused) {
             return false;
         }
-        let mut conns = lock(&self.connections);
+        let mut conns = self.connections.locked();
         if let Some(old) = conns.get(&device).filter(|c| !c.close.is_closed()) {
             let age = old.started.elapsed().unwrap_or_default();
             // A better kind (direct over relayed) replaces at once, as in Syncthing.
@@ -256,7 +246,7 @@ impl Node {
     }
 
     pub fn unregister(&self, device: &DeviceId, serial: u64) {
-        let mut conns = lock(&self.connections);
+        let mut conns = self.connections.locked();
         if conns.get(device).is_some_and(|c| c.serial == serial) {
             conns.remove(device);
             crate::events::device_disconnected(device, "connection closed");
@@ -264,13 +254,14 @@ impl Node {
     }
 
     pub fn connected(&self, device: &DeviceId) -> bool {
-        lock(&self.connections)
+        self.connections
+            .locked()
             .get(device)
             .is_some_and(|c| !c.close.is_closed())
     }
 
     pub fn connections(&self) -> HashMap<DeviceId, ConnInfo> {
-        lock(&self.connections).clone()
+        self.connections.locked().clone()
     }
 
     /// Records an unknown device that connected (its name is cut and
@@ -283,7 +274,7 @@ impl Node {
         let (name, address) = (p.name.clone(), p.address);
         let mut evicted = None;
         {
-            let mut pending = lock(&self.pending);
+            let mut pending = self.pending.locked();
             if let Some(old) = pending.get_mut(&device) {
                 *old = p;
                 return true;
@@ -317,7 +308,7 @@ impl Node {
     }
 
     pub fn add_pending_folder(&self, folder: &str, device: DeviceId, label: &str) {
-        let mut pending = lock(&self.pending_folders);
+        let mut pending = self.pending_folders.locked();
         let offers: usize = pending.values().map(HashMap::len).sum();
         let known = pending.get(folder).is_some_and(|o| o.contains_key(&device));
         if !known && offers >= MAX_PENDING_FOLDER_OFFERS {
@@ -340,7 +331,7 @@ impl Node {
     }
 
     pub fn pending_folders(&self) -> HashMap<String, FolderOffers> {
-        let mut all = lock(&self.pending_folders).clone();
+        let mut all = self.pending_folders.locked().clone();
         // Offers become moot once the folder is shared with that device.
         for (folder, offers) in all.iter_mut() {
             offers.retain(|d, _| self.shared_folder(folder, d).is_none());
@@ -350,6 +341,6 @@ impl Node {
     }
 
     pub fn pending(&self) -> HashMap<DeviceId, PendingDevice> {
-        lock(&self.pending).clone()
+        self.pending.locked().clone()
     }
 }

@@ -5,6 +5,7 @@
 //! (`/etc/resolv.conf`, `/etc/hosts`). Also the SRV lookup behind
 //! `dns-srv://NAME` device addresses.
 
+use crate::sync::MutexExt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -106,7 +107,7 @@ fn is_localhost(host: &str) -> bool {
 
 impl Resolver {
     fn resolver(&self, servers: &[String]) -> Result<TokioResolver> {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self.current.locked();
         if let Some((s, r)) = cur.as_ref() {
             if s == servers {
                 return Ok(r.clone());

@@ -2,6 +2,7 @@
 //! new and changed files in parallel and records the differences (new
 //! versions, tombstones for vanished entries) with fresh sequence numbers.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -628,10 +629,7 @@ fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64, live: &Live) -> Ve
                 if r.is_ok() {
                     live.hashed_bytes.fetch_add(unit.len, Ordering::Relaxed);
                 }
-                results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(i, r);
+                results.locked().insert(i, r);
             });
         }
     });

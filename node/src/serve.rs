@@ -2,6 +2,7 @@
 //! folders, listens, dials configured devices and serves the REST API until
 //! SIGTERM/SIGINT or a REST shutdown.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,10 +141,7 @@ pub fn apply_config(node: &Arc<Node>) -> Result<()> {
             scan_now: scan_tx,
             pull_errors: std::sync::Mutex::new(Vec::new()),
         });
-        node.folders
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(f.id.clone(), rt);
+        node.folders.write_locked().insert(f.id.clone(), rt);
         tokio::spawn(scan_loop(node.clone(), f.id.clone(), scan_rx));
     }
     crate::connect::ensure_dialers(node);
@@ -157,10 +155,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
     let mut watcher = None;
     loop {
         let Some(f) = node.config().folders.into_iter().find(|f| f.id == folder) else {
-            node.folders
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&folder);
+            node.folders.write_locked().remove(&folder);
             return;
         };
         let Some(rt) = node.folder_runtime(&folder) else {
@@ -250,7 +245,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
                         retry_soon = Some(PULL_RETRY);
                     }
                     crate::events::folder_errors(&folder, &stats.errors);
-                    *rt.pull_errors.lock().unwrap_or_else(|p| p.into_inner()) = stats.errors;
+                    *rt.pull_errors.locked() = stats.errors;
                 }
                 Err(e) => {
                     tracing::error!(folder = %folder, error = %format!("{e:#}"), "pull failed");

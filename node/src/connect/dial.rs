@@ -5,6 +5,7 @@
 //! before relays; while a device is connected through a relay, direct
 //! candidates keep being tried and a working one replaces the relay.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,7 +69,7 @@ fn dial_status() -> &'static std::sync::Mutex<HashMap<String, DialOutcome>> {
 const MAX_DIAL_STATUS: usize = 1000;
 
 fn record_dial(label: String, error: Option<String>) {
-    let mut m = dial_status().lock().unwrap_or_else(|p| p.into_inner());
+    let mut m = dial_status().locked();
     if m.len() >= MAX_DIAL_STATUS && !m.contains_key(&label) {
         m.clear();
     }
@@ -77,10 +78,7 @@ fn record_dial(label: String, error: Option<String>) {
 
 /// `lastDialStatus`: address → (when, error or `None` for success).
 pub fn last_dial_status() -> HashMap<String, DialOutcome> {
-    dial_status()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
+    dial_status().locked().clone()
 }
 
 /// A dialable address, or `None` (unsupported scheme, unspecified host,
@@ -165,7 +163,7 @@ pub fn ensure_dialers(node: &Arc<Node>) {
         if id == node.my_id {
             continue;
         }
-        let mut dialers = node.dialers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dialers = node.dialers.locked();
         if dialers.insert(id) {
             tokio::spawn(device_loop(node.clone(), id));
         }
@@ -187,10 +185,7 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
     loop {
         let config = node.config();
         let Some(d) = config.device(&device).cloned() else {
-            node.dialers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&device);
+            node.dialers.locked().remove(&device);
             return;
         };
         if *node.shutdown.borrow() {

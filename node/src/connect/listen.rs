@@ -3,6 +3,7 @@
 //! removed live as the configuration changes; each knows the address it
 //! makes us reachable at, which discovery announces.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,7 +53,7 @@ fn shown(uri: &str) -> String {
 /// (or null) and the addresses it makes us reachable at.
 pub fn service_status() -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
-    for (uri, l) in listeners().lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for (uri, l) in listeners().locked().iter() {
         let reachable: Vec<String> = l.reachable.borrow().iter().cloned().collect();
         let error = if reachable.is_empty() {
             serde_json::Value::from("not connected to the relay yet")
@@ -64,7 +65,7 @@ pub fn service_status() -> serde_json::Map<String, serde_json::Value> {
             serde_json::json!({"error": error, "lanAddresses": reachable, "wanAddresses": reachable}),
         );
     }
-    for (uri, e) in failures().lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for (uri, e) in failures().locked().iter() {
         out.insert(
             shown(uri),
             serde_json::json!({"error": e, "lanAddresses": [], "wanAddresses": []}),
@@ -81,7 +82,7 @@ fn listeners() -> &'static Mutex<HashMap<String, Listener>> {
 /// Our current addresses, for discovery: TCP listeners as configured (the
 /// bound port filled in) and relays we are joined to, without tokens.
 pub fn announced_addresses() -> Vec<String> {
-    let l = listeners().lock().unwrap_or_else(|p| p.into_inner());
+    let l = listeners().locked();
     let mut out: Vec<String> = l
         .values()
         .filter_map(|x| x.reachable.borrow().clone())
@@ -121,39 +122,23 @@ pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
     let _one = ONE.lock().await;
     let want = wanted(node);
     {
-        let mut l = listeners().lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = listeners().locked();
         l.retain(|k, _| want.contains(k));
-        failures()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| want.contains(k));
+        failures().locked().retain(|k, _| want.contains(k));
     }
     let mut first_error = None;
     for uri in want {
-        if listeners()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&uri)
-        {
+        if listeners().locked().contains_key(&uri) {
             continue;
         }
         match start_one(node, &uri).await {
             Ok(listener) => {
-                failures()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&uri);
-                listeners()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(uri, listener);
+                failures().locked().remove(&uri);
+                listeners().locked().insert(uri, listener);
             }
             Err(e) => {
                 tracing::warn!(address = %shown(&uri), error = %format!("{e:#}"), "cannot listen");
-                failures()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(uri.clone(), format!("{e:#}"));
+                failures().locked().insert(uri.clone(), format!("{e:#}"));
                 first_error.get_or_insert(e);
             }
         }

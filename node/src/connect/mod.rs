@@ -12,6 +12,7 @@ pub mod admission;
 mod dial;
 mod listen;
 
+use crate::sync::MutexExt;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Result;
@@ -61,11 +62,7 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
     let mut status = serde_json::Map::new();
     let mut errors = serde_json::Map::new();
     if options.global_announce_enabled {
-        let known = crate::discovery::discovery()
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let known = crate::discovery::discovery().status.locked().clone();
         for s in options
             .global_announce_servers
             .iter()

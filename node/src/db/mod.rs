@@ -4,6 +4,7 @@
 //! skip unchanged files), and what each remote device announced (its index
 //! ID and the highest sequence received), for delta index exchange.
 
+use crate::sync::MutexExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -249,7 +250,7 @@ impl Db {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (transactions roll back), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.conn.locked()
     }
 
     /// Our index ID and current sequence for `folder`, creating the folder's

@@ -3,6 +3,7 @@
 //! (IPv6, `ff12::8384`), announcements of others received and kept for
 //! 90 s. On only with `localAnnounceEnabled`; port `localAnnouncePort`.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -41,7 +42,7 @@ pub struct LocalCache {
 
 impl LocalCache {
     pub fn get(&self, device: &DeviceId) -> Vec<String> {
-        let m = self.m.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.m.locked();
         let mut out = Vec::new();
         for v6 in [false, true] {
             if let Some(e) = m.get(&(*device, v6)) {
@@ -55,7 +56,7 @@ impl LocalCache {
 
     /// Every fresh entry.
     pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
-        let m = self.m.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.m.locked();
         let mut out: HashMap<DeviceId, Vec<String>> = HashMap::new();
         for ((id, _), e) in m.iter() {
             if e.at.elapsed() < CACHE_LIFETIME {
@@ -71,7 +72,7 @@ impl LocalCache {
     /// expired or it restarted (then we announce back at once).
     fn put(&self, device: DeviceId, v6: bool, addresses: Vec<String>, instance: i64) -> bool {
         let device = (device, v6);
-        let mut m = self.m.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.m.locked();
         let fresh = match m.get(&device) {
             Some(e) => e.at.elapsed() >= CACHE_LIFETIME || e.instance != instance,
             None => true,

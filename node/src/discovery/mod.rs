@@ -5,6 +5,7 @@
 pub mod global;
 pub mod local;
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -194,11 +195,7 @@ pub async fn announce_loop(node: Arc<Node>) {
                     tracing::warn!(server = %server, error = %e, retry_s = delay.as_secs(), "announcement failed")
                 }
             }
-            discovery()
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(server.clone(), error);
+            discovery().status.locked().insert(server.clone(), error);
             state.insert(
                 server,
                 ServerState {

@@ -1,6 +1,7 @@
 //! One function per event the node emits, building the `data` object
 //! with Syncthing's field names, so call sites stay one line.
 
+use crate::sync::MutexExt;
 use std::net::SocketAddr;
 
 use proto::bep::wire::FileInfo;
@@ -102,7 +103,7 @@ pub fn item_finished(folder: &str, f: &FileInfo, error: Option<String>) {
 /// Sets a folder's state and emits `StateChanged` if it changed.
 pub fn set_state(folder: &str, state: &std::sync::Mutex<&'static str>, to: &'static str) {
     let from = {
-        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = state.locked();
         std::mem::replace(&mut *s, to)
     };
     if from == "scanning" {

@@ -3,6 +3,7 @@
 //! emitted every few seconds while something changes. Only files in
 //! flight are held, so the registry stays small.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
@@ -43,7 +44,7 @@ static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
 });
 
 fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
-    f(&mut REGISTRY.lock().unwrap_or_else(|p| p.into_inner()))
+    f(&mut REGISTRY.locked())
 }
 
 pub(super) fn start(folder: &str, f: &FileInfo) {

@@ -4,6 +4,7 @@
 //! when each folder was last scanned and its last changed file. Runtime
 //! only: they start empty after a restart.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
@@ -53,7 +54,7 @@ static RECORDS: LazyLock<Mutex<Records>> = LazyLock::new(|| {
 });
 
 fn with<T>(f: impl FnOnce(&mut Records) -> T) -> T {
-    f(&mut RECORDS.lock().unwrap_or_else(|p| p.into_inner()))
+    f(&mut RECORDS.locked())
 }
 
 pub fn log(level: u8, message: String) {

@@ -4,6 +4,7 @@
 //! figures come from the same functions as `/rest/db/status|completion`,
 //! which are cached until the index changes, so an idle check is cheap.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +68,8 @@ fn fingerprint(node: &Node) -> (u64, String) {
     let mut out = generation.to_string();
     for f in node.config().folders {
         if let Some(rt) = node.folder_runtime(&f.id) {
-            let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
-            let errors = rt
-                .pull_errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len();
+            let state = *rt.state.locked();
+            let errors = rt.pull_errors.locked().len();
             out.push_str(&format!(
                 "|{}:{state}:{errors}:{}",
                 f.id,

@@ -2,6 +2,7 @@
 //! every request gets a fresh ID, waits for its Response (bounded in time)
 //! and is forgotten when answered, timed out, cancelled or disconnected.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
@@ -54,7 +55,7 @@ impl Requester {
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<Response>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.pending.locked()
     }
 
     /// Sends `req` (its ID is set here) and returns the data of a

@@ -1,5 +1,6 @@
 //! `/rest/db/*` and `/rest/folder/*`: the index as Syncthing shows it.
 
+use crate::sync::MutexExt;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -75,8 +76,7 @@ pub async fn route(c: &Call) -> Answer {
                 .folder_runtime(&f.id)
                 .map(|rt| {
                     rt.pull_errors
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .locked()
                         .iter()
                         .map(|(path, error)| json!({"path": path, "error": error}))
                         .collect()
@@ -110,12 +110,8 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
     let Some(rt) = node.folder_runtime(folder) else {
         return Ok(None);
     };
-    let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
-    let pull_errors = rt
-        .pull_errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .len();
+    let state = *rt.state.locked();
+    let pull_errors = rt.pull_errors.locked().len();
     let local = crate::pull::local_totals(node, folder)?;
     let g = crate::pull::need_totals(node, folder)?;
     // The figures are as old as the older of the two.

@@ -1,6 +1,7 @@
 //! `/metrics`: Prometheus text for scrapers (with the API key or a
 //! Bearer token).
 
+use crate::sync::MutexExt;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -76,11 +77,7 @@ fn folder_and_device_metrics(node: &crate::model::Node) -> String {
                 totals.value.need_bytes
             );
         }
-        let n = rt
-            .pull_errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
+        let n = rt.pull_errors.locked().len();
         let _ = writeln!(errors, "node_folder_pull_errors{{folder=\"{folder}\"}} {n}");
     }
     let live = node.connections();

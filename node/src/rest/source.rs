@@ -2,6 +2,7 @@
 //! or an IPv6 /64 — an attacker owns a whole /64 as easily as one
 //! address).
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,7 @@ impl PerSource {
     /// `max` already.
     pub fn enter(&self, ip: IpAddr) -> Option<Slot> {
         let source = Source::of_ip(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         let n = open.entry(source).or_insert(0);
         if *n >= self.max {
             return None;
@@ -47,7 +48,7 @@ impl PerSource {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         if let Some(n) = open.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {

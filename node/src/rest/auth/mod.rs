@@ -31,6 +31,7 @@
 mod login;
 mod tokens;
 
+use crate::sync::MutexExt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -273,7 +274,7 @@ impl Guard {
     /// Ends every session and CSRF token when the user or password hash
     /// changed since they were issued.
     fn sessions_follow(&self, gui: &Gui) {
-        let mut g = self.sessions_for.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.sessions_for.locked();
         if g.0 != gui.user || g.1 != gui.password {
             *g = (gui.user.clone(), gui.password.clone());
             self.sessions.clear();
