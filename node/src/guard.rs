@@ -4,12 +4,13 @@
 //! usually owns the whole prefix), log lines that cannot flood the disk,
 //! and a counter per refusal reason for `/metrics`.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::sync::MutexExt;
 
 /// Longest peer-chosen name (device name, client name/version, folder
 /// label) we store or log, in characters: enough for any real name, small

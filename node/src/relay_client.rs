@@ -385,7 +385,15 @@ async fn accept_invitation(
     }
     let tcp = join_session(&inv, relay).await?;
     let tls = bep_tls(&node, tcp, inv.server_socket, from).await?;
-    crate::conn::run(node, tls, from, relay, "relay-server", None).await
+    crate::conn::run(
+        node,
+        tls,
+        from,
+        relay,
+        crate::model::ConnectionKind::RelayServer,
+        None,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! (`/etc/resolv.conf`, `/etc/hosts`). Also the SRV lookup behind
 //! `dns-srv://NAME` device addresses.
 
-use crate::sync::MutexExt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,6 +14,8 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
+
+use crate::sync::MutexExt;
 
 /// A whole lookup (all servers, retries) gives up after this.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -2,7 +2,6 @@
 //! new and changed files in parallel and records the differences (new
 //! versions, tombstones for vanished entries) with fresh sequence numbers.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -18,6 +17,7 @@ use proto::bep::vector;
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Vector};
 
 use crate::db::{Change, Db, LocalMeta};
+use crate::sync::MutexExt;
 
 /// Marker Syncthing creates at the root of every folder.
 pub const MARKER: &str = ".stfolder";

@@ -2,7 +2,6 @@
 //! folders, listens, dials configured devices and serves the REST API until
 //! SIGTERM/SIGINT or a REST shutdown.
 
-use crate::sync::{MutexExt, RwLockExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +12,10 @@ use proto::Identity;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, FolderType};
 use crate::db::Db;
-use crate::model::{FolderRuntime, Node};
+use crate::model::{FolderRuntime, FolderState, Node};
+use crate::sync::{MutexExt, RwLockExt};
 use crate::{pull, rest, scan};
 
 #[derive(Args)]
@@ -137,7 +137,7 @@ pub fn apply_config(node: &Arc<Node>) -> Result<()> {
         let (scan_tx, scan_rx) = mpsc::channel(1);
         let rt = Arc::new(FolderRuntime {
             sequence: watch::channel(seq).0,
-            state: std::sync::Mutex::new("scan-waiting"),
+            state: std::sync::Mutex::new(FolderState::ScanWaiting),
             scan_now: scan_tx,
             pull_errors: std::sync::Mutex::new(Vec::new()),
         });
@@ -154,18 +154,24 @@ pub fn apply_config(node: &Arc<Node>) -> Result<()> {
 async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()>) {
     let mut watcher = None;
     loop {
-        let Some(f) = node.config().folders.into_iter().find(|f| f.id == folder) else {
+        let Some(f) = node
+            .config()
+            .folders
+            .iter()
+            .find(|f| f.id == folder)
+            .cloned()
+        else {
             node.folders.write_locked().remove(&folder);
             return;
         };
         let Some(rt) = node.folder_runtime(&folder) else {
             return;
         };
-        crate::events::set_state(&folder, &rt.state, "scanning");
+        crate::events::set_state(&folder, &rt.state, FolderState::Scanning);
         let n2 = node.clone();
         let (fid, path) = (f.id.clone(), f.path.clone());
         let short = node.my_id.short().0;
-        let receive_only = f.kind == "receiveonly";
+        let receive_only = f.kind == FolderType::ReceiveOnly;
         let rt2 = rt.clone();
         let live = Arc::new(scan::Live::default());
         let live2 = live.clone();
@@ -188,7 +194,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         if stderr_is_terminal() {
             eprint!("\r\x1b[K");
         }
-        crate::events::set_state(&folder, &rt.state, "idle");
+        crate::events::set_state(&folder, &rt.state, FolderState::Idle);
         // The watcher starts after the first successful scan (the folder
         // exists then) and lives as long as this loop.
         if watcher.is_none() && f.fs_watcher_enabled && matches!(result, Ok(Ok(_))) {
@@ -229,7 +235,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
         // remote changes are not applied there).
         let mut retry_soon = None;
         if scanned_ok && !f.read_only() && !f.paused {
-            crate::events::set_state(&folder, &rt.state, "syncing");
+            crate::events::set_state(&folder, &rt.state, FolderState::Syncing);
             match pull::round(&node, &f).await {
                 Ok(stats) => {
                     if stats.applied > 0 || !stats.errors.is_empty() {
@@ -252,7 +258,7 @@ async fn scan_loop(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<
                     retry_soon = Some(PULL_RETRY);
                 }
             }
-            crate::events::set_state(&folder, &rt.state, "idle");
+            crate::events::set_state(&folder, &rt.state, FolderState::Idle);
         }
         // Jitter the interval (±25 %) so many folders do not scan together.
         // Validation caps the setting; the clamp keeps the arithmetic

@@ -13,7 +13,6 @@
 //!   as soon as TLS is done (see `conn::run`): only strangers wait for
 //!   their Hello in a slot.
 
-use crate::sync::MutexExt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::guard::{Refusal, Refusals, Source};
+use crate::sync::MutexExt;
 
 /// Handshakes in progress over all listeners.
 pub const MAX_HANDSHAKES: usize = 64;

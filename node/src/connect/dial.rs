@@ -5,7 +5,6 @@
 //! before relays; while a device is connected through a relay, direct
 //! candidates keep being tried and a working one replaces the relay.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +18,8 @@ use proto::DeviceId;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::model::Node;
+use crate::model::{ConnectionKind, Node};
+use crate::sync::MutexExt;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +109,8 @@ pub fn parse_candidate(s: &str) -> Option<Candidate> {
 
 /// Every candidate for a device, direct ones first, duplicates removed.
 async fn candidates(node: &Arc<Node>, device: DeviceId, addresses: &[String]) -> Vec<Candidate> {
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     let mut texts: Vec<String> = Vec::new();
     for a in addresses {
         let a = a.trim();
@@ -159,7 +160,7 @@ pub fn ensure_dialers(node: &Arc<Node>) {
     });
     let config = node.config();
     for d in &config.devices {
-        let Ok(id) = d.id() else { continue };
+        let id = d.device_id;
         if id == node.my_id {
             continue;
         }
@@ -170,7 +171,7 @@ pub fn ensure_dialers(node: &Arc<Node>) {
     }
 }
 
-fn current_kind(node: &Node, device: &DeviceId) -> Option<&'static str> {
+fn current_kind(node: &Node, device: &DeviceId) -> Option<ConnectionKind> {
     node.connections()
         .get(device)
         .filter(|c| !c.close.is_closed())
@@ -202,7 +203,7 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
                 .clamp(1, crate::config::MAX_INTERVAL_S),
         );
         let kind = current_kind(&node, &device).filter(|_| node.connected(&device));
-        let relayed = kind.is_some_and(|k| super::priority(k) > 1);
+        let relayed = kind.is_some_and(ConnectionKind::relayed);
         if kind.is_some() && (!relayed || Instant::now() < next_upgrade) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -220,7 +221,7 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
             String::new()
         };
         for c in &list {
-            if current_kind(&node, &device).is_some_and(|k| !relayed || super::priority(k) == 1) {
+            if current_kind(&node, &device).is_some_and(|k| !relayed || !k.relayed()) {
                 connected = true;
                 break;
             }
@@ -265,8 +266,9 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
 async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Result<()> {
     let (task, kind) = match c {
         Candidate::Direct { host, port, .. } => {
-            let servers = node.config().options.dns_servers;
-            let addrs = super::resolver().resolve(&servers, host, *port).await?;
+            let config = node.config();
+            let servers = &config.options.dns_servers;
+            let addrs = super::resolver().resolve(servers, host, *port).await?;
             let mut last = anyhow!("no address");
             let mut started = None;
             for addr in addrs {
@@ -278,19 +280,20 @@ async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Res
                     Err(e) => last = e.context(addr.to_string()),
                 }
             }
-            (started.ok_or(last)?, "tcp-client")
+            (started.ok_or(last)?, ConnectionKind::TcpClient)
         }
         Candidate::Relay(uri) => {
             let (tls, relay) = crate::relay_client::dial(node, uri, device).await?;
             let node2 = node.clone();
             let task = tokio::spawn(async move {
                 if let Err(e) =
-                    crate::conn::run(node2, tls, device, relay, "relay-client", None).await
+                    crate::conn::run(node2, tls, device, relay, ConnectionKind::RelayClient, None)
+                        .await
                 {
                     tracing::info!(device = %device, %relay, error = %format!("{e:#}"), "relayed connection ended");
                 }
             });
-            (task, "relay-client")
+            (task, ConnectionKind::RelayClient)
         }
     };
     let deadline = Instant::now() + REGISTER_WAIT;
@@ -330,7 +333,9 @@ async fn dial_tcp(
     let peer = tls::peer_device_id(tls.get_ref().1).context("server sent no certificate")?;
     let node = node.clone();
     Ok(tokio::spawn(async move {
-        if let Err(e) = crate::conn::run(node, tls, peer, addr, "tcp-client", None).await {
+        if let Err(e) =
+            crate::conn::run(node, tls, peer, addr, ConnectionKind::TcpClient, None).await
+        {
             tracing::info!(device = %peer, %addr, error = %format!("{e:#}"), "connection ended");
         }
     }))

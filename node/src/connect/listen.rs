@@ -3,7 +3,6 @@
 //! removed live as the configuration changes; each knows the address it
 //! makes us reachable at, which discovery announces.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +15,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::guard::Refusal;
-use crate::model::Node;
+use crate::model::{ConnectionKind, Node};
+use crate::sync::MutexExt;
 
 /// Lines about connections that failed before the peer was known: anyone
 /// can cause them, so they are rate-limited.
@@ -94,7 +94,8 @@ pub fn announced_addresses() -> Vec<String> {
 
 /// The listen addresses that should be running now.
 fn wanted(node: &Node) -> Vec<String> {
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     options
         .listen_addresses
         .iter()
@@ -261,8 +262,15 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                 }
                 return;
             };
-            if let Err(e) =
-                crate::conn::run(node.clone(), tls, peer, addr, "tcp-server", Some(ticket)).await
+            if let Err(e) = crate::conn::run(
+                node.clone(),
+                tls,
+                peer,
+                addr,
+                ConnectionKind::TcpServer,
+                Some(ticket),
+            )
+            .await
             {
                 // Only connections that never got past the Hello end here.
                 if let Some(suppressed) = node.handshake_log.allow() {

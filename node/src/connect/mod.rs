@@ -12,13 +12,13 @@ pub mod admission;
 mod dial;
 mod listen;
 
-use crate::sync::MutexExt;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Result;
 
 use crate::model::Node;
 use crate::resolve::Resolver;
+use crate::sync::MutexExt;
 
 pub use dial::ensure_dialers;
 pub use listen::announced_addresses;
@@ -58,7 +58,8 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
         dials.insert(address, json!({"when": rfc3339(when), "error": error}));
     }
     out.insert("lastDialStatus".into(), Value::Object(dials));
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     let mut status = serde_json::Map::new();
     let mut errors = serde_json::Map::new();
     if options.global_announce_enabled {
@@ -93,13 +94,4 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
     out.insert("discoveryStatus".into(), Value::Object(status));
     out.insert("discoveryErrors".into(), Value::Object(errors));
     out
-}
-
-/// Lower is better, as Syncthing's connection priorities.
-pub fn priority(kind: &str) -> u8 {
-    if kind.starts_with("relay") {
-        2
-    } else {
-        1
-    }
 }

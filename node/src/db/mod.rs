@@ -4,7 +4,6 @@
 //! skip unchanged files), and what each remote device announced (its index
 //! ID and the highest sequence received), for delta index exchange.
 
-use crate::sync::MutexExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +14,8 @@ use prost::Message as _;
 use proto::bep::wire::{FileInfo, FileInfoType, Vector};
 use proto::DeviceId;
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::sync::MutexExt;
 
 mod blocks;
 pub mod global;

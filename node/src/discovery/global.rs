@@ -5,7 +5,6 @@
 //! by device ID), `?insecure` (no verification at all), neither (system CA
 //! roots and host name), plus `noannounce` / `nolookup`.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,8 @@ use proto::tls::{self, alpn, ServerPin, Versions};
 use proto::{DeviceId, Identity};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::sync::MutexExt;
 
 /// One request (connect, TLS, answer) gives up after this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -3,7 +3,6 @@
 //! (IPv6, `ff12::8384`), announcements of others received and kept for
 //! 90 s. On only with `localAnnounceEnabled`; port `localAnnouncePort`.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -15,6 +14,7 @@ use proto::DeviceId;
 use tokio::net::UdpSocket;
 
 use crate::model::Node;
+use crate::sync::MutexExt;
 
 const INTERVAL: Duration = Duration::from_secs(30);
 const CACHE_LIFETIME: Duration = Duration::from_secs(90);
@@ -180,7 +180,8 @@ fn effective_port(configured: u16) -> u16 {
 /// port changes.
 pub async fn run(node: Arc<Node>) {
     loop {
-        let options = node.config().options;
+        let config = node.config();
+        let options = &config.options;
         if !options.local_announce_enabled {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -223,7 +224,8 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
     let mut buf4 = vec![0u8; MAX_PACKET];
     let mut buf6 = vec![0u8; MAX_PACKET];
     loop {
-        let options = node.config().options;
+        let config = node.config();
+        let options = &config.options;
         if !options.local_announce_enabled || effective_port(options.local_announce_port) != port {
             tracing::info!("local discovery off");
             return Ok(());

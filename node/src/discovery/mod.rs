@@ -5,7 +5,6 @@
 pub mod global;
 pub mod local;
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use proto::DeviceId;
 
 use crate::model::Node;
+use crate::sync::MutexExt;
 use global::{LookupCache, ServerUrl};
 
 /// The discovery state of this process (one node per process: the home
@@ -51,7 +51,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// Addresses of `device` known to discovery: global servers (cached) and
 /// local announcements, merged without duplicates.
 pub async fn lookup(node: &Arc<Node>, device: DeviceId) -> Vec<String> {
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     let mut out: Vec<String> = Vec::new();
     if options.local_announce_enabled {
         out.extend(discovery().local.get(&device));
@@ -125,7 +126,8 @@ pub async fn announce_loop(node: Arc<Node>) {
     let mut state: HashMap<String, ServerState> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
-        let options = node.config().options;
+        let config = node.config();
+        let options = &config.options;
         if !options.global_announce_enabled {
             state.clear();
             continue;

@@ -1,7 +1,6 @@
 //! One function per event the node emits, building the `data` object
 //! with Syncthing's field names, so call sites stay one line.
 
-use crate::sync::MutexExt;
 use std::net::SocketAddr;
 
 use proto::bep::wire::FileInfo;
@@ -9,6 +8,7 @@ use proto::DeviceId;
 use serde_json::{json, Value};
 
 use super::{bus, emit, Kind};
+use crate::sync::MutexExt;
 
 fn kind_name(f: &FileInfo) -> &'static str {
     match f.r#type {
@@ -101,12 +101,16 @@ pub fn item_finished(folder: &str, f: &FileInfo, error: Option<String>) {
 }
 
 /// Sets a folder's state and emits `StateChanged` if it changed.
-pub fn set_state(folder: &str, state: &std::sync::Mutex<&'static str>, to: &'static str) {
+pub fn set_state(
+    folder: &str,
+    state: &std::sync::Mutex<crate::model::FolderState>,
+    to: crate::model::FolderState,
+) {
     let from = {
         let mut s = state.locked();
         std::mem::replace(&mut *s, to)
     };
-    if from == "scanning" {
+    if from == crate::model::FolderState::Scanning {
         super::record::folder_scanned(folder);
     }
     if from != to {

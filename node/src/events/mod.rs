@@ -14,7 +14,6 @@ pub mod record;
 mod ring;
 pub mod summaries;
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
@@ -25,6 +24,8 @@ use tokio::sync::watch;
 pub use data::*;
 pub use kind::{Kind, Mask};
 use ring::Ring;
+
+use crate::sync::MutexExt;
 
 /// Events kept per ring (Syncthing keeps 1000 per subscription).
 pub const RING_CAPACITY: usize = 1000;

@@ -3,12 +3,13 @@
 //! emitted every few seconds while something changes. Only files in
 //! flight are held, so the registry stays small.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use proto::bep::wire::FileInfo;
 use serde_json::{json, Value};
+
+use crate::sync::MutexExt;
 
 /// Where a block of a file being pulled came from.
 #[derive(Clone, Copy)]

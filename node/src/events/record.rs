@@ -4,12 +4,12 @@
 //! when each folder was last scanned and its last changed file. Runtime
 //! only: they start empty after a restart.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
 
 use super::ring::Ring;
+use crate::sync::MutexExt;
 
 /// Log lines kept (Syncthing keeps 250).
 const LOG_LINES: usize = 250;

@@ -4,7 +4,6 @@
 //! figures come from the same functions as `/rest/db/status|completion`,
 //! which are cached until the index changes, so an idle check is cheap.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use serde_json::{json, Value};
 use super::{emit, Kind};
 use crate::model::Node;
 use crate::pull::summaries::Figures;
+use crate::sync::MutexExt;
 
 const EVERY: Duration = Duration::from_secs(1);
 /// `DownloadProgress` every 5 s (Syncthing's default interval).
@@ -66,7 +66,7 @@ type Seen = HashMap<(String, Option<String>), Value>;
 fn fingerprint(node: &Node) -> (u64, String) {
     let generation = node.db.generation();
     let mut out = generation.to_string();
-    for f in node.config().folders {
+    for f in node.config().folders.iter() {
         if let Some(rt) = node.folder_runtime(&f.id) {
             let state = *rt.state.locked();
             let errors = rt.pull_errors.locked().len();
@@ -88,7 +88,7 @@ fn fingerprint(node: &Node) -> (u64, String) {
 fn check(node: &Node, mut last: Seen) -> (Seen, u64) {
     let mut next = HashMap::new();
     let mut oldest = u64::MAX;
-    for f in node.config().folders {
+    for f in node.config().folders.iter() {
         let Ok(Some(Figures {
             value: summary,
             generation,

@@ -32,7 +32,6 @@ pub mod requester;
 pub mod summaries;
 pub mod verify;
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
@@ -54,6 +53,7 @@ use tokio::sync::Semaphore;
 use crate::config::FolderConfig;
 use crate::db::{Change, Direction};
 use crate::model::Node;
+use crate::sync::MutexExt;
 use dirfd::{Dir, Rename};
 use disk::{basename, dirname, LocallyChanged};
 use need::Needed;

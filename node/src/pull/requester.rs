@@ -2,7 +2,6 @@
 //! every request gets a fresh ID, waits for its Response (bounded in time)
 //! and is forgotten when answered, timed out, cancelled or disconnected.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
@@ -12,6 +11,8 @@ use anyhow::{bail, Result};
 use proto::bep::wire::{Request, Response};
 use proto::bep::Message;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::sync::MutexExt;
 
 /// A Response later than this counts as lost (the peer may be slow, but
 /// another device or a later round can serve the block).

@@ -7,7 +7,6 @@
 //! of the time, and the figures lag only where they are costly (about 3 s
 //! at 100,000 files; a few milliseconds for small folders).
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 use proto::DeviceId;
 
 use super::need::{Completion, Totals};
+use crate::sync::MutexExt;
 
 /// What is cached: the folder's totals, or a device's completion.
 #[derive(Debug, Clone)]

@@ -4,7 +4,6 @@
 //! (`proto::bep::blocks::sha256_each`), which costs about half as much per
 //! block as hashing them one by one; it never waits for a batch to fill.
 
-use crate::sync::{MutexExt, RwLockExt};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -17,6 +16,7 @@ use proto::bep::wire::BlockInfo;
 use tokio::sync::{mpsc, oneshot};
 
 use super::disk;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// A temp file that fetched blocks are written into.
 pub struct TempFile {

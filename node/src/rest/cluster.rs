@@ -1,11 +1,11 @@
 //! `/rest/cluster/pending/devices|folders`: devices and folders offered
 //! to us that are not configured.
 
-use crate::sync::MutexExt;
 use http::Method;
 use serde_json::{json, Value};
 
 use super::http_util::{bad, json, not_found, ok, rfc3339, Answer, Call};
+use crate::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {
     let node = &c.node;

@@ -1,12 +1,13 @@
 //! `/rest/db/*` and `/rest/folder/*`: the index as Syncthing shows it.
 
-use crate::sync::MutexExt;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::http_util::{internal, json, ok, rfc3339, text, time_fmt, Answer, Call};
+use crate::config::FolderType;
 use crate::model::Node;
 use crate::pull::summaries::Figures;
+use crate::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {
     match c.path.as_str() {
@@ -123,7 +124,7 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
         .config()
         .folders
         .iter()
-        .any(|f| f.id == folder && f.kind == "receiveonly");
+        .any(|f| f.id == folder && f.kind == FolderType::ReceiveOnly);
     let mut v = json!({
         "state": state,
         "stateChanged": rfc3339(node.started),
@@ -216,12 +217,17 @@ async fn revert_or_override(c: &Call) -> Answer {
     let f = c.folder()?;
     let revert = c.path == "/rest/db/revert";
     let fits = if revert {
-        f.kind == "receiveonly"
+        f.kind == FolderType::ReceiveOnly
     } else {
         f.read_only()
     };
     if !fits {
-        let want = if revert { "receiveonly" } else { "sendonly" };
+        let want = if revert {
+            FolderType::ReceiveOnly
+        } else {
+            FolderType::SendOnly
+        }
+        .as_str();
         return Err(super::http_util::bad(format!(
             "folder {:?} is not {want}",
             f.id

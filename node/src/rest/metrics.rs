@@ -1,7 +1,6 @@
 //! `/metrics`: Prometheus text for scrapers (with the API key or a
 //! Bearer token).
 
-use crate::sync::MutexExt;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -10,6 +9,7 @@ use http_body_util::Full;
 
 use super::http_util::{Answer, Call};
 use crate::scan::{TOTAL_HASHED_BYTES, TOTAL_HASHED_FILES};
+use crate::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {
     c.allow(&[Method::GET])?;
@@ -83,7 +83,7 @@ fn folder_and_device_metrics(node: &crate::model::Node) -> String {
     let live = node.connections();
     let mut devices = String::from("# TYPE node_device_connected gauge\n");
     for d in &config.devices {
-        let Ok(id) = d.id() else { continue };
+        let id = d.device_id;
         if id == node.my_id {
             continue;
         }

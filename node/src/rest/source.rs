@@ -2,10 +2,11 @@
 //! or an IPv6 /64 — an attacker owns a whole /64 as easily as one
 //! address).
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use crate::sync::MutexExt;
 
 pub use crate::guard::Source;
 

@@ -13,7 +13,6 @@
 //!   hash it matched) for `VERIFIED_FOR`, so a script sending basic auth
 //!   on every call does not pay bcrypt each time.
 
-use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -24,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::rest::http_util::same;
 use crate::rest::source::Source;
+use crate::sync::MutexExt;
 
 const MAX_BCRYPT_AT_ONCE: usize = 2;
 const FREE_FAILURES: u32 = 5;

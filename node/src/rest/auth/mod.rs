@@ -31,7 +31,6 @@
 mod login;
 mod tokens;
 
-use crate::sync::MutexExt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +42,7 @@ use http::{HeaderValue, Method, StatusCode};
 use super::http_util::{same, text, Reply};
 use crate::config::Gui;
 use crate::model::Node;
+use crate::sync::MutexExt;
 use login::{Login, Logins};
 use tokens::Tokens;
 
@@ -203,7 +203,7 @@ pub fn check_listen_address(node: &Node) -> anyhow::Result<()> {
 /// The key and credentials in effect: the file's, with command-line
 /// overrides (`node.gui`) winning for address and key.
 fn effective_gui(node: &Node) -> Gui {
-    let mut gui = node.config().gui;
+    let mut gui = node.config().gui.clone();
     gui.address.clone_from(&node.gui.address);
     gui.api_key.clone_from(&node.gui.api_key);
     gui

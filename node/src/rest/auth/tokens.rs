@@ -2,12 +2,12 @@
 //! sessions — each kept in a bounded list and forgotten once unused for
 //! too long, so neither a stolen cookie nor a flood of logins lives on.
 
-use crate::sync::MutexExt;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::rest::http_util::same;
+use crate::sync::MutexExt;
 
 /// Tokens of one kind, most recently used first.
 pub struct Tokens {
