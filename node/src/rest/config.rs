@@ -586,3 +586,49 @@ async fn device(c: &Call, id: &str) -> Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_configurations_are_typed_once_with_the_field_in_errors() {
+        let peer = proto::DeviceId::from_der_cert(b"peer");
+        let sloppy = peer.to_string().replace('-', "").to_lowercase();
+        let body = |device: &str, folder_device: &str, kind: &str| {
+            json!({
+                "devices": [{"deviceID": device, "compression": "never"}],
+                "folders": [{"id": "f", "path": "/srv/f", "type": kind,
+                             "devices": [{"deviceID": folder_device}]}],
+            })
+        };
+        let c = parse_config(body(&sloppy, &sloppy, "readwrite")).unwrap();
+        assert_eq!(c.devices[0].device_id, peer);
+        assert_eq!(c.devices[0].compression, Compression::Never);
+        assert!(c.folders[0].shared_with(&peer));
+        assert_eq!(c.folders[0].kind, FolderType::SendReceive);
+        let c = parse_config(body(&sloppy, &sloppy, "readonly")).unwrap();
+        assert_eq!(c.folders[0].kind, FolderType::SendOnly);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["folders"][0]["type"], "sendonly");
+        assert_eq!(v["devices"][0]["deviceID"], peer.to_string());
+
+        for (b, says) in [
+            (
+                body("NOPE", &sloppy, "sendonly"),
+                "devices[0].deviceID: invalid device ID \"NOPE\"",
+            ),
+            (
+                body(&sloppy, "NOPE", "sendonly"),
+                "folders[0].devices[0].deviceID: invalid device ID \"NOPE\"",
+            ),
+            (
+                body(&sloppy, &sloppy, "receiveencrypted"),
+                "folders[0].type: type \"receiveencrypted\" is not supported",
+            ),
+        ] {
+            let err = parse_config(b).unwrap_err();
+            assert!(err.starts_with(says), "{err}");
+        }
+    }
+}
