@@ -91,8 +91,10 @@ pub struct Gui {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceConfig {
-    #[serde(rename = "deviceID")]
-    pub device_id: String,
+    /// Parsed when the configuration is read (file or REST), so lookups
+    /// compare 32 bytes instead of re-parsing base32 and check characters.
+    #[serde(rename = "deviceID", with = "device_id_text")]
+    pub device_id: DeviceId,
     #[serde(default)]
     pub name: String,
     /// Where to reach the device: `tcp://HOST:PORT` (HOST may be a DNS
@@ -101,16 +103,11 @@ pub struct DeviceConfig {
     /// the device to connect to us.
     #[serde(default)]
     pub addresses: Vec<String>,
-    /// `metadata` (default), `always` or `never`.
-    #[serde(default = "default_compression")]
-    pub compression: String,
+    #[serde(default)]
+    pub compression: Compression,
     /// Paused (REST `/rest/system/pause`): no connection is kept.
     #[serde(default)]
     pub paused: bool,
-}
-
-fn default_compression() -> String {
-    "metadata".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,10 +117,8 @@ pub struct FolderConfig {
     #[serde(default)]
     pub label: String,
     pub path: PathBuf,
-    /// `sendreceive`, `sendonly` (remote changes not applied) or
-    /// `receiveonly` (local changes kept, flagged, not sent as valid).
-    #[serde(default = "default_folder_type", rename = "type")]
-    pub kind: String,
+    #[serde(default, rename = "type")]
+    pub kind: FolderType,
     #[serde(default)]
     pub devices: Vec<FolderDevice>,
     #[serde(default = "default_rescan", rename = "rescanIntervalS")]
@@ -147,10 +142,6 @@ fn default_watch_delay() -> u64 {
     1
 }
 
-fn default_folder_type() -> String {
-    "sendreceive".into()
-}
-
 fn default_rescan() -> u64 {
     3600
 }
@@ -158,42 +149,142 @@ fn default_rescan() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FolderDevice {
-    #[serde(rename = "deviceID")]
-    pub device_id: String,
+    #[serde(rename = "deviceID", with = "device_id_text")]
+    pub device_id: DeviceId,
+}
+
+/// A folder's type, as Syncthing spells it in its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FolderType {
+    #[default]
+    SendReceive,
+    /// Remote changes are not applied.
+    SendOnly,
+    /// Local changes are kept, flagged, and not sent as valid.
+    ReceiveOnly,
+}
+
+impl FolderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FolderType::SendReceive => "sendreceive",
+            FolderType::SendOnly => "sendonly",
+            FolderType::ReceiveOnly => "receiveonly",
+        }
+    }
+}
+
+impl std::str::FromStr for FolderType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sendreceive" => Ok(FolderType::SendReceive),
+            // Syncthing's name for sendonly before 0.14.
+            "sendonly" | "readonly" => Ok(FolderType::SendOnly),
+            "receiveonly" => Ok(FolderType::ReceiveOnly),
+            // Deliberately no receiveencrypted: this node cannot run it, and
+            // a refusal beats a folder that silently does something else.
+            other => Err(format!(
+                "type {other:?} is not supported (sendonly, sendreceive, receiveonly)"
+            )),
+        }
+    }
+}
+
+/// What a device's messages are LZ4-compressed for, as Syncthing spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    Metadata,
+    Always,
+    Never,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Metadata => "metadata",
+            Compression::Always => "always",
+            Compression::Never => "never",
+        }
+    }
+
+    /// Any other text means the default, as in Syncthing (and as this node
+    /// has always read it): a typo must not make a device unreachable.
+    fn from_text(s: &str) -> Compression {
+        match s {
+            "always" => Compression::Always,
+            "never" => Compression::Never,
+            _ => Compression::Metadata,
+        }
+    }
+}
+
+impl From<Compression> for proto::bep::Compress {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Metadata => proto::bep::Compress::Metadata,
+            Compression::Always => proto::bep::Compress::Always,
+            Compression::Never => proto::bep::Compress::Never,
+        }
+    }
+}
+
+impl Serialize for FolderType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FolderType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Compression {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Compression::from_text(&String::deserialize(d)?))
+    }
+}
+
+/// Device IDs in their text form (`XXXXXXX-…`, the empty string for none),
+/// parsed once when the configuration is read. Written in the canonical
+/// form, as Syncthing writes them.
+mod device_id_text {
+    use proto::DeviceId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &DeviceId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| serde::de::Error::custom(format!("invalid device ID {text:?}: {e}")))
+    }
 }
 
 impl FolderConfig {
     pub fn read_only(&self) -> bool {
-        self.kind == "sendonly" || self.kind == "readonly"
+        self.kind == FolderType::SendOnly
     }
 
     pub fn shared_with(&self, id: &DeviceId) -> bool {
-        self.devices
-            .iter()
-            .any(|d| d.device_id.parse::<DeviceId>().ok().as_ref() == Some(id))
+        self.devices.iter().any(|d| d.device_id == *id)
     }
 
-    pub fn device_ids(&self) -> Vec<DeviceId> {
-        self.devices
-            .iter()
-            .filter_map(|d| d.device_id.parse().ok())
-            .collect()
-    }
-}
-
-impl DeviceConfig {
-    pub fn id(&self) -> Result<DeviceId> {
-        self.device_id
-            .parse()
-            .with_context(|| format!("device ID {:?} in the configuration", self.device_id))
-    }
-
-    pub fn compress(&self) -> proto::bep::Compress {
-        match self.compression.as_str() {
-            "always" => proto::bep::Compress::Always,
-            "never" => proto::bep::Compress::Never,
-            _ => proto::bep::Compress::Metadata,
-        }
+    pub fn device_ids(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.devices.iter().map(|d| d.device_id)
     }
 }
 
@@ -217,10 +308,9 @@ impl Config {
         file::save(self, home)
     }
 
+    /// Checks what the types do not carry. Device IDs and folder types were
+    /// parsed when the configuration was read.
     pub fn validate(&self) -> Result<()> {
-        for d in &self.devices {
-            d.id()?;
-        }
         let mut ids = std::collections::HashSet::new();
         for f in &self.folders {
             if f.id.is_empty() {
@@ -236,25 +326,11 @@ impl Config {
                     f.path.display()
                 );
             }
-            match f.kind.as_str() {
-                "sendonly" | "readonly" | "sendreceive" | "receiveonly" => {}
-                other => bail!(
-                    "folder {:?}: type {other:?} is not supported (sendonly, sendreceive, receiveonly)",
-                    f.id
-                ),
-            }
             if f.rescan_interval_s > MAX_INTERVAL_S || f.fs_watcher_delay_s > MAX_INTERVAL_S {
                 bail!(
                     "folder {:?}: rescanIntervalS and fsWatcherDelayS must be at most {MAX_INTERVAL_S} (ten years)",
                     f.id
                 );
-            }
-            for d in &f.devices {
-                let id: DeviceId = d
-                    .device_id
-                    .parse()
-                    .with_context(|| format!("folder {:?}: device ID {:?}", f.id, d.device_id))?;
-                let _ = id;
             }
         }
         if self.options.reconnection_interval_s > MAX_INTERVAL_S {
@@ -340,9 +416,7 @@ impl Config {
     }
 
     pub fn device(&self, id: &DeviceId) -> Option<&DeviceConfig> {
-        self.devices
-            .iter()
-            .find(|d| d.id().ok().as_ref() == Some(id))
+        self.devices.iter().find(|d| d.device_id == *id)
     }
 }
 
@@ -406,7 +480,7 @@ mod tests {
                 id: "f".into(),
                 label: String::new(),
                 path: dir.path().join("f"),
-                kind: "sendonly".into(),
+                kind: FolderType::SendOnly,
                 devices: vec![],
                 rescan_interval_s: 10,
                 paused: false,
@@ -434,7 +508,7 @@ mod tests {
             id: id.into(),
             label: String::new(),
             path: path.to_path_buf(),
-            kind: "sendreceive".into(),
+            kind: FolderType::SendReceive,
             devices: vec![],
             rescan_interval_s: 3600,
             paused: false,
@@ -515,5 +589,108 @@ mod tests {
         c.validate().unwrap();
         c.options.listen_addresses = vec!["relay://relay.example:22067/".into()];
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn folder_types_and_compression_keep_syncthings_spelling() {
+        for (t, text) in [
+            (FolderType::SendReceive, "sendreceive"),
+            (FolderType::SendOnly, "sendonly"),
+            (FolderType::ReceiveOnly, "receiveonly"),
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), text);
+            assert_eq!(
+                serde_json::from_value::<FolderType>(text.into()).unwrap(),
+                t
+            );
+        }
+        // Syncthing's old name for sendonly is read, and written as sendonly.
+        let old: FolderType = serde_json::from_value("readonly".into()).unwrap();
+        assert_eq!(old, FolderType::SendOnly);
+        assert_eq!(serde_json::to_value(old).unwrap(), "sendonly");
+        for refused in ["receiveencrypted", "mirror", "SendOnly", ""] {
+            let err = serde_json::from_value::<FolderType>(refused.into()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("type {refused:?} is not supported")),
+                "{err}"
+            );
+        }
+        for (c, text) in [
+            (Compression::Metadata, "metadata"),
+            (Compression::Always, "always"),
+            (Compression::Never, "never"),
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), text);
+            assert_eq!(
+                serde_json::from_value::<Compression>(text.into()).unwrap(),
+                c
+            );
+        }
+        // As in Syncthing, an unknown value is the default.
+        let typo: Compression = serde_json::from_value("alway".into()).unwrap();
+        assert_eq!(typo, Compression::Metadata);
+    }
+
+    /// A file as earlier versions wrote it (strings everywhere) still
+    /// loads; device IDs are parsed once, in any of their accepted forms.
+    #[test]
+    fn device_ids_and_types_are_parsed_when_the_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = DeviceId::from_der_cert(b"peer");
+        let sloppy = peer.to_string().replace('-', "").to_lowercase();
+        let text = format!(
+            "[[devices]]\ndeviceID = \"{sloppy}\"\ncompression = \"always\"\n\n\
+             [[folders]]\nid = \"f\"\npath = \"{}\"\ntype = \"readonly\"\n\
+             devices = [{{ deviceID = \"{peer}\" }}]\n",
+            dir.path().join("f").display()
+        );
+        std::fs::write(Config::path(dir.path()), text).unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.devices[0].device_id, peer);
+        assert_eq!(c.devices[0].compression, Compression::Always);
+        assert!(c.device(&peer).is_some());
+        assert_eq!(c.folders[0].kind, FolderType::SendOnly);
+        assert!(c.folders[0].read_only());
+        assert!(c.folders[0].shared_with(&peer));
+        assert_eq!(c.folders[0].device_ids().collect::<Vec<_>>(), vec![peer]);
+        // Written back in the canonical forms.
+        c.save(dir.path()).unwrap();
+        let written = std::fs::read_to_string(Config::path(dir.path())).unwrap();
+        assert!(
+            written.contains(&format!("deviceID = \"{peer}\"")),
+            "{written}"
+        );
+        assert!(written.contains("type = \"sendonly\""), "{written}");
+        assert!(!written.contains(&sloppy), "{written}");
+
+        // A bad ID, for a device or in a folder's list, refuses the file
+        // and says which ID and why.
+        let good = peer.to_string();
+        // (device's ID, folder device's ID, the bad one)
+        for (device, folder_device, bad) in [
+            ("ABCD-EFG", good.as_str(), "ABCD-EFG"),
+            (good.as_str(), "ABCD", "ABCD"),
+        ] {
+            std::fs::write(
+                Config::path(dir.path()),
+                format!(
+                    "[[devices]]\ndeviceID = \"{device}\"\n\n[[folders]]\nid = \"f\"\n\
+                     path = \"/srv/f\"\ndevices = [{{ deviceID = \"{folder_device}\" }}]\n"
+                ),
+            )
+            .unwrap();
+            let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
+            assert!(err.contains("config.toml"), "{err}");
+            assert!(err.contains(&format!("invalid device ID {bad:?}")), "{err}");
+            assert!(err.contains("characters"), "{err}");
+        }
+        std::fs::write(
+            Config::path(dir.path()),
+            "[[folders]]\nid = \"f\"\npath = \"/srv/f\"\ntype = \"mirror\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
+        assert!(err.contains("type \"mirror\" is not supported"), "{err}");
     }
 }

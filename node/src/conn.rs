@@ -19,8 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::config::Compression;
 use crate::fileserve::{self, Served};
-use crate::model::{ConnInfo, Node, PendingDevice};
+use crate::model::{ConnInfo, ConnectionKind, Node, PendingDevice};
 use crate::pull::requester::Requester;
 
 /// Our client name and version in the Hello. Syncthing only displays
@@ -51,7 +52,7 @@ pub async fn run<S>(
     stream: S,
     peer: DeviceId,
     address: SocketAddr,
-    kind: &'static str,
+    kind: ConnectionKind,
     handshake: Option<crate::connect::admission::Ticket>,
 ) -> Result<()>
 where
@@ -83,7 +84,9 @@ where
         client_version: CLIENT_VERSION.into(),
         ..Default::default()
     };
-    let compress = device.as_ref().map_or(Compress::Metadata, |d| d.compress());
+    let compress = device
+        .as_ref()
+        .map_or(Compress::Metadata, |d| d.compression.into());
     let mut session = Session::new(&hello, compress, Instant::now())?;
     let (mut rd, mut wr) = tokio::io::split(stream);
     wr.write_all(&session.take_outgoing()).await?;
@@ -170,7 +173,7 @@ where
         tracing::info!(device = %peer, %address, "already connected to this device; dropping the new connection");
         return Ok(());
     }
-    tracing::info!(device = %peer, name = %device.name, %address, kind,
+    tracing::info!(device = %peer, name = %device.name, %address, %kind,
         client = %format!("{} {}", their_hello.client_name, their_hello.client_version),
         "connected");
     node.events.device_connected(
@@ -178,7 +181,7 @@ where
         &their_hello.device_name,
         &their_hello.client_name,
         &their_hello.client_version,
-        kind,
+        kind.as_str(),
         address,
     );
 
@@ -570,7 +573,7 @@ pub fn cluster_config(node: &Node, peer: &DeviceId) -> Result<ClusterConfig> {
     let config = node.config();
     let mut folders = Vec::new();
     for f in config.folders.iter().filter(|f| f.shared_with(peer)) {
-        let mut ids = f.device_ids();
+        let mut ids: Vec<DeviceId> = f.device_ids().collect();
         if !ids.contains(&node.my_id) {
             ids.push(node.my_id);
         }
@@ -590,10 +593,10 @@ pub fn cluster_config(node: &Node, peer: &DeviceId) -> Result<ClusterConfig> {
                     dc.map(|d| d.name.clone()).unwrap_or_default()
                 },
                 addresses: dc.map(|d| d.addresses.clone()).unwrap_or_default(),
-                compression: match dc.map(|d| d.compress()) {
-                    Some(Compress::Never) => wire::Compression::Never as i32,
-                    Some(Compress::Always) => wire::Compression::Always as i32,
-                    _ => wire::Compression::Metadata as i32,
+                compression: match dc.map(|d| d.compression).unwrap_or_default() {
+                    Compression::Never => wire::Compression::Never as i32,
+                    Compression::Always => wire::Compression::Always as i32,
+                    Compression::Metadata => wire::Compression::Metadata as i32,
                 },
                 max_sequence,
                 index_id,

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::MutexExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -105,7 +106,7 @@ impl SourceRate {
     /// Counts one event of `source` at `now`; false when it is over its
     /// budget.
     pub fn allow(&self, source: Source, now: Instant) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.locked();
         if seen.len() >= self.max_sources && !seen.contains_key(&source) {
             let window = self.window;
             seen.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
@@ -152,7 +153,7 @@ impl LogLimiter {
     }
 
     fn allow_at(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.locked();
         let (tokens, last, suppressed) = state.get_or_insert((self.burst, now, 0));
         let refill = now.saturating_duration_since(*last).as_secs_f64() / self.every.as_secs_f64();
         *tokens = (*tokens + refill).min(self.burst);

@@ -4,6 +4,7 @@
 //! scraped (`rest/metrics.rs`). Names and labels are an interface: the
 //! dashboards and alerts in `deploy/` query them.
 
+use crate::sync::MutexExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::encoding::text::encode;
@@ -156,7 +157,7 @@ impl Metrics {
 
     /// Taken by a scrape while it fills in the gauges and encodes.
     pub fn scrape(&self) -> MutexGuard<'_, ()> {
-        self.scrape.lock().unwrap_or_else(|p| p.into_inner())
+        self.scrape.locked()
     }
 
     /// Every series in OpenMetrics text (see `daemon::metrics` for the

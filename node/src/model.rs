@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use proto::{DeviceId, Identity};
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, FolderConfig};
 use crate::db::Db;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// A live BEP connection, as the REST API shows it.
 #[derive(Debug, Clone)]
@@ -23,9 +24,7 @@ pub struct ConnInfo {
     /// Distinguishes a connection from a later one to the same device.
     pub serial: u64,
     pub address: SocketAddr,
-    /// `tcp-client` / `relay-client` (we dialed) or `tcp-server` /
-    /// `relay-server` (they dialed), as Syncthing's REST API.
-    pub kind: &'static str,
+    pub kind: ConnectionKind,
     pub client_version: String,
     pub started: SystemTime,
     pub in_bytes: Arc<AtomicU64>,
@@ -36,6 +35,101 @@ pub struct ConnInfo {
     pub config_changed: mpsc::Sender<()>,
     /// Our block requests to this device.
     pub requester: Arc<crate::pull::requester::Requester>,
+}
+
+/// How a connection was made, as Syncthing's REST API names it
+/// (`/rest/system/connections` `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionKind {
+    /// We dialed the device.
+    TcpClient,
+    /// The device dialed us.
+    TcpServer,
+    /// We reached the device through a relay.
+    RelayClient,
+    /// The device reached us through a relay.
+    RelayServer,
+}
+
+impl ConnectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionKind::TcpClient => "tcp-client",
+            ConnectionKind::TcpServer => "tcp-server",
+            ConnectionKind::RelayClient => "relay-client",
+            ConnectionKind::RelayServer => "relay-server",
+        }
+    }
+
+    pub fn relayed(self) -> bool {
+        matches!(
+            self,
+            ConnectionKind::RelayClient | ConnectionKind::RelayServer
+        )
+    }
+
+    /// Lower is better: a direct connection replaces a relayed one at
+    /// once, as in Syncthing.
+    pub fn priority(self) -> u8 {
+        if self.relayed() {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A folder's state, as Syncthing's REST API and `StateChanged` events
+/// name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FolderState {
+    Idle,
+    /// Waiting for the first scan (the folder has just started).
+    ScanWaiting,
+    Scanning,
+    /// Pulling changes from other devices.
+    Syncing,
+}
+
+impl FolderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FolderState::Idle => "idle",
+            FolderState::ScanWaiting => "scan-waiting",
+            FolderState::Scanning => "scanning",
+            FolderState::Syncing => "syncing",
+        }
+    }
+}
+
+impl std::fmt::Display for FolderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One folder of a configuration snapshot; cloning it is a reference count.
+#[derive(Debug, Clone)]
+pub struct FolderSnapshot {
+    config: Arc<Config>,
+    index: usize,
+}
+
+impl std::ops::Deref for FolderSnapshot {
+    type Target = FolderConfig;
+
+    fn deref(&self) -> &FolderConfig {
+        // `index` was found in this very snapshot, which never changes.
+        &self.config.folders[self.index]
+    }
 }
 
 /// Who offered a folder: device → (the folder's label there, when).
@@ -53,8 +147,7 @@ pub struct PendingDevice {
 pub struct FolderRuntime {
     /// Our current sequence; index senders wait on changes.
     pub sequence: watch::Sender<i64>,
-    /// `idle`, `scanning` or `scan-waiting`.
-    pub state: Mutex<&'static str>,
+    pub state: Mutex<FolderState>,
     /// Ask the folder's scan loop for a scan now (and a pull after it).
     pub scan_now: mpsc::Sender<()>,
     /// Names the last pull round could not apply, with the reason.
@@ -84,11 +177,11 @@ pub struct Node {
     pub gui: crate::config::Gui,
     pub identity: Identity,
     pub my_id: DeviceId,
-    pub config: RwLock<Config>,
+    config: RwLock<Arc<Config>>,
     /// The configuration the process started with: the REST address, key
     /// and listen addresses only change at the next start, so the REST API
     /// compares with it (`restart-required`).
-    pub startup_config: Config,
+    pub startup_config: Arc<Config>,
     /// Held by one configuration change at a time (see `update_config`).
     config_writer: Mutex<()>,
     pub db: Db,
@@ -142,10 +235,6 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Node {
     pub fn new(
         home: PathBuf,
@@ -176,8 +265,8 @@ impl Node {
             dialers: Mutex::new(HashSet::new()),
             identity,
             my_id,
-            startup_config: config.clone(),
-            config: RwLock::new(config),
+            startup_config: Arc::new(config.clone()),
+            config: RwLock::new(Arc::new(config)),
             config_writer: Mutex::new(()),
             db,
             summaries: Default::default(),
@@ -197,21 +286,21 @@ impl Node {
         }
     }
 
-    pub fn config(&self) -> Config {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// A snapshot of the configuration in effect (one reference count);
+    /// it does not follow later changes.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read_locked().clone()
     }
 
-    /// The folder's configuration if it exists and is shared with `device`.
-    pub fn shared_folder(&self, folder: &str, device: &DeviceId) -> Option<FolderConfig> {
-        let config = self.config.read().unwrap_or_else(|p| p.into_inner());
-        config
+    /// The folder's configuration if it exists and is shared with `device`
+    /// (asked for every incoming block request: no copy, no parsing).
+    pub fn shared_folder(&self, folder: &str, device: &DeviceId) -> Option<FolderSnapshot> {
+        let config = self.config();
+        let index = config
             .folders
             .iter()
-            .find(|f| f.id == folder && f.shared_with(device))
-            .cloned()
+            .position(|f| f.id == folder && f.shared_with(device))?;
+        Some(FolderSnapshot { config, index })
     }
 
     /// Changes the configuration: `change` edits a copy, which is checked,
@@ -219,28 +308,25 @@ impl Node {
     pub fn update_config(
         &self,
         change: impl FnOnce(&mut Config) -> anyhow::Result<()>,
-    ) -> anyhow::Result<Config> {
+    ) -> anyhow::Result<Arc<Config>> {
         // Writers take turns on their own lock; readers (every REST call,
         // every connection) keep reading the current configuration while
         // the next one is written and fsynced, which may take long on a
         // busy NAS disk — and that wait is moved off the async runtime.
-        let _writer = lock(&self.config_writer);
-        let mut next = self.config();
+        let _writer = self.config_writer.locked();
+        let mut next = Config::clone(&self.config());
         change(&mut next)?;
         next.validate()?;
         next.validate_folder_paths(&self.home)?;
         blocking(|| next.save(&self.home))?;
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        let next = Arc::new(next);
+        *self.config.write_locked() = next.clone();
         self.events.config_saved(self);
         Ok(next)
     }
 
     pub fn folder_runtime(&self, folder: &str) -> Option<Arc<FolderRuntime>> {
-        self.folders
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(folder)
-            .cloned()
+        self.folders.read_locked().get(folder).cloned()
     }
 
     pub fn serial(&self) -> u64 {
@@ -255,11 +341,11 @@ impl Node {
         if self.config().device(&device).is_some_and(|d| d.paused) {
             return false;
         }
-        let mut conns = lock(&self.connections);
+        let mut conns = self.connections.locked();
         if let Some(old) = conns.get(&device).filter(|c| !c.close.is_closed()) {
             let age = old.started.elapsed().unwrap_or_default();
             // A better kind (direct over relayed) replaces at once, as in Syncthing.
-            let better = crate::connect::priority(info.kind) < crate::connect::priority(old.kind);
+            let better = info.kind.priority() < old.kind.priority();
             if age < REPLACE_AFTER && !better {
                 return false;
             }
@@ -270,7 +356,7 @@ impl Node {
     }
 
     pub fn unregister(&self, device: &DeviceId, serial: u64) {
-        let mut conns = lock(&self.connections);
+        let mut conns = self.connections.locked();
         if conns.get(device).is_some_and(|c| c.serial == serial) {
             conns.remove(device);
             self.events.device_disconnected(device, "connection closed");
@@ -278,13 +364,14 @@ impl Node {
     }
 
     pub fn connected(&self, device: &DeviceId) -> bool {
-        lock(&self.connections)
+        self.connections
+            .locked()
             .get(device)
             .is_some_and(|c| !c.close.is_closed())
     }
 
     pub fn connections(&self) -> HashMap<DeviceId, ConnInfo> {
-        lock(&self.connections).clone()
+        self.connections.locked().clone()
     }
 
     /// Records an unknown device that connected (its name is cut and
@@ -297,7 +384,7 @@ impl Node {
         let (name, address) = (p.name.clone(), p.address);
         let mut evicted = None;
         {
-            let mut pending = lock(&self.pending);
+            let mut pending = self.pending.locked();
             if let Some(old) = pending.get_mut(&device) {
                 *old = p;
                 return true;
@@ -335,7 +422,7 @@ impl Node {
     }
 
     pub fn add_pending_folder(&self, folder: &str, device: DeviceId, label: &str) {
-        let mut pending = lock(&self.pending_folders);
+        let mut pending = self.pending_folders.locked();
         let offers: usize = pending.values().map(HashMap::len).sum();
         let known = pending.get(folder).is_some_and(|o| o.contains_key(&device));
         if !known && offers >= MAX_PENDING_FOLDER_OFFERS {
@@ -359,7 +446,7 @@ impl Node {
     }
 
     pub fn pending_folders(&self) -> HashMap<String, FolderOffers> {
-        let mut all = lock(&self.pending_folders).clone();
+        let mut all = self.pending_folders.locked().clone();
         // Offers become moot once the folder is shared with that device.
         for (folder, offers) in all.iter_mut() {
             offers.retain(|d, _| self.shared_folder(folder, d).is_none());
@@ -369,7 +456,36 @@ impl Node {
     }
 
     pub fn pending(&self) -> HashMap<DeviceId, PendingDevice> {
-        lock(&self.pending).clone()
+        self.pending.locked().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_connection_kinds_keep_syncthings_spelling() {
+        for (s, text) in [
+            (FolderState::Idle, "idle"),
+            (FolderState::ScanWaiting, "scan-waiting"),
+            (FolderState::Scanning, "scanning"),
+            (FolderState::Syncing, "syncing"),
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), text);
+            assert_eq!(s.to_string(), text);
+        }
+        for (k, text, relayed) in [
+            (ConnectionKind::TcpClient, "tcp-client", false),
+            (ConnectionKind::TcpServer, "tcp-server", false),
+            (ConnectionKind::RelayClient, "relay-client", true),
+            (ConnectionKind::RelayServer, "relay-server", true),
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), text);
+            assert_eq!(k.to_string(), text);
+            assert_eq!(k.relayed(), relayed);
+        }
+        assert!(ConnectionKind::TcpServer.priority() < ConnectionKind::RelayClient.priority());
     }
 }
 

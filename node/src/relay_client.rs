@@ -395,7 +395,15 @@ async fn accept_invitation(
         } => r?,
         _ = stop.cancelled() => bail!("shutting down"),
     };
-    crate::conn::run(node, tls, from, relay, "relay-server", None).await
+    crate::conn::run(
+        node,
+        tls,
+        from,
+        relay,
+        crate::model::ConnectionKind::RelayServer,
+        None,
+    )
+    .await
 }
 
 #[cfg(test)]

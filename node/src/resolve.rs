@@ -15,6 +15,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
+use crate::sync::MutexExt;
+
 /// A whole lookup (all servers, retries) gives up after this.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most addresses or SRV targets taken from one answer.
@@ -106,7 +108,7 @@ fn is_localhost(host: &str) -> bool {
 
 impl Resolver {
     fn resolver(&self, servers: &[String]) -> Result<TokioResolver> {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self.current.locked();
         if let Some((s, r)) = cur.as_ref() {
             if s == servers {
                 return Ok(r.clone());

@@ -18,6 +18,7 @@ use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Vector};
 
 use crate::db::{Change, Db, LocalMeta};
 use crate::events::Events;
+use crate::sync::MutexExt;
 
 /// Marker Syncthing creates at the root of every folder.
 pub const MARKER: &str = ".stfolder";
@@ -668,10 +669,7 @@ fn hash_all(work: Vec<(Found, Vector, usize)>, short_id: u64, live: &Live) -> Ve
                 if r.is_ok() {
                     live.hashed_bytes.fetch_add(unit.len, Ordering::Relaxed);
                 }
-                results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(i, r);
+                results.locked().insert(i, r);
             });
         }
     });

@@ -203,10 +203,12 @@ pub fn save(config: &Config, home: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DeviceConfig, FolderConfig, FolderDevice, Options};
+    use crate::config::{
+        Compression, DeviceConfig, FolderConfig, FolderDevice, FolderType, Options,
+    };
 
     fn sample(dir: &Path) -> Config {
-        let id = proto::DeviceId::from_der_cert(b"peer").to_string();
+        let id = proto::DeviceId::from_der_cert(b"peer");
         Config {
             name: "nas-1".into(),
             options: Options {
@@ -215,17 +217,17 @@ mod tests {
                 ..Default::default()
             },
             devices: vec![DeviceConfig {
-                device_id: id.clone(),
+                device_id: id,
                 name: "la".into(),
                 addresses: vec!["dynamic".into()],
-                compression: "metadata".into(),
+                compression: Compression::Metadata,
                 paused: false,
             }],
             folders: vec![FolderConfig {
                 id: "projects".into(),
                 label: "Projects \"2026\"".into(),
                 path: dir.join("p"),
-                kind: "sendreceive".into(),
+                kind: FolderType::SendReceive,
                 devices: vec![FolderDevice { device_id: id }],
                 rescan_interval_s: 3600,
                 paused: false,

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::guard::{Refusal, Refusals, Source};
+use crate::sync::MutexExt;
 
 /// Handshakes in progress over all listeners.
 pub const MAX_HANDSHAKES: usize = 64;
@@ -68,7 +69,7 @@ impl Admission {
     /// already has [`MAX_PER_SOURCE`] handshakes in progress.
     pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Ticket> {
         let source = Source::of(addr);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.locked();
         if inner.per_source.get(&source).copied().unwrap_or(0) >= MAX_PER_SOURCE {
             self.refusals.count(Refusal::HandshakePerSource);
             return None;
@@ -96,11 +97,7 @@ impl Admission {
 
     #[cfg(test)]
     fn in_progress(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .active
-            .len()
+        self.inner.locked().active.len()
     }
 }
 
@@ -122,11 +119,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut inner = self
-            .admission
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.admission.inner.locked();
         if let Some((source, _)) = inner.active.remove(&self.id) {
             release(&mut inner.per_source, source);
         }

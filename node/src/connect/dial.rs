@@ -18,7 +18,8 @@ use proto::DeviceId;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::model::Node;
+use crate::model::{ConnectionKind, Node};
+use crate::sync::MutexExt;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +67,7 @@ pub(super) struct DialLog(std::sync::Mutex<HashMap<String, DialOutcome>>);
 
 impl DialLog {
     fn record(&self, label: String, error: Option<String>) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.0.locked();
         if m.len() >= MAX_DIAL_STATUS && !m.contains_key(&label) {
             m.clear();
         }
@@ -75,7 +76,7 @@ impl DialLog {
 
     /// `lastDialStatus`: address → (when, error or `None` for success).
     pub(super) fn snapshot(&self) -> HashMap<String, DialOutcome> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.locked().clone()
     }
 }
 
@@ -107,7 +108,8 @@ pub fn parse_candidate(s: &str) -> Option<Candidate> {
 
 /// Every candidate for a device, direct ones first, duplicates removed.
 async fn candidates(node: &Arc<Node>, device: DeviceId, addresses: &[String]) -> Vec<Candidate> {
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     let mut texts: Vec<String> = Vec::new();
     for a in addresses {
         let a = a.trim();
@@ -159,11 +161,11 @@ pub fn ensure_dialers(node: &Arc<Node>) {
     });
     let config = node.config();
     for d in &config.devices {
-        let Ok(id) = d.id() else { continue };
+        let id = d.device_id;
         if id == node.my_id {
             continue;
         }
-        let mut dialers = node.dialers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dialers = node.dialers.locked();
         if dialers.insert(id) {
             node.shutdown
                 .spawn_until_cancelled(device_loop(node.clone(), id));
@@ -171,7 +173,7 @@ pub fn ensure_dialers(node: &Arc<Node>) {
     }
 }
 
-fn current_kind(node: &Node, device: &DeviceId) -> Option<&'static str> {
+fn current_kind(node: &Node, device: &DeviceId) -> Option<ConnectionKind> {
     node.connections()
         .get(device)
         .filter(|c| !c.close.is_closed())
@@ -186,10 +188,7 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
     loop {
         let config = node.config();
         let Some(d) = config.device(&device).cloned() else {
-            node.dialers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&device);
+            node.dialers.locked().remove(&device);
             return;
         };
         if node.shutdown.is_cancelled() {
@@ -206,7 +205,7 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
                 .clamp(1, crate::config::MAX_INTERVAL_S),
         );
         let kind = current_kind(&node, &device).filter(|_| node.connected(&device));
-        let relayed = kind.is_some_and(|k| super::priority(k) > 1);
+        let relayed = kind.is_some_and(ConnectionKind::relayed);
         if kind.is_some() && (!relayed || Instant::now() < next_upgrade) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -224,7 +223,7 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
             String::new()
         };
         for c in &list {
-            if current_kind(&node, &device).is_some_and(|k| !relayed || super::priority(k) == 1) {
+            if current_kind(&node, &device).is_some_and(|k| !relayed || !k.relayed()) {
                 connected = true;
                 break;
             }
@@ -271,8 +270,12 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
 async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Result<()> {
     let (task, kind) = match c {
         Candidate::Direct { host, port, .. } => {
-            let servers = node.config().options.dns_servers;
-            let addrs = node.connect.resolver.resolve(&servers, host, *port).await?;
+            let config = node.config();
+            let addrs = node
+                .connect
+                .resolver
+                .resolve(&config.options.dns_servers, host, *port)
+                .await?;
             let mut last = anyhow!("no address");
             let mut started = None;
             for addr in addrs {
@@ -284,7 +287,7 @@ async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Res
                     Err(e) => last = e.context(addr.to_string()),
                 }
             }
-            (started.ok_or(last)?, "tcp-client")
+            (started.ok_or(last)?, ConnectionKind::TcpClient)
         }
         Candidate::Relay(uri) => {
             let (tls, relay) = crate::relay_client::dial(node, uri, device).await?;
@@ -292,12 +295,13 @@ async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Res
             // Not cut at the node's stop: the connection sends its Close.
             let task = node.shutdown.spawn(async move {
                 if let Err(e) =
-                    crate::conn::run(node2, tls, device, relay, "relay-client", None).await
+                    crate::conn::run(node2, tls, device, relay, ConnectionKind::RelayClient, None)
+                        .await
                 {
                     tracing::info!(device = %device, %relay, error = %format!("{e:#}"), "relayed connection ended");
                 }
             });
-            (task, "relay-client")
+            (task, ConnectionKind::RelayClient)
         }
     };
     let deadline = Instant::now() + REGISTER_WAIT;
@@ -338,7 +342,9 @@ async fn dial_tcp(
     let node = node.clone();
     // Not cut at the node's stop: the connection sends its Close.
     Ok(node.clone().shutdown.spawn(async move {
-        if let Err(e) = crate::conn::run(node, tls, peer, addr, "tcp-client", None).await {
+        if let Err(e) =
+            crate::conn::run(node, tls, peer, addr, ConnectionKind::TcpClient, None).await
+        {
             tracing::info!(device = %peer, %addr, error = %format!("{e:#}"), "connection ended");
         }
     }))

@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::guard::Refusal;
-use crate::model::Node;
+use crate::model::{ConnectionKind, Node};
+use crate::sync::MutexExt;
 
 /// Lines about connections that failed before the peer was known: anyone
 /// can cause them, so they are rate-limited.
@@ -45,10 +46,6 @@ pub(super) struct Listeners {
     reconciling: tokio::sync::Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// What to show of a listen address: relay tokens never leave the node.
 fn shown(uri: &str) -> String {
     match uri.parse::<proto::relay::RelayUri>() {
@@ -62,7 +59,7 @@ impl Listeners {
     /// (or null) and the addresses it makes us reachable at.
     pub(super) fn service_status(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut out = serde_json::Map::new();
-        for (uri, l) in lock(&self.running).iter() {
+        for (uri, l) in self.running.locked().iter() {
             let reachable: Vec<String> = l.reachable.borrow().iter().cloned().collect();
             let error = if reachable.is_empty() {
                 serde_json::Value::from("not connected to the relay yet")
@@ -76,7 +73,7 @@ impl Listeners {
                 }),
             );
         }
-        for (uri, e) in lock(&self.failures).iter() {
+        for (uri, e) in self.failures.locked().iter() {
             out.insert(
                 shown(uri),
                 serde_json::json!({"error": e, "lanAddresses": [], "wanAddresses": []}),
@@ -88,7 +85,7 @@ impl Listeners {
     /// Our current addresses, for discovery: TCP listeners as configured (the
     /// bound port filled in) and relays we are joined to, without tokens.
     pub(super) fn announced_addresses(&self) -> Vec<String> {
-        let l = lock(&self.running);
+        let l = self.running.locked();
         let mut out: Vec<String> = l
             .values()
             .filter_map(|x| x.reachable.borrow().clone())
@@ -101,7 +98,8 @@ impl Listeners {
 
 /// The listen addresses that should be running now.
 fn wanted(node: &Node) -> Vec<String> {
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     options
         .listen_addresses
         .iter()
@@ -127,22 +125,22 @@ pub async fn reconcile(node: &Arc<Node>, strict: bool) -> Result<()> {
     let _one = this.reconciling.lock().await;
     let want = wanted(node);
     {
-        lock(&this.running).retain(|k, _| want.contains(k));
-        lock(&this.failures).retain(|k, _| want.contains(k));
+        this.running.locked().retain(|k, _| want.contains(k));
+        this.failures.locked().retain(|k, _| want.contains(k));
     }
     let mut first_error = None;
     for uri in want {
-        if lock(&this.running).contains_key(&uri) {
+        if this.running.locked().contains_key(&uri) {
             continue;
         }
         match start_one(node, &uri).await {
             Ok(listener) => {
-                lock(&this.failures).remove(&uri);
-                lock(&this.running).insert(uri, listener);
+                this.failures.locked().remove(&uri);
+                this.running.locked().insert(uri, listener);
             }
             Err(e) => {
                 tracing::warn!(address = %shown(&uri), error = %format!("{e:#}"), "cannot listen");
-                lock(&this.failures).insert(uri.clone(), format!("{e:#}"));
+                this.failures.locked().insert(uri.clone(), format!("{e:#}"));
                 first_error.get_or_insert(e);
             }
         }
@@ -270,8 +268,15 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                 }
                 return;
             };
-            if let Err(e) =
-                crate::conn::run(node.clone(), tls, peer, addr, "tcp-server", Some(ticket)).await
+            if let Err(e) = crate::conn::run(
+                node.clone(),
+                tls,
+                peer,
+                addr,
+                ConnectionKind::TcpServer,
+                Some(ticket),
+            )
+            .await
             {
                 // Only connections that never got past the Hello end here.
                 if let Some(suppressed) = node.handshake_log.allow() {

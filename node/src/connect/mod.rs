@@ -18,6 +18,7 @@ use anyhow::Result;
 
 use crate::model::Node;
 use crate::resolve::Resolver;
+use crate::sync::MutexExt;
 
 pub use dial::ensure_dialers;
 
@@ -68,16 +69,12 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
         dials.insert(address, json!({"when": rfc3339(when), "error": error}));
     }
     out.insert("lastDialStatus".into(), Value::Object(dials));
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     let mut status = serde_json::Map::new();
     let mut errors = serde_json::Map::new();
     if options.global_announce_enabled {
-        let known = node
-            .discovery
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let known = node.discovery.status.locked().clone();
         for s in options
             .global_announce_servers
             .iter()
@@ -108,13 +105,4 @@ pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> 
     out.insert("discoveryStatus".into(), Value::Object(status));
     out.insert("discoveryErrors".into(), Value::Object(errors));
     out
-}
-
-/// Lower is better, as Syncthing's connection priorities.
-pub fn priority(kind: &str) -> u8 {
-    if kind.starts_with("relay") {
-        2
-    } else {
-        1
-    }
 }

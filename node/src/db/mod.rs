@@ -15,6 +15,8 @@ use proto::bep::wire::{FileInfo, FileInfoType, Vector};
 use proto::DeviceId;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::sync::MutexExt;
+
 mod blocks;
 pub mod global;
 
@@ -249,7 +251,7 @@ impl Db {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (transactions roll back), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.conn.locked()
     }
 
     /// Our index ID and current sequence for `folder`, creating the folder's

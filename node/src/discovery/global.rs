@@ -20,6 +20,8 @@ use proto::{DeviceId, Identity};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::sync::MutexExt;
+
 /// One request (connect, TLS, answer) gives up after this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest reply body read.
@@ -304,7 +306,7 @@ const MAX_CACHE_ENTRIES: usize = 10_000;
 impl LookupCache {
     /// `Some(answer)` while a cached answer (positive or negative) is fresh.
     pub fn get(&self, server: &str, device: &DeviceId) -> Option<Option<Vec<String>>> {
-        let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.entries.locked();
         let key = (server.to_string(), *device);
         match m.get(&key) {
             Some((until, v)) if Instant::now() < *until => Some(v.clone()),
@@ -317,7 +319,7 @@ impl LookupCache {
     }
 
     pub fn put(&self, server: &str, device: DeviceId, ttl: Duration, v: Option<Vec<String>>) {
-        let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.entries.locked();
         if m.len() >= MAX_CACHE_ENTRIES {
             let now = Instant::now();
             m.retain(|_, (until, _)| *until > now);
@@ -330,7 +332,7 @@ impl LookupCache {
 
     /// Every fresh positive answer, for `/rest/system/discovery`.
     pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
-        let m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.entries.locked();
         let now = Instant::now();
         let mut out: HashMap<DeviceId, Vec<String>> = HashMap::new();
         for ((_, d), (until, v)) in m.iter() {

@@ -14,6 +14,7 @@ use proto::DeviceId;
 use tokio::net::UdpSocket;
 
 use crate::model::Node;
+use crate::sync::MutexExt;
 
 const INTERVAL: Duration = Duration::from_secs(30);
 const CACHE_LIFETIME: Duration = Duration::from_secs(90);
@@ -41,7 +42,7 @@ pub struct LocalCache {
 
 impl LocalCache {
     pub fn get(&self, device: &DeviceId) -> Vec<String> {
-        let m = self.m.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.m.locked();
         let mut out = Vec::new();
         for v6 in [false, true] {
             if let Some(e) = m.get(&(*device, v6)) {
@@ -55,7 +56,7 @@ impl LocalCache {
 
     /// Every fresh entry.
     pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
-        let m = self.m.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.m.locked();
         let mut out: HashMap<DeviceId, Vec<String>> = HashMap::new();
         for ((id, _), e) in m.iter() {
             if e.at.elapsed() < CACHE_LIFETIME {
@@ -71,7 +72,7 @@ impl LocalCache {
     /// expired or it restarted (then we announce back at once).
     fn put(&self, device: DeviceId, v6: bool, addresses: Vec<String>, instance: i64) -> bool {
         let device = (device, v6);
-        let mut m = self.m.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.m.locked();
         let fresh = match m.get(&device) {
             Some(e) => e.at.elapsed() >= CACHE_LIFETIME || e.instance != instance,
             None => true,
@@ -179,7 +180,8 @@ fn effective_port(configured: u16) -> u16 {
 /// port changes.
 pub async fn run(node: Arc<Node>) {
     loop {
-        let options = node.config().options;
+        let config = node.config();
+        let options = &config.options;
         if !options.local_announce_enabled {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -222,7 +224,8 @@ async fn run_on(node: &Arc<Node>, port: u16) -> Result<()> {
     let mut buf4 = vec![0u8; MAX_PACKET];
     let mut buf6 = vec![0u8; MAX_PACKET];
     loop {
-        let options = node.config().options;
+        let config = node.config();
+        let options = &config.options;
         if !options.local_announce_enabled || effective_port(options.local_announce_port) != port {
             tracing::info!("local discovery off");
             return Ok(());

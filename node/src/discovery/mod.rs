@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use proto::DeviceId;
 
 use crate::model::Node;
+use crate::sync::MutexExt;
 use global::{LookupCache, ServerUrl};
 
 /// What one node's discovery knows (`node.discovery`).
@@ -45,7 +46,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// Addresses of `device` known to discovery: global servers (cached) and
 /// local announcements, merged without duplicates.
 pub async fn lookup(node: &Arc<Node>, device: DeviceId) -> Vec<String> {
-    let options = node.config().options;
+    let config = node.config();
+    let options = &config.options;
     let mut out: Vec<String> = Vec::new();
     if options.local_announce_enabled {
         out.extend(node.discovery.local.get(&device));
@@ -120,7 +122,8 @@ pub async fn announce_loop(node: Arc<Node>) {
     let mut state: HashMap<String, ServerState> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
-        let options = node.config().options;
+        let config = node.config();
+        let options = &config.options;
         if !options.global_announce_enabled {
             state.clear();
             continue;
@@ -187,11 +190,7 @@ pub async fn announce_loop(node: Arc<Node>) {
                     tracing::warn!(server = %server, error = %e, retry_s = delay.as_secs(), "announcement failed")
                 }
             }
-            node.discovery
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(server.clone(), error);
+            node.discovery.status.locked().insert(server.clone(), error);
             state.insert(
                 server,
                 ServerState {

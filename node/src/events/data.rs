@@ -8,6 +8,7 @@ use proto::DeviceId;
 use serde_json::{json, Value};
 
 use super::{Events, Kind};
+use crate::sync::MutexExt;
 
 fn kind_name(f: &FileInfo) -> &'static str {
     match f.r#type {
@@ -118,14 +119,14 @@ impl Events {
     pub fn set_state(
         &self,
         folder: &str,
-        state: &std::sync::Mutex<&'static str>,
-        to: &'static str,
+        state: &std::sync::Mutex<crate::model::FolderState>,
+        to: crate::model::FolderState,
     ) {
         let from = {
-            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = state.locked();
             std::mem::replace(&mut *s, to)
         };
-        if from == "scanning" {
+        if from == crate::model::FolderState::Scanning {
             self.records.folder_scanned(folder);
         }
         if from != to {

@@ -25,6 +25,8 @@ use tokio::sync::watch;
 pub use kind::{Kind, Mask};
 use ring::Ring;
 
+use crate::sync::MutexExt;
+
 /// Events kept per ring (Syncthing keeps 1000 per subscription).
 pub const RING_CAPACITY: usize = 1000;
 
@@ -77,7 +79,7 @@ impl Bus {
 
     pub fn emit(&self, kind: Kind, data: Value) {
         let id = {
-            let mut r = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = self.rings.locked();
             r.last_id += 1;
             let ev = Arc::new(Event {
                 id: r.last_id,
@@ -97,7 +99,7 @@ impl Bus {
 
     /// Buffered events after `since` that `mask` selects, oldest first.
     pub fn since(&self, since: u64, mask: &Mask) -> Vec<Arc<Event>> {
-        let r = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.rings.locked();
         let pick = |ring: &Ring<Arc<Event>>| -> Vec<Arc<Event>> {
             ring.iter()
                 .filter(|e| e.id > since && mask.wants(e.kind))
@@ -137,13 +139,12 @@ impl Bus {
             .iter()
             .map(|f| (f.id.clone(), f.label.clone()))
             .collect();
-        *self.labels.lock().unwrap_or_else(|p| p.into_inner()) = map;
+        *self.labels.locked() = map;
     }
 
     pub fn label(&self, folder: &str) -> String {
         self.labels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .get(folder)
             .cloned()
             .unwrap_or_default()

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use proto::bep::wire::FileInfo;
 use serde_json::{json, Value};
 
+use crate::sync::MutexExt;
+
 /// Where a block of a file being pulled came from.
 #[derive(Clone, Copy)]
 pub enum Source {
@@ -49,7 +51,7 @@ impl Default for Progress {
 
 impl Progress {
     fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut self.0.locked())
     }
 
     pub(super) fn start(&self, folder: &str, f: &FileInfo) {

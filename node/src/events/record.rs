@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::ring::Ring;
+use crate::sync::MutexExt;
 
 /// Log lines kept (Syncthing keeps 250).
 const LOG_LINES: usize = 250;
@@ -64,7 +65,7 @@ impl Default for Records {
 
 impl Records {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut self.0.locked())
     }
 
     pub fn log(&self, level: u8, message: String) {

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::Kind;
 use crate::model::Node;
 use crate::pull::summaries::Figures;
+use crate::sync::MutexExt;
 
 const EVERY: Duration = Duration::from_secs(1);
 /// `DownloadProgress` every 5 s (Syncthing's default interval).
@@ -65,14 +66,10 @@ type Seen = HashMap<(String, Option<String>), Value>;
 fn fingerprint(node: &Node) -> (u64, String) {
     let generation = node.db.generation();
     let mut out = generation.to_string();
-    for f in node.config().folders {
+    for f in node.config().folders.iter() {
         if let Some(rt) = node.folder_runtime(&f.id) {
-            let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
-            let errors = rt
-                .pull_errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len();
+            let state = *rt.state.locked();
+            let errors = rt.pull_errors.locked().len();
             out.push_str(&format!(
                 "|{}:{state}:{errors}:{}",
                 f.id,
@@ -91,7 +88,7 @@ fn fingerprint(node: &Node) -> (u64, String) {
 fn check(node: &Node, mut last: Seen) -> (Seen, u64) {
     let mut next = HashMap::new();
     let mut oldest = u64::MAX;
-    for f in node.config().folders {
+    for f in node.config().folders.iter() {
         let Ok(Some(Figures {
             value: summary,
             generation,

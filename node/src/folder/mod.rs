@@ -13,7 +13,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{FolderRuntime, Node};
+use crate::model::{FolderRuntime, FolderState, Node};
+use crate::sync::RwLockExt;
 
 /// Gives every configured folder without one its runtime state and loop.
 pub fn start_missing(node: &Arc<Node>) -> Result<()> {
@@ -26,14 +27,11 @@ pub fn start_missing(node: &Arc<Node>) -> Result<()> {
         let (scan_tx, scan_rx) = mpsc::channel(1);
         let rt = Arc::new(FolderRuntime {
             sequence: watch::channel(seq).0,
-            state: std::sync::Mutex::new("scan-waiting"),
+            state: std::sync::Mutex::new(FolderState::ScanWaiting),
             scan_now: scan_tx,
             pull_errors: std::sync::Mutex::new(Vec::new()),
         });
-        node.folders
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(f.id.clone(), rt);
+        node.folders.write_locked().insert(f.id.clone(), rt);
         node.shutdown
             .spawn_until_cancelled(round::run(node.clone(), f.id.clone(), scan_rx));
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::progress;
-use crate::config::FolderConfig;
-use crate::model::{FolderRuntime, Node};
+use crate::config::{FolderConfig, FolderType};
+use crate::model::{FolderRuntime, FolderState, Node};
+use crate::sync::{MutexExt, RwLockExt};
 use crate::{pull, scan};
 
 /// Next scan-and-pull round after a round with errors or local changes.
@@ -21,11 +22,14 @@ const RESCAN_SOON: Duration = Duration::from_secs(1);
 pub async fn run(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()>) {
     let mut watcher = None;
     loop {
-        let Some(f) = node.config().folders.into_iter().find(|f| f.id == folder) else {
-            node.folders
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&folder);
+        let Some(f) = node
+            .config()
+            .folders
+            .iter()
+            .find(|f| f.id == folder)
+            .cloned()
+        else {
+            node.folders.write_locked().remove(&folder);
             return;
         };
         let Some(rt) = node.folder_runtime(&folder) else {
@@ -54,7 +58,8 @@ pub async fn run(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()
 /// Scans the folder on the blocking pool; true if the scan succeeded.
 async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bool {
     let folder = &f.id;
-    node.events.set_state(folder, &rt.state, "scanning");
+    node.events
+        .set_state(folder, &rt.state, FolderState::Scanning);
     let live = Arc::new(scan::Live::default());
     // Dropped when the scan ends, or with this future when the node stops:
     // then the blocking scan is told to stop too, not left running alone.
@@ -65,7 +70,7 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
     let (node2, rt2, live2) = (node.clone(), rt.clone(), live.clone());
     let (fid, path) = (f.id.clone(), f.path.clone());
     let short = node.my_id.short().0;
-    let receive_only = f.kind == "receiveonly";
+    let receive_only = f.kind == FolderType::ReceiveOnly;
     let result = tokio::task::spawn_blocking(move || {
         let target = scan::Target {
             folder: &fid,
@@ -86,7 +91,7 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
     .await;
     drop(guard);
     progress::clear_line();
-    node.events.set_state(folder, &rt.state, "idle");
+    node.events.set_state(folder, &rt.state, FolderState::Idle);
     match result {
         Ok(Ok(stats)) => {
             log_scan(folder, &stats);
@@ -157,7 +162,8 @@ fn start_watcher(
 /// rescan interval.
 async fn pull_round(node: &Arc<Node>, f: &FolderConfig, rt: &FolderRuntime) -> Option<Duration> {
     let folder = &f.id;
-    node.events.set_state(folder, &rt.state, "syncing");
+    node.events
+        .set_state(folder, &rt.state, FolderState::Syncing);
     let mut retry_soon = None;
     match pull::round(node, f).await {
         Ok(stats) => {
@@ -174,14 +180,14 @@ async fn pull_round(node: &Arc<Node>, f: &FolderConfig, rt: &FolderRuntime) -> O
                 retry_soon = Some(PULL_RETRY);
             }
             node.events.folder_errors(folder, &stats.errors);
-            *rt.pull_errors.lock().unwrap_or_else(|p| p.into_inner()) = stats.errors;
+            *rt.pull_errors.locked() = stats.errors;
         }
         Err(e) => {
             tracing::error!(folder = %folder, error = %format!("{e:#}"), "pull failed");
             retry_soon = Some(PULL_RETRY);
         }
     }
-    node.events.set_state(folder, &rt.state, "idle");
+    node.events.set_state(folder, &rt.state, FolderState::Idle);
     retry_soon
 }
 

@@ -53,6 +53,7 @@ use tokio::sync::Semaphore;
 use crate::config::FolderConfig;
 use crate::db::{Change, Direction};
 use crate::model::Node;
+use crate::sync::MutexExt;
 use dirfd::{Dir, Rename};
 use disk::{basename, dirname, LocallyChanged};
 use need::Needed;
@@ -113,7 +114,7 @@ impl Ctx {
     /// Notes that an entry of `name`'s directory changed.
     fn dir_changed(&self, name: &str) {
         let dir = dirname(name);
-        let mut dirs = self.changed_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dirs = self.changed_dirs.locked();
         // Most files land in a directory already listed: no allocation.
         if !dirs.contains(dir) {
             dirs.insert(dir.to_string());
@@ -423,7 +424,7 @@ fn settle(
 /// the index senders. The directories they changed are made durable
 /// first: the index never records a rename a crash could undo.
 fn record(ctx: &Ctx, changes: Vec<Change>) -> Result<()> {
-    let dirs = std::mem::take(&mut *ctx.changed_dirs.lock().unwrap_or_else(|p| p.into_inner()));
+    let dirs = std::mem::take(&mut *ctx.changed_dirs.locked());
     for dir in &dirs {
         // Reopened the safe way; one that became a symlink meanwhile is
         // not synced (nothing of ours was renamed through it).

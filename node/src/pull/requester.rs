@@ -12,6 +12,8 @@ use proto::bep::wire::{Request, Response};
 use proto::bep::Message;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sync::MutexExt;
+
 /// A Response later than this counts as lost (the peer may be slow, but
 /// another device or a later round can serve the block).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -54,7 +56,7 @@ impl Requester {
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<Response>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.pending.locked()
     }
 
     /// Sends `req` (its ID is set here) and returns the data of a

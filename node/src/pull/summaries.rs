@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use proto::DeviceId;
 
 use super::need::{Completion, Totals};
+use crate::sync::MutexExt;
 
 /// What is cached: the folder's totals, or a device's completion.
 #[derive(Debug, Clone)]
@@ -90,7 +91,7 @@ impl Summaries {
     }
 
     fn get(&self, key: &Key, generation: u64) -> Option<Figures<Summary>> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.locked();
         map.get(key)
             .filter(|c| c.generation == generation || c.at.elapsed() < c.cost * COST_FACTOR)
             .map(|c| Figures {
@@ -101,7 +102,7 @@ impl Summaries {
 
     /// Stores a summary computed from `generation`, which took `cost`.
     fn put(&self, key: Key, generation: u64, summary: Summary, cost: Duration) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.locked();
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }

@@ -16,6 +16,7 @@ use proto::bep::wire::BlockInfo;
 use tokio::sync::{mpsc, oneshot};
 
 use super::disk;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// A temp file that fetched blocks are written into.
 pub struct TempFile {
@@ -49,12 +50,12 @@ impl TempFile {
 
     /// No block is written after this returns.
     pub fn close(&self) {
-        *self.open.write().unwrap_or_else(|p| p.into_inner()) = false;
+        *self.open.write_locked() = false;
     }
 
     /// Writes `data` at `offset`; false if the file was closed.
     fn write(&self, data: &[u8], offset: u64) -> Result<bool> {
-        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        let open = self.open.read_locked();
         if !*open {
             return Ok(false);
         }
@@ -128,7 +129,7 @@ fn work(rx: &Mutex<mpsc::UnboundedReceiver<Job>>) {
         let batch = {
             // Idle workers queue on the lock; the one holding it waits for
             // the next job, then takes whatever else has arrived.
-            let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rx = rx.locked();
             let Some(first) = rx.blocking_recv() else {
                 return;
             };

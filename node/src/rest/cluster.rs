@@ -5,6 +5,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::http_util::{bad, json, not_found, ok, rfc3339, Answer, Call};
+use crate::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {
     let node = &c.node;
@@ -15,12 +16,7 @@ pub async fn route(c: &Call) -> Answer {
                 let Some(id) = c.device()? else {
                     return Err(bad("device parameter missing"));
                 };
-                let removed = node
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id)
-                    .is_some();
+                let removed = node.pending.locked().remove(&id).is_some();
                 if removed {
                     node.events.emit(
                         crate::events::Kind::PendingDevicesChanged,
@@ -44,10 +40,7 @@ pub async fn route(c: &Call) -> Answer {
                 let folder = c.need("folder")?.to_string();
                 let device = c.device()?;
                 let mut removed = Vec::new();
-                let mut all = node
-                    .pending_folders
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut all = node.pending_folders.locked();
                 if let Some(offers) = all.get_mut(&folder) {
                     offers.retain(|d, _| {
                         let drop = device.is_none_or(|x| x == *d);

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::config_shape::{self as shape, decorate, strip};
 use super::http_util::{bad, internal, json, not_found, ok, text, Answer, Call};
-use crate::config::{Config, DeviceConfig, FolderConfig};
+use crate::config::{Compression, Config, DeviceConfig, FolderConfig, FolderDevice, FolderType};
 use crate::model::Node;
 
 /// Syncthing 1.19.2's configuration version; tools compare it.
@@ -71,9 +71,9 @@ fn default_folder(node: &Node) -> Value {
         id: String::new(),
         label: String::new(),
         path: "~".into(),
-        kind: "sendreceive".into(),
-        devices: vec![crate::config::FolderDevice {
-            device_id: node.my_id.to_string(),
+        kind: FolderType::SendReceive,
+        devices: vec![FolderDevice {
+            device_id: node.my_id,
         }],
         rescan_interval_s: 3600,
         paused: false,
@@ -94,10 +94,10 @@ fn default_device() -> Value {
 /// answer and dropped from every change.
 fn self_device(node: &Node, c: &Config) -> DeviceConfig {
     DeviceConfig {
-        device_id: node.my_id.to_string(),
+        device_id: node.my_id,
         name: c.name.clone(),
         addresses: vec!["dynamic".into()],
-        compression: "metadata".into(),
+        compression: Compression::Metadata,
         paused: false,
     }
 }
@@ -107,13 +107,12 @@ fn with_self(node: &Node, c: &Config) -> Config {
     if c.device(&node.my_id).is_none() {
         c.devices.insert(0, self_device(node, &c));
     }
-    let me = node.my_id.to_string();
     for f in &mut c.folders {
         if !f.shared_with(&node.my_id) {
             f.devices.insert(
                 0,
-                crate::config::FolderDevice {
-                    device_id: me.clone(),
+                FolderDevice {
+                    device_id: node.my_id,
                 },
             );
         }
@@ -123,10 +122,9 @@ fn with_self(node: &Node, c: &Config) -> Config {
 
 /// Drops what `with_self` adds.
 fn without_self(node: &Node, c: &mut Config) {
-    c.devices.retain(|d| d.id().ok() != Some(node.my_id));
+    c.devices.retain(|d| d.device_id != node.my_id);
     for f in &mut c.folders {
-        f.devices
-            .retain(|d| d.device_id.parse::<proto::DeviceId>().ok() != Some(node.my_id));
+        f.devices.retain(|d| d.device_id != node.my_id);
     }
 }
 
@@ -243,7 +241,7 @@ fn parse_config(mut v: Value) -> Result<Config, String> {
 fn extra_checks(c: &Config) -> anyhow::Result<()> {
     let mut seen = std::collections::HashSet::new();
     for d in &c.devices {
-        if !seen.insert(d.id()?) {
+        if !seen.insert(d.device_id) {
             anyhow::bail!("devices: {} appears twice", d.device_id);
         }
     }
@@ -285,7 +283,7 @@ fn paused_events(node: &Node, before: &Config, after: &Config) {
         }
     }
     for d in &after.devices {
-        let Ok(id) = d.id() else { continue };
+        let id = d.device_id;
         if before.device(&id).is_some_and(|o| o.paused != d.paused) {
             node.events.device_paused(&id, d.paused);
         }
@@ -399,8 +397,8 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET])?;
             Ok(json(&json!({"lines": []})))
         }
-        "/rest/config/folders" => folders(c).await,
-        "/rest/config/devices" => devices(c).await,
+        "/rest/config/folders" => entries::<FolderConfig>(c).await,
+        "/rest/config/devices" => entries::<DeviceConfig>(c).await,
         _ => {
             if let Some(id) = p.strip_prefix("/rest/config/folders/") {
                 return folder(c, id).await;
@@ -413,63 +411,81 @@ pub async fn route(c: &Call) -> Answer {
     }
 }
 
-async fn folders(c: &Call) -> Answer {
-    c.allow(&[Method::GET, Method::PUT, Method::POST])?;
-    let node = &c.node;
-    if c.method == Method::GET {
-        let all: Vec<Value> = with_self(node, &node.config())
-            .folders
-            .iter()
-            .map(folder_json)
-            .collect();
-        return Ok(json(&Value::Array(all)));
-    }
-    let body = c.json()?;
-    // PUT replaces the whole list, POST adds (or replaces) one or more.
-    let replace_all = c.method == Method::PUT;
-    let mut parsed = Vec::new();
-    for (i, mut v) in list(body).into_iter().enumerate() {
-        clean_folder(&mut v, &format!("folders[{i}]")).map_err(bad)?;
-        parsed.push(typed::<FolderConfig>(v, &format!("folders[{i}]")).map_err(bad)?);
-    }
-    change(node, move |cf| {
-        if replace_all {
-            cf.folders.clear();
-        }
-        for f in parsed {
-            cf.folders.retain(|x| x.id != f.id);
-            cf.folders.push(f);
-        }
-        Ok(())
-    })
+/// What `/rest/config/folders` and `/rest/config/devices` do alike: list
+/// the entries, replace them all (`PUT`) or add or replace some (`POST`).
+trait Entry: serde::de::DeserializeOwned + Send + 'static {
+    /// The list's key in the configuration, and in error messages.
+    const LIST: &'static str;
+    fn entries(c: &Config) -> &[Self];
+    fn entries_mut(c: &mut Config) -> &mut Vec<Self>;
+    fn to_json(&self) -> Value;
+    fn clean(v: &mut Value, where_: &str) -> Result<(), String>;
+    /// Whether `other` is the same folder or device (a `POST` replaces it).
+    fn same(&self, other: &Self) -> bool;
 }
 
-async fn devices(c: &Call) -> Answer {
+impl Entry for FolderConfig {
+    const LIST: &'static str = "folders";
+    fn entries(c: &Config) -> &[Self] {
+        &c.folders
+    }
+    fn entries_mut(c: &mut Config) -> &mut Vec<Self> {
+        &mut c.folders
+    }
+    fn to_json(&self) -> Value {
+        folder_json(self)
+    }
+    fn clean(v: &mut Value, where_: &str) -> Result<(), String> {
+        clean_folder(v, where_)
+    }
+    fn same(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Entry for DeviceConfig {
+    const LIST: &'static str = "devices";
+    fn entries(c: &Config) -> &[Self] {
+        &c.devices
+    }
+    fn entries_mut(c: &mut Config) -> &mut Vec<Self> {
+        &mut c.devices
+    }
+    fn to_json(&self) -> Value {
+        device_json(self)
+    }
+    fn clean(v: &mut Value, where_: &str) -> Result<(), String> {
+        clean_device(v, where_)
+    }
+    fn same(&self, other: &Self) -> bool {
+        self.device_id == other.device_id
+    }
+}
+
+async fn entries<E: Entry>(c: &Call) -> Answer {
     c.allow(&[Method::GET, Method::PUT, Method::POST])?;
     let node = &c.node;
     if c.method == Method::GET {
-        let all: Vec<Value> = with_self(node, &node.config())
-            .devices
-            .iter()
-            .map(device_json)
-            .collect();
+        let shown = with_self(node, &node.config());
+        let all: Vec<Value> = E::entries(&shown).iter().map(E::to_json).collect();
         return Ok(json(&Value::Array(all)));
     }
     let body = c.json()?;
     let replace_all = c.method == Method::PUT;
     let mut parsed = Vec::new();
     for (i, mut v) in list(body).into_iter().enumerate() {
-        clean_device(&mut v, &format!("devices[{i}]")).map_err(bad)?;
-        parsed.push(typed::<DeviceConfig>(v, &format!("devices[{i}]")).map_err(bad)?);
+        let where_ = format!("{}[{i}]", E::LIST);
+        E::clean(&mut v, &where_).map_err(bad)?;
+        parsed.push(typed::<E>(v, &where_).map_err(bad)?);
     }
     change(node, move |cf| {
+        let list = E::entries_mut(cf);
         if replace_all {
-            cf.devices.clear();
+            list.clear();
         }
-        for d in parsed {
-            let id = d.id().map_err(|e| format!("{e:#}"))?;
-            cf.devices.retain(|x| x.id().ok() != Some(id));
-            cf.devices.push(d);
+        for e in parsed {
+            list.retain(|x| !x.same(&e));
+            list.push(e);
         }
         Ok(())
     })
@@ -535,7 +551,7 @@ async fn device(c: &Call, id: &str) -> Answer {
         Method::DELETE => {
             current.ok_or_else(missing)?;
             change(node, |cf| {
-                cf.devices.retain(|d| d.id().ok() != Some(id));
+                cf.devices.retain(|d| d.device_id != id);
                 Ok(())
             })
         }
@@ -552,12 +568,58 @@ async fn device(c: &Call, id: &str) -> Answer {
             v["deviceID"] = json!(id.to_string());
             let next: DeviceConfig = typed(v, "device").map_err(bad)?;
             change(node, |cf| {
-                match cf.devices.iter_mut().find(|d| d.id().ok() == Some(id)) {
+                match cf.devices.iter_mut().find(|d| d.device_id == id) {
                     Some(d) => *d = next,
                     None => cf.devices.push(next),
                 }
                 Ok(())
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_configurations_are_typed_once_with_the_field_in_errors() {
+        let peer = proto::DeviceId::from_der_cert(b"peer");
+        let sloppy = peer.to_string().replace('-', "").to_lowercase();
+        let body = |device: &str, folder_device: &str, kind: &str| {
+            json!({
+                "devices": [{"deviceID": device, "compression": "never"}],
+                "folders": [{"id": "f", "path": "/srv/f", "type": kind,
+                             "devices": [{"deviceID": folder_device}]}],
+            })
+        };
+        let c = parse_config(body(&sloppy, &sloppy, "readwrite")).unwrap();
+        assert_eq!(c.devices[0].device_id, peer);
+        assert_eq!(c.devices[0].compression, Compression::Never);
+        assert!(c.folders[0].shared_with(&peer));
+        assert_eq!(c.folders[0].kind, FolderType::SendReceive);
+        let c = parse_config(body(&sloppy, &sloppy, "readonly")).unwrap();
+        assert_eq!(c.folders[0].kind, FolderType::SendOnly);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["folders"][0]["type"], "sendonly");
+        assert_eq!(v["devices"][0]["deviceID"], peer.to_string());
+
+        for (b, says) in [
+            (
+                body("NOPE", &sloppy, "sendonly"),
+                "devices[0].deviceID: invalid device ID \"NOPE\"",
+            ),
+            (
+                body(&sloppy, "NOPE", "sendonly"),
+                "folders[0].devices[0].deviceID: invalid device ID \"NOPE\"",
+            ),
+            (
+                body(&sloppy, &sloppy, "receiveencrypted"),
+                "folders[0].type: type \"receiveencrypted\" is not supported",
+            ),
+        ] {
+            let err = parse_config(b).unwrap_err();
+            assert!(err.starts_with(says), "{err}");
         }
     }
 }

@@ -4,8 +4,10 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::http_util::{internal, json, ok, rfc3339, text, time_fmt, Answer, Call};
+use crate::config::FolderType;
 use crate::model::Node;
 use crate::pull::summaries::Figures;
+use crate::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {
     match c.path.as_str() {
@@ -75,8 +77,7 @@ pub async fn route(c: &Call) -> Answer {
                 .folder_runtime(&f.id)
                 .map(|rt| {
                     rt.pull_errors
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .locked()
                         .iter()
                         .map(|(path, error)| json!({"path": path, "error": error}))
                         .collect()
@@ -110,12 +111,8 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
     let Some(rt) = node.folder_runtime(folder) else {
         return Ok(None);
     };
-    let state = *rt.state.lock().unwrap_or_else(|p| p.into_inner());
-    let pull_errors = rt
-        .pull_errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .len();
+    let state = *rt.state.locked();
+    let pull_errors = rt.pull_errors.locked().len();
     let local = crate::pull::local_totals(node, folder)?;
     let g = crate::pull::need_totals(node, folder)?;
     // The figures are as old as the older of the two.
@@ -127,7 +124,7 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
         .config()
         .folders
         .iter()
-        .any(|f| f.id == folder && f.kind == "receiveonly");
+        .any(|f| f.id == folder && f.kind == FolderType::ReceiveOnly);
     let mut v = json!({
         "state": state,
         "stateChanged": rfc3339(node.started),
@@ -220,12 +217,17 @@ async fn revert_or_override(c: &Call) -> Answer {
     let f = c.folder()?;
     let revert = c.path == "/rest/db/revert";
     let fits = if revert {
-        f.kind == "receiveonly"
+        f.kind == FolderType::ReceiveOnly
     } else {
         f.read_only()
     };
     if !fits {
-        let want = if revert { "receiveonly" } else { "sendonly" };
+        let want = if revert {
+            FolderType::ReceiveOnly
+        } else {
+            FolderType::SendOnly
+        }
+        .as_str();
         return Err(super::http_util::bad(format!(
             "folder {:?} is not {want}",
             f.id

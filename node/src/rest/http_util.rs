@@ -73,8 +73,9 @@ impl Call {
         self.node
             .config()
             .folders
-            .into_iter()
+            .iter()
             .find(|f| f.id == id)
+            .cloned()
             .ok_or_else(|| text(StatusCode::NOT_FOUND, &format!("no such folder: {id}")))
     }
 

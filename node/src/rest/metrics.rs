@@ -2,6 +2,7 @@
 //! scrapers (with the API key or a Bearer token), in OpenMetrics when the
 //! scraper asks for it, else in the classic Prometheus text format.
 
+use crate::sync::MutexExt;
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderValue, Method};
@@ -55,18 +56,14 @@ fn set_gauges(node: &Node) {
                 .get_or_create(&label)
                 .set(i64::try_from(totals.value.need_bytes).unwrap_or(i64::MAX));
         }
-        let errors = rt
-            .pull_errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
+        let errors = rt.pull_errors.locked().len();
         m.folder_pull_errors
             .get_or_create(&label)
             .set(errors as i64);
     }
     m.device_connected.clear();
     for d in &config.devices {
-        let Ok(id) = d.id() else { continue };
+        let id = d.device_id;
         if id == node.my_id {
             continue;
         }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::MutexExt;
+
 pub use crate::guard::Source;
 
 /// Open connections per source, each at most `max`.
@@ -32,7 +34,7 @@ impl PerSource {
     /// `max` already.
     pub fn enter(&self, ip: IpAddr) -> Option<Slot> {
         let source = Source::of_ip(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         let n = open.entry(source).or_insert(0);
         if *n >= self.max {
             return None;
@@ -47,7 +49,7 @@ impl PerSource {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         if let Some(n) = open.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {

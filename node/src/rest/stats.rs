@@ -19,7 +19,7 @@ pub async fn route(c: &Call) -> Answer {
                 .config()
                 .devices
                 .iter()
-                .map(|d| d.device_id.clone())
+                .map(|d| d.device_id.to_string())
                 .collect();
             ids.push(node.my_id.to_string());
             for id in ids {
@@ -37,7 +37,7 @@ pub async fn route(c: &Call) -> Answer {
         "/rest/stats/folder" => {
             c.allow(&[Method::GET])?;
             let mut out = serde_json::Map::new();
-            for f in node.config().folders {
+            for f in node.config().folders.iter() {
                 let s = node.events.records.folder_stats(&f.id);
                 let last_file = match s.last_file {
                     Some((at, name, deleted)) => {
@@ -46,7 +46,7 @@ pub async fn route(c: &Call) -> Answer {
                     None => json!({"at": NEVER, "filename": "", "deleted": false}),
                 };
                 out.insert(
-                    f.id,
+                    f.id.clone(),
                     json!({
                         "lastScan": s.last_scan.map_or(NEVER.to_string(), rfc3339),
                         "lastFile": last_file,

@@ -249,8 +249,8 @@ fn connections(c: &Call) -> Value {
     let live = node.connections();
     let never = "0001-01-01T00:00:00Z";
     let now = rfc3339(SystemTime::now());
-    for d in node.config().devices {
-        let Ok(id) = d.id() else { continue };
+    for d in node.config().devices.iter() {
+        let id = d.device_id;
         if id == node.my_id {
             continue;
         }
@@ -299,7 +299,7 @@ fn pause(c: &Call, paused: bool) -> Answer {
     let mut changed = Vec::new();
     node.update_config(|cf| {
         for d in cf.devices.iter_mut() {
-            let Ok(id) = d.id() else { continue };
+            let id = d.device_id;
             if one.is_none_or(|o| o == id) && d.paused != paused {
                 d.paused = paused;
                 changed.push(id);

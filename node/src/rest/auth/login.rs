@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::rest::http_util::same;
 use crate::rest::source::Source;
+use crate::sync::MutexExt;
 
 const MAX_BCRYPT_AT_ONCE: usize = 2;
 const FREE_FAILURES: u32 = 5;
@@ -103,11 +104,8 @@ impl Logins {
             same(user.as_bytes(), want_user.as_bytes()) && self.bcrypt_verify(password, hash).await;
         let now = Instant::now();
         if ok {
-            self.failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&source);
-            *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some((fingerprint, now));
+            self.failures.locked().remove(&source);
+            *self.verified.locked() = Some((fingerprint, now));
             Login::Ok
         } else {
             Login::Wrong
@@ -115,7 +113,7 @@ impl Logins {
     }
 
     fn recently_verified(&self, fingerprint: &[u8; 32]) -> bool {
-        let v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let v = self.verified.locked();
         v.as_ref()
             .is_some_and(|(f, at)| same(f, fingerprint) && at.elapsed() < VERIFIED_FOR)
     }
@@ -137,14 +135,14 @@ impl Logins {
     }
 
     fn throttled(&self, source: Source, now: Instant) -> Option<Duration> {
-        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let f = self.failures.locked();
         let until = f.get(&source)?.blocked_until()?;
         let wait = until.saturating_duration_since(now);
         (!wait.is_zero()).then_some(wait)
     }
 
     fn failed(&self, source: Source, now: Instant) {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.failures.locked();
         f.retain(|_, v| now.saturating_duration_since(v.last) < FORGET_AFTER);
         if f.len() >= MAX_SOURCES && !f.contains_key(&source) {
             if let Some(oldest) = f.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| *k) {

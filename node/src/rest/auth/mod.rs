@@ -43,6 +43,7 @@ use prometheus_client::metrics::family::Family;
 use super::http_util::{same, text, Reply};
 use crate::config::Gui;
 use crate::model::Node;
+use crate::sync::MutexExt;
 use login::{Login, Logins};
 use tokens::Tokens;
 
@@ -215,7 +216,7 @@ pub fn check_listen_address(node: &Node) -> anyhow::Result<()> {
 /// The key and credentials in effect: the file's, with command-line
 /// overrides (`node.gui`) winning for address and key.
 fn effective_gui(node: &Node) -> Gui {
-    let mut gui = node.config().gui;
+    let mut gui = node.config().gui.clone();
     gui.address.clone_from(&node.gui.address);
     gui.api_key.clone_from(&node.gui.api_key);
     gui
@@ -286,7 +287,7 @@ impl Guard {
     /// Ends every session and CSRF token when the user or password hash
     /// changed since they were issued.
     fn sessions_follow(&self, gui: &Gui) {
-        let mut g = self.sessions_for.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.sessions_for.locked();
         if g.0 != gui.user || g.1 != gui.password {
             *g = (gui.user.clone(), gui.password.clone());
             self.sessions.clear();

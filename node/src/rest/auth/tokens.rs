@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::rest::http_util::same;
+use crate::sync::MutexExt;
 
 /// Tokens of one kind, most recently used first.
 pub struct Tokens {
@@ -39,7 +40,7 @@ impl Tokens {
     pub fn issue(&self) -> String {
         let token = random_token();
         let now = Instant::now();
-        let mut l = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self.list.locked();
         l.push_front(Entry {
             token: token.clone(),
             created: now,
@@ -56,7 +57,7 @@ impl Tokens {
     }
 
     fn check_at(&self, token: &str, now: Instant) -> bool {
-        let mut l = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self.list.locked();
         l.retain(|e| {
             now.saturating_duration_since(e.used) < self.idle
                 && now.saturating_duration_since(e.created) < self.lifetime
@@ -79,7 +80,7 @@ impl Tokens {
 
     /// Forgets every token (the credentials they stood for changed).
     pub fn clear(&self) {
-        self.list.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.list.locked().clear();
     }
 }
 
