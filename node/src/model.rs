@@ -487,11 +487,6 @@ mod tests {
         }
         assert!(ConnectionKind::TcpServer.priority() < ConnectionKind::RelayClient.priority());
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     fn node(home: &std::path::Path) -> Node {
         let identity = Identity::generate("syncthing", proto::KeyKind::Ed25519).unwrap();
