@@ -109,7 +109,7 @@ where
     let mut their_hello = tokio::select! {
         r = read_hello => r.map_err(|_| {
             if handshake.is_some() {
-                node.metrics.refusals.count(crate::guard::Refusal::HandshakeTimeout);
+                node.refusals.count(crate::guard::Refusal::HandshakeTimeout);
             }
             anyhow!("no Hello in time")
         })??,
@@ -288,7 +288,7 @@ where
                 // covers one registered since).
                 _ = node.shutdown.cancelled() => {
                     let reason = match *node.stop_request.borrow() {
-                        Some(crate::handle::StopRequest::Restart) => "device is restarting",
+                        Some(crate::model::StopRequest::Restart) => "device is restarting",
                         _ => "device is shutting down",
                     };
                     session.close(reason, Instant::now());

@@ -30,14 +30,7 @@ pub struct Options {
     pub records: Option<Arc<crate::events::record::Records>>,
 }
 
-/// What a REST client asked the node to do with itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopRequest {
-    Shutdown,
-    /// Stop, then start again with the same arguments (the binary does
-    /// this by re-executing itself).
-    Restart,
-}
+pub use crate::model::StopRequest;
 
 /// How long connections and tasks get to finish once the node stops;
 /// under the 5 s an orchestrator waits after SIGTERM, with room for the
@@ -101,7 +94,7 @@ pub async fn spawn(options: Options) -> Result<NodeHandle> {
 
 async fn start(node: &Arc<Node>) -> Result<Option<SocketAddr>> {
     // Folders (an initial scan, then periodic/on-demand ones) and dialers.
-    apply_config(node)?;
+    crate::apply::apply_config(node)?;
     // Listeners (TCP, relays), discovery; fails if a TCP address cannot be bound.
     crate::connect::start(node).await?;
     if node.gui.address.is_empty() {
@@ -115,21 +108,6 @@ async fn start(node: &Arc<Node>) -> Result<Option<SocketAddr>> {
     node.shutdown
         .spawn_until_cancelled(rest::serve(node.clone(), listener));
     Ok(Some(addr))
-}
-
-/// Puts the current configuration in effect: folders get their runtime
-/// state and loop, devices a dial loop, and every connection is told to
-/// send a new ClusterConfig. Called at start and after every REST change.
-/// (Listeners follow the configuration on their own, see `connect`.)
-pub fn apply_config(node: &Arc<Node>) -> Result<()> {
-    let config = node.config();
-    node.events.bus.set_labels(&config);
-    crate::folder::start_missing(node)?;
-    crate::connect::ensure_dialers(node);
-    for (_, c) in node.connections() {
-        let _ = c.config_changed.try_send(());
-    }
-    Ok(())
 }
 
 impl NodeHandle {

@@ -2,6 +2,7 @@
 //! binary (`main.rs`) parses flags and calls [`serve::serve`] (or the
 //! identity commands); tests start nodes in-process the same way.
 
+pub mod apply;
 pub mod config;
 pub mod conn;
 pub mod connect;
@@ -23,4 +24,5 @@ pub mod rest;
 pub mod scan;
 pub mod serve;
 pub mod sync;
+pub mod timefmt;
 pub mod watch;

@@ -5,7 +5,7 @@
 //! dashboards and alerts in `deploy/` query them.
 
 use crate::sync::MutexExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -38,10 +38,12 @@ pub struct Metrics {
     pub folder_pull_errors: Family<Named<1>, Gauge>,
     /// Per configured device (set when scraped).
     pub device_connected: Family<Named<2>, Gauge>,
-    /// REST requests and connections refused, by reason.
-    pub rest_refusals: Arc<crate::rest::auth::Refusals>,
-    /// Strangers' and peers' excesses refused, by reason.
-    pub refusals: Arc<crate::guard::Refusals>,
+    /// REST requests and connections refused, by reason (counted
+    /// through `rest::auth::Refusals`, which registers every reason).
+    pub rest_refused: Family<Reason, Counter>,
+    /// Strangers' and peers' excesses refused, by reason (counted through
+    /// `guard::Refusals`, which registers every reason).
+    pub refused: Family<Reason, Counter>,
     /// Held while the scraped gauges are filled in and the text written,
     /// so two scrapes at once never interleave their clear-and-set.
     scrape: Mutex<()>,
@@ -149,8 +151,8 @@ impl Metrics {
             folder_need_bytes,
             folder_pull_errors,
             device_connected,
-            rest_refusals: Arc::new(crate::rest::auth::Refusals::registered(&rest_refused)),
-            refusals: Arc::new(crate::guard::Refusals::registered(&refused)),
+            rest_refused,
+            refused,
             scrape: Mutex::new(()),
         }
     }

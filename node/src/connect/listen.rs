@@ -246,7 +246,7 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Arc<rustls::Se
                         return;
                     }
                     Err(_) => {
-                        node.metrics.refusals.count(Refusal::HandshakeTimeout);
+                        node.refusals.count(Refusal::HandshakeTimeout);
                         if let Some(suppressed) = node.handshake_log.allow() {
                             tracing::info!(%addr, suppressed, "TLS handshake timed out");
                         }

@@ -58,7 +58,7 @@ pub async fn start(node: &Arc<Node>) -> Result<()> {
 /// `discoveryErrors`.
 pub fn status_fields(node: &Node) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::{json, Value};
-    let rfc3339 = crate::rest::http_util::rfc3339;
+    let rfc3339 = crate::timefmt::rfc3339;
     let mut out = serde_json::Map::new();
     out.insert(
         "connectionServiceStatus".into(),

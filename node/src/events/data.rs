@@ -8,7 +8,6 @@ use proto::DeviceId;
 use serde_json::{json, Value};
 
 use super::{Events, Kind};
-use crate::sync::MutexExt;
 
 fn kind_name(f: &FileInfo) -> &'static str {
     match f.r#type {
@@ -115,26 +114,12 @@ impl Events {
         );
     }
 
-    /// Sets a folder's state and emits `StateChanged` if it changed.
-    pub fn set_state(
-        &self,
-        folder: &str,
-        state: &std::sync::Mutex<crate::model::FolderState>,
-        to: crate::model::FolderState,
-    ) {
-        let from = {
-            let mut s = state.locked();
-            std::mem::replace(&mut *s, to)
-        };
-        if from == crate::model::FolderState::Scanning {
-            self.records.folder_scanned(folder);
-        }
-        if from != to {
-            self.emit(
-                Kind::StateChanged,
-                json!({"folder": folder, "from": from, "to": to}),
-            );
-        }
+    /// `StateChanged`, in Syncthing's spelling of the states.
+    pub fn state_changed(&self, folder: &str, from: &str, to: &str) {
+        self.emit(
+            Kind::StateChanged,
+            json!({"folder": folder, "from": from, "to": to}),
+        );
     }
 
     pub fn scan_progress(&self, folder: &str, current: u64, total: u64, rate: f64) {
@@ -217,11 +202,10 @@ impl Events {
     }
 
     /// `ConfigSaved` with the whole configuration as `/rest/config` shows it.
-    /// Called without the configuration lock held (it reads the config).
-    pub fn config_saved(&self, node: &crate::model::Node) {
+    pub fn config_saved(&self, config: &crate::config::Config, shown: Value) {
         self.records.log(2, "Configuration saved".into());
-        self.bus.set_labels(&node.config());
-        self.emit(Kind::ConfigSaved, crate::rest::config::config_json(node));
+        self.bus.set_labels(config);
+        self.emit(Kind::ConfigSaved, shown);
     }
 
     pub fn starting(&self, home: &std::path::Path, my_id: &DeviceId) {

@@ -13,7 +13,6 @@ mod kind;
 pub mod progress;
 pub mod record;
 mod ring;
-pub mod summaries;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,7 +42,7 @@ impl Event {
         json!({
             "id": self.id,
             "globalID": self.id,
-            "time": crate::rest::http_util::rfc3339(self.time),
+            "time": crate::timefmt::rfc3339(self.time),
             "type": self.kind.name(),
             "data": self.data,
         })

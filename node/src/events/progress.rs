@@ -101,7 +101,7 @@ impl Progress {
     }
 
     /// The event data if anything changed since the last call.
-    pub(super) fn take_changes(&self) -> Option<Value> {
+    pub fn take_changes(&self) -> Option<Value> {
         self.with(|r| {
             if !r.changed {
                 return None;

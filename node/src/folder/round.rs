@@ -58,8 +58,7 @@ pub async fn run(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()
 /// Scans the folder on the blocking pool; true if the scan succeeded.
 async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bool {
     let folder = &f.id;
-    node.events
-        .set_state(folder, &rt.state, FolderState::Scanning);
+    rt.set_state(&node.events, folder, FolderState::Scanning);
     let live = Arc::new(scan::Live::default());
     // Dropped when the scan ends, or with this future when the node stops:
     // then the blocking scan is told to stop too, not left running alone.
@@ -91,7 +90,7 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
     .await;
     drop(guard);
     progress::clear_line();
-    node.events.set_state(folder, &rt.state, FolderState::Idle);
+    rt.set_state(&node.events, folder, FolderState::Idle);
     match result {
         Ok(Ok(stats)) => {
             log_scan(folder, &stats);
@@ -162,8 +161,7 @@ fn start_watcher(
 /// rescan interval.
 async fn pull_round(node: &Arc<Node>, f: &FolderConfig, rt: &FolderRuntime) -> Option<Duration> {
     let folder = &f.id;
-    node.events
-        .set_state(folder, &rt.state, FolderState::Syncing);
+    rt.set_state(&node.events, folder, FolderState::Syncing);
     let mut retry_soon = None;
     match pull::round(node, f).await {
         Ok(stats) => {
@@ -187,7 +185,7 @@ async fn pull_round(node: &Arc<Node>, f: &FolderConfig, rt: &FolderRuntime) -> O
             retry_soon = Some(PULL_RETRY);
         }
     }
-    node.events.set_state(folder, &rt.state, FolderState::Idle);
+    rt.set_state(&node.events, folder, FolderState::Idle);
     retry_soon
 }
 

@@ -248,11 +248,22 @@ fn extra_checks(c: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Saves a configuration change (checked first) and announces it:
+/// `ConfigSaved`, with the configuration as `/rest/config` shows it.
+pub fn update_config(
+    node: &Node,
+    change: impl FnOnce(&mut Config) -> anyhow::Result<()>,
+) -> anyhow::Result<Arc<Config>> {
+    let next = node.update_config(change)?;
+    node.events.config_saved(&next, config_json(node));
+    Ok(next)
+}
+
 /// Applies a configuration change (checked, saved, then in effect).
 fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -> Answer {
     let before = node.config();
     let mut refused = None;
-    let result = node.update_config(|c| {
+    let result = update_config(node, |c| {
         if let Err(e) = f(c) {
             refused = Some(e.clone());
             anyhow::bail!(e);
@@ -263,7 +274,7 @@ fn change(node: &Arc<Node>, f: impl FnOnce(&mut Config) -> Result<(), String>) -
     match result {
         Ok(after) => {
             paused_events(node, &before, &after);
-            match crate::handle::apply_config(node) {
+            match crate::apply::apply_config(node) {
                 Ok(()) => Ok(ok()),
                 Err(e) => Err(internal(format!("saved, but not applied: {e:#}"))),
             }

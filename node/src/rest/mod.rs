@@ -22,6 +22,7 @@ pub mod http_util;
 mod metrics;
 mod source;
 mod stats;
+mod summaries;
 mod svc;
 mod system;
 
@@ -63,7 +64,7 @@ const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let guard = Arc::new(auth::Guard::new(&node));
     node.shutdown
-        .spawn_until_cancelled(crate::events::summaries::run(node.clone()));
+        .spawn_until_cancelled(summaries::run(node.clone()));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_source = Arc::new(source::PerSource::new(MAX_CONNECTIONS_PER_SOURCE));
     loop {

@@ -27,7 +27,7 @@ pub async fn route(c: &Call) -> Answer {
         "/rest/system/shutdown" => {
             c.allow(&[Method::POST])?;
             node.stop_request
-                .send_replace(Some(crate::handle::StopRequest::Shutdown));
+                .send_replace(Some(crate::model::StopRequest::Shutdown));
             Ok(json(&json!({"ok": "shutting down"})))
         }
         "/rest/system/restart" => {
@@ -297,7 +297,7 @@ fn pause(c: &Call, paused: bool) -> Answer {
         }
     }
     let mut changed = Vec::new();
-    node.update_config(|cf| {
+    super::config::update_config(node, |cf| {
         for d in cf.devices.iter_mut() {
             let id = d.device_id;
             if one.is_none_or(|o| o == id) && d.paused != paused {
@@ -316,7 +316,7 @@ fn pause(c: &Call, paused: bool) -> Answer {
             }
         }
     }
-    crate::handle::apply_config(node).map_err(|e| internal(format!("{e:#}")))?;
+    crate::apply::apply_config(node).map_err(|e| internal(format!("{e:#}")))?;
     Ok(ok())
 }
 
@@ -326,7 +326,7 @@ fn pause(c: &Call, paused: bool) -> Answer {
 fn restart(c: &Call) -> Answer {
     c.node
         .stop_request
-        .send_replace(Some(crate::handle::StopRequest::Restart));
+        .send_replace(Some(crate::model::StopRequest::Restart));
     Ok(json(&json!({"ok": "restarting"})))
 }
 

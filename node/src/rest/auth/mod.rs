@@ -260,7 +260,7 @@ impl Guard {
             sessions: Tokens::new(MAX_SESSIONS, SESSION_IDLE, SESSION_LIFETIME),
             logins: Logins::default(),
             sessions_for: Default::default(),
-            refusals: node.metrics.rest_refusals.clone(),
+            refusals: Arc::new(Refusals::registered(&node.metrics.rest_refused)),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::Kind;
+use crate::events::Kind;
 use crate::model::Node;
 use crate::pull::summaries::Figures;
 use crate::sync::MutexExt;

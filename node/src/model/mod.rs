@@ -154,6 +154,30 @@ pub struct FolderRuntime {
     pub pull_errors: Mutex<Vec<(String, String)>>,
 }
 
+impl FolderRuntime {
+    /// Sets the folder's state; `StateChanged` if it changed, and the end
+    /// of a scan is recorded (`/rest/stats/folder`).
+    pub fn set_state(&self, events: &crate::events::Events, folder: &str, to: FolderState) {
+        let from = std::mem::replace(&mut *self.state.locked(), to);
+        if from == FolderState::Scanning {
+            events.records.folder_scanned(folder);
+        }
+        if from != to {
+            events.state_changed(folder, from.as_str(), to.as_str());
+        }
+    }
+}
+
+/// What a REST client asked the node to do with itself; the node's owner
+/// (see `handle`) acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopRequest {
+    Shutdown,
+    /// Stop, then start again with the same arguments (the binary does
+    /// this by re-executing itself).
+    Restart,
+}
+
 pub struct Node {
     /// Event bus, records (log, errors, statistics), download progress.
     pub events: crate::events::Events,
@@ -161,7 +185,9 @@ pub struct Node {
     pub discovery: crate::discovery::Discovery,
     /// Listeners, dial outcomes and the DNS resolver.
     pub connect: crate::connect::ConnectState,
-    /// Counters and gauges for `/metrics`, refusal counters included.
+    /// Strangers' and peers' excesses refused (`node_refused_total`).
+    pub refusals: Arc<crate::guard::Refusals>,
+    /// Counters and gauges for `/metrics`.
     pub metrics: crate::metrics::Metrics,
     /// Requests read from disk at once, over all connections.
     pub disk_reads: tokio::sync::Semaphore,
@@ -204,7 +230,7 @@ pub struct Node {
     /// Owns the node's tasks; cancelled when the node stops.
     pub shutdown: daemon::Shutdown,
     /// Set by REST (shutdown, restart); the node's owner acts on it.
-    pub stop_request: watch::Sender<Option<crate::handle::StopRequest>>,
+    pub stop_request: watch::Sender<Option<StopRequest>>,
 }
 
 /// Requests read from disk at once, over all connections.
@@ -246,8 +272,9 @@ impl Node {
     ) -> Node {
         let my_id = identity.device_id();
         let metrics = crate::metrics::Metrics::new();
-        let refusals = metrics.refusals.clone();
+        let refusals = Arc::new(crate::guard::Refusals::registered(&metrics.refused));
         Node {
+            refusals: refusals.clone(),
             events: crate::events::Events::new(records),
             discovery: Default::default(),
             connect: Default::default(),
@@ -321,7 +348,6 @@ impl Node {
         blocking(|| next.save(&self.home))?;
         let next = Arc::new(next);
         *self.config.write_locked() = next.clone();
-        self.events.config_saved(self);
         Ok(next)
     }
 
@@ -391,9 +417,7 @@ impl Node {
             }
             let source = crate::guard::Source::of(address);
             if !self.pending_rate.allow(source, std::time::Instant::now()) {
-                self.metrics
-                    .refusals
-                    .count(crate::guard::Refusal::PendingRate);
+                self.refusals.count(crate::guard::Refusal::PendingRate);
                 return false;
             }
             if pending.len() >= MAX_PENDING_DEVICES {
@@ -403,9 +427,7 @@ impl Node {
                     .map(|(id, _)| *id);
                 if let Some(id) = oldest {
                     pending.remove(&id);
-                    self.metrics
-                        .refusals
-                        .count(crate::guard::Refusal::PendingEvicted);
+                    self.refusals.count(crate::guard::Refusal::PendingEvicted);
                     evicted = Some(id);
                 }
             }
@@ -429,8 +451,7 @@ impl Node {
             // A known device offering folder after folder (each
             // ClusterConfig may list thousands) must not grow memory
             // without end; an operator accepts offers one by one.
-            self.metrics
-                .refusals
+            self.refusals
                 .count(crate::guard::Refusal::PendingFolderOverflow);
             return;
         }

@@ -1,0 +1,24 @@
+//! Putting a configuration in effect: what runs follows what is saved.
+//! Called once at start and after every configuration change (REST); it is
+//! the one place that knows every part a change may concern.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::model::Node;
+
+/// Puts the current configuration in effect: folders get their runtime
+/// state and loop, devices a dial loop, and every connection is told to
+/// send a new ClusterConfig. Called at start and after every REST change.
+/// (Listeners follow the configuration on their own, see `connect`.)
+pub fn apply_config(node: &Arc<Node>) -> Result<()> {
+    let config = node.config();
+    node.events.bus.set_labels(&config);
+    crate::folder::start_missing(node)?;
+    crate::connect::ensure_dialers(node);
+    for (_, c) in node.connections() {
+        let _ = c.config_changed.try_send(());
+    }
+    Ok(())
+}
