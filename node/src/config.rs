@@ -14,6 +14,7 @@ use proto::DeviceId;
 use serde::{Deserialize, Serialize};
 
 pub mod file;
+pub mod relay_uri;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -351,7 +352,7 @@ impl Config {
                 let uri = a
                     .parse::<proto::relay::RelayUri>()
                     .map_err(|e| anyhow::anyhow!("listen address {:?}: {e}", shown_uri(a)))?;
-                crate::relay_client::join_token(&uri)
+                relay_uri::join_token(&uri)
                     .map_err(|e| anyhow::anyhow!("listen address {}: {e}", uri.without_token()))?;
                 continue;
             }

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Compression;
 use crate::fileserve::{self, Served};
+use crate::model::requester::Requester;
 use crate::model::{ConnInfo, ConnectionKind, Node, PendingDevice};
-use crate::pull::requester::Requester;
 
 /// Our client name and version in the Hello. Syncthing only displays
 /// them (a name other than "syncthing" is shown with the version).

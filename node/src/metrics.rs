@@ -186,6 +186,9 @@ mod tests {
     #[test]
     fn every_series_of_the_old_text_is_there() {
         let m = Metrics::new();
+        // As the node and its REST API do: every reason shows from the start.
+        let _node = crate::guard::Refusals::registered(&m.refused);
+        let _rest = crate::rest::auth::Refusals::registered(&m.rest_refused);
         m.hashed_files.inc_by(3);
         m.folder_need_bytes
             .get_or_create(&[("folder", "a\"b".to_string())])

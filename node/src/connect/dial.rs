@@ -50,7 +50,7 @@ impl Candidate {
     fn label(&self) -> String {
         match self {
             Candidate::Direct { uri, .. } => uri.clone(),
-            Candidate::Relay(r) => crate::relay_client::announceable(r),
+            Candidate::Relay(r) => crate::config::relay_uri::announceable(r),
         }
     }
 }

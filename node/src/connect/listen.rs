@@ -49,7 +49,7 @@ pub(super) struct Listeners {
 /// What to show of a listen address: relay tokens never leave the node.
 fn shown(uri: &str) -> String {
     match uri.parse::<proto::relay::RelayUri>() {
-        Ok(r) if uri.starts_with("relay://") => crate::relay_client::announceable(&r),
+        Ok(r) if uri.starts_with("relay://") => crate::config::relay_uri::announceable(&r),
         _ => uri.to_string(),
     }
 }

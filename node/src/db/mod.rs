@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::sync::MutexExt;
 
 mod blocks;
+pub mod figures;
 pub mod global;
 
 pub use global::{Direction, Entry};
@@ -680,7 +681,7 @@ mod tests {
     #[test]
     fn completion_follows_versions_and_deletes() {
         let completion = |db: &Db, device: &DeviceId| {
-            let mut c = crate::pull::need::Completion::default();
+            let mut c = figures::Completion::default();
             db.for_each_entry("f", None, Direction::Ascending, |e| {
                 crate::pull::need::add_completion(&e, Some(device), &mut c);
                 std::ops::ControlFlow::Continue(())

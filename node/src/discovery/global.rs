@@ -5,10 +5,9 @@
 //! by device ID), `?insecure` (no verification at all), neither (system CA
 //! roots and host name), plus `noannounce` / `nolookup`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -19,8 +18,6 @@ use proto::tls::{self, alpn, ServerPin, Versions};
 use proto::{DeviceId, Identity};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-use crate::sync::MutexExt;
 
 /// One request (connect, TLS, answer) gives up after this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -288,60 +285,6 @@ pub fn announcement_body(addresses: &[String]) -> Vec<u8> {
         addresses: addresses.to_vec(),
     }
     .to_json()
-}
-
-/// Lookup answers per (server, device): addresses until a time, or a
-/// negative answer until a time.
-#[derive(Default)]
-pub struct LookupCache {
-    entries: Mutex<HashMap<(String, DeviceId), CacheEntry>>,
-}
-
-/// Fresh until, and the addresses (`None`: a negative answer).
-type CacheEntry = (Instant, Option<Vec<String>>);
-
-/// Most cached answers kept (devices × servers).
-const MAX_CACHE_ENTRIES: usize = 10_000;
-
-impl LookupCache {
-    /// `Some(answer)` while a cached answer (positive or negative) is fresh.
-    pub fn get(&self, server: &str, device: &DeviceId) -> Option<Option<Vec<String>>> {
-        let mut m = self.entries.locked();
-        let key = (server.to_string(), *device);
-        match m.get(&key) {
-            Some((until, v)) if Instant::now() < *until => Some(v.clone()),
-            Some(_) => {
-                m.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    pub fn put(&self, server: &str, device: DeviceId, ttl: Duration, v: Option<Vec<String>>) {
-        let mut m = self.entries.locked();
-        if m.len() >= MAX_CACHE_ENTRIES {
-            let now = Instant::now();
-            m.retain(|_, (until, _)| *until > now);
-            if m.len() >= MAX_CACHE_ENTRIES {
-                m.clear();
-            }
-        }
-        m.insert((server.to_string(), device), (Instant::now() + ttl, v));
-    }
-
-    /// Every fresh positive answer, for `/rest/system/discovery`.
-    pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
-        let m = self.entries.locked();
-        let now = Instant::now();
-        let mut out: HashMap<DeviceId, Vec<String>> = HashMap::new();
-        for ((_, d), (until, v)) in m.iter() {
-            if let (true, Some(v)) = (*until > now, v) {
-                out.entry(*d).or_default().extend(v.iter().cloned());
-            }
-        }
-        out
-    }
 }
 
 /// Interprets a lookup reply: addresses with how long to keep them, or a

@@ -3,97 +3,23 @@
 //! (IPv6, `ff12::8384`), announcements of others received and kept for
 //! 90 s. On only with `localAnnounceEnabled`; port `localAnnouncePort`.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use proto::discovery::local::{rewrite_local_address, LocalAnnounce, MAX_PACKET, MULTICAST_GROUP};
-use proto::DeviceId;
 use tokio::net::UdpSocket;
 
 use crate::model::Node;
-use crate::sync::MutexExt;
 
 const INTERVAL: Duration = Duration::from_secs(30);
-const CACHE_LIFETIME: Duration = Duration::from_secs(90);
 /// Next round after a send that failed somewhere (an interface not ready).
 const RETRY_SOON: Duration = Duration::from_secs(5);
-/// Devices remembered at most (a LAN full of spoofed IDs stays bounded).
-const MAX_DEVICES: usize = 1000;
 /// Least time between two announcements sent in reply to new devices.
 const MIN_EXTRA_GAP: Duration = Duration::from_secs(2);
 /// Bad packets are logged at most this often.
 const BAD_LOG_GAP: Duration = Duration::from_secs(10);
-
-struct Entry {
-    addresses: Vec<String>,
-    instance: i64,
-    at: Instant,
-}
-
-#[derive(Default)]
-pub struct LocalCache {
-    /// Keyed by device and by IPv6 or not: the two announcers of a
-    /// device are independent (own instance IDs), as in Syncthing.
-    m: Mutex<HashMap<(DeviceId, bool), Entry>>,
-}
-
-impl LocalCache {
-    pub fn get(&self, device: &DeviceId) -> Vec<String> {
-        let m = self.m.locked();
-        let mut out = Vec::new();
-        for v6 in [false, true] {
-            if let Some(e) = m.get(&(*device, v6)) {
-                if e.at.elapsed() < CACHE_LIFETIME {
-                    out.extend(e.addresses.iter().cloned());
-                }
-            }
-        }
-        out
-    }
-
-    /// Every fresh entry.
-    pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
-        let m = self.m.locked();
-        let mut out: HashMap<DeviceId, Vec<String>> = HashMap::new();
-        for ((id, _), e) in m.iter() {
-            if e.at.elapsed() < CACHE_LIFETIME {
-                out.entry(*id)
-                    .or_default()
-                    .extend(e.addresses.iter().cloned());
-            }
-        }
-        out
-    }
-
-    /// Records an announcement; true when the device is new, its entry had
-    /// expired or it restarted (then we announce back at once).
-    fn put(&self, device: DeviceId, v6: bool, addresses: Vec<String>, instance: i64) -> bool {
-        let device = (device, v6);
-        let mut m = self.m.locked();
-        let fresh = match m.get(&device) {
-            Some(e) => e.at.elapsed() >= CACHE_LIFETIME || e.instance != instance,
-            None => true,
-        };
-        if m.len() >= MAX_DEVICES && !m.contains_key(&device) {
-            m.retain(|_, e| e.at.elapsed() < CACHE_LIFETIME);
-            if m.len() >= MAX_DEVICES {
-                return false;
-            }
-        }
-        m.insert(
-            device,
-            Entry {
-                addresses,
-                instance,
-                at: Instant::now(),
-            },
-        );
-        fresh
-    }
-}
 
 fn reuse_socket(addr: SocketAddr) -> Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};

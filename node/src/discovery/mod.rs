@@ -6,39 +6,14 @@ pub mod global;
 pub mod local;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::DeviceId;
 
 use crate::model::Node;
 use crate::sync::MutexExt;
-use global::{LookupCache, ServerUrl};
-
-/// What one node's discovery knows (`node.discovery`).
-#[derive(Default)]
-pub struct Discovery {
-    pub cache: LookupCache,
-    pub local: local::LocalCache,
-    /// Server → last announcement error (`None` = announced fine).
-    pub status: Mutex<HashMap<String, Option<String>>>,
-}
-
-impl Discovery {
-    /// What discovery currently knows (global cache and local
-    /// announcements), for `/rest/system/discovery`.
-    pub fn snapshot(&self) -> HashMap<DeviceId, Vec<String>> {
-        let mut all = self.cache.snapshot();
-        for (id, addrs) in self.local.snapshot() {
-            all.entry(id).or_default().extend(addrs);
-        }
-        for v in all.values_mut() {
-            v.sort();
-            v.dedup();
-        }
-        all
-    }
-}
+use global::ServerUrl;
 
 /// How often the announcer looks at the configuration and our addresses.
 const TICK: Duration = Duration::from_secs(1);

@@ -4,6 +4,10 @@
 //! node (events, discovery, connection state, metrics). Nothing of a node
 //! lives in a process-wide value: two nodes in one process are apart.
 
+pub mod discovery;
+pub mod requester;
+pub mod summaries;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +38,7 @@ pub struct ConnInfo {
     /// Tells the connection the configuration changed (new ClusterConfig).
     pub config_changed: mpsc::Sender<()>,
     /// Our block requests to this device.
-    pub requester: Arc<crate::pull::requester::Requester>,
+    pub requester: Arc<crate::model::requester::Requester>,
 }
 
 /// How a connection was made, as Syncthing's REST API names it
@@ -182,7 +186,7 @@ pub struct Node {
     /// Event bus, records (log, errors, statistics), download progress.
     pub events: crate::events::Events,
     /// What discovery knows and how its announcements went.
-    pub discovery: crate::discovery::Discovery,
+    pub discovery: discovery::Discovery,
     /// Listeners, dial outcomes and the DNS resolver.
     pub connect: crate::connect::ConnectState,
     /// Strangers' and peers' excesses refused (`node_refused_total`).
@@ -212,7 +216,7 @@ pub struct Node {
     config_writer: Mutex<()>,
     pub db: Db,
     /// Folder summaries computed from `db`, until it changes.
-    pub summaries: crate::pull::summaries::Summaries,
+    pub summaries: crate::model::summaries::Summaries,
     pub started: SystemTime,
     pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
     /// Unknown devices that connected, at most [`MAX_PENDING_DEVICES`].
@@ -531,9 +535,7 @@ mod tests {
         a.events.starting(&a.home, &a.my_id);
         a.events.records.error("disk full".into());
         a.metrics.served_bytes.inc_by(42);
-        a.metrics
-            .refusals
-            .count(crate::guard::Refusal::PendingEvicted);
+        a.refusals.count(crate::guard::Refusal::PendingEvicted);
         let all = crate::events::Mask::Only(crate::events::Kind::ALL.to_vec());
         assert_eq!(a.events.bus.since(0, &all).len(), 1);
         assert!(b.events.bus.since(0, &all).is_empty());

@@ -28,8 +28,6 @@ pub mod dirfd;
 pub mod disk;
 pub mod local_ops;
 pub mod need;
-pub mod requester;
-pub mod summaries;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -52,12 +50,12 @@ use tokio::sync::Semaphore;
 
 use crate::config::FolderConfig;
 use crate::db::{Change, Direction};
+use crate::model::summaries::{Figures, LocalCounts, Summary};
 use crate::model::Node;
 use crate::sync::MutexExt;
 use dirfd::{Dir, Rename};
 use disk::{basename, dirname, LocallyChanged};
 use need::Needed;
-use summaries::{Figures, LocalCounts, Summary};
 use verify::{TempFile, Verifier};
 
 /// Requested block data in flight per round (all files together).

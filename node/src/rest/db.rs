@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 
 use super::http_util::{internal, json, ok, rfc3339, text, time_fmt, Answer, Call};
 use crate::config::FolderType;
+use crate::model::summaries::Figures;
 use crate::model::Node;
-use crate::pull::summaries::Figures;
 use crate::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {

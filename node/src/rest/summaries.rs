@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::events::Kind;
+use crate::model::summaries::Figures;
 use crate::model::Node;
-use crate::pull::summaries::Figures;
 use crate::sync::MutexExt;
 
 const EVERY: Duration = Duration::from_secs(1);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use proto::DeviceId;
 
-use super::need::{Completion, Totals};
+use crate::db::figures::{Completion, Totals};
 use crate::sync::MutexExt;
 
 /// What is cached: the folder's totals, or a device's completion.
