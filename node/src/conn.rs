@@ -53,7 +53,7 @@ pub async fn run<S>(
     peer: DeviceId,
     address: SocketAddr,
     kind: ConnectionKind,
-    handshake: Option<crate::connect::admission::Ticket>,
+    handshake: Option<crate::guard::admission::Ticket>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -113,7 +113,7 @@ where
             }
             anyhow!("no Hello in time")
         })??,
-        _ = crate::connect::admission::evicted(handshake.as_ref()) => {
+        _ = crate::guard::admission::evicted(handshake.as_ref()) => {
             bail!("Hello not received before the handshake slot was needed by a newer connection")
         }
         _ = node.shutdown.cancelled() => bail!("shutting down"),

@@ -5,10 +5,9 @@
 //! before relays; while a device is connected through a relay, direct
 //! candidates keep being tried and a working one replaces the relay.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use proto::discovery::address::{AnnouncedAddress, Host};
@@ -52,31 +51,6 @@ impl Candidate {
             Candidate::Direct { uri, .. } => uri.clone(),
             Candidate::Relay(r) => crate::config::relay_uri::announceable(r),
         }
-    }
-}
-
-/// When an address was last dialed, and the error (`None`: it worked).
-type DialOutcome = (SystemTime, Option<String>);
-
-/// Addresses remembered at most in `lastDialStatus`.
-const MAX_DIAL_STATUS: usize = 1000;
-
-/// Dial outcomes by address (label), for Syncthing's `lastDialStatus`.
-#[derive(Default)]
-pub(super) struct DialLog(std::sync::Mutex<HashMap<String, DialOutcome>>);
-
-impl DialLog {
-    fn record(&self, label: String, error: Option<String>) {
-        let mut m = self.0.locked();
-        if m.len() >= MAX_DIAL_STATUS && !m.contains_key(&label) {
-            m.clear();
-        }
-        m.insert(label, (SystemTime::now(), error));
-    }
-
-    /// `lastDialStatus`: address → (when, error or `None` for success).
-    pub(super) fn snapshot(&self) -> HashMap<String, DialOutcome> {
-        self.0.locked().clone()
     }
 }
 

@@ -3,18 +3,17 @@
 //! removed live as the configuration changes; each knows the address it
 //! makes us reachable at, which discovery announces.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use proto::tls::{self, alpn, ClientCert, Versions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::guard::Refusal;
+use crate::model::connect::{shown, Listener};
 use crate::model::{ConnectionKind, Node};
 use crate::sync::MutexExt;
 
@@ -22,79 +21,6 @@ use crate::sync::MutexExt;
 /// can cause them, so they are rate-limited.
 /// How often the listeners are compared with the configuration.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-
-struct Listener {
-    task: JoinHandle<()>,
-    /// The address this listener makes us reachable at, once it is.
-    reachable: watch::Receiver<Option<String>>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// One node's listeners, by listen address.
-#[derive(Default)]
-pub(super) struct Listeners {
-    running: Mutex<HashMap<String, Listener>>,
-    /// Listen addresses that could not be started, with the reason.
-    failures: Mutex<HashMap<String, String>>,
-    /// Held by one [`reconcile`] at a time: two rounds both seeing an
-    /// address missing would both bind it.
-    reconciling: tokio::sync::Mutex<()>,
-}
-
-/// What to show of a listen address: relay tokens never leave the node.
-fn shown(uri: &str) -> String {
-    match uri.parse::<proto::relay::RelayUri>() {
-        Ok(r) if uri.starts_with("relay://") => crate::config::relay_uri::announceable(&r),
-        _ => uri.to_string(),
-    }
-}
-
-impl Listeners {
-    /// Syncthing's `connectionServiceStatus`: per listen address its error
-    /// (or null) and the addresses it makes us reachable at.
-    pub(super) fn service_status(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut out = serde_json::Map::new();
-        for (uri, l) in self.running.locked().iter() {
-            let reachable: Vec<String> = l.reachable.borrow().iter().cloned().collect();
-            let error = if reachable.is_empty() {
-                serde_json::Value::from("not connected to the relay yet")
-            } else {
-                serde_json::Value::Null
-            };
-            out.insert(
-                shown(uri),
-                serde_json::json!({
-                    "error": error, "lanAddresses": reachable, "wanAddresses": reachable
-                }),
-            );
-        }
-        for (uri, e) in self.failures.locked().iter() {
-            out.insert(
-                shown(uri),
-                serde_json::json!({"error": e, "lanAddresses": [], "wanAddresses": []}),
-            );
-        }
-        out
-    }
-
-    /// Our current addresses, for discovery: TCP listeners as configured (the
-    /// bound port filled in) and relays we are joined to, without tokens.
-    pub(super) fn announced_addresses(&self) -> Vec<String> {
-        let l = self.running.locked();
-        let mut out: Vec<String> = l
-            .values()
-            .filter_map(|x| x.reachable.borrow().clone())
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-}
 
 /// The listen addresses that should be running now.
 fn wanted(node: &Node) -> Vec<String> {

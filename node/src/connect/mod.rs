@@ -6,9 +6,7 @@
 //!
 //! * `listen.rs` — listeners reconciled with `listenAddresses`.
 //! * `dial.rs` — address candidates and the per-device loop.
-//! * `admission.rs` — slots for unauthenticated handshakes.
 
-pub mod admission;
 mod dial;
 mod listen;
 
@@ -17,27 +15,9 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::model::Node;
-use crate::resolve::Resolver;
 use crate::sync::MutexExt;
 
 pub use dial::ensure_dialers;
-
-/// One node's connection state (`node.connect`).
-#[derive(Default)]
-pub struct ConnectState {
-    /// DNS for dialing, relays and discovery servers (its cache is shared
-    /// by them all).
-    pub resolver: Resolver,
-    listeners: listen::Listeners,
-    dials: dial::DialLog,
-}
-
-impl ConnectState {
-    /// Our current addresses, for discovery (see [`listen::Listeners`]).
-    pub fn announced_addresses(&self) -> Vec<String> {
-        self.listeners.announced_addresses()
-    }
-}
 
 /// Starts listening (failing when a configured TCP address cannot be
 /// bound: an operator wants to know at once), then keeps the listeners in

@@ -4,6 +4,7 @@
 //! node (events, discovery, connection state, metrics). Nothing of a node
 //! lives in a process-wide value: two nodes in one process are apart.
 
+pub mod connect;
 pub mod discovery;
 pub mod requester;
 pub mod summaries;
@@ -188,7 +189,7 @@ pub struct Node {
     /// What discovery knows and how its announcements went.
     pub discovery: discovery::Discovery,
     /// Listeners, dial outcomes and the DNS resolver.
-    pub connect: crate::connect::ConnectState,
+    pub connect: connect::ConnectState,
     /// Strangers' and peers' excesses refused (`node_refused_total`).
     pub refusals: Arc<crate::guard::Refusals>,
     /// Counters and gauges for `/metrics`.
@@ -196,7 +197,7 @@ pub struct Node {
     /// Requests read from disk at once, over all connections.
     pub disk_reads: tokio::sync::Semaphore,
     /// Handshake slots shared by every TCP listener of this node.
-    pub admission: Arc<crate::connect::admission::Admission>,
+    pub admission: Arc<crate::guard::admission::Admission>,
     /// Log lines about failed handshakes and connections from unknown
     /// devices, rate-limited (strangers must not flood the log).
     pub handshake_log: crate::guard::LogLimiter,
@@ -284,7 +285,7 @@ impl Node {
             connect: Default::default(),
             metrics,
             disk_reads: tokio::sync::Semaphore::new(DISK_READS),
-            admission: Arc::new(crate::connect::admission::Admission::new(refusals.clone())),
+            admission: Arc::new(crate::guard::admission::Admission::new(refusals.clone())),
             handshake_log: crate::guard::LogLimiter::new(
                 20,
                 Duration::from_secs(5),

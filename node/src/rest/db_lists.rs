@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use proto::bep::wire::FileInfo;
 use serde_json::{json, Value};
 
-use super::db::file_json;
+use super::file_json::file_json;
 use super::http_util::{bad, internal, json, not_found, ok, text, time_fmt, Answer, Call};
 use crate::db::global::{Direction, Entry};
 use crate::pull::need;

@@ -18,6 +18,7 @@ mod config_shape;
 pub(crate) mod db;
 mod db_lists;
 mod events;
+mod file_json;
 pub mod http_util;
 mod metrics;
 mod source;

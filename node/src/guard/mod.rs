@@ -4,6 +4,8 @@
 //! usually owns the whole prefix), log lines that cannot flood the disk,
 //! and a counter per refusal reason for `/metrics`.
 
+pub mod admission;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
