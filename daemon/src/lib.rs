@@ -7,6 +7,7 @@ pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod shutdown;
+pub mod sync;
 
 pub use logging::LogArgs;
 pub use runtime::{run_main, run_main_with};

@@ -23,6 +23,5 @@ pub mod resolve;
 pub mod rest;
 pub mod scan;
 pub mod serve;
-pub mod sync;
 pub mod timefmt;
 pub mod watch;

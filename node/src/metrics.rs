@@ -4,7 +4,7 @@
 //! scraped (`rest/metrics.rs`). Names and labels are an interface: the
 //! dashboards and alerts in `deploy/` query them.
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 use std::sync::{Mutex, MutexGuard};
 
 use prometheus_client::encoding::text::encode;

@@ -15,7 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// A whole lookup (all servers, retries) gives up after this.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);

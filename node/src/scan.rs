@@ -18,7 +18,7 @@ use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Vector};
 
 use crate::db::{Change, Db, LocalMeta};
 use crate::events::Events;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// Marker Syncthing creates at the root of every folder.
 pub const MARKER: &str = ".stfolder";

@@ -17,7 +17,6 @@ mod server;
 mod splice;
 mod state;
 mod status;
-mod sync;
 
 pub use crate::cli::Cli;
 pub use crate::config::{

@@ -18,7 +18,7 @@ use proto::DeviceId;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CapacityConfig;
-use crate::sync::lock;
+use daemon::sync::MutexExt;
 
 /// The key all per-source limits use: IPv4 addresses as they are (also
 /// when they arrive IPv4-mapped on a dual-stack socket), IPv6 addresses
@@ -62,7 +62,7 @@ impl ByteBucket {
 
     /// Takes `n` bytes; returns how long to wait before forwarding them.
     pub fn take(&self, n: usize) -> Duration {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         let now = Instant::now();
         let (tokens, last) = *st;
         let refilled =
@@ -135,7 +135,7 @@ impl Capacity {
     /// lives, unless the source is at its limit.
     pub fn socket(&self, source: IpAddr) -> Result<SocketGuard, SocketRefused> {
         {
-            let mut map = lock(&self.per_source);
+            let mut map = self.per_source.locked();
             let n = map.entry(source).or_insert(0);
             if self.per_source_sockets > 0 && *n >= self.per_source_sockets {
                 return Err(SocketRefused::SourceLimit);
@@ -175,7 +175,7 @@ impl SocketGuard {
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         self.total.fetch_sub(1, Ordering::Relaxed);
-        let mut map = lock(&self.per_source);
+        let mut map = self.per_source.locked();
         if let Some(n) = map.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             // Sources without sockets are forgotten, so the map holds at
@@ -201,7 +201,7 @@ impl Unproven {
     /// oldest); the token is cancelled if it is evicted.
     pub fn register(self: &Arc<Self>, id: u64) -> UnprovenGuard {
         let cancel = CancellationToken::new();
-        lock(&self.sockets).insert(id, cancel.clone());
+        self.sockets.locked().insert(id, cancel.clone());
         UnprovenGuard {
             set: self.clone(),
             id,
@@ -211,7 +211,7 @@ impl Unproven {
 
     /// Closes the oldest unproven socket; false when there is none.
     pub fn evict_oldest(&self) -> bool {
-        let oldest = lock(&self.sockets).pop_first();
+        let oldest = self.sockets.locked().pop_first();
         match oldest {
             Some((_, cancel)) => {
                 cancel.cancel();
@@ -223,7 +223,7 @@ impl Unproven {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        lock(&self.sockets).len()
+        self.sockets.locked().len()
     }
 }
 
@@ -243,7 +243,7 @@ impl UnprovenGuard {
 
 impl Drop for UnprovenGuard {
     fn drop(&mut self) {
-        lock(&self.set.sockets).remove(&self.id);
+        self.set.sockets.locked().remove(&self.id);
     }
 }
 

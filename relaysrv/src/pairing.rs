@@ -17,7 +17,7 @@ use crate::limits::{SocketGuard, UnprovenGuard};
 use crate::metrics::Reject;
 use crate::state::pending::Slot;
 use crate::state::Relay;
-use crate::sync::lock;
+use daemon::sync::MutexExt;
 
 /// Runs the sweeper until shutdown, then closes the data connections
 /// still waiting for their other side: they have no task of their own.
@@ -68,7 +68,7 @@ pub async fn join(
     // A valid key: this socket belongs to a pairing now and is no longer
     // evicted for newcomers (the pairing's own timeout bounds it).
     drop(unproven);
-    if matches!(*lock(&p.slot), Slot::Closed) {
+    if matches!(*p.slot.locked(), Slot::Closed) {
         relay.metrics.reject(Reject::AlreadyJoined);
         reply(&relay, &mut stream, Response::ALREADY_CONNECTED).await;
         return;
@@ -79,7 +79,7 @@ pub async fn join(
         return;
     }
     let other = {
-        let mut slot = lock(&p.slot);
+        let mut slot = p.slot.locked();
         match std::mem::replace(&mut *slot, Slot::Closed) {
             Slot::Empty => {
                 *slot = Slot::Waiting(stream, guard);

@@ -23,7 +23,7 @@ use crate::config::ForwarderKind;
 use crate::limits::{pace, ByteBucket};
 use crate::state::pending::PendingPairing;
 use crate::state::{ActivePairing, Relay};
-use crate::sync::lock;
+use daemon::sync::MutexExt;
 
 /// Conduits kept for reuse; more than this many idle ones are freed.
 const POOL_MAX: usize = 32;
@@ -204,7 +204,8 @@ impl Conduit {
                 Err(_) => Conduit::acquire(ForwarderKind::Copy, size),
             },
             _ => {
-                let buf = lock(&BUFFERS)
+                let buf = BUFFERS
+                    .locked()
                     .pop()
                     .filter(|b| b.len() == size)
                     .unwrap_or_else(|| vec![0u8; size]);
@@ -219,7 +220,7 @@ impl Conduit {
             #[cfg(target_os = "linux")]
             Conduit::Pipe(p) => p.release(),
             Conduit::Buffer(b) => {
-                let mut pool = lock(&BUFFERS);
+                let mut pool = BUFFERS.locked();
                 if pool.len() < POOL_MAX {
                     pool.push(b);
                 }
@@ -267,7 +268,7 @@ mod pipe {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use crate::sync::lock;
+    use daemon::sync::MutexExt;
 
     /// A non-blocking kernel pipe; closed on drop.
     pub struct Pipe {
@@ -282,7 +283,7 @@ mod pipe {
 
     impl Pipe {
         pub fn acquire(size: usize) -> io::Result<Pipe> {
-            if let Some(p) = lock(&PIPES).pop() {
+            if let Some(p) = PIPES.locked().pop() {
                 if p.size == size {
                     return Ok(p);
                 }
@@ -309,7 +310,7 @@ mod pipe {
 
         pub fn release(self) {
             if self.held == 0 {
-                let mut pool = lock(&PIPES);
+                let mut pool = PIPES.locked();
                 if pool.len() < super::POOL_MAX {
                     pool.push(self);
                 }

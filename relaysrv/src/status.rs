@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::state::Relay;
-use crate::sync::lock;
+use daemon::sync::MutexExt;
 
 /// Status connections served at once; more are closed at once, so a
 /// flood of them cannot take file descriptors from devices.
@@ -32,7 +32,7 @@ pub struct RateHistory {
 
 impl RateHistory {
     fn push(&self, bytes: u64) {
-        let mut s = lock(&self.samples);
+        let mut s = self.samples.locked();
         if s.len() == SAMPLES {
             s.pop_front();
         }
@@ -42,7 +42,7 @@ impl RateHistory {
     /// Average kbit/s over 10 s, 1, 5, 15, 30 and 60 min (as far back as
     /// samples exist).
     fn kbps(&self) -> [u64; 6] {
-        let s = lock(&self.samples);
+        let s = self.samples.locked();
         let mut out = [0u64; 6];
         let Some(&last) = s.back() else { return out };
         for (i, w) in [1usize, 6, 30, 90, 180, 360].into_iter().enumerate() {

@@ -95,3 +95,28 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
     walk(root, root, &mut out);
     out
 }
+
+/// `renameat2(from, to, flags)`: a rename with `RENAME_EXCHANGE` or
+/// `RENAME_NOREPLACE`, which std does not offer (tests swap entries under
+/// a running node with it).
+pub fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let a = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(invalid)?;
+    let b = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(invalid)?;
+    // SAFETY: two valid NUL-terminated paths, only read by the kernel.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

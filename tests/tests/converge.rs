@@ -90,27 +90,6 @@ fn read_file(p: &Path) -> Option<Vec<u8>> {
         .and_then(|_| std::fs::read(p).ok())
 }
 
-fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let a = std::ffi::CString::new(from.as_os_str().as_bytes()).unwrap();
-    let b = std::ffi::CString::new(to.as_os_str().as_bytes()).unwrap();
-    // SAFETY: two valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// A path outside the folder on the same filesystem (never scanned).
 fn scratch(root: &Path) -> PathBuf {
     root.parent()
@@ -129,7 +108,7 @@ fn write_file(root: &Path, name: &str, data: &[u8]) -> Option<Vec<u8>> {
     let tmp = scratch(root);
     std::fs::write(&tmp, data).unwrap();
     for _ in 0..20 {
-        if rename2(&tmp, &p, libc::RENAME_EXCHANGE).is_ok() {
+        if e2e::tree::rename2(&tmp, &p, libc::RENAME_EXCHANGE).is_ok() {
             let old = read_file(&tmp);
             if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_dir()) {
                 let _ = std::fs::remove_dir_all(&tmp);
@@ -138,7 +117,7 @@ fn write_file(root: &Path, name: &str, data: &[u8]) -> Option<Vec<u8>> {
             }
             return old;
         }
-        if rename2(&tmp, &p, libc::RENAME_NOREPLACE).is_ok() {
+        if e2e::tree::rename2(&tmp, &p, libc::RENAME_NOREPLACE).is_ok() {
             return None;
         }
     }
@@ -150,7 +129,7 @@ fn write_file(root: &Path, name: &str, data: &[u8]) -> Option<Vec<u8>> {
 /// atomically first).
 fn delete_file(root: &Path, name: &str) -> Option<Vec<u8>> {
     let tmp = scratch(root);
-    rename2(&root.join(name), &tmp, 0).ok()?;
+    e2e::tree::rename2(&root.join(name), &tmp, 0).ok()?;
     let old = read_file(&tmp);
     let _ = std::fs::remove_file(&tmp);
     old

@@ -17,17 +17,10 @@ const FILE_BYTES: usize = 4 << 20;
 
 fn fill(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).unwrap();
-    // Distinct content per block: nothing can be reused, every byte is
+    // Distinct content per file: nothing can be reused, every byte is
     // pulled over the connection.
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..FILES {
-        let mut data = vec![0u8; FILE_BYTES];
-        for chunk in data.chunks_mut(8) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
-        }
+        let data = e2e::tree::bytes(i as u64 + 1, FILE_BYTES);
         std::fs::write(dir.join(format!("shot-{i:03}.bin")), data).unwrap();
     }
 }

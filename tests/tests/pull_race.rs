@@ -7,7 +7,6 @@
 //! the swapping stops.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -114,18 +113,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Seen> {
 
 /// Atomically exchanges two entries (`renameat2(RENAME_EXCHANGE)`).
 fn exchange(a: &Path, b: &Path) -> bool {
-    let a = CString::new(a.as_os_str().as_bytes()).unwrap();
-    let b = CString::new(b.as_os_str().as_bytes()).unwrap();
-    // SAFETY: two valid NUL-terminated paths, only read by the kernel.
-    unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        ) == 0
-    }
+    e2e::tree::rename2(a, b, libc::RENAME_EXCHANGE).is_ok()
 }
 
 /// The slow peer: answers each Request after [`DELAY`], reading on in the

@@ -2,6 +2,7 @@
 //! HTTP/2 (hyper-util's auto builder), so that the client certificate of
 //! each connection reaches the request handler.
 
+use daemon::sync::MutexExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,7 +98,7 @@ impl PerIp {
     /// A slot for `ip`, or None when it already has `max`.
     fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
         let key = crate::ratelimit::key(ip);
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.0.locked();
         let n = map.entry(key).or_insert(0);
         if *n >= max {
             return None;
@@ -117,7 +118,7 @@ struct IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut map = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.table.0.locked();
         if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::model::{ConnectionKind, Node};
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::guard::Refusal;
 use crate::model::connect::{shown, Listener};
 use crate::model::{ConnectionKind, Node};
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// Lines about connections that failed before the peer was known: anyone
 /// can cause them, so they are rate-limited.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::model::Node;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 pub use dial::ensure_dialers;
 

@@ -15,7 +15,7 @@ use proto::bep::wire::{FileInfo, FileInfoType, Vector};
 use proto::DeviceId;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 mod blocks;
 pub mod figures;

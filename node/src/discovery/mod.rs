@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use proto::DeviceId;
 
 use crate::model::Node;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 use global::ServerUrl;
 
 /// How often the announcer looks at the configuration and our addresses.

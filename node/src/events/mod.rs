@@ -24,7 +24,7 @@ use tokio::sync::watch;
 pub use kind::{Kind, Mask};
 use ring::Ring;
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// Events kept per ring (Syncthing keeps 1000 per subscription).
 pub const RING_CAPACITY: usize = 1000;

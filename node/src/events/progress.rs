@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use proto::bep::wire::FileInfo;
 use serde_json::{json, Value};
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// Where a block of a file being pulled came from.
 #[derive(Clone, Copy)]

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::ring::Ring;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// Log lines kept (Syncthing keeps 250).
 const LOG_LINES: usize = 250;

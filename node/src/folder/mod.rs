@@ -14,7 +14,7 @@ use anyhow::Result;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{FolderRuntime, FolderState, Node};
-use crate::sync::RwLockExt;
+use daemon::sync::RwLockExt;
 
 /// Gives every configured folder without one its runtime state and loop.
 pub fn start_missing(node: &Arc<Node>) -> Result<()> {

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use super::progress;
 use crate::config::{FolderConfig, FolderType};
 use crate::model::{FolderRuntime, FolderState, Node};
-use crate::sync::{MutexExt, RwLockExt};
 use crate::{pull, scan};
+use daemon::sync::{MutexExt, RwLockExt};
 
 /// Next scan-and-pull round after a round with errors or local changes.
 const PULL_RETRY: Duration = Duration::from_secs(10);

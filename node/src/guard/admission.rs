@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::guard::{Refusal, Refusals, Source};
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// Handshakes in progress over all listeners.
 pub const MAX_HANDSHAKES: usize = 64;

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::resolve::Resolver;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// One node's connection state (`node.connect`).
 #[derive(Default)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use proto::DeviceId;
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// What one node's discovery knows (`node.discovery`).
 #[derive(Default)]

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, FolderConfig};
 use crate::db::Db;
-use crate::sync::{MutexExt, RwLockExt};
+use daemon::sync::{MutexExt, RwLockExt};
 
 /// A live BEP connection, as the REST API shows it.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use proto::bep::wire::{Request, Response};
 use proto::bep::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// A Response later than this counts as lost (the peer may be slow, but
 /// another device or a later round can serve the block).

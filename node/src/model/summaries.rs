@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use proto::DeviceId;
 
 use crate::db::figures::{Completion, Totals};
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// What is cached: the folder's totals, or a device's completion.
 #[derive(Debug, Clone)]

@@ -52,7 +52,7 @@ use crate::config::FolderConfig;
 use crate::db::{Change, Direction};
 use crate::model::summaries::{Figures, LocalCounts, Summary};
 use crate::model::Node;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 use dirfd::{Dir, Rename};
 use disk::{basename, dirname, LocallyChanged};
 use need::Needed;

@@ -16,7 +16,7 @@ use proto::bep::wire::BlockInfo;
 use tokio::sync::{mpsc, oneshot};
 
 use super::disk;
-use crate::sync::{MutexExt, RwLockExt};
+use daemon::sync::{MutexExt, RwLockExt};
 
 /// A temp file that fetched blocks are written into.
 pub struct TempFile {

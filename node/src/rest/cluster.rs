@@ -5,7 +5,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::http_util::{bad, json, not_found, ok, rfc3339, Answer, Call};
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {
     let node = &c.node;

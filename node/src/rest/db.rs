@@ -8,7 +8,7 @@ use super::http_util::{internal, json, ok, rfc3339, text, Answer, Call};
 use crate::config::FolderType;
 use crate::model::summaries::Figures;
 use crate::model::Node;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 pub async fn route(c: &Call) -> Answer {
     match c.path.as_str() {

@@ -2,8 +2,8 @@
 //! scrapers (with the API key or a Bearer token), in OpenMetrics when the
 //! scraper asks for it, else in the classic Prometheus text format.
 
-use crate::sync::MutexExt;
 use bytes::Bytes;
+use daemon::sync::MutexExt;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderValue, Method};
 use http_body_util::Full;

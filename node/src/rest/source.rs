@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 pub use crate::guard::Source;
 

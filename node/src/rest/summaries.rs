@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::events::Kind;
 use crate::model::summaries::Figures;
 use crate::model::Node;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 const EVERY: Duration = Duration::from_secs(1);
 /// `DownloadProgress` every 5 s (Syncthing's default interval).

@@ -16,7 +16,7 @@ use daemon::Shutdown;
 
 use crate::limits::{ByteBucket, Capacity, InvitationLimiter, Unproven};
 use crate::metrics::Metrics;
-use crate::sync::lock;
+use daemon::sync::MutexExt;
 
 pub mod pending;
 mod settings;
@@ -97,7 +97,7 @@ impl Relay {
 
     /// Registers a joined device unless that ID is joined already.
     pub fn join(&self, id: DeviceId, device: JoinedDevice) -> bool {
-        let mut devices = lock(&self.devices);
+        let mut devices = self.devices.locked();
         if devices.contains_key(&id) {
             return false;
         }
@@ -111,13 +111,13 @@ impl Relay {
     /// and a restarting device is not refused as "already connected".
     pub fn leave(&self, id: &DeviceId, conn_id: u64) {
         {
-            let mut devices = lock(&self.devices);
+            let mut devices = self.devices.locked();
             if devices.get(id).is_some_and(|d| d.conn_id == conn_id) {
                 devices.remove(id);
             }
             self.metrics.joined.set(devices.len() as i64);
         }
-        for p in lock(&self.active).values() {
+        for p in self.active.locked().values() {
             if p.server == *id || p.client == *id {
                 p.cancel.cancel();
             }
@@ -126,30 +126,30 @@ impl Relay {
     }
 
     pub fn outbox(&self, id: &DeviceId) -> Option<mpsc::Sender<SessionInvitation>> {
-        lock(&self.devices).get(id).map(|d| d.outbox.clone())
+        self.devices.locked().get(id).map(|d| d.outbox.clone())
     }
 
     pub fn is_joined(&self, id: &DeviceId) -> bool {
-        lock(&self.devices).contains_key(id)
+        self.devices.locked().contains_key(id)
     }
 
     pub fn joined_count(&self) -> usize {
-        lock(&self.devices).len()
+        self.devices.locked().len()
     }
 
     pub fn add_active(&self, pairing_id: u64, pairing: ActivePairing) {
-        let mut active = lock(&self.active);
+        let mut active = self.active.locked();
         active.insert(pairing_id, pairing);
         self.metrics.active.set(active.len() as i64);
     }
 
     pub fn remove_active(&self, pairing_id: u64) {
-        let mut active = lock(&self.active);
+        let mut active = self.active.locked();
         active.remove(&pairing_id);
         self.metrics.active.set(active.len() as i64);
     }
 
     pub fn active_count(&self) -> usize {
-        lock(&self.active).len()
+        self.active.locked().len()
     }
 }

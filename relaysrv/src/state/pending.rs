@@ -11,7 +11,7 @@ use proto::DeviceId;
 use tokio::net::TcpStream;
 
 use crate::limits::SocketGuard;
-use crate::sync::lock;
+use daemon::sync::MutexExt;
 
 use super::Relay;
 
@@ -69,7 +69,7 @@ impl PendingTable {
         if max_pairings > 0 && relay.active_count() >= max_pairings {
             return Err(CreateError::Full);
         }
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.locked();
         let per_source = relay.capacity.per_source_pending;
         if per_source > 0 && inner.per_source.get(&source).copied().unwrap_or(0) >= per_source {
             return Err(CreateError::SourceFull);
@@ -103,13 +103,13 @@ impl PendingTable {
     /// Looks a key up and consumes it.
     pub fn take_key(&self, key: &[u8]) -> Option<Arc<PendingPairing>> {
         let key: &Key = key.try_into().ok()?;
-        lock(&self.inner).keys.remove(key)
+        self.inner.locked().keys.remove(key)
     }
 
     /// Removes a pairing and whatever keys of it remain; closes a waiting
     /// socket unless the caller took it.
     pub fn finish(&self, relay: &Relay, p: &PendingPairing) {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.locked();
         for k in &p.keys {
             inner.keys.remove(k);
         }
@@ -126,12 +126,14 @@ impl PendingTable {
 
     fn close(&self, relay: &Relay, p: &PendingPairing) {
         self.finish(relay, p);
-        *lock(&p.slot) = Slot::Closed;
+        *p.slot.locked() = Slot::Closed;
     }
 
     /// Ends pending pairings of a device that left.
     pub fn drop_device(&self, id: &DeviceId, relay: &Relay) {
-        let doomed: Vec<_> = lock(&self.inner)
+        let doomed: Vec<_> = self
+            .inner
+            .locked()
             .pairings
             .values()
             .filter(|p| p.server == *id || p.client == *id)
@@ -145,7 +147,9 @@ impl PendingTable {
     /// Drops pairings older than `limit`.
     pub fn expire(&self, relay: &Relay, limit: Duration) -> usize {
         let now = Instant::now();
-        let doomed: Vec<_> = lock(&self.inner)
+        let doomed: Vec<_> = self
+            .inner
+            .locked()
             .pairings
             .values()
             .filter(|p| now.duration_since(p.created) >= limit)
@@ -159,12 +163,12 @@ impl PendingTable {
 
     /// Keys not used yet (strelaysrv's `numPendingSessionKeys`).
     pub fn key_count(&self) -> usize {
-        lock(&self.inner).keys.len()
+        self.inner.locked().keys.len()
     }
 
     /// Drops everything (shutdown).
     pub fn clear(&self, relay: &Relay) {
-        let all: Vec<_> = lock(&self.inner).pairings.values().cloned().collect();
+        let all: Vec<_> = self.inner.locked().pairings.values().cloned().collect();
         for p in all {
             self.close(relay, &p);
         }

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::rest::http_util::same;
 use crate::rest::source::Source;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 const MAX_BCRYPT_AT_ONCE: usize = 2;
 const FREE_FAILURES: u32 = 5;

@@ -43,7 +43,7 @@ use prometheus_client::metrics::family::Family;
 use super::http_util::{same, text, Reply};
 use crate::config::Gui;
 use crate::model::Node;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 use login::{Login, Logins};
 use tokens::Tokens;
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::rest::http_util::same;
-use crate::sync::MutexExt;
+use daemon::sync::MutexExt;
 
 /// Tokens of one kind, most recently used first.
 pub struct Tokens {

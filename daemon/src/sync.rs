@@ -1,9 +1,10 @@
 //! Locks that survive a panic in another holder.
 //!
 //! A poisoned lock only says that some thread panicked while holding it.
-//! The node's shared maps and counters stay consistent at every await and
-//! statement boundary, so one failed task must not take every later caller
-//! (REST, connections, pulls) down with it: the guard is used as is.
+//! The programs' shared maps and counters stay consistent at every await
+//! and statement boundary, so one failed task must not take every later
+//! caller (REST, connections, pulls, other relay sessions) down with it:
+//! the guard is used as is. Every lock of the project goes through these.
 
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
