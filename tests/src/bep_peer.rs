@@ -44,6 +44,22 @@ pub fn tcp_from(source: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
     Ok(socket.into())
 }
 
+/// Completes the TLS handshake with generous timeouts before the caller's
+/// short ones apply: a handshake cut by a short read timeout (a loaded
+/// machine) would lose the Hello written with it, and the node would read
+/// the next frame as one.
+fn handshake(
+    mut conn: rustls::ClientConnection,
+    mut tcp: TcpStream,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(20)))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
 pub struct RawPeer {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     buf: Vec<u8>,
@@ -62,9 +78,10 @@ impl RawPeer {
         .unwrap();
         let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        tcp.set_read_timeout(Some(read_timeout)).unwrap();
+        let tls = handshake(conn, tcp).expect("TLS handshake with the node");
+        tls.sock.set_read_timeout(Some(read_timeout)).unwrap();
         RawPeer {
-            tls: rustls::StreamOwned::new(conn, tcp),
+            tls,
             buf: Vec::new(),
         }
     }
@@ -86,10 +103,11 @@ impl RawPeer {
         .unwrap();
         let conn = rustls::ClientConnection::new(Arc::new(config), tls::server_name()).unwrap();
         let tcp = tcp_from(source, port)?;
-        tcp.set_read_timeout(Some(read_timeout))?;
-        tcp.set_write_timeout(Some(read_timeout))?;
+        let tls = handshake(conn, tcp)?;
+        tls.sock.set_read_timeout(Some(read_timeout))?;
+        tls.sock.set_write_timeout(Some(read_timeout))?;
         Ok(RawPeer {
-            tls: rustls::StreamOwned::new(conn, tcp),
+            tls,
             buf: Vec::new(),
         })
     }
