@@ -1,5 +1,6 @@
 //! A folder's figures as the REST API and events report them: totals of
-//! the global state and of what is needed, and a device's completion.
+//! the global state and of what is needed, our own entries' counts, and a
+//! device's completion.
 //! Plain data, computed from the index (`pull::need`, `db`).
 
 /// Counts of the global state and of what we need.
@@ -20,6 +21,24 @@ pub struct Totals {
 impl Totals {
     pub fn need_items(&self) -> u64 {
         self.need_files + self.need_dirs + self.need_symlinks + self.need_deletes
+    }
+}
+
+/// Counts of our own entries (`localFiles`… of `/rest/db/status`): the
+/// deleted ones are counted apart from their kind, and the bytes are of
+/// the files that are not deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LocalCounts {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub deleted: u64,
+    pub bytes: u64,
+}
+
+impl LocalCounts {
+    pub fn items(&self) -> u64 {
+        self.files + self.dirs + self.symlinks + self.deleted
     }
 }
 

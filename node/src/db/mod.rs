@@ -476,15 +476,14 @@ impl Db {
             .transpose()
     }
 
-    /// Counts and bytes of the current (non-deleted) local entries:
-    /// (files, directories, symlinks, deleted, bytes).
-    pub fn local_totals(&self, folder: &str) -> Result<(u64, u64, u64, u64, u64)> {
+    /// Counts of the local entries, and bytes of the non-deleted files.
+    pub fn local_totals(&self, folder: &str) -> Result<figures::LocalCounts> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT kind, deleted, COUNT(*), COALESCE(SUM(size), 0) FROM files
              WHERE folder = ?1 GROUP BY kind, deleted",
         )?;
-        let mut t = (0, 0, 0, 0, 0);
+        let mut t = figures::LocalCounts::default();
         let rows = stmt.query_map([folder], |r| {
             Ok((
                 r.get::<_, i32>(0)?,
@@ -497,15 +496,15 @@ impl Db {
             let (kind, deleted, n, bytes) = row?;
             let n = n as u64;
             if deleted {
-                t.3 += n;
+                t.deleted += n;
             } else {
                 match kind {
                     0 => {
-                        t.0 += n;
-                        t.4 += bytes as u64;
+                        t.files += n;
+                        t.bytes += bytes as u64;
                     }
-                    1 => t.1 += n,
-                    _ => t.2 += n,
+                    1 => t.dirs += n,
+                    _ => t.symlinks += n,
                 }
             }
         }
@@ -675,7 +674,14 @@ mod tests {
         assert_eq!(db.remote("f", &dev).unwrap(), (0, 0));
         db.set_remote("f", &dev, 9, 4).unwrap();
         assert_eq!(db.remote("f", &dev).unwrap(), (9, 4));
-        assert_eq!(db.local_totals("f").unwrap(), (2, 0, 0, 0, 6));
+        assert_eq!(
+            db.local_totals("f").unwrap(),
+            figures::LocalCounts {
+                files: 2,
+                bytes: 6,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

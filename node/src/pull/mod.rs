@@ -2,8 +2,9 @@
 //!
 //! * [`need`] — global version per name and what we need, from one name's
 //!   entries at a time (streamed from the database, never all in memory).
-//! * [`summaries`] — `db/status` and `db/completion` figures kept until
-//!   the index changes.
+//! * [`need_totals`], [`local_totals`], [`completion`] — `db/status` and
+//!   `db/completion` figures, kept per index generation in
+//!   [`crate::model::summaries`].
 //! * [`requester`] — our Requests on a connection and their Responses.
 //! * [`verify`] — fetched blocks hashed several at once and written.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
@@ -49,8 +50,9 @@ use proto::DeviceId;
 use tokio::sync::Semaphore;
 
 use crate::config::FolderConfig;
+use crate::db::figures::LocalCounts;
 use crate::db::{Change, Direction};
-use crate::model::summaries::{Figures, LocalCounts, Summary};
+use crate::model::summaries::Figures;
 use crate::model::Node;
 use daemon::sync::MutexExt;
 use dirfd::{Dir, Rename};
@@ -140,39 +142,26 @@ const PAGE: usize = 256;
 /// The global-state counts of `folder` (`/rest/db/status`), reused until
 /// the index changes (or briefly after: `summaries`).
 pub fn need_totals(node: &Node, folder: &str) -> Result<Figures<need::Totals>> {
-    let key = (folder.to_string(), None, "totals");
-    let f = node
-        .summaries
-        .get_or_compute(key, node.db.generation(), || {
+    node.summaries
+        .need_totals
+        .get_or_compute(folder.to_string(), node.db.generation(), || {
             let mut t = need::Totals::default();
             node.db
                 .for_each_entry(folder, None, Direction::Ascending, |e| {
                     need::evaluate(e, &mut t);
                     ControlFlow::Continue(())
                 })?;
-            Ok(Summary::Totals(t))
-        })?;
-    f.pick(|s| match s {
-        Summary::Totals(v) => Some(v),
-        _ => None,
-    })
-    .ok_or_else(|| anyhow!("summary cache mixed up for the totals of {folder}"))
+            Ok(t)
+        })
 }
 
-/// Counts of our own entries of `folder`: (files, directories, symlinks,
-/// deleted, bytes); reused like the other summaries.
+/// Counts of our own entries of `folder`; reused like the other summaries.
 pub fn local_totals(node: &Node, folder: &str) -> Result<Figures<LocalCounts>> {
-    let key = (folder.to_string(), None, "local");
-    let f = node
-        .summaries
-        .get_or_compute(key, node.db.generation(), || {
-            Ok(Summary::Local(node.db.local_totals(folder)?))
-        })?;
-    f.pick(|s| match s {
-        Summary::Local(v) => Some(v),
-        _ => None,
-    })
-    .ok_or_else(|| anyhow!("summary cache mixed up for the local counts of {folder}"))
+    node.summaries
+        .local_counts
+        .get_or_compute(folder.to_string(), node.db.generation(), || {
+            node.db.local_totals(folder)
+        })
 }
 
 /// How complete `device` (`None`: we) is for `folder`, against the global
@@ -183,13 +172,10 @@ pub fn completion(
     device: Option<DeviceId>,
 ) -> Result<Figures<need::Completion>> {
     let device = device.filter(|d| *d != node.my_id);
-    let key = (
-        folder.to_string(),
-        device.or(Some(node.my_id)),
-        "completion",
-    );
-    let f = node
-        .summaries
+    // Ours is kept under our own ID: no remote device has it.
+    let key = (folder.to_string(), device.unwrap_or(node.my_id));
+    node.summaries
+        .completion
         .get_or_compute(key, node.db.generation(), || {
             let mut c = need::Completion::default();
             node.db
@@ -197,13 +183,8 @@ pub fn completion(
                     need::add_completion(&e, device.as_ref(), &mut c);
                     ControlFlow::Continue(())
                 })?;
-            Ok(Summary::Completion(c.finish()))
-        })?;
-    f.pick(|s| match s {
-        Summary::Completion(v) => Some(v),
-        _ => None,
-    })
-    .ok_or_else(|| anyhow!("summary cache mixed up for a completion in {folder}"))
+            Ok(c.finish())
+        })
 }
 
 /// The global version of one name, in full.

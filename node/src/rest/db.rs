@@ -118,7 +118,7 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
     let g = crate::pull::need_totals(node, folder)?;
     // The figures are as old as the older of the two.
     let generation = local.generation.min(g.generation);
-    let (files, dirs, links, deleted, bytes) = local.value;
+    let local = local.value;
     let g = g.value;
     let seq = *rt.sequence.borrow();
     let receive_only = node
@@ -133,9 +133,10 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
         "invalid": "",
         "ignorePatterns": node.config().folders.iter().find(|f| f.id == folder)
             .is_some_and(|f| f.path.join(".stignore").exists()),
-        "localFiles": files, "localDirectories": dirs, "localSymlinks": links,
-        "localDeleted": deleted, "localBytes": bytes,
-        "localTotalItems": files + dirs + links + deleted,
+        "localFiles": local.files, "localDirectories": local.dirs,
+        "localSymlinks": local.symlinks,
+        "localDeleted": local.deleted, "localBytes": local.bytes,
+        "localTotalItems": local.items(),
         "globalFiles": g.global_files, "globalDirectories": g.global_dirs,
         "globalSymlinks": g.global_symlinks,
         "globalDeleted": g.global_deleted, "globalBytes": g.global_bytes,
