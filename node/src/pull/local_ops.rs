@@ -70,7 +70,7 @@ pub fn revert(node: &Node, folder: &str) -> Result<usize> {
 /// our entry (or a deletion, where we have none) with a version newer than
 /// every other device's, so the other devices take ours.
 pub fn override_remote(node: &Node, folder: &str) -> Result<usize> {
-    let (need, _) = super::need_list(node, folder)?;
+    let (need, _) = super::figures::need_list(node, folder)?;
     let ignores = match node.config().folders.iter().find(|f| f.id == folder) {
         Some(f) => crate::ignore::Ignores::load(&f.path)
             .context("not overriding until the folder's .stignore is fixed")?,

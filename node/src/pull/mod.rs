@@ -2,10 +2,9 @@
 //!
 //! * [`need`] — global version per name and what we need, from one name's
 //!   entries at a time (streamed from the database, never all in memory).
-//! * [`need_totals`], [`local_totals`], [`completion`] — `db/status` and
-//!   `db/completion` figures, kept per index generation in
-//!   [`crate::model::summaries`].
-//! * [`requester`] — our Requests on a connection and their Responses.
+//! * [`figures`] — what REST and events ask of the index: `db/status`
+//!   and `db/completion` figures (kept per index generation in
+//!   [`crate::model::summaries`]), a name's global version, the need list.
 //! * [`verify`] — fetched blocks hashed several at once and written.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
 //!   checks, temp files, conflict copies).
@@ -27,6 +26,7 @@
 
 pub mod dirfd;
 pub mod disk;
+pub mod figures;
 pub mod local_ops;
 pub mod need;
 pub mod verify;
@@ -46,13 +46,10 @@ use futures_util::stream::{self, StreamExt};
 use proto::bep::blocks::BLOCK_SIZES;
 use proto::bep::global::{is_conflict, is_conflict_copy, temp_basename};
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Request};
-use proto::DeviceId;
 use tokio::sync::Semaphore;
 
 use crate::config::FolderConfig;
-use crate::db::figures::LocalCounts;
 use crate::db::{Change, Direction};
-use crate::model::summaries::Figures;
 use crate::model::Node;
 use daemon::sync::MutexExt;
 use dirfd::{Dir, Rename};
@@ -138,91 +135,6 @@ const PARALLEL_FILES: usize = 16;
 /// Needed items looked at per database pass: bounds the memory of a pull
 /// round whatever the size of the folder.
 const PAGE: usize = 256;
-
-/// The global-state counts of `folder` (`/rest/db/status`), reused until
-/// the index changes (or briefly after: `summaries`).
-pub fn need_totals(node: &Node, folder: &str) -> Result<Figures<need::Totals>> {
-    node.summaries
-        .need_totals
-        .get_or_compute(folder.to_string(), node.db.generation(), || {
-            let mut t = need::Totals::default();
-            node.db
-                .for_each_entry(folder, None, Direction::Ascending, |e| {
-                    need::evaluate(e, &mut t);
-                    ControlFlow::Continue(())
-                })?;
-            Ok(t)
-        })
-}
-
-/// Counts of our own entries of `folder`; reused like the other summaries.
-pub fn local_totals(node: &Node, folder: &str) -> Result<Figures<LocalCounts>> {
-    node.summaries
-        .local_counts
-        .get_or_compute(folder.to_string(), node.db.generation(), || {
-            node.db.local_totals(folder)
-        })
-}
-
-/// How complete `device` (`None`: we) is for `folder`, against the global
-/// state; reused until the index changes.
-pub fn completion(
-    node: &Node,
-    folder: &str,
-    device: Option<DeviceId>,
-) -> Result<Figures<need::Completion>> {
-    let device = device.filter(|d| *d != node.my_id);
-    // Ours is kept under our own ID: no remote device has it.
-    let key = (folder.to_string(), device.unwrap_or(node.my_id));
-    node.summaries
-        .completion
-        .get_or_compute(key, node.db.generation(), || {
-            let mut c = need::Completion::default();
-            node.db
-                .for_each_entry(folder, None, Direction::Ascending, |e| {
-                    need::add_completion(&e, device.as_ref(), &mut c);
-                    ControlFlow::Continue(())
-                })?;
-            Ok(c.finish())
-        })
-}
-
-/// The global version of one name, in full.
-pub struct GlobalFile {
-    pub file: FileInfo,
-    /// The devices announcing exactly that version.
-    pub sources: Vec<DeviceId>,
-}
-
-pub fn global_file(node: &Node, folder: &str, name: &str) -> Result<Option<GlobalFile>> {
-    let entry = node.db.entry(folder, name)?;
-    let Some((from, g)) = need::global(&entry) else {
-        return Ok(None);
-    };
-    let sources = need::sources(&entry, g);
-    let full = match from {
-        None => node.db.file(folder, name)?,
-        Some(d) => node.db.remote_file(folder, &d, name)?,
-    };
-    Ok(full.map(|file| GlobalFile { file, sources }))
-}
-
-/// Every needed item of `folder` with our entry loaded in full (the global
-/// one stays a summary), and the totals. Memory grows with what is needed:
-/// for explicit operations (override), not for pulling.
-pub fn need_list(node: &Node, folder: &str) -> Result<(Vec<Needed>, need::Totals)> {
-    let mut need = Vec::new();
-    let mut t = need::Totals::default();
-    node.db
-        .for_each_entry(folder, None, Direction::Ascending, |e| {
-            need.extend(need::evaluate(e, &mut t));
-            ControlFlow::Continue(())
-        })?;
-    for n in &mut need {
-        n.local = node.db.file(folder, &n.global.name)?;
-    }
-    Ok((need, t))
-}
 
 /// Which needed items a pass takes.
 type Want = fn(&Needed) -> bool;

@@ -40,7 +40,7 @@ pub async fn route(c: &Call) -> Answer {
             let f = c.folder()?;
             let name = c.need("file")?;
             let local = c.node.db.file(&f.id, name);
-            let global = crate::pull::global_file(&c.node, &f.id, name);
+            let global = crate::pull::figures::global_file(&c.node, &f.id, name);
             match (local, global) {
                 (Ok(None), Ok(None)) => {
                     Err(text(StatusCode::NOT_FOUND, "no such object in the index"))
@@ -114,8 +114,8 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
     };
     let state = *rt.state.locked();
     let pull_errors = rt.pull_errors.locked().len();
-    let local = crate::pull::local_totals(node, folder)?;
-    let g = crate::pull::need_totals(node, folder)?;
+    let local = crate::pull::figures::local_totals(node, folder)?;
+    let g = crate::pull::figures::need_totals(node, folder)?;
     // The figures are as old as the older of the two.
     let generation = local.generation.min(g.generation);
     let local = local.value;
@@ -202,7 +202,7 @@ pub(crate) fn completion_json(
     let Figures {
         value: c,
         generation,
-    } = crate::pull::completion(node, folder, device)?;
+    } = crate::pull::figures::completion(node, folder, device)?;
     Ok(Figures {
         value: json!({
             "completion": c.completion, "globalBytes": c.global_bytes,

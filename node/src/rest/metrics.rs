@@ -51,7 +51,7 @@ fn set_gauges(node: &Node) {
             continue;
         };
         let label = [("folder", f.id.clone())];
-        if let Ok(totals) = crate::pull::need_totals(node, &f.id) {
+        if let Ok(totals) = crate::pull::figures::need_totals(node, &f.id) {
             m.folder_need_bytes
                 .get_or_create(&label)
                 .set(i64::try_from(totals.value.need_bytes).unwrap_or(i64::MAX));

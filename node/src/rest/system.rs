@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::http_util::{bad, internal, json, not_found, ok, rfc3339, text, Answer, Call};
+use super::http_util::{bad, internal, json, not_found, ok, rfc3339, text, Answer, Call, Reply};
+use crate::model::Node;
 
 /// Directory entries `/rest/system/browse` lists at most.
 const BROWSE_MAX: usize = 1000;
@@ -40,33 +41,11 @@ pub async fn route(c: &Call) -> Answer {
         }
         "/rest/system/version" => {
             c.allow(&[Method::GET])?;
-            Ok(json(&json!({
-                "version": concat!("v", env!("CARGO_PKG_VERSION")),
-                "longVersion": concat!("node v", env!("CARGO_PKG_VERSION"), " (Syncthing-compatible, BEP v1)"),
-                "os": std::env::consts::OS,
-                "arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
-                "codename": "", "date": "", "stamp": "", "user": "", "tags": [],
-                "isBeta": false, "isCandidate": false, "isRelease": true,
-            })))
+            Ok(json(&version()))
         }
         "/rest/system/error" => {
             c.allow(&[Method::GET, Method::POST])?;
-            if c.method == Method::POST {
-                let msg = String::from_utf8_lossy(&c.body).trim().to_string();
-                if msg.is_empty() {
-                    return Err(bad("empty error message"));
-                }
-                node.events.records.error(msg);
-                return Ok(ok());
-            }
-            let errors: Vec<Value> = node
-                .events
-                .records
-                .errors()
-                .into_iter()
-                .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
-                .collect();
-            Ok(json(&json!({"errors": errors})))
+            errors(c)
         }
         "/rest/system/error/clear" => {
             c.allow(&[Method::POST])?;
@@ -75,26 +54,11 @@ pub async fn route(c: &Call) -> Answer {
         }
         "/rest/system/log" => {
             c.allow(&[Method::GET])?;
-            let since = c.q("since").and_then(parse_rfc3339);
-            let messages: Vec<Value> = node
-                .events
-                .records
-                .log_lines(since)
-                .into_iter()
-                .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
-                .collect();
-            Ok(json(&json!({"messages": messages})))
+            Ok(json(&log(c)))
         }
         "/rest/system/log.txt" => {
             c.allow(&[Method::GET])?;
-            let lines: String = node
-                .events
-                .records
-                .log_lines(None)
-                .into_iter()
-                .map(|(when, _, m)| format!("{}: {m}\n", rfc3339(when)))
-                .collect();
-            Ok(text(StatusCode::OK, lines.trim_end()))
+            Ok(log_text(node))
         }
         "/rest/system/pause" | "/rest/system/resume" => {
             c.allow(&[Method::POST])?;
@@ -102,12 +66,7 @@ pub async fn route(c: &Call) -> Answer {
         }
         "/rest/system/discovery" => {
             c.allow(&[Method::GET])?;
-            // Addresses learned by discovery (global and local caches).
-            let mut out = serde_json::Map::new();
-            for (id, addresses) in node.discovery.snapshot() {
-                out.insert(id.to_string(), json!({"addresses": addresses}));
-            }
-            Ok(json(&Value::Object(out)))
+            Ok(json(&discovered(node)))
         }
         "/rest/system/upgrade" => {
             c.allow(&[Method::GET, Method::POST])?;
@@ -318,6 +277,75 @@ fn pause(c: &Call, paused: bool) -> Answer {
     }
     crate::apply::apply_config(node).map_err(|e| internal(format!("{e:#}")))?;
     Ok(ok())
+}
+
+/// `/rest/system/version`, in Syncthing's shape.
+fn version() -> Value {
+    json!({
+        "version": concat!("v", env!("CARGO_PKG_VERSION")),
+        "longVersion": concat!("node v", env!("CARGO_PKG_VERSION"), " (Syncthing-compatible, BEP v1)"),
+        "os": std::env::consts::OS,
+        "arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+        "codename": "", "date": "", "stamp": "", "user": "", "tags": [],
+        "isBeta": false, "isCandidate": false, "isRelease": true,
+    })
+}
+
+/// `/rest/system/error`: GET lists the recorded errors, POST adds one.
+fn errors(c: &Call) -> Answer {
+    let node = &c.node;
+    if c.method == Method::POST {
+        let msg = String::from_utf8_lossy(&c.body).trim().to_string();
+        if msg.is_empty() {
+            return Err(bad("empty error message"));
+        }
+        node.events.records.error(msg);
+        return Ok(ok());
+    }
+    let errors: Vec<Value> = node
+        .events
+        .records
+        .errors()
+        .into_iter()
+        .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
+        .collect();
+    Ok(json(&json!({"errors": errors})))
+}
+
+/// `/rest/system/log`: recent log lines, since a time if asked.
+fn log(c: &Call) -> Value {
+    let node = &c.node;
+    let since = c.q("since").and_then(parse_rfc3339);
+    let messages: Vec<Value> = node
+        .events
+        .records
+        .log_lines(since)
+        .into_iter()
+        .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
+        .collect();
+    json!({"messages": messages})
+}
+
+/// `/rest/system/log.txt`: the same lines as text.
+fn log_text(node: &Node) -> Reply {
+    let lines: String = node
+        .events
+        .records
+        .log_lines(None)
+        .into_iter()
+        .map(|(when, _, m)| format!("{}: {m}\n", rfc3339(when)))
+        .collect();
+    text(StatusCode::OK, lines.trim_end())
+}
+
+/// `/rest/system/discovery`: addresses learned by discovery (global and
+/// local caches).
+fn discovered(node: &Node) -> Value {
+    let mut out = serde_json::Map::new();
+    for (id, addresses) in node.discovery.snapshot() {
+        out.insert(id.to_string(), json!({"addresses": addresses}));
+    }
+    Value::Object(out)
 }
 
 /// Asks the node's owner to stop it and start it again (`node serve`
