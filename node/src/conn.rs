@@ -100,10 +100,6 @@ where
         held: Vec::new(),
         writer,
     };
-    driver.session.send(
-        &Message::ClusterConfig(cluster_config(&node, &peer)?),
-        Instant::now(),
-    )?;
     let Err(reason) = driver.serve().await;
     driver.teardown(&reason).await;
     Ok(())
@@ -362,6 +358,11 @@ struct Driver<R> {
 impl<R: AsyncRead + Unpin> Driver<R> {
     /// Runs until the connection ends; the error says why.
     async fn serve(&mut self) -> Result<Infallible> {
+        // Inside the loop's result, so a failure here still unregisters.
+        self.session.send(
+            &Message::ClusterConfig(cluster_config(&self.node, &self.peer)?),
+            Instant::now(),
+        )?;
         // Re-armed each round to the session's next deadline; disabled
         // while it has none.
         let timer = tokio::time::sleep_until(tokio::time::Instant::now());
