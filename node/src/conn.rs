@@ -4,6 +4,7 @@
 //! node's policy.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::Compression;
+use crate::config::{Compression, DeviceConfig};
 use crate::fileserve::{self, Served};
+use crate::guard::admission::Ticket;
 use crate::model::requester::Requester;
 use crate::model::{ConnInfo, ConnectionKind, Node, PendingDevice};
 
@@ -53,7 +55,7 @@ pub async fn run<S>(
     peer: DeviceId,
     address: SocketAddr,
     kind: ConnectionKind,
-    handshake: Option<crate::guard::admission::Ticket>,
+    handshake: Option<Ticket>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -65,6 +67,61 @@ where
         bail!("shutting down");
     }
     let device = node.config().device(&peer).cloned();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 64 * 1024];
+    let (session, their_hello) = hello(
+        &node,
+        &mut rd,
+        &mut wr,
+        &mut buf,
+        device.as_ref(),
+        handshake,
+    )
+    .await?;
+    let Some(device) = device else {
+        hold_pending(&node, peer, address, &their_hello);
+        return Ok(());
+    };
+    let Some(registered) = register(&node, peer, address, kind, &their_hello, &device.name) else {
+        return Ok(());
+    };
+    let (wtx, writer) = spawn_writer(&node, wr, registered.out_bytes);
+    let mut driver = Driver {
+        node: node.clone(),
+        peer,
+        serial: registered.serial,
+        session,
+        rd,
+        buf,
+        in_bytes: registered.in_bytes,
+        inbox: registered.inbox,
+        conn: registered.conn,
+        wtx,
+        held: Vec::new(),
+        writer,
+    };
+    let Err(reason) = driver.serve().await;
+    driver.teardown(&reason).await;
+    Ok(())
+}
+
+/// Sends our Hello and reads the peer's, within the handshake deadline,
+/// and returns the session with the peer's Hello, its strings cut and
+/// cleaned. `device` is the peer's configuration if it is known;
+/// `handshake` the stranger's slot of an incoming connection, given back
+/// when the Hello is in.
+async fn hello<R, W>(
+    node: &Node,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut [u8],
+    device: Option<&DeviceConfig>,
+    handshake: Option<Ticket>,
+) -> Result<(Session, Hello)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     // Incoming connections have one deadline for TLS and Hello together.
     let hello_deadline = handshake.as_ref().map_or_else(
         || tokio::time::Instant::now() + proto::bep::session::HELLO_TIMEOUT,
@@ -73,30 +130,15 @@ where
     // A configured device has proven who it is: its slot goes back at
     // once, so strangers holding slots never delay it.
     let handshake = handshake.filter(|_| device.is_none());
-    let our_name = match &device {
-        // Like Syncthing, tell only known devices our name.
-        Some(_) => node.config().name.clone(),
-        None => String::new(),
-    };
-    let hello = Hello {
-        device_name: our_name,
-        client_name: CLIENT_NAME.into(),
-        client_version: CLIENT_VERSION.into(),
-        ..Default::default()
-    };
-    let compress = device
-        .as_ref()
-        .map_or(Compress::Metadata, |d| d.compression.into());
-    let mut session = Session::new(&hello, compress, Instant::now())?;
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let compress = device.map_or(Compress::Metadata, |d| d.compression.into());
+    let mut session = Session::new(&our_hello(node, device), compress, Instant::now())?;
     wr.write_all(&session.take_outgoing()).await?;
     wr.flush().await?;
 
     // The peer's Hello, within the time limit.
-    let mut buf = vec![0u8; 64 * 1024];
     let read_hello = tokio::time::timeout_at(hello_deadline, async {
         loop {
-            let n = rd.read(&mut buf).await?;
+            let n = rd.read(buf).await?;
             if n == 0 {
                 bail!("connection closed during the Hello exchange");
             }
@@ -125,35 +167,84 @@ where
     their_hello.device_name = crate::guard::peer_name(&their_hello.device_name);
     their_hello.client_name = crate::guard::peer_name(&their_hello.client_name);
     their_hello.client_version = crate::guard::peer_name(&their_hello.client_version);
+    Ok((session, their_hello))
+}
 
-    let Some(device) = device else {
-        let listed = node.add_pending(
-            peer,
-            PendingDevice {
-                name: their_hello.device_name.clone(),
-                address,
-                time: SystemTime::now(),
-            },
-        );
-        // Certificates cost nothing: a flood of strangers must not flood
-        // the log either.
-        if let Some(suppressed) = node.unknown_device_log.allow() {
-            tracing::info!(device = %peer, name = %their_hello.device_name, %address, listed,
-                suppressed, "connection from unknown device rejected");
-        }
-        return Ok(());
+/// Our Hello to a device with configuration `device` (`None`: unknown).
+fn our_hello(node: &Node, device: Option<&DeviceConfig>) -> Hello {
+    let our_name = match device {
+        // Like Syncthing, tell only known devices our name.
+        Some(_) => node.config().name.clone(),
+        None => String::new(),
     };
+    Hello {
+        device_name: our_name,
+        client_name: CLIENT_NAME.into(),
+        client_version: CLIENT_VERSION.into(),
+        ..Default::default()
+    }
+}
 
-    let (msg_tx, mut msg_rx) = mpsc::channel::<Message>(256);
+/// The policy for a device not in our configuration: it is listed as
+/// pending (for the user to accept) and the connection ends.
+fn hold_pending(node: &Node, peer: DeviceId, address: SocketAddr, their_hello: &Hello) {
+    let listed = node.add_pending(
+        peer,
+        PendingDevice {
+            name: their_hello.device_name.clone(),
+            address,
+            time: SystemTime::now(),
+        },
+    );
+    // Certificates cost nothing: a flood of strangers must not flood
+    // the log either.
+    if let Some(suppressed) = node.unknown_device_log.allow() {
+        tracing::info!(device = %peer, name = %their_hello.device_name, %address, listed,
+            suppressed, "connection from unknown device rejected");
+    }
+}
+
+/// A connection the node has registered, and the ends of the channels
+/// through which the node reaches it.
+struct Registered {
+    serial: u64,
+    in_bytes: Arc<AtomicU64>,
+    out_bytes: Arc<AtomicU64>,
+    inbox: Inbox,
+    conn: Conn,
+}
+
+/// What reaches a running connection from outside the socket.
+struct Inbox {
+    /// Our messages for the peer: Requests, index batches.
+    messages: mpsc::Receiver<Message>,
+    /// Responses with their share of the data budget (see [`Chunk`]).
+    responses: mpsc::Receiver<(Message, OwnedSemaphorePermit)>,
+    /// The node closes the connection, with a reason.
+    close: mpsc::Receiver<String>,
+    /// Our configuration changed.
+    config_changed: mpsc::Receiver<()>,
+}
+
+/// Registers the connection with the node, which may keep an existing
+/// one instead (then `None`), and announces it.
+fn register(
+    node: &Arc<Node>,
+    peer: DeviceId,
+    address: SocketAddr,
+    kind: ConnectionKind,
+    their_hello: &Hello,
+    device_name: &str,
+) -> Option<Registered> {
+    let (msg_tx, messages) = mpsc::channel::<Message>(256);
     // Responses travel with their share of the data budget, and the share
     // is given back only once the bytes are written to the socket: a peer
     // that asks for data and never reads holds at most the budget, not
     // every response queued behind its closed window.
-    let (resp_tx, mut resp_rx) = mpsc::channel::<(Message, OwnedSemaphorePermit)>(64);
-    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
+    let (resp_tx, responses) = mpsc::channel::<(Message, OwnedSemaphorePermit)>(64);
     let requester = Arc::new(Requester::new(msg_tx.clone()));
-    let (close_tx, mut close_rx) = mpsc::channel::<String>(1);
-    let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+    let (close_tx, close) = mpsc::channel::<String>(1);
+    let (changed_tx, config_changed) = mpsc::channel::<()>(1);
     let serial = node.serial();
     let in_bytes = Arc::new(AtomicU64::new(0));
     let out_bytes = Arc::new(AtomicU64::new(0));
@@ -171,9 +262,9 @@ where
     };
     if !node.register(peer, info) {
         tracing::info!(device = %peer, %address, "already connected to this device; dropping the new connection");
-        return Ok(());
+        return None;
     }
-    tracing::info!(device = %peer, name = %device.name, %address, %kind,
+    tracing::info!(device = %peer, name = %device_name, %address, %kind,
         client = %format!("{} {}", their_hello.client_name, their_hello.client_version),
         "connected");
     node.events.device_connected(
@@ -184,10 +275,44 @@ where
         kind.as_str(),
         address,
     );
+    let conn = Conn {
+        node: node.clone(),
+        peer,
+        msg_tx,
+        resp_tx,
+        requester,
+        index_senders: HashMap::new(),
+        last_cluster_config: None,
+        requests: Arc::new(Semaphore::new(MAX_REQUEST_KIB)),
+        waiting: Arc::new(AtomicU64::new(0)),
+    };
+    let inbox = Inbox {
+        messages,
+        responses,
+        close,
+        config_changed,
+    };
+    Some(Registered {
+        serial,
+        in_bytes,
+        out_bytes,
+        inbox,
+        conn,
+    })
+}
 
-    // Writer: a separate task, so a slow peer never stops us reading.
+/// Starts the socket's writer: a separate task, so a slow peer never
+/// stops us reading. It ends when the returned sender is dropped, after
+/// writing everything sent to it.
+fn spawn_writer<W>(
+    node: &Node,
+    mut wr: W,
+    out_bytes: Arc<AtomicU64>,
+) -> (mpsc::Sender<Chunk>, JoinHandle<()>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (wtx, mut wrx) = mpsc::channel::<Chunk>(64);
-    let writer_out = out_bytes.clone();
     // Owned by the node but never cut short: it ends when the connection
     // drops its sender, after the Close is written.
     let writer = node.shutdown.spawn(async move {
@@ -196,7 +321,7 @@ where
                 break;
             }
             drop(permits);
-            writer_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            out_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             // TLS may hold records back until flushed; without this the
             // last Response of a burst could wait for the next Ping.
             if wrx.is_empty() && wr.flush().await.is_err() {
@@ -206,125 +331,197 @@ where
         let _ = wr.flush().await;
         let _ = wr.shutdown().await;
     });
+    (wtx, writer)
+}
 
-    let mut conn = Conn {
-        node: node.clone(),
-        peer,
-        msg_tx,
-        resp_tx,
-        requester: requester.clone(),
-        index_senders: HashMap::new(),
-        last_cluster_config: None,
-        requests: Arc::new(Semaphore::new(MAX_REQUEST_KIB)),
-        waiting: Arc::new(AtomicU64::new(0)),
-    };
-    session.send(
-        &Message::ClusterConfig(cluster_config(&node, &peer)?),
-        Instant::now(),
-    )?;
-    let result: Result<()> = async {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// A registered connection at work: moves bytes between the socket, the
+/// session and the node, and wakes for the session's timers.
+struct Driver<R> {
+    node: Arc<Node>,
+    peer: DeviceId,
+    serial: u64,
+    session: Session,
+    rd: R,
+    buf: Vec<u8>,
+    in_bytes: Arc<AtomicU64>,
+    inbox: Inbox,
+    /// What the peer's messages act on.
+    conn: Conn,
+    /// To the writer task.
+    wtx: mpsc::Sender<Chunk>,
+    /// Budget shares of the Responses the session holds, handed to the
+    /// writer with the bytes.
+    held: Vec<OwnedSemaphorePermit>,
+    writer: JoinHandle<()>,
+}
+
+impl<R: AsyncRead + Unpin> Driver<R> {
+    /// Runs until the connection ends; the error says why.
+    async fn serve(&mut self) -> Result<Infallible> {
+        // Inside the loop's result, so a failure here still unregisters.
+        self.session.send(
+            &Message::ClusterConfig(cluster_config(&self.node, &self.peer)?),
+            Instant::now(),
+        )?;
+        // Re-armed each round to the session's next deadline; disabled
+        // while it has none.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
         loop {
-            while let Some(event) = session.next_event()? {
-                match event {
-                    Event::Hello(_) => {}
-                    Event::Closed(reason) => {
-                        bail!("closed by remote: {}", crate::guard::peer_text(&reason))
-                    }
-                    Event::Message(m) => {
-                        if let Err(e) = conn.handle(m).await {
-                            session.close(&format!("{e:#}"), Instant::now());
-                            let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            if session.has_outgoing()
-                && wtx
-                    .send((session.take_outgoing(), std::mem::take(&mut held)))
-                    .await
-                    .is_err()
-            {
-                bail!("write failed");
+            self.handle_events().await?;
+            self.flush().await?;
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            // An elapsed timer is re-armed even to the same instant, so a
+            // wake-up that found nothing due waits for the next tick of
+            // the clock instead of firing again at once.
+            if let Some(at) = deadline.filter(|at| *at != timer.deadline() || timer.is_elapsed()) {
+                timer.as_mut().reset(at);
             }
             tokio::select! {
-                n = rd.read(&mut buf) => {
-                    let n = n.context("read")?;
-                    if n == 0 {
-                        bail!("connection closed by peer");
-                    }
-                    in_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    session.receive(&buf[..n], Instant::now());
+                n = self.rd.read(&mut self.buf) => self.received(n.context("read")?)?,
+                Some(m) = self.inbox.messages.recv() => {
+                    self.session.send(&m, Instant::now())?;
                 }
-                Some(m) = msg_rx.recv() => {
-                    session.send(&m, Instant::now())?;
+                Some((m, permit)) = self.inbox.responses.recv() => {
+                    self.session.send(&m, Instant::now())?;
+                    self.held.push(permit);
                 }
-                Some((m, permit)) = resp_rx.recv() => {
-                    session.send(&m, Instant::now())?;
-                    held.push(permit);
-                }
-                _ = tick.tick() => {
-                    if let Err(e) = session.poll_timers(Instant::now()) {
-                        let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
-                        return Err(e.into());
-                    }
-                }
-                Some(()) = changed_rx.recv() => {
-                    // Our side changed: tell the peer, and start or stop
-                    // index exchange for folders it already offered.
-                    session.send(&Message::ClusterConfig(cluster_config(&node, &peer)?), Instant::now())?;
-                    if let Some(cc) = conn.last_cluster_config.clone() {
-                        conn.cluster_config(cc).await?;
-                    }
-                }
-                reason = close_rx.recv() => {
+                _ = &mut timer, if deadline.is_some() => self.poll_timers().await?,
+                Some(()) = self.inbox.config_changed.recv() => self.config_changed().await?,
+                reason = self.inbox.close.recv() => {
                     let reason = reason.unwrap_or_else(|| "shutting down".into());
-                    session.close(&reason, Instant::now());
-                    let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
-                    bail!("closed: {reason}");
+                    return Err(self.close(&reason).await);
                 }
                 // The node stops (its owner closes connections first; this
                 // covers one registered since).
-                _ = node.shutdown.cancelled() => {
-                    let reason = match *node.stop_request.borrow() {
+                _ = self.node.shutdown.cancelled() => {
+                    let reason = match *self.node.stop_request.borrow() {
                         Some(crate::model::StopRequest::Restart) => "device is restarting",
                         _ => "device is shutting down",
                     };
-                    session.close(reason, Instant::now());
-                    let _ = wtx.send((session.take_outgoing(), Vec::new())).await;
-                    bail!("closed: {reason}");
+                    return Err(self.close(reason).await);
                 }
             }
         }
     }
-    .await;
 
-    for (_, h) in conn.index_senders.drain() {
-        h.abort();
+    /// Acts on every complete message the session holds.
+    async fn handle_events(&mut self) -> Result<()> {
+        while let Some(event) = self.session.next_event()? {
+            match event {
+                Event::Hello(_) => {}
+                Event::Closed(reason) => {
+                    bail!("closed by remote: {}", crate::guard::peer_text(&reason))
+                }
+                Event::Message(m) => {
+                    if let Err(e) = self.conn.handle(m).await {
+                        self.session.close(&format!("{e:#}"), Instant::now());
+                        self.send_last().await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    requester.close();
-    node.unregister(&peer, serial);
-    drop(wtx);
-    // A stopping node has a deadline for all its connections together.
-    let grace = if node.shutdown.is_cancelled() {
-        CLOSE_GRACE_AT_STOP
-    } else {
-        CLOSE_GRACE
-    };
-    let deadline = tokio::time::Instant::now() + grace;
-    let _ = tokio::time::timeout_at(deadline, writer).await;
-    // Closing a socket with unread data in it resets the connection, and
-    // the peer may then lose our Close (it is still sending us Responses,
-    // say): read and drop until it closes its side too, or the deadline.
-    let _ = tokio::time::timeout_at(deadline, async {
-        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
-    })
-    .await;
-    tracing::info!(device = %peer, reason = %result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default(), "disconnected");
-    Ok(())
+
+    /// Hands the bytes the session queued to the writer, with the budget
+    /// shares of the Responses in them.
+    async fn flush(&mut self) -> Result<()> {
+        if self.session.has_outgoing()
+            && self
+                .wtx
+                .send((self.session.take_outgoing(), std::mem::take(&mut self.held)))
+                .await
+                .is_err()
+        {
+            bail!("write failed");
+        }
+        Ok(())
+    }
+
+    /// Hands the writer what the session queued last (a Close, usually)
+    /// as the connection ends; a failure changes nothing then.
+    async fn send_last(&mut self) {
+        let _ = self
+            .wtx
+            .send((self.session.take_outgoing(), Vec::new()))
+            .await;
+    }
+
+    /// `n` bytes were read into the buffer.
+    fn received(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            bail!("connection closed by peer");
+        }
+        self.in_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.session.receive(&self.buf[..n], Instant::now());
+        Ok(())
+    }
+
+    /// The session's deadline came: a Ping, or the end of a silent peer.
+    async fn poll_timers(&mut self) -> Result<()> {
+        if let Err(e) = self.session.poll_timers(Instant::now()) {
+            self.send_last().await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Our side changed: tell the peer, and start or stop index exchange
+    /// for folders it already offered.
+    async fn config_changed(&mut self) -> Result<()> {
+        self.session.send(
+            &Message::ClusterConfig(cluster_config(&self.node, &self.peer)?),
+            Instant::now(),
+        )?;
+        if let Some(cc) = self.conn.last_cluster_config.clone() {
+            self.conn.cluster_config(cc).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes with `reason`, sent to the peer.
+    async fn close(&mut self, reason: &str) -> anyhow::Error {
+        self.session.close(reason, Instant::now());
+        self.send_last().await;
+        anyhow!("closed: {reason}")
+    }
+
+    /// After the connection ended for `reason`: stops its tasks, leaves
+    /// the node, and gives our last bytes time to reach the peer.
+    async fn teardown(mut self, reason: &anyhow::Error) {
+        for (_, h) in self.conn.index_senders.drain() {
+            h.abort();
+        }
+        self.conn.requester.close();
+        self.node.unregister(&self.peer, self.serial);
+        // The writer ends once it has written what it holds.
+        drop(self.wtx);
+        // A stopping node has a deadline for all its connections together.
+        let grace = if self.node.shutdown.is_cancelled() {
+            CLOSE_GRACE_AT_STOP
+        } else {
+            CLOSE_GRACE
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = tokio::time::timeout_at(deadline, self.writer).await;
+        // Closing a socket with unread data in it resets the connection, and
+        // the peer may then lose our Close (it is still sending us Responses,
+        // say): read and drop until it closes its side too, or the deadline.
+        let (rd, buf) = (&mut self.rd, &mut self.buf);
+        let _ = tokio::time::timeout_at(deadline, async {
+            while matches!(rd.read(buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        tracing::info!(device = %self.peer, reason = %format!("{reason:#}"), "disconnected");
+    }
 }
 
+/// A connection's state as the peer's messages act on it.
 struct Conn {
     node: Arc<Node>,
     peer: DeviceId,

@@ -222,3 +222,50 @@ fn a_peer_that_requests_much_and_never_reads_holds_only_the_budget() {
     s.alive();
     s.node.stop();
 }
+
+/// The connection wakes at the session's next deadline, not only when
+/// the peer or the node has something to say: a known peer that falls
+/// silent after its ClusterConfig gets a Ping once the node has been
+/// quiet for the ping interval (45 s), and not before.
+#[test]
+fn a_silent_peer_gets_a_ping_after_the_ping_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let raw = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+    let raw_id = raw.device_id().to_string();
+    let root = dir.path().join("f");
+    std::fs::create_dir_all(&root).unwrap();
+    home.add_device(&raw_id, &["dynamic"]);
+    // Empty: no Index follows the ClusterConfig, so the Ping is the next
+    // thing the node has to send.
+    home.add_folder("f", &root, "sendonly", &[&raw_id]);
+    let node = home.start();
+    node.wait_scanned("f", 0, Duration::from_secs(60));
+    let our_id: DeviceId = home.id.parse().unwrap();
+
+    // Every read waits up to 60 s, beyond the interval plus slack.
+    let mut p = RawPeer::connect(&raw, home.listen_port, Duration::from_secs(60));
+    p.hello();
+    let quiet_since = Instant::now();
+    p.send(&cluster_config("f", &[our_id, raw.device_id()]));
+    let mut before_ping = Vec::new();
+    let ping_after = loop {
+        match p.next_message() {
+            Some(Message::Ping) => break quiet_since.elapsed(),
+            Some(m) => before_ping.push(m.kind()),
+            None => panic!("no Ping (got {before_ping:?});\n{}", node.proc.log_tail(30)),
+        }
+    };
+    assert_eq!(
+        before_ping,
+        ["ClusterConfig"],
+        "the node sent more than expected"
+    );
+    // The node wrote its ClusterConfig after `quiet_since`, so the Ping
+    // cannot come sooner than the interval after it (a second of slack
+    // for the clocks' granularity).
+    assert!(
+        ping_after >= proto::bep::session::PING_INTERVAL - Duration::from_secs(1),
+        "Ping after {ping_after:?}"
+    );
+}

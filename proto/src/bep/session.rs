@@ -1,7 +1,8 @@
 //! The connection state machine, without sockets: bytes from the peer go in
 //! with [`Session::receive`], events come out of [`Session::next_event`],
 //! bytes for the peer accumulate in [`Session::take_outgoing`]. Timers are
-//! driven by the caller's clock through [`Session::poll_timers`].
+//! driven by the caller's clock: [`Session::poll_timeout`] says when
+//! [`Session::poll_timers`] next has work.
 //!
 //! States: awaiting the peer's Hello → awaiting its ClusterConfig → ready →
 //! closed. Our own Hello is queued at creation; our first message must be a
@@ -204,31 +205,66 @@ impl Session {
 
     /// Keep-alive and timeouts: queues a Ping when we have been quiet for
     /// [`PING_INTERVAL`], fails when the peer has been silent for
-    /// [`RECEIVE_TIMEOUT`] or never finished its Hello.
+    /// [`RECEIVE_TIMEOUT`] or never finished its Hello. Call it at
+    /// [`Session::poll_timeout`] (calling it earlier does no harm).
     pub fn poll_timers(&mut self, now: Instant) -> Result<(), SessionError> {
+        let due = |deadline: Option<Instant>| deadline.is_some_and(|d| now >= d);
+        let deadlines = self.deadlines();
+        if due(deadlines.hello) {
+            self.state = State::Closed;
+            return Err(SessionError::HelloTimeout(HELLO_TIMEOUT));
+        }
+        if due(deadlines.receive) {
+            self.close("read timeout", now);
+            return Err(SessionError::ReceiveTimeout(RECEIVE_TIMEOUT));
+        }
+        if due(deadlines.ping) {
+            self.send(&Message::Ping, now)?;
+        }
+        Ok(())
+    }
+
+    /// The earliest instant at which [`Session::poll_timers`] has something
+    /// to do; `None` when no timer runs (the session is closed). It moves
+    /// with every `receive` and `send`, so ask again after each.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let d = self.deadlines();
+        [d.hello, d.receive, d.ping].into_iter().flatten().min()
+    }
+
+    /// The deadlines of the current state: the one place both
+    /// [`Session::poll_timers`] and [`Session::poll_timeout`] read, so a
+    /// caller that sleeps until the timeout always finds the timer due.
+    fn deadlines(&self) -> Deadlines {
+        // An instant too far to represent is a deadline never reached.
+        let after = |from: Instant, d: Duration| from.checked_add(d);
         match self.state {
-            State::Closed => Ok(()),
-            State::AwaitingHello => {
-                if now.saturating_duration_since(self.started) > HELLO_TIMEOUT {
-                    self.state = State::Closed;
-                    return Err(SessionError::HelloTimeout(HELLO_TIMEOUT));
-                }
-                Ok(())
-            }
-            State::AwaitingClusterConfig | State::Ready => {
-                if now.saturating_duration_since(self.last_read) > RECEIVE_TIMEOUT {
-                    self.close("read timeout", now);
-                    return Err(SessionError::ReceiveTimeout(RECEIVE_TIMEOUT));
-                }
-                if self.we_sent_cluster_config
-                    && now.saturating_duration_since(self.last_write) >= PING_INTERVAL
-                {
-                    self.send(&Message::Ping, now)?;
-                }
-                Ok(())
-            }
+            State::Closed => Deadlines::default(),
+            State::AwaitingHello => Deadlines {
+                hello: after(self.started, HELLO_TIMEOUT),
+                ..Deadlines::default()
+            },
+            State::AwaitingClusterConfig | State::Ready => Deadlines {
+                receive: after(self.last_read, RECEIVE_TIMEOUT),
+                // No Ping before our ClusterConfig: it must be our first
+                // message.
+                ping: self
+                    .we_sent_cluster_config
+                    .then(|| after(self.last_write, PING_INTERVAL))
+                    .flatten(),
+                ..Deadlines::default()
+            },
         }
     }
+}
+
+/// When each of the session's timers fires; `None` for a timer that does
+/// not run in the current state.
+#[derive(Debug, Default)]
+struct Deadlines {
+    hello: Option<Instant>,
+    receive: Option<Instant>,
+    ping: Option<Instant>,
 }
 
 /// Why a ClusterConfig or an index entry from a peer was refused.

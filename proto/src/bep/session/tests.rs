@@ -114,6 +114,110 @@ fn hello_must_arrive_in_time() {
     );
 }
 
+/// Two sessions past the Hello, `a` having sent its ClusterConfig at `t0`.
+fn connected(t0: Instant) -> (Session, Session) {
+    let (mut a, mut b) = pair(t0);
+    pump(&mut a, &mut b, t0);
+    pump(&mut b, &mut a, t0);
+    a.send(&Message::ClusterConfig(ClusterConfig::default()), t0)
+        .unwrap();
+    a.take_outgoing();
+    (a, b)
+}
+
+#[test]
+fn the_timeout_is_the_hello_deadline_until_the_hello() {
+    let t0 = Instant::now();
+    let (_, mut b) = pair(t0);
+    assert_eq!(b.poll_timeout(), Some(t0 + HELLO_TIMEOUT));
+    // Just before, nothing happens and the deadline stays.
+    let before = t0 + HELLO_TIMEOUT - Duration::from_millis(1);
+    b.poll_timers(before).unwrap();
+    assert_eq!(b.poll_timeout(), Some(t0 + HELLO_TIMEOUT));
+    // At the deadline, the timer fires; a closed session has none.
+    assert_eq!(
+        b.poll_timers(b.poll_timeout().unwrap()),
+        Err(SessionError::HelloTimeout(HELLO_TIMEOUT))
+    );
+    assert_eq!(b.poll_timeout(), None);
+}
+
+#[test]
+fn no_ping_deadline_before_our_cluster_config() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    pump(&mut a, &mut b, t0);
+    pump(&mut b, &mut a, t0);
+    // Only the receive timeout runs: a Ping may not be our first message.
+    assert_eq!(a.poll_timeout(), Some(t0 + RECEIVE_TIMEOUT));
+}
+
+#[test]
+fn the_timeout_moves_with_sends_and_receives() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = connected(t0);
+    assert_eq!(a.poll_timeout(), Some(t0 + PING_INTERVAL));
+
+    // Sending pushes the Ping back; never earlier than the last event.
+    let t1 = t0 + Duration::from_secs(30);
+    a.send(&Message::Ping, t1).unwrap();
+    assert_eq!(a.poll_timeout(), Some(t1 + PING_INTERVAL));
+    assert!(a.poll_timeout().unwrap() > t1);
+
+    // Once the Pings are what is due, the receive timeout comes first
+    // only when the peer has been silent long: receiving pushes it back.
+    let t2 = t0 + RECEIVE_TIMEOUT - Duration::from_secs(10);
+    a.send(&Message::Ping, t2).unwrap();
+    assert_eq!(a.poll_timeout(), Some(t0 + RECEIVE_TIMEOUT));
+    b.send(&Message::ClusterConfig(ClusterConfig::default()), t2)
+        .unwrap();
+    pump(&mut b, &mut a, t2);
+    assert_eq!(a.poll_timeout(), Some(t2 + PING_INTERVAL));
+    assert!(a.poll_timeout().unwrap() > t2);
+}
+
+#[test]
+fn polling_at_the_timeout_pings_then_gives_up() {
+    let t0 = Instant::now();
+    let (mut a, _b) = connected(t0);
+    let ping = encode_frame(&Message::Ping, Compress::Never).unwrap();
+    let mut pings = 0;
+    // Sleeping from deadline to deadline: every wake-up does something,
+    // a Ping each interval until the peer's silence runs out.
+    loop {
+        let at = a.poll_timeout().expect("a timer runs while connected");
+        match a.poll_timers(at) {
+            Ok(()) => {
+                assert_eq!(a.take_outgoing(), ping, "woken at {at:?} for nothing");
+                pings += 1;
+            }
+            Err(e) => {
+                assert_eq!(e, SessionError::ReceiveTimeout(RECEIVE_TIMEOUT));
+                assert_eq!(at, t0 + RECEIVE_TIMEOUT);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        pings,
+        (RECEIVE_TIMEOUT.as_secs() / PING_INTERVAL.as_secs()) as usize
+    );
+    assert_eq!(a.poll_timeout(), None);
+}
+
+#[test]
+fn a_deadline_already_passed_is_due_at_once() {
+    let t0 = Instant::now();
+    let (mut a, _b) = connected(t0);
+    // A caller that slept late finds the deadline in its past, and
+    // polling then does the work.
+    let late = t0 + PING_INTERVAL + Duration::from_secs(3);
+    assert!(a.poll_timeout().unwrap() < late);
+    a.poll_timers(late).unwrap();
+    assert!(a.has_outgoing());
+    assert_eq!(a.poll_timeout(), Some(late + PING_INTERVAL));
+}
+
 #[test]
 fn cluster_config_must_name_both_devices() {
     let (local, remote) = (DeviceId::from_der_cert(b"l"), DeviceId::from_der_cert(b"r"));
