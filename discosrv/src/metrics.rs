@@ -298,7 +298,7 @@ impl Metrics {
     /// Prometheus text format 0.0.4, which every scraper and `promtool
     /// check metrics` read.
     pub fn render_prometheus(&self) -> String {
-        openmetrics_to_prometheus(&self.render_openmetrics())
+        daemon::metrics::classic_text(&self.render_openmetrics())
     }
 }
 
@@ -350,39 +350,6 @@ fn status_label(status: u16) -> &'static str {
         503 => "503",
         _ => "other",
     }
-}
-
-/// OpenMetrics names a counter family without `_total` in HELP/TYPE and
-/// ends with `# EOF`; the Prometheus format names it with the suffix.
-fn openmetrics_to_prometheus(om: &str) -> String {
-    let counters: std::collections::HashSet<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len());
-    for line in om.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE ", "# UNIT "]
-            .iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
-        match meta {
-            Some(("# UNIT ", _)) => continue,
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                if counters.contains(name) {
-                    out.push_str(&format!("{prefix}{name}_total {tail}"));
-                } else {
-                    out.push_str(line);
-                }
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
 }
 
 impl Default for Metrics {

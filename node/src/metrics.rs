@@ -179,6 +179,54 @@ pub fn counter(family: &Family<Reason, Counter>, labels: Reason) -> Counter {
     family.get_or_create(&labels).clone()
 }
 
+/// Why something was refused: the `reason` label of one counter family
+/// (`guard::Refusal` for `node_refused_total`, `rest::auth::Refusal` for
+/// `node_rest_refused_total`).
+pub trait RefusalReason: Copy + 'static {
+    /// Every reason, in the order of [`RefusalReason::index`].
+    const ALL: &'static [Self];
+    fn label(self) -> &'static str;
+    /// Its place in [`RefusalReason::ALL`].
+    fn index(self) -> usize;
+}
+
+/// One counter per reason: handles on a family's series, every reason
+/// registered (shown at 0) from the start.
+pub struct Refusals<R> {
+    counters: Vec<Counter>,
+    reasons: std::marker::PhantomData<R>,
+}
+
+impl<R: RefusalReason> Default for Refusals<R> {
+    /// Counters registered nowhere (for tests of a guard alone).
+    fn default() -> Self {
+        Refusals {
+            counters: R::ALL.iter().map(|_| Counter::default()).collect(),
+            reasons: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<R: RefusalReason> Refusals<R> {
+    pub fn registered(family: &Family<Reason, Counter>) -> Refusals<R> {
+        Refusals {
+            counters: R::ALL
+                .iter()
+                .map(|r| counter(family, [("reason", r.label())]))
+                .collect(),
+            reasons: std::marker::PhantomData,
+        }
+    }
+
+    pub fn count(&self, r: R) {
+        self.counters[r.index()].inc();
+    }
+
+    pub fn get(&self, r: R) -> u64 {
+        self.counters[r.index()].get()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

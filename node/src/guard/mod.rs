@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use daemon::sync::MutexExt;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
 /// Longest peer-chosen name (device name, client name/version, folder
 /// label) we store or log, in characters: enough for any real name, small
@@ -190,8 +188,8 @@ pub enum Refusal {
     PendingFolderOverflow,
 }
 
-impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+impl crate::metrics::RefusalReason for Refusal {
+    const ALL: &'static [Refusal] = &[
         Refusal::HandshakePerSource,
         Refusal::HandshakeEvicted,
         Refusal::HandshakeTimeout,
@@ -201,7 +199,11 @@ impl Refusal {
         Refusal::PendingFolderOverflow,
     ];
 
-    pub fn label(self) -> &'static str {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn label(self) -> &'static str {
         match self {
             Refusal::HandshakePerSource => "handshake_per_source",
             Refusal::HandshakeEvicted => "handshake_evicted",
@@ -214,31 +216,8 @@ impl Refusal {
     }
 }
 
-/// The refusal counters of one node, by [`Refusal`]: handles on the
-/// `node_refused_total` series of its [`Metrics`](crate::metrics::Metrics).
-pub struct Refusals([Counter; Refusal::ALL.len()]);
-
-impl Default for Refusals {
-    /// Counters registered nowhere (for tests of the guards alone).
-    fn default() -> Self {
-        Refusals(Refusal::ALL.map(|_| Counter::default()))
-    }
-}
-
-impl Refusals {
-    /// One series per reason in `family`, all shown from the start.
-    pub fn registered(family: &Family<crate::metrics::Reason, Counter>) -> Refusals {
-        Refusals(Refusal::ALL.map(|r| crate::metrics::counter(family, [("reason", r.label())])))
-    }
-
-    pub fn count(&self, r: Refusal) {
-        self.0[r as usize].inc();
-    }
-
-    pub fn total(&self, r: Refusal) -> u64 {
-        self.0[r as usize].get()
-    }
-}
+/// The refusal counters by [`Refusal`].
+pub type Refusals = crate::metrics::Refusals<Refusal>;
 
 #[cfg(test)]
 mod tests {

@@ -37,11 +37,10 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
 use super::http_util::{same, text, Reply};
 use crate::config::Gui;
+use crate::metrics::RefusalReason;
 use crate::model::Node;
 use daemon::sync::MutexExt;
 use login::{Login, Logins};
@@ -71,8 +70,8 @@ pub enum Refusal {
     ConnectionLimit,
 }
 
-impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+impl crate::metrics::RefusalReason for Refusal {
+    const ALL: &'static [Refusal] = &[
         Refusal::HostCheck,
         Refusal::NoCredentials,
         Refusal::WrongKey,
@@ -83,7 +82,11 @@ impl Refusal {
         Refusal::ConnectionLimit,
     ];
 
-    pub fn label(self) -> &'static str {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn label(self) -> &'static str {
         match self {
             Refusal::HostCheck => "host_check",
             Refusal::NoCredentials => "no_credentials",
@@ -97,31 +100,8 @@ impl Refusal {
     }
 }
 
-/// Refusals counted by reason: handles on the `node_rest_refused_total`
-/// series of the node's [`Metrics`](crate::metrics::Metrics).
-pub struct Refusals([Counter; Refusal::ALL.len()]);
-
-impl Default for Refusals {
-    /// Counters registered nowhere (for tests of the guard alone).
-    fn default() -> Self {
-        Refusals(Refusal::ALL.map(|_| Counter::default()))
-    }
-}
-
-impl Refusals {
-    /// One series per reason in `family`, all shown from the start.
-    pub fn registered(family: &Family<crate::metrics::Reason, Counter>) -> Refusals {
-        Refusals(Refusal::ALL.map(|r| crate::metrics::counter(family, [("reason", r.label())])))
-    }
-
-    pub fn count(&self, r: Refusal) {
-        self.0[r as usize].inc();
-    }
-
-    pub fn get(&self, r: Refusal) -> u64 {
-        self.0[r as usize].get()
-    }
-}
+/// The refusal counters by [`Refusal`].
+pub type Refusals = crate::metrics::Refusals<Refusal>;
 
 pub struct Guard {
     /// First five characters of the device ID, in cookie/header names.
