@@ -8,10 +8,12 @@
 //! them. Nothing sleeps "long enough" at exit.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 /// Resolves on SIGTERM (orchestrators) or SIGINT (Ctrl-C).
@@ -104,10 +106,22 @@ impl Shutdown {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let token = self.token.clone();
-        self.tasks.spawn(async move {
-            token.run_until_cancelled_owned(task).await;
+        self.tasks.spawn(Discard {
+            inner: self.until_cancelled(task),
         })
+    }
+
+    /// `work`, or `None` once the stop is asked (then `work` is dropped at
+    /// its current await point).
+    ///
+    /// A plain future, not an `async fn`: an `async fn` taking `work` by
+    /// value keeps the moved-from argument in its state beside the copy it
+    /// polls, doubling the memory of every connection wrapped this way.
+    pub fn until_cancelled<F: Future>(&self, work: F) -> UntilCancelled<F> {
+        UntilCancelled {
+            cancelled: self.token.clone().cancelled_owned(),
+            work,
+        }
     }
 
     /// Runs blocking work owned by this shutdown (a scan, a disk write):
@@ -150,6 +164,45 @@ impl Shutdown {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// See [`Shutdown::until_cancelled`].
+    pub struct UntilCancelled<F> {
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+        #[pin]
+        work: F,
+    }
+}
+
+impl<F: Future> Future for UntilCancelled<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // The stop first: a busy task must not outrun it.
+        if this.cancelled.poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        this.work.poll(cx).map(Some)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A task's result dropped (spawned tasks of `spawn_until_cancelled`).
+    struct Discard<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Discard<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().inner.poll(cx).map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +225,27 @@ mod tests {
         s.stop(Duration::from_secs(10)).await.unwrap();
         assert_eq!(ended.load(Ordering::SeqCst), 8);
         assert_eq!(s.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn until_cancelled_stores_the_work_once() {
+        let s = Shutdown::new();
+        let work = async {
+            let buf = [7u8; 4096];
+            tokio::task::yield_now().await;
+            buf[0]
+        };
+        let size = std::mem::size_of_val(&work);
+        let wrapped = s.until_cancelled(work);
+        // The work plus a cancellation future: never a second copy.
+        assert!(
+            std::mem::size_of_val(&wrapped) < size + 1024,
+            "{size} -> {}",
+            std::mem::size_of_val(&wrapped)
+        );
+        assert_eq!(wrapped.await, Some(7));
+        s.cancel();
+        assert_eq!(s.until_cancelled(std::future::pending::<()>()).await, None);
     }
 
     #[tokio::test]

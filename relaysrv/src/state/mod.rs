@@ -80,15 +80,11 @@ impl Relay {
     /// Runs `work` unless the relay stops first (then `None`). For the
     /// awaits of a connection that may block on a peer (a write to a
     /// device that reads nothing): the relay's exit must not wait for them.
-    pub async fn unless_stopping<T>(
+    pub fn unless_stopping<F: std::future::Future>(
         &self,
-        work: impl std::future::Future<Output = T>,
-    ) -> Option<T> {
-        tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => None,
-            v = work => Some(v),
-        }
+        work: F,
+    ) -> daemon::shutdown::UntilCancelled<F> {
+        self.shutdown.until_cancelled(work)
     }
 
     pub fn next_id(&self) -> u64 {
