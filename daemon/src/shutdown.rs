@@ -16,26 +16,56 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
-/// Resolves on SIGTERM (orchestrators) or SIGINT (Ctrl-C).
-pub async fn signal() {
+/// SIGTERM (orchestrators) and SIGINT (Ctrl-C), listened for from the
+/// moment [`Signals::install`] returns. A program installs them before it
+/// opens its ports: a signal that came between the two would otherwise
+/// kill it with the default action instead of stopping it cleanly.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                    _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Registers the handlers now (needs the tokio runtime).
+    pub fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Signals {
+                    handlers: Some((term, int)),
+                },
+                _ => {
+                    tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only");
+                    Signals { handlers: None }
                 }
-                return;
             }
-            _ => tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only"),
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.handlers {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, listening from the first poll on (see
+/// [`Signals`] to listen from an earlier moment).
+pub async fn signal() {
+    Signals::install().recv().await
 }
 
 /// The tasks of one running program (or one component of it) and the

@@ -55,8 +55,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         println!("Server device ID is {id}");
         tracing::info!(device_id = %id, "server identity");
     }
+    // Before the port opens: a SIGTERM from then on stops the server
+    // cleanly (a test may send it as soon as the port answers).
+    let mut signals = daemon::shutdown::Signals::install();
     let server = Server::spawn(config).await?;
-    daemon::shutdown::signal().await;
+    signals.recv().await;
     server.shutdown().await?;
     tracing::info!("stopped");
     Ok(())

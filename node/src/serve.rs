@@ -63,13 +63,15 @@ pub fn serve(args: ServeArgs) -> std::process::ExitCode {
 /// Runs the node until a signal or a REST request stops it, and awaits the
 /// stop. Returns what REST asked for, if it was REST.
 async fn run(options: handle::Options) -> Result<Option<StopRequest>> {
+    // Before the ports open: a SIGTERM from then on stops the node cleanly.
+    let mut signals = daemon::shutdown::Signals::install();
     let node = handle::spawn(options).await?;
     eprintln!("My ID: {}", node.node().my_id);
     if let Some(addr) = node.rest_addr() {
         eprintln!("REST API on http://{addr}");
     }
     let asked = tokio::select! {
-        _ = daemon::shutdown::signal() => None,
+        _ = signals.recv() => None,
         r = node.stop_requested() => Some(r),
     };
     node.shutdown().await?;

@@ -29,10 +29,12 @@ pub use crate::server::{Server, SpawnError, STOP_DEADLINE};
 /// for SIGTERM or SIGINT, stop and await every task.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config()?;
+    // Before the port opens: a SIGTERM from then on stops the relay cleanly.
+    let mut signals = daemon::shutdown::Signals::install();
     let server = Server::spawn(config).await?;
     // Scripts read the URI from standard output.
     println!("{}", server.uri());
-    daemon::shutdown::signal().await;
+    signals.recv().await;
     match server.shutdown().await {
         Ok(()) => tracing::info!("relay stopped"),
         // Every task watches the stop, so this is a bug; the process
