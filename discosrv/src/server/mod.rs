@@ -259,7 +259,9 @@ impl<S: Store> Conn<S> {
         // atomic additions per request, read by the idle watchdog below.
         let activity = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let act = activity.clone();
-        let (app, tasks) = (self.app.clone(), self.tasks.clone());
+        // An Arc, not the Shutdown itself: cloning a cancellation token
+        // takes a lock, and this runs once per request.
+        let (app, tasks) = (self.app.clone(), Arc::new(self.tasks.clone()));
         let svc = service_fn(move |req| {
             let (app, info, act, tasks) = (app.clone(), info.clone(), act.clone(), tasks.clone());
             act.0.fetch_add(1, Ordering::Relaxed);

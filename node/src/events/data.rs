@@ -49,11 +49,25 @@ impl Events {
         folder: &str,
         items: impl Iterator<Item = &'a FileInfo>,
     ) -> Vec<String> {
+        // An invalid item is a receive-only folder's own change: announced,
+        // never detected as a change of the folder's content.
+        self.changes(Kind::LocalChangeDetected, folder, items, |f| !f.invalid)
+    }
+
+    /// One `kind` event per item `announce` keeps; every item's name is
+    /// returned for `LocalIndexUpdated`.
+    fn changes<'a>(
+        &self,
+        kind: Kind,
+        folder: &str,
+        items: impl Iterator<Item = &'a FileInfo>,
+        announce: impl Fn(&FileInfo) -> bool,
+    ) -> Vec<String> {
         let mut names = Vec::new();
         for f in items {
             names.push(f.name.clone());
-            if !f.invalid {
-                self.change(Kind::LocalChangeDetected, folder, f);
+            if announce(f) {
+                self.change(kind, folder, f);
             }
         }
         names
@@ -74,12 +88,7 @@ impl Events {
         folder: &str,
         items: impl Iterator<Item = &'a FileInfo>,
     ) -> Vec<String> {
-        let mut names = Vec::new();
-        for f in items {
-            names.push(f.name.clone());
-            self.change(Kind::RemoteChangeDetected, folder, f);
-        }
-        names
+        self.changes(Kind::RemoteChangeDetected, folder, items, |_| true)
     }
 
     pub fn remote_index_updated(
