@@ -87,14 +87,11 @@ pub async fn pace(buckets: &[&ByteBucket], n: usize) {
 
 /// How full the relay may get.
 pub struct Capacity {
-    pub max_clients: usize,
-    pub max_pending: usize,
-    pub max_pairings: usize,
+    /// As given (`max_sockets` there is the flag; the one in force is below).
+    pub limits: CapacityConfig,
     /// At most 80 % of the open-file limit, like strelaysrv: room for what
     /// is not counted (listeners, pipes, log files).
     pub max_sockets: usize,
-    pub per_source_sockets: usize,
-    pub per_source_pending: usize,
     open_sockets: Arc<AtomicUsize>,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
@@ -120,12 +117,8 @@ impl Capacity {
             (m, f) => m.min(f),
         };
         Capacity {
-            max_clients: cfg.max_clients,
-            max_pending: cfg.max_pending,
-            max_pairings: cfg.max_pairings,
+            limits: cfg,
             max_sockets,
-            per_source_sockets: cfg.per_source_sockets,
-            per_source_pending: cfg.per_source_pending,
             open_sockets: Arc::new(AtomicUsize::new(0)),
             per_source: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -137,7 +130,7 @@ impl Capacity {
         {
             let mut map = self.per_source.locked();
             let n = map.entry(source).or_insert(0);
-            if self.per_source_sockets > 0 && *n >= self.per_source_sockets {
+            if self.limits.per_source_sockets > 0 && *n >= self.limits.per_source_sockets {
                 return Err(SocketRefused::SourceLimit);
             }
             *n += 1;

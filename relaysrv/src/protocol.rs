@@ -276,7 +276,7 @@ impl Session {
         }
         let cap = &relay.capacity;
         if cap.sockets_exhausted()
-            || (cap.max_clients > 0 && relay.joined_count() >= cap.max_clients)
+            || (cap.limits.max_clients > 0 && relay.joined_count() >= cap.limits.max_clients)
         {
             refuse(Reject::Full);
             send(wr, &Message::RelayFull, limit).await;

@@ -193,8 +193,8 @@ fn capacity(config: &ServerConfig) -> Capacity {
     let capacity = Capacity::new(config.capacity.clone());
     tracing::info!(
         open_sockets_limit = capacity.max_sockets,
-        per_source_sockets = capacity.per_source_sockets,
-        per_source_pending = capacity.per_source_pending,
+        per_source_sockets = capacity.limits.per_source_sockets,
+        per_source_pending = capacity.limits.per_source_pending,
         invitation_rate = config.invitation_rate,
         handshake_timeout = ?config.handshake_timeout,
         forwarder = ?config.forwarder,

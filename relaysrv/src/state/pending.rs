@@ -65,16 +65,16 @@ impl PendingTable {
         client: DeviceId,
         source: IpAddr,
     ) -> Result<(Key, Key), CreateError> {
-        let max_pairings = relay.capacity.max_pairings;
+        let max_pairings = relay.capacity.limits.max_pairings;
         if max_pairings > 0 && relay.active_count() >= max_pairings {
             return Err(CreateError::Full);
         }
         let mut inner = self.inner.locked();
-        let per_source = relay.capacity.per_source_pending;
+        let per_source = relay.capacity.limits.per_source_pending;
         if per_source > 0 && inner.per_source.get(&source).copied().unwrap_or(0) >= per_source {
             return Err(CreateError::SourceFull);
         }
-        if inner.pairings.len() >= relay.capacity.max_pending {
+        if inner.pairings.len() >= relay.capacity.limits.max_pending {
             return Err(CreateError::Full);
         }
         let (server_key, client_key): (Key, Key) = loop {
