@@ -1,13 +1,16 @@
 //! End-to-end test harness.
 //!
-//! Starts real programs — ours (from `target/`) and Syncthing 1.19.2's from
-//! Debian's packages — isolated on 127.0.0.1: free ports from a range below
+//! Starts real programs — ours (from `target/`) and Syncthing's (1.19.2 from
+//! Debian's packages, 1.30.0 and 2.1.3 built by `scripts/build-go-peers`:
+//! [`peers`]) — isolated on 127.0.0.1: free ports from a range below
 //! the kernel's ephemeral ports, every public-infrastructure setting of
 //! Syncthing switched off before its first start, and processes stopped by
 //! the PID this harness started, never by name.
 //!
 //! A missing program fails the test with the name of the package to
-//! install; nothing is skipped silently.
+//! install. The one exception is Syncthing 2.1.3, which the Go module proxy
+//! may refuse to serve: its cases print a `SKIPPED` line with the reason;
+//! nothing is skipped silently.
 
 pub mod bench;
 pub mod bep_peer;
@@ -15,6 +18,7 @@ pub mod connect;
 pub mod discovery;
 pub mod netns;
 pub mod node;
+pub mod peers;
 pub mod ports;
 pub mod process;
 pub mod programs;
@@ -25,6 +29,7 @@ pub mod syncthing;
 pub mod tree;
 pub mod wait;
 
+pub use peers::{PeerProgram, PeerVersion};
 pub use ports::pick_port;
 pub use process::Proc;
 pub use programs::{our_binary, require_program};

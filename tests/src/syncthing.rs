@@ -1,4 +1,5 @@
-//! Real Syncthing 1.19.2 nodes, isolated on loopback.
+//! Real Syncthing nodes (1.19.2, 1.30.0 or 2.1.3: [`PeerVersion`]),
+//! isolated on loopback.
 //!
 //! `syncthing generate` points a new config at the public infrastructure
 //! (global discovery, relay pools, STUN, usage and crash reporting, local
@@ -12,18 +13,19 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::peers::{PeerProgram, PeerVersion};
 use crate::process::Proc;
-use crate::programs::require_program;
 use crate::rest::Rest;
 use crate::{pick_port, wait};
 
 /// Phone-home URLs are pointed here: nothing listens on port 1.
 const DEAD_URL: &str = "https://127.0.0.1:1";
 
-fn syncthing_command() -> Command {
-    let mut cmd = Command::new(require_program("syncthing", "syncthing"));
-    // STMONITORED: run the real process directly, without 1.19.2's monitor
-    // parent, so the PID we hold is the one with the sockets.
+fn syncthing_command(version: PeerVersion) -> Command {
+    let mut cmd = Command::new(version.require(PeerProgram::Syncthing));
+    // STMONITORED: run the real process directly, without the monitor
+    // parent (1.x and 2.x alike), so the PID we hold is the one with the
+    // sockets.
     cmd.env("STNOUPGRADE", "1")
         .env("STNODEFAULTFOLDER", "1")
         .env("STNORESTART", "1")
@@ -36,33 +38,48 @@ fn syncthing_command() -> Command {
     cmd
 }
 
-/// Runs `syncthing generate` in `dir`; returns the device ID it printed.
+/// Runs Syncthing 1.19.2's `syncthing generate` in `dir`; returns the
+/// device ID it printed.
 pub fn generate(dir: &Path) -> String {
+    generate_version(dir, PeerVersion::V1_19_2)
+}
+
+/// Runs `syncthing generate` of `version` in `dir`; returns the device ID
+/// it printed.
+pub fn generate_version(dir: &Path, version: PeerVersion) -> String {
     std::fs::create_dir_all(dir).expect("create syncthing home");
-    let out = syncthing_command()
-        .args([
+    let mut cmd = syncthing_command(version);
+    // 2.x dropped --no-default-folder (it never makes one at generate) and
+    // renamed --skip-port-probing.
+    if version.is_v2() {
+        cmd.args(["generate", "--no-port-probing", "--home"]);
+    } else {
+        cmd.args([
             "generate",
             "--no-default-folder",
             "--skip-port-probing",
             "--home",
-        ])
-        .arg(dir)
-        .output()
-        .expect("run syncthing generate");
-    assert!(out.status.success(), "syncthing generate failed: {out:?}");
-    // 1.19.2 prints "Device ID: XXXX-..." on stderr.
+        ]);
+    }
+    let out = cmd.arg(dir).output().expect("run syncthing generate");
+    assert!(
+        out.status.success(),
+        "syncthing {version} generate failed: {out:?}"
+    );
+    // 1.x prints "Device ID: XXXX-..." on stderr, 2.x a structured line
+    // "Calculated device ID (device=XXXX-...)".
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.split("Device ID: ").nth(1))
-        .map(|id| id.trim().to_string())
-        .unwrap_or_else(|| panic!("no device ID in syncthing generate output: {text}"))
+    text.split(|c: char| c.is_whitespace() || matches!(c, '=' | '(' | ')'))
+        .find(|word| word.len() == 63 && word.matches('-').count() == 7)
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no device ID in syncthing {version} generate output: {text}"))
 }
 
 /// The device ID real Syncthing computes for the certificate in `dir`
 /// (`syncthing serve --home DIR --device-id`).
 pub fn device_id_of_home(dir: &Path) -> String {
-    let out = syncthing_command()
+    let out = syncthing_command(PeerVersion::V1_19_2)
         .args(["serve", "--device-id", "--home"])
         .arg(dir)
         .output()
@@ -82,8 +99,14 @@ pub fn device_id_of_home(dir: &Path) -> String {
 /// A real node in `dir` listening on `tcp://127.0.0.1:PORT` (a free port),
 /// started; returns it with PORT.
 pub fn start_tcp(dir: &Path) -> (Syncthing, u16) {
+    start_tcp_version(dir, PeerVersion::V1_19_2)
+}
+
+/// [`start_tcp`] for a given Syncthing version.
+pub fn start_tcp_version(dir: &Path, version: PeerVersion) -> (Syncthing, u16) {
     let port = pick_port();
-    let node = SyncthingHome::init(dir, &[format!("tcp://127.0.0.1:{port}")]).start();
+    let node =
+        SyncthingHome::init_version(dir, &[format!("tcp://127.0.0.1:{port}")], version).start();
     (node, port)
 }
 
@@ -93,13 +116,20 @@ pub struct SyncthingHome {
     pub id: String,
     pub gui_port: u16,
     pub api_key: String,
+    pub version: PeerVersion,
 }
 
 impl SyncthingHome {
-    /// Generates keys and config in `dir` and isolates it. `listen` are the
-    /// listen URIs (`tcp://127.0.0.1:P`, `relay://…`); empty means none.
+    /// Generates keys and config of Syncthing 1.19.2 in `dir` and isolates
+    /// it. `listen` are the listen URIs (`tcp://127.0.0.1:P`, `relay://…`);
+    /// empty means none.
     pub fn init(dir: &Path, listen: &[String]) -> SyncthingHome {
-        let id = generate(dir);
+        SyncthingHome::init_version(dir, listen, PeerVersion::V1_19_2)
+    }
+
+    /// [`SyncthingHome::init`] for a given Syncthing version.
+    pub fn init_version(dir: &Path, listen: &[String], version: PeerVersion) -> SyncthingHome {
+        let id = generate_version(dir, version);
         let gui_port = pick_port();
         let api_key: String = (0..32)
             .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36)]))
@@ -139,6 +169,10 @@ impl SyncthingHome {
             ("reconnectionIntervalS", vec!["5".into()]),
         ];
         for (tag, values) in settings {
+            // restartOnWakeup went away after 1.19.2.
+            if tag == "restartOnWakeup" && version != PeerVersion::V1_19_2 {
+                continue;
+            }
             xml = set_elements(&xml, tag, &values);
         }
         let public = [
@@ -158,12 +192,13 @@ impl SyncthingHome {
             id,
             gui_port,
             api_key,
+            version,
         }
     }
 
     /// Starts `syncthing serve` and waits for its REST API.
     pub fn start(self) -> Syncthing {
-        let mut cmd = syncthing_command();
+        let mut cmd = syncthing_command(self.version);
         cmd.args([
             "serve",
             "--no-browser",
@@ -185,7 +220,8 @@ impl SyncthingHome {
         assert_eq!(
             up,
             Some(true),
-            "syncthing did not come up:\n{}",
+            "syncthing {} did not come up:\n{}",
+            node.home.version,
             node.proc.log_tail(30)
         );
         node
@@ -256,6 +292,10 @@ pub use crate::rest::RestResult;
 impl Syncthing {
     pub fn id(&self) -> &str {
         &self.home.id
+    }
+
+    pub fn version(&self) -> PeerVersion {
+        self.home.version
     }
 
     fn rest(&self) -> Rest<'_> {
