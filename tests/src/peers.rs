@@ -172,3 +172,30 @@ fn is_executable(path: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// The versions a benchmark compares against: `$BENCH_PEERS` (a comma
+/// list such as `1.19.2,2.1.3`), default 1.19.2 and 2.1.3 — the first
+/// wave's reference and what users run now. A version that is not built
+/// is left out with a `SKIPPED` line.
+pub fn bench_versions(bench: &str) -> Vec<PeerVersion> {
+    let wanted = std::env::var("BENCH_PEERS").unwrap_or_else(|_| "1.19.2,2.1.3".into());
+    wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            PeerVersion::ALL
+                .into_iter()
+                .find(|v| v.label() == w)
+                .unwrap_or_else(|| panic!("BENCH_PEERS: unknown Syncthing version {w:?}"))
+        })
+        .filter(|v| match v.locate(PeerProgram::Syncthing) {
+            Ok(_) => true,
+            Err(why) => {
+                eprintln!("SKIPPED {bench} against Syncthing {v}: {why}");
+                println!("BENCH SKIPPED Syncthing {v}: {why}");
+                false
+            }
+        })
+        .collect()
+}

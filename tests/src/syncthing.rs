@@ -399,11 +399,34 @@ impl Syncthing {
             .unwrap_or_default()
     }
 
-    /// Asks the node to shut down, then stops the process for good.
+    /// Asks the node to shut down, then stops the process for good; then
+    /// fails the test if the real device closed any connection for a
+    /// protocol error. Every peer a real device meets in these tests is
+    /// ours or another real device, so over the whole suite this shows
+    /// that no version of Syncthing ever disconnects our node for what
+    /// it sent.
     pub fn shutdown(mut self) {
         let _ = self.post("/rest/system/shutdown");
         if self.proc.wait_exit(Duration::from_secs(10)).is_none() {
             self.proc.stop(Duration::from_secs(5));
         }
+        let errors = self.protocol_errors();
+        assert!(
+            errors.is_empty(),
+            "Syncthing {} closed connections for protocol errors:\n{}",
+            self.home.version,
+            errors.join("\n")
+        );
+    }
+
+    /// Lines of the real device's log where it dropped a connection for
+    /// a protocol error (1.x and 2.x both say "protocol error").
+    pub fn protocol_errors(&self) -> Vec<String> {
+        std::fs::read_to_string(self.home.dir.join("syncthing.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("protocol error"))
+            .map(str::to_string)
+            .collect()
     }
 }

@@ -11,7 +11,7 @@ use e2e::bench::openssl_sha256_mb_s;
 use e2e::bep_peer::{cluster_config, RawPeer};
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, sha256, tree};
-use e2e::{pick_port, wait, SyncthingHome};
+use e2e::{pick_port, wait, PeerVersion, SyncthingHome};
 use proto::bep::wire;
 use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
@@ -335,24 +335,83 @@ fn malformed_frames_and_escaping_requests_are_refused() {
 /// Time until a real Syncthing device has pulled 300 MiB + 1,000 files from
 /// our node, beside the same transfer from a real Syncthing device, and our
 /// scan rate beside `openssl speed -evp sha256`.
+/// Benchmark (`scripts/bench-node`, release build): a 300 MiB + 1,000-file
+/// tree served by our node to a real Syncthing device of each version in
+/// `BENCH_PEERS` (default 1.19.2 and 2.1.3), beside the same tree served
+/// by a device of that version to another one of that version; three runs
+/// each, alternating, medians.
 #[test]
 #[ignore = "benchmark: run explicitly, in release"]
 fn bench_pull_from_our_node_vs_from_syncthing() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let files = build_tree(&src, 1000, 300);
+    let mut scan_line = String::new();
+    for version in e2e::peers::bench_versions("bench_pull_from_our_node_vs_from_syncthing") {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for run in 0..3 {
+            let dir = tmp.path().join(format!("{version}-{run}"));
+            if run % 2 == 0 {
+                ours.push(serve_from_our_node(
+                    &dir,
+                    &src,
+                    files,
+                    version,
+                    &mut scan_line,
+                ));
+                theirs.push(serve_from_syncthing(&dir, &src, files, version));
+            } else {
+                theirs.push(serve_from_syncthing(&dir, &src, files, version));
+                ours.push(serve_from_our_node(
+                    &dir,
+                    &src,
+                    files,
+                    version,
+                    &mut scan_line,
+                ));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let (o, t) = (median(&mut ours.clone()), median(&mut theirs.clone()));
+        println!(
+            "BENCH serve 300 MiB + 1000 files to Syncthing {version}: from our node median {o:.2} s {ours:.2?}, \
+             from Syncthing {version} median {t:.2} s {theirs:.2?}, ratio {:.2}",
+            t / o
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("BENCH our scan: {scan_line}");
+    println!(
+        "BENCH openssl speed -evp sha256: {:.0} MB/s per core, {cores} cores",
+        openssl_sha256_mb_s()
+    );
+}
 
-    // Ours → Syncthing: connected first, the receiver already shares the
-    // folder; the clock starts when the folder is added to our node (which
-    // scans it, then sends its index), exactly as for Syncthing below.
-    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
-    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st-recv-1"));
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Ours → Syncthing `version`: connected first, the receiver already
+/// shares the folder; the clock starts when the folder is added to our
+/// node (which scans it, then sends its index), exactly as for Syncthing
+/// in [`serve_from_syncthing`].
+fn serve_from_our_node(
+    dir: &Path,
+    src: &Path,
+    files: u64,
+    version: PeerVersion,
+    scan_line: &mut String,
+) -> f64 {
+    std::fs::remove_dir_all(src.join(".stfolder")).ok();
+    let ours = NodeHome::generate(&dir.join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp_version(&dir.join("st-recv-1"), version);
     ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
     st.add_device(&ours.id, &[&ours.address()]);
     let node = ours.start();
     st.wait_connected(&ours.id, Duration::from_secs(30))
         .unwrap();
-    st.share_folder("b", &tmp.path().join("dst-1"), "receiveonly", &[&ours.id]);
+    st.share_folder("b", &dir.join("dst-1"), "receiveonly", &[&ours.id]);
     let t0 = Instant::now();
     node.send(
         "POST",
@@ -363,52 +422,45 @@ fn bench_pull_from_our_node_vs_from_syncthing() {
     .unwrap();
     st.wait_synced("b", files, Duration::from_secs(600))
         .unwrap();
-    let ours_s = t0.elapsed().as_secs_f64();
-    assert_same_tree(&src, &tmp.path().join("dst-1"));
+    let secs = t0.elapsed().as_secs_f64();
+    assert_same_tree(src, &dir.join("dst-1"));
     let log = node.stop();
     st.shutdown();
-    if ours_s > 10.0 {
-        println!("BENCH slow run, our log:\n{log}");
+    if let Some(line) = log.lines().find(|l| l.starts_with("Scanned folder b")) {
+        *scan_line = line.to_string();
     }
-    let scan_line = log
-        .lines()
-        .find(|l| l.starts_with("Scanned folder b"))
-        .unwrap_or_default()
-        .to_string();
+    secs
+}
 
-    // Syncthing → Syncthing: from the sender's folder share (it scans
-    // first) to synced; both already connected.
+/// Syncthing → Syncthing of one version: from the sender's folder share
+/// (it scans first) to synced; both already connected.
+fn serve_from_syncthing(dir: &Path, src: &Path, files: u64, version: PeerVersion) -> f64 {
     std::fs::remove_dir_all(src.join(".stfolder")).ok();
     let (p1, p2) = (pick_port(), pick_port());
-    let s1 = SyncthingHome::init(
-        &tmp.path().join("st-send"),
+    let s1 = SyncthingHome::init_version(
+        &dir.join("st-send"),
         &[format!("tcp://127.0.0.1:{p1}")],
+        version,
     )
     .start();
-    let s2 = SyncthingHome::init(
-        &tmp.path().join("st-recv-2"),
+    let s2 = SyncthingHome::init_version(
+        &dir.join("st-recv-2"),
         &[format!("tcp://127.0.0.1:{p2}")],
+        version,
     )
     .start();
     s1.add_device(s2.id(), &[&format!("tcp://127.0.0.1:{p2}")]);
     s2.add_device(s1.id(), &[&format!("tcp://127.0.0.1:{p1}")]);
     s1.wait_connected(s2.id(), Duration::from_secs(30)).unwrap();
-    s2.share_folder("b", &tmp.path().join("dst-2"), "receiveonly", &[s1.id()]);
+    s2.share_folder("b", &dir.join("dst-2"), "receiveonly", &[s1.id()]);
     let t1 = Instant::now();
-    s1.share_folder("b", &src, "sendonly", &[s2.id()]);
+    s1.share_folder("b", src, "sendonly", &[s2.id()]);
     s2.wait_synced("b", files, Duration::from_secs(600))
         .unwrap();
-    let theirs_s = t1.elapsed().as_secs_f64();
+    let secs = t1.elapsed().as_secs_f64();
     s1.shutdown();
     s2.shutdown();
-
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("BENCH pull 300 MiB + 1000 files: from our node {ours_s:.2} s, from Syncthing 1.19.2 {theirs_s:.2} s");
-    println!("BENCH our scan: {scan_line}");
-    println!(
-        "BENCH openssl speed -evp sha256: {:.0} MB/s per core, {cores} cores",
-        openssl_sha256_mb_s()
-    );
+    secs
 }
 
 /// Index memory per file (documented command, one run):

@@ -1,5 +1,5 @@
-//! Convergence (issue 6): two of our nodes and one real Syncthing 1.19.2
-//! device, all `sendreceive`, fully meshed over loopback TCP. For a bounded
+//! Convergence (issues 6 and 16): two of our nodes and one real Syncthing
+//! device (1.19.2, 1.30.0 or 2.1.3: one test each), all `sendreceive`, fully meshed over loopback TCP. For a bounded
 //! time all three create, modify, delete and rename files, several of them
 //! on the same few names at once (conflicts). Then quiet: all three trees
 //! must become identical, and no content may be lost.
@@ -18,12 +18,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e::node::{Node, NodeHome};
+use e2e::peers::{self, PeerProgram, PeerVersion};
 use e2e::tree::tree;
 use e2e::{wait, Syncthing};
 
 /// Edits run this long; then the devices get this long to converge.
 const EDIT_FOR: Duration = Duration::from_secs(25);
 const CONVERGE_WITHIN: Duration = Duration::from_secs(100);
+
+/// A file every device has before they meet, then updated in turn.
+const TWIN: &str = "twin.txt";
 
 /// Names all devices write to, to make conflicts.
 const HOT: [&str; 3] = ["hot0.txt", "sub0/hot1.txt", "hot2.txt"];
@@ -211,7 +215,24 @@ fn one_edit(
 }
 
 #[test]
-fn two_nodes_and_syncthing_converge_without_losing_edits() {
+fn two_nodes_and_syncthing_1_19_2_converge_without_losing_edits() {
+    converge(PeerVersion::V1_19_2);
+}
+
+#[test]
+fn two_nodes_and_syncthing_1_30_0_converge_without_losing_edits() {
+    converge(PeerVersion::V1_30_0);
+}
+
+#[test]
+fn two_nodes_and_syncthing_2_1_3_converge_without_losing_edits() {
+    let test = "two_nodes_and_syncthing_2_1_3_converge_without_losing_edits";
+    if peers::available(PeerVersion::V2_1_3, test, PeerProgram::Syncthing) {
+        converge(PeerVersion::V2_1_3);
+    }
+}
+
+fn converge(version: PeerVersion) {
     let started = Instant::now();
     let mut tmp = tempfile::tempdir().unwrap();
     // Debugging: E2E_KEEP=1 leaves the trees, databases and logs behind.
@@ -221,7 +242,7 @@ fn two_nodes_and_syncthing_converge_without_losing_edits() {
     }
     let a = NodeHome::generate(&tmp.path().join("a"), "a");
     let b = NodeHome::generate(&tmp.path().join("b"), "b");
-    let (st, st_port) = e2e::syncthing::start_tcp(&tmp.path().join("st"));
+    let (st, st_port) = e2e::syncthing::start_tcp_version(&tmp.path().join("st"), version);
     let st_addr = format!("tcp://127.0.0.1:{st_port}");
     let roots: Vec<PathBuf> = ["fa", "fb", "fs"]
         .iter()
@@ -231,6 +252,12 @@ fn two_nodes_and_syncthing_converge_without_losing_edits() {
         std::fs::create_dir_all(r).unwrap();
     }
     std::fs::write(roots[0].join("hot0.txt"), b"seed\n").unwrap();
+    // The same file put on every device before they first meet (a studio
+    // seeding its sites from one backup): each scans it as its own
+    // version, so the version vectors are concurrent with equal content.
+    for r in &roots {
+        std::fs::write(r.join(TWIN), b"twin v0\n").unwrap();
+    }
     a.add_device(&b.id, &[&b.address()]);
     a.add_device(st.id(), &[&st_addr]);
     a.add_folder("c", &roots[0], "sendreceive", &[&b.id, st.id()]);
@@ -354,7 +381,7 @@ fn two_nodes_and_syncthing_converge_without_losing_edits() {
         .iter()
         .filter(|(_, _, c)| !log.superseded.contains(c) && !present.contains(c))
         .collect();
-    // Syncthing 1.19.2 deletes its losing copy when the name is already a
+    // Syncthing (1.19.2 and later) deletes its losing copy when the name is already a
     // conflict copy (two devices resolving against the same winner in the
     // same second make same-named copies). Our nodes keep theirs; an edit
     // of the real device lost that way is its behaviour, reported here.
@@ -366,7 +393,7 @@ fn two_nodes_and_syncthing_converge_without_losing_edits() {
         let (theirs, ours): (Vec<_>, Vec<_>) = lost.into_iter().partition(|(d, _, _)| *d == 2);
         if !theirs.is_empty() {
             eprintln!(
-                "Syncthing 1.19.2 discarded a same-named conflict copy; edits of the real device lost: {:?}",
+                "Syncthing {version} discarded a same-named conflict copy; edits of the real device lost: {:?}",
                 theirs.iter().map(|(_, n, _)| n).collect::<Vec<_>>()
             );
         }
@@ -401,6 +428,57 @@ fn two_nodes_and_syncthing_converge_without_losing_edits() {
         log.superseded.len(),
         started.elapsed().as_secs_f64()
     );
+
+    // Plain sequential updates, each made after the previous one arrived
+    // everywhere, make no conflict copy: not of a fresh file, and not of
+    // the twin whose first versions were concurrent (2.x tells an update
+    // from a conflict by `previous_blocks_hash`; versions merged when the
+    // devices first met make it sequential for 1.19.2 as well).
+    for (round, d) in [0, 2, 1, 0, 2].into_iter().enumerate() {
+        for name in [TWIN, "sequential.txt"] {
+            let data = format!("{name} round {round} by device {d}\n");
+            std::fs::write(roots[d].join(name), &data).unwrap();
+        }
+        devices[d].scan();
+        let arrived = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+            roots
+                .iter()
+                .all(|r| {
+                    [TWIN, "sequential.txt"].iter().all(|name| {
+                        read_file(&r.join(name)).as_deref()
+                            == Some(format!("{name} round {round} by device {d}\n").as_bytes())
+                    })
+                })
+                .then_some(())
+        });
+        assert!(
+            arrived.is_some(),
+            "sequential update {round} by device {d} did not arrive everywhere:\n{}",
+            logs()
+        );
+        // Idle everywhere before the next device edits.
+        let idle = wait::until(Duration::from_secs(30), Duration::from_millis(250), || {
+            devices.iter().all(Device::idle).then_some(())
+        });
+        assert!(
+            idle.is_some(),
+            "not idle after sequential update {round}:\n{}",
+            logs()
+        );
+    }
+    for r in &roots {
+        let copies: Vec<String> = tree(r)
+            .into_keys()
+            .filter(|k| {
+                k.starts_with("twin.sync-conflict-") || k.starts_with("sequential.sync-conflict-")
+            })
+            .collect();
+        assert!(
+            copies.is_empty(),
+            "sequential updates made conflict copies in {}: {copies:?}",
+            r.display()
+        );
+    }
     for d in devices {
         match d {
             Device::Ours(n) => {

@@ -12,7 +12,7 @@ use e2e::bench::openssl_sha256_mb_s;
 use e2e::bep_peer::{cluster_config, RawPeer};
 use e2e::node::NodeHome;
 use e2e::tree::{build_tree, bytes, tree, write_mib_file};
-use e2e::wait;
+use e2e::{wait, PeerVersion};
 use proto::bep::wire::{self, Counter, FileInfo, Vector};
 use proto::bep::Message;
 use proto::{DeviceId, Identity, KeyKind};
@@ -999,12 +999,16 @@ struct PullBench {
     source: e2e::Syncthing,
     source_addr: String,
     receivers: Vec<String>,
+    version: PeerVersion,
 }
 
 impl PullBench {
-    fn new(tmp: &Path, src: &Path, files: u64) -> PullBench {
-        let (source, port) = e2e::syncthing::start_tcp(&tmp.join("st-source"));
+    /// Source and Syncthing receivers of `version`.
+    fn new(tmp: &Path, src: &Path, files: u64, version: PeerVersion) -> PullBench {
+        let tmp = tmp.join(version.label());
+        let (source, port) = e2e::syncthing::start_tcp_version(&tmp.join("st-source"), version);
         PullBench {
+            version,
             tmp: tmp.to_path_buf(),
             src: src.to_path_buf(),
             files,
@@ -1069,7 +1073,10 @@ impl PullBench {
     }
 
     fn pull_into_syncthing(&mut self, run: usize, limit: Duration) -> f64 {
-        let (st, port) = e2e::syncthing::start_tcp(&self.tmp.join(format!("st-recv-{run}")));
+        let (st, port) = e2e::syncthing::start_tcp_version(
+            &self.tmp.join(format!("st-recv-{run}")),
+            self.version,
+        );
         st.add_device(self.source.id(), &[&self.source_addr]);
         self.offer_to(st.id(), &format!("tcp://127.0.0.1:{port}"));
         assert!(st
@@ -1098,35 +1105,40 @@ fn bench_pull_large_tree_into_our_node_vs_syncthing() {
     let src = tmp.path().join("src");
     let files = e2e::tree::build_tree(&src, 1000, 300);
     let bytes_total: u64 = walk_bytes(&src);
-    let mut bench = PullBench::new(tmp.path(), &src, files);
-    let limit = Duration::from_secs(600);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for run in 0..3 {
-        if run == 0 {
-            // The source scans once, offered to the first receiver.
-            let t = bench.pull_into_our_node(100, limit);
-            println!("BENCH (warm-up, source scanning too) into our node {t:.2} s");
-            bench.wait_source_scanned(limit);
+    for version in e2e::peers::bench_versions("bench_pull_large_tree_into_our_node_vs_syncthing") {
+        std::fs::remove_dir_all(src.join(".stfolder")).ok();
+        let mut bench = PullBench::new(tmp.path(), &src, files, version);
+        let limit = Duration::from_secs(600);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for run in 0..3 {
+            if run == 0 {
+                // The source scans once, offered to the first receiver.
+                let t = bench.pull_into_our_node(100, limit);
+                println!("BENCH (warm-up, source scanning too) into our node {t:.2} s");
+                bench.wait_source_scanned(limit);
+            }
+            if run % 2 == 0 {
+                ours.push(bench.pull_into_our_node(run, limit));
+                theirs.push(bench.pull_into_syncthing(run, limit));
+            } else {
+                theirs.push(bench.pull_into_syncthing(run, limit));
+                ours.push(bench.pull_into_our_node(run, limit));
+            }
         }
-        if run % 2 == 0 {
-            ours.push(bench.pull_into_our_node(run, limit));
-            theirs.push(bench.pull_into_syncthing(run, limit));
-        } else {
-            theirs.push(bench.pull_into_syncthing(run, limit));
-            ours.push(bench.pull_into_our_node(run, limit));
-        }
+        let (o, t) = (median(&mut ours.clone()), median(&mut theirs.clone()));
+        let rate = bytes_total as f64 / 1e6 / o;
+        let sha = openssl_sha256_mb_s();
+        println!(
+            "BENCH pull 300 MiB + {files} files from Syncthing {version}: into our node median {o:.2} s {ours:.2?}, \
+             into Syncthing {version} median {t:.2} s {theirs:.2?}, ratio {:.2}",
+            t / o
+        );
+        println!(
+            "BENCH our pull rate {rate:.0} MB/s ({bytes_total} bytes) = {:.0} % of openssl speed -evp sha256 {sha:.0} MB/s per core",
+            rate / sha * 100.0
+        );
+        bench.source.shutdown();
     }
-    let (o, t) = (median(&mut ours.clone()), median(&mut theirs.clone()));
-    let rate = bytes_total as f64 / 1e6 / o;
-    let sha = openssl_sha256_mb_s();
-    println!(
-        "BENCH pull 300 MiB + {files} files from Syncthing 1.19.2: into our node median {o:.2} s {ours:.2?}, into Syncthing 1.19.2 median {t:.2} s {theirs:.2?}"
-    );
-    println!(
-        "BENCH our pull rate {rate:.0} MB/s ({bytes_total} bytes) = {:.0} % of openssl speed -evp sha256 {sha:.0} MB/s per core",
-        rate / sha * 100.0
-    );
-    bench.source.shutdown();
 }
 
 /// Benchmark: 100,000 small files pulled from a real Syncthing device into
@@ -1148,17 +1160,23 @@ fn bench_pull_100k_small_files_into_our_node_vs_syncthing() {
         )
         .unwrap();
     }
-    let mut bench = PullBench::new(tmp.path(), &src, n);
-    let limit = Duration::from_secs(1200);
-    // The source scans first (not timed).
-    bench.source.share_folder("b", &src, "sendonly", &[]);
-    bench.wait_source_scanned(limit);
-    let ours = bench.pull_into_our_node(0, limit);
-    let theirs = bench.pull_into_syncthing(0, limit);
-    println!(
-        "BENCH pull 100,000 small files from Syncthing 1.19.2: into our node {ours:.2} s, into Syncthing 1.19.2 {theirs:.2} s"
-    );
-    bench.source.shutdown();
+    for version in
+        e2e::peers::bench_versions("bench_pull_100k_small_files_into_our_node_vs_syncthing")
+    {
+        std::fs::remove_dir_all(src.join(".stfolder")).ok();
+        let mut bench = PullBench::new(tmp.path(), &src, n, version);
+        let limit = Duration::from_secs(1200);
+        // The source scans first (not timed).
+        bench.source.share_folder("b", &src, "sendonly", &[]);
+        bench.wait_source_scanned(limit);
+        let ours = bench.pull_into_our_node(0, limit);
+        let theirs = bench.pull_into_syncthing(0, limit);
+        println!(
+            "BENCH pull 100,000 small files from Syncthing {version}: into our node {ours:.2} s, into Syncthing {version} {theirs:.2} s, ratio {:.2}",
+            theirs / ours
+        );
+        bench.source.shutdown();
+    }
 }
 
 fn walk_bytes(root: &Path) -> u64 {
