@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use prost::Message as _;
-use proto::bep::session::{check_cluster_config, check_file_info, Event, Session};
+use proto::bep::rules::{check_file_info, check_request, fit_for_sending, sequence_anomalies};
+use proto::bep::session::{check_cluster_config, Event, Session};
 use proto::bep::wire::{self, ClusterConfig, Device, FileInfo, Folder, Hello, Index};
 use proto::bep::{Compress, Message};
 use proto::DeviceId;
@@ -285,6 +286,7 @@ fn register(
         last_cluster_config: None,
         requests: Arc::new(Semaphore::new(MAX_REQUEST_KIB)),
         waiting: Arc::new(AtomicU64::new(0)),
+        serial,
     };
     let inbox = Inbox {
         messages,
@@ -499,6 +501,7 @@ impl<R: AsyncRead + Unpin> Driver<R> {
         }
         self.conn.requester.close();
         self.node.unregister(&self.peer, self.serial);
+        self.node.remote_downloads.forget(&self.peer, self.serial);
         // The writer ends once it has written what it holds.
         drop(self.wtx);
         // A stopping node has a deadline for all its connections together.
@@ -534,6 +537,9 @@ struct Conn {
     last_cluster_config: Option<ClusterConfig>,
     requests: Arc<Semaphore>,
     waiting: Arc<AtomicU64>,
+    /// This connection among the device's (its DownloadProgress is kept
+    /// under it and dropped when it ends).
+    serial: u64,
 }
 
 impl Conn {
@@ -542,15 +548,25 @@ impl Conn {
             Message::ClusterConfig(cc) => self.cluster_config(cc).await,
             Message::Index(idx) => self.index(idx, true).await,
             Message::IndexUpdate(idx) => self.index(idx, false).await,
-            Message::Request(req) => self.request(req).await,
+            Message::Request(req) => {
+                // 2.1.2's Request rules: a peer breaking one is broken or
+                // hostile, and 2.x closes the connection; so do we.
+                if let Err(e) = check_request(&req) {
+                    tracing::warn!(device = %self.peer, folder = %crate::guard::peer_text(&req.folder),
+                        rule = %e, "protocol error: refused Request; closing the connection");
+                    bail!("protocol error: {e}");
+                }
+                self.request(req).await
+            }
             Message::Response(r) => {
                 self.requester.deliver(r);
                 Ok(())
             }
-            Message::DownloadProgress(_)
-            | Message::Ping
-            | Message::Unknown(_)
-            | Message::Close(_) => Ok(()),
+            Message::DownloadProgress(p) => {
+                self.download_progress(p);
+                Ok(())
+            }
+            Message::Ping | Message::Unknown(_) | Message::Close(_) => Ok(()),
         }
     }
 
@@ -597,7 +613,9 @@ impl Conn {
             })
             .await
             .context("cluster config storage task")??;
-            if folder.paused || local.paused {
+            // 2.x's stop_reason is 1.x's `paused` bool on the wire.
+            let their_paused = folder.stop_reason == wire::FolderStopReason::Paused as i32;
+            if their_paused || local.paused {
                 if let Some(h) = self.index_senders.remove(&folder.id) {
                     h.abort();
                 }
@@ -648,7 +666,13 @@ impl Conn {
         }
         let mut max = 0;
         for f in &idx.files {
-            check_file_info(f)?;
+            // 2.1.2's entry rules: 2.x closes the connection on a broken
+            // entry (the whole batch is refused); so do we.
+            if let Err(e) = check_file_info(f) {
+                tracing::warn!(device = %self.peer, folder = %crate::guard::peer_text(&idx.folder),
+                    rule = %e, "protocol error: refused index entry; closing the connection");
+                bail!("protocol error: {e}");
+            }
             max = max.max(f.sequence);
         }
         // SQLite work (a transaction of up to a batch of files, under the
@@ -658,6 +682,25 @@ impl Conn {
         let files = idx.files.len();
         let folder = idx.folder.clone();
         let seq = tokio::task::spawn_blocking(move || -> Result<i64> {
+            let (_, held) = node.db.remote(&idx.folder, &peer)?;
+            // A full Index replaces everything: nothing held before it.
+            let held = if replace { 0 } else { held };
+            let anomalies = sequence_anomalies(&idx.files, idx.prev_sequence, idx.last_sequence, held);
+            if let Some(first) = anomalies.first() {
+                // 2.x reports these and applies the batch all the same:
+                // the entries were checked, the numbers are bookkeeping.
+                tracing::warn!(device = %peer, folder = %crate::guard::peer_text(&idx.folder),
+                    anomaly = %first, count = anomalies.len(), prev_sequence = idx.prev_sequence,
+                    last_sequence = idx.last_sequence,
+                    "index sequence numbers out of order; the batch is applied (as Syncthing 2.x does)");
+            }
+            node.remote_downloads.finished(
+                &peer,
+                &idx.folder,
+                idx.files
+                    .iter()
+                    .filter_map(|f| f.version.as_ref().map(|v| (f.name.as_str(), v))),
+            );
             node.db
                 .remote_files(&idx.folder, &peer, &idx.files, replace)?;
             let (id, seq) = node.db.remote(&idx.folder, &peer)?;
@@ -675,6 +718,29 @@ impl Conn {
             let _ = rt.scan_now.try_send(());
         }
         Ok(())
+    }
+
+    /// A DownloadProgress: kept (bounded) for a folder we share with the
+    /// peer, and announced as `RemoteDownloadProgress`, as Syncthing does;
+    /// other folders are ignored, as 2.x ignores them.
+    fn download_progress(&mut self, p: wire::DownloadProgress) {
+        if self.node.shared_folder(&p.folder, &self.peer).is_none() {
+            return;
+        }
+        let applied = self.node.remote_downloads.apply(self.peer, self.serial, &p);
+        if applied.first_drop {
+            tracing::warn!(device = %self.peer, folder = %crate::guard::peer_text(&p.folder),
+                max_files = crate::remote_progress::MAX_FILES,
+                max_blocks = crate::remote_progress::MAX_BLOCKS,
+                "peer announces more downloads in progress than we keep; the excess is ignored");
+        }
+        let state = self
+            .node
+            .remote_downloads
+            .block_counts(&self.peer, &p.folder);
+        self.node
+            .events
+            .remote_download_progress(&self.peer, &p.folder, &state);
     }
 
     async fn request(&mut self, req: wire::Request) -> Result<()> {
@@ -807,10 +873,21 @@ pub fn cluster_config(node: &Node, peer: &DeviceId) -> Result<ClusterConfig> {
             } else {
                 f.label.clone()
             },
-            read_only: f.read_only(),
-            paused: f.paused,
+            // As 1.x's read_only bool (true == SEND_ONLY) so a 1.x peer
+            // reads what it always did; 2.x never sets it and only looks
+            // for RECEIVE_ENCRYPTED, so RECEIVE_ONLY (which 1.x would read
+            // as read-only) is not announced.
+            r#type: if f.read_only() {
+                wire::FolderType::SendOnly as i32
+            } else {
+                wire::FolderType::SendReceive as i32
+            },
+            stop_reason: if f.paused {
+                wire::FolderStopReason::Paused as i32
+            } else {
+                wire::FolderStopReason::Running as i32
+            },
             devices,
-            ..Default::default()
         });
     }
     Ok(ClusterConfig {
@@ -883,7 +960,18 @@ fn next_batch(node: &Node, folder: &str, after: i64) -> Result<Vec<FileInfo>> {
         // version, as 1.19.2 does.
         f.version = Some(Default::default());
     }
-    Ok(batch_of(files))
+    let mut batch = batch_of(files);
+    // Never send what 2.1.2 disconnects on: repairable entries are
+    // repaired, others (which our scanner and puller never record) are
+    // left out with an error, rather than losing the connection.
+    batch.retain_mut(|f| match fit_for_sending(f) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(folder, error = %e, "index entry breaks Syncthing 2.1.2's rules; not sent");
+            false
+        }
+    });
+    Ok(batch)
 }
 
 /// Cuts a batch: at most 1000 files or about 250 KiB, except that a
@@ -893,6 +981,13 @@ fn batch_of(files: Vec<FileInfo>) -> Vec<FileInfo> {
     let mut out: Vec<FileInfo> = Vec::with_capacity(files.len().min(BATCH_FILES + 1));
     let mut bytes = 0;
     for f in files {
+        // Sequences come ascending and unique from the database; one that
+        // is not above the previous would make 2.x report the batch (and
+        // is a bug of ours), so it never goes out.
+        if out.last().is_some_and(|l| f.sequence <= l.sequence) {
+            tracing::error!(name = ?f.name, sequence = f.sequence, "repeated sequence number in an index batch; entry left out");
+            continue;
+        }
         let len = f.encoded_len();
         let full = out.len() >= BATCH_FILES || (!out.is_empty() && bytes + len > BATCH_BYTES);
         if full {
@@ -923,15 +1018,39 @@ mod tests {
     #[test]
     fn batches_keep_rename_halves_together() {
         let mut files: Vec<FileInfo> = (0..BATCH_FILES)
-            .map(|i| file(&format!("f{i}"), false))
+            .map(|i| FileInfo {
+                sequence: i as i64 + 1,
+                ..file(&format!("f{i}"), false)
+            })
             .collect();
-        files.push(file("old-name", true));
-        files.push(file("next", false));
+        let n = BATCH_FILES as i64;
+        files.push(FileInfo {
+            sequence: n + 1,
+            ..file("old-name", true)
+        });
+        files.push(FileInfo {
+            sequence: n + 2,
+            ..file("next", false)
+        });
         let b = batch_of(files.clone());
         assert_eq!(b.len(), BATCH_FILES + 1);
         assert!(b[BATCH_FILES].deleted);
         // Without the deletion right after, the batch stops at 1000.
         files.remove(BATCH_FILES);
         assert_eq!(batch_of(files).len(), BATCH_FILES);
+    }
+
+    #[test]
+    fn batches_never_repeat_a_sequence() {
+        let mut files: Vec<FileInfo> = (1..=5)
+            .map(|i| FileInfo {
+                sequence: i,
+                ..file(&format!("f{i}"), false)
+            })
+            .collect();
+        files.insert(3, files[2].clone());
+        let b = batch_of(files);
+        let seqs: Vec<i64> = b.iter().map(|f| f.sequence).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     }
 }

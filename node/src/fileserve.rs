@@ -10,7 +10,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use proto::bep::blocks::adler32;
 use proto::bep::limits::MAX_REQUEST_SIZE;
 use proto::bep::names;
 use proto::bep::wire::{ErrorCode, Request};
@@ -57,14 +56,12 @@ pub fn serve(root: &Path, req: &Request) -> Served {
         }
     }
     data.truncate(n);
-    // Like Syncthing: the (cheap) weak hash, when the requester sent one,
-    // is enough; SHA-256 otherwise. An empty hash is not checked (1.19.2
-    // always sends one; newer peers refuse to send none).
-    if !req.hash.is_empty() {
-        let weak_ok = req.weak_hash != 0 && adler32(&data) == req.weak_hash;
-        if !weak_ok && Sha256::digest(&data)[..] != req.hash[..] {
-            return Served::Stale;
-        }
+    // Like Syncthing 2.x: what we read must be the block asked for
+    // (SHA-256; 2.x dropped the weak hash a 1.x requester still sends, and
+    // we ignore it too). A Request without a hash never gets here: the
+    // connection refuses it (2.1.2's rule).
+    if Sha256::digest(&data)[..] != req.hash[..] {
+        return Served::Stale;
     }
     Served::Data(data)
 }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod pull;
 pub mod relay_client;
+pub mod remote_progress;
 pub mod resolve;
 pub mod rest;
 pub mod scan;

@@ -192,10 +192,11 @@ pub fn scan_folder(
         }
         let mut version = old.version;
         vector::update(&mut version, short_id, now);
+        let recorded = db.file(folder, &name)?;
         // Gone while it was ignored (or otherwise invalid): we never had
         // the cluster's version, so our deletion must not win over it
         // (1.19.2: an empty version, so the global version comes back).
-        if !receive_only && db.file(folder, &name)?.is_some_and(|f| f.invalid) {
+        if !receive_only && recorded.as_ref().is_some_and(|f| f.invalid) {
             version = Vector::default();
         }
         changes.push(Change {
@@ -206,6 +207,10 @@ pub fn scan_folder(
                 modified_s: now as i64,
                 version: Some(version),
                 modified_by: short_id,
+                // The content this deletion replaces (2.x carries it on
+                // every change; a deletion is a conflict anyway, having
+                // no blocks_hash of its own).
+                previous_blocks_hash: recorded.map(|f| f.blocks_hash).unwrap_or_default(),
                 ..Default::default()
             },
             inode: 0,
@@ -372,6 +377,16 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
     if receive_only {
         for c in &mut changes {
             c.info.invalid = true;
+        }
+    }
+    // Our new versions say which content they replace (adopted ones are
+    // another device's version, as it announced it).
+    for c in changes
+        .iter_mut()
+        .filter(|c| known.contains_key(&c.info.name))
+    {
+        if let Some(old) = db.file(folder, &c.info.name)? {
+            c.info.previous_blocks_hash = old.blocks_hash;
         }
     }
     changes.append(&mut adopted);
@@ -802,6 +817,47 @@ mod tests {
         assert_eq!(f.blocks.len(), 161);
         assert_eq!(f.blocks, expected);
         assert_eq!(f.blocks_hash, blocks::blocks_hash(&expected));
+    }
+
+    /// 2.x's rule: every local change says which content it replaced, so
+    /// a device holding that content takes it as an update, not a
+    /// conflict.
+    #[test]
+    fn every_change_carries_the_blocks_hash_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let root = dir.path().join("f");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&home).unwrap();
+        fs::write(root.join("a.txt"), b"one").unwrap();
+        let db = Db::open(&home).unwrap();
+        scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        let first = db.file("f", "a.txt").unwrap().unwrap();
+        assert!(
+            first.previous_blocks_hash.is_empty(),
+            "a new file replaces nothing"
+        );
+        // Different size and mtime: seen changed.
+        fs::write(root.join("a.txt"), b"two, longer").unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(root.join("a.txt"))
+            .unwrap();
+        f.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+            .unwrap();
+        scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        let second = db.file("f", "a.txt").unwrap().unwrap();
+        assert_ne!(second.blocks_hash, first.blocks_hash);
+        assert_eq!(second.previous_blocks_hash, first.blocks_hash);
+        fs::remove_file(root.join("a.txt")).unwrap();
+        scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap();
+        let gone = db.file("f", "a.txt").unwrap().unwrap();
+        assert!(gone.deleted && gone.blocks_hash.is_empty());
+        assert_eq!(gone.previous_blocks_hash, second.blocks_hash);
+        // What is sent of them passes 2.1.2's rules.
+        for f in [first, second, gone] {
+            proto::bep::rules::check_file_info(&f).unwrap();
+        }
     }
 
     #[test]

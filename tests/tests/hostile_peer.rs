@@ -31,6 +31,7 @@ struct Setup {
     raw: Identity,
     our_id: DeviceId,
     port: u16,
+    big_hash: Vec<u8>,
 }
 
 fn setup() -> Setup {
@@ -45,6 +46,7 @@ fn setup() -> Setup {
         .map(|i| i.wrapping_mul(2654435761) as u8)
         .collect();
     std::fs::write(root.join("big.bin"), &big).unwrap();
+    let big_hash = proto::bep::blocks::hash_block(0, &big).hash;
     home.add_device(&raw_id, &["dynamic"]);
     home.add_folder("f", &root, "sendonly", &[&raw_id]);
     let node = home.start();
@@ -54,6 +56,7 @@ fn setup() -> Setup {
         port: home.listen_port,
         node,
         raw,
+        big_hash,
         _dir: dir,
     }
 }
@@ -199,6 +202,9 @@ fn a_peer_that_requests_much_and_never_reads_holds_only_the_budget() {
             name: "big.bin".into(),
             offset: 0,
             size: 32 << 20,
+            // With its hash: 2.1.2's rules (which the node follows) close
+            // the connection on a Request without one.
+            hash: s.big_hash.clone(),
             ..Default::default()
         }));
     }
@@ -268,4 +274,188 @@ fn a_silent_peer_gets_a_ping_after_the_ping_interval() {
         ping_after >= proto::bep::session::PING_INTERVAL - Duration::from_secs(1),
         "Ping after {ping_after:?}"
     );
+}
+
+/// One of Syncthing 2.1.2's wire rules, broken on purpose.
+enum Broken {
+    Entry(wire::FileInfo),
+    Request(wire::Request),
+}
+
+/// A node sharing `f` (one small file) with a raw peer that breaks
+/// `rule`: the node must close the connection (as 2.1.2 does), say which
+/// rule in its log, record nothing of the message, and keep its data.
+fn refuses(rule: &str, broken: Broken) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let raw = Identity::generate("syncthing", KeyKind::Ed25519).unwrap();
+    let raw_id = raw.device_id().to_string();
+    let root = dir.path().join("f");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("keep.txt"), b"kept\n").unwrap();
+    home.add_device(&raw_id, &["dynamic"]);
+    home.add_folder("f", &root, "sendreceive", &[&raw_id]);
+    let mut node = home.start();
+    node.wait_scanned("f", 1, Duration::from_secs(60));
+    let our_id: DeviceId = home.id.parse().unwrap();
+
+    let mut p = RawPeer::connect(&raw, home.listen_port, Duration::from_secs(20));
+    p.hello();
+    p.send(&cluster_config("f", &[our_id, raw.device_id()]));
+    let name = match &broken {
+        Broken::Entry(f) => f.name.clone(),
+        Broken::Request(r) => r.name.clone(),
+    };
+    match broken {
+        Broken::Entry(f) => p.send(&Message::Index(wire::Index {
+            folder: "f".into(),
+            files: vec![f],
+            last_sequence: 1,
+            prev_sequence: 0,
+        })),
+        Broken::Request(r) => p.send(&Message::Request(r)),
+    }
+    assert!(p.closed_by_node(), "{rule}: the node kept the connection");
+    // The log names the rule.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = node.proc.log_tail(200);
+        if log.contains("protocol error") && log.contains(rule) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rule}: not in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(node.proc.alive(), "node died:\n{}", node.proc.log_tail(30));
+    // Nothing of the refused entry was recorded, our data is untouched.
+    if !name.is_empty() {
+        let file = node.get(&format!("/rest/db/file?folder=f&file={}", urlencode(&name)));
+        let known = file.as_ref().is_ok_and(|v| !v["global"].is_null());
+        assert!(
+            !known || name == "keep.txt",
+            "{rule}: {name:?} recorded: {file:?}"
+        );
+    }
+    assert_eq!(std::fs::read(root.join("keep.txt")).unwrap(), b"kept\n");
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        2,
+        "only keep.txt and .stfolder"
+    );
+    node.stop();
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn entry(name: &str, kind: wire::FileInfoType) -> wire::FileInfo {
+    wire::FileInfo {
+        name: name.into(),
+        r#type: kind as i32,
+        sequence: 1,
+        modified_s: 1_700_000_000,
+        version: Some(wire::Vector {
+            counters: vec![wire::Counter { id: 7, value: 1 }],
+        }),
+        ..Default::default()
+    }
+}
+
+fn some_blocks() -> Vec<wire::BlockInfo> {
+    vec![proto::bep::blocks::hash_block(0, b"evil")]
+}
+
+#[test]
+fn refuses_a_request_without_hash() {
+    refuses(
+        "request missing block hash",
+        Broken::Request(wire::Request {
+            id: 1,
+            folder: "f".into(),
+            name: "keep.txt".into(),
+            size: 5,
+            ..Default::default()
+        }),
+    );
+}
+
+#[test]
+fn refuses_a_request_over_32_mib() {
+    refuses(
+        "request size exceeds maximum allowed",
+        Broken::Request(wire::Request {
+            id: 1,
+            folder: "f".into(),
+            name: "keep.txt".into(),
+            size: (32 << 20) + 1,
+            hash: vec![1; 32],
+            ..Default::default()
+        }),
+    );
+}
+
+#[test]
+fn refuses_a_request_of_negative_size() {
+    refuses(
+        "request size too small",
+        Broken::Request(wire::Request {
+            id: 1,
+            folder: "f".into(),
+            name: "keep.txt".into(),
+            size: -1,
+            hash: vec![1; 32],
+            ..Default::default()
+        }),
+    );
+}
+
+#[test]
+fn refuses_a_directory_with_blocks() {
+    let mut d = entry("dir", wire::FileInfoType::Directory);
+    d.blocks = some_blocks();
+    refuses("non-file type with non-empty block list", Broken::Entry(d));
+}
+
+#[test]
+fn refuses_a_directory_with_a_size() {
+    let mut d = entry("dir", wire::FileInfoType::Directory);
+    d.size = 4096;
+    refuses("non-file type with nonzero size", Broken::Entry(d));
+}
+
+#[test]
+fn refuses_a_symlink_with_a_size() {
+    let mut l = entry("link", wire::FileInfoType::Symlink);
+    l.symlink_target = b"keep.txt".to_vec();
+    l.size = 8;
+    refuses("non-file type with nonzero size", Broken::Entry(l));
+}
+
+#[test]
+fn refuses_a_deleted_entry_with_blocks() {
+    let mut f = entry("gone.txt", wire::FileInfoType::File);
+    f.deleted = true;
+    f.blocks = some_blocks();
+    refuses("deleted file with non-empty block list", Broken::Entry(f));
+}
+
+#[test]
+fn refuses_a_valid_file_without_blocks() {
+    let mut f = entry("hollow.txt", wire::FileInfoType::File);
+    f.size = 4;
+    refuses("file with empty block list", Broken::Entry(f));
+}
+
+#[test]
+fn refuses_a_non_canonical_name() {
+    let mut f = entry("a//b.txt", wire::FileInfoType::File);
+    f.size = 4;
+    f.blocks = some_blocks();
+    refuses("not in canonical form", Broken::Entry(f));
 }

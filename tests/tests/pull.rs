@@ -1376,8 +1376,8 @@ fn bench_pull_large_file_between_our_nodes() {
 }
 
 /// Requests every block of `file` in folder `folder` from the peer behind
-/// `p` with `in_flight` requests outstanding, as a puller would (hash and
-/// weak hash given), and throws the data away: no hashing, no disk. Returns
+/// `p` with `in_flight` requests outstanding, as a 2.x puller would (hash
+/// given; weak hashes are gone), and throws the data away: no hashing, no disk. Returns
 /// the seconds from the first request to the last response.
 fn fetch_and_discard(p: &mut RawPeer, folder: &str, file: &FileInfo, in_flight: usize) -> f64 {
     let request = |i: usize| {
@@ -1389,7 +1389,6 @@ fn fetch_and_discard(p: &mut RawPeer, folder: &str, file: &FileInfo, in_flight: 
             offset: b.offset,
             size: b.size,
             hash: b.hash.clone(),
-            weak_hash: b.weak_hash,
             block_no: i as i32,
             ..Default::default()
         })

@@ -242,7 +242,6 @@ mod tests {
                     offset: i as i64 * 5,
                     size: 5,
                     hash: h.to_vec(),
-                    weak_hash: 0,
                 })
                 .collect(),
             ..Default::default()

@@ -105,6 +105,20 @@ impl Events {
         );
     }
 
+    /// A device's DownloadProgress: blocks it holds per file in progress
+    /// (Syncthing's `state`).
+    pub fn remote_download_progress(
+        &self,
+        device: &DeviceId,
+        folder: &str,
+        state: &std::collections::HashMap<String, usize>,
+    ) {
+        self.emit(
+            Kind::RemoteDownloadProgress,
+            json!({"device": device.to_string(), "folder": folder, "state": state}),
+        );
+    }
+
     pub fn item_started(&self, folder: &str, f: &FileInfo) {
         self.progress.start(folder, f);
         self.emit(

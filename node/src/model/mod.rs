@@ -218,6 +218,9 @@ pub struct Node {
     pub db: Db,
     /// Folder summaries computed from `db`, until it changes.
     pub summaries: crate::model::summaries::Summaries,
+    /// What connected devices say they are downloading (BEP
+    /// DownloadProgress), bounded per connection.
+    pub remote_downloads: crate::remote_progress::RemoteDownloads,
     pub started: SystemTime,
     pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
     /// Unknown devices that connected, at most [`MAX_PENDING_DEVICES`].
@@ -302,6 +305,7 @@ impl Node {
             config_writer: Mutex::new(()),
             db,
             summaries: Default::default(),
+            remote_downloads: Default::default(),
             started: SystemTime::now(),
             connections: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),

@@ -82,7 +82,6 @@ struct Ctx {
     /// The folder root, held open for the round: every name is reached
     /// from it without crossing a symlink.
     root_dir: Dir,
-    my_short: u64,
     /// Conflict copies made this round (they are new local files to scan).
     conflicts: AtomicUsize,
     /// Requested block data in flight, in KiB, across the files pulled at
@@ -193,7 +192,6 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         root: folder.path.clone(),
         root_dir: Dir::open(&folder.path)
             .with_context(|| format!("cannot open the folder {}", folder.path.display()))?,
-        my_short: node.my_id.short().0,
         conflicts: AtomicUsize::new(0),
         budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
         ignores: crate::ignore::Ignores::load(&folder.path)
@@ -420,7 +418,7 @@ fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Dir) -> Result<()> {
     if !dir.stat(base).is_ok_and(|m| m.is_file()) || same_content(local, &n.global) {
         return Ok(());
     }
-    if is_conflict(local, &n.global, ctx.my_short) || is_conflict_copy(&n.global.name) {
+    if is_conflict(local, &n.global) || is_conflict_copy(&n.global.name) {
         disk::move_to_conflict(dir, &n.global.name, base, &n.global)?;
         ctx.conflicts.fetch_add(1, Ordering::Relaxed);
     }
@@ -518,9 +516,21 @@ fn delete(ctx: &Ctx, n: &Needed) -> Result<Change> {
                 )
             })?;
         }
-        Ok(_) => {
-            dir.remove_file(base)
-                .with_context(|| format!("cannot remove {:?}", g.name))?;
+        Ok(m) => {
+            // 2.x: a deletion is an ordinary version that may win over a
+            // concurrent edit of ours; the edit is then kept as a conflict
+            // copy, never lost (symlinks are not kept, as in Syncthing).
+            let edited = n
+                .local
+                .as_ref()
+                .is_some_and(|l| !l.deleted && is_conflict(l, g));
+            if edited && m.is_file() {
+                disk::move_to_conflict(&dir, &g.name, base, g)?;
+                ctx.conflicts.fetch_add(1, Ordering::Relaxed);
+            } else {
+                dir.remove_file(base)
+                    .with_context(|| format!("cannot remove {:?}", g.name))?;
+            }
         }
     }
     ctx.dir_changed(&g.name);
@@ -780,9 +790,12 @@ async fn fetch_block(
             size: b.size,
             hash: b.hash.clone(),
             from_temporary: false,
-            weak_hash: b.weak_hash,
             block_no: i as i32,
         };
+        // Never send what 2.1.2 disconnects on (a block of a peer's index
+        // without a hash, say): this block cannot be had, from anyone.
+        proto::bep::rules::check_request(&req)
+            .with_context(|| format!("block {i} cannot be requested"))?;
         let data = match r.request(req).await {
             Ok(data) => data,
             Err(e) => {

@@ -200,9 +200,18 @@ pub(crate) fn completion_json(
         ),
     };
     let Figures {
-        value: c,
+        value: mut c,
         generation,
     } = crate::pull::figures::completion(node, folder, device)?;
+    // What the device said it already holds in temporary files is not
+    // needed any more (Syncthing subtracts it the same way).
+    if let Some(d) = device {
+        let downloaded = node.remote_downloads.bytes(&d, folder);
+        if downloaded > 0 {
+            c.need_bytes = c.need_bytes.saturating_sub(downloaded);
+            c = c.finish();
+        }
+    }
     Ok(Figures {
         value: json!({
             "completion": c.completion, "globalBytes": c.global_bytes,

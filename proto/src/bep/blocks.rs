@@ -58,101 +58,6 @@ pub fn effective_block_size(field: i32) -> usize {
     usize::try_from(field).unwrap_or(0).max(MIN_BLOCK_SIZE)
 }
 
-const ADLER_MOD: u64 = 65521;
-
-/// Adler-32, the weak hash v1.19.2 still sends with every block. It costs
-/// almost as much as SHA-256 when computed byte by byte, so it uses AVX2
-/// where the CPU has it, else a form the compiler vectorises.
-pub fn adler32(data: &[u8]) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            let (a, b) = unsafe { adler_avx2::sums(1, 0, data) };
-            return ((b << 16) | a) as u32;
-        }
-    }
-    let (a, b) = adler_portable(1, 0, data);
-    ((b << 16) | a) as u32
-}
-
-/// Closed form over 32-byte runs (for n bytes x_i:
-/// `b += n*a + sum((n-i)*x_i)`, `a += sum(x_i)`), vectorised by the
-/// compiler. u64 sums cannot overflow within 64 KiB between modulos.
-fn adler_portable(mut a: u64, mut b: u64, data: &[u8]) -> (u64, u64) {
-    const RUN: usize = 64 * 1024;
-    const LANES: usize = 32;
-    for run in data.chunks(RUN) {
-        let mut lanes = run.chunks_exact(LANES);
-        for chunk in &mut lanes {
-            let (mut s1, mut s2) = (0u32, 0u32);
-            for (i, &x) in chunk.iter().enumerate() {
-                s1 += u32::from(x);
-                s2 += (LANES - i) as u32 * u32::from(x);
-            }
-            b += LANES as u64 * a + u64::from(s2);
-            a += u64::from(s1);
-        }
-        for &x in lanes.remainder() {
-            a += u64::from(x);
-            b += a;
-        }
-        a %= ADLER_MOD;
-        b %= ADLER_MOD;
-    }
-    (a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod adler_avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{adler_portable, ADLER_MOD};
-
-    /// Runs of at most 173 blocks of 32 bytes (zlib's NMAX, 5552 bytes)
-    /// keep every 32-bit lane below overflow.
-    const BLOCKS_PER_RUN: usize = 5552 / 32;
-
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn sums(mut a: u64, mut b: u64, data: &[u8]) -> (u64, u64) {
-        let zero = _mm256_setzero_si256();
-        let ones = _mm256_set1_epi16(1);
-        // Weight of byte i in a 32-byte block is 32 - i (element 0 first).
-        let weights = _mm256_set_epi8(
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
-            25, 26, 27, 28, 29, 30, 31, 32,
-        );
-        let whole = data.len() / 32 * 32;
-        for run in data[..whole].chunks(BLOCKS_PER_RUN * 32) {
-            let (mut vs1, mut vs1_prefix, mut vs2) = (zero, zero, zero);
-            for block in run.chunks_exact(32) {
-                // SAFETY: `block` is exactly 32 readable bytes; unaligned load.
-                let v = _mm256_loadu_si256(block.as_ptr().cast::<__m256i>());
-                vs1_prefix = _mm256_add_epi32(vs1_prefix, vs1);
-                vs1 = _mm256_add_epi32(vs1, _mm256_sad_epu8(v, zero));
-                let pairs = _mm256_maddubs_epi16(v, weights);
-                vs2 = _mm256_add_epi32(vs2, _mm256_madd_epi16(pairs, ones));
-            }
-            let n = (run.len() / 32) as u64;
-            b += 32 * n * a + 32 * hsum(vs1_prefix) + hsum(vs2);
-            a += hsum(vs1);
-            a %= ADLER_MOD;
-            b %= ADLER_MOD;
-        }
-        adler_portable(a, b, &data[whole..])
-    }
-
-    #[target_feature(enable = "avx2")]
-    unsafe fn hsum(v: __m256i) -> u64 {
-        let mut lanes = [0u32; 8];
-        // SAFETY: 32 writable bytes; unaligned store.
-        _mm256_storeu_si256(lanes.as_mut_ptr().cast::<__m256i>(), v);
-        lanes.iter().map(|&x| u64::from(x)).sum()
-    }
-}
-
 /// Blocks hashed in one multi-buffer call: 16 fill the AVX-512 lanes.
 const LANES: usize = 16;
 /// Fewer blocks than this are hashed one by one.
@@ -176,7 +81,6 @@ pub fn hash_blocks(offset: u64, data: &[u8], bs: usize) -> Vec<BlockInfo> {
                 offset: (offset + pos as u64) as i64,
                 size: block.len() as i32,
                 hash: digest.to_vec(),
-                weak_hash: adler32(block),
             });
             pos += block.len();
         }
@@ -206,27 +110,26 @@ pub fn hash_block(offset: u64, data: &[u8]) -> BlockInfo {
         offset: offset as i64,
         size: data.len() as i32,
         hash: Sha256::digest(data).to_vec(),
-        weak_hash: adler32(data),
     }
 }
 
-/// The block list of an empty file: one empty block. Syncthing gives it no
-/// weak hash (0, not Adler-32's 1), which `blocks_hash` depends on.
+/// The block list of an empty file: one empty block (size 0, the SHA-256
+/// of nothing), as every Syncthing version announces it; 2.1.2 refuses a
+/// valid file with no blocks at all.
 pub fn empty_file_blocks() -> Vec<BlockInfo> {
-    vec![BlockInfo {
-        weak_hash: 0,
-        ..hash_block(0, &[])
-    }]
+    vec![hash_block(0, &[])]
 }
 
-/// `blocks_hash` as v1.19.2 computes it: SHA-256 over each block's hash
-/// followed by its weak hash (big-endian). Only a shortcut for comparing
-/// block lists, so newer peers computing it differently still interoperate.
+/// `blocks_hash` as 2.x computes it: SHA-256 over each block's hash.
+/// (1.19.2 appended each block's weak hash; weak hashes are gone in 2.x.)
+/// 1.x uses it only as a shortcut before comparing block lists in full,
+/// but 2.x compares a change's `previous_blocks_hash` with the
+/// `blocks_hash` it holds to tell an update from a conflict, so ours must
+/// be what a 2.x device computes for the same blocks.
 pub fn blocks_hash(blocks: &[BlockInfo]) -> Vec<u8> {
     let mut h = Sha256::new();
     for b in blocks {
         h.update(&b.hash);
-        h.update(b.weak_hash.to_be_bytes());
     }
     h.finalize().to_vec()
 }
@@ -282,12 +185,12 @@ mod tests {
 
     #[test]
     fn hashes_match_what_syncthing_1_19_2_computes() {
-        // Values verified against the real v1.19.2 scanner.
+        // Block hashes as the real v1.19.2 scanner computes them;
+        // blocks_hash as 2.x does (SHA-256 of the block hashes only).
         let b = hash_block(0, b"hello world\n");
-        assert_eq!(b.weak_hash, 510788711);
         assert_eq!(
             hex(&blocks_hash(&[b])),
-            "3f239ad116d5263377587b05e995ce95142f530fd76a1e33681bc9b2e34f582b"
+            "f83e4b6bba3efac41f1ff56ee97adf7454680fee778924cb5ba06311d136ad1c"
         );
         let empty = empty_file_blocks();
         assert_eq!(
@@ -296,7 +199,7 @@ mod tests {
         );
         assert_eq!(
             hex(&blocks_hash(&empty)),
-            "d3bfe98e8f1ce891614854569a20f5f4508d6ab4025b872b7b3a8282ef75b12a"
+            "5df6e0e2761359d30a8275058e299fcc0381534545f55cf43e41983f5d4c9456"
         );
     }
 
@@ -326,29 +229,5 @@ mod tests {
                 proptest::prop_assert_eq!(&Sha256::digest(block)[..], &digest[..]);
             }
         }
-
-        #[test]
-        fn adler32_matches_the_textbook_loop(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000)) {
-            let (mut a, mut b) = (1u64, 0u64);
-            for &x in &data {
-                a = (a + u64::from(x)) % 65521;
-                b = (b + a) % 65521;
-            }
-            proptest::prop_assert_eq!(adler32(&data), ((b << 16) | a) as u32);
-            let (pa, pb) = adler_portable(1, 0, &data);
-            proptest::prop_assert_eq!(((pb << 16) | pa) as u32, ((b << 16) | a) as u32);
-        }
-    }
-
-    #[test]
-    fn adler32_handles_long_inputs() {
-        // Reference value of Adler-32 over 1 MiB of 0xff, computed naively.
-        let data = vec![0xffu8; MIB];
-        let (mut a, mut b) = (1u64, 0u64);
-        for &x in &data {
-            a = (a + u64::from(x)) % 65521;
-            b = (b + a) % 65521;
-        }
-        assert_eq!(adler32(&data), ((b << 16) | a) as u32);
     }
 }

@@ -1,17 +1,22 @@
 //! Which copy of a file is the global one, whether a local copy must step
 //! aside as a conflict copy, and the names of temporary and conflict files
-//! (Syncthing 1.19.2 rules; see the BEP reference §7.5, §8).
+//! (Syncthing 2.x rules where they differ from 1.19.2's; see the BEP
+//! reference §7.5, §8 and ARCHITECTURE.md, "Conflicts").
 
 use sha2::{Digest, Sha256};
 
 use super::names::TEMP_PREFIX_UNIX;
-use super::vector::{compare, counter, Ordering};
+use super::vector::{compare, Ordering};
 use super::wire::FileInfo;
 
 /// Whether `a` should be preferred over `b` as the global version of a
-/// name. Newer vectors win; for concurrent ones (1.19.2): valid beats
-/// invalid, a modification beats a deletion, then the newer mtime, then
-/// the vector that compares `ConcurrentGreater`.
+/// name. Valid beats invalid; newer vectors win; for concurrent ones the
+/// newer mtime, then the vector that compares `ConcurrentGreater`.
+///
+/// A deletion is an ordinary version here, as in 2.x (its mtime is when
+/// it was seen gone). 1.19.2 let any modification beat a concurrent
+/// deletion; a mixed cluster can therefore disagree on such a name (see
+/// ARCHITECTURE.md, "Conflicts").
 pub fn wins_over(a: &FileInfo, b: &FileInfo) -> bool {
     let va = a.version.clone().unwrap_or_default();
     let vb = b.version.clone().unwrap_or_default();
@@ -23,9 +28,6 @@ pub fn wins_over(a: &FileInfo, b: &FileInfo) -> bool {
         Ordering::Greater => true,
         Ordering::Lesser | Ordering::Equal => false,
         o => {
-            if a.deleted != b.deleted {
-                return !a.deleted;
-            }
             let ta = (a.modified_s, a.modified_ns);
             let tb = (b.modified_s, b.modified_ns);
             if ta != tb {
@@ -44,13 +46,24 @@ pub fn have(local: &FileInfo, global: &FileInfo) -> bool {
     matches!(compare(&vl, &vg), Ordering::Equal | Ordering::Greater)
 }
 
-/// Whether replacing `local` by `incoming` is a conflict (1.19.2): the
-/// versions are concurrent, or the incoming one carries a higher counter
-/// for our own short ID than ours (our database was lost).
-pub fn is_conflict(local: &FileInfo, incoming: &FileInfo, my_short: u64) -> bool {
+/// Whether replacing `local` by `incoming` would lose a change of ours, so
+/// `local` must be kept as a conflict copy (2.x's rule): not when
+/// `incoming` is newer than or equal to `local`; otherwise, when
+/// `incoming` says which content it replaced (`previous_blocks_hash`) and
+/// that is `local`'s content, it is a plain update of what we have (the
+/// vectors only look concurrent, e.g. a device that lost its index);
+/// anything else is a conflict, including a deletion or a type change
+/// (no `blocks_hash`) and a 1.x change (no `previous_blocks_hash`).
+pub fn is_conflict(local: &FileInfo, incoming: &FileInfo) -> bool {
     let vl = local.version.clone().unwrap_or_default();
     let vi = incoming.version.clone().unwrap_or_default();
-    compare(&vl, &vi).is_concurrent() || counter(&vi, my_short) > counter(&vl, my_short)
+    if matches!(compare(&vi, &vl), Ordering::Greater | Ordering::Equal) {
+        return false;
+    }
+    if incoming.previous_blocks_hash.is_empty() || incoming.blocks_hash.is_empty() {
+        return true;
+    }
+    incoming.previous_blocks_hash != local.blocks_hash
 }
 
 /// Longest basename kept verbatim in a temp name (160 − prefix − ".tmp"
@@ -114,7 +127,7 @@ mod tests {
     }
 
     #[test]
-    fn global_choice_follows_1_19_2() {
+    fn global_choice_follows_2_x() {
         assert!(wins_over(
             &fi(&[(1, 2)], false, 0),
             &fi(&[(1, 1)], false, 9)
@@ -123,10 +136,13 @@ mod tests {
             &fi(&[(1, 1)], false, 9),
             &fi(&[(1, 2)], false, 0)
         ));
-        // Concurrent: the modification beats the deletion.
+        // Concurrent: a deletion is an ordinary version; the newer one
+        // wins (1.19.2 preferred the modification whatever the times).
         let edit = fi(&[(1, 2)], false, 1);
         let del = fi(&[(2, 2)], true, 5);
-        assert!(wins_over(&edit, &del) && !wins_over(&del, &edit));
+        assert!(wins_over(&del, &edit) && !wins_over(&edit, &del));
+        let late_edit = fi(&[(1, 2)], false, 6);
+        assert!(wins_over(&late_edit, &del) && !wins_over(&del, &late_edit));
         // Concurrent: newer mtime, then ConcurrentGreater.
         assert!(wins_over(
             &fi(&[(2, 1)], false, 5),
@@ -142,10 +158,26 @@ mod tests {
 
     #[test]
     fn conflicts_and_names() {
-        let local = fi(&[(1, 5)], false, 0);
-        assert!(!is_conflict(&local, &fi(&[(1, 5), (2, 1)], false, 0), 1));
-        assert!(is_conflict(&local, &fi(&[(2, 1)], false, 0), 1));
-        assert!(is_conflict(&local, &fi(&[(1, 6)], false, 0), 1));
+        let mut local = fi(&[(1, 5)], false, 0);
+        local.blocks_hash = vec![7; 32];
+        // Newer or equal: an update.
+        assert!(!is_conflict(&local, &fi(&[(1, 5), (2, 1)], false, 0)));
+        assert!(!is_conflict(&local, &fi(&[(1, 6)], false, 0)));
+        assert!(!is_conflict(&local, &local.clone()));
+        // Concurrent without previous_blocks_hash (1.x): a conflict.
+        let mut other = fi(&[(2, 1)], false, 0);
+        other.blocks_hash = vec![8; 32];
+        assert!(is_conflict(&local, &other));
+        // Concurrent but made from the content we hold: an update.
+        other.previous_blocks_hash = local.blocks_hash.clone();
+        assert!(!is_conflict(&local, &other));
+        // ... from other content: a conflict.
+        other.previous_blocks_hash = vec![9; 32];
+        assert!(is_conflict(&local, &other));
+        // A concurrent deletion has no blocks_hash: a conflict.
+        let mut del = fi(&[(2, 1)], true, 0);
+        del.previous_blocks_hash = local.blocks_hash.clone();
+        assert!(is_conflict(&local, &del));
         assert_eq!(
             conflict_name("d/hello.txt", "20261122-141013", "YI3UNUN"),
             "d/hello.sync-conflict-20261122-141013-YI3UNUN.txt"

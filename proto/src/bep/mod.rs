@@ -11,6 +11,8 @@
 //! * [`blocks`] — block-size rule, block hashing, `blocks_hash`.
 //! * [`vector`] — version vectors: update, compare, merge.
 //! * [`names`] — validation of file names received from peers.
+//! * [`rules`] — what 2.1.2 refuses on the wire (entries, Requests), and
+//!   the sequence bookkeeping of index batches.
 //! * [`global`] — global-version choice, conflicts, temp/conflict names.
 //! * [`session`] — the connection state machine (Hello → ClusterConfig → …).
 
@@ -22,6 +24,7 @@ pub mod hello;
 pub mod limits;
 pub mod lz4;
 pub mod names;
+pub mod rules;
 pub mod session;
 pub mod vector;
 

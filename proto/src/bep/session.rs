@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use super::frame::{decode_frame, encode_frame, Compress, Decoded, FrameError, Message};
 use super::hello::{decode_hello, encode_hello, HelloError};
 use super::limits::{MAX_CLUSTER_FOLDERS, MAX_FOLDER_DEVICES, MAX_FOLDER_ID, MAX_FOLDER_LABEL};
-use super::names::{self, NameError};
-use super::wire::{self, ClusterConfig, FileInfo, FileInfoType, Hello};
+use super::wire::{self, ClusterConfig, Hello};
 use crate::device_id::DeviceId;
 
 /// Send a Ping when nothing was written for this long.
@@ -267,7 +266,8 @@ struct Deadlines {
     ping: Option<Instant>,
 }
 
-/// Why a ClusterConfig or an index entry from a peer was refused.
+/// Why a ClusterConfig from a peer was refused (index entries and
+/// Requests: [`super::rules`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContentError {
     #[error("folder {0:?}: remote device missing in cluster config")]
@@ -276,16 +276,12 @@ pub enum ContentError {
     LocalMissing(String),
     #[error("invalid device ID in cluster config folder {0:?}")]
     BadDeviceId(String),
-    #[error("file {name:?}: {problem}")]
-    File { name: String, problem: String },
     #[error("cluster config lists {0} folders, over the limit of {MAX_CLUSTER_FOLDERS}")]
     TooManyFolders(usize),
     #[error("cluster config folder lists {0} devices, over the limit of {MAX_FOLDER_DEVICES}")]
     TooManyDevices(usize),
     #[error("cluster config folder ID or label is too long ({0} bytes)")]
     FolderNameTooLong(usize),
-    #[error(transparent)]
-    Name(#[from] NameError),
 }
 
 /// The spec's rule: every folder entry lists both the sender and us.
@@ -319,27 +315,6 @@ pub fn check_cluster_config(
         if !ids.contains(&local) {
             return Err(ContentError::LocalMissing(folder.id.clone()));
         }
-    }
-    Ok(())
-}
-
-/// Checks an index entry from a peer as Syncthing does: canonical name,
-/// no blocks on deleted entries or non-files, blocks on every valid file.
-pub fn check_file_info(f: &FileInfo) -> Result<(), ContentError> {
-    names::validate(&f.name)?;
-    let problem = |p: &str| ContentError::File {
-        name: f.name.clone(),
-        problem: p.to_string(),
-    };
-    let is_file = f.r#type == FileInfoType::File as i32;
-    if f.deleted && !f.blocks.is_empty() {
-        return Err(problem("deleted entry has blocks"));
-    }
-    if !is_file && !f.blocks.is_empty() {
-        return Err(problem("non-file entry has blocks"));
-    }
-    if is_file && !f.deleted && !f.invalid && f.blocks.is_empty() {
-        return Err(problem("file has no blocks"));
     }
     Ok(())
 }

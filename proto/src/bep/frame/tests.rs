@@ -23,10 +23,7 @@ fn arb_file() -> impl Strategy<Value = FileInfo> {
         any::<bool>(),
         arb_vector(),
         any::<i64>(),
-        proptest::collection::vec(
-            (any::<i64>(), any::<i32>(), any::<[u8; 32]>(), any::<u32>()),
-            0..5,
-        ),
+        proptest::collection::vec((any::<i64>(), any::<i32>(), any::<[u8; 32]>()), 0..5),
     )
         .prop_map(
             |(name, r#type, size, permissions, deleted, version, sequence, blocks)| FileInfo {
@@ -41,11 +38,10 @@ fn arb_file() -> impl Strategy<Value = FileInfo> {
                 block_size: 131072,
                 blocks: blocks
                     .into_iter()
-                    .map(|(offset, size, hash, weak_hash)| BlockInfo {
+                    .map(|(offset, size, hash)| BlockInfo {
                         offset,
                         size,
                         hash: hash.to_vec(),
-                        weak_hash,
                     })
                     .collect(),
                 ..Default::default()

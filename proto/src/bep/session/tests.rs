@@ -251,23 +251,46 @@ fn cluster_config_must_name_both_devices() {
 }
 
 #[test]
-fn file_infos_are_checked() {
-    let file = FileInfo {
-        name: "a/b".into(),
-        blocks: crate::bep::blocks::empty_file_blocks(),
+fn a_cluster_config_sent_again_is_delivered() {
+    // 2.x sends a new ClusterConfig whenever its configuration changes.
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    pump(&mut a, &mut b, now);
+    a.send(&Message::ClusterConfig(ClusterConfig::default()), now)
+        .unwrap();
+    pump(&mut a, &mut b, now);
+    assert_eq!(b.state(), State::Ready);
+    let mut changed = ClusterConfig::default();
+    changed.folders.push(Folder {
+        id: "f".into(),
+        stop_reason: crate::bep::wire::FolderStopReason::Paused as i32,
+        ..Default::default()
+    });
+    a.send(&Message::ClusterConfig(changed.clone()), now)
+        .unwrap();
+    assert_eq!(
+        pump(&mut a, &mut b, now),
+        vec![Event::Message(Message::ClusterConfig(changed))]
+    );
+    assert_eq!(b.state(), State::Ready);
+}
+
+#[test]
+fn folder_type_and_stop_reason_are_1_x_bools_on_the_wire() {
+    use crate::bep::wire::{FolderStopReason, FolderType};
+    use prost::Message as _;
+    let folder = Folder {
+        r#type: FolderType::SendOnly as i32,
+        stop_reason: FolderStopReason::Paused as i32,
         ..Default::default()
     };
-    assert!(check_file_info(&file).is_ok());
-    let mut f = file.clone();
-    f.name = "../x".into();
-    assert!(check_file_info(&f).is_err());
-    let mut f = file.clone();
-    f.deleted = true;
-    assert!(check_file_info(&f).is_err());
-    let mut f = file.clone();
-    f.r#type = FileInfoType::Directory as i32;
-    assert!(check_file_info(&f).is_err());
-    let mut f = file;
-    f.blocks.clear();
-    assert!(check_file_info(&f).is_err());
+    // Field 3 and field 7 as varint 1: exactly 1.x's read_only = true and
+    // paused = true.
+    assert_eq!(folder.encode_to_vec(), vec![0x18, 0x01, 0x38, 0x01]);
+    // 1.x's ignore_permissions/ignore_delete/disable_temp_indexes (4-6)
+    // are read past; a peer that never sets `type` reads as SEND_RECEIVE.
+    let from_1x = [0x20, 0x01, 0x28, 0x01, 0x30, 0x01];
+    let f = Folder::decode(&from_1x[..]).unwrap();
+    assert_eq!(f.r#type(), FolderType::SendReceive);
+    assert_eq!(f.stop_reason(), FolderStopReason::Running);
 }
