@@ -402,8 +402,8 @@ impl<R: AsyncRead + Unpin> Driver<R> {
             // As Syncthing 2.x: a secondary only says it is ready; the
             // peer keeps index traffic on the primary.
             ClusterConfig {
-                folders: Vec::new(),
                 secondary: true,
+                ..Default::default()
             }
         };
         self.session

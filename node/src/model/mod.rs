@@ -129,6 +129,8 @@ impl DeviceConns {
 pub enum NotRegistered {
     #[error("the device is paused")]
     Paused,
+    #[error("the device is no longer configured")]
+    Removed,
     #[error("already connected to this device")]
     AlreadyConnected,
     #[error("already {0} connections to this device, as many as negotiated")]
@@ -479,7 +481,7 @@ impl Node {
     ) -> Result<Role, NotRegistered> {
         let config = self.config();
         let Some(d) = config.device(&device) else {
-            return Err(NotRegistered::Paused);
+            return Err(NotRegistered::Removed);
         };
         if d.paused {
             return Err(NotRegistered::Paused);
