@@ -17,7 +17,9 @@ pub fn apply_config(node: &Arc<Node>) -> Result<()> {
     node.events.bus.set_labels(&config);
     crate::folder::start_missing(node)?;
     crate::connect::ensure_dialers(node);
-    for (_, c) in node.connections() {
+    // Every connection: the primary sends our ClusterConfig, and any that
+    // exchanges indexes re-applies the peer's.
+    for c in node.all_connections().into_values().flat_map(|d| d.conns) {
         let _ = c.config_changed.try_send(());
     }
     Ok(())

@@ -109,6 +109,56 @@ pub struct DeviceConfig {
     /// Paused (REST `/rest/system/pause`): no connection is kept.
     #[serde(default)]
     pub paused: bool,
+    /// Connections we want to this device (Syncthing 2.x's
+    /// `numConnections`); the number used is negotiated with the peer's
+    /// Hello (see [`NumConnections::negotiate`]).
+    #[serde(default)]
+    pub num_connections: NumConnections,
+}
+
+/// Syncthing 2.x's `numConnections` of a device: 0 stands for the default
+/// (3: one for index traffic, two for data), a negative value for 1. Kept
+/// as the user wrote it (bounded), so a tool reads back what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(transparent)]
+pub struct NumConnections(i32);
+
+impl NumConnections {
+    /// What 0 means (Syncthing 2.x's `defaultNumConnections`).
+    pub const DEFAULT: usize = 3;
+    /// Most connections kept to one device (2.x's `maxNumConnections`).
+    pub const MAX: usize = 128;
+
+    pub fn new(raw: i64) -> NumConnections {
+        NumConnections(raw.clamp(-1, Self::MAX as i64) as i32)
+    }
+
+    /// The number this side wants: what is sent in the Hello.
+    pub fn wanted(self) -> usize {
+        match self.0 {
+            0 => Self::DEFAULT,
+            n if n < 0 => 1,
+            n => n as usize,
+        }
+    }
+
+    /// How many connections to keep, as Syncthing 2.x decides from what
+    /// we want and what the peer's Hello asked for (`theirs`; 0 from a
+    /// peer without multiple connections, such as 1.19.2): one unless
+    /// both sides want more, then the larger wish, bounded.
+    pub fn negotiate(self, theirs: i32) -> usize {
+        let ours = self.wanted();
+        if theirs <= 1 || ours == 1 {
+            return 1;
+        }
+        ours.max(theirs as usize).min(Self::MAX)
+    }
+}
+
+impl<'de> Deserialize<'de> for NumConnections {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(NumConnections::new(i64::deserialize(d)?))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -465,6 +515,33 @@ pub fn parse_tcp_address(uri: &str) -> Result<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::NumConnections;
+
+    /// Syncthing 2.x's rules: 0 is the default 3, negative is 1; one
+    /// connection unless both sides want more, then the larger wish up to
+    /// 128.
+    #[test]
+    fn num_connections_as_syncthing_2_negotiates_them() {
+        let n = |raw: i64| NumConnections::new(raw);
+        assert_eq!(n(0).wanted(), 3);
+        assert_eq!(n(-5).wanted(), 1);
+        assert_eq!(n(7).wanted(), 7);
+        assert_eq!(n(1000).wanted(), NumConnections::MAX);
+        assert_eq!(n(0).negotiate(0), 1, "a 1.19.2 peer sends none");
+        assert_eq!(n(0).negotiate(1), 1);
+        assert_eq!(n(1).negotiate(3), 1);
+        assert_eq!(n(0).negotiate(3), 3);
+        assert_eq!(n(2).negotiate(5), 5);
+        assert_eq!(n(8).negotiate(2), 8);
+        assert_eq!(n(0).negotiate(i32::MAX), NumConnections::MAX);
+        let d: super::DeviceConfig = serde_json::from_value(serde_json::json!({
+            "deviceID": proto::DeviceId::from_der_cert(b"x").to_string()
+        }))
+        .unwrap();
+        assert_eq!(d.num_connections, n(0));
+        assert_eq!(serde_json::to_value(d).unwrap()["numConnections"], 0);
+    }
+
     use super::*;
 
     #[test]

@@ -25,7 +25,7 @@ use crate::config::{Compression, DeviceConfig};
 use crate::fileserve::{self, Served};
 use crate::guard::admission::Ticket;
 use crate::model::requester::Requester;
-use crate::model::{ConnInfo, ConnectionKind, Node, PendingDevice};
+use crate::model::{ConnInfo, ConnectionId, ConnectionKind, Node, PendingDevice, Role};
 
 /// Our client name and version in the Hello. Syncthing only displays
 /// them (a name other than "syncthing" is shown with the version).
@@ -70,7 +70,7 @@ where
     let device = node.config().device(&peer).cloned();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = vec![0u8; 64 * 1024];
-    let (session, their_hello) = hello(
+    let (session, their_hello, id) = hello(
         &node,
         &mut rd,
         &mut wr,
@@ -83,7 +83,8 @@ where
         hold_pending(&node, peer, address, &their_hello);
         return Ok(());
     };
-    let Some(registered) = register(&node, peer, address, kind, &their_hello, &device.name) else {
+    let Some(registered) = register(&node, peer, address, kind, &their_hello, &device.name, id)
+    else {
         return Ok(());
     };
     let (wtx, writer) = spawn_writer(&node, wr, registered.out_bytes);
@@ -91,6 +92,9 @@ where
         node: node.clone(),
         peer,
         serial: registered.serial,
+        id: registered.id,
+        primary: registered.role == Role::Primary,
+        counters: registered.counters,
         session,
         rd,
         buf,
@@ -108,7 +112,8 @@ where
 
 /// Sends our Hello and reads the peer's, within the handshake deadline,
 /// and returns the session with the peer's Hello, its strings cut and
-/// cleaned. `device` is the peer's configuration if it is known;
+/// cleaned, and the connection's ID (made of both Hellos' timestamps).
+/// `device` is the peer's configuration if it is known;
 /// `handshake` the stranger's slot of an incoming connection, given back
 /// when the Hello is in.
 async fn hello<R, W>(
@@ -118,7 +123,7 @@ async fn hello<R, W>(
     buf: &mut [u8],
     device: Option<&DeviceConfig>,
     handshake: Option<Ticket>,
-) -> Result<(Session, Hello)>
+) -> Result<(Session, Hello, ConnectionId)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -132,7 +137,8 @@ where
     // once, so strangers holding slots never delay it.
     let handshake = handshake.filter(|_| device.is_none());
     let compress = device.map_or(Compress::Metadata, |d| d.compression.into());
-    let mut session = Session::new(&our_hello(node, device), compress, Instant::now())?;
+    let ours = our_hello(node, device);
+    let mut session = Session::new(&ours, compress, Instant::now())?;
     wr.write_all(&session.take_outgoing()).await?;
     wr.flush().await?;
 
@@ -168,21 +174,28 @@ where
     their_hello.device_name = crate::guard::peer_name(&their_hello.device_name);
     their_hello.client_name = crate::guard::peer_name(&their_hello.client_name);
     their_hello.client_version = crate::guard::peer_name(&their_hello.client_version);
-    Ok((session, their_hello))
+    let id = ConnectionId::new(ours.timestamp, their_hello.timestamp);
+    Ok((session, their_hello, id))
 }
 
 /// Our Hello to a device with configuration `device` (`None`: unknown).
 fn our_hello(node: &Node, device: Option<&DeviceConfig>) -> Hello {
-    let our_name = match device {
-        // Like Syncthing, tell only known devices our name.
-        Some(_) => node.config().name.clone(),
-        None => String::new(),
+    // Like Syncthing 2.x, tell only known devices our name and how many
+    // connections we want (0, "none", to strangers).
+    let (our_name, num_connections) = match device {
+        Some(d) => (node.config().name.clone(), d.num_connections.wanted()),
+        None => (String::new(), 0),
     };
+    // The timestamp goes into the connection ID on both sides.
+    let timestamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     Hello {
         device_name: our_name,
         client_name: CLIENT_NAME.into(),
         client_version: CLIENT_VERSION.into(),
-        ..Default::default()
+        num_connections: num_connections as i32,
+        timestamp,
     }
 }
 
@@ -208,7 +221,10 @@ fn hold_pending(node: &Node, peer: DeviceId, address: SocketAddr, their_hello: &
 /// A connection the node has registered, and the ends of the channels
 /// through which the node reaches it.
 struct Registered {
+    counters: Arc<crate::model::ConnCounters>,
     serial: u64,
+    id: ConnectionId,
+    role: Role,
     in_bytes: Arc<AtomicU64>,
     out_bytes: Arc<AtomicU64>,
     inbox: Inbox,
@@ -227,8 +243,8 @@ struct Inbox {
     config_changed: mpsc::Receiver<()>,
 }
 
-/// Registers the connection with the node, which may keep an existing
-/// one instead (then `None`), and announces it.
+/// Registers the connection with the node, which may keep the existing
+/// ones instead (then `None`), and announces it.
 fn register(
     node: &Arc<Node>,
     peer: DeviceId,
@@ -236,6 +252,7 @@ fn register(
     kind: ConnectionKind,
     their_hello: &Hello,
     device_name: &str,
+    id: ConnectionId,
 ) -> Option<Registered> {
     let (msg_tx, messages) = mpsc::channel::<Message>(256);
     // Responses travel with their share of the data budget, and the share
@@ -249,8 +266,11 @@ fn register(
     let serial = node.serial();
     let in_bytes = Arc::new(AtomicU64::new(0));
     let out_bytes = Arc::new(AtomicU64::new(0));
+    let counters = Arc::<crate::model::ConnCounters>::default();
     let info = ConnInfo {
+        counters: counters.clone(),
         serial,
+        id: id.clone(),
         address,
         kind,
         client_version: their_hello.client_version.clone(),
@@ -261,13 +281,22 @@ fn register(
         config_changed: changed_tx,
         requester: requester.clone(),
     };
-    if !node.register(peer, info) {
-        tracing::info!(device = %peer, %address, "already connected to this device; dropping the new connection");
-        return None;
+    let role = match node.register(peer, info, their_hello.num_connections) {
+        Ok(role) => role,
+        Err(e) => {
+            tracing::info!(device = %peer, %address, connection = %id, reason = %e,
+                "dropping the new connection");
+            return None;
+        }
+    };
+    match role {
+        Role::Primary => tracing::info!(device = %peer, name = %device_name, %address, %kind,
+            connection = %id,
+            client = %format!("{} {}", their_hello.client_name, their_hello.client_version),
+            wants = their_hello.num_connections, "connected"),
+        Role::Secondary => tracing::info!(device = %peer, %address, %kind, connection = %id,
+            count = node.connection_count(&peer).0, "additional connection"),
     }
-    tracing::info!(device = %peer, name = %device_name, %address, %kind,
-        client = %format!("{} {}", their_hello.client_name, their_hello.client_version),
-        "connected");
     node.events.device_connected(
         &peer,
         &their_hello.device_name,
@@ -295,7 +324,10 @@ fn register(
         config_changed,
     };
     Some(Registered {
+        counters,
         serial,
+        id,
+        role,
         in_bytes,
         out_bytes,
         inbox,
@@ -342,6 +374,11 @@ struct Driver<R> {
     node: Arc<Node>,
     peer: DeviceId,
     serial: u64,
+    id: ConnectionId,
+    /// Whether we sent our full ClusterConfig here (we are the primary, or
+    /// were promoted to it): secondaries send `secondary: true` only.
+    primary: bool,
+    counters: Arc<crate::model::ConnCounters>,
     session: Session,
     rd: R,
     buf: Vec<u8>,
@@ -361,10 +398,18 @@ impl<R: AsyncRead + Unpin> Driver<R> {
     /// Runs until the connection ends; the error says why.
     async fn serve(&mut self) -> Result<Infallible> {
         // Inside the loop's result, so a failure here still unregisters.
-        self.session.send(
-            &Message::ClusterConfig(cluster_config(&self.node, &self.peer)?),
-            Instant::now(),
-        )?;
+        let first = if self.primary {
+            cluster_config(&self.node, &self.peer)?
+        } else {
+            // As Syncthing 2.x: a secondary only says it is ready; the
+            // peer keeps index traffic on the primary.
+            ClusterConfig {
+                secondary: true,
+                ..Default::default()
+            }
+        };
+        self.session
+            .send(&Message::ClusterConfig(first), Instant::now())?;
         // Re-armed each round to the session's next deadline; disabled
         // while it has none.
         let timer = tokio::time::sleep_until(tokio::time::Instant::now());
@@ -385,6 +430,9 @@ impl<R: AsyncRead + Unpin> Driver<R> {
             tokio::select! {
                 n = self.rd.read(&mut self.buf) => self.received(n.context("read")?)?,
                 Some(m) = self.inbox.messages.recv() => {
+                    if is_index(&m) {
+                        self.counters.index_sent.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.session.send(&m, Instant::now())?;
                 }
                 Some((m, permit)) = self.inbox.responses.recv() => {
@@ -419,6 +467,9 @@ impl<R: AsyncRead + Unpin> Driver<R> {
                     bail!("closed by remote: {}", crate::guard::peer_text(&reason))
                 }
                 Event::Message(m) => {
+                    if is_index(&m) {
+                        self.counters.index_received.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Err(e) = self.conn.handle(m).await {
                         self.session.close(&format!("{e:#}"), Instant::now());
                         self.send_last().await;
@@ -473,13 +524,22 @@ impl<R: AsyncRead + Unpin> Driver<R> {
         Ok(())
     }
 
-    /// Our side changed: tell the peer, and start or stop index exchange
-    /// for folders it already offered.
+    /// Our side changed, or this connection became the primary: the
+    /// primary tells the peer (a promoted one sends its first full
+    /// ClusterConfig, which moves the peer's index traffic here), and
+    /// index exchange starts or stops for folders the peer offered here.
     async fn config_changed(&mut self) -> Result<()> {
-        self.session.send(
-            &Message::ClusterConfig(cluster_config(&self.node, &self.peer)?),
-            Instant::now(),
-        )?;
+        if self.node.role(&self.peer, self.serial) == Some(Role::Primary) {
+            if !self.primary {
+                tracing::info!(device = %self.peer, connection = %self.id,
+                    "connection promoted to primary");
+                self.primary = true;
+            }
+            self.session.send(
+                &Message::ClusterConfig(cluster_config(&self.node, &self.peer)?),
+                Instant::now(),
+            )?;
+        }
         if let Some(cc) = self.conn.last_cluster_config.clone() {
             self.conn.cluster_config(cc).await?;
         }
@@ -500,7 +560,7 @@ impl<R: AsyncRead + Unpin> Driver<R> {
             h.abort();
         }
         self.conn.requester.close();
-        self.node.unregister(&self.peer, self.serial);
+        let left = self.node.unregister(&self.peer, self.serial);
         self.node.remote_downloads.forget(&self.peer, self.serial);
         // The writer ends once it has written what it holds.
         drop(self.wtx);
@@ -520,8 +580,14 @@ impl<R: AsyncRead + Unpin> Driver<R> {
             while matches!(rd.read(buf).await, Ok(n) if n > 0) {}
         })
         .await;
-        tracing::info!(device = %self.peer, reason = %format!("{reason:#}"), "disconnected");
+        let (role, remaining) = left.map_or(("", 0), |(r, n)| (r.as_str(), n));
+        tracing::info!(device = %self.peer, connection = %self.id, role, remaining,
+            reason = %format!("{reason:#}"), "disconnected");
     }
+}
+
+fn is_index(m: &Message) -> bool {
+    matches!(m, Message::Index(_) | Message::IndexUpdate(_))
 }
 
 /// A connection's state as the peer's messages act on it.
@@ -571,6 +637,11 @@ impl Conn {
     }
 
     async fn cluster_config(&mut self, cc: ClusterConfig) -> Result<()> {
+        if cc.secondary {
+            // As Syncthing 2.x: a secondary's ClusterConfig only says the
+            // connection is ready; folders and indexes follow the primary.
+            return Ok(());
+        }
         check_cluster_config(&cc, self.node.my_id, self.peer)?;
         self.last_cluster_config = Some(cc.clone());
         let mut offered = Vec::new();

@@ -148,7 +148,12 @@ impl NodeHandle {
         tracing::info!("shutting down");
         // Live connections send their Close and end; new ones are refused
         // once the stop is asked (see conn::run).
-        for (_, c) in self.node.connections() {
+        for c in self
+            .node
+            .all_connections()
+            .into_values()
+            .flat_map(|d| d.conns)
+        {
             let _ = c.close.try_send(reason.into());
         }
         let stopped = self.node.shutdown.stop(STOP_DEADLINE).await;

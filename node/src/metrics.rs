@@ -38,6 +38,15 @@ pub struct Metrics {
     pub folder_pull_errors: Family<Named<1>, Gauge>,
     /// Per configured device (set when scraped).
     pub device_connected: Family<Named<2>, Gauge>,
+    /// Per live connection (device, connection ID, role; set when
+    /// scraped): block requests we sent on it and the data bytes of
+    /// their Responses, to see requests spread over the secondaries.
+    pub connection_requests: Family<Named<3>, Gauge>,
+    pub connection_response_bytes: Family<Named<3>, Gauge>,
+    /// Index and IndexUpdate messages sent and received per live
+    /// connection (set when scraped): index traffic is the primary's.
+    pub connection_index_sent: Family<Named<3>, Gauge>,
+    pub connection_index_received: Family<Named<3>, Gauge>,
     /// REST requests and connections refused, by reason (counted
     /// through `rest::auth::Refusals`, which registers every reason).
     pub rest_refused: Family<Reason, Counter>,
@@ -69,6 +78,10 @@ impl Metrics {
         let folder_need_bytes = Family::<Named<1>, Gauge>::default();
         let folder_pull_errors = Family::<Named<1>, Gauge>::default();
         let device_connected = Family::<Named<2>, Gauge>::default();
+        let connection_requests = Family::<Named<3>, Gauge>::default();
+        let connection_response_bytes = Family::<Named<3>, Gauge>::default();
+        let connection_index_sent = Family::<Named<3>, Gauge>::default();
+        let connection_index_received = Family::<Named<3>, Gauge>::default();
         let rest_refused = Family::<Reason, Counter>::default();
         let refused = Family::<Reason, Counter>::default();
         // The order of the exposition, kept from the hand-written text.
@@ -137,6 +150,26 @@ impl Metrics {
             "Block requests answered with data",
             served_requests.clone(),
         );
+        registry.register(
+            "node_connection_requests",
+            "Block requests sent on each live connection (role primary or secondary)",
+            connection_requests.clone(),
+        );
+        registry.register(
+            "node_connection_response_bytes",
+            "Data bytes received in Responses on each live connection",
+            connection_response_bytes.clone(),
+        );
+        registry.register(
+            "node_connection_index_sent",
+            "Index and IndexUpdate messages sent on each live connection",
+            connection_index_sent.clone(),
+        );
+        registry.register(
+            "node_connection_index_received",
+            "Index and IndexUpdate messages received on each live connection",
+            connection_index_received.clone(),
+        );
         let pull_refused_not_a_dir = counter(&pull_refused, [("reason", "not_a_directory")]);
         Metrics {
             registry,
@@ -151,6 +184,10 @@ impl Metrics {
             folder_need_bytes,
             folder_pull_errors,
             device_connected,
+            connection_requests,
+            connection_response_bytes,
+            connection_index_sent,
+            connection_index_received,
             rest_refused,
             refused,
             scrape: Mutex::new(()),

@@ -5,7 +5,7 @@
 
 mod cluster;
 
-use cluster::{connected, pair, until, Kind};
+use cluster::{connected, noise, pair, pair_with, until, Kind, TestNode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_deletions_and_conflicts_reach_the_other_node() {
@@ -125,6 +125,112 @@ async fn stopping_a_node_is_awaited_and_its_port_is_free_again() {
     until("b saw a leave", || b.connected_to(&a), |c| !c).await;
     a.start().await;
     connected(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Requests sent on each of `from`'s connections to `to`: (primary,
+/// secondaries in age order).
+fn requests(from: &TestNode, to: &TestNode) -> (u64, Vec<u64>) {
+    let conns = from.conns_to(to);
+    let sent: Vec<u64> = conns.iter().map(|c| c.requester.sent()).collect();
+    match sent.split_first() {
+        Some((p, s)) => (*p, s.to_vec()),
+        None => (0, Vec::new()),
+    }
+}
+
+/// Syncthing 2.x's multiple connections between two of our nodes: with
+/// numConnections 3 three connections come up, the oldest primary; a
+/// multi-block file travels as requests on the secondaries only; when the
+/// primary is dropped mid-transfer a secondary is promoted, the transfer
+/// finishes and index traffic goes on over the promoted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_connections_requests_on_secondaries_and_promotion() {
+    let (mut a, mut b) = pair_with(Kind::SendReceive, Kind::SendReceive, Some(3), Some(3)).await;
+    connected(&a, &b).await;
+    until(
+        "three connections on both sides",
+        || (a.conns_to(&b).len(), b.conns_to(&a).len()),
+        |n| *n == (3, 3),
+    )
+    .await;
+    // Connection IDs as 2.x forms them: 26 base32hex characters.
+    for c in b.conns_to(&a) {
+        let id = c.id.as_str();
+        assert_eq!(id.len(), 26, "{id}");
+        assert!(
+            id.chars()
+                .all(|ch| ch.is_ascii_digit() || ('A'..='V').contains(&ch)),
+            "{id}"
+        );
+    }
+
+    // 8 MiB: 64 blocks of 128 KiB, all requested by b on its secondaries.
+    let blocks = 64;
+    a.write("plate.exr", &noise(blocks * 128 * 1024, 1));
+    a.rescan();
+    until("b has plate.exr", || b.files(), |f| *f == a.files()).await;
+    let (primary, secondaries) = requests(&b, &a);
+    println!("requests after plate.exr: primary {primary}, secondaries {secondaries:?}");
+    assert_eq!(primary, 0, "no block request on the primary");
+    assert_eq!(secondaries.iter().sum::<u64>(), blocks as u64);
+    assert!(
+        secondaries.iter().all(|n| *n > 0),
+        "requests spread over every secondary: {secondaries:?}"
+    );
+
+    // A larger file; once its transfer is under way, b drops its primary.
+    let old = b.conns_to(&a);
+    let before: u64 = requests(&b, &a).1.iter().sum();
+    a.write("comp.exr", &noise(48 * 1024 * 1024, 2));
+    a.rescan();
+    until(
+        "b requests blocks of comp.exr",
+        || requests(&b, &a).1.iter().sum::<u64>(),
+        |n| *n > before,
+    )
+    .await;
+    let _ = old[0].close.try_send("test: primary dropped".into());
+    let promoted = until(
+        "a former secondary is b's primary",
+        || b.conns_to(&a).first().map(|c| c.id.clone()),
+        |p| p.as_ref().is_some_and(|p| *p != old[0].id),
+    )
+    .await
+    .unwrap();
+    assert!(
+        old[1..].iter().any(|c| c.id == promoted),
+        "the promoted primary {promoted} was a secondary"
+    );
+    until("b has comp.exr", || b.files(), |f| *f == a.files()).await;
+    // Index traffic goes on over the promoted primary (and the dropped
+    // connection is replaced).
+    a.write("notes.txt", b"after the promotion\n");
+    a.rescan();
+    until("b has notes.txt", || b.files(), |f| *f == a.files()).await;
+    until(
+        "three connections again",
+        || (a.conns_to(&b).len(), b.conns_to(&a).len()),
+        |n| *n == (3, 3),
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// numConnections 1 on one side: one connection, which carries the
+/// requests too (as with a peer that has no multiple connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_side_wanting_one_connection_gets_one() {
+    let (mut a, mut b) = pair_with(Kind::SendReceive, Kind::SendReceive, Some(3), Some(1)).await;
+    connected(&a, &b).await;
+    a.write("plate.exr", &noise(16 * 128 * 1024, 3));
+    a.rescan();
+    until("b has plate.exr", || b.files(), |f| *f == a.files()).await;
+    assert_eq!(a.conns_to(&b).len(), 1);
+    assert_eq!(b.conns_to(&a).len(), 1);
+    assert_eq!(requests(&b, &a), (16, Vec::new()));
     a.stop().await;
     b.stop().await;
 }

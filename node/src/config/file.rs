@@ -55,7 +55,10 @@ const DEVICES_COMMENT: &str = "\
 # device ID. addresses: tcp://HOST:PORT to dial (HOST may be a DNS name),
 # relay://HOST:PORT/?id=... to dial through a relay, dns-srv://NAME for the
 # SRV records _syncthing._tcp.NAME, or \"dynamic\" to find it by discovery.
-# compression: metadata (default), always or never.";
+# compression: metadata (default), always or never. numConnections: BEP
+# connections wanted to the device (0: default 3, one for index traffic and
+# two for data, as Syncthing 2.x; 1 for a single one). A peer that asks for
+# none (Syncthing before 1.24) always gets one.";
 
 const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
@@ -222,6 +225,7 @@ mod tests {
                 addresses: vec!["dynamic".into()],
                 compression: Compression::Metadata,
                 paused: false,
+                num_connections: Default::default(),
             }],
             folders: vec![FolderConfig {
                 id: "projects".into(),

@@ -3,7 +3,10 @@
 //! (with `relaysEnabled`), `dns-srv://NAME` (SRV `_syncthing._tcp.NAME`)
 //! and `dynamic` (global and local discovery). Direct candidates are tried
 //! before relays; while a device is connected through a relay, direct
-//! candidates keep being tried and a working one replaces the relay.
+//! candidates keep being tried and a working one replaces the relay. While
+//! a device has fewer direct connections than negotiated (Syncthing 2.x's
+//! multiple connections), direct candidates are dialed for more — both
+//! sides do, as 2.x does; relays carry one connection only, as in 2.x.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -180,7 +183,10 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
         );
         let kind = current_kind(&node, &device).filter(|_| node.connected(&device));
         let relayed = kind.is_some_and(ConnectionKind::relayed);
-        if kind.is_some() && (!relayed || Instant::now() < next_upgrade) {
+        let (have, want) = node.connection_count(&device);
+        // Connected directly, with fewer connections than negotiated.
+        let more = kind.is_some() && !relayed && have < want;
+        if kind.is_some() && !more && (!relayed || Instant::now() < next_upgrade) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
@@ -190,6 +196,20 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
             list.retain(Candidate::is_direct);
             next_upgrade = Instant::now() + max;
         }
+        if more {
+            // Relays carry one connection per device (as in Syncthing 2.x).
+            list.retain(Candidate::is_direct);
+        }
+        // Enough: a direct connection for a relayed one, the negotiated
+        // number for more, any connection otherwise.
+        let enough = || {
+            let (have, want) = node.connection_count(&device);
+            match current_kind(&node, &device) {
+                Some(k) if relayed => !k.relayed(),
+                Some(_) if more => have >= want,
+                k => k.is_some(),
+            }
+        };
         let mut connected = false;
         let mut failure = if list.is_empty() {
             "no address known".to_string()
@@ -197,14 +217,18 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
             String::new()
         };
         for c in &list {
-            if current_kind(&node, &device).is_some_and(|k| !relayed || !k.relayed()) {
+            if enough() {
                 connected = true;
                 break;
             }
             let result = try_candidate(&node, device, c).await;
-            node.connect
-                .dials
-                .record(c.label(), result.as_ref().err().map(|e| format!("{e:#}")));
+            // An extra connection the peer (or we) did not keep, because
+            // one it dialed at the same time came first, is no dial error.
+            if !more || result.is_ok() {
+                node.connect
+                    .dials
+                    .record(c.label(), result.as_ref().err().map(|e| format!("{e:#}")));
+            }
             match result {
                 Ok(()) => {
                     connected = true;
@@ -227,11 +251,13 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        if failure != last_failure && !relayed {
+        if more {
+            tracing::debug!(device = %device, error = %failure, "no additional connection");
+        } else if failure != last_failure && !relayed {
             tracing::info!(device = %device, error = %failure, "cannot reach device");
             last_failure = failure;
         }
-        if relayed {
+        if relayed && !more {
             continue;
         }
         tokio::time::sleep(backoff.min(max)).await;
@@ -242,6 +268,8 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
 /// Dials one candidate; on a working TLS connection starts BEP on it and
 /// waits until it is registered (or fails).
 async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Result<()> {
+    // The connection dialed now is one that was not there before.
+    let before = node.serials(&device);
     let (task, kind) = match c {
         Candidate::Direct { host, port, .. } => {
             let config = node.config();
@@ -280,7 +308,11 @@ async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Res
     };
     let deadline = Instant::now() + REGISTER_WAIT;
     while Instant::now() < deadline {
-        if current_kind(node, &device) == Some(kind) {
+        if node.all_connections().get(&device).is_some_and(|d| {
+            d.conns
+                .iter()
+                .any(|c| c.kind == kind && !before.contains(&c.serial))
+        }) {
             return Ok(());
         }
         if task.is_finished() {

@@ -28,6 +28,9 @@ use daemon::sync::{MutexExt, RwLockExt};
 pub struct ConnInfo {
     /// Distinguishes a connection from a later one to the same device.
     pub serial: u64,
+    /// Syncthing 2.x's connection ID (see [`ConnectionId`]), in logs and
+    /// metrics.
+    pub id: ConnectionId,
     pub address: SocketAddr,
     pub kind: ConnectionKind,
     pub client_version: String,
@@ -36,10 +39,102 @@ pub struct ConnInfo {
     pub out_bytes: Arc<AtomicU64>,
     /// Dropping or sending on this ends the connection.
     pub close: mpsc::Sender<String>,
-    /// Tells the connection the configuration changed (new ClusterConfig).
+    /// Tells the connection the configuration changed or that it became
+    /// the primary: it sends a new ClusterConfig if it is the primary.
     pub config_changed: mpsc::Sender<()>,
-    /// Our block requests to this device.
+    /// Our block requests on this connection.
     pub requester: Arc<crate::model::requester::Requester>,
+    /// Index messages each way (index traffic belongs on the primary).
+    pub counters: Arc<ConnCounters>,
+}
+
+/// Index and IndexUpdate messages sent and received on one connection.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    pub index_sent: AtomicU64,
+    pub index_received: AtomicU64,
+}
+
+/// A connection's ID as Syncthing 2.x forms it: the sum of the two Hello
+/// timestamps (ours and the peer's, Unix nanoseconds) as 8 big-endian
+/// bytes, then 8 random bytes, each half in base32hex without padding
+/// (26 characters). The first half sorts by time on both sides; the
+/// random half keeps IDs unique even if a peer's clock is odd.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(String);
+
+impl ConnectionId {
+    pub fn new(our_timestamp: i64, their_timestamp: i64) -> ConnectionId {
+        let sum = our_timestamp.wrapping_add(their_timestamp) as u64;
+        let random: [u8; 8] = rand::random();
+        let enc = &data_encoding::BASE32HEX_NOPAD;
+        ConnectionId(enc.encode(&sum.to_be_bytes()) + &enc.encode(&random))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A connection's part in the exchange with its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The oldest connection: our full ClusterConfig and index traffic.
+    Primary,
+    /// Any other: `ClusterConfig{secondary: true}`, then block requests.
+    Secondary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+}
+
+/// The live connections to one device, oldest first: the first is the
+/// primary, as in Syncthing 2.x.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceConns {
+    pub conns: Vec<ConnInfo>,
+    /// `num_connections` of the peer's latest Hello (0: it has no
+    /// multiple connections).
+    pub peer_wants: i32,
+}
+
+impl DeviceConns {
+    pub fn primary(&self) -> Option<&ConnInfo> {
+        self.conns.first()
+    }
+
+    pub fn secondaries(&self) -> &[ConnInfo] {
+        self.conns.get(1..).unwrap_or_default()
+    }
+
+    fn live(&mut self) {
+        self.conns.retain(|c| !c.close.is_closed());
+    }
+}
+
+/// Why a new connection was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotRegistered {
+    #[error("the device is paused")]
+    Paused,
+    #[error("the device is no longer configured")]
+    Removed,
+    #[error("already connected to this device")]
+    AlreadyConnected,
+    #[error("already {0} connections to this device, as many as negotiated")]
+    Full(usize),
 }
 
 /// How a connection was made, as Syncthing's REST API names it
@@ -222,7 +317,10 @@ pub struct Node {
     /// DownloadProgress), bounded per connection.
     pub remote_downloads: crate::remote_progress::RemoteDownloads,
     pub started: SystemTime,
-    pub connections: Mutex<HashMap<DeviceId, ConnInfo>>,
+    /// Live connections per device, oldest (the primary) first.
+    connections: Mutex<HashMap<DeviceId, DeviceConns>>,
+    /// Turns the choice of a secondary for block requests.
+    request_turn: std::sync::atomic::AtomicUsize,
     /// Unknown devices that connected, at most [`MAX_PENDING_DEVICES`].
     pub pending: Mutex<HashMap<DeviceId, PendingDevice>>,
     /// New pending entries per source: certificates cost nothing, so one
@@ -308,6 +406,7 @@ impl Node {
             remote_downloads: Default::default(),
             started: SystemTime::now(),
             connections: Mutex::new(HashMap::new()),
+            request_turn: Default::default(),
             pending: Mutex::new(HashMap::new()),
             pending_rate: crate::guard::SourceRate::new(
                 PENDING_PER_SOURCE,
@@ -368,45 +467,180 @@ impl Node {
         self.next_serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a connection. Like Syncthing 1.19.2, a device has one
-    /// connection: a new one replaces an existing one older than
-    /// [`REPLACE_AFTER`] (it may be a dead socket the peer has given up on),
-    /// otherwise the new one is refused. Returns whether it was registered.
-    pub fn register(&self, device: DeviceId, info: ConnInfo) -> bool {
-        if self.config().device(&device).is_some_and(|d| d.paused) {
-            return false;
+    /// Registers a connection whose peer asked for `peer_wants`
+    /// connections in its Hello, and returns its role.
+    ///
+    /// As Syncthing 2.x: a device has up to the negotiated number of
+    /// connections ([`NumConnections::negotiate`](crate::config::NumConnections::negotiate)),
+    /// the oldest being the primary; a better kind (direct over relayed)
+    /// replaces the worse ones at once; beyond the number, a new connection
+    /// is refused. With one connection negotiated (a peer such as 1.19.2),
+    /// a new connection also replaces one older than [`REPLACE_AFTER`] (it
+    /// may be a dead socket the peer has given up on), as 1.19.2 does.
+    pub fn register(
+        &self,
+        device: DeviceId,
+        info: ConnInfo,
+        peer_wants: i32,
+    ) -> Result<Role, NotRegistered> {
+        let config = self.config();
+        let Some(d) = config.device(&device) else {
+            return Err(NotRegistered::Removed);
+        };
+        if d.paused {
+            return Err(NotRegistered::Paused);
         }
-        let mut conns = self.connections.locked();
-        if let Some(old) = conns.get(&device).filter(|c| !c.close.is_closed()) {
-            let age = old.started.elapsed().unwrap_or_default();
-            // A better kind (direct over relayed) replaces at once, as in Syncthing.
-            let better = info.kind.priority() < old.kind.priority();
-            if age < REPLACE_AFTER && !better {
-                return false;
+        let desired = d.num_connections.negotiate(peer_wants);
+        let mut all = self.connections.locked();
+        let entry = all.entry(device).or_default();
+        let primary_before = entry.primary().map(|c| c.serial);
+        entry.live();
+        let worse: Vec<usize> = (0..entry.conns.len())
+            .filter(|&i| info.kind.priority() < entry.conns[i].kind.priority())
+            .collect();
+        if !worse.is_empty() {
+            // A better kind replaces the worse at once, as in Syncthing.
+            for i in worse.into_iter().rev() {
+                let old = entry.conns.remove(i);
+                let _ = old.close.try_send("replaced by a better connection".into());
             }
-            let _ = old.close.try_send("replaced by a new connection".into());
+        } else if entry.conns.len() >= desired {
+            let oldest_age = entry
+                .conns
+                .first()
+                .and_then(|c| c.started.elapsed().ok())
+                .unwrap_or_default();
+            if desired > 1 {
+                return Err(NotRegistered::Full(entry.conns.len()));
+            }
+            if oldest_age < REPLACE_AFTER {
+                return Err(NotRegistered::AlreadyConnected);
+            }
+            for old in entry.conns.drain(..) {
+                let _ = old.close.try_send("replaced by a new connection".into());
+            }
         }
-        conns.insert(device, info);
-        true
+        entry.peer_wants = peer_wants;
+        entry.conns.push(info);
+        // The primary went (closed, or replaced just now): the next
+        // oldest takes its part.
+        if entry.conns.len() > 1 && primary_before != Some(entry.conns[0].serial) {
+            let _ = entry.conns[0].config_changed.try_send(());
+        }
+        Ok(if entry.conns.len() == 1 {
+            Role::Primary
+        } else {
+            Role::Secondary
+        })
     }
 
-    pub fn unregister(&self, device: &DeviceId, serial: u64) {
-        let mut conns = self.connections.locked();
-        if conns.get(device).is_some_and(|c| c.serial == serial) {
-            conns.remove(device);
+    /// Removes a connection that ended. When it was the primary, the next
+    /// oldest is promoted: told to send our full ClusterConfig (and so
+    /// start the index exchange), as Syncthing 2.x does. Returns the role
+    /// the connection had and how many remain.
+    pub fn unregister(&self, device: &DeviceId, serial: u64) -> Option<(Role, usize)> {
+        let mut all = self.connections.locked();
+        let entry = all.get_mut(device)?;
+        let i = entry.conns.iter().position(|c| c.serial == serial)?;
+        entry.conns.remove(i);
+        let role = if i == 0 {
+            Role::Primary
+        } else {
+            Role::Secondary
+        };
+        let remaining = entry.conns.len();
+        if remaining == 0 {
+            all.remove(device);
+            drop(all);
             self.events.device_disconnected(device, "connection closed");
+        } else if i == 0 {
+            let next = &entry.conns[0];
+            tracing::info!(device = %device, connection = %next.id,
+                "promoting the next oldest connection to primary");
+            let _ = next.config_changed.try_send(());
         }
+        Some((role, remaining))
     }
 
     pub fn connected(&self, device: &DeviceId) -> bool {
         self.connections
             .locked()
             .get(device)
-            .is_some_and(|c| !c.close.is_closed())
+            .is_some_and(|d| d.conns.iter().any(|c| !c.close.is_closed()))
     }
 
+    /// The primary connection of every connected device.
     pub fn connections(&self) -> HashMap<DeviceId, ConnInfo> {
+        self.connections
+            .locked()
+            .iter()
+            .filter_map(|(id, d)| Some((*id, d.primary()?.clone())))
+            .collect()
+    }
+
+    /// Every live connection of every connected device.
+    pub fn all_connections(&self) -> HashMap<DeviceId, DeviceConns> {
         self.connections.locked().clone()
+    }
+
+    /// The serials of the connections to `device` now.
+    pub fn serials(&self, device: &DeviceId) -> Vec<u64> {
+        let all = self.connections.locked();
+        all.get(device)
+            .map(|d| d.conns.iter().map(|c| c.serial).collect())
+            .unwrap_or_default()
+    }
+
+    /// The role of connection `serial` to `device` now (`None`: gone).
+    pub fn role(&self, device: &DeviceId, serial: u64) -> Option<Role> {
+        let all = self.connections.locked();
+        let i = all
+            .get(device)?
+            .conns
+            .iter()
+            .position(|c| c.serial == serial)?;
+        Some(if i == 0 {
+            Role::Primary
+        } else {
+            Role::Secondary
+        })
+    }
+
+    /// Live connections to `device` and how many we want with it now (as
+    /// negotiated with its latest Hello; 1 before any).
+    pub fn connection_count(&self, device: &DeviceId) -> (usize, usize) {
+        let wants = self
+            .config()
+            .device(device)
+            .map(|d| d.num_connections)
+            .unwrap_or_default();
+        let all = self.connections.locked();
+        match all.get(device) {
+            None => (0, 1),
+            Some(d) => (
+                d.conns.iter().filter(|c| !c.close.is_closed()).count(),
+                wants.negotiate(d.peer_wants),
+            ),
+        }
+    }
+
+    /// Where our next block request to `device` goes: with secondaries,
+    /// the one with the fewest requests waiting (taking turns among
+    /// equals), so the primary stays free for index traffic, as in
+    /// Syncthing 2.x; otherwise the primary.
+    pub fn requester_for(&self, device: &DeviceId) -> Option<Arc<requester::Requester>> {
+        let all = self.connections.locked();
+        let d = all.get(device)?;
+        let pool = match d.secondaries() {
+            [] => d.conns.as_slice(),
+            s => s,
+        };
+        let n = pool.len();
+        let start = self.request_turn.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &pool[(start + k) % n])
+            .min_by_key(|c| c.requester.outstanding())
+            .map(|c| c.requester.clone())
     }
 
     /// Records an unknown device that connected (its name is cut and
@@ -529,6 +763,103 @@ mod tests {
             db,
             Arc::default(),
         )
+    }
+
+    #[test]
+    fn connection_ids_are_formed_as_syncthing_2_forms_them() {
+        let a = ConnectionId::new(1_000, 2_000);
+        let b = ConnectionId::new(1_000, 2_000);
+        assert_eq!(a.as_str().len(), 26);
+        // The time half is the same, the random half differs.
+        assert_eq!(a.as_str()[..13], b.as_str()[..13]);
+        assert_ne!(a, b);
+        let enc = data_encoding::BASE32HEX_NOPAD.encode(&3_000u64.to_be_bytes());
+        assert_eq!(a.as_str()[..13], enc);
+        // Later connections sort later.
+        assert!(ConnectionId::new(5_000, 0) > a);
+    }
+
+    /// A connection's entry, with the connection's ends of its channels
+    /// (held by the test: a dropped end means a closed connection).
+    type Ends = (mpsc::Receiver<()>, mpsc::Receiver<String>);
+
+    fn conn(serial: u64, kind: ConnectionKind) -> (ConnInfo, Ends) {
+        let (close, close_rx) = mpsc::channel(1);
+        let (config_changed, changed) = mpsc::channel(1);
+        let (tx, _) = mpsc::channel(1);
+        let info = ConnInfo {
+            serial,
+            id: ConnectionId::new(serial as i64, 0),
+            address: "127.0.0.1:1".parse().unwrap(),
+            kind,
+            client_version: String::new(),
+            started: SystemTime::now(),
+            in_bytes: Arc::default(),
+            out_bytes: Arc::default(),
+            close,
+            config_changed,
+            requester: Arc::new(requester::Requester::new(tx)),
+            counters: Arc::default(),
+        };
+        (info, (changed, close_rx))
+    }
+
+    /// The oldest is the primary; up to the negotiated number are kept;
+    /// the next oldest is promoted (told) when the primary goes; requests
+    /// go to the secondaries.
+    #[test]
+    fn connections_up_to_the_negotiated_number_oldest_primary() {
+        let home = tempfile::tempdir().unwrap();
+        let n = node(home.path());
+        let peer = proto::DeviceId::from_der_cert(b"peer");
+        n.update_config(|c| {
+            c.devices.push(crate::config::DeviceConfig {
+                device_id: peer,
+                name: String::new(),
+                addresses: Vec::new(),
+                compression: Default::default(),
+                paused: false,
+                num_connections: Default::default(),
+            });
+            Ok(())
+        })
+        .unwrap();
+        let tcp = ConnectionKind::TcpServer;
+        let (c1, _r1) = conn(1, tcp);
+        let (c2, mut r2) = conn(2, tcp);
+        let (c3, _r3) = conn(3, tcp);
+        let (c4, _r4) = conn(4, tcp);
+        assert_eq!(n.register(peer, c1.clone(), 3), Ok(Role::Primary));
+        assert_eq!(n.register(peer, c2.clone(), 3), Ok(Role::Secondary));
+        assert_eq!(n.register(peer, c3.clone(), 3), Ok(Role::Secondary));
+        assert_eq!(n.register(peer, c4, 3), Err(NotRegistered::Full(3)));
+        assert_eq!(n.connection_count(&peer), (3, 3));
+        for _ in 0..4 {
+            let r = n.requester_for(&peer).unwrap();
+            assert!(!Arc::ptr_eq(&r, &c1.requester), "never the primary");
+        }
+        assert_eq!(n.unregister(&peer, 1), Some((Role::Primary, 2)));
+        assert!(
+            r2.0.try_recv().is_ok(),
+            "the next oldest is told it is primary"
+        );
+        assert_eq!(n.role(&peer, 2), Some(Role::Primary));
+        assert_eq!(n.unregister(&peer, 3), Some((Role::Secondary, 1)));
+        // Only the primary left: it carries the requests.
+        assert!(Arc::ptr_eq(&n.requester_for(&peer).unwrap(), &c2.requester));
+        // A peer without multiple connections (1.19.2): one, as before.
+        let (c5, _r5) = conn(5, tcp);
+        assert_eq!(
+            n.register(peer, c5, 0),
+            Err(NotRegistered::AlreadyConnected)
+        );
+        // A direct connection replaces a relayed one at once.
+        n.unregister(&peer, 2);
+        let (relayed, _r6) = conn(6, ConnectionKind::RelayServer);
+        assert_eq!(n.register(peer, relayed, 3), Ok(Role::Primary));
+        let (direct, _r7) = conn(7, tcp);
+        assert_eq!(n.register(peer, direct, 3), Ok(Role::Primary));
+        assert_eq!(n.serials(&peer), vec![7]);
     }
 
     /// Nothing of a node is process-wide: what one emits, records and

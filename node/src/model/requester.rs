@@ -3,7 +3,7 @@
 //! and is forgotten when answered, timed out, cancelled or disconnected.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ pub struct Requester {
     next_id: AtomicI32,
     pending: Mutex<HashMap<i32, oneshot::Sender<Response>>>,
     closed: AtomicBool,
+    /// Requests sent on this connection, and data bytes received in
+    /// successful Responses (`node_connection_requests`, …).
+    sent: AtomicU64,
+    received_bytes: AtomicU64,
 }
 
 /// Removes a request's slot however its wait ends.
@@ -52,6 +56,8 @@ impl Requester {
             next_id: AtomicI32::new(0),
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
         }
     }
 
@@ -80,18 +86,38 @@ impl Requester {
         if self.tx.send(Message::Request(req)).await.is_err() {
             bail!("connection closed");
         }
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, orx).await {
             Err(_) => bail!("no response within {} s", RESPONSE_TIMEOUT.as_secs()),
             Ok(Err(_)) => bail!("connection closed"),
             Ok(Ok(r)) => r,
         };
         match resp.code {
-            0 => Ok(resp.data),
+            0 => {
+                self.received_bytes
+                    .fetch_add(resp.data.len() as u64, Ordering::Relaxed);
+                Ok(resp.data)
+            }
             1 => bail!("peer error: generic"),
             2 => bail!("peer error: no such file"),
             3 => bail!("peer error: invalid file"),
             c => bail!("peer error code {c}"),
         }
+    }
+
+    /// Requests waiting for their Response.
+    pub fn outstanding(&self) -> usize {
+        self.pending().len()
+    }
+
+    /// Requests sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Data bytes received in successful Responses so far.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes.load(Ordering::Relaxed)
     }
 
     /// Hands a Response to its waiting request; unknown IDs are dropped.

@@ -770,11 +770,12 @@ async fn fetch_block(
     b: &BlockInfo,
     sink: &Arc<TempFile>,
 ) -> Result<()> {
-    let conns = ctx.node.connections();
+    // Each device's connection for this block: a secondary when it has
+    // some (see `Node::requester_for`).
     let peers: Vec<_> = n
         .sources
         .iter()
-        .filter_map(|d| conns.get(d).map(|c| (*d, c.requester.clone())))
+        .filter_map(|d| ctx.node.requester_for(d).map(|r| (*d, r)))
         .collect();
     if peers.is_empty() {
         bail!("no connected device has this version");

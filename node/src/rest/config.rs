@@ -84,7 +84,8 @@ fn default_folder(node: &Node) -> Value {
 
 fn default_device() -> Value {
     let mut v = json!({"deviceID": "", "name": "", "addresses": ["dynamic"],
-                       "compression": "metadata", "paused": false});
+                       "compression": "metadata", "paused": false,
+                       "numConnections": 0});
     decorate(&mut v, shape::DEVICE);
     v
 }
@@ -99,6 +100,7 @@ fn self_device(node: &Node, c: &Config) -> DeviceConfig {
         addresses: vec!["dynamic".into()],
         compression: Compression::Metadata,
         paused: false,
+        num_connections: Default::default(),
     }
 }
 

@@ -9,7 +9,9 @@ use http::{HeaderValue, Method};
 use http_body_util::Full;
 
 use super::http_util::{Answer, Call};
-use crate::model::Node;
+use std::sync::atomic::Ordering;
+
+use crate::model::{Node, Role};
 
 pub async fn route(c: &Call) -> Answer {
     c.allow(&[Method::GET])?;
@@ -34,15 +36,49 @@ pub async fn route(c: &Call) -> Answer {
     Ok(r)
 }
 
-/// The gauges read off the node's state at scrape time: live connections,
+/// The gauges read off the node's state at scrape time: live connections
+/// (and the requests each carried),
 /// per-folder sync state and per-device connection state (what the alerts
 /// in deploy/prometheus watch: out of sync too long, files that fail to
 /// sync, a peer disconnected). Series of folders and devices no longer
 /// configured go away.
 fn set_gauges(node: &Node) {
     let m = &node.metrics;
-    let live = node.connections();
-    m.connections.set(live.len() as i64);
+    let all = node.all_connections();
+    m.connections
+        .set(all.values().map(|d| d.conns.len()).sum::<usize>() as i64);
+    m.connection_requests.clear();
+    m.connection_response_bytes.clear();
+    m.connection_index_sent.clear();
+    m.connection_index_received.clear();
+    for (id, d) in &all {
+        for (i, c) in d.conns.iter().enumerate() {
+            let role = if i == 0 {
+                Role::Primary
+            } else {
+                Role::Secondary
+            };
+            let labels = [
+                ("device", id.to_string()),
+                ("connection", c.id.to_string()),
+                ("role", role.as_str().to_string()),
+            ];
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            m.connection_requests
+                .get_or_create(&labels)
+                .set(gauge(c.requester.sent()));
+            m.connection_response_bytes
+                .get_or_create(&labels)
+                .set(gauge(c.requester.received_bytes()));
+            let load = |a: &std::sync::atomic::AtomicU64| gauge(a.load(Ordering::Relaxed));
+            m.connection_index_sent
+                .get_or_create(&labels)
+                .set(load(&c.counters.index_sent));
+            m.connection_index_received
+                .get_or_create(&labels)
+                .set(load(&c.counters.index_received));
+        }
+    }
     let config = node.config();
     m.folder_need_bytes.clear();
     m.folder_pull_errors.clear();
@@ -69,6 +105,6 @@ fn set_gauges(node: &Node) {
         }
         m.device_connected
             .get_or_create(&[("device", id.to_string()), ("name", d.name.clone())])
-            .set(i64::from(live.contains_key(&id)));
+            .set(i64::from(all.contains_key(&id)));
     }
 }

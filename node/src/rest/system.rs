@@ -202,43 +202,96 @@ fn status(c: &Call) -> Value {
     v
 }
 
+/// `/rest/system/connections` as Syncthing 2.x shapes it: per device the
+/// primary's address, type and crypto at the top level (as 1.19.2 had
+/// them), byte totals over all its connections, the earliest start, and
+/// `primary` and `secondary` (the latter only when there are some).
 fn connections(c: &Call) -> Value {
     let node = &c.node;
     let mut conns = serde_json::Map::new();
-    let live = node.connections();
+    let live = node.all_connections();
     let never = "0001-01-01T00:00:00Z";
     let now = rfc3339(SystemTime::now());
+    let one = |c: &crate::model::ConnInfo| {
+        json!({
+            "address": c.address.to_string(),
+            "type": c.kind,
+            "isLocal": is_local(c.address),
+            "crypto": CRYPTO,
+            "inBytesTotal": c.in_bytes.load(Ordering::Relaxed),
+            "outBytesTotal": c.out_bytes.load(Ordering::Relaxed),
+            "startedAt": rfc3339(c.started),
+            "at": now,
+        })
+    };
     for d in node.config().devices.iter() {
         let id = d.device_id;
         if id == node.my_id {
             continue;
         }
-        let v = match live.get(&id) {
-            Some(c) => json!({
-                "connected": true,
-                "type": c.kind,
-                "address": c.address.to_string(),
-                "clientVersion": c.client_version,
-                "crypto": "TLS1.3-TLS_AES_128_GCM_SHA256",
-                "inBytesTotal": c.in_bytes.load(Ordering::Relaxed),
-                "outBytesTotal": c.out_bytes.load(Ordering::Relaxed),
-                "startedAt": rfc3339(c.started),
-                "at": now,
-                "paused": d.paused,
-            }),
+        let v = match live
+            .get(&id)
+            .and_then(|l| Some((l.primary()?, l.secondaries())))
+        {
+            Some((p, secondaries)) => {
+                let mut v = one(p);
+                let started = std::iter::once(p)
+                    .chain(secondaries)
+                    .map(|c| c.started)
+                    .min()
+                    .unwrap_or(p.started);
+                let total = |f: fn(&crate::model::ConnInfo) -> &std::sync::atomic::AtomicU64| {
+                    std::iter::once(p)
+                        .chain(secondaries)
+                        .map(|c| f(c).load(Ordering::Relaxed))
+                        .sum::<u64>()
+                };
+                v["inBytesTotal"] = json!(total(|c| &c.in_bytes));
+                v["outBytesTotal"] = json!(total(|c| &c.out_bytes));
+                v["startedAt"] = json!(rfc3339(started));
+                v["connected"] = json!(true);
+                v["paused"] = json!(d.paused);
+                v["clientVersion"] = json!(p.client_version);
+                v["primary"] = one(p);
+                if !secondaries.is_empty() {
+                    v["secondary"] = secondaries.iter().map(one).collect();
+                }
+                v
+            }
             None => json!({"connected": false, "type": "", "address": "", "clientVersion": "",
-                           "crypto": "", "paused": d.paused, "inBytesTotal": 0, "outBytesTotal": 0,
-                           "startedAt": never, "at": never}),
+                           "crypto": "", "isLocal": false, "paused": d.paused,
+                           "inBytesTotal": 0, "outBytesTotal": 0,
+                           "startedAt": never, "at": never,
+                           "primary": {"address": "", "type": "", "isLocal": false, "crypto": "",
+                                       "inBytesTotal": 0, "outBytesTotal": 0,
+                                       "startedAt": never, "at": never}}),
         };
         conns.insert(id.to_string(), v);
     }
     let (mut tin, mut tout) = (0u64, 0u64);
-    for c in live.values() {
+    for c in live.values().flat_map(|d| &d.conns) {
         tin += c.in_bytes.load(Ordering::Relaxed);
         tout += c.out_bytes.load(Ordering::Relaxed);
     }
     json!({"connections": conns,
            "total": {"inBytesTotal": tin, "outBytesTotal": tout, "at": now}})
+}
+
+/// What every connection here negotiates (TLS 1.3 only).
+const CRYPTO: &str = "TLS1.3-TLS_AES_128_GCM_SHA256";
+
+/// Syncthing's `isLocal` as far as an address tells it: loopback, private
+/// or link-local (Syncthing also counts its `alwaysLocalNets`, which this
+/// node does not have).
+fn is_local(a: std::net::SocketAddr) -> bool {
+    match a.ip().to_canonical() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            // Loopback, unique local (fc00::/7), link-local (fe80::/10).
+            ip.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
+        }
+    }
 }
 
 /// Pauses or resumes one device (`device=`) or all: saved in the
@@ -270,7 +323,12 @@ fn pause(c: &Call, paused: bool) -> Answer {
     for id in &changed {
         node.events.device_paused(id, paused);
         if paused {
-            if let Some(conn) = node.connections().get(id) {
+            for conn in node
+                .all_connections()
+                .remove(id)
+                .map(|d| d.conns)
+                .unwrap_or_default()
+            {
                 let _ = conn.close.try_send("device paused".into());
             }
         }

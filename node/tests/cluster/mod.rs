@@ -44,6 +44,8 @@ pub struct TestNode {
     /// `tcp://127.0.0.1:PORT` it listens on (fixed after the first start,
     /// so peers' configurations stay right across restarts).
     pub address: Option<String>,
+    /// `numConnections` for its peers (`None`: the default).
+    pub num_connections: Option<i64>,
     _dir: tempfile::TempDir,
 }
 
@@ -72,6 +74,7 @@ impl TestNode {
             kind,
             running: None,
             address: None,
+            num_connections: None,
             _dir: dir,
         }
     }
@@ -93,9 +96,13 @@ impl TestNode {
         for p in peers {
             let addr = p.address.clone().unwrap_or_else(|| "dynamic".into());
             s += &format!(
-                "[[devices]]\ndeviceID = \"{}\"\nname = {:?}\naddresses = [{addr:?}]\n\n",
+                "[[devices]]\ndeviceID = \"{}\"\nname = {:?}\naddresses = [{addr:?}]\n",
                 p.id, p.name
             );
+            if let Some(n) = self.num_connections {
+                s += &format!("numConnections = {n}\n");
+            }
+            s += "\n";
         }
         let devices: Vec<String> = peers
             .iter()
@@ -153,6 +160,15 @@ impl TestNode {
             .any(|(id, _)| *id == other.id)
     }
 
+    /// The live connections to `other`, oldest (the primary) first.
+    pub fn conns_to(&self, other: &TestNode) -> Vec<node::model::ConnInfo> {
+        self.node()
+            .all_connections()
+            .remove(&other.id)
+            .map(|d| d.conns)
+            .unwrap_or_default()
+    }
+
     pub fn write(&self, name: &str, data: &[u8]) {
         let p = self.folder.join(name);
         if let Some(dir) = p.parent() {
@@ -198,6 +214,22 @@ fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
     }
 }
 
+/// `len` bytes no block of which repeats (so none is reused locally and
+/// every block is requested), different for each `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Polls `cond` until it holds, or fails the test with `what` and the last
 /// `state` after [`DEADLINE`].
 pub async fn until<T: std::fmt::Debug>(
@@ -221,8 +253,20 @@ pub async fn until<T: std::fmt::Debug>(
 /// Two nodes sharing [`FOLDER`]: `a` listens, `b` dials it. Both running
 /// (not necessarily connected yet).
 pub async fn pair(kind_a: Kind, kind_b: Kind) -> (TestNode, TestNode) {
+    pair_with(kind_a, kind_b, None, None).await
+}
+
+/// As [`pair`], with each side's `numConnections` for the other.
+pub async fn pair_with(
+    kind_a: Kind,
+    kind_b: Kind,
+    conns_a: Option<i64>,
+    conns_b: Option<i64>,
+) -> (TestNode, TestNode) {
     let mut a = TestNode::new("a", kind_a);
     let mut b = TestNode::new("b", kind_b);
+    a.num_connections = conns_a;
+    b.num_connections = conns_b;
     a.write_config(&[&b]);
     a.start().await;
     b.write_config(&[&a]);
