@@ -5,6 +5,11 @@
 //! is a 400 naming the key (the setting does not exist here) unless the
 //! key only tunes performance, telemetry or the web GUI, where ignoring
 //! it changes nothing a user relies on.
+//!
+//! The keys shown are Syncthing 2.x's (what users run): keys 2.x added
+//! are shown with 2.x's defaults; keys 2.x dropped are *retired* — no
+//! longer shown, but still accepted on input under the same rule, since
+//! a 1.x tool writes back what it once read and 2.x ignores them too.
 
 use serde_json::{json, Map, Value};
 
@@ -15,131 +20,190 @@ pub struct Extra {
     pub lenient: bool,
 }
 
+/// The extra keys of one configuration object.
+pub struct Shape {
+    /// Shown by `GET` (2.x's keys), accepted on input.
+    pub shown: &'static [Extra],
+    /// 1.x keys 2.x dropped: accepted on input, never shown.
+    pub retired: &'static [Extra],
+}
+
 macro_rules! extras {
     ($($key:literal => $val:tt, $lenient:expr;)*) => {
         &[$(Extra { key: $key, value: || json!($val), lenient: $lenient }),*]
     };
 }
 
-pub const FOLDER: &[Extra] = extras! {
-    "filesystemType" => "basic", false;
-    "ignorePerms" => false, false;
-    "autoNormalize" => true, true;
-    "minDiskFree" => {"unit": "%", "value": 1}, true;
-    "versioning" => {"cleanupIntervalS": 3600, "fsPath": "", "fsType": "basic", "params": {}, "type": ""}, false;
-    "copiers" => 0, true;
-    "pullerMaxPendingKiB" => 0, true;
-    "hashers" => 0, true;
-    "order" => "alphabetic", true;
-    "ignoreDelete" => false, false;
-    "scanProgressIntervalS" => 0, true;
-    "pullerPauseS" => 0, true;
-    "maxConflicts" => 10, true;
-    "disableSparseFiles" => false, true;
-    "disableTempIndexes" => false, true;
-    "weakHashThresholdPct" => 25, true;
-    "markerName" => ".stfolder", false;
-    "copyOwnershipFromParent" => false, false;
-    "modTimeWindowS" => 0, true;
-    "maxConcurrentWrites" => 2, true;
-    "disableFsync" => false, false;
-    "blockPullOrder" => "standard", true;
-    "copyRangeMethod" => "standard", true;
-    "caseSensitiveFS" => false, true;
-    "junctionsAsDirs" => false, true;
+pub const FOLDER: &Shape = &Shape {
+    shown: extras! {
+        "filesystemType" => "basic", false;
+        "ignorePerms" => false, false;
+        "autoNormalize" => true, true;
+        "minDiskFree" => {"unit": "%", "value": 1}, true;
+        "versioning" => {"cleanupIntervalS": 3600, "fsPath": "", "fsType": "basic", "params": {}, "type": ""}, false;
+        "copiers" => 0, true;
+        "pullerMaxPendingKiB" => 0, true;
+        "hashers" => 0, true;
+        "order" => "alphabetic", true;
+        "ignoreDelete" => false, false;
+        "scanProgressIntervalS" => 0, true;
+        "pullerPauseS" => 0, true;
+        "maxConflicts" => 10, true;
+        "disableSparseFiles" => false, true;
+        "markerName" => ".stfolder", false;
+        "copyOwnershipFromParent" => false, false;
+        "modTimeWindowS" => 0, true;
+        "maxConcurrentWrites" => 2, true;
+        "disableFsync" => false, false;
+        "blockPullOrder" => "standard", true;
+        "copyRangeMethod" => "standard", true;
+        "caseSensitiveFS" => false, true;
+        "junctionsAsDirs" => false, true;
+        // Added by 2.x (xattrs and ownership since 1.22): not synced here.
+        "sendOwnership" => false, false;
+        "syncOwnership" => false, false;
+        "sendXattrs" => false, false;
+        "syncXattrs" => false, false;
+        "xattrFilter" => {"entries": [], "maxSingleEntrySize": 1024, "maxTotalSize": 4096}, true;
+        "fsWatcherTimeoutS" => 0, true;
+        "pullerDelayS" => 1, true;
+        "blockIndexing" => true, true;
+        // A grouping label of the web GUI.
+        "group" => "", true;
+    },
+    retired: extras! {
+        "disableTempIndexes" => false, true;
+        "weakHashThresholdPct" => 25, true;
+    },
 };
 
-pub const FOLDER_DEVICE: &[Extra] = extras! {
-    "encryptionPassword" => "", false;
-    "introducedBy" => "", true;
+pub const FOLDER_DEVICE: &Shape = &Shape {
+    shown: extras! {
+        "encryptionPassword" => "", false;
+        "introducedBy" => "", true;
+    },
+    retired: &[],
 };
 
-pub const DEVICE: &[Extra] = extras! {
-    "certName" => "", true;
-    "introducer" => false, false;
-    "skipIntroductionRemovals" => false, true;
-    "introducedBy" => "", true;
-    "allowedNetworks" => [], false;
-    "autoAcceptFolders" => false, false;
-    "maxSendKbps" => 0, false;
-    "maxRecvKbps" => 0, false;
-    "ignoredFolders" => [], true;
-    "maxRequestKiB" => 0, true;
-    "untrusted" => false, false;
-    "remoteGUIPort" => 0, true;
+pub const DEVICE: &Shape = &Shape {
+    shown: extras! {
+        "certName" => "", true;
+        "introducer" => false, false;
+        "skipIntroductionRemovals" => false, true;
+        "introducedBy" => "", true;
+        "allowedNetworks" => [], false;
+        "autoAcceptFolders" => false, false;
+        "maxSendKbps" => 0, false;
+        "maxRecvKbps" => 0, false;
+        "ignoredFolders" => [], true;
+        "maxRequestKiB" => 0, true;
+        "untrusted" => false, false;
+        "remoteGUIPort" => 0, true;
+        // How many connections 2.x opens per device (0: its default).
+        // Tuning only: the node's number of connections is its own.
+        "numConnections" => 0, true;
+        "group" => "", true;
+    },
+    retired: &[],
 };
 
-pub const OPTIONS: &[Extra] = extras! {
-    "alwaysLocalNets" => [], true;
-    "announceLANAddresses" => false, true;
-    "autoUpgradeIntervalH" => 0, true;
-    "cacheIgnoredFiles" => false, true;
-    "connectionLimitEnough" => 0, true;
-    "connectionLimitMax" => 0, true;
-    "crURL" => "", true;
-    "crashReportingEnabled" => false, true;
-    "databaseTuning" => "auto", true;
-    "featureFlags" => [], true;
-    "insecureAllowOldTLSVersions" => false, false;
-    "keepTemporariesH" => 24, true;
-    "limitBandwidthInLan" => false, true;
-    "localAnnounceMCAddr" => "[ff12::8384]:21027", true;
-    "maxConcurrentIncomingRequestKiB" => 0, true;
-    "maxFolderConcurrency" => 0, true;
-    "maxRecvKbps" => 0, false;
-    "maxSendKbps" => 0, false;
-    "minHomeDiskFree" => {"unit": "%", "value": 1}, true;
-    "natEnabled" => false, true;
-    "natLeaseMinutes" => 60, true;
-    "natRenewalMinutes" => 30, true;
-    "natTimeoutSeconds" => 10, true;
-    "overwriteRemoteDeviceNamesOnConnect" => false, true;
-    "progressUpdateIntervalS" => 5, true;
-    "relayReconnectIntervalM" => 10, true;
-    "releasesURL" => "", true;
-    "restartOnWakeup" => false, true;
-    "sendFullIndexOnUpgrade" => false, true;
-    "setLowPriority" => false, true;
-    "startBrowser" => false, true;
-    "stunKeepaliveMinS" => 20, true;
-    "stunKeepaliveStartS" => 0, true;
-    "stunServers" => [], true;
-    "tempIndexMinBlocks" => 10, true;
-    "trafficClass" => 0, true;
-    "unackedNotificationIDs" => [], true;
-    "upgradeToPreReleases" => false, true;
-    "urAccepted" => (-1), true;
-    "urInitialDelayS" => 1800, true;
-    "urPostInsecurely" => false, true;
-    "urSeen" => 0, true;
-    "urURL" => "", true;
-    "urUniqueId" => "", true;
+pub const OPTIONS: &Shape = &Shape {
+    shown: extras! {
+        "alwaysLocalNets" => [], true;
+        "announceLANAddresses" => false, true;
+        "autoUpgradeIntervalH" => 0, true;
+        "connectionLimitEnough" => 0, true;
+        "connectionLimitMax" => 0, true;
+        "crURL" => "", true;
+        "crashReportingEnabled" => false, true;
+        "featureFlags" => [], true;
+        "keepTemporariesH" => 24, true;
+        "limitBandwidthInLan" => false, true;
+        "localAnnounceMCAddr" => "[ff12::8384]:21027", true;
+        "maxConcurrentIncomingRequestKiB" => 0, true;
+        "maxFolderConcurrency" => 0, true;
+        "maxRecvKbps" => 0, false;
+        "maxSendKbps" => 0, false;
+        "minHomeDiskFree" => {"unit": "%", "value": 1}, true;
+        "natEnabled" => false, true;
+        "natLeaseMinutes" => 60, true;
+        "natRenewalMinutes" => 30, true;
+        "natTimeoutSeconds" => 10, true;
+        "overwriteRemoteDeviceNamesOnConnect" => false, true;
+        "progressUpdateIntervalS" => 5, true;
+        "relayReconnectIntervalM" => 10, true;
+        "releasesURL" => "", true;
+        "sendFullIndexOnUpgrade" => false, true;
+        "setLowPriority" => false, true;
+        "startBrowser" => false, true;
+        "stunKeepaliveMinS" => 20, true;
+        "stunKeepaliveStartS" => 0, true;
+        "stunServers" => [], true;
+        "tempIndexMinBlocks" => 10, true;
+        "trafficClass" => 0, true;
+        "unackedNotificationIDs" => [], true;
+        "upgradeToPreReleases" => false, true;
+        "urAccepted" => (-1), true;
+        "urInitialDelayS" => 1800, true;
+        "urPostInsecurely" => false, true;
+        "urSeen" => 0, true;
+        "urURL" => "", true;
+        "urUniqueId" => "", true;
+        // The audit log of 2.x: not written here.
+        "auditEnabled" => false, false;
+        "auditFile" => "", true;
+        // Which transport wins when several connect: tuning only.
+        "connectionPriorityTcpLan" => 10, true;
+        "connectionPriorityQuicLan" => 20, true;
+        "connectionPriorityTcpWan" => 30, true;
+        "connectionPriorityQuicWan" => 40, true;
+        "connectionPriorityRelay" => 50, true;
+        "connectionPriorityUpgradeThreshold" => 0, true;
+    },
+    retired: extras! {
+        "cacheIgnoredFiles" => false, true;
+        "databaseTuning" => "auto", true;
+        "insecureAllowOldTLSVersions" => false, false;
+        "restartOnWakeup" => false, true;
+    },
 };
 
-pub const GUI: &[Extra] = extras! {
-    "unixSocketPermissions" => "", true;
-    "authMode" => "static", false;
-    "useTLS" => false, false;
-    "insecureAdminAccess" => false, true;
-    "theme" => "default", true;
-    "debugging" => false, true;
-    "insecureSkipHostcheck" => false, false;
-    "insecureAllowFrameLoading" => false, true;
+pub const GUI: &Shape = &Shape {
+    shown: extras! {
+        "unixSocketPermissions" => "", true;
+        "authMode" => "static", false;
+        "useTLS" => false, false;
+        "insecureAdminAccess" => false, true;
+        "theme" => "default", true;
+        "insecureSkipHostcheck" => false, false;
+        "insecureAllowFrameLoading" => false, true;
+        // `/metrics` needs credentials here, always.
+        "metricsWithoutAuth" => false, false;
+        "sendBasicAuthPrompt" => false, true;
+        "sessionCookieDurationS" => 604800, true;
+        "sessionCookiePath" => "/", true;
+    },
+    retired: extras! {
+        "debugging" => false, true;
+    },
 };
 
-pub const LDAP: &[Extra] = extras! {
-    "address" => "", false;
-    "bindDN" => "", false;
-    "insecureSkipVerify" => false, false;
-    "searchBaseDN" => "", false;
-    "searchFilter" => "", false;
-    "transport" => "plain", false;
+pub const LDAP: &Shape = &Shape {
+    shown: extras! {
+        "address" => "", false;
+        "bindDN" => "", false;
+        "insecureSkipVerify" => false, false;
+        "searchBaseDN" => "", false;
+        "searchFilter" => "", false;
+        "transport" => "plain", false;
+    },
+    retired: &[],
 };
 
 /// Adds the missing keys to an object.
-pub fn decorate(obj: &mut Value, extras: &[Extra]) {
+pub fn decorate(obj: &mut Value, shape: &Shape) {
     if let Some(o) = obj.as_object_mut() {
-        for e in extras {
+        for e in shape.shown {
             o.entry(e.key).or_insert_with(e.value);
         }
     }
@@ -147,11 +211,11 @@ pub fn decorate(obj: &mut Value, extras: &[Extra]) {
 
 /// Removes the extra keys from an incoming object; a value this node
 /// cannot honour is an error naming `where_.key`.
-pub fn strip(obj: &mut Value, extras: &[Extra], where_: &str) -> Result<(), String> {
+pub fn strip(obj: &mut Value, shape: &Shape, where_: &str) -> Result<(), String> {
     let Some(o) = obj.as_object_mut() else {
         return Ok(());
     };
-    for e in extras {
+    for e in shape.shown.iter().chain(shape.retired) {
         if let Some(v) = o.remove(e.key) {
             if !e.lenient && !same_value(&v, &(e.value)()) {
                 return Err(format!(
@@ -200,5 +264,59 @@ mod tests {
         assert!(e.contains("folder.ignorePerms"), "{e}");
         let mut lenient = json!({"hashers": 4});
         strip(&mut lenient, FOLDER, "").unwrap();
+    }
+
+    #[test]
+    fn shows_the_keys_of_2x_and_accepts_the_retired_ones() {
+        let mut o = json!({});
+        decorate(&mut o, OPTIONS);
+        assert_eq!(o["connectionPriorityTcpLan"], 10);
+        assert_eq!(o["auditEnabled"], false);
+        assert!(
+            o.get("restartOnWakeup").is_none(),
+            "a key 2.x dropped is shown"
+        );
+        let mut g = json!({});
+        decorate(&mut g, GUI);
+        assert!(g.get("debugging").is_none());
+        assert_eq!(g["sessionCookieDurationS"], 604800);
+        let mut d = json!({});
+        decorate(&mut d, DEVICE);
+        assert_eq!(
+            (d["numConnections"].as_i64(), d["group"].as_str()),
+            (Some(0), Some(""))
+        );
+
+        // What a 1.x tool writes back: taken without complaint.
+        let mut old = json!({"restartOnWakeup": false, "databaseTuning": "large",
+                             "insecureAllowOldTLSVersions": false});
+        strip(&mut old, OPTIONS, "options.").unwrap();
+        assert_eq!(old, json!({}));
+        let mut f = json!({"weakHashThresholdPct": 50, "blockIndexing": false, "pullerDelayS": 3});
+        strip(&mut f, FOLDER, "").unwrap();
+        assert_eq!(f, json!({}));
+        let mut d = json!({"numConnections": 4, "group": "render farm"});
+        strip(&mut d, DEVICE, "").unwrap();
+
+        // What the node cannot honour: refused, naming the key.
+        for (obj, shape, key) in [
+            (json!({"syncXattrs": true}), FOLDER, "syncXattrs"),
+            (json!({"sendOwnership": true}), FOLDER, "sendOwnership"),
+            (json!({"auditEnabled": true}), OPTIONS, "auditEnabled"),
+            (
+                json!({"metricsWithoutAuth": true}),
+                GUI,
+                "metricsWithoutAuth",
+            ),
+            (
+                json!({"insecureAllowOldTLSVersions": true}),
+                OPTIONS,
+                "insecureAllowOldTLSVersions",
+            ),
+        ] {
+            let mut obj = obj;
+            let e = strip(&mut obj, shape, "x.").unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
     }
 }

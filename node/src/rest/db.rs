@@ -58,14 +58,12 @@ pub async fn route(c: &Call) -> Answer {
                         .map(|d| json!({"id": d.to_string(), "fromTemporary": false}))
                         .collect();
                     let global = global.map(|g| g.file).or_else(|| local.clone());
-                    // The node writes the real mtime and keeps no mapping:
-                    // Syncthing's answer for a file without one.
-                    let no_mapping = "0001-01-01T00:00:00Z";
+                    // No `mtime` mapping object: 2.x dropped it (and the
+                    // node writes real modification times, so it had
+                    // nothing to say).
                     Ok(json(&json!({"local": local.as_ref().map(file_json),
                                     "global": global.as_ref().map(file_json),
-                                    "availability": availability,
-                                    "mtime": {"err": null,
-                                              "value": {"real": no_mapping, "virtual": no_mapping}}})))
+                                    "availability": availability})))
                 }
                 (Err(e), _) | (_, Err(e)) => Err(internal(format!("{e:#}"))),
             }
@@ -121,17 +119,35 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
     let local = local.value;
     let g = g.value;
     let seq = *rt.sequence.borrow();
-    let receive_only = node
+    let folder_cfg = node
         .config()
         .folders
         .iter()
-        .any(|f| f.id == folder && f.kind == FolderType::ReceiveOnly);
-    let mut v = json!({
+        .find(|f| f.id == folder)
+        .cloned();
+    // As 2.x: the highest sequence stored of each other device's index
+    // of the folder (devices whose index we have not seen are left out).
+    let mut remote_sequence = serde_json::Map::new();
+    for d in folder_cfg.iter().flat_map(|f| f.devices.iter()) {
+        if d.device_id == node.my_id {
+            continue;
+        }
+        let (index_id, max_seq) = node.db.remote(folder, &d.device_id)?;
+        if index_id != 0 || max_seq != 0 {
+            remote_sequence.insert(d.device_id.to_string(), json!(max_seq));
+        }
+    }
+    let v = json!({
         "state": state,
         "stateChanged": rfc3339(node.started),
         "sequence": seq, "version": seq,
+        "remoteSequence": remote_sequence,
         "invalid": "",
-        "ignorePatterns": node.config().folders.iter().find(|f| f.id == folder)
+        // A folder that cannot run is not running (404 above), and the
+        // watcher's failures are logged, not kept: both empty, the keys
+        // there because 2.x always gives them.
+        "error": "", "watchError": "",
+        "ignorePatterns": folder_cfg.as_ref()
             .is_some_and(|f| f.path.join(".stignore").exists()),
         "localFiles": local.files, "localDirectories": local.dirs,
         "localSymlinks": local.symlinks,
@@ -147,21 +163,12 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
         "inSyncFiles": g.global_files.saturating_sub(g.need_files),
         "inSyncBytes": g.global_bytes.saturating_sub(g.need_bytes),
         "pullErrors": pull_errors, "errors": pull_errors,
+        // Every folder, as 2.x (1.19.2 gave them for receive-only folders
+        // only). Locally changed items are not counted apart yet: zero.
+        "receiveOnlyChangedFiles": 0, "receiveOnlyChangedDirectories": 0,
+        "receiveOnlyChangedSymlinks": 0, "receiveOnlyChangedDeletes": 0,
+        "receiveOnlyChangedBytes": 0, "receiveOnlyTotalItems": 0,
     });
-    if receive_only {
-        // Locally changed items are not counted apart yet: zero, honestly
-        // labelled as the same fields Syncthing shows.
-        for k in [
-            "receiveOnlyChangedFiles",
-            "receiveOnlyChangedDirectories",
-            "receiveOnlyChangedSymlinks",
-            "receiveOnlyChangedDeletes",
-            "receiveOnlyChangedBytes",
-            "receiveOnlyTotalItems",
-        ] {
-            v[k] = json!(0);
-        }
-    }
     Ok(Some(Figures {
         value: v,
         generation,

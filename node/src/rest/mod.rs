@@ -202,8 +202,17 @@ async fn route(c: &Call) -> Answer {
         Some("stats") => stats::route(c).await,
         Some("svc") => svc::route(c).await,
         Some("noauth") => system::noauth(c).await,
-        // Syncthing's debug endpoints, off unless its GUI debugging is on.
-        Some("debug") => Err(text(StatusCode::FORBIDDEN, "Debugging disabled")),
+        // The debug endpoints 2.x still has (Go profiles, its support
+        // bundle, its database's view of a file) exist nowhere here: they
+        // are refused as disabled; the others 2.x removed (such as 1.x's
+        // peerCompletion) are unknown paths, as there.
+        Some("debug") => match p {
+            "/rest/debug/cpuprof"
+            | "/rest/debug/heapprof"
+            | "/rest/debug/support"
+            | "/rest/debug/file" => Err(text(StatusCode::FORBIDDEN, "Debugging disabled")),
+            _ => Err(http_util::not_found()),
+        },
         Some(_) => Err(http_util::not_found()),
         None if p == "/metrics" => metrics::route(c).await,
         // The GUI's place: a short page (Syncthing hands out the CSRF

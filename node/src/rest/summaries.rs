@@ -121,10 +121,8 @@ fn check(node: &Node, mut last: Seen) -> (Seen, u64) {
             if last.remove(&key).as_ref() != Some(&comp) {
                 let mut ev = comp.clone();
                 ev["folder"] = json!(f.id);
+                // With `remoteState`, as 2.x (1.19.2 had none).
                 ev["device"] = json!(d.to_string());
-                if let Some(o) = ev.as_object_mut() {
-                    o.remove("remoteState");
-                }
                 node.events.emit(Kind::FolderCompletion, ev);
             }
             next.insert(key, std::mem::take(&mut comp));

@@ -70,10 +70,11 @@ pub async fn route(c: &Call) -> Answer {
         }
         "/rest/system/upgrade" => {
             c.allow(&[Method::GET, Method::POST])?;
-            // As a Syncthing built without the upgrader (Debian's) answers:
-            // this node is upgraded by its package manager or image.
+            // As a Syncthing 2.x built without the upgrader answers (501;
+            // 1.19.2 said 503): this node is upgraded by its package
+            // manager or image.
             Err(text(
-                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::NOT_IMPLEMENTED,
                 "upgrade unsupported (this node is upgraded by its package or image, not by itself)",
             ))
         }
@@ -346,7 +347,30 @@ fn version() -> Value {
         "arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
         "codename": "", "date": "", "stamp": "", "user": "", "tags": [],
         "isBeta": false, "isCandidate": false, "isRelease": true,
+        // 2.x's additions: a free-form build suffix (none here) and
+        // whether it runs in a container.
+        "extra": "", "container": in_container(),
     })
+}
+
+/// Whether this process runs in a container, by the marker files Docker
+/// and Podman create, or by being the first process (a container's init).
+fn in_container() -> bool {
+    std::process::id() == 1
+        || ["/.dockerenv", "/run/.containerenv"]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists())
+}
+
+/// A log level as 2.x names it in `/rest/system/log` and
+/// `/rest/system/error` (1.19.2 gave the number: 1 debug … 4 error).
+fn level_name(level: u8) -> &'static str {
+    match level {
+        0 | 1 => "DBG",
+        2 => "INF",
+        3 => "WRN",
+        _ => "ERR",
+    }
 }
 
 /// `/rest/system/error`: GET lists the recorded errors, POST adds one.
@@ -365,7 +389,7 @@ fn errors(c: &Call) -> Answer {
         .records
         .errors()
         .into_iter()
-        .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
+        .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level_name(level), "message": message}))
         .collect();
     Ok(json(&json!({"errors": errors})))
 }
@@ -379,7 +403,7 @@ fn log(c: &Call) -> Value {
         .records
         .log_lines(since)
         .into_iter()
-        .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level, "message": message}))
+        .map(|(when, level, message)| json!({"when": rfc3339(when), "level": level_name(level), "message": message}))
         .collect();
     json!({"messages": messages})
 }
