@@ -655,42 +655,12 @@ const DELIBERATE: &[(&str, &str, &str)] = &[
 /// of the endpoint, field path prefix, reason). Where 1.19.2 and 2.x
 /// answer differently the node follows 2.x, so the 1.19.2 run lists those
 /// fields here with the reason "2.x answers so".
-const DELIBERATE_PER_VERSION: &[(PeerVersion, &str, &str, &str)] = &[
-    (
-        PeerVersion::V1_19_2,
-        "/rest/system/connections",
-        ".connections.<id>",
-        "1.19.2 lists its own device (never connected) first; per-device shapes equal",
-    ),
-    (
-        PeerVersion::V1_30_0,
-        "/rest/system/connections",
-        ".connections.<id>.primary",
-        MULTIPLE_CONNECTIONS,
-    ),
-    (
-        PeerVersion::V1_30_0,
-        "/rest/system/connections",
-        ".connections.<id>.isLocal",
-        MULTIPLE_CONNECTIONS,
-    ),
-    (
-        PeerVersion::V2_1_3,
-        "/rest/system/connections",
-        ".connections.<id>.primary",
-        MULTIPLE_CONNECTIONS,
-    ),
-    (
-        PeerVersion::V2_1_3,
-        "/rest/system/connections",
-        ".connections.<id>.isLocal",
-        MULTIPLE_CONNECTIONS,
-    ),
-];
-
-/// Deliberate for now: the per-connection shape of 2.x.
-const MULTIPLE_CONNECTIONS: &str = "for now: `primary`, `secondary[]` and `isLocal` per device \
-     come with multiple connections per device (another part of issue 16)";
+const DELIBERATE_PER_VERSION: &[(PeerVersion, &str, &str, &str)] = &[(
+    PeerVersion::V1_19_2,
+    "/rest/system/connections",
+    ".connections.<id>",
+    "1.19.2 lists its own device (never connected) first; per-device shapes equal",
+)];
 
 /// The configuration endpoints (the keys of every configuration object).
 const CONFIG: &[&str] = &["/rest/config", "/rest/system/config", "event ConfigSaved"];

@@ -99,9 +99,6 @@ pub const DEVICE: &Shape = &Shape {
         "maxRequestKiB" => 0, true;
         "untrusted" => false, false;
         "remoteGUIPort" => 0, true;
-        // How many connections 2.x opens per device (0: its default).
-        // Tuning only: the node's number of connections is its own.
-        "numConnections" => 0, true;
         "group" => "", true;
     },
     retired: &[],
@@ -282,9 +279,11 @@ mod tests {
         assert_eq!(g["sessionCookieDurationS"], 604800);
         let mut d = json!({});
         decorate(&mut d, DEVICE);
+        // numConnections is a real device setting (config.rs), not a
+        // shown extra.
         assert_eq!(
-            (d["numConnections"].as_i64(), d["group"].as_str()),
-            (Some(0), Some(""))
+            (d.get("numConnections"), d["group"].as_str()),
+            (None, Some(""))
         );
 
         // What a 1.x tool writes back: taken without complaint.
@@ -297,6 +296,11 @@ mod tests {
         assert_eq!(f, json!({}));
         let mut d = json!({"numConnections": 4, "group": "render farm"});
         strip(&mut d, DEVICE, "").unwrap();
+        assert_eq!(
+            d,
+            json!({"numConnections": 4}),
+            "numConnections is kept for the config"
+        );
 
         // What the node cannot honour: refused, naming the key.
         for (obj, shape, key) in [
