@@ -79,6 +79,12 @@ impl RelayServer {
         format!("relay://127.0.0.1:{}/?id={}", self.port, self.id)
     }
 
+    /// [`RelayServer::uri`] with a join token, what a device listening on
+    /// a private relay is configured with (Syncthing since 1.22.1).
+    pub fn uri_with_token(&self, token: &str) -> String {
+        format!("{}&token={token}", self.uri())
+    }
+
     fn http(&self, path: &str) -> Result<String, String> {
         ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(10))

@@ -1,10 +1,12 @@
 //! Our `discosrv` against real Syncthing 1.19.2 nodes, a real
-//! `redis-server` and a real nginx (issue 10).
+//! `redis-server` and a real nginx (issue 10); and against real 1.30.0
+//! and 2.1.3 devices, directly and behind nginx (issue 16).
 
 use std::path::Path;
 use std::time::Duration;
 
 use e2e::discovery::{https, https_from, idle_h2, plain, Discosrv, Nginx, Redis, Reply};
+use e2e::peers::{self, PeerProgram, PeerVersion};
 use e2e::{pick_port, wait, SyncthingHome};
 use proto::{Identity, KeyKind};
 use serde_json::json;
@@ -18,9 +20,20 @@ fn identity() -> Identity {
 /// other by device ID and sync a folder whose contents are then compared.
 /// `lookup` asks the server (or a replica) directly.
 fn two_nodes_sync_through(dir: &Path, url: &str, lookup: &dyn Fn(&str) -> Reply) {
+    two_nodes_of_version_sync_through(dir, url, lookup, PeerVersion::V1_19_2);
+}
+
+/// [`two_nodes_sync_through`] with two real devices of `version`.
+fn two_nodes_of_version_sync_through(
+    dir: &Path,
+    url: &str,
+    lookup: &dyn Fn(&str) -> Reply,
+    version: PeerVersion,
+) {
     let (s1, s2) = (pick_port(), pick_port());
-    let n1 = SyncthingHome::init(&dir.join("n1"), &[format!("tcp://localhost:{s1}")]).start();
-    let n2 = SyncthingHome::init(&dir.join("n2"), &[format!("tcp://localhost:{s2}")]).start();
+    let listen = |p: u16| [format!("tcp://localhost:{p}")];
+    let n1 = SyncthingHome::init_version(&dir.join("n1"), &listen(s1), version).start();
+    let n2 = SyncthingHome::init_version(&dir.join("n2"), &listen(s2), version).start();
     let opts = json!({
         "globalAnnounceEnabled": true,
         "globalAnnounceServers": [url],
@@ -39,9 +52,10 @@ fn two_nodes_sync_through(dir: &Path, url: &str, lookup: &dyn Fn(&str) -> Reply)
         });
         assert!(
             found.is_some(),
-            "{} never announced {want}: {:?}",
+            "Syncthing {version} {} never announced {want}: {:?}\n{}",
             node.id(),
-            node.get("/rest/system/discovery")
+            node.get("/rest/system/status"),
+            node.proc.log_tail(30)
         );
     }
 
@@ -53,7 +67,7 @@ fn two_nodes_sync_through(dir: &Path, url: &str, lookup: &dyn Fn(&str) -> Reply)
     let conn = n2.wait_connected(n1.id(), Duration::from_secs(60));
     assert!(
         conn.is_some(),
-        "nodes never connected through discovery:\n{}",
+        "Syncthing {version} nodes never connected through discovery:\n{}",
         n2.proc.log_tail(30)
     );
 
@@ -1434,4 +1448,116 @@ fn sigterm_under_load_exits_cleanly_within_5s() {
         log.contains("final snapshot written") && log.contains("stopped"),
         "{log}"
     );
+}
+
+/// One test function per Syncthing version (issue 16), so the harness runs
+/// them in parallel and a failure names the version; a missing 2.1.3
+/// prints `SKIPPED` with the reason (the same scenario still runs with
+/// 1.30.0, which CI always has).
+macro_rules! per_version {
+    ($case:ident: $($name:ident => $version:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let version = $version;
+                if peers::available(version, stringify!($name), PeerProgram::Syncthing) {
+                    $case(version);
+                }
+            }
+        )+
+    };
+}
+
+per_version!(devices_find_each_other_directly:
+    real_1_30_0_devices_find_each_other_through_our_discosrv => PeerVersion::V1_30_0,
+    real_2_1_3_devices_find_each_other_through_our_discosrv => PeerVersion::V2_1_3,
+);
+
+per_version!(devices_find_each_other_behind_nginx:
+    real_1_30_0_devices_find_each_other_through_our_discosrv_behind_nginx => PeerVersion::V1_30_0,
+    real_2_1_3_devices_find_each_other_through_our_discosrv_behind_nginx => PeerVersion::V2_1_3,
+);
+
+/// DER encoding of the Ed25519 algorithm identifier (OID 1.3.101.112).
+const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// What key a real device of `version` generated: 2.x makes Ed25519
+/// certificates, 1.x ECDSA. The discovery server sees this certificate as
+/// the TLS client certificate (or in nginx's header) of every announcement.
+fn assert_generated_key(version: PeerVersion, home: &Path) {
+    let der = Identity::load_certificate(&home.join("cert.pem")).expect("device certificate");
+    let ed25519 = der.windows(ED25519_OID.len()).any(|w| w == ED25519_OID);
+    assert_eq!(
+        ed25519,
+        version.is_v2(),
+        "Syncthing {version}: Ed25519 certificate expected only from 2.x"
+    );
+}
+
+/// Every announcement the nodes made succeeded, none was refused.
+fn assert_announcements_accepted(srv: &Discosrv) {
+    let m = srv.metrics();
+    let sample = |result: &str| {
+        let prefix =
+            format!("syncthing_discovery_announcement_requests_total{{result=\"{result}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(sample("success") >= 2.0, "{m}");
+    for refused in m.lines().filter(|l| {
+        l.starts_with("syncthing_discovery_announcement_requests_total{")
+            && !l.contains("result=\"success\"")
+    }) {
+        let n: f64 = refused
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert_eq!(n, 0.0, "an announcement was refused: {refused}\n{m}");
+    }
+}
+
+/// Two real devices of `version` announce to our discosrv over HTTPS
+/// (their own TLS client certificates; 2.x speaks HTTP/2 to it), look
+/// each other up through it, connect and sync.
+fn devices_find_each_other_directly(version: PeerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(&dir.path().join("disco"), &[]);
+    two_nodes_of_version_sync_through(dir.path(), &srv.url(), &|id| srv.lookup(id), version);
+    assert_generated_key(version, &dir.path().join("n1"));
+    assert_announcements_accepted(&srv);
+    assert!(
+        !srv.proc.log().contains("panicked"),
+        "{}",
+        srv.proc.log_tail(20)
+    );
+    srv.stop();
+}
+
+/// The same behind nginx: the devices' certificates reach discosrv in
+/// nginx's header, the lookups go through nginx too.
+fn devices_find_each_other_behind_nginx(version: PeerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--http", "--trusted-proxy", "127.0.0.1/32"],
+    );
+    let nginx = Nginx::start(&dir.path().join("nginx"), srv.port);
+    let lookup = |id: &str| {
+        https(
+            nginx.port,
+            Some(nginx.id),
+            None,
+            "GET",
+            &format!("/?device={id}"),
+            &[],
+            b"",
+        )
+    };
+    two_nodes_of_version_sync_through(dir.path(), &nginx.url(), &lookup, version);
+    assert_generated_key(version, &dir.path().join("n1"));
+    assert_announcements_accepted(&srv);
+    drop(nginx);
+    srv.stop();
 }

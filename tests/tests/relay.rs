@@ -1,13 +1,18 @@
 //! relaysrv (issue 4): real Syncthing 1.19.2 through our relay, tokens,
-//! failure paths, limits, status and metrics.
+//! failure paths, limits, status and metrics; real 1.30.0 and 2.1.3
+//! devices joining with a token, refused with a wrong one, and meeting our
+//! node through the relay (issue 16).
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::connect::{add_node_device, add_node_folder, node_connection, set_node_options};
+use e2e::node::{Node, NodeHome};
+use e2e::peers::{self, PeerProgram, PeerVersion};
 use e2e::relay::{invitation, join_session, pair, ProtocolClient, RelayServer};
-use e2e::{wait, SyncthingHome};
+use e2e::{wait, Syncthing, SyncthingHome};
 use proto::relay::{Message, Response};
 use proto::tls::{alpn, ClientCert, Versions};
 use proto::{DeviceId, Identity, KeyKind};
@@ -1327,4 +1332,273 @@ fn unjoined_connections_are_closed_after_the_handshake_timeout() {
     // The joined one is not: it still answers a ping.
     joined.send(&Message::Ping).unwrap();
     assert_eq!(joined.recv().unwrap(), Message::Pong);
+}
+
+/// One test function per Syncthing version (issue 16); a missing 2.1.3
+/// prints `SKIPPED` with the reason, and the same scenario always runs
+/// with 1.30.0 (which CI has). 1.19.2 cannot send a join token.
+macro_rules! per_version {
+    ($case:ident: $($name:ident => $version:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let version = $version;
+                if peers::available(version, stringify!($name), PeerProgram::Syncthing) {
+                    $case(version);
+                }
+            }
+        )+
+    };
+}
+
+per_version!(token_refused_then_joined_and_synced:
+    real_1_30_0_device_refused_with_a_wrong_token_joins_with_the_right_one_and_syncs =>
+        PeerVersion::V1_30_0,
+    real_2_1_3_device_refused_with_a_wrong_token_joins_with_the_right_one_and_syncs =>
+        PeerVersion::V2_1_3,
+);
+
+per_version!(our_node_dials_a_real_device_joined_with_a_token:
+    our_node_dials_a_real_1_30_0_device_joined_with_a_token => PeerVersion::V1_30_0,
+    our_node_dials_a_real_2_1_3_device_joined_with_a_token => PeerVersion::V2_1_3,
+);
+
+per_version!(real_device_dials_our_node_joined_with_a_token:
+    real_1_30_0_device_dials_our_node_joined_with_a_token => PeerVersion::V1_30_0,
+    real_2_1_3_device_dials_our_node_joined_with_a_token => PeerVersion::V2_1_3,
+);
+
+/// A real device of `version` listening only on `listen`, relays on.
+fn node_of(version: PeerVersion, dir: &Path, listen: &[String]) -> Syncthing {
+    let st = SyncthingHome::init_version(dir, listen, version).start();
+    st.set_options(json!({ "relaysEnabled": true }));
+    st
+}
+
+/// A relay of ours that only lets devices with `token` join.
+fn relay_with_token(dir: &Path, token: &str) -> RelayServer {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    RelayServer::start(
+        &dir.join("relay"),
+        &["--token-file", token_file.to_str().unwrap()],
+    )
+}
+
+/// Waits until one device is joined (a dialer's short protocol connection
+/// would also count in the status's `numConnections`, hence the gauge).
+fn wait_joined(relay: &RelayServer, what: &str) {
+    let joined = wait::until(Duration::from_secs(40), Duration::from_millis(200), || {
+        (relay.metric("relaysrv_joined_devices") >= 1.0).then_some(())
+    });
+    assert!(joined.is_some(), "{what}:\n{}", relay.proc.log_tail(20));
+}
+
+/// The error a real device shows for one of its listeners in
+/// `/rest/system/status` (`connectionServiceStatus`), once it has one.
+fn listener_error(st: &Syncthing) -> Option<String> {
+    let status = st.get("/rest/system/status").ok()?;
+    status["connectionServiceStatus"]
+        .as_object()?
+        .values()
+        .find_map(|l| l["error"].as_str().map(str::to_string))
+}
+
+/// A real device of `version` is configured with a wrong join token: our
+/// relay refuses it (code 3, counted as `WrongToken`), it never becomes
+/// reachable (a second device's dial gets "not found"), and it says so in
+/// its listener status. With the right token (changed live) it joins and
+/// the second device of the same version dials it through the relay; they
+/// sync a folder, byte-identical. No device of ours is involved.
+fn token_refused_then_joined_and_synced(version: PeerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("tok-{}", rand::random::<u64>());
+    let relay = relay_with_token(dir.path(), &token);
+    let n1 = node_of(
+        version,
+        &dir.path().join("n1"),
+        &[relay.uri_with_token("wrong")],
+    );
+    let n2 = node_of(version, &dir.path().join("n2"), &[]);
+    n1.add_device(n2.id(), &["dynamic"]);
+    n2.add_device(n1.id(), &[&relay.uri()]);
+    let (d1, d2) = (dir.path().join("d1"), dir.path().join("d2"));
+    n1.share_folder("relayed", &d1, "sendreceive", &[n2.id()]);
+    n2.share_folder("relayed", &d2, "sendreceive", &[n1.id()]);
+
+    // Refused, and the dialer finds nobody behind the relay.
+    let limit = Duration::from_secs(40);
+    let refused = wait::until(limit, Duration::from_millis(200), || {
+        (relay.metric_or("relaysrv_rejects_total{reason=\"WrongToken\"}", 0.0) >= 1.0
+            && relay.metric_or("relaysrv_rejects_total{reason=\"TargetNotFound\"}", 0.0) >= 1.0)
+            .then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "Syncthing {version}: no wrong-token refusal and dial seen:\n{}\nrelay:\n{}",
+        relay.metrics(),
+        relay.proc.log_tail(20)
+    );
+    let error = wait::until(limit, Duration::from_millis(200), || listener_error(&n1));
+    eprintln!("Syncthing {version} relay listener error: {error:?}");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("wrong token") || e.contains("code 3")),
+        "Syncthing {version} shows no wrong-token error: {error:?}\n{}",
+        n1.proc.log_tail(20)
+    );
+    assert_eq!(relay.metric("relaysrv_joined_devices"), 0.0);
+    assert!(n2.wait_connected(n1.id(), Duration::ZERO).is_none());
+    assert!(relay.proc.log().contains("wrong token"));
+
+    // The right token, changed live: the device joins, the other dials it.
+    n1.set_options(json!({ "listenAddresses": [relay.uri_with_token(&token)] }));
+    wait_joined(&relay, &format!("Syncthing {version} joins with the token"));
+    let t2 = n2.wait_connected(n1.id(), Duration::from_secs(60));
+    let t1 = n1.wait_connected(n2.id(), Duration::from_secs(10));
+    assert_eq!(
+        (t2.as_deref(), t1.as_deref()),
+        (Some("relay-client"), Some("relay-server")),
+        "Syncthing {version} logs:\n{}\n{}\nrelay:\n{}",
+        n2.proc.log_tail(40),
+        n1.proc.log_tail(20),
+        relay.proc.log_tail(20)
+    );
+    std::fs::create_dir_all(d1.join("sub")).unwrap();
+    for i in 0..5 {
+        write_file(
+            &d1.join(format!("sub/small{i}.bin")),
+            1000 + 731 * i,
+            i as u8,
+        );
+    }
+    write_file(&d1.join("big.bin"), 4 << 20, 7);
+    n1.scan("relayed");
+    n2.wait_synced("relayed", 6, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", n2.proc.log_tail(30)));
+    for rel in
+        std::iter::once("big.bin".to_string()).chain((0..5).map(|i| format!("sub/small{i}.bin")))
+    {
+        assert!(
+            std::fs::read(d1.join(&rel)).unwrap() == std::fs::read(d2.join(&rel)).unwrap(),
+            "{rel} differs"
+        );
+    }
+    let st = relay.status();
+    assert!(n(&st, "bytesProxied") >= 4 << 20, "{st}");
+    assert_eq!(relay.metric("relaysrv_joined_devices"), 1.0);
+    n2.shutdown();
+    n1.shutdown();
+}
+
+/// Our node with no listener but relays on.
+fn our_node_without_listener(dir: &Path) -> Node {
+    let home = NodeHome::generate(dir, "ours");
+    let node = home.start();
+    set_node_options(
+        &node,
+        json!({"listenAddresses": [""], "relaysEnabled": true, "reconnectionIntervalS": 5}),
+    );
+    node
+}
+
+/// A file written on our node arrives on the real device, and one written
+/// there arrives on ours: the relayed connection carries BEP both ways.
+fn sync_both_ways(dir: &Path, node: &Node, st: &Syncthing) {
+    let (ours, theirs) = (dir.join("ours"), dir.join("theirs"));
+    add_node_folder(node, "mixed", &ours, &[st.id()]);
+    st.share_folder("mixed", &theirs, "sendreceive", &[&node.home.id]);
+    write_file(&ours.join("from-ours.bin"), 300_000, 3);
+    node.post("/rest/db/scan?folder=mixed").unwrap();
+    st.wait_synced("mixed", 1, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.proc.log_tail(30)));
+    write_file(&theirs.join("from-theirs.bin"), 200_000, 9);
+    st.scan("mixed");
+    let arrived = wait::until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let same = |name: &str| {
+            std::fs::read(ours.join(name)).ok() == std::fs::read(theirs.join(name)).ok()
+        };
+        (ours.join("from-theirs.bin").exists() && same("from-theirs.bin") && same("from-ours.bin"))
+            .then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "the real device's file never arrived on our node:\n{}",
+        node.proc.log_tail(30)
+    );
+}
+
+/// Mixed: a real device of `version` joins our relay with its token; our
+/// node (no listener) dials it through the relay and they sync both ways.
+fn our_node_dials_a_real_device_joined_with_a_token(version: PeerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("tok-{}", rand::random::<u64>());
+    let relay = relay_with_token(dir.path(), &token);
+    let st = node_of(
+        version,
+        &dir.path().join("st"),
+        &[relay.uri_with_token(&token)],
+    );
+    wait_joined(&relay, &format!("Syncthing {version} joins with the token"));
+    let node = our_node_without_listener(&dir.path().join("node"));
+    st.add_device(&node.home.id, &["dynamic"]);
+    add_node_device(&node, st.id(), &[&relay.uri()]);
+    let ours = wait::until(Duration::from_secs(60), Duration::from_millis(200), || {
+        node_connection(&node, st.id())
+    });
+    assert_eq!(
+        ours.as_ref().map(|(kind, _)| kind.as_str()),
+        Some("relay-client"),
+        "our node never dialed Syncthing {version} through the relay:\n{}\nrelay:\n{}",
+        node.proc.log_tail(30),
+        relay.proc.log_tail(20)
+    );
+    assert_eq!(
+        st.wait_connected(&node.home.id, Duration::from_secs(10))
+            .as_deref(),
+        Some("relay-server")
+    );
+    sync_both_ways(dir.path(), &node, &st);
+    assert_eq!(
+        relay.metric_or("relaysrv_rejects_total{reason=\"WrongToken\"}", 0.0),
+        0.0
+    );
+    node.stop();
+    st.shutdown();
+}
+
+/// Mixed, the other way: our node joins our relay with the token; the
+/// real device of `version` (no listener) dials it through the relay.
+fn real_device_dials_our_node_joined_with_a_token(version: PeerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("tok-{}", rand::random::<u64>());
+    let relay = relay_with_token(dir.path(), &token);
+    let node = our_node_without_listener(&dir.path().join("node"));
+    set_node_options(
+        &node,
+        json!({"listenAddresses": [relay.uri_with_token(&token)]}),
+    );
+    wait_joined(&relay, "our node joins with the token");
+    let st = node_of(version, &dir.path().join("st"), &[]);
+    add_node_device(&node, st.id(), &["dynamic"]);
+    st.add_device(&node.home.id, &[&relay.uri()]);
+    assert_eq!(
+        st.wait_connected(&node.home.id, Duration::from_secs(60))
+            .as_deref(),
+        Some("relay-client"),
+        "Syncthing {version} never dialed our node through the relay:\n{}\nrelay:\n{}",
+        st.proc.log_tail(30),
+        relay.proc.log_tail(20)
+    );
+    let ours = wait::until(Duration::from_secs(10), Duration::from_millis(200), || {
+        node_connection(&node, st.id())
+    });
+    assert_eq!(
+        ours.as_ref().map(|(kind, _)| kind.as_str()),
+        Some("relay-server")
+    );
+    sync_both_ways(dir.path(), &node, &st);
+    node.stop();
+    st.shutdown();
 }

@@ -353,15 +353,20 @@ async fn main() -> anyhow::Result<()> {
             let invites = Arc::new(Mutex::new(client.listen().await?));
             let mut conns = Vec::new();
             for _ in 0..pairs {
-                // strelaysrv 1.19.2 sometimes answers a join with "already
-                // connected" (a race in its session hand-off): retry.
-                let mut attempt = 0;
+                // strelaysrv (1.19.2 and 2.1.3 alike) sometimes answers a
+                // join with "already connected": its session goroutine may
+                // not be receiving yet when the second data connection
+                // arrives. On a loaded machine that happens several times
+                // in a row, so retry patiently, pausing a little longer
+                // each time.
+                let mut attempt = 0u64;
                 let (a, b) = loop {
                     match one_pairing(&client, &invites, target).await {
                         Ok(p) => break p,
-                        Err(e) if attempt < 5 => {
+                        Err(e) if attempt < 20 => {
                             eprintln!("pairing failed, retrying: {e}");
                             attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
                         }
                         Err(e) => return Err(e),
                     }
