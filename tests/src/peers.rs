@@ -199,3 +199,33 @@ pub fn bench_versions(bench: &str) -> Vec<PeerVersion> {
         })
         .collect()
 }
+
+/// One `#[test]` function per Syncthing version for a scenario
+/// `fn case(version: PeerVersion)`, so the harness runs them in parallel
+/// and a failure names the version; a missing 2.1.3 prints `SKIPPED` with
+/// the reason ([`available`]), a missing 1.19.2 or 1.30.0 fails.
+///
+/// ```ignore
+/// e2e::per_version!(serve_tree:
+///     serves_a_tree_to_1_30_0 => PeerVersion::V1_30_0,
+///     serves_a_tree_to_2_1_3 => PeerVersion::V2_1_3,
+/// );
+/// ```
+#[macro_export]
+macro_rules! per_version {
+    ($case:ident: $($name:ident => $version:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let version: $crate::peers::PeerVersion = $version;
+                if $crate::peers::available(
+                    version,
+                    stringify!($name),
+                    $crate::peers::PeerProgram::Syncthing,
+                ) {
+                    $case(version);
+                }
+            }
+        )+
+    };
+}

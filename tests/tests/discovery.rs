@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e::discovery::{https, https_from, idle_h2, plain, Discosrv, Nginx, Redis, Reply};
-use e2e::peers::{self, PeerProgram, PeerVersion};
+use e2e::peers::PeerVersion;
 use e2e::{pick_port, wait, SyncthingHome};
 use proto::{Identity, KeyKind};
 use serde_json::json;
@@ -1450,30 +1450,12 @@ fn sigterm_under_load_exits_cleanly_within_5s() {
     );
 }
 
-/// One test function per Syncthing version (issue 16), so the harness runs
-/// them in parallel and a failure names the version; a missing 2.1.3
-/// prints `SKIPPED` with the reason (the same scenario still runs with
-/// 1.30.0, which CI always has).
-macro_rules! per_version {
-    ($case:ident: $($name:ident => $version:expr),+ $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                let version = $version;
-                if peers::available(version, stringify!($name), PeerProgram::Syncthing) {
-                    $case(version);
-                }
-            }
-        )+
-    };
-}
-
-per_version!(devices_find_each_other_directly:
+e2e::per_version!(devices_find_each_other_directly:
     real_1_30_0_devices_find_each_other_through_our_discosrv => PeerVersion::V1_30_0,
     real_2_1_3_devices_find_each_other_through_our_discosrv => PeerVersion::V2_1_3,
 );
 
-per_version!(devices_find_each_other_behind_nginx:
+e2e::per_version!(devices_find_each_other_behind_nginx:
     real_1_30_0_devices_find_each_other_through_our_discosrv_behind_nginx => PeerVersion::V1_30_0,
     real_2_1_3_devices_find_each_other_through_our_discosrv_behind_nginx => PeerVersion::V2_1_3,
 );

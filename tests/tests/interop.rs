@@ -13,46 +13,30 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::node::{Node, NodeHome};
-use e2e::peers::{self, PeerProgram, PeerVersion};
+use e2e::peers::PeerVersion;
 use e2e::syncthing::start_tcp_version;
 use e2e::tree::{build_tree, tree, write_mib_file};
 use e2e::{wait, Syncthing};
 
-/// One test function per version, so the harness runs them in parallel
-/// and a failure names the version.
-macro_rules! per_version {
-    ($case:ident: $($name:ident => $version:expr),+ $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                let version = $version;
-                if peers::available(version, stringify!($name), PeerProgram::Syncthing) {
-                    $case(version);
-                }
-            }
-        )+
-    };
-}
-
-per_version!(serve_tree:
+e2e::per_version!(serve_tree:
     our_node_serves_a_tree_to_1_19_2 => PeerVersion::V1_19_2,
     our_node_serves_a_tree_to_1_30_0 => PeerVersion::V1_30_0,
     our_node_serves_a_tree_to_2_1_3 => PeerVersion::V2_1_3,
 );
 
-per_version!(pull_tree:
+e2e::per_version!(pull_tree:
     our_node_pulls_a_tree_from_1_19_2 => PeerVersion::V1_19_2,
     our_node_pulls_a_tree_from_1_30_0 => PeerVersion::V1_30_0,
     our_node_pulls_a_tree_from_2_1_3 => PeerVersion::V2_1_3,
 );
 
-per_version!(serve_large_file:
+e2e::per_version!(serve_large_file:
     our_node_serves_300_mib_then_one_block_to_1_19_2 => PeerVersion::V1_19_2,
     our_node_serves_300_mib_then_one_block_to_1_30_0 => PeerVersion::V1_30_0,
     our_node_serves_300_mib_then_one_block_to_2_1_3 => PeerVersion::V2_1_3,
 );
 
-per_version!(pull_large_file:
+e2e::per_version!(pull_large_file:
     our_node_pulls_300_mib_then_one_block_from_1_19_2 => PeerVersion::V1_19_2,
     our_node_pulls_300_mib_then_one_block_from_1_30_0 => PeerVersion::V1_30_0,
     our_node_pulls_300_mib_then_one_block_from_2_1_3 => PeerVersion::V2_1_3,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use e2e::connect::{add_node_device, add_node_folder, node_connection, set_node_options};
 use e2e::node::{Node, NodeHome};
-use e2e::peers::{self, PeerProgram, PeerVersion};
+use e2e::peers::PeerVersion;
 use e2e::relay::{invitation, join_session, pair, ProtocolClient, RelayServer};
 use e2e::{wait, Syncthing, SyncthingHome};
 use proto::relay::{Message, Response};
@@ -1334,36 +1334,19 @@ fn unjoined_connections_are_closed_after_the_handshake_timeout() {
     assert_eq!(joined.recv().unwrap(), Message::Pong);
 }
 
-/// One test function per Syncthing version (issue 16); a missing 2.1.3
-/// prints `SKIPPED` with the reason, and the same scenario always runs
-/// with 1.30.0 (which CI has). 1.19.2 cannot send a join token.
-macro_rules! per_version {
-    ($case:ident: $($name:ident => $version:expr),+ $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                let version = $version;
-                if peers::available(version, stringify!($name), PeerProgram::Syncthing) {
-                    $case(version);
-                }
-            }
-        )+
-    };
-}
-
-per_version!(token_refused_then_joined_and_synced:
+e2e::per_version!(token_refused_then_joined_and_synced:
     real_1_30_0_device_refused_with_a_wrong_token_joins_with_the_right_one_and_syncs =>
         PeerVersion::V1_30_0,
     real_2_1_3_device_refused_with_a_wrong_token_joins_with_the_right_one_and_syncs =>
         PeerVersion::V2_1_3,
 );
 
-per_version!(our_node_dials_a_real_device_joined_with_a_token:
+e2e::per_version!(our_node_dials_a_real_device_joined_with_a_token:
     our_node_dials_a_real_1_30_0_device_joined_with_a_token => PeerVersion::V1_30_0,
     our_node_dials_a_real_2_1_3_device_joined_with_a_token => PeerVersion::V2_1_3,
 );
 
-per_version!(real_device_dials_our_node_joined_with_a_token:
+e2e::per_version!(real_device_dials_our_node_joined_with_a_token:
     real_1_30_0_device_dials_our_node_joined_with_a_token => PeerVersion::V1_30_0,
     real_2_1_3_device_dials_our_node_joined_with_a_token => PeerVersion::V2_1_3,
 );
