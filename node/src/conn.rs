@@ -757,13 +757,15 @@ impl Conn {
             // A full Index replaces everything: nothing held before it.
             let held = if replace { 0 } else { held };
             let anomalies = sequence_anomalies(&idx.files, idx.prev_sequence, idx.last_sequence, held);
+            // 2.x reports these and applies the batch all the same: the
+            // entries were checked, the numbers are bookkeeping.
             if let Some(first) = anomalies.first() {
-                // 2.x reports these and applies the batch all the same:
-                // the entries were checked, the numbers are bookkeeping.
-                tracing::warn!(device = %peer, folder = %crate::guard::peer_text(&idx.folder),
-                    anomaly = %first, count = anomalies.len(), prev_sequence = idx.prev_sequence,
-                    last_sequence = idx.last_sequence,
-                    "index sequence numbers out of order; the batch is applied (as Syncthing 2.x does)");
+                if let Some(suppressed) = node.index_anomaly_log.allow() {
+                    tracing::warn!(device = %peer, folder = %crate::guard::peer_text(&idx.folder),
+                        anomaly = %first, count = anomalies.len(), prev_sequence = idx.prev_sequence,
+                        last_sequence = idx.last_sequence, suppressed,
+                        "index sequence numbers out of order; the batch is applied (as Syncthing 2.x does)");
+                }
             }
             node.remote_downloads.finished(
                 &peer,

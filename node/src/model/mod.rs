@@ -297,6 +297,10 @@ pub struct Node {
     /// devices, rate-limited (strangers must not flood the log).
     pub handshake_log: crate::guard::LogLimiter,
     pub unknown_device_log: crate::guard::LogLimiter,
+    /// Warnings about a known peer's index bookkeeping (sequence numbers
+    /// out of order), which 2.x applies anyway: a peer sending such
+    /// batches without end must not flood the log either.
+    pub index_anomaly_log: crate::guard::LogLimiter,
     pub home: PathBuf,
     /// REST address and key in effect (command line overrides included,
     /// which are never written to the file).
@@ -392,7 +396,12 @@ impl Node {
                 Duration::from_secs(5),
                 refusals.clone(),
             ),
-            unknown_device_log: crate::guard::LogLimiter::new(10, Duration::from_secs(6), refusals),
+            unknown_device_log: crate::guard::LogLimiter::new(
+                10,
+                Duration::from_secs(6),
+                refusals.clone(),
+            ),
+            index_anomaly_log: crate::guard::LogLimiter::new(10, Duration::from_secs(6), refusals),
             home,
             gui,
             dialers: Mutex::new(HashSet::new()),
