@@ -119,6 +119,13 @@ impl Server {
             tls,
             limits: api_limits(&config),
         };
+        // Bound together with the API, before the store opens (which can
+        // take a while): a port taken fails at once, and once the API port
+        // accepts, so does the metrics port.
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(bind("--metrics-listen", addr)?),
+            None => None,
+        };
         let (metrics_addr, closing) = match &config.store {
             StoreConfig::Memory {
                 dir,
@@ -127,7 +134,7 @@ impl Server {
             } => {
                 let store = open_memory(dir.clone(), *budget)?;
                 let app = Arc::new(new_app(&config, store));
-                let metrics_addr = start(&tasks, &app, api, config.metrics_listen)?;
+                let metrics_addr = start(&tasks, &app, api, metrics);
                 let maintenance =
                     timers::memory_maintenance(app.clone(), *flush_interval, tasks.clone());
                 tasks.spawn(maintenance);
@@ -142,7 +149,7 @@ impl Server {
                     .await
                     .map_err(ServerError::Redis)?;
                 let app = Arc::new(new_app(&config, store));
-                let metrics_addr = start(&tasks, &app, api, config.metrics_listen)?;
+                let metrics_addr = start(&tasks, &app, api, metrics);
                 (metrics_addr, Closing::Nothing)
             }
         };
@@ -216,18 +223,16 @@ fn start<S: Store>(
     tasks: &Shutdown,
     app: &Arc<App<S>>,
     api: Api,
-    metrics_listen: Option<SocketAddr>,
-) -> Result<Option<SocketAddr>, ServerError> {
-    let metrics_addr = match metrics_listen {
-        Some(addr) => {
-            let l = bind("--metrics-listen", addr)?;
-            let bound = l.local_addr().unwrap_or(addr);
+    metrics: Option<TcpListener>,
+) -> Option<SocketAddr> {
+    let metrics_addr = metrics.map(|l| {
+        let bound = l.local_addr().ok();
+        if let Some(bound) = bound {
             tracing::info!(listen = %bound, "metrics listening");
-            tasks.spawn(status::serve(l, app.clone(), tasks.clone()));
-            Some(bound)
         }
-        None => None,
-    };
+        tasks.spawn(status::serve(l, app.clone(), tasks.clone()));
+        bound
+    });
     tasks.spawn(timers::periodic(app.clone(), tasks.clone()));
     tasks.spawn(server::serve(
         api.listener,
@@ -236,7 +241,7 @@ fn start<S: Store>(
         api.limits,
         tasks.clone(),
     ));
-    Ok(metrics_addr)
+    metrics_addr.flatten()
 }
 
 /// Once `tasks` is cancelled: waits for every task, then does what is

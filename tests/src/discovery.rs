@@ -68,7 +68,9 @@ impl Discosrv {
         }
         tweak(&mut cmd);
         let mut proc = Proc::spawn("discosrv", cmd, &dir.join("discosrv.log"));
-        let up = wait::listening(port, Duration::from_secs(20));
+        // Both ports: a test may talk to either first.
+        let up = wait::listening(port, Duration::from_secs(20))
+            && wait::listening(metrics_port, Duration::from_secs(20));
         assert!(
             up && proc.alive(),
             "discosrv did not start:\n{}",

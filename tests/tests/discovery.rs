@@ -987,10 +987,21 @@ fn metrics_accept_loop_backs_off_when_out_of_file_descriptors() {
         },
     );
     let pid = srv.proc.pid();
-    let hogs: Vec<std::net::TcpStream> = (0..100)
-        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.metrics_port)).ok())
-        .collect();
-    assert!(hogs.len() > 64, "only {} connections", hogs.len());
+    let mut hogs = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..100 {
+        match std::net::TcpStream::connect(("127.0.0.1", srv.metrics_port)) {
+            Ok(s) => hogs.push(s),
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    assert!(
+        hogs.len() > 64,
+        "only {} connections; errors {:?}\n{}",
+        hogs.len(),
+        &refused[..refused.len().min(3)],
+        srv.proc.log_tail(30)
+    );
     // Wait until the server has run out (its log says so), then measure.
     let out = wait::until(Duration::from_secs(20), Duration::from_millis(100), || {
         srv.proc.log().contains("accept failed").then_some(())
