@@ -324,8 +324,7 @@ pub fn swap_into_place(
     folder: &str,
     name: &str,
     dir: &Dir,
-    temp: &str,
-    target: &str,
+    (temp, target): (&str, &str),
     incoming: &FileInfo,
     max_conflicts: MaxConflicts,
 ) -> Result<()> {
@@ -788,8 +787,7 @@ mod tests {
                 "f",
                 name,
                 &r,
-                &t,
-                name,
+                (&t, name),
                 &incoming,
                 MaxConflicts::DEFAULT,
             )

@@ -771,8 +771,7 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
         &ctx.folder,
         &g.name,
         &dir,
-        &temp,
-        base,
+        (&temp, base),
         g,
         ctx.max_conflicts,
     )?;
