@@ -141,6 +141,9 @@ fn ignore_delete_keeps_remote_deletions_and_reports_as_syncthing() {
     let mut c = ours.config();
     c["folders"][0]["ignoreDelete"] = true.into();
     ours.set_config(&c);
+    // Our folder's path does not exist yet: a folder in the configuration
+    // file at start with nothing in the index is created, as Syncthing does.
+    assert!(!dst.exists());
     let node = ours.start();
     let cfg = node.get("/rest/config/folders/f").unwrap();
     assert_eq!(cfg["ignoreDelete"], true, "{cfg}");
@@ -156,6 +159,7 @@ fn ignore_delete_keeps_remote_deletions_and_reports_as_syncthing() {
     wait_for("initial sync", SYNC_WITHIN, &show, &mut || {
         tree(&src) == tree(&dst) && tree(&src) == tree(&twin_dst)
     });
+    assert!(dst.join(".stfolder").is_dir());
 
     // The source deletes three files.
     let before = tree(&dst);
