@@ -429,6 +429,31 @@ fn a_new_folder_is_created_and_a_vanished_one_stops_without_deletions() {
     });
     let seen_before = st.get(&completion).unwrap();
 
+    // Its marker vanishes: the folder stops, and comes back once the
+    // marker is recreated.
+    std::fs::remove_dir_all(dst.join(".stfolder")).unwrap();
+    node.post("/rest/db/scan?folder=n").unwrap();
+    wait_for(
+        "the folder in error (marker)",
+        SYNC_WITHIN,
+        &show,
+        &mut || {
+            node.get("/rest/db/status?folder=n").is_ok_and(|s| {
+                s["state"] == "error" && s["error"].as_str().is_some_and(|e| e.contains("marker"))
+            })
+        },
+    );
+    assert!(
+        !dst.join(".stfolder").exists(),
+        "a known folder's marker was recreated"
+    );
+    std::fs::create_dir(dst.join(".stfolder")).unwrap();
+    node.post("/rest/db/scan?folder=n").unwrap();
+    wait_for("the folder back", SYNC_WITHIN, &show, &mut || {
+        node.get("/rest/db/status?folder=n")
+            .is_ok_and(|s| s["state"] == "idle" && s["error"] == "")
+    });
+
     // The folder's directory vanishes (an unmounted disk looks the same).
     std::fs::remove_dir_all(&dst).unwrap();
     node.post("/rest/db/scan?folder=n").unwrap();
