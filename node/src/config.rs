@@ -183,6 +183,67 @@ pub struct FolderConfig {
     /// Seconds to let changes settle before scanning.
     #[serde(default = "default_watch_delay", rename = "fsWatcherDelayS")]
     pub fs_watcher_delay_s: u64,
+    /// Remote deletions are not applied (an archival site keeps
+    /// everything): the file stays on disk and in our index with the
+    /// version we had, as Syncthing's `ignoreDelete` does. Applied live.
+    #[serde(default)]
+    pub ignore_delete: bool,
+    /// How many conflict copies of one file are kept. Applied live.
+    #[serde(default)]
+    pub max_conflicts: MaxConflicts,
+}
+
+/// Syncthing's `maxConflicts`: how many conflict copies of one file are
+/// kept when a new one is made (the oldest, by name, go first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxConflicts {
+    /// Any negative value: every copy is kept.
+    Unlimited,
+    /// 0: no conflict copy is made; the losing local version is discarded
+    /// (as Syncthing does).
+    Discard,
+    /// At most this many copies per file (at least 1).
+    Keep(u32),
+}
+
+impl MaxConflicts {
+    /// Syncthing's default.
+    pub const DEFAULT: MaxConflicts = MaxConflicts::Keep(10);
+
+    pub fn from_raw(raw: i64) -> MaxConflicts {
+        match raw {
+            r if r < 0 => MaxConflicts::Unlimited,
+            0 => MaxConflicts::Discard,
+            r => MaxConflicts::Keep(r.min(u32::MAX as i64) as u32),
+        }
+    }
+
+    /// The number Syncthing shows (-1 for unlimited).
+    pub fn raw(self) -> i64 {
+        match self {
+            MaxConflicts::Unlimited => -1,
+            MaxConflicts::Discard => 0,
+            MaxConflicts::Keep(n) => n as i64,
+        }
+    }
+}
+
+impl Default for MaxConflicts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl Serialize for MaxConflicts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.raw())
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxConflicts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(MaxConflicts::from_raw(i64::deserialize(d)?))
+    }
 }
 
 fn default_true() -> bool {
@@ -564,6 +625,8 @@ mod tests {
                 paused: false,
                 fs_watcher_enabled: true,
                 fs_watcher_delay_s: 1,
+                ignore_delete: false,
+                max_conflicts: MaxConflicts::DEFAULT,
             }],
             ..Default::default()
         };
@@ -592,6 +655,8 @@ mod tests {
             paused: false,
             fs_watcher_enabled: true,
             fs_watcher_delay_s: 1,
+            ignore_delete: false,
+            max_conflicts: MaxConflicts::DEFAULT,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -22,6 +22,57 @@ use daemon::sync::MutexExt;
 
 /// Marker Syncthing creates at the root of every folder.
 pub const MARKER: &str = ".stfolder";
+
+/// Creates the `.stfolder` marker of a folder that has none, as Syncthing
+/// creates it: a directory holding a small text file that says what it is
+/// (so cleanup tools and people leave it alone), both made durable.
+pub fn create_marker(root: &Path, folder: &str) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let marker = root.join(MARKER);
+    fs::create_dir(&marker)
+        .with_context(|| format!("cannot create the folder marker {}", marker.display()))?;
+    // Syncthing's name for the file: the first three bytes of the folder
+    // ID's SHA-256, in hex.
+    let hash = Sha256::digest(folder.as_bytes());
+    let name = format!(
+        "syncthing-folder-{:02x}{:02x}{:02x}.txt",
+        hash[0], hash[1], hash[2]
+    );
+    let text = format!(
+        "# This directory is a Syncthing folder marker.\n# Do not delete.\n\nfolderID: {folder}\ncreated: {}\n",
+        crate::timefmt::rfc3339(SystemTime::now())
+    );
+    let file = marker.join(name);
+    fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    for dir in [&marker, &root.to_path_buf()] {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot make {} durable", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// What a folder gets when it starts with nothing of it in the index (just
+/// added, through the REST API or the configuration file), as Syncthing
+/// does for a folder with no local sequence: its path, with missing parents
+/// (mode 0777 less the umask, as Syncthing), and its marker, unless
+/// `paused` (then the path only, as Syncthing). A folder the index knows is
+/// never created here: its vanished path is an unmounted disk until proven
+/// otherwise, and the scan refuses it.
+pub fn create_new_folder(root: &Path, folder: &str, paused: bool) -> Result<()> {
+    if fs::symlink_metadata(root).is_err() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o777)
+            .create(root)
+            .with_context(|| format!("cannot create the folder path {}", root.display()))?;
+        tracing::info!(folder = %folder, path = %root.display(), "created the new folder's path");
+    }
+    if !paused && root.is_dir() && fs::symlink_metadata(root.join(MARKER)).is_err() {
+        create_marker(root, folder)?;
+    }
+    Ok(())
+}
 
 /// What a scan did.
 #[derive(Debug, Default, Clone)]
@@ -139,8 +190,7 @@ pub fn scan_folder(
                 marker.display()
             );
         }
-        fs::create_dir(&marker)
-            .with_context(|| format!("cannot create the folder marker {}", marker.display()))?;
+        create_marker(root, folder)?;
     }
     // Read on every scan, so an edited .stignore takes effect on the next
     // one; a broken one stops the scan (and so the pull) rather than sync
@@ -795,6 +845,26 @@ mod tests {
     use proto::bep::blocks::hash_block;
 
     #[test]
+    fn a_new_folder_gets_its_path_and_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a/b/new");
+        create_new_folder(&root, "f-1", false).unwrap();
+        assert!(root.is_dir());
+        let inside: Vec<_> = fs::read_dir(root.join(MARKER))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(inside.len(), 1);
+        assert!(inside[0].starts_with("syncthing-folder-") && inside[0].ends_with(".txt"));
+        // Again: nothing to do, nothing fails.
+        create_new_folder(&root, "f-1", false).unwrap();
+        // Paused: the path only, as Syncthing.
+        let paused = dir.path().join("paused");
+        create_new_folder(&paused, "p", true).unwrap();
+        assert!(paused.is_dir() && !paused.join(MARKER).exists());
+    }
+
+    #[test]
     fn large_files_hashed_in_parallel_units_match_sequential_hashing() {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
@@ -891,9 +961,16 @@ mod tests {
 
         // A vanished marker (unmounted folder) stops the scan: nothing is
         // announced as deleted.
-        fs::remove_dir(root.join(MARKER)).unwrap();
+        // (The marker holds Syncthing's text file, as Syncthing makes it.)
+        let inside: Vec<_> = fs::read_dir(root.join(MARKER)).unwrap().collect();
+        assert_eq!(inside.len(), 1);
+        fs::remove_dir_all(root.join(MARKER)).unwrap();
         let err = scan(&db, "f", &root, 42, &|_| {}, &Live::default()).unwrap_err();
         assert!(format!("{err:#}").contains("unmounted"));
+        // And so does a vanished folder path.
+        let gone = home.join("gone");
+        let err = scan(&db, "f", &gone, 42, &|_| {}, &Live::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("missing or unmounted"));
         fs::create_dir(root.join(MARKER)).unwrap();
 
         // A name not in NFC ("e" + combining acute) is skipped.

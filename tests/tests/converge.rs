@@ -268,9 +268,14 @@ fn converge(version: PeerVersion) {
     st.add_device(&b.id, &[&b.address()]);
     st.share_folder("c", &roots[2], "sendreceive", &[&a.id, &b.id]);
     // Syncthing keeps at most 10 conflict copies per file by default and
-    // deletes the older ones (`maxConflicts`, lib/model/folder_sendrecv.go):
-    // the hot names collect more than that here, and what is asserted is
-    // that nothing is lost. Our nodes never delete conflict copies.
+    // deletes the older ones (`maxConflicts`, lib/model/folder_sendrecv.go),
+    // and so do our nodes: the hot names collect more than that here, and
+    // what is asserted is that nothing is lost. Unlimited on every device.
+    for home in [&a, &b] {
+        let mut c = home.config();
+        c["folders"][0]["maxConflicts"] = (-1).into();
+        home.set_config(&c);
+    }
     st.send(
         "PATCH",
         "/rest/config/folders/c",

@@ -64,7 +64,12 @@ const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
 # applied) or receiveonly (local changes are kept but not sent). devices: who
 # shares it. rescanIntervalS: full rescan period; fsWatcherEnabled: rescan
-# within fsWatcherDelayS seconds of a change.";
+# within fsWatcherDelayS seconds of a change. ignoreDelete: deletions made on
+# other devices are not applied here (an archive keeps everything).
+# maxConflicts: conflict copies kept per file, the oldest removed first (10;
+# -1: all; 0: none, the losing local version is discarded). A folder whose
+# path does not exist when it is added is created; one that was synced and
+# whose path or .stfolder marker vanished (an unmounted disk) is not scanned.";
 
 const EXAMPLES: &str = "
 # No devices or folders yet. For example:
@@ -237,6 +242,8 @@ mod tests {
                 paused: false,
                 fs_watcher_enabled: true,
                 fs_watcher_delay_s: 1,
+                ignore_delete: false,
+                max_conflicts: crate::config::MaxConflicts::DEFAULT,
             }],
             ..Default::default()
         }

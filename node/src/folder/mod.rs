@@ -24,12 +24,21 @@ pub fn start_missing(node: &Arc<Node>) -> Result<()> {
             continue;
         }
         let (_, seq) = node.db.folder_state(&f.id)?;
+        if seq == 0 {
+            // Nothing of this folder in the index: a new folder, whose
+            // path and marker are created as Syncthing creates them. A
+            // failure is logged; the scan then reports the folder in error.
+            if let Err(e) = crate::scan::create_new_folder(&f.path, &f.id, f.paused) {
+                tracing::error!(folder = %f.id, error = %format!("{e:#}"), "cannot create the new folder");
+            }
+        }
         let (scan_tx, scan_rx) = mpsc::channel(1);
         let rt = Arc::new(FolderRuntime {
             sequence: watch::channel(seq).0,
             state: std::sync::Mutex::new(FolderState::ScanWaiting),
             scan_now: scan_tx,
             pull_errors: std::sync::Mutex::new(Vec::new()),
+            error: std::sync::Mutex::new(None),
         });
         node.folders.write_locked().insert(f.id.clone(), rt);
         node.shutdown

@@ -90,7 +90,21 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
     .await;
     drop(guard);
     progress::clear_line();
-    rt.set_state(&node.events, folder, FolderState::Idle);
+    let failure = match &result {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(e) => Some(format!("scan task failed: {e}")),
+    };
+    // A folder that cannot be scanned (path or marker missing: maybe an
+    // unmounted disk) is in error, as Syncthing shows it; nothing is
+    // pulled or announced as deleted until a scan succeeds again.
+    let state = if failure.is_some() {
+        FolderState::Error
+    } else {
+        FolderState::Idle
+    };
+    *rt.error.locked() = failure;
+    rt.set_state(&node.events, folder, state);
     match result {
         Ok(Ok(stats)) => {
             log_scan(folder, &stats);

@@ -197,6 +197,9 @@ pub enum FolderState {
     Scanning,
     /// Pulling changes from other devices.
     Syncing,
+    /// The folder cannot run (its path or marker is missing, its
+    /// `.stignore` is broken): the reason is `FolderRuntime::error`.
+    Error,
 }
 
 impl FolderState {
@@ -206,6 +209,7 @@ impl FolderState {
             FolderState::ScanWaiting => "scan-waiting",
             FolderState::Scanning => "scanning",
             FolderState::Syncing => "syncing",
+            FolderState::Error => "error",
         }
     }
 }
@@ -252,6 +256,9 @@ pub struct FolderRuntime {
     pub scan_now: mpsc::Sender<()>,
     /// Names the last pull round could not apply, with the reason.
     pub pull_errors: Mutex<Vec<(String, String)>>,
+    /// Why the last scan could not run (state `error`), as
+    /// `/rest/db/status` shows it; `None` once a scan succeeds.
+    pub error: Mutex<Option<String>>,
 }
 
 impl FolderRuntime {
@@ -744,6 +751,7 @@ mod tests {
             (FolderState::ScanWaiting, "scan-waiting"),
             (FolderState::Scanning, "scanning"),
             (FolderState::Syncing, "syncing"),
+            (FolderState::Error, "error"),
         ] {
             assert_eq!(serde_json::to_value(s).unwrap(), text);
             assert_eq!(s.to_string(), text);

@@ -48,7 +48,7 @@ use proto::bep::global::{is_conflict, is_conflict_copy, temp_basename};
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Request};
 use tokio::sync::Semaphore;
 
-use crate::config::FolderConfig;
+use crate::config::{FolderConfig, MaxConflicts};
 use crate::db::{Change, Direction};
 use crate::model::Node;
 use daemon::sync::MutexExt;
@@ -84,6 +84,8 @@ struct Ctx {
     root_dir: Dir,
     /// Conflict copies made this round (they are new local files to scan).
     conflicts: AtomicUsize,
+    /// The folder's `maxConflicts`, as it was when the round started.
+    max_conflicts: MaxConflicts,
     /// Requested block data in flight, in KiB, across the files pulled at
     /// once (memory stays bounded however many run).
     budget: Semaphore,
@@ -193,6 +195,7 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         root_dir: Dir::open(&folder.path)
             .with_context(|| format!("cannot open the folder {}", folder.path.display()))?,
         conflicts: AtomicUsize::new(0),
+        max_conflicts: folder.max_conflicts,
         budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
         ignores: crate::ignore::Ignores::load(&folder.path)
             .context("not pulling until the folder's .stignore is fixed")?,
@@ -205,7 +208,16 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         (Direction::Ascending, |n| !n.global.deleted),
         (Direction::Descending, |n| n.global.deleted),
     ];
-    for (dir, want) in passes {
+    // ignoreDelete: the deletion pass is skipped, as Syncthing skips
+    // needed deletions: the file stays on disk and our index keeps the
+    // version we had (announced as before), so the deletion stays needed
+    // and a later local edit still wins over it.
+    let passes = if folder.ignore_delete {
+        &passes[..1]
+    } else {
+        &passes[..]
+    };
+    for &(dir, want) in passes {
         let mut after: Option<String> = None;
         loop {
             let (n2, id, from) = (node.clone(), folder.id.clone(), after.clone());
@@ -419,7 +431,7 @@ fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Dir) -> Result<()> {
         return Ok(());
     }
     if is_conflict(local, &n.global) || is_conflict_copy(&n.global.name) {
-        disk::move_to_conflict(dir, &n.global.name, base, &n.global)?;
+        disk::move_to_conflict(dir, &n.global.name, base, &n.global, ctx.max_conflicts)?;
         ctx.conflicts.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -525,7 +537,7 @@ fn delete(ctx: &Ctx, n: &Needed) -> Result<Change> {
                 .as_ref()
                 .is_some_and(|l| !l.deleted && is_conflict(l, g));
             if edited && m.is_file() {
-                disk::move_to_conflict(&dir, &g.name, base, g)?;
+                disk::move_to_conflict(&dir, &g.name, base, g, ctx.max_conflicts)?;
                 ctx.conflicts.fetch_add(1, Ordering::Relaxed);
             } else {
                 dir.remove_file(base)
@@ -754,7 +766,15 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
     unchanged_or_bail(ctx, &g.name, &dir)?;
     keep_conflicting(ctx, n, &dir)?;
     let base = basename(&g.name);
-    disk::swap_into_place(&ctx.node.db, &ctx.folder, &g.name, &dir, &temp, base, g)?;
+    disk::swap_into_place(
+        &ctx.node.db,
+        &ctx.folder,
+        &g.name,
+        &dir,
+        (&temp, base),
+        g,
+        ctx.max_conflicts,
+    )?;
     ctx.dir_changed(&g.name);
     recorded(g, &dir)
 }

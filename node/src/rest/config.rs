@@ -79,6 +79,8 @@ fn default_folder(node: &Node) -> Value {
         paused: false,
         fs_watcher_enabled: true,
         fs_watcher_delay_s: 1,
+        ignore_delete: false,
+        max_conflicts: crate::config::MaxConflicts::DEFAULT,
     })
 }
 

@@ -45,10 +45,8 @@ pub const FOLDER: &Shape = &Shape {
         "pullerMaxPendingKiB" => 0, true;
         "hashers" => 0, true;
         "order" => "alphabetic", true;
-        "ignoreDelete" => false, false;
         "scanProgressIntervalS" => 0, true;
         "pullerPauseS" => 0, true;
-        "maxConflicts" => 10, true;
         "disableSparseFiles" => false, true;
         "markerName" => ".stfolder", false;
         "copyOwnershipFromParent" => false, false;
@@ -277,10 +275,13 @@ mod tests {
         decorate(&mut g, GUI);
         assert!(g.get("debugging").is_none());
         assert_eq!(g["sessionCookieDurationS"], 604800);
+        let mut f = json!({});
+        decorate(&mut f, FOLDER);
+        assert!(f.get("ignoreDelete").is_none() && f.get("maxConflicts").is_none());
         let mut d = json!({});
         decorate(&mut d, DEVICE);
         // numConnections is a real device setting (config.rs), not a
-        // shown extra.
+        // shown extra; so are ignoreDelete and maxConflicts of a folder.
         assert_eq!(
             (d.get("numConnections"), d["group"].as_str()),
             (None, Some(""))

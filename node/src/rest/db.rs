@@ -111,6 +111,7 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
         return Ok(None);
     };
     let state = *rt.state.locked();
+    let folder_error = rt.error.locked().clone().unwrap_or_default();
     let pull_errors = rt.pull_errors.locked().len();
     let local = crate::pull::figures::local_totals(node, folder)?;
     let g = crate::pull::figures::need_totals(node, folder)?;
@@ -137,16 +138,22 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
             remote_sequence.insert(d.device_id.to_string(), json!(max_seq));
         }
     }
+    // ignoreDelete: deletions are not needed (2.x's folder summary zeroes
+    // them; `db/completion` still counts them, as 2.x does).
+    let mut g = g;
+    if folder_cfg.as_ref().is_some_and(|f| f.ignore_delete) {
+        g.need_deletes = 0;
+    }
     let v = json!({
         "state": state,
         "stateChanged": rfc3339(node.started),
         "sequence": seq, "version": seq,
         "remoteSequence": remote_sequence,
         "invalid": "",
-        // A folder that cannot run is not running (404 above), and the
-        // watcher's failures are logged, not kept: both empty, the keys
-        // there because 2.x always gives them.
-        "error": "", "watchError": "",
+        // Why the folder cannot scan (state "error"), as 2.x gives it;
+        // the watcher's failures are logged, not kept: empty, the key
+        // there because 2.x always gives it.
+        "error": folder_error, "watchError": "",
         "ignorePatterns": folder_cfg.as_ref()
             .is_some_and(|f| f.path.join(".stignore").exists()),
         "localFiles": local.files, "localDirectories": local.dirs,

@@ -25,9 +25,12 @@ pub async fn route(c: &Call) -> Answer {
         "/rest/db/need" => {
             c.allow(&[Method::GET])?;
             let (page, perpage) = paging(c);
-            let folder = c.folder()?.id;
+            let folder = c.folder()?;
             let me = c.node.my_id;
-            let files = collect(c, &folder, page, perpage, move |e| needs(e, None, &me))?;
+            // ignoreDelete: deletions are not listed (as 2.x lists them).
+            let files = collect(c, &folder.id, page, perpage, move |e| {
+                needs(e, None, &me).filter(|f| !(folder.ignore_delete && f.deleted))
+            })?;
             Ok(json(&json!({"progress": [], "queued": [], "rest": files,
                             "page": page, "perpage": perpage})))
         }

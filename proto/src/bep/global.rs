@@ -99,6 +99,33 @@ pub fn conflict_name(name: &str, stamp: &str, short_id: &str) -> String {
     format!("{dir}{stem}.sync-conflict-{stamp}-{short_id}{ext}")
 }
 
+/// Whether `candidate` (a basename) is a conflict copy of the file named
+/// `base` (a basename) as Syncthing finds them when it keeps at most
+/// `maxConflicts`: the stem, `.sync-conflict-`, eight characters, `-`, six
+/// characters, anything, then the extension (the glob
+/// `stem.sync-conflict-????????-??????*ext`). The stem and extension are
+/// split as [`conflict_name`] splits them.
+pub fn is_conflict_copy_of(base: &str, candidate: &str) -> bool {
+    let (stem, ext) = match base.rfind('.') {
+        Some(i) if i > 0 => (&base[..i], &base[i..]),
+        _ => (base, ""),
+    };
+    let Some(rest) = candidate
+        .strip_prefix(stem)
+        .and_then(|r| r.strip_prefix(".sync-conflict-"))
+    else {
+        return false;
+    };
+    // The fixed part (`????????-??????`) and the extension must not
+    // overlap: the glob's `*` may match nothing, never less.
+    let chars: Vec<char> = rest.chars().collect();
+    let ext_chars = ext.chars().count();
+    if chars.len() < 15 + ext_chars || chars[8] != '-' || chars.contains(&'/') {
+        return false;
+    }
+    rest.ends_with(ext)
+}
+
 /// Whether a name is a conflict copy (its basename holds the marker, as
 /// 1.19.2 tests it).
 pub fn is_conflict_copy(name: &str) -> bool {
@@ -110,6 +137,31 @@ pub fn is_conflict_copy(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::bep::wire::{Counter, Vector};
+
+    #[test]
+    fn conflict_copies_of_a_name_are_found_as_syncthing_globs_them() {
+        let made = conflict_name("a.txt", "20260102-030405", "ABCDEFG");
+        assert!(is_conflict_copy_of("a.txt", &made));
+        assert!(is_conflict_copy_of(
+            "a.txt",
+            "a.sync-conflict-20260102-030405-1-ABCDEFG.txt"
+        ));
+        assert!(is_conflict_copy_of(
+            "a",
+            "a.sync-conflict-20260102-030405-X"
+        ));
+        for other in [
+            "a.txt",
+            "b.sync-conflict-20260102-030405-ABCDEFG.txt",
+            "a.sync-conflict-20260102-030405-ABCDEFG.doc",
+            "a.sync-conflict-2026010-030405-ABCDEFG.txt",
+            "a.sync-conflict-20260102_030405-ABCDEFG.txt",
+            "a.sync-conflict-20260102-03040.txt",
+            "ab.sync-conflict-20260102-030405-ABCDEFG.txt",
+        ] {
+            assert!(!is_conflict_copy_of("a.txt", other), "{other}");
+        }
+    }
 
     fn fi(counters: &[(u64, u64)], deleted: bool, mtime: i64) -> FileInfo {
         FileInfo {
