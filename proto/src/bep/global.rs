@@ -100,11 +100,16 @@ pub fn conflict_name(name: &str, stamp: &str, short_id: &str) -> String {
 }
 
 /// Whether `candidate` (a basename) is a conflict copy of the file named
-/// `base` (a basename) as Syncthing finds them when it keeps at most
-/// `maxConflicts`: the stem, `.sync-conflict-`, eight characters, `-`, six
-/// characters, anything, then the extension (the glob
-/// `stem.sync-conflict-????????-??????*ext`). The stem and extension are
-/// split as [`conflict_name`] splits them.
+/// `base` (a basename), for keeping at most `maxConflicts` of them: the
+/// stem, `.sync-conflict-`, a `YYYYMMDD-HHMMSS` stamp, then `-` and a part
+/// without dots (the short device ID, perhaps after a counter), then the
+/// extension. The stem and extension are split as [`conflict_name`] splits
+/// them.
+///
+/// Syncthing globs `stem.sync-conflict-????????-??????*ext`, whose `*`
+/// also lets the copies of `a.txt` pass for copies of `a`: pruning `a`'s
+/// copies would then delete another file's. The part between stamp and
+/// extension is therefore held to what conflict names actually contain.
 pub fn is_conflict_copy_of(base: &str, candidate: &str) -> bool {
     let (stem, ext) = match base.rfind('.') {
         Some(i) if i > 0 => (&base[..i], &base[i..]),
@@ -113,17 +118,17 @@ pub fn is_conflict_copy_of(base: &str, candidate: &str) -> bool {
     let Some(rest) = candidate
         .strip_prefix(stem)
         .and_then(|r| r.strip_prefix(".sync-conflict-"))
+        .and_then(|r| r.strip_suffix(ext))
     else {
         return false;
     };
-    // The fixed part (`????????-??????`) and the extension must not
-    // overlap: the glob's `*` may match nothing, never less.
-    let chars: Vec<char> = rest.chars().collect();
-    let ext_chars = ext.chars().count();
-    if chars.len() < 15 + ext_chars || chars[8] != '-' || chars.contains(&'/') {
-        return false;
-    }
-    rest.ends_with(ext)
+    let b = rest.as_bytes();
+    let stamp_ok = b.len() > 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-';
+    stamp_ok && !rest[16..].contains(['.', '/'])
 }
 
 /// Whether a name is a conflict copy (its basename holds the marker, as
@@ -161,6 +166,13 @@ mod tests {
         ] {
             assert!(!is_conflict_copy_of("a.txt", other), "{other}");
         }
+        // Another file's copies never pass for these: `a.txt`'s are not
+        // `a`'s, nor `a.tar.gz`'s `a.tar`'s.
+        assert!(!is_conflict_copy_of("a", &made));
+        let gz = conflict_name("a.tar.gz", "20260102-030405", "ABCDEFG");
+        assert!(is_conflict_copy_of("a.tar.gz", &gz));
+        assert!(!is_conflict_copy_of("a.tar", &gz));
+        assert!(!is_conflict_copy_of("a", &gz));
     }
 
     fn fi(counters: &[(u64, u64)], deleted: bool, mtime: i64) -> FileInfo {
