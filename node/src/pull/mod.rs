@@ -8,7 +8,7 @@
 //! * [`verify`] — fetched blocks hashed several at once and written.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
 //!   checks, temp files, conflict copies).
-//! * [`dirfd`] — directory handles: every disk operation of a pull is made
+//! * [`dirfd`] (a leaf, `crate::dirfd`) — directory handles: every disk operation of a pull is made
 //!   relative to a directory opened from the folder root without crossing
 //!   a symlink, never through a path.
 //! * [`local_ops`] — revert (receive-only) and override (send-only).
@@ -24,7 +24,9 @@
 //! against its SHA-256, then fsynced and renamed over the target: the
 //! target is always either the old or the complete new version.
 
-pub mod dirfd;
+// A leaf since versioning (below `pull`) works on directory handles too;
+// re-exported where the puller's callers have always found it.
+pub use crate::dirfd;
 pub mod disk;
 pub mod figures;
 pub mod local_ops;
@@ -50,9 +52,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::FolderConfig;
 use crate::db::{Change, Direction};
+use crate::dirfd::{Dir, Rename};
 use crate::model::Node;
 use daemon::sync::MutexExt;
-use dirfd::{Dir, Rename};
 use disk::{basename, dirname, LocallyChanged};
 use need::Needed;
 use verify::{TempFile, Verifier};
