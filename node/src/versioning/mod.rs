@@ -102,6 +102,26 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The series of `folder` in the node's metrics (every error kind
+    /// registered, so it shows at 0).
+    pub fn of(m: &crate::metrics::Metrics, folder: &str) -> Metrics {
+        let f = || ("folder", folder.to_string());
+        Metrics {
+            kept: m.versions_kept.get_or_create(&[f()]).clone(),
+            bytes: m.versions_bytes.get_or_create(&[f()]).clone(),
+            errors: ERROR_KINDS
+                .iter()
+                .map(|k| {
+                    let c = m
+                        .versioning_errors
+                        .get_or_create(&[f(), ("kind", k.to_string())])
+                        .clone();
+                    (*k, c)
+                })
+                .collect(),
+        }
+    }
+
     fn error(&self, e: &Error) {
         if let Some((_, c)) = self.errors.iter().find(|(k, _)| *k == e.kind()) {
             c.inc();
