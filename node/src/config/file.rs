@@ -64,7 +64,10 @@ const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
 # applied) or receiveonly (local changes are kept but not sent). devices: who
 # shares it. rescanIntervalS: full rescan period; fsWatcherEnabled: rescan
-# within fsWatcherDelayS seconds of a change.";
+# within fsWatcherDelayS seconds of a change. versioning: what a remote change
+# replaces or deletes is kept (type trashcan, simple, staggered or external;
+# params as Syncthing's: cleanoutDays, keep, maxAge, command, and timeoutS for
+# external; fsPath: where, default .stversions in the folder).";
 
 const EXAMPLES: &str = "
 # No devices or folders yet. For example:
