@@ -79,7 +79,7 @@ impl Versioner {
         let base = basename(name);
         let vname = match self.mode {
             Versioning::Trashcan { .. } => base.to_string(),
-            _ => tag::tag_filename(base, &tag::format_tag(now)),
+            _ => free_name(&vdir, base, now),
         };
         Ok((vdir, vrel, vname))
     }
@@ -357,6 +357,22 @@ impl Versioner {
         }
         Ok(())
     }
+}
+
+/// Tags have whole seconds: a second version of the same file within one
+/// second (or the file a restore replaces, archived in the second its
+/// version was) would take an existing name, and Syncthing's rename would
+/// destroy that version. The next free second is taken instead (a version
+/// then shows at most a few seconds late; none is lost).
+fn free_name(vdir: &Dir, base: &str, now: SystemTime) -> String {
+    const LATEST: u64 = 60;
+    for k in 0..LATEST {
+        let name = tag::tag_filename(base, &tag::format_tag(now + std::time::Duration::from_secs(k)));
+        if !vdir.exists(&name) {
+            return name;
+        }
+    }
+    tag::tag_filename(base, &tag::format_tag(now + std::time::Duration::from_secs(LATEST)))
 }
 
 /// Errors of link(2)/rename(2) that copying gets around: another

@@ -1,0 +1,132 @@
+//! Versioning (issue 17), the quick sanity check: our node pulls from the
+//! newest real Syncthing available with simple versioning set over REST;
+//! the peer modifies and deletes files; the old contents appear in our
+//! `.stversions` under Syncthing's names, `GET /rest/folder/versions`
+//! lists them, and a restore brings one back and syncs it to the peer.
+//! (The thorough tests, every versioner and layout compatibility, are in
+//! their own files.)
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::node::NodeHome;
+use e2e::rest::Rest;
+use e2e::{wait, PeerProgram, PeerVersion};
+use serde_json::{json, Value};
+
+fn newest_peer() -> PeerVersion {
+    let mut all = PeerVersion::ALL;
+    all.reverse();
+    all.into_iter()
+        .find(|v| v.locate(PeerProgram::Syncthing).is_ok())
+        .unwrap_or(PeerVersion::V1_19_2)
+}
+
+fn versions_of(dir: &Path, stem: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().into_string().unwrap())
+                .filter(|n| n.starts_with(&format!("{stem}~")))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn remote_changes_are_versioned_listed_and_restored() {
+    let version = newest_peer();
+    eprintln!("peer: Syncthing {}", version.label());
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp_version(&tmp.path().join("st"), version);
+    let src = tmp.path().join("st-src");
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("a.txt"), b"first a").unwrap();
+    std::fs::write(src.join("sub/b.txt"), b"first b").unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("v", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("v", &dst, "sendreceive", &[st.id()]);
+
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    let rest = Rest {
+        port: ours.gui_port,
+        api_key: &ours.api_key,
+        timeout: Duration::from_secs(30),
+    };
+    // Set over REST, read back in Syncthing's shape.
+    rest.send(
+        "PATCH",
+        "/rest/config/folders/v",
+        &json!({"versioning": {"type": "simple", "params": {"keep": "5"}}}),
+    )
+    .unwrap();
+    let cfg = rest.get("/rest/config/folders/v").unwrap();
+    assert_eq!(
+        cfg["versioning"],
+        json!({"type": "simple", "params": {"keep": "5"}, "cleanupIntervalS": 3600,
+               "fsPath": "", "fsType": "basic"})
+    );
+    let e = rest
+        .send("PATCH", "/rest/config/folders/v", &json!({"versioning": {"params": {"keep": "x"}}}))
+        .unwrap_err();
+    assert!(e.contains("params.keep"), "{e}");
+
+    let pulled = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("sub/b.txt")).ok()? == b"first b").then_some(())
+    });
+    assert!(pulled.is_some(), "not pulled:\n{}", log());
+
+    // The peer modifies one file and deletes the other.
+    std::fs::write(src.join("a.txt"), b"second a, longer").unwrap();
+    std::fs::remove_file(src.join("sub/b.txt")).unwrap();
+    st.scan("v");
+    let applied = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("a.txt")).ok()? == b"second a, longer"
+            && !dst.join("sub/b.txt").exists())
+        .then_some(())
+    });
+    assert!(applied.is_some(), "changes not applied:\n{}", log());
+    let vs = dst.join(".stversions");
+    let a = versions_of(&vs, "a");
+    let b = versions_of(&vs.join("sub"), "b");
+    assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+    assert!(a[0].ends_with(".txt") && a[0].len() == "a~YYYYMMDD-HHMMSS.txt".len());
+    assert_eq!(std::fs::read(vs.join(&a[0])).unwrap(), b"first a");
+    assert_eq!(std::fs::read(vs.join("sub").join(&b[0])).unwrap(), b"first b");
+
+    let listed = rest.get("/rest/folder/versions?folder=v").unwrap();
+    let keys: Vec<&String> = listed.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["a.txt", "sub/b.txt"], "{listed}");
+    let entry = &listed["a.txt"][0];
+    assert_eq!(entry["size"], 7);
+    let when = entry["versionTime"].as_str().unwrap().to_string();
+    assert!(entry["modTime"].is_string(), "{entry}");
+
+    // Nothing of .stversions reaches the peer.
+    let browse = st.get("/rest/db/browse?folder=v").unwrap_or(Value::Null);
+    assert!(!browse.to_string().contains("stversions"), "{browse}");
+
+    // Restore: the old bytes come back (the replaced file is versioned)
+    // and reach the peer.
+    let errors = rest
+        .send("POST", "/rest/folder/versions?folder=v", &json!({"a.txt": when}))
+        .unwrap();
+    assert_eq!(errors, json!({}), "{}", log());
+    assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"first a");
+    assert_eq!(versions_of(&vs, "a").len(), 1, "the restored version left, the replaced one came");
+    let synced = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(src.join("a.txt")).ok()? == b"first a").then_some(())
+    });
+    assert!(synced.is_some(), "restore not synced to the peer:\n{}", log());
+
+    let cleaned = rest.send("POST", "/rest/folder/versions/cleanup?folder=v", &json!({})).unwrap();
+    assert_eq!(cleaned, json!({"removed": 0}));
+    node.stop();
+}
