@@ -53,6 +53,13 @@ fn remote_changes_are_versioned_listed_and_restored() {
     ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
     ours.add_folder("v", &dst, "sendreceive", &[st.id()]);
 
+    // The peer versions too, so its answer can be compared with ours.
+    st.send(
+        "PATCH",
+        "/rest/config/folders/v",
+        &json!({"versioning": {"type": "simple", "params": {"keep": "5"}}}),
+    )
+    .unwrap();
     let node = ours.start();
     let log = || node.proc.log_tail(40);
     let rest = Rest {
@@ -125,6 +132,34 @@ fn remote_changes_are_versioned_listed_and_restored() {
         (std::fs::read(src.join("a.txt")).ok()? == b"first a").then_some(())
     });
     assert!(synced.is_some(), "restore not synced to the peer:\n{}", log());
+
+    // The peer kept what the restore replaced on its side ("second a,
+    // longer", with the mtime both sides gave it): its answer and ours
+    // agree field by field on that version but for versionTime (each
+    // side's own archive time), and both print times alike.
+    let theirs = wait::until(Duration::from_secs(30), Duration::from_millis(250), || {
+        let l = st.get("/rest/folder/versions?folder=v").ok()?;
+        l["a.txt"].as_array().filter(|a| !a.is_empty()).map(|a| a[0].clone())
+    })
+    .expect("the peer lists its version of a.txt");
+    let ours_now = rest.get("/rest/folder/versions?folder=v").unwrap();
+    let mine = ours_now["a.txt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["size"] == theirs["size"])
+        .cloned()
+        .unwrap_or_else(|| panic!("ours {ours_now}, theirs {theirs}"));
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&mine), keys(&theirs));
+    assert_eq!(mine["modTime"], theirs["modTime"], "ours {mine}, theirs {theirs}");
+    let shape = |t: &str| -> String {
+        t.chars().map(|c| if c.is_ascii_digit() { '0' } else { c }).collect()
+    };
+    assert_eq!(
+        shape(mine["versionTime"].as_str().unwrap()),
+        shape(theirs["versionTime"].as_str().unwrap())
+    );
 
     let cleaned = rest.send("POST", "/rest/folder/versions/cleanup?folder=v", &json!({})).unwrap();
     assert_eq!(cleaned, json!({"removed": 0}));
