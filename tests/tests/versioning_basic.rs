@@ -81,7 +81,11 @@ fn remote_changes_are_versioned_listed_and_restored() {
                "fsPath": "", "fsType": "basic"})
     );
     let e = rest
-        .send("PATCH", "/rest/config/folders/v", &json!({"versioning": {"params": {"keep": "x"}}}))
+        .send(
+            "PATCH",
+            "/rest/config/folders/v",
+            &json!({"versioning": {"params": {"keep": "x"}}}),
+        )
         .unwrap_err();
     assert!(e.contains("params.keep"), "{e}");
 
@@ -106,7 +110,10 @@ fn remote_changes_are_versioned_listed_and_restored() {
     assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
     assert!(a[0].ends_with(".txt") && a[0].len() == "a~YYYYMMDD-HHMMSS.txt".len());
     assert_eq!(std::fs::read(vs.join(&a[0])).unwrap(), b"first a");
-    assert_eq!(std::fs::read(vs.join("sub").join(&b[0])).unwrap(), b"first b");
+    assert_eq!(
+        std::fs::read(vs.join("sub").join(&b[0])).unwrap(),
+        b"first b"
+    );
 
     let listed = rest.get("/rest/folder/versions?folder=v").unwrap();
     let keys: Vec<&String> = listed.as_object().unwrap().keys().collect();
@@ -123,15 +130,27 @@ fn remote_changes_are_versioned_listed_and_restored() {
     // Restore: the old bytes come back (the replaced file is versioned)
     // and reach the peer.
     let errors = rest
-        .send("POST", "/rest/folder/versions?folder=v", &json!({"a.txt": when}))
+        .send(
+            "POST",
+            "/rest/folder/versions?folder=v",
+            &json!({"a.txt": when}),
+        )
         .unwrap();
     assert_eq!(errors, json!({}), "{}", log());
     assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"first a");
-    assert_eq!(versions_of(&vs, "a").len(), 1, "the restored version left, the replaced one came");
+    assert_eq!(
+        versions_of(&vs, "a").len(),
+        1,
+        "the restored version left, the replaced one came"
+    );
     let synced = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
         (std::fs::read(src.join("a.txt")).ok()? == b"first a").then_some(())
     });
-    assert!(synced.is_some(), "restore not synced to the peer:\n{}", log());
+    assert!(
+        synced.is_some(),
+        "restore not synced to the peer:\n{}",
+        log()
+    );
 
     // The peer kept what the restore replaced on its side ("second a,
     // longer", with the mtime both sides gave it): its answer and ours
@@ -139,7 +158,10 @@ fn remote_changes_are_versioned_listed_and_restored() {
     // side's own archive time), and both print times alike.
     let theirs = wait::until(Duration::from_secs(30), Duration::from_millis(250), || {
         let l = st.get("/rest/folder/versions?folder=v").ok()?;
-        l["a.txt"].as_array().filter(|a| !a.is_empty()).map(|a| a[0].clone())
+        l["a.txt"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .map(|a| a[0].clone())
     })
     .expect("the peer lists its version of a.txt");
     let ours_now = rest.get("/rest/folder/versions?folder=v").unwrap();
@@ -152,16 +174,143 @@ fn remote_changes_are_versioned_listed_and_restored() {
         .unwrap_or_else(|| panic!("ours {ours_now}, theirs {theirs}"));
     let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     assert_eq!(keys(&mine), keys(&theirs));
-    assert_eq!(mine["modTime"], theirs["modTime"], "ours {mine}, theirs {theirs}");
+    assert_eq!(
+        mine["modTime"], theirs["modTime"],
+        "ours {mine}, theirs {theirs}"
+    );
     let shape = |t: &str| -> String {
-        t.chars().map(|c| if c.is_ascii_digit() { '0' } else { c }).collect()
+        t.chars()
+            .map(|c| if c.is_ascii_digit() { '0' } else { c })
+            .collect()
     };
     assert_eq!(
         shape(mine["versionTime"].as_str().unwrap()),
         shape(theirs["versionTime"].as_str().unwrap())
     );
 
-    let cleaned = rest.send("POST", "/rest/folder/versions/cleanup?folder=v", &json!({})).unwrap();
+    let cleaned = rest
+        .send("POST", "/rest/folder/versions/cleanup?folder=v", &json!({}))
+        .unwrap();
     assert_eq!(cleaned, json!({"removed": 0}));
+    node.stop();
+}
+
+/// A small tmpfs (root only), unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs at {}", at.display());
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Versions on another disk (the copy path), and that disk full: the
+/// pull of the replaced file fails with a clear error and the file stays
+/// as it was; once space is freed the pull resumes and the version holds
+/// the old bytes and mtime.
+#[test]
+fn a_full_versions_disk_fails_the_pull_and_keeps_the_file() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED a_full_versions_disk_…: needs root to mount a small tmpfs");
+        return;
+    }
+    let version = newest_peer();
+    let tmp = tempfile::tempdir().unwrap();
+    let vdisk = tmp.path().join("vdisk");
+    let _disk = SmallDisk::mount(&vdisk, "1m");
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp_version(&tmp.path().join("st"), version);
+    let src = tmp.path().join("st-src");
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let old: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.join("a.bin"), &old).unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("v", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("v", &dst, "sendreceive", &[st.id()]);
+    let mut c = ours.config();
+    c["folders"][0]["versioning"] = json!({"type": "simple", "params": {"keep": "3"},
+        "fsPath": vdisk.to_str().unwrap()});
+    ours.set_config(&c);
+
+    let node = ours.start();
+    let log = || node.proc.log_tail(40);
+    let pulled = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("a.bin")).ok()? == old).then_some(())
+    });
+    assert!(pulled.is_some(), "not pulled:\n{}", log());
+    let mtime = std::fs::metadata(dst.join("a.bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // Fill the versions disk, then the peer changes the file.
+    let filler = vdisk.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    std::fs::write(src.join("a.bin"), b"new contents").unwrap();
+    st.scan("v");
+    let failed = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        let e = node.get("/rest/folder/errors?folder=v").ok()?;
+        e["errors"]
+            .as_array()?
+            .iter()
+            .find(|x| x["path"] == "a.bin")
+            .map(|x| x["error"].as_str().unwrap_or("").to_string())
+    });
+    let msg = failed.unwrap_or_else(|| panic!("no pull error:\n{}", log()));
+    assert!(msg.contains("disk is full"), "{msg}");
+    assert_eq!(
+        std::fs::read(dst.join("a.bin")).unwrap(),
+        old,
+        "the file stays as it was"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&vdisk)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        [std::ffi::OsString::from("filler")],
+        "no partial version left"
+    );
+
+    // Space freed: the pull resumes (the retry comes by itself).
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("a.bin")).ok()? == b"new contents").then_some(())
+    });
+    assert!(resumed.is_some(), "did not resume:\n{}", log());
+    let kept = versions_of(&vdisk, "a");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(vdisk.join(&kept[0])).unwrap(), old);
+    assert_eq!(
+        std::fs::metadata(vdisk.join(&kept[0]))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
     node.stop();
 }

@@ -367,12 +367,18 @@ impl Versioner {
 fn free_name(vdir: &Dir, base: &str, now: SystemTime) -> String {
     const LATEST: u64 = 60;
     for k in 0..LATEST {
-        let name = tag::tag_filename(base, &tag::format_tag(now + std::time::Duration::from_secs(k)));
+        let name = tag::tag_filename(
+            base,
+            &tag::format_tag(now + std::time::Duration::from_secs(k)),
+        );
         if !vdir.exists(&name) {
             return name;
         }
     }
-    tag::tag_filename(base, &tag::format_tag(now + std::time::Duration::from_secs(LATEST)))
+    tag::tag_filename(
+        base,
+        &tag::format_tag(now + std::time::Duration::from_secs(LATEST)),
+    )
 }
 
 /// Errors of link(2)/rename(2) that copying gets around: another

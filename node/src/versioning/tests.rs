@@ -458,12 +458,22 @@ fn versions_of_the_same_second_are_all_kept() {
     let now = at("20250101-100000");
     f.replace(&v, "a.txt", b"2", now);
     f.replace(&v, "a.txt", b"3", now);
-    assert_eq!(f.versions(""), ["a~20250101-100000.txt", "a~20250101-100001.txt"]);
+    assert_eq!(
+        f.versions(""),
+        ["a~20250101-100000.txt", "a~20250101-100001.txt"]
+    );
     // A restore in the second its version was made keeps both.
     let (root, _) = f.dir("");
     v.restore(&root, "a.txt", now, now).unwrap();
     assert_eq!(fs::read(f.root.join("a.txt")).unwrap(), b"1");
-    let kept: Vec<Vec<u8>> = f.versions("").iter().map(|n| fs::read(f.root.join(".stversions").join(n)).unwrap()).collect();
+    let kept: Vec<Vec<u8>> = f
+        .versions("")
+        .iter()
+        .map(|n| fs::read(f.root.join(".stversions").join(n)).unwrap())
+        .collect();
     assert_eq!(kept.len(), 2);
-    assert!(kept.contains(&b"2".to_vec()) && kept.contains(&b"3".to_vec()), "{kept:?}");
+    assert!(
+        kept.contains(&b"2".to_vec()) && kept.contains(&b"3".to_vec()),
+        "{kept:?}"
+    );
 }
