@@ -30,6 +30,16 @@ impl Folder {
     }
 
     fn versioner(&self, kind: &str, params: &[(&str, &str)], fs_path: &str) -> Versioner {
+        self.versioner_with(kind, params, fs_path, Metrics::default())
+    }
+
+    fn versioner_with(
+        &self,
+        kind: &str,
+        params: &[(&str, &str)],
+        fs_path: &str,
+        metrics: Metrics,
+    ) -> Versioner {
         let params: BTreeMap<String, String> = params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -48,7 +58,7 @@ impl Folder {
             fs_watcher_enabled: false,
             fs_watcher_delay_s: 1,
         };
-        Versioner::for_folder(&f, Metrics::default()).unwrap()
+        Versioner::for_folder(&f, metrics).unwrap()
     }
 
     /// Writes `name` with `data` and an mtime of `mtime_s`.
@@ -475,5 +485,41 @@ fn versions_of_the_same_second_are_all_kept() {
     assert!(
         kept.contains(&b"2".to_vec()) && kept.contains(&b"3".to_vec()),
         "{kept:?}"
+    );
+}
+
+#[test]
+fn metrics_follow_archives_cleanups_and_errors() {
+    let f = Folder::new();
+    let m = crate::metrics::Metrics::new();
+    let v = f.versioner_with("simple", &[("keep", "1")], "", Metrics::of(&m, "f"));
+    f.write("a.txt", b"12345", 1_000_000);
+    f.replace(&v, "a.txt", b"x", at("20250101-100000"));
+    f.replace(&v, "a.txt", b"y", at("20250101-100001"));
+    let text = daemon::metrics::classic_text(&m.encode());
+    for line in [
+        "node_folder_versions{folder=\"f\"} 1",
+        "node_folder_versions_bytes{folder=\"f\"} 1",
+        "node_versioning_errors_total{folder=\"f\",kind=\"disk_full\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing in\n{text}"
+        );
+    }
+    let e = f.versioner_with(
+        "external",
+        &[("command", "false")],
+        "",
+        Metrics::of(&m, "f"),
+    );
+    let (root, d) = f.dir("");
+    assert!(e
+        .before_replace(&root, &d, "a.txt", SystemTime::now())
+        .is_err());
+    let text = daemon::metrics::classic_text(&m.encode());
+    assert!(
+        text.contains("node_versioning_errors_total{folder=\"f\",kind=\"external\"} 1"),
+        "{text}"
     );
 }
