@@ -314,3 +314,62 @@ fn a_full_versions_disk_fails_the_pull_and_keeps_the_file() {
     );
     node.stop();
 }
+
+/// The fault point of the crash test: the node dies right after archiving
+/// the old version, before the new file is in place. The file is then the
+/// old one and its version the same inode; after a restart the pull is
+/// redone without a second copy of the old version.
+#[test]
+fn a_crash_between_archive_and_swap_loses_nothing_and_copies_nothing_twice() {
+    use std::os::unix::fs::MetadataExt;
+    let version = newest_peer();
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (st, st_port) = e2e::syncthing::start_tcp_version(&tmp.path().join("st"), version);
+    let src = tmp.path().join("st-src");
+    let dst = tmp.path().join("our-dst");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("d/a.txt"), b"old").unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("v", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("v", &dst, "sendreceive", &[st.id()]);
+    let mut c = ours.config();
+    c["folders"][0]["versioning"] = json!({"type": "staggered"});
+    ours.set_config(&c);
+
+    let mut node = ours.start_with_env(&[("NODE_TEST_ABORT_AFTER_ARCHIVE", Path::new("d/a.txt"))]);
+    let pulled = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("d/a.txt")).ok()? == b"old").then_some(())
+    });
+    assert!(pulled.is_some(), "not pulled:\n{}", node.proc.log_tail(40));
+    std::fs::write(src.join("d/a.txt"), b"new!").unwrap();
+    st.scan("v");
+    assert!(
+        node.proc.wait_exit(Duration::from_secs(60)).is_some(),
+        "the node did not abort:\n{}",
+        node.proc.log_tail(40)
+    );
+    let vdir = dst.join(".stversions/d");
+    let kept = versions_of(&vdir, "a");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(dst.join("d/a.txt")).unwrap(), b"old");
+    assert_eq!(
+        std::fs::metadata(vdir.join(&kept[0])).unwrap().ino(),
+        std::fs::metadata(dst.join("d/a.txt")).unwrap().ino()
+    );
+
+    let node = ours.start();
+    let done = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(dst.join("d/a.txt")).ok()? == b"new!").then_some(())
+    });
+    assert!(done.is_some(), "not redone:\n{}", node.proc.log_tail(40));
+    assert_eq!(
+        versions_of(&vdir, "a"),
+        kept,
+        "no second copy of the old version"
+    );
+    assert_eq!(std::fs::read(vdir.join(&kept[0])).unwrap(), b"old");
+    node.stop();
+}
