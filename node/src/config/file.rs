@@ -67,9 +67,14 @@ const FOLDERS_COMMENT: &str = "\
 # within fsWatcherDelayS seconds of a change. ignoreDelete: deletions made on
 # other devices are not applied here (an archive keeps everything).
 # maxConflicts: conflict copies kept per file, the oldest removed first (10;
-# -1: all; 0: none, the losing local version is discarded). A folder whose
-# path does not exist when it is added is created; one that was synced and
-# whose path or .stfolder marker vanished (an unmounted disk) is not scanned.";
+# -1: all; 0: none, the losing local version is discarded, or kept in the
+# versions folder when versioning is on). A folder whose path does not exist
+# when it is added is created; one that was synced and whose path or
+# .stfolder marker vanished (an unmounted disk) is not scanned. versioning:
+# what a remote change replaces or deletes is kept (type trashcan, simple,
+# staggered or external; params as Syncthing's: cleanoutDays, keep, maxAge,
+# command, and timeoutS for external; fsPath: where, default .stversions in
+# the folder).";
 
 const EXAMPLES: &str = "
 # No devices or folders yet. For example:
@@ -235,6 +240,12 @@ mod tests {
             folders: vec![FolderConfig {
                 id: "projects".into(),
                 label: "Projects \"2026\"".into(),
+                versioning: crate::config::VersioningConfig::new(
+                    "simple",
+                    [("keep".to_string(), "3".to_string())].into(),
+                )
+                .unwrap()
+                .with_fs_path("/mnt/versions"),
                 path: dir.join("p"),
                 kind: FolderType::SendReceive,
                 devices: vec![FolderDevice { device_id: id }],
@@ -258,6 +269,7 @@ mod tests {
         assert!(text.starts_with("# Configuration of this node"));
         assert!(text.contains("# Shared folders."));
         assert!(text.contains("# Where to accept BEP connections"));
+        assert!(text.contains("[folders.versioning]"), "{text}");
         let back = load(dir.path()).unwrap();
         assert_eq!(
             serde_json::to_value(&back).unwrap(),

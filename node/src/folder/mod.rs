@@ -5,6 +5,7 @@
 //! Invariant: one loop per configured folder; it ends when the folder
 //! leaves the configuration or the node stops.
 
+mod cleanup;
 mod progress;
 mod round;
 
@@ -32,6 +33,9 @@ pub fn start_missing(node: &Arc<Node>) -> Result<()> {
                 tracing::error!(folder = %f.id, error = %format!("{e:#}"), "cannot create the new folder");
             }
         }
+        // The folder's versioning series show (at 0) from the start, so
+        // alerts on them work before the first archive.
+        let _ = crate::versioning::Metrics::of(&node.metrics, &f.id);
         let (scan_tx, scan_rx) = mpsc::channel(1);
         let rt = Arc::new(FolderRuntime {
             sequence: watch::channel(seq).0,
@@ -39,10 +43,13 @@ pub fn start_missing(node: &Arc<Node>) -> Result<()> {
             scan_now: scan_tx,
             pull_errors: std::sync::Mutex::new(Vec::new()),
             error: std::sync::Mutex::new(None),
+            config_changed: Default::default(),
         });
-        node.folders.write_locked().insert(f.id.clone(), rt);
+        node.folders.write_locked().insert(f.id.clone(), rt.clone());
         node.shutdown
             .spawn_until_cancelled(round::run(node.clone(), f.id.clone(), scan_rx));
+        node.shutdown
+            .spawn_until_cancelled(cleanup::run(node.clone(), f.id.clone(), rt));
     }
     Ok(())
 }

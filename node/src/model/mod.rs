@@ -259,6 +259,9 @@ pub struct FolderRuntime {
     /// Why the last scan could not run (state `error`), as
     /// `/rest/db/status` shows it; `None` once a scan succeeds.
     pub error: Mutex<Option<String>>,
+    /// Told on every configuration change: the folder's versions cleanup
+    /// re-reads its settings and restarts its timer.
+    pub config_changed: tokio::sync::Notify,
 }
 
 impl FolderRuntime {
@@ -348,6 +351,11 @@ pub struct Node {
     pub shutdown: daemon::Shutdown,
     /// Set by REST (shutdown, restart); the node's owner acts on it.
     pub stop_request: watch::Sender<Option<StopRequest>>,
+    /// Test-only fault point (`NODE_TEST_ABORT_AFTER_ARCHIVE`, read once
+    /// by `node serve`): the folder-relative name whose pull aborts the
+    /// process right after its old version is archived, before the new
+    /// file is put in place (the crash test). `None` in normal runs.
+    pub abort_after_archive: Option<String>,
 }
 
 /// Requests read from disk at once, over all connections.
@@ -434,6 +442,7 @@ impl Node {
             next_serial: AtomicU64::new(1),
             shutdown: daemon::Shutdown::new(),
             stop_request: watch::channel(None).0,
+            abort_after_archive: None,
         }
     }
 

@@ -19,9 +19,9 @@ use proto::bep::names;
 use proto::bep::wire::FileInfo;
 use sha2::{Digest, Sha256};
 
-use super::dirfd::{self, Dir, Kind, Rename};
 use crate::config::MaxConflicts;
 use crate::db::{Change, Db};
+use crate::dirfd::{self, Dir, Kind, Rename};
 use crate::ignore::Ignores;
 use crate::scan;
 
@@ -557,10 +557,10 @@ pub fn move_to_conflict(
 /// is removed, as Syncthing 2.1.3 removes it (`moveForConflict`), without
 /// archiving it.
 ///
-/// VERSIONING HOOK: this is the one place a losing local version is
-/// destroyed. Syncthing does not version it here; a versioner that wants
-/// it restorable (the issue's "no remote change destroys what cannot be
-/// restored") archives `losing` here instead of removing it.
+/// The one place a losing local version is destroyed (`maxConflicts` 0,
+/// as Syncthing). With versioning on the puller never comes here: it keeps
+/// that version in the versions folder, or as a conflict copy when caught
+/// in the last moment (`Ctx::keep_losing`, `Ctx::raced_conflicts`).
 fn discard_losing_version(dir: &Dir, name: &str, losing: &str) -> Result<()> {
     match dir.remove_file(losing) {
         Ok(()) => {}

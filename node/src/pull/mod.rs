@@ -8,7 +8,7 @@
 //! * [`verify`] — fetched blocks hashed several at once and written.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
 //!   checks, temp files, conflict copies).
-//! * [`dirfd`] — directory handles: every disk operation of a pull is made
+//! * [`dirfd`] (a leaf, `crate::dirfd`) — directory handles: every disk operation of a pull is made
 //!   relative to a directory opened from the folder root without crossing
 //!   a symlink, never through a path.
 //! * [`local_ops`] — revert (receive-only) and override (send-only).
@@ -24,7 +24,9 @@
 //! against its SHA-256, then fsynced and renamed over the target: the
 //! target is always either the old or the complete new version.
 
-pub mod dirfd;
+// A leaf since versioning (below `pull`) works on directory handles too;
+// re-exported where the puller's callers have always found it.
+pub use crate::dirfd;
 pub mod disk;
 pub mod figures;
 pub mod local_ops;
@@ -50,9 +52,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::{FolderConfig, MaxConflicts};
 use crate::db::{Change, Direction};
+use crate::dirfd::{Dir, Rename};
 use crate::model::Node;
 use daemon::sync::MutexExt;
-use dirfd::{Dir, Rename};
 use disk::{basename, dirname, LocallyChanged};
 use need::Needed;
 use verify::{TempFile, Verifier};
@@ -100,9 +102,39 @@ struct Ctx {
     /// file, as 1.19.2 does). Names, not descriptors: a page may touch
     /// hundreds of directories.
     changed_dirs: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The folder's versioner (`None`: versioning off): what a remote
+    /// change replaces or deletes is kept through it.
+    versioner: Option<crate::versioning::Versioner>,
 }
 
 impl Ctx {
+    /// The losing local version of a conflict (the regular file `base` of
+    /// `dir`, for `name`) becomes a conflict copy; with `maxConflicts` 0
+    /// Syncthing removes it, but with versioning on it is kept in the
+    /// versions folder instead: no remote change destroys data that
+    /// cannot be restored.
+    fn keep_losing(&self, dir: &Dir, name: &str, base: &str, incoming: &FileInfo) -> Result<()> {
+        if let (MaxConflicts::Discard, Some(v)) = (self.max_conflicts, &self.versioner) {
+            if v.archive_deleted(&self.root_dir, dir, name, SystemTime::now())? {
+                tracing::info!(folder = %self.folder, file = ?name,
+                    "losing local version kept in the versions folder (maxConflicts is 0)");
+                return Ok(());
+            }
+        }
+        disk::move_to_conflict(dir, name, base, incoming, self.max_conflicts)
+    }
+
+    /// `maxConflicts` for a local write caught in the last moment before
+    /// the swap: that version sits under the temp name, where the
+    /// versioner does not take it, so with versioning on it is kept as a
+    /// conflict copy rather than discarded.
+    fn raced_conflicts(&self) -> MaxConflicts {
+        match (self.max_conflicts, &self.versioner) {
+            (MaxConflicts::Discard, Some(_)) => MaxConflicts::Unlimited,
+            (m, _) => m,
+        }
+    }
+
     fn verifier(&self) -> &Verifier {
         self.verifier.get_or_init(|| {
             Verifier::start(std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -198,9 +230,14 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         max_conflicts: folder.max_conflicts,
         budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
         ignores: crate::ignore::Ignores::load(&folder.path)
-            .context("not pulling until the folder's .stignore is fixed")?,
+            .context("not pulling until the folder's .stignore is fixed")?
+            .with_internal_dir(crate::versioning::in_folder_dir(folder)),
         changed_dirs: Default::default(),
         verifier: Default::default(),
+        versioner: crate::versioning::Versioner::for_folder(
+            folder,
+            crate::versioning::Metrics::of(&node.metrics, &folder.id),
+        ),
     });
     let mut stats = RoundStats::default();
     let mut pending: Vec<Change> = Vec::new();
@@ -422,6 +459,10 @@ fn recorded(g: &FileInfo, dir: &Dir) -> Result<Change> {
 /// renames a new conflict copy over an existing one of the same name (same
 /// second, same winner), which then reaches us as an ordinary newer
 /// version and would otherwise destroy the edit everywhere.
+///
+/// Syncthing 2.1.3 never versions the losing side of a conflict: it
+/// becomes a conflict copy, or with `maxConflicts` 0 it is removed
+/// outright; we keep it in the versions folder then ([`Ctx::keep_losing`]).
 fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Dir) -> Result<()> {
     let Some(local) = n.local.as_ref().filter(|l| !l.deleted) else {
         return Ok(());
@@ -431,7 +472,7 @@ fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Dir) -> Result<()> {
         return Ok(());
     }
     if is_conflict(local, &n.global) || is_conflict_copy(&n.global.name) {
-        disk::move_to_conflict(dir, &n.global.name, base, &n.global, ctx.max_conflicts)?;
+        ctx.keep_losing(dir, &n.global.name, base, &n.global)?;
         ctx.conflicts.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -490,6 +531,10 @@ fn make_symlink(ctx: &Ctx, n: &Needed) -> Result<Change> {
         .with_context(|| format!("cannot create the symlink {temp:?}"))?;
     unchanged_or_bail(ctx, &g.name, &dir)?;
     keep_conflicting(ctx, n, &dir)?;
+    // A regular file replaced by a symlink is kept, as Syncthing does.
+    if let Some(v) = &ctx.versioner {
+        v.archive_deleted(&ctx.root_dir, &dir, &g.name, SystemTime::now())?;
+    }
     dir.rename(&temp, &dir, base, Rename::Replace)
         .with_context(|| format!("cannot rename into {:?}", g.name))?;
     ctx.dir_changed(&g.name);
@@ -537,8 +582,12 @@ fn delete(ctx: &Ctx, n: &Needed) -> Result<Change> {
                 .as_ref()
                 .is_some_and(|l| !l.deleted && is_conflict(l, g));
             if edited && m.is_file() {
-                disk::move_to_conflict(&dir, &g.name, base, g, ctx.max_conflicts)?;
+                ctx.keep_losing(&dir, &g.name, base, g)?;
                 ctx.conflicts.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(v) = ctx.versioner.as_ref().filter(|_| m.is_file()) {
+                // Kept in the versions folder instead of removed (symlinks
+                // are not versioned, as in Syncthing).
+                v.archive_deleted(&ctx.root_dir, &dir, &g.name, SystemTime::now())?;
             } else {
                 dir.remove_file(base)
                     .with_context(|| format!("cannot remove {:?}", g.name))?;
@@ -559,7 +608,11 @@ fn mtime(g: &FileInfo) -> SystemTime {
 async fn pull_file(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
     let result = pull_file_into_place(ctx, n).await;
     match result {
-        Err(e) if disk::is_disk_full(&e) => {
+        // A full versions folder (another disk) is the versioner's own
+        // error: the complete temp file stays for the retry.
+        Err(e)
+            if disk::is_disk_full(&e) && e.downcast_ref::<crate::versioning::Error>().is_none() =>
+        {
             disk::remove_temp(&ctx.root_dir, &n.global.name);
             Err(e.context("the folder's disk is full; the partial file was removed and the pull resumes when space is freed"))
         }
@@ -766,6 +819,24 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
     unchanged_or_bail(ctx, &g.name, &dir)?;
     keep_conflicting(ctx, n, &dir)?;
     let base = basename(&g.name);
+    // The old file is kept (a hard link in the versions folder) before
+    // the new one replaces it: a crash in between leaves the old file in
+    // place, and the redo finds it already kept.
+    // A change of metadata only (same bytes) keeps no version, as in
+    // Syncthing, which then only updates the file in place.
+    let now = SystemTime::now();
+    let same = n
+        .local
+        .as_ref()
+        .is_some_and(|l| !l.deleted && same_content(l, g));
+    let kept = match ctx.versioner.as_ref().filter(|_| !same) {
+        Some(v) => v.before_replace(&ctx.root_dir, &dir, &g.name, now)?,
+        None => None,
+    };
+    if kept.is_some() && ctx.node.abort_after_archive.as_deref() == Some(g.name.as_str()) {
+        tracing::error!(file = ?g.name, "NODE_TEST_ABORT_AFTER_ARCHIVE: aborting after the archive");
+        std::process::abort();
+    }
     disk::swap_into_place(
         &ctx.node.db,
         &ctx.folder,
@@ -773,8 +844,11 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
         &dir,
         (&temp, base),
         g,
-        ctx.max_conflicts,
+        ctx.raced_conflicts(),
     )?;
+    if let (Some(k), Some(v)) = (kept, &ctx.versioner) {
+        k.finish(v, now);
+    }
     ctx.dir_changed(&g.name);
     recorded(g, &dir)
 }
