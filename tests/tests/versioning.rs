@@ -51,6 +51,8 @@ struct Pair {
     src: PathBuf,
     recv: Receiver,
     dst: PathBuf,
+    /// `.stversions` in the folder, or the versioning's `fsPath`.
+    versions: PathBuf,
 }
 
 impl Pair {
@@ -79,19 +81,24 @@ impl Pair {
         source.share_folder(FOLDER, &src, "sendreceive", &[&recv.id()]);
         let versioning = versioning(tmp.path());
         recv.add_folder(FOLDER, &dst, &[source.id()], &versioning);
+        let versions = match versioning["fsPath"].as_str() {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => dst.join(".stversions"),
+        };
         let pair = Pair {
             tmp,
             source,
             src,
             recv,
             dst,
+            versions,
         };
         pair.wait_same(Duration::from_secs(90));
         pair
     }
 
     fn versions_dir(&self) -> PathBuf {
-        self.dst.join(".stversions")
+        self.versions.clone()
     }
 
     /// The source scans; waits until the receiver's folder has the same
@@ -232,8 +239,13 @@ fn versioning_json(v: Versioner, kind: Kind, tmp: &Path) -> Value {
     } else {
         1
     };
+    let mut fs_path = String::new();
     let (kind_name, params) = match v {
-        Versioner::Trashcan => ("trashcan", json!({"cleanoutDays": "5"})),
+        Versioner::Trashcan => {
+            // Elsewhere (another disk, say), and created as needed.
+            fs_path = tmp.join("elsewhere/trash").display().to_string();
+            ("trashcan", json!({"cleanoutDays": "5"}))
+        }
         Versioner::Simple => ("simple", json!({"keep": "2", "cleanoutDays": "5"})),
         Versioner::Staggered => ("staggered", json!({"maxAge": (40 * DAY).to_string()})),
         Versioner::External => {
@@ -246,7 +258,7 @@ fn versioning_json(v: Versioner, kind: Kind, tmp: &Path) -> Value {
         }
     };
     json!({"type": kind_name, "params": params, "cleanupIntervalS": interval,
-           "fsPath": "", "fsType": "basic"})
+           "fsPath": fs_path, "fsType": "basic"})
 }
 
 /// The tagged versions of `path` in `versions`: (tag, bytes), oldest first.
@@ -544,6 +556,7 @@ fn hand_over(pair: Pair, versioning: &Value, by: Kind) {
         source,
         recv,
         dst,
+        versions,
         ..
     } = pair;
     let from = recv.kind();
@@ -578,7 +591,7 @@ fn hand_over(pair: Pair, versioning: &Value, by: Kind) {
         );
     }
     assert!(
-        files(&dst.join(".stversions")) == on_disk,
+        files(&versions) == on_disk,
         "taking over changed the versions"
     );
     next.stop();
