@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::model::Node;
+use daemon::sync::RwLockExt;
 
 /// Puts the current configuration in effect: folders get their runtime
 /// state and loop, devices a dial loop, and every connection is told to
@@ -15,6 +16,11 @@ use crate::model::Node;
 pub fn apply_config(node: &Arc<Node>) -> Result<()> {
     let config = node.config();
     node.events.bus.set_labels(&config);
+    // Versions cleanups follow their folder's new settings (or end with
+    // their folder).
+    for rt in node.folders.read_locked().values() {
+        rt.config_changed.notify_one();
+    }
     crate::folder::start_missing(node)?;
     crate::connect::ensure_dialers(node);
     // Every connection: the primary sends our ClusterConfig, and any that

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod file;
 pub mod relay_uri;
+pub mod versioning;
+
+pub use versioning::{Versioning, VersioningConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -167,6 +170,10 @@ pub struct FolderConfig {
     pub id: String,
     #[serde(default)]
     pub label: String,
+    /// File versioning (Syncthing's `versioning` object), typed once when
+    /// read; see [`versioning`].
+    #[serde(default)]
+    pub versioning: VersioningConfig,
     pub path: PathBuf,
     #[serde(default, rename = "type")]
     pub kind: FolderType,
@@ -477,7 +484,7 @@ pub const MAX_INTERVAL_S: u64 = 10 * 365 * 24 * 3600;
 
 /// `path` with `.` and `..` components resolved without touching the
 /// disk (`..` at the root stays at the root).
-fn lexical(path: &Path) -> PathBuf {
+pub fn lexical(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in path.components() {
@@ -557,6 +564,7 @@ mod tests {
             folders: vec![FolderConfig {
                 id: "f".into(),
                 label: String::new(),
+                versioning: Default::default(),
                 path: dir.path().join("f"),
                 kind: FolderType::SendOnly,
                 devices: vec![],
@@ -585,6 +593,7 @@ mod tests {
         FolderConfig {
             id: id.into(),
             label: String::new(),
+            versioning: Default::default(),
             path: path.to_path_buf(),
             kind: FolderType::SendReceive,
             devices: vec![],

@@ -28,6 +28,8 @@ pub struct Options {
     /// Where the node's recent log lines are kept (`/rest/system/log`); the
     /// log subscriber feeds them. A new, empty one if not given.
     pub records: Option<Arc<crate::events::record::Records>>,
+    /// Test-only: see `Node::abort_after_archive`.
+    pub abort_after_archive: Option<String>,
 }
 
 pub use crate::model::StopRequest;
@@ -73,7 +75,9 @@ pub async fn spawn(options: Options) -> Result<NodeHandle> {
     }
     let db = Db::open(&home)?;
     let records = options.records.unwrap_or_default();
-    let node = Arc::new(Node::new(home, gui, identity, config, db, records));
+    let mut node = Node::new(home, gui, identity, config, db, records);
+    node.abort_after_archive = options.abort_after_archive;
+    let node = Arc::new(node);
     tracing::info!(id = %node.my_id, "starting");
     node.events.starting(&node.home, &node.my_id);
     let rest_addr = match start(&node).await {

@@ -53,6 +53,12 @@ pub struct Metrics {
     /// Strangers' and peers' excesses refused, by reason (counted through
     /// `guard::Refusals`, which registers every reason).
     pub refused: Family<Reason, Counter>,
+    /// Versions kept in each folder's versions folder, and their bytes
+    /// (set by archives, listings and cleanups).
+    pub versions_kept: Family<Named<1>, Gauge>,
+    pub versions_bytes: Family<Named<1>, Gauge>,
+    /// Failures to keep, restore or clean versions, per folder and kind.
+    pub versioning_errors: Family<Named<2>, Counter>,
     /// Held while the scraped gauges are filled in and the text written,
     /// so two scrapes at once never interleave their clear-and-set.
     scrape: Mutex<()>,
@@ -84,6 +90,9 @@ impl Metrics {
         let connection_index_received = Family::<Named<3>, Gauge>::default();
         let rest_refused = Family::<Reason, Counter>::default();
         let refused = Family::<Reason, Counter>::default();
+        let versions_kept = Family::<Named<1>, Gauge>::default();
+        let versions_bytes = Family::<Named<1>, Gauge>::default();
+        let versioning_errors = Family::<Named<2>, Counter>::default();
         // The order of the exposition, kept from the hand-written text.
         registry.register(
             "node_hashed_files",
@@ -170,6 +179,21 @@ impl Metrics {
             "Index and IndexUpdate messages received on each live connection",
             connection_index_received.clone(),
         );
+        registry.register(
+            "node_folder_versions",
+            "Versions kept in the folder's versions folder",
+            versions_kept.clone(),
+        );
+        registry.register(
+            "node_folder_versions_bytes",
+            "Bytes of the versions kept in the folder's versions folder",
+            versions_bytes.clone(),
+        );
+        registry.register(
+            "node_versioning_errors",
+            "Failures to keep, restore or clean up versions, per folder and kind",
+            versioning_errors.clone(),
+        );
         let pull_refused_not_a_dir = counter(&pull_refused, [("reason", "not_a_directory")]);
         Metrics {
             registry,
@@ -190,6 +214,9 @@ impl Metrics {
             connection_index_received,
             rest_refused,
             refused,
+            versions_kept,
+            versions_bytes,
+            versioning_errors,
             scrape: Mutex::new(()),
         }
     }

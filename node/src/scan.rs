@@ -86,6 +86,7 @@ pub fn scan(
         root,
         short_id,
         receive_only: false,
+        versions_dir: None,
     };
     let events = crate::events::Events::default();
     scan_folder(db, &events, target, progress, live)
@@ -99,6 +100,10 @@ pub struct Target<'a> {
     pub short_id: u64,
     /// Every local change is recorded `invalid` (see [`scan_folder`]).
     pub receive_only: bool,
+    /// The versions folder when it is inside the folder under another
+    /// name than `.stversions` (which is always skipped): treated as
+    /// ignored, so nothing in it is ever announced.
+    pub versions_dir: Option<String>,
 }
 
 /// [`scan`], for a folder that is receive-only when `receive_only`: every
@@ -119,6 +124,7 @@ pub fn scan_folder(
         root,
         short_id,
         receive_only,
+        versions_dir,
     } = target;
     let started = Instant::now();
     let marker = root.join(MARKER);
@@ -146,7 +152,8 @@ pub fn scan_folder(
     // one; a broken one stops the scan (and so the pull) rather than sync
     // or delete what the user meant to ignore.
     let ignores = crate::ignore::Ignores::load(root)
-        .with_context(|| format!("folder {folder:?}: not scanning until its .stignore is fixed"))?;
+        .with_context(|| format!("folder {folder:?}: not scanning until its .stignore is fixed"))?
+        .with_internal_dir(versions_dir);
     let now = unix_now();
     let mut stats = ScanStats::default();
     db.seen_reset(folder)?;

@@ -40,6 +40,10 @@ pub fn serve(args: ServeArgs) -> std::process::ExitCode {
         gui_address: args.gui_address,
         gui_apikey: args.gui_apikey,
         records: Some(records),
+        // The crash test's fault point (ARCHITECTURE.md), read once here.
+        abort_after_archive: std::env::var("NODE_TEST_ABORT_AFTER_ARCHIVE")
+            .ok()
+            .filter(|n| !n.is_empty()),
     };
     let mut outcome = Ok(None);
     let code = daemon::run_main_with(|b| b.max_blocking_threads(MAX_BLOCKING_THREADS), async {

@@ -230,6 +230,7 @@ mod tests {
             folders: vec![FolderConfig {
                 id: "projects".into(),
                 label: "Projects \"2026\"".into(),
+                versioning: Default::default(),
                 path: dir.join("p"),
                 kind: FolderType::SendReceive,
                 devices: vec![FolderDevice { device_id: id }],

@@ -5,6 +5,7 @@
 //! Invariant: one loop per configured folder; it ends when the folder
 //! leaves the configuration or the node stops.
 
+mod cleanup;
 mod progress;
 mod round;
 
@@ -30,10 +31,13 @@ pub fn start_missing(node: &Arc<Node>) -> Result<()> {
             state: std::sync::Mutex::new(FolderState::ScanWaiting),
             scan_now: scan_tx,
             pull_errors: std::sync::Mutex::new(Vec::new()),
+            config_changed: Default::default(),
         });
-        node.folders.write_locked().insert(f.id.clone(), rt);
+        node.folders.write_locked().insert(f.id.clone(), rt.clone());
         node.shutdown
             .spawn_until_cancelled(round::run(node.clone(), f.id.clone(), scan_rx));
+        node.shutdown
+            .spawn_until_cancelled(cleanup::run(node.clone(), f.id.clone(), rt));
     }
     Ok(())
 }

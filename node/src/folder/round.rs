@@ -70,12 +70,14 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
     let (fid, path) = (f.id.clone(), f.path.clone());
     let short = node.my_id.short().0;
     let receive_only = f.kind == FolderType::ReceiveOnly;
+    let versions_dir = crate::versioning::in_folder_dir(f);
     let result = tokio::task::spawn_blocking(move || {
         let target = scan::Target {
             folder: &fid,
             root: &path,
             short_id: short,
             receive_only,
+            versions_dir,
         };
         scan::scan_folder(
             &node2.db,

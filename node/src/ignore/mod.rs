@@ -60,6 +60,10 @@ struct Pattern {
 pub struct Ignores {
     patterns: Vec<Pattern>,
     skip_ignored_dirs: bool,
+    /// Folder-relative directories ignored whatever the patterns say (a
+    /// versions folder inside the folder under another name than
+    /// `.stversions`): never scanned, announced, served or pulled into.
+    internal: Vec<String>,
 }
 
 impl Ignores {
@@ -117,7 +121,14 @@ impl Ignores {
         Ignores {
             patterns,
             skip_ignored_dirs: skip,
+            internal: Vec::new(),
         }
+    }
+
+    /// These patterns, and `dir` (and everything below it) ignored first.
+    pub fn with_internal_dir(mut self, dir: Option<String>) -> Ignores {
+        self.internal.extend(dir);
+        self
     }
 
     #[cfg(test)]
@@ -129,6 +140,17 @@ impl Ignores {
     pub fn check(&self, name: &str) -> Verdict {
         if name.is_empty() || name == "." {
             return Verdict::default();
+        }
+        for d in &self.internal {
+            if name
+                .strip_prefix(d.as_str())
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            {
+                return Verdict {
+                    ignored: true,
+                    deletable: false,
+                };
+            }
         }
         let mut lower: Option<String> = None;
         for p in &self.patterns {

@@ -252,6 +252,9 @@ pub struct FolderRuntime {
     pub scan_now: mpsc::Sender<()>,
     /// Names the last pull round could not apply, with the reason.
     pub pull_errors: Mutex<Vec<(String, String)>>,
+    /// Told on every configuration change: the folder's versions cleanup
+    /// re-reads its settings and restarts its timer.
+    pub config_changed: tokio::sync::Notify,
 }
 
 impl FolderRuntime {
@@ -341,6 +344,11 @@ pub struct Node {
     pub shutdown: daemon::Shutdown,
     /// Set by REST (shutdown, restart); the node's owner acts on it.
     pub stop_request: watch::Sender<Option<StopRequest>>,
+    /// Test-only fault point (`NODE_TEST_ABORT_AFTER_ARCHIVE`, read once
+    /// by `node serve`): the folder-relative name whose pull aborts the
+    /// process right after its old version is archived, before the new
+    /// file is put in place (the crash test). `None` in normal runs.
+    pub abort_after_archive: Option<String>,
 }
 
 /// Requests read from disk at once, over all connections.
@@ -427,6 +435,7 @@ impl Node {
             next_serial: AtomicU64::new(1),
             shutdown: daemon::Shutdown::new(),
             stop_request: watch::channel(None).0,
+            abort_after_archive: None,
         }
     }
 

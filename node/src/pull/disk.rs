@@ -19,8 +19,8 @@ use proto::bep::names;
 use proto::bep::wire::FileInfo;
 use sha2::{Digest, Sha256};
 
-use super::dirfd::{self, Dir, Kind, Rename};
 use crate::db::{Change, Db};
+use crate::dirfd::{self, Dir, Kind, Rename};
 use crate::ignore::Ignores;
 use crate::scan;
 

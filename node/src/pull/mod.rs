@@ -8,7 +8,7 @@
 //! * [`verify`] — fetched blocks hashed several at once and written.
 //! * [`disk`] — safe filesystem steps (no symlink traversal, local-change
 //!   checks, temp files, conflict copies).
-//! * [`dirfd`] — directory handles: every disk operation of a pull is made
+//! * [`dirfd`] (a leaf, `crate::dirfd`) — directory handles: every disk operation of a pull is made
 //!   relative to a directory opened from the folder root without crossing
 //!   a symlink, never through a path.
 //! * [`local_ops`] — revert (receive-only) and override (send-only).
@@ -24,7 +24,9 @@
 //! against its SHA-256, then fsynced and renamed over the target: the
 //! target is always either the old or the complete new version.
 
-pub mod dirfd;
+// A leaf since versioning (below `pull`) works on directory handles too;
+// re-exported where the puller's callers have always found it.
+pub use crate::dirfd;
 pub mod disk;
 pub mod figures;
 pub mod local_ops;
@@ -50,9 +52,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::FolderConfig;
 use crate::db::{Change, Direction};
+use crate::dirfd::{Dir, Rename};
 use crate::model::Node;
 use daemon::sync::MutexExt;
-use dirfd::{Dir, Rename};
 use disk::{basename, dirname, LocallyChanged};
 use need::Needed;
 use verify::{TempFile, Verifier};
@@ -98,6 +100,9 @@ struct Ctx {
     /// file, as 1.19.2 does). Names, not descriptors: a page may touch
     /// hundreds of directories.
     changed_dirs: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The folder's versioner (`None`: versioning off): what a remote
+    /// change replaces or deletes is kept through it.
+    versioner: Option<crate::versioning::Versioner>,
 }
 
 impl Ctx {
@@ -195,9 +200,14 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
         conflicts: AtomicUsize::new(0),
         budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
         ignores: crate::ignore::Ignores::load(&folder.path)
-            .context("not pulling until the folder's .stignore is fixed")?,
+            .context("not pulling until the folder's .stignore is fixed")?
+            .with_internal_dir(crate::versioning::in_folder_dir(folder)),
         changed_dirs: Default::default(),
         verifier: Default::default(),
+        versioner: crate::versioning::Versioner::for_folder(
+            folder,
+            crate::versioning::Metrics::of(&node.metrics, &folder.id),
+        ),
     });
     let mut stats = RoundStats::default();
     let mut pending: Vec<Change> = Vec::new();
@@ -410,6 +420,13 @@ fn recorded(g: &FileInfo, dir: &Dir) -> Result<Change> {
 /// renames a new conflict copy over an existing one of the same name (same
 /// second, same winner), which then reaches us as an ordinary newer
 /// version and would otherwise destroy the edit everywhere.
+///
+/// Syncthing 2.1.3 never versions the losing side of a conflict: it
+/// becomes a conflict copy, or with `maxConflicts` 0 it is removed
+/// outright. Where a losing copy is to be removed rather than kept, call
+/// `ctx.versioner`'s `archive_deleted` instead of removing it when
+/// versioning is on (no remote change destroys data that cannot be
+/// restored).
 fn keep_conflicting(ctx: &Ctx, n: &Needed, dir: &Dir) -> Result<()> {
     let Some(local) = n.local.as_ref().filter(|l| !l.deleted) else {
         return Ok(());
@@ -478,6 +495,10 @@ fn make_symlink(ctx: &Ctx, n: &Needed) -> Result<Change> {
         .with_context(|| format!("cannot create the symlink {temp:?}"))?;
     unchanged_or_bail(ctx, &g.name, &dir)?;
     keep_conflicting(ctx, n, &dir)?;
+    // A regular file replaced by a symlink is kept, as Syncthing does.
+    if let Some(v) = &ctx.versioner {
+        v.archive_deleted(&ctx.root_dir, &dir, &g.name, SystemTime::now())?;
+    }
     dir.rename(&temp, &dir, base, Rename::Replace)
         .with_context(|| format!("cannot rename into {:?}", g.name))?;
     ctx.dir_changed(&g.name);
@@ -527,6 +548,10 @@ fn delete(ctx: &Ctx, n: &Needed) -> Result<Change> {
             if edited && m.is_file() {
                 disk::move_to_conflict(&dir, &g.name, base, g)?;
                 ctx.conflicts.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(v) = ctx.versioner.as_ref().filter(|_| m.is_file()) {
+                // Kept in the versions folder instead of removed (symlinks
+                // are not versioned, as in Syncthing).
+                v.archive_deleted(&ctx.root_dir, &dir, &g.name, SystemTime::now())?;
             } else {
                 dir.remove_file(base)
                     .with_context(|| format!("cannot remove {:?}", g.name))?;
@@ -547,7 +572,11 @@ fn mtime(g: &FileInfo) -> SystemTime {
 async fn pull_file(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
     let result = pull_file_into_place(ctx, n).await;
     match result {
-        Err(e) if disk::is_disk_full(&e) => {
+        // A full versions folder (another disk) is the versioner's own
+        // error: the complete temp file stays for the retry.
+        Err(e)
+            if disk::is_disk_full(&e) && e.downcast_ref::<crate::versioning::Error>().is_none() =>
+        {
             disk::remove_temp(&ctx.root_dir, &n.global.name);
             Err(e.context("the folder's disk is full; the partial file was removed and the pull resumes when space is freed"))
         }
@@ -754,7 +783,22 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
     unchanged_or_bail(ctx, &g.name, &dir)?;
     keep_conflicting(ctx, n, &dir)?;
     let base = basename(&g.name);
+    // The old file is kept (a hard link in the versions folder) before
+    // the new one replaces it: a crash in between leaves the old file in
+    // place, and the redo finds it already kept.
+    let now = SystemTime::now();
+    let kept = match &ctx.versioner {
+        Some(v) => v.before_replace(&ctx.root_dir, &dir, &g.name, now)?,
+        None => None,
+    };
+    if kept.is_some() && ctx.node.abort_after_archive.as_deref() == Some(g.name.as_str()) {
+        tracing::error!(file = ?g.name, "NODE_TEST_ABORT_AFTER_ARCHIVE: aborting after the archive");
+        std::process::abort();
+    }
     disk::swap_into_place(&ctx.node.db, &ctx.folder, &g.name, &dir, &temp, base, g)?;
+    if let (Some(k), Some(v)) = (kept, &ctx.versioner) {
+        k.finish(v, now);
+    }
     ctx.dir_changed(&g.name);
     recorded(g, &dir)
 }

@@ -70,6 +70,7 @@ fn default_folder(node: &Node) -> Value {
     folder_json(&FolderConfig {
         id: String::new(),
         label: String::new(),
+        versioning: Default::default(),
         path: "~".into(),
         kind: FolderType::SendReceive,
         devices: vec![FolderDevice {
@@ -303,16 +304,43 @@ fn paused_events(node: &Node, before: &Config, after: &Config) {
     }
 }
 
-/// Overlays the keys of `patch` on `base` (one level, like Syncthing's PATCH).
+/// Overlays the keys of `patch` on `base` (one level, like Syncthing's
+/// PATCH), except a folder's `versioning` object, whose keys (and
+/// `params`) are overlaid too: Go decodes a PATCH into the existing
+/// struct and map, so `{"versioning": {"params": {"keep": "3"}}}` keeps
+/// the type, the other parameters and `fsPath`.
 fn merge(base: &mut Value, patch: Value) -> Result<(), Answer> {
     match (base.as_object_mut(), patch) {
         (Some(b), Value::Object(p)) => {
             for (k, v) in p {
-                b.insert(k, v);
+                match (b.get_mut(&k), v) {
+                    (Some(old), Value::Object(new)) if k == "versioning" && old.is_object() => {
+                        deep_merge(old, Value::Object(new))
+                    }
+                    (_, v) => {
+                        b.insert(k, v);
+                    }
+                }
             }
             Ok(())
         }
         _ => Err(Err(bad("expected a JSON object"))),
+    }
+}
+
+fn deep_merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    Some(old) if old.is_object() && v.is_object() => deep_merge(old, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
     }
 }
 

@@ -40,7 +40,6 @@ pub const FOLDER: &Shape = &Shape {
         "ignorePerms" => false, false;
         "autoNormalize" => true, true;
         "minDiskFree" => {"unit": "%", "value": 1}, true;
-        "versioning" => {"cleanupIntervalS": 3600, "fsPath": "", "fsType": "basic", "params": {}, "type": ""}, false;
         "copiers" => 0, true;
         "pullerMaxPendingKiB" => 0, true;
         "hashers" => 0, true;

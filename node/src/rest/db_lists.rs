@@ -66,17 +66,8 @@ pub async fn route(c: &Call) -> Answer {
             c.allow(&[Method::GET, Method::POST])?;
             ignores(c)
         }
-        "/rest/folder/versions" => {
-            c.allow(&[Method::GET, Method::POST])?;
-            c.folder()?;
-            if c.method == Method::POST {
-                return Err(bad(
-                    "file versioning is not supported by this node: there are no versions to restore",
-                ));
-            }
-            // No versioning here, so no archived versions: Syncthing's
-            // answer for a folder without any.
-            Ok(json(&json!({})))
+        "/rest/folder/versions" | "/rest/folder/versions/cleanup" => {
+            super::versions::route(c).await
         }
         "/rest/db/prio" => {
             c.allow(&[Method::POST])?;

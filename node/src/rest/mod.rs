@@ -26,6 +26,7 @@ mod stats;
 mod summaries;
 mod svc;
 mod system;
+mod versions;
 
 use std::convert::Infallible;
 use std::net::IpAddr;

@@ -222,6 +222,44 @@ impl Dir {
         Ok(())
     }
 
+    /// `linkat(self, from, to_dir, to)` without `AT_SYMLINK_FOLLOW`: a
+    /// second name for the entry `from` itself (a symlink there is linked
+    /// as a symlink, never its target). Fails with `EEXIST` if `to` exists
+    /// and `EXDEV` across filesystems.
+    pub fn link(&self, from: &str, to_dir: &Dir, to: &str) -> io::Result<()> {
+        rustix::fs::linkat(
+            &self.0,
+            one_component(from)?,
+            &to_dir.0,
+            one_component(to)?,
+            AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Sets the modification (and access) time of the entry `name`
+    /// itself (`utimensat` with `AT_SYMLINK_NOFOLLOW`).
+    pub fn set_mtime(&self, name: &str, mtime: std::time::SystemTime) -> io::Result<()> {
+        let d = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let t = rustix::fs::Timespec {
+            tv_sec: d.as_secs() as _,
+            tv_nsec: d.subsec_nanos() as _,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(
+            &self.0,
+            one_component(name)?,
+            &times,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
     /// `unlinkat`: removes the non-directory `name` (a symlink itself,
     /// never its target).
     pub fn remove_file(&self, name: &str) -> io::Result<()> {
