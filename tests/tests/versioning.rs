@@ -950,6 +950,15 @@ fn crash_after_archiving_loses_nothing_our_node() {
         );
     };
     check("after restart");
+    eprintln!(
+        "after restart d/c.bin is the {} version; {} version(s) of it kept",
+        if std::fs::read(&file).unwrap() == c0 {
+            "old"
+        } else {
+            "new"
+        },
+        versions_of().len()
+    );
     let t0 = Instant::now();
     let done = wait::until(Duration::from_secs(90), Duration::from_millis(100), || {
         check("while pulling");
