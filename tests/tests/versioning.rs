@@ -666,7 +666,7 @@ fn staggered_our_node_written_listed_by_syncthing() {
     hand_over(pair, &versioning, reference());
 }
 
-// 3. Restore over REST.
+// 3. Restore over REST (and a local edit, which is never versioned).
 
 fn restore_case(kind: Kind) {
     let base = base_time();
@@ -680,13 +680,28 @@ fn restore_case(kind: Kind) {
                    "cleanupIntervalS": 3600, "fsPath": "", "fsType": "basic"})
         },
         &[],
-        &[("d/r.bin", r0.clone()), ("gone.txt", g0.clone())],
+        &[
+            ("d/r.bin", r0.clone()),
+            ("gone.txt", g0.clone()),
+            ("local.txt", b"before".to_vec()),
+        ],
         base,
     );
     next_second();
     write_file(&pair.src.join("d/r.bin"), &r1, base + 100);
     std::fs::remove_file(pair.src.join("gone.txt")).unwrap();
     pair.sync();
+    // A local edit is never versioned; it goes to the source.
+    write_file(&pair.dst.join("local.txt"), b"edited here", base + 200);
+    pair.recv.scan(FOLDER);
+    let sent = wait::until(Duration::from_secs(60), Duration::from_millis(250), || {
+        (std::fs::read(pair.src.join("local.txt")).ok()? == b"edited here").then_some(())
+    });
+    assert!(
+        sent.is_some(),
+        "{kind}: the local edit did not reach the source"
+    );
+    pair.wait_same(Duration::from_secs(30));
     next_second();
 
     let raw = pair.recv.versions(FOLDER);
@@ -724,6 +739,12 @@ fn restore_case(kind: Kind) {
         base + 100
     );
     assert!(tagged_versions(&versions, "gone.txt").is_empty());
+    assert_eq!(
+        versions.len(),
+        1,
+        "only the replaced d/r.bin is a version: {:?}",
+        versions.keys()
+    );
 
     // The receiver rescans by itself (no watcher here) and the source
     // gets the restored files, bytes and mtime.
