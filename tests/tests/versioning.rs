@@ -1146,7 +1146,15 @@ fn bench_pull_modified_files_versioning_on_vs_off() {
             assert!(gone.is_some(), "still connected after pausing");
         }
         total = write_round(run);
-        source.scan("b");
+        // Rescanning 100,000 changed files outlasts a REST timeout: ask,
+        // then wait for the source to have the new byte total.
+        let _ = source.post("/rest/db/scan?folder=b");
+        let scanned = wait::until(limit, Duration::from_millis(250), || {
+            let s = source.folder_status("b").ok()?;
+            (s["state"].as_str() == Some("idle") && s["localBytes"].as_u64() == Some(total))
+                .then_some(())
+        });
+        assert!(scanned.is_some(), "the source did not rescan");
         let order: Vec<usize> = if run % 2 == 1 { vec![0, 1] } else { vec![1, 0] };
         for i in order {
             let (label, node, _) = &nodes[i];
