@@ -64,7 +64,10 @@ const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
 # applied) or receiveonly (local changes are kept but not sent). devices: who
 # shares it. rescanIntervalS: full rescan period; fsWatcherEnabled: rescan
-# within fsWatcherDelayS seconds of a change.";
+# within fsWatcherDelayS seconds of a change. versioning: what a remote change
+# replaces or deletes is kept (type trashcan, simple, staggered or external;
+# params as Syncthing's: cleanoutDays, keep, maxAge, command, and timeoutS for
+# external; fsPath: where, default .stversions in the folder).";
 
 const EXAMPLES: &str = "
 # No devices or folders yet. For example:
@@ -230,7 +233,12 @@ mod tests {
             folders: vec![FolderConfig {
                 id: "projects".into(),
                 label: "Projects \"2026\"".into(),
-                versioning: Default::default(),
+                versioning: crate::config::VersioningConfig::new(
+                    "simple",
+                    [("keep".to_string(), "3".to_string())].into(),
+                )
+                .unwrap()
+                .with_fs_path("/mnt/versions"),
                 path: dir.join("p"),
                 kind: FolderType::SendReceive,
                 devices: vec![FolderDevice { device_id: id }],
@@ -252,6 +260,7 @@ mod tests {
         assert!(text.starts_with("# Configuration of this node"));
         assert!(text.contains("# Shared folders."));
         assert!(text.contains("# Where to accept BEP connections"));
+        assert!(text.contains("[folders.versioning]"), "{text}");
         let back = load(dir.path()).unwrap();
         assert_eq!(
             serde_json::to_value(&back).unwrap(),

@@ -25,6 +25,9 @@ pub fn start_missing(node: &Arc<Node>) -> Result<()> {
             continue;
         }
         let (_, seq) = node.db.folder_state(&f.id)?;
+        // The folder's versioning series show (at 0) from the start, so
+        // alerts on them work before the first archive.
+        let _ = crate::versioning::Metrics::of(&node.metrics, &f.id);
         let (scan_tx, scan_rx) = mpsc::channel(1);
         let rt = Arc::new(FolderRuntime {
             sequence: watch::channel(seq).0,

@@ -786,8 +786,14 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
     // The old file is kept (a hard link in the versions folder) before
     // the new one replaces it: a crash in between leaves the old file in
     // place, and the redo finds it already kept.
+    // A change of metadata only (same bytes) keeps no version, as in
+    // Syncthing, which then only updates the file in place.
     let now = SystemTime::now();
-    let kept = match &ctx.versioner {
+    let same = n
+        .local
+        .as_ref()
+        .is_some_and(|l| !l.deleted && same_content(l, g));
+    let kept = match ctx.versioner.as_ref().filter(|_| !same) {
         Some(v) => v.before_replace(&ctx.root_dir, &dir, &g.name, now)?,
         None => None,
     };

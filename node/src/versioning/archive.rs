@@ -79,7 +79,7 @@ impl Versioner {
         let base = basename(name);
         let vname = match self.mode {
             Versioning::Trashcan { .. } => base.to_string(),
-            _ => tag::tag_filename(base, &tag::format_tag(now)),
+            _ => free_name(&vdir, base, now),
         };
         Ok((vdir, vrel, vname))
     }
@@ -149,7 +149,7 @@ impl Versioner {
         let Ok(v) = vdir.stat(&newest) else {
             return false;
         };
-        if v.dev() == meta.dev() {
+        if v.dev() == meta.dev() && !self.copies() {
             return v.ino() == meta.ino();
         }
         v.is_file()
@@ -220,7 +220,7 @@ impl Versioner {
             return Ok(kept(vdir, newest));
         }
         let full = |e: io::Error| self.io_error(e, format!("keep {name:?} in the versions folder"));
-        match dir.link(base, &vdir, &vname) {
+        match self.link(dir, base, &vdir, &vname) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 // The trash can's older entry, or a version of the same
@@ -241,6 +241,28 @@ impl Versioner {
         self.metrics.bytes.inc_by(meta.len() as i64);
         tracing::debug!(folder = %self.folder, file = ?name, version = ?vname, "old version kept");
         Ok(kept(vdir, vname))
+    }
+
+    /// Whether tests force the copy path.
+    fn copies(&self) -> bool {
+        #[cfg(test)]
+        return self.force_copy;
+        #[cfg(not(test))]
+        false
+    }
+
+    fn link(&self, dir: &Dir, base: &str, vdir: &Dir, vname: &str) -> io::Result<()> {
+        if self.copies() {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        dir.link(base, vdir, vname)
+    }
+
+    fn rename(&self, dir: &Dir, base: &str, vdir: &Dir, vname: &str) -> io::Result<()> {
+        if self.copies() {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        dir.rename(base, vdir, vname, Rename::Replace)
     }
 
     fn io_error(&self, e: io::Error, what: String) -> Error {
@@ -309,7 +331,7 @@ impl Versioner {
         if self.already_kept(&vdir, &vrel, dir, base, meta) {
             dir.remove_file(base).map_err(full)?;
         } else {
-            match dir.rename(base, &vdir, &vname, Rename::Replace) {
+            match self.rename(dir, base, &vdir, &vname) {
                 Ok(()) => {}
                 Err(e) if cannot_link(&e) => {
                     store::copy_across(dir, base, &vdir, &vname).map_err(full)?;
@@ -335,6 +357,28 @@ impl Versioner {
         }
         Ok(())
     }
+}
+
+/// Tags have whole seconds: a second version of the same file within one
+/// second (or the file a restore replaces, archived in the second its
+/// version was) would take an existing name, and Syncthing's rename would
+/// destroy that version. The next free second is taken instead (a version
+/// then shows at most a few seconds late; none is lost).
+fn free_name(vdir: &Dir, base: &str, now: SystemTime) -> String {
+    const LATEST: u64 = 60;
+    for k in 0..LATEST {
+        let name = tag::tag_filename(
+            base,
+            &tag::format_tag(now + std::time::Duration::from_secs(k)),
+        );
+        if !vdir.exists(&name) {
+            return name;
+        }
+    }
+    tag::tag_filename(
+        base,
+        &tag::format_tag(now + std::time::Duration::from_secs(LATEST)),
+    )
 }
 
 /// Errors of link(2)/rename(2) that copying gets around: another

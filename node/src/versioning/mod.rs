@@ -27,6 +27,8 @@ pub mod list;
 pub mod select;
 pub mod store;
 pub mod tag;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -145,6 +147,10 @@ pub struct Versioner {
     /// per-file cleanup after an archive then never lists a directory
     /// again, however many of its files a round replaces.
     listed: Mutex<HashMap<String, HashMap<String, Vec<String>>>>,
+    /// Tests: behave as if the versions folder were on another
+    /// filesystem (the copy path).
+    #[cfg(test)]
+    pub force_copy: bool,
 }
 
 impl Versioner {
@@ -161,6 +167,8 @@ impl Versioner {
             location: Location::resolve(&f.path, f.versioning.fs_path()),
             metrics,
             listed: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            force_copy: false,
         })
     }
 
