@@ -27,6 +27,7 @@ pub mod rest;
 pub mod rest_api;
 pub mod syncthing;
 pub mod tree;
+pub mod versioning;
 pub mod wait;
 
 pub use peers::{PeerProgram, PeerVersion};

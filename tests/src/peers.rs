@@ -78,6 +78,36 @@ impl PeerVersion {
         !matches!(self, PeerVersion::V1_19_2)
     }
 
+    /// The newest Syncthing that is built here, for tests that need one
+    /// real device and no matrix: 2.1.3 (what users run) when its binary
+    /// exists, else 1.30.0 (CI, where the module proxy refuses 2.1.3), else
+    /// Debian's 1.19.2. Prints which one (once) when it is not 2.1.3,
+    /// so a run that fell back says so.
+    pub fn newest_available() -> PeerVersion {
+        static NEWEST: std::sync::OnceLock<PeerVersion> = std::sync::OnceLock::new();
+        *NEWEST.get_or_init(Self::find_newest)
+    }
+
+    fn find_newest() -> PeerVersion {
+        let mut why_not = Vec::new();
+        for v in [PeerVersion::V2_1_3, PeerVersion::V1_30_0] {
+            match v.locate(PeerProgram::Syncthing) {
+                Ok(_) => {
+                    if !why_not.is_empty() {
+                        eprintln!("newest Syncthing available is {v}: {}", why_not.join("; "));
+                    }
+                    return v;
+                }
+                Err(why) => why_not.push(why),
+            }
+        }
+        eprintln!(
+            "newest Syncthing available is 1.19.2: {}",
+            why_not.join("; ")
+        );
+        PeerVersion::V1_19_2
+    }
+
     /// Where `program` of this version is, or why it is not there.
     pub fn locate(self, program: PeerProgram) -> Result<PathBuf, String> {
         let base = program.base_name();

@@ -198,7 +198,16 @@ impl SyncthingHome {
 
     /// Starts `syncthing serve` and waits for its REST API.
     pub fn start(self) -> Syncthing {
+        self.start_with_env(&[])
+    }
+
+    /// [`SyncthingHome::start`] with extra environment variables (e.g.
+    /// `TZ`, which names the versions it archives).
+    pub fn start_with_env(self, env: &[(&str, &str)]) -> Syncthing {
         let mut cmd = syncthing_command(self.version);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args([
             "serve",
             "--no-browser",
