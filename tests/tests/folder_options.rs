@@ -11,25 +11,13 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use e2e::node::{Node, NodeHome};
-use e2e::peers::{PeerProgram, PeerVersion};
+use e2e::peers::PeerVersion;
 use e2e::tree::tree;
 use e2e::{wait, Syncthing};
 use serde_json::{json, Value};
 
 /// Generous: two cores shared by several builds.
 const SYNC_WITHIN: Duration = Duration::from_secs(60);
-
-/// The newest Syncthing on this machine (the harness's
-/// `PeerVersion::newest_available` once it lands; kept local so this file
-/// does not depend on it).
-fn newest() -> PeerVersion {
-    if PeerVersion::V2_1_3.locate(PeerProgram::Syncthing).is_ok() {
-        PeerVersion::V2_1_3
-    } else {
-        eprintln!("Syncthing 2.1.3 not available: using 1.30.0");
-        PeerVersion::V1_30_0
-    }
-}
 
 fn start_real(dir: &Path, version: PeerVersion) -> (Syncthing, u16) {
     e2e::syncthing::start_tcp_version(dir, version)
@@ -104,7 +92,7 @@ fn write_with_mtime(path: &Path, data: &[u8], mtime: SystemTime) {
 /// and turning the option off live applies the deletions.
 #[test]
 fn ignore_delete_keeps_remote_deletions_and_reports_as_syncthing() {
-    let version = newest();
+    let version = PeerVersion::newest_available();
     let tmp = tempfile::tempdir().unwrap();
     let (src_st, src_port) = start_real(&tmp.path().join("src-st"), version);
     let (twin, _) = start_real(&tmp.path().join("twin-st"), version);
@@ -268,7 +256,7 @@ fn conflict_copies(dir: &Path, stem: &str) -> Vec<String> {
 #[test]
 fn max_conflicts_keeps_only_the_newest_copies() {
     const ROUNDS: usize = 5;
-    let version = newest();
+    let version = PeerVersion::newest_available();
     let tmp = tempfile::tempdir().unwrap();
     let (st, st_port) = start_real(&tmp.path().join("st"), version);
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
@@ -395,7 +383,7 @@ fn report(node: &Node, dst: &Path) -> String {
 /// after a restart), and the real device sees no deletion.
 #[test]
 fn a_new_folder_is_created_and_a_vanished_one_stops_without_deletions() {
-    let version = newest();
+    let version = PeerVersion::newest_available();
     let tmp = tempfile::tempdir().unwrap();
     let (st, st_port) = start_real(&tmp.path().join("st"), version);
     let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
