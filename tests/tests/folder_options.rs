@@ -368,6 +368,71 @@ fn max_conflicts_keeps_only_the_newest_copies() {
     st.shutdown();
 }
 
+/// `maxConflicts` 0 discards the losing local edit in Syncthing; with
+/// versioning on, our node keeps it in the versions folder instead (no
+/// remote change destroys what cannot be restored): no conflict copy, the
+/// peer's edit in place, ours as a version with its bytes.
+#[test]
+fn max_conflicts_zero_with_versioning_keeps_the_losing_edit_as_a_version() {
+    let version = PeerVersion::newest_available();
+    let tmp = tempfile::tempdir().unwrap();
+    let (st, st_port) = start_real(&tmp.path().join("st"), version);
+    let ours = NodeHome::generate(&tmp.path().join("node"), "rust");
+    let (src, dst) = (tmp.path().join("theirs"), tmp.path().join("ours"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("hot.txt"), b"base\n").unwrap();
+    st.add_device(&ours.id, &[&ours.address()]);
+    st.share_folder("c", &src, "sendreceive", &[&ours.id]);
+    ours.add_device(st.id(), &[&format!("tcp://127.0.0.1:{st_port}")]);
+    ours.add_folder("c", &dst, "sendreceive", &[st.id()]);
+    let node = ours.start();
+    node.send(
+        "PATCH",
+        "/rest/config/folders/c",
+        &json!({"maxConflicts": 0, "versioning": {"type": "simple", "params": {"keep": "5"}}}),
+    )
+    .unwrap();
+    let show = || format!("ours {:?}\n{}", tree(&dst), node.proc.log_tail(25));
+    wait_for("initial sync", SYNC_WITHIN, &show, &mut || {
+        std::fs::read(dst.join("hot.txt")).ok() == Some(b"base\n".to_vec())
+    });
+    node.post(&format!("/rest/system/pause?device={}", st.id()))
+        .unwrap();
+    wait_for("disconnected", SYNC_WITHIN, &show, &mut || {
+        !node.connected(st.id())
+    });
+    let t = SystemTime::now() + Duration::from_secs(10);
+    write_with_mtime(&dst.join("hot.txt"), b"our losing edit\n", t);
+    write_with_mtime(
+        &src.join("hot.txt"),
+        b"their winning edit\n",
+        t + Duration::from_secs(5),
+    );
+    node.post("/rest/db/scan?folder=c").unwrap();
+    st.scan("c");
+    wait_for("both scanned", SYNC_WITHIN, &show, &mut || {
+        let size = |f: Result<Value, _>| f.ok().and_then(|f: Value| f["local"]["size"].as_u64());
+        size(node.get("/rest/db/file?folder=c&file=hot.txt")) == Some(16)
+            && size(st.get("/rest/db/file?folder=c&file=hot.txt")) == Some(19)
+    });
+    node.post(&format!("/rest/system/resume?device={}", st.id()))
+        .unwrap();
+    wait_for("the conflict resolved", SYNC_WITHIN, &show, &mut || {
+        std::fs::read(dst.join("hot.txt")).ok() == Some(b"their winning edit\n".to_vec())
+    });
+    assert!(conflict_copies(&dst, "hot").is_empty(), "{}", show());
+    let versions: Vec<Vec<u8>> = std::fs::read_dir(dst.join(".stversions"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("hot~"))
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    assert_eq!(versions, [b"our losing edit\n".to_vec()], "{}", show());
+    node.stop();
+    st.shutdown();
+}
+
 fn report(node: &Node, dst: &Path) -> String {
     format!(
         "ours {:?}\n{:?}\n{}",
