@@ -488,24 +488,8 @@ pub fn start_writeback(file: &File) {
 
 /// `YYYYMMDD-HHMMSS` in local time, for conflict names.
 pub fn conflict_stamp() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as libc::time_t;
-    // SAFETY: localtime_r writes into the zeroed struct we own.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&now, &mut tm).is_null() };
-    if !ok {
-        return "00000000-000000".into();
-    }
-    format!(
-        "{:04}{:02}{:02}-{:02}{:02}{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    // The same stamp as a version's tag.
+    crate::versioning::tag::format_tag(std::time::SystemTime::now())
 }
 
 /// Moves the local file `base` of `dir` aside as a conflict copy, named
