@@ -173,6 +173,18 @@ fn ignore_delete_keeps_remote_deletions_and_reports_as_syncthing() {
         )));
         (ours_s, twin_s, ours_c, twin_c, seen_ours, seen_twin)
     };
+    // 1.x counts a directory as 128 bytes in these totals, 2.x (and our
+    // node) as 0: against a 1.x twin only the counts can agree.
+    let same = |a: &Option<Value>, b: &Option<Value>| {
+        let strip = |v: &Option<Value>| {
+            let mut v = v.clone()?;
+            if !version.is_v2() {
+                v.as_object_mut()?.retain(|k, _| !k.ends_with("Bytes"));
+            }
+            Some(v)
+        };
+        strip(a) == strip(b)
+    };
     let mut last = None;
     let agreed = wait::until(SYNC_WITHIN, Duration::from_millis(300), || {
         let f = figures();
@@ -182,7 +194,8 @@ fn ignore_delete_keeps_remote_deletions_and_reports_as_syncthing() {
             os.as_ref()?["globalDeleted"] == 3.0 && ts.as_ref()?["globalDeleted"] == 3.0;
         let idle = os.as_ref()?["state"] == "idle" && ts.as_ref()?["state"] == "idle";
         let source_saw = so.as_ref()?["needDeletes"] == 3.0 && st.as_ref()?["needDeletes"] == 3.0;
-        (deleted_seen && idle && source_saw && os == ts && oc == tc && so == st).then_some(())
+        (deleted_seen && idle && source_saw && same(&os, &ts) && same(&oc, &tc) && so == st)
+            .then_some(())
     });
     let (os, ts, oc, tc, so, st) = last.unwrap();
     eprintln!("db/status ours {os:?}\n          twin {ts:?}");
