@@ -37,6 +37,12 @@ fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
+/// The metadata of `name` (in `dir`) when it is a regular file: only
+/// those are kept (symlinks and directories are not, as in Syncthing).
+fn regular_file(dir: &Dir, name: &str) -> Option<std::fs::Metadata> {
+    dir.stat(basename(name)).ok().filter(|m| m.is_file())
+}
+
 /// What is left to do once the new file is in place (see
 /// [`Versioner::before_replace`]).
 #[must_use]
@@ -186,10 +192,8 @@ impl Versioner {
         name: &str,
         now: SystemTime,
     ) -> Result<Option<Kept>, Error> {
-        let base = basename(name);
-        let meta = match dir.stat(base) {
-            Ok(m) if m.is_file() => m,
-            _ => return Ok(None),
+        let Some(meta) = regular_file(dir, name) else {
+            return Ok(None);
         };
         if let Versioning::External { .. } = self.mode {
             return self.run_external(dir, name).map(|()| None);
@@ -289,10 +293,8 @@ impl Versioner {
         name: &str,
         now: SystemTime,
     ) -> Result<bool, Error> {
-        let base = basename(name);
-        let meta = match dir.stat(base) {
-            Ok(m) if m.is_file() => m,
-            _ => return Ok(false),
+        let Some(meta) = regular_file(dir, name) else {
+            return Ok(false);
         };
         if let Versioning::External { .. } = self.mode {
             return self.run_external(dir, name).map(|()| true);

@@ -82,17 +82,7 @@ impl Versioner {
         if matches!(self.mode, Versioning::None | Versioning::External { .. }) {
             return Ok(Cleaned::default());
         }
-        let loc = self.location()?;
-        let Some(vroot) = loc.open(root, false).map_err(|e| {
-            self.failed(Error::io(
-                format!(
-                    "open the versions folder {}",
-                    loc.path(&self.folder_path).display()
-                ),
-                e,
-            ))
-        })?
-        else {
+        let Some(vroot) = self.open_existing(root)? else {
             return Ok(Cleaned::default());
         };
         let (files, dirs) = walk_tree(&vroot);

@@ -199,11 +199,13 @@ pub fn run(
             }
         }
     };
-    let stderr = reader.join().unwrap_or_default();
     let status = status?;
     if status.success() {
+        // Not joined: something the command left running may hold its
+        // stderr open for long; the reader ends when the pipe closes.
         return Ok(());
     }
+    let stderr = reader.join().unwrap_or_default();
     let text = String::from_utf8_lossy(&stderr).trim().to_string();
     Err(ExternalError::Failed {
         status: status.to_string(),

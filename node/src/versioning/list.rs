@@ -92,17 +92,7 @@ impl Versioner {
         if let Versioning::External { .. } = self.mode {
             return Err(Error::NotSupported);
         }
-        let loc = self.location()?;
-        let Some(vroot) = loc.open(root, false).map_err(|e| {
-            self.failed(Error::io(
-                format!(
-                    "open the versions folder {}",
-                    loc.path(&self.folder_path).display()
-                ),
-                e,
-            ))
-        })?
-        else {
+        let Some(vroot) = self.open_existing(root)? else {
             self.metrics.kept.set(0);
             self.metrics.bytes.set(0);
             return Ok(BTreeMap::new());

@@ -178,6 +178,21 @@ impl Versioner {
             .map_err(|e| Error::Location(e.clone()))
     }
 
+    /// The versions folder, opened without creating it: `None` when it
+    /// does not exist yet (nothing kept).
+    fn open_existing(&self, root: &crate::dirfd::Dir) -> Result<Option<crate::dirfd::Dir>, Error> {
+        let loc = self.location()?;
+        loc.open(root, false).map_err(|e| {
+            self.failed(Error::io(
+                format!(
+                    "open the versions folder {}",
+                    loc.path(&self.folder_path).display()
+                ),
+                e,
+            ))
+        })
+    }
+
     /// Counts `e` and hands it back.
     fn failed(&self, e: Error) -> Error {
         self.metrics.error(&e);
