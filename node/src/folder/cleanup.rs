@@ -13,13 +13,7 @@ use crate::versioning::{self, Versioner};
 
 pub async fn run(node: Arc<Node>, folder: String, rt: Arc<FolderRuntime>) {
     loop {
-        let Some(f) = node
-            .config()
-            .folders
-            .iter()
-            .find(|f| f.id == folder)
-            .cloned()
-        else {
+        let Some(f) = node.folder_config(&folder) else {
             return;
         };
         // A folder removed and added again has a new runtime (and task).

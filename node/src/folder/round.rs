@@ -22,13 +22,7 @@ const RESCAN_SOON: Duration = Duration::from_secs(1);
 pub async fn run(node: Arc<Node>, folder: String, mut scan_rx: mpsc::Receiver<()>) {
     let mut watcher = None;
     loop {
-        let Some(f) = node
-            .config()
-            .folders
-            .iter()
-            .find(|f| f.id == folder)
-            .cloned()
-        else {
+        let Some(f) = node.folder_config(&folder) else {
             node.folders.write_locked().remove(&folder);
             return;
         };

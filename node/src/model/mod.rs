@@ -452,6 +452,11 @@ impl Node {
         self.config.read_locked().clone()
     }
 
+    /// A copy of folder `id`'s current configuration, if it has one.
+    pub fn folder_config(&self, id: &str) -> Option<FolderConfig> {
+        self.config().folders.iter().find(|f| f.id == id).cloned()
+    }
+
     /// The folder's configuration if it exists and is shared with `device`
     /// (asked for every incoming block request: no copy, no parsing).
     pub fn shared_folder(&self, folder: &str, device: &DeviceId) -> Option<FolderSnapshot> {

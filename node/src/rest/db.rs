@@ -120,12 +120,7 @@ pub(crate) fn status_json(node: &Node, folder: &str) -> anyhow::Result<Option<Fi
     let local = local.value;
     let g = g.value;
     let seq = *rt.sequence.borrow();
-    let folder_cfg = node
-        .config()
-        .folders
-        .iter()
-        .find(|f| f.id == folder)
-        .cloned();
+    let folder_cfg = node.folder_config(folder);
     // As 2.x: the highest sequence stored of each other device's index
     // of the folder (devices whose index we have not seen are left out).
     let mut remote_sequence = serde_json::Map::new();
