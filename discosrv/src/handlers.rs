@@ -245,7 +245,7 @@ async fn route<S: Store>(
         if let Err(wait) = limiter.check(client.limit_ip) {
             app.metrics.rate_limited.inc();
             let secs = wait.as_secs() + 1;
-            return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+            return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n")
                 .with_header("retry-after", secs);
         }
     }
@@ -253,9 +253,9 @@ async fn route<S: Store>(
         "/ping" => return empty(StatusCode::NO_CONTENT),
         "/healthz" => {
             return if app.store.healthy().await {
-                text(StatusCode::OK, "OK")
+                text(StatusCode::OK, "OK\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "Store Unavailable")
+                text(StatusCode::SERVICE_UNAVAILABLE, "Store Unavailable\n")
                     .with_header("retry-after", retry::unavailable_retry_after())
             };
         }
@@ -264,8 +264,8 @@ async fn route<S: Store>(
     match req.method {
         Method::GET => lookup(app, req.uri.query()).await,
         Method::POST => announce(app, conn, &client, req, body).await,
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-            .with_header("allow", "GET, POST"),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+            .with_header("allow", HeaderValue::from_static("GET, POST")),
     }
 }
 
@@ -298,7 +298,7 @@ async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
                 ("not_found_ever", &app.unseen_tracker)
             };
             app.metrics.lookup(result);
-            text(StatusCode::NOT_FOUND, "Not Found").with_header("retry-after", tracker.hit())
+            text(StatusCode::NOT_FOUND, "Not Found\n").with_header("retry-after", tracker.hit())
         }
         Err(e) => {
             app.metrics.store_op("get", "error", t.elapsed());
@@ -321,7 +321,7 @@ async fn announce<S: Store>(
         Ok(Some(d)) => d,
         Ok(None) => {
             app.metrics.announcement("no_certificate");
-            return text(StatusCode::FORBIDDEN, "Forbidden")
+            return text(StatusCode::FORBIDDEN, "Forbidden\n")
                 .with_header("retry-after", retry::error_retry_after());
         }
         Err(e) => {
@@ -341,7 +341,7 @@ async fn announce<S: Store>(
                 app.metrics.refused("new_device_rate");
                 app.metrics.announcement("new_device_rate");
                 tracing::debug!(client = %client.limit_ip, "new device refused: --new-device-rate");
-                return text(StatusCode::TOO_MANY_REQUESTS, "Too Many New Devices")
+                return text(StatusCode::TOO_MANY_REQUESTS, "Too Many New Devices\n")
                     .with_header("retry-after", wait.as_secs() + 1);
             }
         }
@@ -371,7 +371,7 @@ async fn announce<S: Store>(
         }
         Ok(Err(daemon::body::BodyError::Failed(_))) | Err(_) => {
             app.metrics.announcement("bad_request");
-            return text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+            return text(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n");
         }
     };
     let announcement = match discovery::parse_announcement(&bytes) {
@@ -422,10 +422,11 @@ async fn announce<S: Store>(
 /// clients send is taken as it is; anything else goes through the full
 /// form decoder.
 fn device_param(query: &str) -> Option<DeviceId> {
-    if let Some(v) = query.strip_prefix("device=") {
-        if !v.contains(['&', '%', '+']) {
-            return v.parse().ok();
-        }
+    // The usual query, `device=` and the canonical ID, parsed without a
+    // scan: a value with `&`, `%` or `+` fails to parse here (none of them
+    // is an ID character) and goes through form decoding below.
+    if let Some(Ok(id)) = query.strip_prefix("device=").map(str::parse) {
+        return Some(id);
     }
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "device")
@@ -441,25 +442,50 @@ pub fn rfc3339(unix_ns: i64) -> String {
     let secs = unix_ns.div_euclid(1_000_000_000);
     let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
     let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
+    let tod = secs.rem_euclid(86_400) as u32;
     let (y, m, d) = civil_from_days(days);
-    let mut out = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    );
+    // By hand rather than with `format!`: one of these per lookup answer.
+    let mut out = String::with_capacity(30);
+    if (0..=9999).contains(&y) {
+        push_digits(&mut out, y as u32, 4);
+    } else {
+        // Outside RFC 3339's range; never for a real clock.
+        out.push_str(&format!("{y:04}"));
+    }
+    out.push('-');
+    push_digits(&mut out, m, 2);
+    out.push('-');
+    push_digits(&mut out, d, 2);
+    out.push('T');
+    push_digits(&mut out, tod / 3600, 2);
+    out.push(':');
+    push_digits(&mut out, tod % 3600 / 60, 2);
+    out.push(':');
+    push_digits(&mut out, tod % 60, 2);
     if nanos != 0 {
-        let frac = format!("{nanos:09}");
+        // Nanoseconds without trailing zeros, as Go's RFC3339Nano.
+        let mut frac = nanos;
+        let mut width = 9;
+        while frac.is_multiple_of(10) {
+            frac /= 10;
+            width -= 1;
+        }
         out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
+        push_digits(&mut out, frac, width);
     }
     out.push('Z');
     out
 }
 
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
-/// algorithm).
+/// `n` in exactly `width` decimal digits (zero-padded; `n` must fit).
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width.saturating_sub(1));
+    while div > 0 {
+        out.push(char::from(b'0' + (n / div % 10) as u8));
+        div /= 10;
+    }
+}
+
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -474,14 +500,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 trait WithHeader {
-    fn with_header(self, name: &'static str, value: impl ToString) -> Self;
+    fn with_header(self, name: &'static str, value: impl Into<HeaderValue>) -> Self;
 }
 
 impl WithHeader for Response<Body> {
-    fn with_header(mut self, name: &'static str, value: impl ToString) -> Self {
-        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-            self.headers_mut().insert(name, v);
-        }
+    fn with_header(mut self, name: &'static str, value: impl Into<HeaderValue>) -> Self {
+        self.headers_mut().insert(name, value.into());
         self
     }
 }
@@ -493,8 +517,9 @@ fn empty(status: StatusCode) -> Response<Body> {
 }
 
 /// A plain-text error like Go's `http.Error`.
+/// A fixed text answer; `msg` ends with its newline (no allocation).
 fn text(status: StatusCode, msg: &'static str) -> Response<Body> {
-    text_body(status, Bytes::from(format!("{msg}\n")))
+    text_body(status, Bytes::from_static(msg.as_bytes()))
 }
 
 fn text_owned(status: StatusCode, msg: String) -> Response<Body> {
@@ -517,17 +542,17 @@ fn text_body(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 fn bad_request() -> Response<Body> {
-    text(StatusCode::BAD_REQUEST, "Bad Request")
+    text(StatusCode::BAD_REQUEST, "Bad Request\n")
         .with_header("retry-after", retry::error_retry_after())
 }
 
 fn too_large() -> Response<Body> {
-    text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+    text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n")
         .with_header("retry-after", retry::error_retry_after())
 }
 
 fn unavailable() -> Response<Body> {
-    text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+    text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n")
         .with_header("retry-after", retry::unavailable_retry_after())
 }
 

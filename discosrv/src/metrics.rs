@@ -43,6 +43,12 @@ pub struct Metrics {
 /// the hot path is then a few atomic operations, no label hashing.
 struct Hot {
     get_200: Counter,
+    /// A real server answers as many lookups with 404 (offline and
+    /// never-seen devices) as with 200: their series are hot too.
+    get_404: Counter,
+    lookup_not_found_recent: Counter,
+    lookup_not_found_ever: Counter,
+    get_not_found: Counter,
     post_204: Counter,
     get_seconds: Histogram,
     post_seconds: Histogram,
@@ -170,6 +176,10 @@ impl Metrics {
         // end of its statement, and the next new series needs its write lock.
         let get_200 = counter(&api_requests, [("type", "GET"), ("result", "200")]);
         let post_204 = counter(&api_requests, [("type", "POST"), ("result", "204")]);
+        let get_404 = counter(&api_requests, [("type", "GET"), ("result", "404")]);
+        let lookup_not_found_recent = counter(&lookups, [("result", "not_found_recent")]);
+        let lookup_not_found_ever = counter(&lookups, [("result", "not_found_ever")]);
+        let get_not_found = counter(&store_ops, [("operation", "get"), ("result", "not_found")]);
         let get_seconds = histogram(&api_seconds, [("type", "GET")]);
         let post_seconds = histogram(&api_seconds, [("type", "POST")]);
         let lookup_success = counter(&lookups, [("result", "success")]);
@@ -180,6 +190,10 @@ impl Metrics {
         let merge_op_seconds = histogram(&store_seconds, [("operation", "merge")]);
         let hot = Hot {
             get_200,
+            get_404,
+            lookup_not_found_recent,
+            lookup_not_found_ever,
+            get_not_found,
             post_204,
             get_seconds,
             post_seconds,
@@ -228,29 +242,43 @@ impl Metrics {
     pub fn request(&self, method: &http::Method, status: u16, elapsed: Duration) {
         let m = method_label(method);
         let secs = elapsed.as_secs_f64();
+        match m {
+            "GET" => self.hot.get_seconds.observe(secs),
+            "POST" => self.hot.post_seconds.observe(secs),
+            _ => self.api_seconds.get_or_create(&[("type", m)]).observe(secs),
+        }
         match (m, status) {
             ("GET", 200) => {
                 self.hot.get_200.inc();
-                self.hot.get_seconds.observe(secs);
+            }
+            ("GET", 404) => {
+                self.hot.get_404.inc();
             }
             ("POST", 204) => {
                 self.hot.post_204.inc();
-                self.hot.post_seconds.observe(secs);
             }
             _ => {
                 self.api_requests
                     .get_or_create(&[("type", m), ("result", status_label(status))])
                     .inc();
-                self.api_seconds.get_or_create(&[("type", m)]).observe(secs);
             }
         }
     }
 
     pub fn lookup(&self, result: &'static str) {
-        if result == "success" {
-            self.hot.lookup_success.inc();
-        } else {
-            self.lookups.get_or_create(&[("result", result)]).inc();
+        match result {
+            "success" => {
+                self.hot.lookup_success.inc();
+            }
+            "not_found_recent" => {
+                self.hot.lookup_not_found_recent.inc();
+            }
+            "not_found_ever" => {
+                self.hot.lookup_not_found_ever.inc();
+            }
+            _ => {
+                self.lookups.get_or_create(&[("result", result)]).inc();
+            }
         }
     }
 
@@ -266,22 +294,28 @@ impl Metrics {
 
     pub fn store_op(&self, operation: &'static str, result: &'static str, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
+        match operation {
+            "get" => self.hot.get_op_seconds.observe(secs),
+            "merge" => self.hot.merge_op_seconds.observe(secs),
+            _ => self
+                .store_seconds
+                .get_or_create(&[("operation", operation)])
+                .observe(secs),
+        }
         match (operation, result) {
             ("get", "success") => {
                 self.hot.get_success.inc();
-                self.hot.get_op_seconds.observe(secs);
+            }
+            ("get", "not_found") => {
+                self.hot.get_not_found.inc();
             }
             ("merge", "success") => {
                 self.hot.merge_success.inc();
-                self.hot.merge_op_seconds.observe(secs);
             }
             _ => {
                 self.store_ops
                     .get_or_create(&[("operation", operation), ("result", result)])
                     .inc();
-                self.store_seconds
-                    .get_or_create(&[("operation", operation)])
-                    .observe(secs);
             }
         }
     }

@@ -147,56 +147,134 @@ impl fmt::Debug for DeviceId {
     }
 }
 
+/// Base32 value of each byte, or 0xff for bytes outside the alphabet.
+const DECODE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 32 {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The canonical form only (`XXXXXXX-` × 7 + `XXXXXXX`, upper case, check
+/// characters right), without allocating: what clients send in nearly
+/// every lookup, so the discovery server's hot path. None for anything
+/// else, which [`parse_any_form`] then handles (and explains).
+fn parse_canonical(text: &[u8]) -> Option<DeviceId> {
+    let text: &[u8; CHECKED_LEN + CHECKED_LEN / 7 - 1] = text.try_into().ok()?;
+    // The 56 values (5 bits each) without the dashes; `bad` collects the
+    // high bits, set only by bytes outside the alphabet.
+    let mut v = [0u8; CHECKED_LEN];
+    let mut bad = 0u8;
+    for g in 0..8 {
+        for k in 0..7 {
+            let d = DECODE[usize::from(text[g * 8 + k])];
+            bad |= d;
+            v[g * 7 + k] = d;
+        }
+        if g < 7 && text[g * 8 + 7] != b'-' {
+            return None;
+        }
+    }
+    if bad >= 32 {
+        return None;
+    }
+    // Four groups of 13 data values and their check value.
+    let mut data = [0u8; BASE32_LEN];
+    for g in 0..4 {
+        let group = &v[g * (GROUP + 1)..(g + 1) * (GROUP + 1)];
+        let mut sum = 0u32;
+        for (j, &d) in group[..GROUP].iter().enumerate() {
+            let addend = (1 + (j as u32 & 1)) * u32::from(d);
+            sum += addend / 32 + addend % 32;
+        }
+        if u32::from(group[GROUP]) != (32 - sum % 32) % 32 {
+            return None;
+        }
+        data[g * GROUP..(g + 1) * GROUP].copy_from_slice(&group[..GROUP]);
+    }
+    // Eight values are five bytes; 52 values are 32 bytes and 4 bits that
+    // must be zero.
+    let mut bytes = [0u8; 32];
+    for (i, eight) in data.chunks(8).enumerate() {
+        let mut acc = 0u64;
+        for &d in eight {
+            acc = (acc << 5) | u64::from(d);
+        }
+        if eight.len() == 8 {
+            bytes[i * 5..i * 5 + 5].copy_from_slice(&acc.to_be_bytes()[3..]);
+        } else {
+            // The last four values: 20 bits, of which 16 are data.
+            if acc & 0xf != 0 {
+                return None;
+            }
+            bytes[30..].copy_from_slice(&((acc >> 4) as u16).to_be_bytes());
+        }
+    }
+    Some(DeviceId(bytes))
+}
+
 impl FromStr for DeviceId {
     type Err = DeviceIdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut chars = Vec::with_capacity(CHECKED_LEN);
-        for c in text.trim_matches('=').chars() {
-            let c = match c.to_ascii_uppercase() {
-                '-' | ' ' => continue,
-                '0' => 'O',
-                '1' => 'I',
-                '8' => 'B',
-                c => c,
-            };
-            if !c.is_ascii() {
-                return Err(DeviceIdError::Character(c));
-            }
-            if chars.len() == CHECKED_LEN {
-                // Longer than any valid form; count the rest only for the message.
-                let rest = text.chars().filter(|c| !matches!(c, '-' | ' ')).count();
-                return Err(DeviceIdError::Length(rest));
-            }
-            chars.push(c as u8);
+        match parse_canonical(text.as_bytes()) {
+            Some(id) => Ok(id),
+            None => parse_any_form(text),
         }
-
-        let data = match chars.len() {
-            0 => return Ok(Self::EMPTY),
-            CHECKED_LEN => {
-                let mut data = Vec::with_capacity(BASE32_LEN);
-                for (g, block) in chars.chunks(GROUP + 1).enumerate() {
-                    let (group, check) = block.split_at(GROUP);
-                    if check_character(group)? != check[0] {
-                        codepoint(check[0])?;
-                        return Err(DeviceIdError::CheckCharacter { group: g + 1 });
-                    }
-                    data.extend_from_slice(group);
-                }
-                data
-            }
-            BASE32_LEN => chars,
-            n => return Err(DeviceIdError::Length(n)),
-        };
-
-        if let Some(&bad) = data.iter().find(|&&c| codepoint(c).is_err()) {
-            return Err(DeviceIdError::Character(char::from(bad)));
-        }
-        let bytes = BASE32_NOPAD
-            .decode(&data)
-            .map_err(|_| DeviceIdError::Length(data.len()))?;
-        Self::from_slice(&bytes)
     }
+}
+
+/// Every form Syncthing accepts (see the module comment), with an error
+/// that says what is wrong.
+fn parse_any_form(text: &str) -> Result<DeviceId, DeviceIdError> {
+    let mut chars = Vec::with_capacity(CHECKED_LEN);
+    for c in text.trim_matches('=').chars() {
+        let c = match c.to_ascii_uppercase() {
+            '-' | ' ' => continue,
+            '0' => 'O',
+            '1' => 'I',
+            '8' => 'B',
+            c => c,
+        };
+        if !c.is_ascii() {
+            return Err(DeviceIdError::Character(c));
+        }
+        if chars.len() == CHECKED_LEN {
+            // Longer than any valid form; count the rest only for the message.
+            let rest = text.chars().filter(|c| !matches!(c, '-' | ' ')).count();
+            return Err(DeviceIdError::Length(rest));
+        }
+        chars.push(c as u8);
+    }
+
+    let data = match chars.len() {
+        0 => return Ok(DeviceId::EMPTY),
+        CHECKED_LEN => {
+            let mut data = Vec::with_capacity(BASE32_LEN);
+            for (g, block) in chars.chunks(GROUP + 1).enumerate() {
+                let (group, check) = block.split_at(GROUP);
+                if check_character(group)? != check[0] {
+                    codepoint(check[0])?;
+                    return Err(DeviceIdError::CheckCharacter { group: g + 1 });
+                }
+                data.extend_from_slice(group);
+            }
+            data
+        }
+        BASE32_LEN => chars,
+        n => return Err(DeviceIdError::Length(n)),
+    };
+
+    if let Some(&bad) = data.iter().find(|&&c| codepoint(c).is_err()) {
+        return Err(DeviceIdError::Character(char::from(bad)));
+    }
+    let bytes = BASE32_NOPAD
+        .decode(&data)
+        .map_err(|_| DeviceIdError::Length(data.len()))?;
+    DeviceId::from_slice(&bytes)
 }
 
 /// The first 8 bytes of a device ID as a big-endian integer: the key of BEP
@@ -245,6 +323,46 @@ ZN84XkTiQ0/3IwS1ZLnIdYMM";
 
     fn id_from_hex(s: &str) -> DeviceId {
         DeviceId::from_slice(&hex(s)).unwrap()
+    }
+
+    #[test]
+    fn canonical_fast_path_agrees_with_every_form_parser() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567-018a ";
+        for _ in 0..3000 {
+            let id = DeviceId::from_bytes(rng.random());
+            let text = id.to_string();
+            assert_eq!(parse_canonical(text.as_bytes()), Some(id));
+            assert_eq!(parse_any_form(&text), Ok(id));
+            // One or two characters changed: where the fast path still
+            // accepts, it must give what the full parser gives; a wrong
+            // check character or trailing bit must fall through to it.
+            let mut b = text.into_bytes();
+            for _ in 0..rng.random_range(1..=2) {
+                let at = rng.random_range(0..b.len());
+                b[at] = alphabet[rng.random_range(0..alphabet.len())];
+            }
+            let s = String::from_utf8(b).unwrap();
+            if let Some(fast) = parse_canonical(s.as_bytes()) {
+                assert_eq!(Ok(fast), parse_any_form(&s), "{s}");
+            }
+            assert_eq!(s.parse::<DeviceId>(), parse_any_form(&s), "{s}");
+        }
+        // Non-zero trailing bits: the last data character of group 4 ends
+        // in 4 padding bits, which must be zero.
+        let id = DeviceId::from_bytes([7; 32]);
+        let mut chars = id.checked_chars();
+        chars[54] = b'7';
+        let g = &chars[42..55];
+        chars[55] = check_character(g).unwrap();
+        let text: String = chars
+            .chunks(7)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("-");
+        assert_eq!(parse_canonical(text.as_bytes()), None);
+        assert!(parse_any_form(&text).is_err());
     }
 
     #[test]

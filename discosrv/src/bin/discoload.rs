@@ -4,13 +4,19 @@
 //! Simulated devices each have their own client certificate (ECDSA P-384
 //! like Syncthing 1.x by default). Modes:
 //!
-//! * `lookup` — GET `/?device=` of announced devices over kept-alive TLS;
+//! * `lookup` — GET `/?device=` over kept-alive TLS: of announced devices,
+//!   and with `--unknown-share` that share of lookups for a pool of
+//!   `--unknown-devices` IDs that were never announced (the 404s a real
+//!   server answers for offline devices);
 //! * `announce` — POST `/` over kept-alive TLS, one device per connection;
 //! * `announce-fresh` — POST `/` with a new TCP + TLS handshake each time;
 //! * `lookup-unknown` — lookups of random, never-announced IDs;
 //! * `fill` — announce `--devices` distinct devices through a reverse-proxy
 //!   style plain HTTP listener (`X-Tls-Client-Cert-Der-Base64`), for memory
-//!   measurements; certificates are made unique cheaply, not signed anew.
+//!   measurements; certificates are made unique cheaply, not signed anew;
+//! * `fill-tls` — announce `--devices` distinct devices, each over its own
+//!   TCP + TLS handshake with its own new certificate (`--key-type`), as
+//!   real devices arrive: the memory a million handshakes leave behind.
 //!
 //! Prints one JSON object with requests/s, latency percentiles and, given
 //! `--server-pid`, the server's CPU time per request and its memory.
@@ -38,6 +44,7 @@ enum Mode {
     AnnounceFresh,
     LookupUnknown,
     Fill,
+    FillTls,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -72,6 +79,19 @@ struct Args {
     /// Server process to measure CPU time and memory of.
     #[arg(long, env = "DISCOLOAD_SERVER_PID")]
     server_pid: Option<u32>,
+    /// `lookup`: the share (0 to 1) of lookups for never-announced IDs.
+    #[arg(long, env = "DISCOLOAD_UNKNOWN_SHARE", default_value_t = 0.0)]
+    unknown_share: f64,
+    /// `lookup`: how many distinct never-announced IDs those lookups use
+    /// (0: as many as `--devices`).
+    #[arg(long, env = "DISCOLOAD_UNKNOWN_DEVICES", default_value_t = 0)]
+    unknown_devices: usize,
+    /// `lookup`: a file of the announced devices' IDs (one per line). When
+    /// it exists, its IDs are looked up and nothing is announced; when it
+    /// does not, the devices are made and announced, and their IDs written
+    /// to it, so that later runs look up the same stored devices.
+    #[arg(long, env = "DISCOLOAD_IDS_FILE")]
+    ids_file: Option<std::path::PathBuf>,
     /// Announce every device once before measuring (lookup modes).
     #[arg(long, env = "DISCOLOAD_PREFILL", default_value_t = true, action = clap::ArgAction::Set)]
     prefill: bool,
@@ -120,6 +140,8 @@ struct Shared {
     /// Certificates as the fill mode sends them (base64 DER).
     fill_certs: Vec<String>,
     ids: Vec<String>,
+    /// `lookup --unknown-share`: IDs no one announced.
+    unknown_ids: Vec<String>,
     stop: AtomicBool,
     next: AtomicU64,
     totals: Mutex<Totals>,
@@ -188,8 +210,24 @@ fn announce_body(i: usize) -> Bytes {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
+    if !(0.0..=1.0).contains(&args.unknown_share) {
+        bail!("--unknown-share must be between 0 and 1");
+    }
+    let known_ids: Option<Vec<String>> = match &args.ids_file {
+        Some(path) if args.mode == Mode::Lookup && path.exists() => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let ids: Vec<String> = text.lines().map(str::to_owned).collect();
+            if ids.is_empty() {
+                bail!("{}: no device IDs", path.display());
+            }
+            Some(ids)
+        }
+        _ => None,
+    };
     let n_certs = match args.mode {
-        Mode::Fill | Mode::LookupUnknown => 1,
+        Mode::Fill | Mode::LookupUnknown | Mode::FillTls => 1,
+        Mode::Lookup if known_ids.is_some() => 1,
         _ => args.devices.max(1),
     };
     let devices = make_devices(n_certs, args.key_type)?;
@@ -198,20 +236,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let ids = devices.iter().map(|d| d.device_id().to_string()).collect();
+    let prefill = args.prefill && known_ids.is_none();
+    let ids: Vec<String> = match known_ids {
+        Some(ids) => ids,
+        None => devices.iter().map(|d| d.device_id().to_string()).collect(),
+    };
+    let unknown_ids = if args.mode == Mode::Lookup && args.unknown_share > 0.0 {
+        let n = if args.unknown_devices == 0 {
+            args.devices
+        } else {
+            args.unknown_devices
+        };
+        (0..n.max(1))
+            .map(|_| DeviceId::from_bytes(rand::random()).to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
     eprintln!("discoload: {} certificates in {:?}", n_certs, t.elapsed());
     let shared = Arc::new(Shared {
         args: args.clone(),
         devices,
         fill_certs: fill,
         ids,
+        unknown_ids,
         stop: AtomicBool::new(false),
         next: AtomicU64::new(0),
         totals: Mutex::new(Totals::default()),
         hist: Mutex::new(Hist::new()),
     });
 
-    if args.prefill && matches!(args.mode, Mode::Lookup) {
+    if prefill && matches!(args.mode, Mode::Lookup) {
         let mut tasks = Vec::new();
         for w in 0..args.concurrency.min(shared.devices.len()) {
             let s = shared.clone();
@@ -226,6 +281,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for t in tasks {
             let _ = t.await;
         }
+        if let Some(path) = &args.ids_file {
+            std::fs::write(path, shared.ids.join("\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
     }
 
     let cpu0 = args.server_pid.and_then(cpu_ticks);
@@ -235,7 +294,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let s = shared.clone();
         tasks.push(tokio::spawn(async move { worker(s, w).await }));
     }
-    if args.mode != Mode::Fill {
+    if args.mode == Mode::FillTls {
+        tasks.push(tokio::spawn(progress(shared.clone())));
+    }
+    if !matches!(args.mode, Mode::Fill | Mode::FillTls) {
         tokio::time::sleep(args.duration).await;
         shared.stop.store(true, Ordering::Relaxed);
     }
@@ -307,15 +369,24 @@ async fn connect(s: &Shared, who: Option<&Identity>) -> anyhow::Result<Sender> {
 fn request(s: &Shared, i: usize) -> http::Request<Full<Bytes>> {
     let b = http::Request::builder().header("host", "discovery");
     let r = match s.args.mode {
-        Mode::Lookup => b
-            .uri(format!("/?device={}", s.ids[i % s.ids.len()]))
-            .body(Full::new(Bytes::new())),
+        Mode::Lookup => {
+            // The same interleaving every run: of each 1,000 requests, the
+            // first share×1,000 ask for unknown IDs.
+            let unknown = (i % 1000) < (s.args.unknown_share * 1000.0) as usize;
+            let id = if unknown && !s.unknown_ids.is_empty() {
+                &s.unknown_ids[(i / 1000 * 997 + i) % s.unknown_ids.len()]
+            } else {
+                &s.ids[i % s.ids.len()]
+            };
+            b.uri(format!("/?device={id}"))
+                .body(Full::new(Bytes::new()))
+        }
         Mode::LookupUnknown => {
             let id = DeviceId::from_bytes(rand::random());
             b.uri(format!("/?device={id}"))
                 .body(Full::new(Bytes::new()))
         }
-        Mode::Announce | Mode::AnnounceFresh => b
+        Mode::Announce | Mode::AnnounceFresh | Mode::FillTls => b
             .method("POST")
             .uri("/")
             .header("content-type", "application/json")
@@ -354,7 +425,11 @@ fn tally(s: &Shared, r: &anyhow::Result<u16>) {
 }
 
 async fn one_fresh_announce(s: &Shared, i: usize) -> anyhow::Result<u16> {
-    let mut sender = connect(s, Some(&s.devices[i % s.devices.len()])).await?;
+    fresh_announce_as(s, &s.devices[i % s.devices.len()], i).await
+}
+
+async fn fresh_announce_as(s: &Shared, who: &Identity, i: usize) -> anyhow::Result<u16> {
+    let mut sender = connect(s, Some(who)).await?;
     let b = http::Request::builder()
         .method("POST")
         .uri("/")
@@ -401,6 +476,22 @@ async fn worker(s: Arc<Shared>, w: usize) {
                 }
                 keepalive(&s, &mut sender, None, n).await
             }
+            Mode::FillTls => {
+                if n >= s.args.devices {
+                    return;
+                }
+                let t = Instant::now();
+                let r = match Identity::generate("syncthing", s.args.key_type) {
+                    Ok(who) => fresh_announce_as(&s, &who, n).await,
+                    Err(e) => Err(e.into()),
+                };
+                if r.is_ok() {
+                    if let Ok(mut h) = s.hist.lock() {
+                        h.record(t.elapsed());
+                    }
+                }
+                r
+            }
             Mode::Announce => {
                 let who = &s.devices[w % s.devices.len()];
                 keepalive(&s, &mut sender, Some(who), w).await
@@ -428,6 +519,23 @@ async fn keepalive(
         *sender = None;
     }
     r
+}
+
+/// `fill-tls` takes minutes at a million devices: a line every 10 s.
+async fn progress(s: Arc<Shared>) {
+    let started = Instant::now();
+    let total = s.args.devices as u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let done = s.next.load(Ordering::Relaxed).min(total);
+        eprintln!(
+            "discoload: {done}/{total} devices announced ({:.0}/s)",
+            done as f64 / started.elapsed().as_secs_f64()
+        );
+        if done >= total {
+            return;
+        }
+    }
 }
 
 fn clock_ticks_per_sec() -> f64 {

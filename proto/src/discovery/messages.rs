@@ -29,6 +29,19 @@ pub struct LookupReply {
     pub addresses: Vec<String>,
 }
 
+/// `s` as a JSON string. Addresses and times need no escaping, so they
+/// are copied as they are; anything else goes through serde_json.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        // Writing to a Vec cannot fail; keep the output valid regardless.
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
@@ -75,8 +88,22 @@ impl Announcement {
 }
 
 impl LookupReply {
+    /// The same bytes as `serde_json::to_vec` (a test holds them equal),
+    /// written directly: one of these per lookup answer.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let len: usize = self.addresses.iter().map(|a| a.len() + 3).sum();
+        let mut out = Vec::with_capacity(len + self.seen.len() + 32);
+        out.extend_from_slice(b"{\"seen\":");
+        push_json_str(&mut out, &self.seen);
+        out.extend_from_slice(b",\"addresses\":[");
+        for (i, a) in self.addresses.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_json_str(&mut out, a);
+        }
+        out.extend_from_slice(b"]}");
+        out
     }
 
     pub fn from_json(body: &[u8]) -> Result<Self, serde_json::Error> {
@@ -87,6 +114,38 @@ impl LookupReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookup_reply_json_as_serde_writes_it() {
+        let odd = [
+            "",
+            "tcp://1.2.3.4:22000",
+            "a\"b\\c",
+            "\u{1}\n\t",
+            "é€😀",
+            "\u{7f}",
+        ];
+        for seen in odd {
+            for n in 0..4 {
+                let reply = LookupReply {
+                    seen: seen.to_string(),
+                    addresses: odd
+                        .iter()
+                        .cycle()
+                        .skip(n)
+                        .take(n)
+                        .map(|s| s.to_string())
+                        .collect(),
+                };
+                assert_eq!(
+                    reply.to_json(),
+                    serde_json::to_vec(&reply).unwrap(),
+                    "{reply:?}"
+                );
+                assert_eq!(LookupReply::from_json(&reply.to_json()).unwrap(), reply);
+            }
+        }
+    }
 
     #[test]
     fn announcement_forms_accepted() {
