@@ -407,4 +407,41 @@ mod tests {
             .contains("syncthing_discovery_api_requests_total{type=\"GET\",result=\"200\"} 1\n"));
         assert!(!text.contains("# EOF"));
     }
+
+    #[test]
+    fn hot_series_are_the_labelled_ones() {
+        // The handles held for the usual answers must count in the same
+        // series that a labelled lookup would find.
+        let m = Metrics::new();
+        let ms = Duration::from_millis(1);
+        m.request(&http::Method::GET, 404, ms);
+        m.request(&http::Method::GET, 404, ms);
+        m.request(&http::Method::GET, 400, ms);
+        m.request(&http::Method::POST, 204, ms);
+        m.request(&http::Method::PUT, 405, ms);
+        m.lookup("not_found_recent");
+        m.lookup("not_found_ever");
+        m.lookup("not_found_ever");
+        m.lookup("bad_request");
+        m.store_op("get", "not_found", ms);
+        m.store_op("get", "error", ms);
+        m.store_op("merge", "success", ms);
+        let text = m.render_prometheus();
+        for want in [
+            "syncthing_discovery_api_requests_total{type=\"GET\",result=\"404\"} 2\n",
+            "syncthing_discovery_api_requests_total{type=\"GET\",result=\"400\"} 1\n",
+            "syncthing_discovery_api_requests_total{type=\"POST\",result=\"204\"} 1\n",
+            "syncthing_discovery_api_requests_total{type=\"PUT\",result=\"405\"} 1\n",
+            "syncthing_discovery_api_requests_seconds_count{type=\"GET\"} 3\n",
+            "syncthing_discovery_api_requests_seconds_count{type=\"PUT\"} 1\n",
+            "syncthing_discovery_lookup_requests_total{result=\"not_found_recent\"} 1\n",
+            "syncthing_discovery_lookup_requests_total{result=\"not_found_ever\"} 2\n",
+            "syncthing_discovery_lookup_requests_total{result=\"bad_request\"} 1\n",
+            "{operation=\"get\",result=\"not_found\"} 1\n",
+            "{operation=\"get\",result=\"error\"} 1\n",
+            "{operation=\"merge\",result=\"success\"} 1\n",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+    }
 }
