@@ -486,6 +486,8 @@ fn push_digits(out: &mut String, n: u32, width: u32) {
     }
 }
 
+/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
+/// algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
