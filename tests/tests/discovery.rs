@@ -1554,3 +1554,95 @@ fn devices_find_each_other_behind_nginx(version: PeerVersion) {
     drop(nginx);
     srv.stop();
 }
+
+/// `scripts/bench-discosrv`'s realistic mix relies on these `discoload`
+/// modes: a fill by one TLS handshake per device, and lookups of stored
+/// devices (kept in an IDs file between runs) mixed with never-announced
+/// IDs. A benchmark is not a test, but a broken load generator should be
+/// found here, not an hour into a benchmark.
+#[test]
+fn discoload_modes_of_the_realistic_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--rate-limit", "0", "--new-device-rate", "0"],
+    );
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(e2e::programs::our_binary("discoload"))
+            .arg("--target")
+            .arg(format!("127.0.0.1:{}", srv.port))
+            .args(args)
+            .output()
+            .expect("run discoload");
+        assert!(
+            out.status.success(),
+            "discoload {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("discoload prints JSON")
+    };
+    let count = |v: &serde_json::Value, status: &str| v["statuses"][status].as_u64().unwrap_or(0);
+
+    let fill = run(&[
+        "--mode",
+        "fill-tls",
+        "--key-type",
+        "ed25519",
+        "--devices",
+        "40",
+        "--concurrency",
+        "8",
+    ]);
+    assert_eq!(count(&fill, "204"), 40, "{fill}");
+    assert_eq!(fill["transport_errors"], 0, "{fill}");
+    assert_eq!(
+        srv.metrics()
+            .matches("syncthing_discovery_announcement_requests_total{result=\"success\"} 40")
+            .count(),
+        1
+    );
+
+    let ids = dir.path().join("ids");
+    let ids_arg = ids.to_str().unwrap();
+    let mix = [
+        "--mode",
+        "lookup",
+        "--key-type",
+        "ed25519",
+        "--devices",
+        "20",
+        "--unknown-share",
+        "0.5",
+        "--unknown-devices",
+        "20",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--ids-file",
+        ids_arg,
+    ];
+    let first = run(&mix);
+    assert_eq!(std::fs::read_to_string(&ids).unwrap().lines().count(), 20);
+    // The same stored devices again, from the file: nothing new announced.
+    let again = run(&mix);
+    for v in [&first, &again] {
+        assert!(count(v, "200") > 0 && count(v, "404") > 0, "{v}");
+        assert_eq!(
+            count(v, "200") + count(v, "404"),
+            v["requests"].as_u64().unwrap(),
+            "{v}"
+        );
+        // Every other request is for an unknown ID, and every request sent
+        // is answered: the two counts differ by at most one.
+        assert_eq!(v["transport_errors"], 0, "{v}");
+        assert!(count(v, "200").abs_diff(count(v, "404")) <= 1, "{v}");
+    }
+    assert_eq!(
+        srv.metrics()
+            .matches("syncthing_discovery_announcement_requests_total{result=\"success\"} 60")
+            .count(),
+        1
+    );
+    srv.stop();
+}

@@ -370,13 +370,17 @@ fn request(s: &Shared, i: usize) -> http::Request<Full<Bytes>> {
     let b = http::Request::builder().header("host", "discovery");
     let r = match s.args.mode {
         Mode::Lookup => {
-            // The same interleaving every run: of each 1,000 requests, the
-            // first share×1,000 ask for unknown IDs.
-            let unknown = (i % 1000) < (s.args.unknown_share * 1000.0) as usize;
+            // Request i is for an unknown ID when floor((i+1)·share) steps
+            // past floor(i·share): the unknown ones spread evenly (every
+            // other one at 0.5), the same in every run. Each pool is walked
+            // in order by its own count.
+            let share = s.args.unknown_share;
+            let before = (i as f64 * share).floor() as usize;
+            let unknown = ((i + 1) as f64 * share).floor() as usize > before;
             let id = if unknown && !s.unknown_ids.is_empty() {
-                &s.unknown_ids[(i / 1000 * 997 + i) % s.unknown_ids.len()]
+                &s.unknown_ids[before % s.unknown_ids.len()]
             } else {
-                &s.ids[i % s.ids.len()]
+                &s.ids[(i - before) % s.ids.len()]
             };
             b.uri(format!("/?device={id}"))
                 .body(Full::new(Bytes::new()))
