@@ -294,15 +294,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let s = shared.clone();
         tasks.push(tokio::spawn(async move { worker(s, w).await }));
     }
-    if args.mode == Mode::FillTls {
-        tasks.push(tokio::spawn(progress(shared.clone())));
-    }
+    // Not one of `tasks`: it only reports, and ends with the workers.
+    let reporter = (args.mode == Mode::FillTls).then(|| tokio::spawn(progress(shared.clone())));
     if !matches!(args.mode, Mode::Fill | Mode::FillTls) {
         tokio::time::sleep(args.duration).await;
         shared.stop.store(true, Ordering::Relaxed);
     }
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(r) = reporter {
+        r.abort();
     }
     let elapsed = started.elapsed();
     let cpu1 = args.server_pid.and_then(cpu_ticks);
