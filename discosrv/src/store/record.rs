@@ -112,15 +112,35 @@ impl<'a> View<'a> {
     /// Checks the whole structure once, so the accessors cannot fail.
     pub fn new(bytes: &'a [u8]) -> Result<Self, Damaged> {
         let v = View { bytes };
+        let mut it = v.raw_iter()?;
         let mut count = 0;
-        for item in v.raw_iter()? {
-            item?;
+        while !it.rest.is_empty() {
+            // The same checks as decoding, without building the URLs.
+            it.skip_one()?;
             count += 1;
         }
         if count != usize::from(bytes[HEADER - 1]) {
             return Err(Damaged);
         }
         Ok(v)
+    }
+
+    /// How many addresses the record holds.
+    pub fn count(&self) -> usize {
+        self.bytes.get(HEADER - 1).map_or(0, |&n| usize::from(n))
+    }
+
+    /// When each stored address expires (Unix seconds), without decoding
+    /// the addresses.
+    pub fn expiries(&self) -> impl Iterator<Item = u32> + 'a {
+        let mut it = self.raw_iter().ok();
+        std::iter::from_fn(move || {
+            let i = it.as_mut()?;
+            if i.rest.is_empty() {
+                return None;
+            }
+            i.skip_one().ok()
+        })
     }
 
     /// For bytes this program encoded itself: no upfront check (a damaged
@@ -185,6 +205,34 @@ impl AddrIter<'_> {
         let (a, b) = self.rest.split_at(n);
         self.rest = b;
         Ok(a)
+    }
+
+    /// Steps over one address, checking it as [`Self::decode_one`] does;
+    /// returns its expiry.
+    fn skip_one(&mut self) -> Result<u32, Damaged> {
+        let r = self.skip_one_inner();
+        if r.is_err() {
+            self.rest = &[];
+        }
+        r
+    }
+
+    fn skip_one_inner(&mut self) -> Result<u32, Damaged> {
+        let base = self.base;
+        let delta = self.take(2)?;
+        let expires = base.saturating_sub(u32::from(u16::from_le_bytes([delta[0], delta[1]])));
+        let tag = self.take(1)?[0];
+        if tag == 0 {
+            let len = self.take(2)?;
+            let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+            std::str::from_utf8(self.take(len)?).map_err(|_| Damaged)?;
+        } else {
+            SCHEMES
+                .get(usize::from(tag & !V6).wrapping_sub(1))
+                .ok_or(Damaged)?;
+            self.take(if tag & V6 == 0 { 6 } else { 18 })?;
+        }
+        Ok(expires)
     }
 
     fn decode_one(&mut self) -> Result<Addr, Damaged> {
@@ -315,6 +363,64 @@ mod tests {
             a("tcp://198.51.100.1:22000", 1),
         ];
         assert_eq!(encode(&id, 0, &three).len(), HEADER + 27);
+    }
+
+    /// What `View::new` checked before it skipped instead of decoding:
+    /// every address decodes and the count matches.
+    fn decodes_fully(bytes: &[u8]) -> bool {
+        let v = View { bytes };
+        let Ok(it) = v.raw_iter() else {
+            return false;
+        };
+        let mut n = 0;
+        for item in it {
+            if item.is_err() {
+                return false;
+            }
+            n += 1;
+        }
+        n == usize::from(bytes[HEADER - 1])
+    }
+
+    #[test]
+    fn skipping_checks_what_decoding_checks() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let urls = [
+            "tcp://192.0.2.7:22000",
+            "quic6://[2001:db8::1]:22000",
+            "relay://192.0.2.9:22067/?id=ABC",
+            "tcp://h:1",
+            "é://x",
+        ];
+        for _ in 0..5000 {
+            let n = rng.random_range(0..5);
+            let addrs: Vec<Addr> = (0..n)
+                .map(|_| {
+                    a(
+                        urls[rng.random_range(0..urls.len())],
+                        rng.random_range(0..10_000),
+                    )
+                })
+                .collect();
+            let blob = encode(&[3; 32], rng.random_range(0..5_000) * 1_000_000_000, &addrs);
+            let v = View::new(&blob).unwrap();
+            assert_eq!(v.count(), n);
+            assert_eq!(
+                v.expiries().collect::<Vec<_>>(),
+                v.addrs().map(|a| a.expires).collect::<Vec<_>>()
+            );
+            // Damage a byte or two, or cut: the two checks agree.
+            let mut bad = blob.to_vec();
+            for _ in 0..rng.random_range(1..=2) {
+                let at = rng.random_range(HEADER - 1..bad.len());
+                bad[at] = rng.random();
+            }
+            if rng.random_bool(0.2) {
+                bad.truncate(rng.random_range(HEADER..=bad.len()));
+            }
+            assert_eq!(View::new(&bad).is_ok(), decodes_fully(&bad), "{bad:?}");
+        }
     }
 
     #[test]
