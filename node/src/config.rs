@@ -14,9 +14,11 @@ use proto::DeviceId;
 use serde::{Deserialize, Serialize};
 
 pub mod file;
+pub mod marker;
 pub mod relay_uri;
 pub mod versioning;
 
+pub use marker::MarkerName;
 pub use versioning::{Versioning, VersioningConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -198,6 +200,42 @@ pub struct FolderConfig {
     /// How many conflict copies of one file are kept. Applied live.
     #[serde(default)]
     pub max_conflicts: MaxConflicts,
+    /// Permission bits mean nothing on this folder's filesystem (an
+    /// SMB/NFS mount, FAT, exFAT): local entries are announced with
+    /// `noPermissions`, a mode change is not a change, and pulled items
+    /// are not chmod-ed (as Syncthing's `ignorePerms`). Applied live.
+    #[serde(default)]
+    pub ignore_perms: bool,
+    /// The folder marker whose absence stops the folder (see
+    /// [`MarkerName`]).
+    #[serde(default)]
+    pub marker_name: MarkerName,
+    /// Pulled files, directories and symlinks get the owner and group of
+    /// the directory they land in (a share whose tree belongs to a
+    /// service account; needs the node to run as root or with
+    /// CAP_CHOWN). Applied live.
+    #[serde(default)]
+    pub copy_ownership_from_parent: bool,
+}
+
+impl FolderConfig {
+    /// Whether permission bits are compared and applied.
+    pub fn perms(&self) -> Perms {
+        if self.ignore_perms {
+            Perms::Ignore
+        } else {
+            Perms::Honour
+        }
+    }
+}
+
+/// What a folder does with permission bits (its `ignorePerms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perms {
+    /// Scanned, compared and applied.
+    Honour,
+    /// Announced as meaningless, never a change, never applied.
+    Ignore,
 }
 
 /// Syncthing's `maxConflicts`: how many conflict copies of one file are
@@ -635,6 +673,9 @@ mod tests {
                 fs_watcher_delay_s: 1,
                 ignore_delete: false,
                 max_conflicts: MaxConflicts::DEFAULT,
+                ignore_perms: false,
+                marker_name: Default::default(),
+                copy_ownership_from_parent: false,
             }],
             ..Default::default()
         };
@@ -666,6 +707,9 @@ mod tests {
             fs_watcher_delay_s: 1,
             ignore_delete: false,
             max_conflicts: MaxConflicts::DEFAULT,
+            ignore_perms: false,
+            marker_name: Default::default(),
+            copy_ownership_from_parent: false,
         }
     }
 

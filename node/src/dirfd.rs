@@ -287,6 +287,27 @@ impl Dir {
         Ok(())
     }
 
+    /// This directory's owner and group (uid, gid).
+    pub fn owner(&self) -> io::Result<(u32, u32)> {
+        let st = rustix::fs::fstat(&self.0)?;
+        Ok((st.st_uid, st.st_gid))
+    }
+
+    /// Gives the entry `name` (not following a symlink) this directory's
+    /// owner and group: Syncthing's `copyOwnershipFromParent`.
+    pub fn give_own_owner(&self, name: &str) -> io::Result<()> {
+        let name = one_component(name)?;
+        let (uid, gid) = self.owner()?;
+        rustix::fs::chownat(
+            &self.0,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
     /// Makes renames and removals in this directory durable.
     pub fn sync(&self) -> io::Result<()> {
         rustix::fs::fsync(&self.0)?;

@@ -16,6 +16,7 @@ use proto::bep::names;
 use proto::bep::vector;
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Vector};
 
+use crate::config::{MarkerName, Perms};
 use crate::db::{Change, Db, LocalMeta};
 use crate::events::Events;
 use daemon::sync::MutexExt;
@@ -59,7 +60,12 @@ pub fn create_marker(root: &Path, folder: &str) -> Result<()> {
 /// `paused` (then the path only, as Syncthing). A folder the index knows is
 /// never created here: its vanished path is an unmounted disk until proven
 /// otherwise, and the scan refuses it.
-pub fn create_new_folder(root: &Path, folder: &str, paused: bool) -> Result<()> {
+pub fn create_new_folder(
+    root: &Path,
+    folder: &str,
+    paused: bool,
+    marker: &MarkerName,
+) -> Result<()> {
     if fs::symlink_metadata(root).is_err() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -68,7 +74,13 @@ pub fn create_new_folder(root: &Path, folder: &str, paused: bool) -> Result<()> 
             .with_context(|| format!("cannot create the folder path {}", root.display()))?;
         tracing::info!(folder = %folder, path = %root.display(), "created the new folder's path");
     }
-    if !paused && root.is_dir() && fs::symlink_metadata(root.join(MARKER)).is_err() {
+    // Another marker name is the operator's to create (Syncthing leaves it
+    // alone too): its absence is what stops the folder.
+    if !paused
+        && marker.is_default()
+        && root.is_dir()
+        && fs::symlink_metadata(root.join(MARKER)).is_err()
+    {
         create_marker(root, folder)?;
     }
     Ok(())
@@ -138,6 +150,8 @@ pub fn scan(
         short_id,
         receive_only: false,
         versions_dir: None,
+        perms: Perms::Honour,
+        marker: &MarkerName::default(),
     };
     let events = crate::events::Events::default();
     scan_folder(db, &events, target, progress, live)
@@ -155,6 +169,10 @@ pub struct Target<'a> {
     /// name than `.stversions` (which is always skipped): treated as
     /// ignored, so nothing in it is ever announced.
     pub versions_dir: Option<String>,
+    /// Whether permission bits count (the folder's `ignorePerms`).
+    pub perms: Perms,
+    /// The folder's marker: without it nothing is scanned.
+    pub marker: &'a MarkerName,
 }
 
 /// [`scan`], for a folder that is receive-only when `receive_only`: every
@@ -176,9 +194,11 @@ pub fn scan_folder(
         short_id,
         receive_only,
         versions_dir,
+        perms,
+        marker: marker_name,
     } = target;
     let started = Instant::now();
-    let marker = root.join(MARKER);
+    let marker = root.join(marker_name.as_str());
     if !root.is_dir() {
         bail!(
             "folder {folder:?}: {} is not a directory (missing or unmounted?); not scanning, so nothing is announced as deleted",
@@ -191,8 +211,17 @@ pub fn scan_folder(
         // point, and scanning it would announce every file as deleted.
         if db.folder_state(folder)?.1 != 0 {
             bail!(
-                "folder {folder:?}: marker {} is missing, so the folder may be unmounted; not scanning. If the folder is intact, recreate the marker (mkdir {})",
+                "folder {folder:?}: marker {} is missing, so the folder may be unmounted; not scanning. If the folder is intact, recreate the marker ({} {})",
                 marker.display(),
+                if marker_name.is_default() { "mkdir" } else { "touch" },
+                marker.display()
+            );
+        }
+        // A marker of the operator's choosing is never made here: it is
+        // what says the storage is mounted.
+        if !marker_name.is_default() {
+            bail!(
+                "folder {folder:?}: marker {} (markerName) does not exist; not scanning until it does (create it on the folder's storage)",
                 marker.display()
             );
         }
@@ -216,6 +245,7 @@ pub fn scan_folder(
         progress,
         live,
         receive_only,
+        perms,
     };
     let mut batch = Vec::with_capacity(BATCH);
     walk(root, "", &ignores, &mut |walked| {
@@ -303,6 +333,7 @@ struct Ctx<'a> {
     progress: &'a dyn Fn(i64),
     live: &'a Live,
     receive_only: bool,
+    perms: Perms,
 }
 
 fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result<()> {
@@ -321,6 +352,7 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
         progress,
         live,
         receive_only,
+        perms,
     } = *ctx;
     stats.entries += found.len();
     live.entries
@@ -335,7 +367,7 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
         let old = known.get(&f.name);
         let current = disk_meta(&f.meta);
         if let Some(old) = old {
-            if !old.deleted && unchanged(old, &current) {
+            if !old.deleted && unchanged(old, &current, perms) {
                 stats.unchanged += 1;
                 continue;
             }
@@ -365,6 +397,9 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
                     name: f.name,
                     r#type: FileInfoType::Directory as i32,
                     permissions: current.permissions,
+                    // As Syncthing: the bits are still sent, marked
+                    // meaningless, so no device applies or compares them.
+                    no_permissions: perms == Perms::Ignore,
                     modified_s: current.modified_s,
                     modified_ns: current.modified_ns,
                     version: Some(version),
@@ -395,7 +430,12 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
             });
         }
     }
-    let hashed = hash_all(to_hash, short_id, live);
+    let mut hashed = hash_all(to_hash, short_id, live);
+    if perms == Perms::Ignore {
+        for c in hashed.iter_mut().flatten() {
+            c.info.no_permissions = true;
+        }
+    }
     // Units skipped for the stop have no result: nothing of this batch may
     // be recorded.
     if live.stop.load(Ordering::Relaxed) {
@@ -416,7 +456,7 @@ fn scan_batch(ctx: &Ctx<'_>, found: Vec<Found>, stats: &mut ScanStats) -> Result
                 stats.hashed_bytes += change.info.size as u64;
                 let before = known.get(&change.info.name).map(|o| &o.version);
                 let announced = if others.contains(&change.info.name) {
-                    announced_version(db, folder, &change.info, before)?
+                    announced_version(db, folder, &change.info, before, perms)?
                 } else {
                     None
                 };
@@ -473,6 +513,7 @@ fn announced_version(
     folder: &str,
     file: &FileInfo,
     before: Option<&Vector>,
+    perms: Perms,
 ) -> Result<Option<(Vector, u64)>> {
     for (device, summary) in &db.remote_summaries(folder, &file.name)? {
         let Some(version) = summary.version.as_ref().filter(|v| !v.counters.is_empty()) else {
@@ -497,7 +538,9 @@ fn announced_version(
         let Some(full) = db.remote_file(folder, device, &file.name)? else {
             continue;
         };
-        let same_mode = full.no_permissions || full.permissions & 0o777 == file.permissions & 0o777;
+        let same_mode = perms == Perms::Ignore
+            || full.no_permissions
+            || full.permissions & 0o777 == file.permissions & 0o777;
         if same_mode && blocks::same_blocks(&full.blocks, &file.blocks) {
             return Ok(Some((version.clone(), full.modified_by)));
         }
@@ -542,19 +585,23 @@ pub(crate) fn disk_meta(m: &Metadata) -> DiskMeta {
 /// Like Syncthing: a directory changes only with its permissions (not its
 /// mtime, which moves whenever an entry inside changes), a symlink when it
 /// is replaced, a file with its size, mtime, permissions or inode.
-pub(crate) fn unchanged(old: &LocalMeta, new: &DiskMeta) -> bool {
+/// Permissions do not count with [`Perms::Ignore`] (a filesystem without
+/// them may report any mode, and a mode that cannot be set must not be
+/// announced as an edit).
+pub(crate) fn unchanged(old: &LocalMeta, new: &DiskMeta, perms: Perms) -> bool {
     if old.kind != new.kind {
         return false;
     }
+    let same_perms = perms == Perms::Ignore || old.permissions == new.permissions;
     match FileInfoType::try_from(new.kind) {
         // A directory entry without an inode was recorded while ignored.
-        Ok(FileInfoType::Directory) => old.permissions == new.permissions && old.inode != 0,
+        Ok(FileInfoType::Directory) => same_perms && old.inode != 0,
         Ok(FileInfoType::Symlink) => old.inode == new.inode,
         _ => {
             old.size == new.size
                 && old.modified_s == new.modified_s
                 && old.modified_ns == new.modified_ns
-                && old.permissions == new.permissions
+                && same_perms
                 && old.inode == new.inode
         }
     }
@@ -855,7 +902,7 @@ mod tests {
     fn a_new_folder_gets_its_path_and_marker() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("a/b/new");
-        create_new_folder(&root, "f-1", false).unwrap();
+        create_new_folder(&root, "f-1", false, &MarkerName::default()).unwrap();
         assert!(root.is_dir());
         let inside: Vec<_> = fs::read_dir(root.join(MARKER))
             .unwrap()
@@ -864,10 +911,10 @@ mod tests {
         assert_eq!(inside.len(), 1);
         assert!(inside[0].starts_with("syncthing-folder-") && inside[0].ends_with(".txt"));
         // Again: nothing to do, nothing fails.
-        create_new_folder(&root, "f-1", false).unwrap();
+        create_new_folder(&root, "f-1", false, &MarkerName::default()).unwrap();
         // Paused: the path only, as Syncthing.
         let paused = dir.path().join("paused");
-        create_new_folder(&paused, "p", true).unwrap();
+        create_new_folder(&paused, "p", true, &MarkerName::default()).unwrap();
         assert!(paused.is_dir() && !paused.join(MARKER).exists());
     }
 
@@ -935,6 +982,73 @@ mod tests {
         for f in [first, second, gone] {
             proto::bep::rules::check_file_info(&f).unwrap();
         }
+    }
+
+    /// `ignorePerms`: entries are announced without meaningful bits, and a
+    /// mode change alone is not a change (a filesystem without
+    /// permissions may report any mode).
+    #[test]
+    fn ignored_permissions_are_never_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (home, root) = (dir.path().join("home"), dir.path().join("f"));
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(&home).unwrap();
+        fs::write(root.join("a"), b"a").unwrap();
+        let db = Db::open(&home).unwrap();
+        let scan_ignoring = |db: &Db| {
+            let target = Target {
+                folder: "f",
+                root: &root,
+                short_id: 1,
+                receive_only: false,
+                versions_dir: None,
+                perms: Perms::Ignore,
+                marker: &MarkerName::default(),
+            };
+            scan_folder(db, &Events::default(), target, &|_| {}, &Live::default()).unwrap()
+        };
+        let first = scan_ignoring(&db);
+        let files = db.files_since("f", 0, 100).unwrap();
+        assert!(files.iter().all(|f| f.no_permissions), "{files:?}");
+        for p in ["a", "sub"] {
+            fs::set_permissions(root.join(p), fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let again = scan_ignoring(&db);
+        assert_eq!((again.changed, again.sequence), (0, first.sequence));
+        // Honoured, the same mode change is one.
+        let s = scan(&db, "f", &root, 1, &|_| {}, &Live::default()).unwrap();
+        assert_eq!(s.changed, 2);
+    }
+
+    /// A marker of the operator's choosing is never created: the scan
+    /// refuses until it exists.
+    #[test]
+    fn another_marker_is_never_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (home, root) = (dir.path().join("home"), dir.path().join("f"));
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&home).unwrap();
+        let db = Db::open(&home).unwrap();
+        let marker = MarkerName::new(".mounted").unwrap();
+        let run = || {
+            let target = Target {
+                folder: "f",
+                root: &root,
+                short_id: 1,
+                receive_only: false,
+                versions_dir: None,
+                perms: Perms::Honour,
+                marker: &marker,
+            };
+            scan_folder(&db, &Events::default(), target, &|_| {}, &Live::default())
+        };
+        let e = run().unwrap_err();
+        assert!(format!("{e:#}").contains(".mounted"), "{e:#}");
+        create_new_folder(&root, "f", false, &marker).unwrap();
+        assert!(!root.join(MARKER).exists() && !root.join(".mounted").exists());
+        fs::write(root.join(".mounted"), b"").unwrap();
+        run().unwrap();
+        assert!(!root.join(MARKER).exists());
     }
 
     #[test]

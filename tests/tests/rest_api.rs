@@ -92,9 +92,9 @@ fn bad_input_gets_syncthings_status_codes_and_never_changes_the_config() {
         (
             "PATCH",
             "/rest/config/folders/f",
-            Some("{\"ignorePerms\": true}"),
+            Some("{\"disableFsync\": true}"),
             400,
-            "ignorePerms",
+            "disableFsync",
         ),
         // A key 2.x added that this node cannot honour.
         (

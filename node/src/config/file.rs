@@ -74,7 +74,10 @@ const FOLDERS_COMMENT: &str = "\
 # what a remote change replaces or deletes is kept (type trashcan, simple,
 # staggered or external; params as Syncthing's: cleanoutDays, keep, maxAge,
 # command, and timeoutS for external; fsPath: where, default .stversions in
-# the folder).";
+# the folder). markerName: another marker (never created by the node: the
+# folder stops while it is absent). ignorePerms: for storage without Unix
+# permissions (SMB, NFS, FAT). copyOwnershipFromParent: pulled items get
+# their directory's owner.";
 
 const EXAMPLES: &str = "
 # No devices or folders yet. For example:
@@ -255,6 +258,9 @@ mod tests {
                 fs_watcher_delay_s: 1,
                 ignore_delete: false,
                 max_conflicts: crate::config::MaxConflicts::DEFAULT,
+                ignore_perms: false,
+                marker_name: Default::default(),
+                copy_ownership_from_parent: false,
             }],
             ..Default::default()
         }

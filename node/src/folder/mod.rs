@@ -29,7 +29,8 @@ pub fn start_missing(node: &Arc<Node>) -> Result<()> {
             // Nothing of this folder in the index: a new folder, whose
             // path and marker are created as Syncthing creates them. A
             // failure is logged; the scan then reports the folder in error.
-            if let Err(e) = crate::scan::create_new_folder(&f.path, &f.id, f.paused) {
+            if let Err(e) = crate::scan::create_new_folder(&f.path, &f.id, f.paused, &f.marker_name)
+            {
                 tracing::error!(folder = %f.id, error = %format!("{e:#}"), "cannot create the new folder");
             }
         }

@@ -65,6 +65,7 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
     let short = node.my_id.short().0;
     let receive_only = f.kind == FolderType::ReceiveOnly;
     let versions_dir = crate::versioning::in_folder_dir(f);
+    let (perms, marker) = (f.perms(), f.marker_name.clone());
     let result = tokio::task::spawn_blocking(move || {
         let target = scan::Target {
             folder: &fid,
@@ -72,6 +73,8 @@ async fn scan(node: &Arc<Node>, f: &FolderConfig, rt: &Arc<FolderRuntime>) -> bo
             short_id: short,
             receive_only,
             versions_dir,
+            perms,
+            marker: &marker,
         };
         scan::scan_folder(
             &node2.db,

@@ -19,7 +19,7 @@ use proto::bep::names;
 use proto::bep::wire::FileInfo;
 use sha2::{Digest, Sha256};
 
-use crate::config::MaxConflicts;
+use crate::config::{MaxConflicts, Perms};
 use crate::db::{Change, Db};
 use crate::dirfd::{self, Dir, Kind, Rename};
 use crate::ignore::Ignores;
@@ -326,7 +326,7 @@ pub fn swap_into_place(
     dir: &Dir,
     (temp, target): (&str, &str),
     incoming: &FileInfo,
-    max_conflicts: MaxConflicts,
+    (max_conflicts, perms): (MaxConflicts, Perms),
 ) -> Result<()> {
     let failed =
         |e: std::io::Error| anyhow::Error::from(e).context(format!("cannot rename into {name:?}"));
@@ -334,7 +334,7 @@ pub fn swap_into_place(
         match dir.rename(temp, dir, target, Rename::Exchange) {
             Ok(()) => {
                 // `temp` now holds what was in place.
-                if local_unchanged(db, folder, name, dir, temp).unwrap_or(false) {
+                if local_unchanged(db, folder, name, dir, temp, perms).unwrap_or(false) {
                     let _ = dir.remove_file(temp);
                 } else {
                     keep_raced(dir, name, temp, incoming, max_conflicts)?;
@@ -346,6 +346,10 @@ pub fn swap_into_place(
                     Ok(()) => return Ok(()),
                     // Created in between: swap it out and check it.
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                    // Neither swap nor no-replace here (FUSE volumes such
+                    // as fusefat): a plain rename, as on any filesystem
+                    // that offers nothing better.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
                     Err(e) => return Err(failed(e)),
                 }
             }
@@ -426,7 +430,14 @@ pub fn is_disk_full(e: &anyhow::Error) -> bool {
 /// absent when the index has no live entry, unchanged otherwise (a live
 /// entry gone from disk is a local deletion, which loses against any new
 /// version, so it also counts as unchanged).
-pub fn local_unchanged(db: &Db, folder: &str, name: &str, dir: &Dir, base: &str) -> Result<bool> {
+pub fn local_unchanged(
+    db: &Db,
+    folder: &str,
+    name: &str,
+    dir: &Dir,
+    base: &str,
+    perms: Perms,
+) -> Result<bool> {
     let known = db
         .local_meta(folder, &[name])?
         .remove(name)
@@ -435,7 +446,7 @@ pub fn local_unchanged(db: &Db, folder: &str, name: &str, dir: &Dir, base: &str)
         (_, Err(e)) if e.kind() == ErrorKind::NotFound => Ok(true),
         (_, Err(e)) => Err(e).with_context(|| format!("cannot stat {:?}", sibling(name, base))),
         (None, Ok(_)) => Ok(false),
-        (Some(k), Ok(m)) => Ok(scan::unchanged(&k, &scan::disk_meta(&m))),
+        (Some(k), Ok(m)) => Ok(scan::unchanged(&k, &scan::disk_meta(&m), perms)),
     }
 }
 
@@ -773,7 +784,7 @@ mod tests {
                 &r,
                 (&t, name),
                 &incoming,
-                MaxConflicts::DEFAULT,
+                (MaxConflicts::DEFAULT, Perms::Honour),
             )
         };
         // Unchanged since the index: replaced, nothing kept.
@@ -852,13 +863,13 @@ mod tests {
         fs::create_dir_all(&root).unwrap();
         let r = Dir::open(&root).unwrap();
         // Unknown to the index and absent: fine; present: a local change.
-        assert!(local_unchanged(&db, "f", "a", &r, "a").unwrap());
+        assert!(local_unchanged(&db, "f", "a", &r, "a", Perms::Honour).unwrap());
         fs::write(root.join("a"), b"data").unwrap();
-        assert!(!local_unchanged(&db, "f", "a", &r, "a").unwrap());
+        assert!(!local_unchanged(&db, "f", "a", &r, "a", Perms::Honour).unwrap());
         let live = crate::scan::Live::default();
         crate::scan::scan(&db, "f", &root, 1, &|_| {}, &live).unwrap();
-        assert!(local_unchanged(&db, "f", "a", &r, "a").unwrap());
+        assert!(local_unchanged(&db, "f", "a", &r, "a", Perms::Honour).unwrap());
         fs::write(root.join("a"), b"other data").unwrap();
-        assert!(!local_unchanged(&db, "f", "a", &r, "a").unwrap());
+        assert!(!local_unchanged(&db, "f", "a", &r, "a", Perms::Honour).unwrap());
     }
 }

@@ -50,7 +50,7 @@ use proto::bep::global::{is_conflict, is_conflict_copy, temp_basename};
 use proto::bep::wire::{BlockInfo, FileInfo, FileInfoType, Request};
 use tokio::sync::Semaphore;
 
-use crate::config::{FolderConfig, MaxConflicts};
+use crate::config::{FolderConfig, MaxConflicts, Perms};
 use crate::db::{Change, Direction};
 use crate::dirfd::{Dir, Rename};
 use crate::model::Node;
@@ -88,6 +88,10 @@ struct Ctx {
     conflicts: AtomicUsize,
     /// The folder's `maxConflicts`, as it was when the round started.
     max_conflicts: MaxConflicts,
+    /// The folder's `ignorePerms`, as it was when the round started.
+    perms: Perms,
+    /// The folder's `copyOwnershipFromParent`, likewise.
+    copy_owner: bool,
     /// Requested block data in flight, in KiB, across the files pulled at
     /// once (memory stays bounded however many run).
     budget: Semaphore,
@@ -128,6 +132,16 @@ impl Ctx {
     /// the swap: that version sits under the temp name, where the
     /// versioner does not take it, so with versioning on it is kept as a
     /// conflict copy rather than discarded.
+    /// `copyOwnershipFromParent`: the new entry `base` of `dir` (for
+    /// `name`) gets the directory's owner and group.
+    fn copy_owner(&self, dir: &Dir, base: &str, name: &str) -> Result<()> {
+        if self.copy_owner {
+            dir.give_own_owner(base)
+                .with_context(|| format!("cannot give {name:?} its directory's owner"))?;
+        }
+        Ok(())
+    }
+
     fn raced_conflicts(&self) -> MaxConflicts {
         match (self.max_conflicts, &self.versioner) {
             (MaxConflicts::Discard, Some(_)) => MaxConflicts::Unlimited,
@@ -228,6 +242,8 @@ pub async fn round(node: &Arc<Node>, folder: &FolderConfig) -> Result<RoundStats
             .with_context(|| format!("cannot open the folder {}", folder.path.display()))?,
         conflicts: AtomicUsize::new(0),
         max_conflicts: folder.max_conflicts,
+        perms: folder.perms(),
+        copy_owner: folder.copy_ownership_from_parent,
         budget: Semaphore::new(IN_FLIGHT_BYTES / 1024),
         ignores: crate::ignore::Ignores::load(&folder.path)
             .context("not pulling until the folder's .stignore is fixed")?
@@ -407,7 +423,14 @@ async fn apply(ctx: &Arc<Ctx>, n: &Arc<Needed>) -> Result<Change> {
 /// Fails with [`LocallyChanged`] unless `name` (in `dir`) is as the index
 /// says.
 fn unchanged_or_bail(ctx: &Ctx, name: &str, dir: &Dir) -> Result<()> {
-    if !disk::local_unchanged(&ctx.node.db, &ctx.folder, name, dir, basename(name))? {
+    if !disk::local_unchanged(
+        &ctx.node.db,
+        &ctx.folder,
+        name,
+        dir,
+        basename(name),
+        ctx.perms,
+    )? {
         return Err(LocallyChanged.into());
     }
     Ok(())
@@ -497,10 +520,11 @@ fn make_dir(ctx: &Ctx, n: &Needed) -> Result<Change> {
             dir.mkdir(base, 0o777)
                 .with_context(|| format!("cannot create {:?}", g.name))?;
             ctx.dir_changed(&g.name);
+            ctx.copy_owner(&dir, base, &g.name)?;
         }
         Err(e) => return Err(e).with_context(|| format!("cannot stat {:?}", g.name)),
     }
-    if !g.no_permissions {
+    if !g.no_permissions && ctx.perms == Perms::Honour {
         // The peer chooses the mode: set on the directory opened without
         // following a symlink, never by path.
         dir.child(base)
@@ -529,6 +553,7 @@ fn make_symlink(ctx: &Ctx, n: &Needed) -> Result<Change> {
     }
     dir.symlink(&g.symlink_target, &temp)
         .with_context(|| format!("cannot create the symlink {temp:?}"))?;
+    ctx.copy_owner(&dir, &temp, &g.name)?;
     unchanged_or_bail(ctx, &g.name, &dir)?;
     keep_conflicting(ctx, n, &dir)?;
     // A regular file replaced by a symlink is kept, as Syncthing does.
@@ -801,13 +826,31 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
     let Prepared {
         file, temp, dir, ..
     } = p;
-    file.set_len(g.size.max(0) as u64)?;
-    let mode = if g.no_permissions {
-        0o644
+    // Only when needed (a reused temp file longer than the new version):
+    // every block is written, so the length is usually right already, and
+    // some filesystems refuse ftruncate on an open file (fusefat: EPERM).
+    let size = g.size.max(0) as u64;
+    if file.metadata()?.len() != size {
+        file.set_len(size)
+            .with_context(|| format!("cannot set the size of {temp:?}"))?;
+    }
+    if g.no_permissions || ctx.perms == Perms::Ignore {
+        // No mode to apply: the temp file's private 0600 is widened to
+        // what a new file gets. A filesystem without permissions refuses
+        // (FAT answers ENOSYS); its files have whatever mode its mount
+        // gives, so the refusal changes nothing.
+        if let Err(e) = file.set_permissions(fs::Permissions::from_mode(0o644)) {
+            tracing::debug!(file = ?g.name, error = %e, "mode not set (permissions ignored)");
+        }
     } else {
-        g.permissions & 0o777
-    };
-    file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.set_permissions(fs::Permissions::from_mode(g.permissions & 0o777))
+            .with_context(|| format!("cannot set the permissions of {:?}", g.name))?;
+    }
+    if ctx.copy_owner {
+        let (uid, gid) = dir.owner()?;
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .with_context(|| format!("cannot give {:?} its directory's owner", g.name))?;
+    }
     file.set_modified(mtime(g))?;
     file.sync_all()
         .with_context(|| format!("cannot flush {temp:?} to disk"))?;
@@ -844,7 +887,7 @@ fn finish_file(ctx: &Ctx, n: &Needed, p: Prepared) -> Result<Change> {
         &dir,
         (&temp, base),
         g,
-        ctx.raced_conflicts(),
+        (ctx.raced_conflicts(), ctx.perms),
     )?;
     if let (Some(k), Some(v)) = (kept, &ctx.versioner) {
         k.finish(v, now);

@@ -82,6 +82,9 @@ fn default_folder(node: &Node) -> Value {
         fs_watcher_delay_s: 1,
         ignore_delete: false,
         max_conflicts: crate::config::MaxConflicts::DEFAULT,
+        ignore_perms: false,
+        marker_name: Default::default(),
+        copy_ownership_from_parent: false,
     })
 }
 

@@ -37,7 +37,6 @@ macro_rules! extras {
 pub const FOLDER: &Shape = &Shape {
     shown: extras! {
         "filesystemType" => "basic", false;
-        "ignorePerms" => false, false;
         "autoNormalize" => true, true;
         "minDiskFree" => {"unit": "%", "value": 1}, true;
         "copiers" => 0, true;
@@ -47,10 +46,9 @@ pub const FOLDER: &Shape = &Shape {
         "scanProgressIntervalS" => 0, true;
         "pullerPauseS" => 0, true;
         "disableSparseFiles" => false, true;
-        "markerName" => ".stfolder", false;
-        "copyOwnershipFromParent" => false, false;
         "modTimeWindowS" => 0, true;
         "maxConcurrentWrites" => 2, true;
+        // Refused, with the reason in WHY_NOT.
         "disableFsync" => false, false;
         "blockPullOrder" => "standard", true;
         "copyRangeMethod" => "standard", true;
@@ -194,6 +192,14 @@ pub const LDAP: &Shape = &Shape {
     retired: &[],
 };
 
+/// Why a key is refused, where "not supported" alone would leave an
+/// operator guessing: (key, reason).
+const WHY_NOT: &[(&str, &str)] = &[(
+    "disableFsync",
+    "every pulled file and the directories it lands in are made durable before the index records \
+     them, so a power cut on the NAS can never leave the index claiming data the disk lost",
+)];
+
 /// Adds the missing keys to an object.
 pub fn decorate(obj: &mut Value, shape: &Shape) {
     if let Some(o) = obj.as_object_mut() {
@@ -212,8 +218,13 @@ pub fn strip(obj: &mut Value, shape: &Shape, where_: &str) -> Result<(), String>
     for e in shape.shown.iter().chain(shape.retired) {
         if let Some(v) = o.remove(e.key) {
             if !e.lenient && !same_value(&v, &(e.value)()) {
+                let why = WHY_NOT
+                    .iter()
+                    .find(|(k, _)| *k == e.key)
+                    .map(|(_, why)| format!(": {why}"))
+                    .unwrap_or_default();
                 return Err(format!(
-                    "{where_}{}: {v} is not supported by this node (only {})",
+                    "{where_}{}: {v} is not supported by this node (only {}){why}",
                     e.key,
                     (e.value)()
                 ));
@@ -247,15 +258,16 @@ mod tests {
 
     #[test]
     fn decorates_and_strips() {
-        let mut f = json!({"id": "a", "ignorePerms": false});
+        let mut f = json!({"id": "a", "disableFsync": false});
         decorate(&mut f, FOLDER);
-        assert_eq!(f["markerName"], ".stfolder");
-        assert_eq!(f["ignorePerms"], false);
+        assert_eq!(f["filesystemType"], "basic");
+        assert_eq!(f["disableFsync"], false);
         strip(&mut f, FOLDER, "folders[0].").unwrap();
         assert_eq!(f, json!({"id": "a"}));
-        let mut bad = json!({"ignorePerms": true});
+        let mut bad = json!({"disableFsync": true});
         let e = strip(&mut bad, FOLDER, "folder.").unwrap_err();
-        assert!(e.contains("folder.ignorePerms"), "{e}");
+        assert!(e.contains("folder.disableFsync"), "{e}");
+        assert!(e.contains("durable"), "the reason is given: {e}");
         let mut lenient = json!({"hashers": 4});
         strip(&mut lenient, FOLDER, "").unwrap();
     }

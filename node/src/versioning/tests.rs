@@ -59,6 +59,9 @@ impl Folder {
             fs_watcher_delay_s: 1,
             ignore_delete: false,
             max_conflicts: Default::default(),
+            ignore_perms: false,
+            marker_name: Default::default(),
+            copy_ownership_from_parent: false,
         };
         Versioner::for_folder(&f, metrics).unwrap()
     }
@@ -445,6 +448,8 @@ fn versions_folders_are_never_scanned_or_pulled_into() {
         short_id: 1,
         receive_only: false,
         versions_dir: Some("old-versions".into()),
+        perms: crate::config::Perms::Honour,
+        marker: &Default::default(),
     };
     let live = crate::scan::Live::default();
     crate::scan::scan_folder(&db, &events, target, &|_| {}, &live).unwrap();
