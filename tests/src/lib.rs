@@ -16,6 +16,7 @@ pub mod bench;
 pub mod bep_peer;
 pub mod connect;
 pub mod discovery;
+pub mod https;
 pub mod netns;
 pub mod node;
 pub mod peers;

@@ -88,7 +88,6 @@ pub const DEVICE: &Shape = &Shape {
         "introducer" => false, false;
         "skipIntroductionRemovals" => false, true;
         "introducedBy" => "", true;
-        "allowedNetworks" => [], false;
         "autoAcceptFolders" => false, false;
         "maxSendKbps" => 0, false;
         "maxRecvKbps" => 0, false;
@@ -166,7 +165,6 @@ pub const GUI: &Shape = &Shape {
     shown: extras! {
         "unixSocketPermissions" => "", true;
         "authMode" => "static", false;
-        "useTLS" => false, false;
         "insecureAdminAccess" => false, true;
         "theme" => "default", true;
         "insecureSkipHostcheck" => false, false;
