@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod file;
 pub mod marker;
+pub mod networks;
 pub mod relay_uri;
 pub mod versioning;
 
 pub use marker::MarkerName;
+pub use networks::AllowedNetworks;
 pub use versioning::{Versioning, VersioningConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -92,6 +94,10 @@ pub struct Gui {
     /// bcrypt hash of the GUI user's password (a plain text is refused).
     #[serde(default)]
     pub password: String,
+    /// Plain HTTP requests are redirected to HTTPS (the port always
+    /// speaks both, as Syncthing's; see `rest::tls`). Applied live.
+    #[serde(default, rename = "useTLS")]
+    pub use_tls: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +125,11 @@ pub struct DeviceConfig {
     /// Hello (see [`NumConnections::negotiate`]).
     #[serde(default)]
     pub num_connections: NumConnections,
+    /// Networks (CIDRs, `!` to refuse) the device may connect from and
+    /// be dialed at; empty: any. Parsed when read (see [`networks`]).
+    /// Applied to the next connection.
+    #[serde(default)]
+    pub allowed_networks: AllowedNetworks,
 }
 
 /// Syncthing 2.x's `numConnections` of a device: 0 stands for the default

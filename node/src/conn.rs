@@ -68,6 +68,19 @@ where
         bail!("shutting down");
     }
     let device = node.config().device(&peer).cloned();
+    // Before any Hello, as Syncthing: a configured device's connection
+    // from outside its networks is closed now (an incoming relayed one is
+    // judged by the relay's address, which is what we see).
+    if let Some(d) = &device {
+        if !d.allowed_networks.allows(address.ip()) {
+            node.refusals
+                .count(crate::guard::Refusal::NetworkNotAllowed);
+            bail!(
+                "refused: address {} is outside the device's allowedNetworks",
+                address.ip()
+            );
+        }
+    }
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = vec![0u8; 64 * 1024];
     let (session, their_hello, id) = hello(

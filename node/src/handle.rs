@@ -109,8 +109,18 @@ async fn start(node: &Arc<Node>) -> Result<Option<SocketAddr>> {
         .await
         .with_context(|| format!("cannot listen for the REST API on {}", node.gui.address))?;
     let addr = listener.local_addr()?;
+    // The port speaks HTTPS as well whenever a certificate is at hand, as
+    // Syncthing's; without `useTLS` a certificate problem only costs that.
+    let https = match rest::tls::acceptor(&node.home) {
+        Ok(a) => Some(a),
+        Err(e) if !node.config().gui.use_tls => {
+            tracing::warn!(error = %format!("{e:#}"), "REST API: no HTTPS, plain HTTP only");
+            None
+        }
+        Err(e) => return Err(e.context("gui.useTLS is set")),
+    };
     node.shutdown
-        .spawn_until_cancelled(rest::serve(node.clone(), listener));
+        .spawn_until_cancelled(rest::serve(node.clone(), listener, https));
     Ok(Some(addr))
 }
 

@@ -17,6 +17,7 @@ pub mod bep_peer;
 pub mod connect;
 pub mod discovery;
 pub mod fat;
+pub mod https;
 pub mod netns;
 pub mod node;
 pub mod peers;

@@ -225,6 +225,7 @@ pub fn rest(home: &NodeHome) -> Rest<'_> {
         port: home.gui_port,
         api_key: &home.api_key,
         timeout: Duration::from_secs(10),
+        https: None,
     }
 }
 

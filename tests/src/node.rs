@@ -3,10 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::https::{Endpoint, PinnedCert};
 use crate::process::Proc;
 use crate::rest::Rest;
 use crate::{our_binary, pick_port, wait};
@@ -19,6 +21,9 @@ pub struct NodeHome {
     pub listen_port: u16,
     pub gui_port: u16,
     pub api_key: String,
+    /// Set by [`NodeHome::use_tls`]: REST calls go over HTTPS, trusting
+    /// the node's own certificate.
+    pub https: Option<Arc<PinnedCert>>,
 }
 
 impl NodeHome {
@@ -46,6 +51,26 @@ impl NodeHome {
             listen_port,
             gui_port,
             api_key,
+            https: None,
+        }
+    }
+
+    /// Sets `gui.useTLS` (plain HTTP is then redirected) and makes this
+    /// harness's REST calls use HTTPS with the node's certificate.
+    pub fn use_tls(&mut self) {
+        let mut c = self.config();
+        c["gui"]["useTLS"] = true.into();
+        self.set_config(&c);
+        self.https = Some(Arc::new(PinnedCert {
+            cert: self.dir.join("https-cert.pem"),
+        }));
+    }
+
+    /// Where this node's REST API is, as the test clients reach it.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            port: self.gui_port,
+            https: self.https.clone(),
         }
     }
 
@@ -144,6 +169,7 @@ impl Node {
             port: self.home.gui_port,
             api_key: &self.home.api_key,
             timeout: Duration::from_secs(10),
+            https: self.home.https.clone(),
         }
     }
 

@@ -1,30 +1,33 @@
 //! A Syncthing-style REST client (`X-API-Key`, JSON), shared by the real
 //! Syncthing nodes and ours: both speak the same API.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::https::{Endpoint, PinnedCert};
+
 /// REST failure: transport error or HTTP status ≥ 400 (with the body).
 pub type RestResult = Result<Value, String>;
 
-/// The REST API on 127.0.0.1:`port`.
+/// The REST API on 127.0.0.1:`port`, over HTTPS when `https` is given.
 pub struct Rest<'a> {
     pub port: u16,
     pub api_key: &'a str,
     pub timeout: Duration,
+    pub https: Option<Arc<PinnedCert>>,
 }
 
 impl Rest<'_> {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        ureq::AgentBuilder::new()
-            .timeout(self.timeout)
-            .build()
-            .request(method, &self.url(path))
+        let endpoint = Endpoint {
+            port: self.port,
+            https: self.https.clone(),
+        };
+        endpoint
+            .agent(ureq::AgentBuilder::new().timeout(self.timeout))
+            .request(method, &endpoint.url(path))
             .set("X-API-Key", self.api_key)
     }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::https::Endpoint;
+
 /// One HTTP answer: status, headers (lower-case names) and body.
 pub struct Answer {
     pub status: u16,
@@ -28,19 +30,22 @@ impl Answer {
     }
 }
 
-/// A request to 127.0.0.1:`port`, with exactly the headers given.
+/// A request to 127.0.0.1:`port` (a port number: plain HTTP; or an
+/// [`Endpoint`], maybe HTTPS), with exactly the headers given.
 pub fn call(
-    port: u16,
+    port: impl Into<Endpoint>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Answer {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(90))
-        .redirects(0)
-        .build();
-    let mut req = agent.request(method, &format!("http://127.0.0.1:{port}{path}"));
+    let endpoint = port.into();
+    let agent = endpoint.agent(
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(90))
+            .redirects(0),
+    );
+    let mut req = agent.request(method, &endpoint.url(path));
     for (k, v) in headers {
         req = req.set(k, v);
     }
@@ -73,7 +78,13 @@ pub fn call(
 }
 
 /// A call with the API key.
-pub fn keyed(port: u16, key: &str, method: &str, path: &str, body: Option<&str>) -> Answer {
+pub fn keyed(
+    port: impl Into<Endpoint>,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Answer {
     call(port, method, path, &[("X-API-Key", key)], body)
 }
 

@@ -312,6 +312,7 @@ impl Syncthing {
             port: self.home.gui_port,
             api_key: &self.home.api_key,
             timeout: Duration::from_secs(30),
+            https: None,
         }
     }
 

@@ -304,6 +304,7 @@ impl Receiver {
                 port: n.home.gui_port,
                 api_key: &n.home.api_key,
                 timeout: Duration::from_secs(30),
+                https: None,
             }
             .send(method, path, body),
             Receiver::Syncthing(s) => s.send(method, path, body),
@@ -316,6 +317,7 @@ impl Receiver {
                 port: n.home.gui_port,
                 api_key: &n.home.api_key,
                 timeout: Duration::from_secs(60),
+                https: None,
             }
             .post(path),
             Receiver::Syncthing(s) => s.post(path),

@@ -71,6 +71,7 @@ fn sigterm_under_load_exits_cleanly_within_5_s() {
                 port,
                 api_key: &key,
                 timeout: Duration::from_secs(10),
+                https: None,
             };
             while !stop.load(Ordering::Relaxed) {
                 if rest.get(path).is_ok() {
@@ -86,6 +87,7 @@ fn sigterm_under_load_exits_cleanly_within_5_s() {
                 port,
                 api_key: &key,
                 timeout: Duration::from_secs(70),
+                https: None,
             };
             // Nothing of this kind will come: it waits until the stop.
             let _ = rest.get("/rest/events?events=LoginAttempt&since=999999&timeout=60");

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use e2e::https::Endpoint;
 use e2e::node::NodeHome;
 use e2e::peers::{self, PeerProgram, PeerVersion};
 use e2e::rest_api::{call, keyed, shape_diff};
@@ -32,12 +33,25 @@ fn config_files(home: &NodeHome) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn bad_input_gets_syncthings_status_codes_and_never_changes_the_config() {
+    bad_input_gets_syncthings_status_codes(false);
+}
+
+/// The same over HTTPS (`gui.useTLS`).
+#[test]
+fn bad_input_gets_syncthings_status_codes_over_https() {
+    bad_input_gets_syncthings_status_codes(true);
+}
+
+fn bad_input_gets_syncthings_status_codes(tls: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let mut home = NodeHome::generate(&dir.path().join("n"), "n");
+    if tls {
+        home.use_tls();
+    }
     let folder = dir.path().join("f");
     std::fs::create_dir_all(&folder).unwrap();
     let node = home.start();
-    let (port, key) = (home.gui_port, home.api_key.as_str());
+    let (port, key) = (&home.endpoint(), home.api_key.as_str());
     // A folder to PATCH later.
     let f = json!({"id": "f", "label": "F", "path": folder, "type": "sendreceive"});
     let a = keyed(
@@ -328,10 +342,23 @@ fn browser_rules_basic_auth_csrf_host_check_and_public_address() {
 
 #[test]
 fn configuration_round_trips_through_the_syncthing_shapes() {
+    configuration_round_trips(false);
+}
+
+/// The same over HTTPS (`gui.useTLS`).
+#[test]
+fn configuration_round_trips_through_the_syncthing_shapes_over_https() {
+    configuration_round_trips(true);
+}
+
+fn configuration_round_trips(tls: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let home = NodeHome::generate(&dir.path().join("n"), "n");
+    let mut home = NodeHome::generate(&dir.path().join("n"), "n");
+    if tls {
+        home.use_tls();
+    }
     let node = home.start();
-    let (port, key) = (home.gui_port, home.api_key.as_str());
+    let (port, key) = (&home.endpoint(), home.api_key.as_str());
     let peer = "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD";
     let folder = dir.path().join("shared");
     std::fs::create_dir_all(&folder).unwrap();
@@ -477,7 +504,62 @@ fn configuration_round_trips_through_the_syncthing_shapes() {
         kinds,
         vec![("FolderPaused", "shared"), ("FolderResumed", "shared")]
     );
+    if tls {
+        plain_http_is_redirected_while_use_tls_is_set(port, key);
+    }
     node.stop();
+}
+
+/// With `useTLS`, plain HTTP to the port gets a 307 to the same URL over
+/// HTTPS (the method kept, nothing else answered but the health check); switched off over REST,
+/// plain HTTP is served again at once (HTTPS still is: the port speaks
+/// both, as Syncthing's).
+fn plain_http_is_redirected_while_use_tls_is_set(https: &Endpoint, key: &str) {
+    let plain = https.port;
+    let redirect = |method: &str, path: &str| {
+        let a = call(plain, method, path, &[("X-API-Key", key)], None);
+        (a.status, a.header("location").map(str::to_string))
+    };
+    for (method, path) in [
+        ("GET", "/rest/system/status"),
+        ("POST", "/rest/db/scan?folder=shared"),
+        ("GET", "/"),
+    ] {
+        assert_eq!(
+            redirect(method, path),
+            (307, Some(format!("https://127.0.0.1:{plain}{path}"))),
+            "{method} {path} over plain HTTP"
+        );
+    }
+    // The health check stays plain: container probes speak HTTP.
+    assert_eq!(redirect("GET", "/rest/noauth/health"), (200, None));
+    let gui = keyed(https, key, "GET", "/rest/config/gui", None).json();
+    assert_eq!(gui["useTLS"], true);
+    let a = keyed(
+        https,
+        key,
+        "PATCH",
+        "/rest/config/gui",
+        Some(r#"{"useTLS": false}"#),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = keyed(plain, key, "GET", "/rest/system/status", None);
+    assert_eq!(
+        a.status, 200,
+        "plain HTTP served once useTLS is off: {}",
+        a.body
+    );
+    let a = keyed(https, key, "GET", "/rest/system/status", None);
+    assert_eq!(a.status, 200, "HTTPS still served: {}", a.body);
+    let a = keyed(
+        plain,
+        key,
+        "PATCH",
+        "/rest/config/gui",
+        Some(r#"{"useTLS": true}"#),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(redirect("GET", "/rest/system/status").0, 307);
 }
 
 trait Lower {

@@ -66,6 +66,7 @@ fn remote_changes_are_versioned_listed_and_restored() {
         port: ours.gui_port,
         api_key: &ours.api_key,
         timeout: Duration::from_secs(30),
+        https: None,
     };
     // Set over REST, read back in Syncthing's shape.
     rest.send(

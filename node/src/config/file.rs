@@ -48,6 +48,7 @@ const COMMENTS: &[(&str, &str, &str)] = &[
     ("options", "dnsServers", "DNS servers (IP or IP:PORT) for host names in addresses and for\n# dns-srv://NAME devices (SRV _syncthing._tcp.NAME). Empty: the system's."),
     ("gui", "address", "REST API HOST:PORT (127.0.0.1 keeps it on this machine). Empty: no API."),
     ("gui", "apiKey", "Every REST call must send this in the X-API-Key header."),
+    ("gui", "useTLS", "Redirect plain HTTP to HTTPS (the port always speaks both; the\n# certificate is https-cert.pem/https-key.pem here, generated at first start:\n# replace both files to use your own)."),
 ];
 
 const DEVICES_COMMENT: &str = "\
@@ -58,7 +59,9 @@ const DEVICES_COMMENT: &str = "\
 # compression: metadata (default), always or never. numConnections: BEP
 # connections wanted to the device (0: default 3, one for index traffic and
 # two for data, as Syncthing 2.x; 1 for a single one). A peer that asks for
-# none (Syncthing before 1.24) always gets one.";
+# none (Syncthing before 1.24) always gets one. allowedNetworks: CIDRs the
+# device may connect from and be dialed at (\"!\" before one refuses it; the
+# first match decides; empty: anywhere).";
 
 const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
@@ -239,6 +242,7 @@ mod tests {
                 compression: Compression::Metadata,
                 paused: false,
                 num_connections: Default::default(),
+                allowed_networks: Default::default(),
             }],
             folders: vec![FolderConfig {
                 id: "projects".into(),

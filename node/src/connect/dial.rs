@@ -270,14 +270,24 @@ async fn device_loop(node: Arc<Node>, device: DeviceId) {
 async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Result<()> {
     // The connection dialed now is one that was not there before.
     let before = node.serials(&device);
+    let config = node.config();
+    let allowed = config
+        .device(&device)
+        .map(|d| d.allowed_networks.clone())
+        .unwrap_or_default();
     let (task, kind) = match c {
         Candidate::Direct { host, port, .. } => {
-            let config = node.config();
-            let addrs = node
+            let mut addrs = node
                 .connect
                 .resolver
                 .resolve(&config.options.dns_servers, host, *port)
                 .await?;
+            // As Syncthing: an address outside the device's networks is
+            // never dialed.
+            addrs.retain(|a| allowed.allows(a.ip()));
+            if addrs.is_empty() {
+                bail!("network disallowed: {host} is outside the device's allowedNetworks");
+            }
             let mut last = anyhow!("no address");
             let mut started = None;
             for addr in addrs {
@@ -292,6 +302,20 @@ async fn try_candidate(node: &Arc<Node>, device: DeviceId, c: &Candidate) -> Res
             (started.ok_or(last)?, ConnectionKind::TcpClient)
         }
         Candidate::Relay(uri) => {
+            // Syncthing judges a relayed dial by the relay's host.
+            if !allowed.is_empty() {
+                let relay_addrs = node
+                    .connect
+                    .resolver
+                    .resolve(&config.options.dns_servers, &uri.host, uri.port)
+                    .await?;
+                if !relay_addrs.iter().any(|a| allowed.allows(a.ip())) {
+                    bail!(
+                        "network disallowed: relay {} is outside the device's allowedNetworks",
+                        uri.host
+                    );
+                }
+            }
             let (tls, relay) = crate::relay_client::dial(node, uri, device).await?;
             let node2 = node.clone();
             // Not cut at the node's stop: the connection sends its Close.

@@ -186,6 +186,8 @@ pub enum Refusal {
     LogSuppressed,
     /// A folder offer not recorded: the pending offers are full.
     PendingFolderOverflow,
+    /// A configured device connecting from outside its `allowedNetworks`.
+    NetworkNotAllowed,
 }
 
 impl crate::metrics::RefusalReason for Refusal {
@@ -197,6 +199,7 @@ impl crate::metrics::RefusalReason for Refusal {
         Refusal::PendingEvicted,
         Refusal::LogSuppressed,
         Refusal::PendingFolderOverflow,
+        Refusal::NetworkNotAllowed,
     ];
 
     fn index(self) -> usize {
@@ -212,6 +215,7 @@ impl crate::metrics::RefusalReason for Refusal {
             Refusal::PendingEvicted => "pending_device_evicted",
             Refusal::LogSuppressed => "log_suppressed",
             Refusal::PendingFolderOverflow => "pending_folder_overflow",
+            Refusal::NetworkNotAllowed => "network_not_allowed",
         }
     }
 }

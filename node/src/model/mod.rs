@@ -851,6 +851,7 @@ mod tests {
                 compression: Default::default(),
                 paused: false,
                 num_connections: Default::default(),
+                allowed_networks: Default::default(),
             });
             Ok(())
         })

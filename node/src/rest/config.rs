@@ -91,7 +91,7 @@ fn default_folder(node: &Node) -> Value {
 fn default_device() -> Value {
     let mut v = json!({"deviceID": "", "name": "", "addresses": ["dynamic"],
                        "compression": "metadata", "paused": false,
-                       "numConnections": 0});
+                       "numConnections": 0, "allowedNetworks": []});
     decorate(&mut v, shape::DEVICE);
     v
 }
@@ -107,6 +107,7 @@ fn self_device(node: &Node, c: &Config) -> DeviceConfig {
         compression: Compression::Metadata,
         paused: false,
         num_connections: Default::default(),
+        allowed_networks: Default::default(),
     }
 }
 

@@ -86,7 +86,6 @@ pub const DEVICE: &Shape = &Shape {
         "introducer" => false, false;
         "skipIntroductionRemovals" => false, true;
         "introducedBy" => "", true;
-        "allowedNetworks" => [], false;
         "autoAcceptFolders" => false, false;
         "maxSendKbps" => 0, false;
         "maxRecvKbps" => 0, false;
@@ -164,7 +163,6 @@ pub const GUI: &Shape = &Shape {
     shown: extras! {
         "unixSocketPermissions" => "", true;
         "authMode" => "static", false;
-        "useTLS" => false, false;
         "insecureAdminAccess" => false, true;
         "theme" => "default", true;
         "insecureSkipHostcheck" => false, false;

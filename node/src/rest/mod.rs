@@ -26,6 +26,7 @@ mod stats;
 mod summaries;
 mod svc;
 mod system;
+pub mod tls;
 mod versions;
 
 use std::convert::Infallible;
@@ -39,6 +40,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 pub use auth::check_listen_address;
 use http_util::{parse_query, text, Answer, Call, Reply};
@@ -63,7 +65,9 @@ const MAX_CONNECTIONS: usize = 256;
 /// client cannot take every slot.
 const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 
-pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+/// Serves the REST API on `listener`; with `https`, a connection that
+/// starts with a TLS handshake is served over TLS (see [`tls`]).
+pub async fn serve(node: Arc<Node>, listener: TcpListener, https: Option<TlsAcceptor>) {
     let guard = Arc::new(auth::Guard::new(&node));
     node.shutdown
         .spawn_until_cancelled(summaries::run(node.clone()));
@@ -92,33 +96,82 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let stop = node.shutdown.clone();
         let node = node.clone();
         let guard = guard.clone();
+        let https = https.clone();
         // Owned by the node: a stop lets the answer being written (a
         // shutdown's own "ok") leave, then closes the connection.
         stop.clone().spawn(async move {
             let _slots = (slot, source_slot);
+            // The first byte says which protocol; it must come within the
+            // time a request's headers get.
+            let mut first = [0u8; 1];
+            let is_tls = tokio::select! {
+                r = tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first)) => match r {
+                    Ok(Ok(1)) => first[0] == tls::HANDSHAKE_RECORD,
+                    _ => return,
+                },
+                _ = stop.cancelled() => return,
+            };
+            let secure = is_tls && https.is_some();
+            let can_redirect = https.is_some();
             let svc = service_fn(move |req| {
                 let node = node.clone();
                 let guard = guard.clone();
-                async move { Ok::<_, Infallible>(handle(node, &guard, peer_ip, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 << 10)
-                .serve_connection(TokioIo::new(tcp), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    // A long poll (/rest/events) would hold the stop; it
-                    // gets a moment, not its full timeout.
-                    let _ = tokio::time::timeout(DRAIN_AT_STOP, conn).await;
+                async move {
+                    Ok::<_, Infallible>(
+                        handle(node, &guard, peer_ip, secure, can_redirect, req).await,
+                    )
                 }
+            });
+            match https.filter(|_| is_tls) {
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "REST API: TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        },
+                        _ = stop.cancelled() => return,
+                    };
+                    serve_connection(stream, svc, &stop).await
+                }
+                None => serve_connection(tcp, svc, &stop).await,
             }
         });
     }
 }
+
+/// HTTP/1.1 on one connection, plain or TLS, until it ends or the node
+/// stops.
+async fn serve_connection<I, S>(io: I, svc: S, stop: &daemon::Shutdown)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = http_body_util::Full<bytes::Bytes>> + Send,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 << 10)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            // A long poll (/rest/events) would hold the stop; it gets a
+            // moment, not its full timeout.
+            let _ = tokio::time::timeout(DRAIN_AT_STOP, conn).await;
+        }
+    }
+}
+
+/// Answered over plain HTTP even with `useTLS` (see `handle`).
+const HEALTH_PATH: &str = "/rest/noauth/health";
 
 /// How long a REST connection may finish its request once the node stops.
 const DRAIN_AT_STOP: Duration = Duration::from_secs(1);
@@ -127,9 +180,20 @@ async fn handle(
     node: Arc<Node>,
     guard: &auth::Guard,
     peer: IpAddr,
+    secure: bool,
+    can_redirect: bool,
     req: Request<Incoming>,
 ) -> Reply {
     let (parts, body) = req.into_parts();
+    // `useTLS`: plain HTTP is sent to HTTPS before anything else is looked
+    // at (credentials in clear are never examined), as Syncthing does —
+    // except the health check, which carries and answers nothing secret
+    // and is what the images' plain-HTTP probes call.
+    if !secure && can_redirect && node.config().gui.use_tls && parts.uri.path() != HEALTH_PATH {
+        let mut reply = redirect_to_https(&node, &parts);
+        auth::common_headers(&mut reply);
+        return reply;
+    }
     let mut reply = match guard.check(&node, &parts, peer).await {
         auth::Verdict::Reply(r) => r,
         auth::Verdict::Pass {
@@ -187,6 +251,23 @@ async fn handle(
     };
     auth::common_headers(&mut reply);
     reply
+}
+
+/// A 307 to the same URL over HTTPS (the method and body are kept).
+fn redirect_to_https(node: &Node, parts: &http::request::Parts) -> Reply {
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| node.gui.address.clone(), str::to_string);
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = format!("https://{host}{target}");
+    let mut r = text(StatusCode::TEMPORARY_REDIRECT, "use HTTPS");
+    if let Ok(v) = http::HeaderValue::from_str(&location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
 }
 
 async fn route(c: &Call) -> Answer {

@@ -28,6 +28,9 @@ pub enum KeyKind {
     Ed25519,
     /// What Syncthing 1.x generates.
     EcdsaP384,
+    /// What Syncthing generates for its GUI's HTTPS certificate (browsers
+    /// support it everywhere). Not offered for device identities.
+    EcdsaP256,
 }
 
 impl std::str::FromStr for KeyKind {
@@ -49,6 +52,7 @@ impl std::fmt::Display for KeyKind {
         f.write_str(match self {
             KeyKind::Ed25519 => "ed25519",
             KeyKind::EcdsaP384 => "ecdsa-p384",
+            KeyKind::EcdsaP256 => "ecdsa-p256",
         })
     }
 }
@@ -59,10 +63,21 @@ impl Identity {
     /// for 7300 days, digitalSignature + keyEncipherment, serverAuth +
     /// clientAuth, CA:FALSE, random 64-bit serial.
     pub fn generate(common_name: &str, kind: KeyKind) -> Result<Self, IdentityError> {
+        Self::generate_valid_for(common_name, kind, LIFETIME_DAYS)
+    }
+
+    /// [`Identity::generate`] with another validity, in days (Syncthing's
+    /// GUI certificate: 820, under the 825 days browsers accept).
+    pub fn generate_valid_for(
+        common_name: &str,
+        kind: KeyKind,
+        lifetime_days: i64,
+    ) -> Result<Self, IdentityError> {
         let gen_err = |e: rcgen::Error| IdentityError::Generate(e.to_string());
         let algorithm = match kind {
             KeyKind::Ed25519 => &rcgen::PKCS_ED25519,
             KeyKind::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyKind::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         };
         let key_pair = KeyPair::generate_for(algorithm).map_err(gen_err)?;
 
@@ -74,7 +89,7 @@ impl Identity {
         params.distinguished_name = dn;
         let not_before = OffsetDateTime::now_utc().replace_time(Time::MIDNIGHT);
         params.not_before = not_before;
-        params.not_after = not_before + Duration::days(LIFETIME_DAYS);
+        params.not_after = not_before + Duration::days(lifetime_days);
         // Positive and never zero: the top bit is cleared so no sign padding
         // is needed, and the low bit set.
         let serial = (rand::random::<u64>() >> 1) | 1;

@@ -126,6 +126,27 @@ impl Identity {
         common_name(&self.cert_der)
     }
 
+    /// When the certificate stops being valid (Unix seconds), if it parses.
+    pub fn not_after_unix(&self) -> Option<i64> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
+    /// Whether the certificate looks like one Syncthing (or this project)
+    /// generated: self-signed, `OU=Automatically Generated`. Such a
+    /// certificate may be replaced when it expires; one an operator put in
+    /// place never is.
+    pub fn is_auto_generated(&self) -> bool {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(&self.cert_der) else {
+            return false;
+        };
+        cert.subject() == cert.issuer()
+            && cert
+                .subject()
+                .iter_organizational_unit()
+                .any(|ou| ou.as_str() == Ok("Automatically Generated"))
+    }
+
     pub fn cert_pem(&self) -> String {
         to_pem("CERTIFICATE", &self.cert_der)
     }

@@ -99,6 +99,18 @@ pub fn server_config(
     Ok(config)
 }
 
+/// A server configuration for a web service (the node's GUI/REST port):
+/// presents `identity`, asks clients for no certificate (a browser would
+/// prompt for one), TLS 1.2 and 1.3 as browsers and tools speak them.
+pub fn web_server_config(identity: &Identity, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(Versions::Tls12AndUp))?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert_der().clone()], identity.key_der())?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// A client configuration presenting `identity` (if any), offering `alpn`.
 pub fn client_config(
     identity: Option<&Identity>,
