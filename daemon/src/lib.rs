@@ -8,7 +8,9 @@ pub mod metrics;
 pub mod runtime;
 pub mod shutdown;
 pub mod sync;
+pub mod watched;
 
 pub use logging::LogArgs;
 pub use runtime::{run_main, run_main_with};
 pub use shutdown::Shutdown;
+pub use watched::WatchedFile;

@@ -16,6 +16,7 @@
 //! * [`tls`] — rustls configurations for mutually authenticated peers that
 //!   are identified by device ID instead of a certificate authority.
 
+pub mod allowlist;
 pub mod bep;
 pub mod crypto;
 pub mod device_id;
@@ -24,5 +25,6 @@ pub mod identity;
 pub mod relay;
 pub mod tls;
 
+pub use allowlist::AllowList;
 pub use device_id::{DeviceId, DeviceIdError, ShortId};
 pub use identity::{Identity, IdentityError, KeyKind, LoadedOrGenerated};
