@@ -236,6 +236,8 @@ mod tests {
                 compression: Compression::Metadata,
                 paused: false,
                 num_connections: Default::default(),
+                max_send_kbps: Default::default(),
+                max_recv_kbps: Default::default(),
             }],
             folders: vec![FolderConfig {
                 id: "projects".into(),

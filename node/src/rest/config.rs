@@ -88,7 +88,7 @@ fn default_folder(node: &Node) -> Value {
 fn default_device() -> Value {
     let mut v = json!({"deviceID": "", "name": "", "addresses": ["dynamic"],
                        "compression": "metadata", "paused": false,
-                       "numConnections": 0});
+                       "numConnections": 0, "maxSendKbps": 0, "maxRecvKbps": 0});
     decorate(&mut v, shape::DEVICE);
     v
 }
@@ -104,6 +104,8 @@ fn self_device(node: &Node, c: &Config) -> DeviceConfig {
         compression: Compression::Metadata,
         paused: false,
         num_connections: Default::default(),
+        max_send_kbps: Default::default(),
+        max_recv_kbps: Default::default(),
     }
 }
 
