@@ -87,6 +87,17 @@ impl Sampler {
         self.samples.lock().unwrap().clone()
     }
 
+    /// The samples once one was taken after `t`, so totals up to `t` are
+    /// interpolated, never the stale last sample (a loaded machine may
+    /// answer late).
+    fn samples_past(&self, t: Instant) -> Vec<Sample> {
+        let past = wait::until(Duration::from_secs(30), Duration::from_millis(20), || {
+            let s = self.samples();
+            s.last().is_some_and(|x| x.at > t).then_some(s)
+        });
+        past.expect("no sample of /rest/system/connections for 30 s")
+    }
+
     /// The latest total in direction `dir`.
     fn latest(&self, dir: Dir) -> f64 {
         self.samples().last().map_or(0.0, |s| dir.of(s))
@@ -380,9 +391,8 @@ fn assert_changed(
     log: &dyn Fn() -> String,
 ) {
     let end = at + Duration::from_secs(4);
-    let rest = end.saturating_duration_since(Instant::now());
-    std::thread::sleep(rest + Duration::from_millis(100));
-    let s = sampler.samples();
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let s = sampler.samples_past(end);
     let mid = (old + new) / 2.0;
     let window = Duration::from_millis(500);
     let took = (0..=30)
@@ -419,11 +429,12 @@ fn recv_limit_changed_over_rest_reaches_a_running_pull() {
     let sampler = Sampler::start(&home);
     offer(tmp.path(), &st, &node, false, 48);
     let from = sampler.wait_for(Dir::Recv, MIB, Duration::from_secs(60), &log);
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(from.elapsed()));
-    let s = sampler.samples();
+    let end = from + Duration::from_secs(3);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let s = sampler.samples_past(end);
     assert_near(
         "rate at 1000 KiB/s",
-        rate_kib(&s, Dir::Recv, from, Instant::now()),
+        rate_kib(&s, Dir::Recv, from, end),
         1000.0,
     );
 
