@@ -69,6 +69,37 @@ pub struct Options {
     /// addresses; empty: the system's (`/etc/resolv.conf`, `/etc/hosts`).
     #[serde(default)]
     pub dns_servers: Vec<String>,
+    /// Send and receive limits over all devices, in KiB/s (Syncthing's
+    /// "Kbps" is 1024 bytes a second); 0 or less: unlimited. Applied live
+    /// (see [`crate::bandwidth`]).
+    #[serde(default)]
+    pub max_send_kbps: Kbps,
+    #[serde(default)]
+    pub max_recv_kbps: Kbps,
+    /// Whether the limits also apply to LAN connections (off: LAN is
+    /// exempt, as in Syncthing).
+    #[serde(default)]
+    pub limit_bandwidth_in_lan: bool,
+    /// Networks (CIDR) counted as LAN besides loopback, link-local and the
+    /// networks of our interfaces: a site-to-site VPN, say.
+    #[serde(default)]
+    pub always_local_nets: Vec<String>,
+}
+
+/// A bandwidth limit as Syncthing writes it: KiB/s, 0 or less meaning
+/// unlimited. Kept as written, so a tool reads back what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Kbps(pub i64);
+
+impl Kbps {
+    /// The limit in bytes a second, `None` when unlimited.
+    pub fn bytes_per_second(self) -> Option<u64> {
+        u64::try_from(self.0)
+            .ok()
+            .filter(|&k| k > 0)
+            .map(|k| k.saturating_mul(1024))
+    }
 }
 
 fn default_local_port() -> u16 {
@@ -130,6 +161,12 @@ pub struct DeviceConfig {
     /// Applied to the next connection.
     #[serde(default)]
     pub allowed_networks: AllowedNetworks,
+    /// Limits for this device alone, in KiB/s (0: none); the global ones
+    /// apply too, so the stricter wins.
+    #[serde(default)]
+    pub max_send_kbps: Kbps,
+    #[serde(default)]
+    pub max_recv_kbps: Kbps,
 }
 
 /// Syncthing 2.x's `numConnections` of a device: 0 stands for the default
@@ -503,6 +540,11 @@ impl Config {
         }
         if self.options.reconnection_interval_s > MAX_INTERVAL_S {
             bail!("options.reconnectionIntervalS must be at most {MAX_INTERVAL_S} (ten years)");
+        }
+        for n in &self.options.always_local_nets {
+            n.parse::<ipnet::IpNet>().with_context(|| {
+                format!("options.alwaysLocalNets: {n:?} is not a network (CIDR, e.g. 10.8.0.0/16)")
+            })?;
         }
         for d in &self.options.dns_servers {
             crate::resolve::parse_dns_server(d)

@@ -67,7 +67,12 @@ where
     if node.shutdown.is_cancelled() {
         bail!("shutting down");
     }
-    let device = node.config().device(&peer).cloned();
+    let config = node.config();
+    let device = config.device(&peer).cloned();
+    // Relayed connections are never LAN, whatever the relay's address.
+    let lan = !kind.relayed()
+        && crate::bandwidth::lan::is_lan(address.ip(), &config.options.always_local_nets);
+    drop(config);
     // Before any Hello, as Syncthing: a configured device's connection
     // from outside its networks is closed now (an incoming relayed one is
     // judged by the relay's address, which is what we see).
@@ -81,6 +86,10 @@ where
             );
         }
     }
+    // Every BEP byte pays the limits, whichever transport carries it.
+    let limits =
+        crate::bandwidth::ConnLimits::new(node.bandwidth.clone(), &peer, lan, &node.metrics);
+    let stream = crate::bandwidth::Limited::new(stream, Arc::new(limits));
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = vec![0u8; 64 * 1024];
     let (session, their_hello, id) = hello(
@@ -96,8 +105,8 @@ where
         hold_pending(&node, peer, address, &their_hello);
         return Ok(());
     };
-    let Some(registered) = register(&node, peer, address, kind, &their_hello, &device.name, id)
-    else {
+    let link = Link { address, kind, lan };
+    let Some(registered) = register(&node, peer, &link, &their_hello, &device.name, id) else {
         return Ok(());
     };
     let (wtx, writer) = spawn_writer(&node, wr, registered.out_bytes);
@@ -256,13 +265,20 @@ struct Inbox {
     config_changed: mpsc::Receiver<()>,
 }
 
+/// Where a connection goes and how.
+struct Link {
+    address: SocketAddr,
+    kind: ConnectionKind,
+    /// On the LAN (see `bandwidth::lan`).
+    lan: bool,
+}
+
 /// Registers the connection with the node, which may keep the existing
 /// ones instead (then `None`), and announces it.
 fn register(
     node: &Arc<Node>,
     peer: DeviceId,
-    address: SocketAddr,
-    kind: ConnectionKind,
+    link: &Link,
     their_hello: &Hello,
     device_name: &str,
     id: ConnectionId,
@@ -280,12 +296,14 @@ fn register(
     let in_bytes = Arc::new(AtomicU64::new(0));
     let out_bytes = Arc::new(AtomicU64::new(0));
     let counters = Arc::<crate::model::ConnCounters>::default();
+    let Link { address, kind, lan } = *link;
     let info = ConnInfo {
         counters: counters.clone(),
         serial,
         id: id.clone(),
         address,
         kind,
+        lan,
         client_version: their_hello.client_version.clone(),
         started: SystemTime::now(),
         in_bytes: in_bytes.clone(),

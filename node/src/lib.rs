@@ -3,6 +3,7 @@
 //! identity commands); tests start nodes in-process the same way.
 
 pub mod apply;
+pub mod bandwidth;
 pub mod config;
 pub mod conn;
 pub mod connect;

@@ -5,6 +5,7 @@
 //! dashboards and alerts in `deploy/` query them.
 
 use daemon::sync::MutexExt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 
 use prometheus_client::encoding::text::encode;
@@ -59,6 +60,14 @@ pub struct Metrics {
     pub versions_bytes: Family<Named<1>, Gauge>,
     /// Failures to keep, restore or clean versions, per folder and kind.
     pub versioning_errors: Family<Named<2>, Counter>,
+    /// Bandwidth limits in effect, bytes a second (0: unlimited), by
+    /// direction and scope (`global`, or `device` with its ID; set when
+    /// scraped).
+    pub bandwidth_limit: Family<Named<3>, Gauge>,
+    /// Seconds connections spent waiting for the limits, and BEP bytes
+    /// moved, per configured device and direction.
+    pub bandwidth_throttled: Family<Named<2>, Counter<f64, AtomicU64>>,
+    pub device_bytes: Family<Named<2>, Counter>,
     /// Held while the scraped gauges are filled in and the text written,
     /// so two scrapes at once never interleave their clear-and-set.
     scrape: Mutex<()>,
@@ -93,6 +102,9 @@ impl Metrics {
         let versions_kept = Family::<Named<1>, Gauge>::default();
         let versions_bytes = Family::<Named<1>, Gauge>::default();
         let versioning_errors = Family::<Named<2>, Counter>::default();
+        let bandwidth_limit = Family::<Named<3>, Gauge>::default();
+        let bandwidth_throttled = Family::<Named<2>, Counter<f64, AtomicU64>>::default();
+        let device_bytes = Family::<Named<2>, Counter>::default();
         // The order of the exposition, kept from the hand-written text.
         registry.register(
             "node_hashed_files",
@@ -194,6 +206,21 @@ impl Metrics {
             "Failures to keep, restore or clean up versions, per folder and kind",
             versioning_errors.clone(),
         );
+        registry.register(
+            "node_bandwidth_limit_bytes_per_second",
+            "Bandwidth limit in effect (0: unlimited), by direction and scope (global or device)",
+            bandwidth_limit.clone(),
+        );
+        registry.register(
+            "node_bandwidth_throttled_seconds",
+            "Seconds connections to the device waited for the bandwidth limits, by direction",
+            bandwidth_throttled.clone(),
+        );
+        registry.register(
+            "node_device_bytes",
+            "BEP bytes sent to and received from the device (after TLS), by direction",
+            device_bytes.clone(),
+        );
         let pull_refused_not_a_dir = counter(&pull_refused, [("reason", "not_a_directory")]);
         Metrics {
             registry,
@@ -217,6 +244,9 @@ impl Metrics {
             versions_kept,
             versions_bytes,
             versioning_errors,
+            bandwidth_limit,
+            bandwidth_throttled,
+            device_bytes,
             scrape: Mutex::new(()),
         }
     }

@@ -110,6 +110,21 @@ fn bad_input_gets_syncthings_status_codes(tls: bool) {
             400,
             "disableFsync",
         ),
+        // Checked as networks, unlike Syncthing, which ignores a typo.
+        (
+            "PATCH",
+            "/rest/config/options",
+            Some("{\"alwaysLocalNets\": [\"10.0.0.0/33\"]}"),
+            400,
+            "alwaysLocalNets",
+        ),
+        (
+            "PATCH",
+            "/rest/config/options",
+            Some("{\"maxRecvKbps\": \"fast\"}"),
+            400,
+            "maxRecvKbps",
+        ),
         // A key 2.x added that this node cannot honour.
         (
             "PATCH",

@@ -45,6 +45,9 @@ const COMMENTS: &[(&str, &str, &str)] = &[
     ("options", "localAnnounceEnabled", "Announce and find devices on the local network (UDP broadcast/multicast)."),
     ("options", "relaysEnabled", "Use relays (relay:// listen addresses, relays other devices announce)."),
     ("options", "localAnnouncePort", "UDP port of local discovery (21027, as Syncthing)."),
+    ("options", "maxSendKbps", "Bandwidth limits over all devices, in KiB/s as in Syncthing (0: none).\n# A device's own maxSendKbps/maxRecvKbps apply too; the stricter wins."),
+    ("options", "limitBandwidthInLan", "Apply the limits to LAN connections too (loopback, link-local, our\n# interfaces' networks, alwaysLocalNets). Off: LAN is exempt. Relayed\n# connections are never LAN."),
+    ("options", "alwaysLocalNets", "More networks (CIDR) to count as LAN, e.g. a site-to-site VPN."),
     ("options", "dnsServers", "DNS servers (IP or IP:PORT) for host names in addresses and for\n# dns-srv://NAME devices (SRV _syncthing._tcp.NAME). Empty: the system's."),
     ("gui", "address", "REST API HOST:PORT (127.0.0.1 keeps it on this machine). Empty: no API."),
     ("gui", "apiKey", "Every REST call must send this in the X-API-Key header."),
@@ -61,7 +64,8 @@ const DEVICES_COMMENT: &str = "\
 # two for data, as Syncthing 2.x; 1 for a single one). A peer that asks for
 # none (Syncthing before 1.24) always gets one. allowedNetworks: CIDRs the
 # device may connect from and be dialed at (\"!\" before one refuses it; the
-# first match decides; empty: anywhere).";
+# first match decides; empty: anywhere). maxSendKbps, maxRecvKbps:
+# bandwidth limits for this device alone, in KiB/s (0: none).";
 
 const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
@@ -243,6 +247,8 @@ mod tests {
                 paused: false,
                 num_connections: Default::default(),
                 allowed_networks: Default::default(),
+                max_send_kbps: Default::default(),
+                max_recv_kbps: Default::default(),
             }],
             folders: vec![FolderConfig {
                 id: "projects".into(),

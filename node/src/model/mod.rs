@@ -33,6 +33,9 @@ pub struct ConnInfo {
     pub id: ConnectionId,
     pub address: SocketAddr,
     pub kind: ConnectionKind,
+    /// On the LAN (Syncthing's `isLocal`, see `bandwidth::lan`): exempt
+    /// from bandwidth limits unless `limitBandwidthInLan`.
+    pub lan: bool,
     pub client_version: String,
     pub started: SystemTime,
     pub in_bytes: Arc<AtomicU64>,
@@ -299,6 +302,8 @@ pub struct Node {
     pub refusals: Arc<crate::guard::Refusals>,
     /// Counters and gauges for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// Bandwidth limits in effect; every connection's stream holds it.
+    pub bandwidth: Arc<crate::bandwidth::Bandwidth>,
     /// Requests read from disk at once, over all connections.
     pub disk_reads: tokio::sync::Semaphore,
     /// Handshake slots shared by every TCP listener of this node.
@@ -398,7 +403,10 @@ impl Node {
         let my_id = identity.device_id();
         let metrics = crate::metrics::Metrics::new();
         let refusals = Arc::new(crate::guard::Refusals::registered(&metrics.refused));
+        let bandwidth = Arc::new(crate::bandwidth::Bandwidth::default());
+        bandwidth.apply(&config);
         Node {
+            bandwidth,
             refusals: refusals.clone(),
             events: crate::events::Events::new(records),
             discovery: Default::default(),
@@ -486,6 +494,9 @@ impl Node {
         blocking(|| next.save(&self.home))?;
         let next = Arc::new(next);
         *self.config.write_locked() = next.clone();
+        // Limits reach running transfers at once (Syncthing applies them
+        // on commit too).
+        self.bandwidth.apply(&next);
         Ok(next)
     }
 
@@ -823,6 +834,7 @@ mod tests {
             id: ConnectionId::new(serial as i64, 0),
             address: "127.0.0.1:1".parse().unwrap(),
             kind,
+            lan: true,
             client_version: String::new(),
             started: SystemTime::now(),
             in_bytes: Arc::default(),
@@ -852,6 +864,8 @@ mod tests {
                 paused: false,
                 num_connections: Default::default(),
                 allowed_networks: Default::default(),
+                max_send_kbps: Default::default(),
+                max_recv_kbps: Default::default(),
             });
             Ok(())
         })

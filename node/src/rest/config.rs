@@ -91,7 +91,8 @@ fn default_folder(node: &Node) -> Value {
 fn default_device() -> Value {
     let mut v = json!({"deviceID": "", "name": "", "addresses": ["dynamic"],
                        "compression": "metadata", "paused": false,
-                       "numConnections": 0, "allowedNetworks": []});
+                       "numConnections": 0, "allowedNetworks": [], "maxSendKbps": 0,
+                       "maxRecvKbps": 0});
     decorate(&mut v, shape::DEVICE);
     v
 }
@@ -108,6 +109,8 @@ fn self_device(node: &Node, c: &Config) -> DeviceConfig {
         paused: false,
         num_connections: Default::default(),
         allowed_networks: Default::default(),
+        max_send_kbps: Default::default(),
+        max_recv_kbps: Default::default(),
     }
 }
 

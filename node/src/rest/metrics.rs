@@ -11,6 +11,7 @@ use http_body_util::Full;
 use super::http_util::{Answer, Call};
 use std::sync::atomic::Ordering;
 
+use crate::config::Kbps;
 use crate::model::{Node, Role};
 
 pub async fn route(c: &Call) -> Answer {
@@ -96,6 +97,39 @@ fn set_gauges(node: &Node) {
         m.folder_pull_errors
             .get_or_create(&label)
             .set(errors as i64);
+    }
+    m.bandwidth_limit.clear();
+    let limit = |scope: &str, device: String, send: Kbps, recv: Kbps| {
+        for (direction, k) in [("send", send), ("recv", recv)] {
+            let labels = [
+                ("direction", direction.to_string()),
+                ("scope", scope.to_string()),
+                ("device", device.clone()),
+            ];
+            let bps = k.bytes_per_second().unwrap_or(0);
+            m.bandwidth_limit
+                .get_or_create(&labels)
+                .set(i64::try_from(bps).unwrap_or(i64::MAX));
+        }
+    };
+    let o = &config.options;
+    limit("global", String::new(), o.max_send_kbps, o.max_recv_kbps);
+    for d in config.devices.iter().filter(|d| d.device_id != node.my_id) {
+        limit(
+            "device",
+            d.device_id.to_string(),
+            d.max_send_kbps,
+            d.max_recv_kbps,
+        );
+        // Shown at 0 before the device's first connection counts them.
+        for direction in ["send", "recv"] {
+            let labels = [
+                ("device", d.device_id.to_string()),
+                ("direction", direction.to_string()),
+            ];
+            drop(m.device_bytes.get_or_create(&labels));
+            drop(m.bandwidth_throttled.get_or_create(&labels));
+        }
     }
     m.device_connected.clear();
     for d in &config.devices {

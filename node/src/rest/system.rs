@@ -217,7 +217,7 @@ fn connections(c: &Call) -> Value {
         json!({
             "address": c.address.to_string(),
             "type": c.kind,
-            "isLocal": is_local(c.address),
+            "isLocal": c.lan,
             "crypto": CRYPTO,
             "inBytesTotal": c.in_bytes.load(Ordering::Relaxed),
             "outBytesTotal": c.out_bytes.load(Ordering::Relaxed),
@@ -280,20 +280,6 @@ fn connections(c: &Call) -> Value {
 
 /// What every connection here negotiates (TLS 1.3 only).
 const CRYPTO: &str = "TLS1.3-TLS_AES_128_GCM_SHA256";
-
-/// Syncthing's `isLocal` as far as an address tells it: loopback, private
-/// or link-local (Syncthing also counts its `alwaysLocalNets`, which this
-/// node does not have).
-fn is_local(a: std::net::SocketAddr) -> bool {
-    match a.ip().to_canonical() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
-        std::net::IpAddr::V6(ip) => {
-            let first = ip.segments()[0];
-            // Loopback, unique local (fc00::/7), link-local (fe80::/10).
-            ip.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
-        }
-    }
-}
 
 /// Pauses or resumes one device (`device=`) or all: saved in the
 /// configuration, and a paused device's connection is closed.
