@@ -58,7 +58,11 @@ const DEVICES_COMMENT: &str = "\
 # compression: metadata (default), always or never. numConnections: BEP
 # connections wanted to the device (0: default 3, one for index traffic and
 # two for data, as Syncthing 2.x; 1 for a single one). A peer that asks for
-# none (Syncthing before 1.24) always gets one.";
+# none (Syncthing before 1.24) always gets one. introducer: the device's
+# list of devices for the folders we share with it is taken over (new ones
+# are added with introducedBy set to it, and removed again when it drops
+# them unless skipIntroductionRemovals). autoAcceptFolders: folders the
+# device offers are created under defaults.folder.path and shared back.";
 
 const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
@@ -230,12 +234,10 @@ mod tests {
                 ..Default::default()
             },
             devices: vec![DeviceConfig {
-                device_id: id,
                 name: "la".into(),
                 addresses: vec!["dynamic".into()],
                 compression: Compression::Metadata,
-                paused: false,
-                num_connections: Default::default(),
+                ..DeviceConfig::new(id)
             }],
             folders: vec![FolderConfig {
                 id: "projects".into(),
@@ -248,7 +250,7 @@ mod tests {
                 .with_fs_path("/mnt/versions"),
                 path: dir.join("p"),
                 kind: FolderType::SendReceive,
-                devices: vec![FolderDevice { device_id: id }],
+                devices: vec![FolderDevice::new(id)],
                 rescan_interval_s: 3600,
                 paused: false,
                 fs_watcher_enabled: true,

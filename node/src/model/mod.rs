@@ -6,6 +6,7 @@
 
 pub mod connect;
 pub mod discovery;
+pub mod introduce;
 pub mod requester;
 pub mod summaries;
 
@@ -343,6 +344,11 @@ pub struct Node {
     /// Folders offered by a connected device that we do not share with it:
     /// folder ID → device → (label, time).
     pub pending_folders: Mutex<HashMap<String, FolderOffers>>,
+    /// Woken when the node changed its own configuration (introductions,
+    /// auto-accepted folders): the follower spawned by `handle` announces
+    /// the change (`ConfigSaved`) and puts it in effect, as after a REST
+    /// change.
+    pub config_edited: tokio::sync::Notify,
     pub folders: RwLock<HashMap<String, Arc<FolderRuntime>>>,
     /// Devices that have a dial loop running.
     pub dialers: Mutex<HashSet<DeviceId>>,
@@ -438,6 +444,7 @@ impl Node {
                 4096,
             ),
             pending_folders: Mutex::new(HashMap::new()),
+            config_edited: tokio::sync::Notify::new(),
             folders: RwLock::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             shutdown: daemon::Shutdown::new(),
@@ -844,14 +851,7 @@ mod tests {
         let n = node(home.path());
         let peer = proto::DeviceId::from_der_cert(b"peer");
         n.update_config(|c| {
-            c.devices.push(crate::config::DeviceConfig {
-                device_id: peer,
-                name: String::new(),
-                addresses: Vec::new(),
-                compression: Default::default(),
-                paused: false,
-                num_connections: Default::default(),
-            });
+            c.devices.push(crate::config::DeviceConfig::new(peer));
             Ok(())
         })
         .unwrap();

@@ -77,7 +77,6 @@ pub const FOLDER: &Shape = &Shape {
 pub const FOLDER_DEVICE: &Shape = &Shape {
     shown: extras! {
         "encryptionPassword" => "", false;
-        "introducedBy" => "", true;
     },
     retired: &[],
 };
@@ -85,11 +84,7 @@ pub const FOLDER_DEVICE: &Shape = &Shape {
 pub const DEVICE: &Shape = &Shape {
     shown: extras! {
         "certName" => "", true;
-        "introducer" => false, false;
-        "skipIntroductionRemovals" => false, true;
-        "introducedBy" => "", true;
         "allowedNetworks" => [], false;
-        "autoAcceptFolders" => false, false;
         "maxSendKbps" => 0, false;
         "maxRecvKbps" => 0, false;
         "ignoredFolders" => [], true;
