@@ -147,6 +147,9 @@ fn introduced_by_a_real_device(version: PeerVersion) {
         b.wait_connected(&ours.id, WITHIN).is_some(),
         "B sees our node"
     );
+    // B may have knocked before it was introduced: no longer pending.
+    let pending = node.get("/rest/cluster/pending/devices").unwrap();
+    assert!(pending.get(b.id()).is_none(), "{pending}");
 
     // A un-shares B: our node follows.
     real_share(&a, "f", &[&ours.id]);
@@ -261,8 +264,9 @@ fn introducing_real_devices(version: PeerVersion) {
     }
     assert!(
         c_st.wait_connected(d_st.id(), WITHIN).is_some(),
-        "C and D connected:\n{}",
-        c_st.proc.log_tail(30)
+        "C and D connected:\nC:\n{}\nD:\n{}",
+        c_st.proc.log_tail(40),
+        d_st.proc.log_tail(40)
     );
     wait_for("D's file on C", &|| c_st.proc.log_tail(30), &mut || {
         read(&c_dir.join("from-d.txt")).as_deref() == Some("written on D\n")

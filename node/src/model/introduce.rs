@@ -330,6 +330,17 @@ impl Node {
         if !acts {
             return Ok(Changes::default());
         }
+        let mutual = config.device(&peer).is_some_and(|d| d.introducer)
+            && cc.folders.iter().any(|f| {
+                f.devices
+                    .iter()
+                    .any(|d| d.introducer && id_of(d) == Some(self.my_id))
+            });
+        if mutual {
+            // Each would re-add what the other removes; Syncthing warns too.
+            tracing::warn!(device = %peer,
+                "the device is an introducer to us, and we are to it: only one should be introducer to the other");
+        }
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let base = config.defaults.folder.expanded(home.as_deref());
         let edit = |c: &mut Config, changes: &mut Changes| {

@@ -757,7 +757,12 @@ impl Node {
     }
 
     pub fn pending(&self) -> HashMap<DeviceId, PendingDevice> {
-        self.pending.locked().clone()
+        let mut all = self.pending.locked().clone();
+        // A device added since (over REST, or by an introducer) is no
+        // longer pending, as in Syncthing.
+        let config = self.config();
+        all.retain(|id, _| config.device(id).is_none());
+        all
     }
 }
 
