@@ -24,9 +24,18 @@ pub fn apply_config(node: &Arc<Node>) -> Result<()> {
     crate::folder::start_missing(node)?;
     crate::connect::ensure_dialers(node);
     // Every connection: the primary sends our ClusterConfig, and any that
-    // exchanges indexes re-applies the peer's.
-    for c in node.all_connections().into_values().flat_map(|d| d.conns) {
-        let _ = c.config_changed.try_send(());
+    // exchanges indexes re-applies the peer's. A device no longer
+    // configured (removed over REST or by its introducer) is disconnected,
+    // as Syncthing does.
+    for (device, conns) in node.all_connections() {
+        let removed = config.device(&device).is_none();
+        for c in conns.conns {
+            if removed {
+                let _ = c.close.try_send("device removed".into());
+            } else {
+                let _ = c.config_changed.try_send(());
+            }
+        }
     }
     Ok(())
 }

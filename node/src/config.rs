@@ -37,6 +37,57 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub folders: Vec<FolderConfig>,
+    /// What new objects start from (Syncthing's `defaults`); only the
+    /// default folder's path is a setting here (see [`Defaults`]).
+    #[serde(default)]
+    pub defaults: Defaults,
+}
+
+/// Syncthing's `defaults`, as far as the node acts on them: where folders
+/// accepted automatically (`autoAcceptFolders`) are created.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Defaults {
+    #[serde(default)]
+    pub folder: DefaultFolder,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultFolder {
+    /// The directory auto-accepted folders are created in, as Syncthing's
+    /// `defaults.folder.path`: `~` (the default) and `~/…` are the home
+    /// directory of the user running the node.
+    #[serde(default = "default_folder_path")]
+    pub path: String,
+}
+
+impl Default for DefaultFolder {
+    fn default() -> Self {
+        DefaultFolder {
+            path: default_folder_path(),
+        }
+    }
+}
+
+fn default_folder_path() -> String {
+    "~".into()
+}
+
+impl DefaultFolder {
+    /// The path with `~` expanded (`home`: the user's home directory);
+    /// None when it is not absolute after expansion, or `~` is used and
+    /// there is no home directory.
+    pub fn expanded(&self, home: Option<&Path>) -> Option<PathBuf> {
+        let p = if self.path == "~" {
+            home?.to_path_buf()
+        } else if let Some(rest) = self.path.strip_prefix("~/") {
+            home?.join(rest)
+        } else {
+            PathBuf::from(&self.path)
+        };
+        p.is_absolute().then_some(p)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -167,6 +218,42 @@ pub struct DeviceConfig {
     pub max_send_kbps: Kbps,
     #[serde(default)]
     pub max_recv_kbps: Kbps,
+    /// The device shares its device list with us: devices it lists for a
+    /// folder we share with it are added and the folder is shared with
+    /// them (see `model::introduce`).
+    #[serde(default)]
+    pub introducer: bool,
+    /// Devices this introducer introduced stay when it stops listing them.
+    #[serde(default)]
+    pub skip_introduction_removals: bool,
+    /// The introducer that added this device (`""` in JSON: none).
+    #[serde(default, with = "opt_device_id_text")]
+    pub introduced_by: Option<DeviceId>,
+    /// Folders this device offers are created (under
+    /// `defaults.folder.path`) or shared with it without asking.
+    #[serde(default)]
+    pub auto_accept_folders: bool,
+}
+
+impl DeviceConfig {
+    /// A device with Syncthing's defaults for everything but its ID.
+    pub fn new(device_id: DeviceId) -> DeviceConfig {
+        DeviceConfig {
+            device_id,
+            name: String::new(),
+            addresses: Vec::new(),
+            compression: Compression::default(),
+            paused: false,
+            num_connections: NumConnections::default(),
+            allowed_networks: AllowedNetworks::default(),
+            max_send_kbps: Kbps::default(),
+            max_recv_kbps: Kbps::default(),
+            introducer: false,
+            skip_introduction_removals: false,
+            introduced_by: None,
+            auto_accept_folders: false,
+        }
+    }
 }
 
 /// Syncthing 2.x's `numConnections` of a device: 0 stands for the default
@@ -356,6 +443,19 @@ fn default_rescan() -> u64 {
 pub struct FolderDevice {
     #[serde(rename = "deviceID", with = "device_id_text")]
     pub device_id: DeviceId,
+    /// The introducer that shared the folder with this device (`""` in
+    /// JSON: none); such a share ends when the introducer drops it.
+    #[serde(default, with = "opt_device_id_text")]
+    pub introduced_by: Option<DeviceId>,
+}
+
+impl FolderDevice {
+    pub fn new(device_id: DeviceId) -> FolderDevice {
+        FolderDevice {
+            device_id,
+            introduced_by: None,
+        }
+    }
 }
 
 /// A folder's type, as Syncthing spells it in its configuration.
@@ -475,6 +575,30 @@ mod device_id_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceId, D::Error> {
         let text = String::deserialize(d)?;
         text.parse()
+            .map_err(|e| serde::de::Error::custom(format!("invalid device ID {text:?}: {e}")))
+    }
+}
+
+/// An optional device ID as Syncthing writes it: the empty string for
+/// none (Syncthing's empty device ID).
+mod opt_device_id_text {
+    use proto::DeviceId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Option<DeviceId>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => s.collect_str(id),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DeviceId>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("invalid device ID {text:?}: {e}")))
     }
 }

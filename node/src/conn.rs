@@ -675,6 +675,14 @@ impl Conn {
         }
         check_cluster_config(&cc, self.node.my_id, self.peer)?;
         self.last_cluster_config = Some(cc.clone());
+        // An introducer's devices, auto-accepted folders: saved now, put in
+        // effect by the node's follower, which then has this connection
+        // re-read this ClusterConfig with the new folders running.
+        // (The save moves its wait off the runtime, as a REST change's.)
+        if let Err(e) = self.node.follow_cluster_config(self.peer, &cc) {
+            tracing::warn!(device = %self.peer, error = %format!("{e:#}"),
+                "cannot apply the device's introductions or auto-accepted folders");
+        }
         let mut offered = Vec::new();
         for folder in &cc.folders {
             let Some(local) = self.node.shared_folder(&folder.id, &self.peer) else {
@@ -687,6 +695,11 @@ impl Conn {
                 );
                 continue;
             };
+            if self.node.folder_runtime(&folder.id).is_none() {
+                // Just added (auto-accepted) and not started yet: taken up
+                // when the change is applied and this is read again.
+                continue;
+            }
             offered.push(folder.id.clone());
             let entry = |id: &DeviceId| {
                 folder
@@ -967,6 +980,11 @@ pub fn cluster_config(node: &Node, peer: &DeviceId) -> Result<ClusterConfig> {
                 },
                 max_sequence,
                 index_id,
+                // What a Syncthing device that marks us as its introducer
+                // takes over (ours is never sent as an introducer).
+                introducer: id != node.my_id && dc.is_some_and(|d| d.introducer),
+                skip_introduction_removals: id != node.my_id
+                    && dc.is_some_and(|d| d.skip_introduction_removals),
                 ..Default::default()
             });
         }

@@ -99,6 +99,8 @@ pub async fn spawn(options: Options) -> Result<NodeHandle> {
 async fn start(node: &Arc<Node>) -> Result<Option<SocketAddr>> {
     // Folders (an initial scan, then periodic/on-demand ones) and dialers.
     crate::apply::apply_config(node)?;
+    node.shutdown
+        .spawn_until_cancelled(follow_own_config_changes(node.clone()));
     // Listeners (TCP, relays), discovery; fails if a TCP address cannot be bound.
     crate::connect::start(node).await?;
     if node.gui.address.is_empty() {
@@ -122,6 +124,24 @@ async fn start(node: &Arc<Node>) -> Result<Option<SocketAddr>> {
     node.shutdown
         .spawn_until_cancelled(rest::serve(node.clone(), listener, https));
     Ok(Some(addr))
+}
+
+/// Changes the node makes to its own configuration (an introducer's
+/// devices, auto-accepted folders: `model::introduce`) are announced and
+/// put in effect here, as a REST change is: `ConfigSaved`, then
+/// `apply_config` (new folders start, new devices get dialed, every
+/// connection sends a new ClusterConfig). Several changes in a row are
+/// applied once.
+async fn follow_own_config_changes(node: Arc<Node>) {
+    loop {
+        node.config_edited.notified().await;
+        let config = node.config();
+        node.events
+            .config_saved(&config, rest::config::config_json(&node));
+        if let Err(e) = crate::apply::apply_config(&node) {
+            tracing::warn!(error = %format!("{e:#}"), "configuration saved, but not applied");
+        }
+    }
 }
 
 impl NodeHandle {

@@ -419,6 +419,58 @@ fn configuration_round_trips(tls: bool) {
         (Some("peer"), Some(peer)),
         "lower-case ID normalised"
     );
+    // Introducer and auto-accept settings are real settings (issue 18),
+    // with Syncthing's defaults and shapes.
+    assert_eq!(
+        (
+            &d["introducer"],
+            &d["skipIntroductionRemovals"],
+            &d["introducedBy"],
+            &d["autoAcceptFolders"]
+        ),
+        (&json!(false), &json!(false), &json!(""), &json!(false))
+    );
+    let a = keyed(
+        port,
+        key,
+        "PATCH",
+        &format!("/rest/config/devices/{peer}"),
+        Some(
+            &json!({"introducer": true, "skipIntroductionRemovals": true,
+                     "autoAcceptFolders": true, "introducedBy": home.id})
+            .to_string(),
+        ),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let d = keyed(
+        port,
+        key,
+        "GET",
+        &format!("/rest/config/devices/{peer}"),
+        None,
+    )
+    .json();
+    assert_eq!(
+        (
+            &d["introducer"],
+            &d["skipIntroductionRemovals"],
+            &d["introducedBy"],
+            &d["autoAcceptFolders"]
+        ),
+        (&json!(true), &json!(true), &json!(home.id), &json!(true))
+    );
+    let f = keyed(port, key, "GET", "/rest/config/folders/shared", None).json();
+    assert_eq!(f["devices"][1]["introducedBy"], "", "{f}");
+    let a = keyed(
+        port,
+        key,
+        "PATCH",
+        "/rest/config/defaults/folder",
+        Some(r#"{"path": "/srv/incoming"}"#),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let c = keyed(port, key, "GET", "/rest/config", None).json();
+    assert_eq!(c["defaults"]["folder"]["path"], "/srv/incoming");
 
     // The old endpoint and the per-object ones.
     let a = keyed(

@@ -24,15 +24,9 @@ fn config(send: i64, recv: i64, dev_send: i64, dev_recv: i64, in_lan: bool) -> C
     c.options.max_recv_kbps = Kbps(recv);
     c.options.limit_bandwidth_in_lan = in_lan;
     c.devices.push(DeviceConfig {
-        device_id: peer(),
-        name: String::new(),
-        addresses: Vec::new(),
-        compression: Default::default(),
-        paused: false,
-        num_connections: Default::default(),
-        allowed_networks: Default::default(),
         max_send_kbps: Kbps(dev_send),
         max_recv_kbps: Kbps(dev_recv),
+        ..DeviceConfig::new(peer())
     });
     c
 }

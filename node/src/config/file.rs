@@ -65,7 +65,11 @@ const DEVICES_COMMENT: &str = "\
 # none (Syncthing before 1.24) always gets one. allowedNetworks: CIDRs the
 # device may connect from and be dialed at (\"!\" before one refuses it; the
 # first match decides; empty: anywhere). maxSendKbps, maxRecvKbps:
-# bandwidth limits for this device alone, in KiB/s (0: none).";
+# bandwidth limits for this device alone, in KiB/s (0: none). introducer: the
+# device's list of devices for the folders we share with it is taken over
+# (new ones are added with introducedBy set to it, and removed again when
+# it drops them unless skipIntroductionRemovals). autoAcceptFolders: folders
+# the device offers are created under defaults.folder.path and shared back.";
 
 const FOLDERS_COMMENT: &str = "\
 # Shared folders. type: sendreceive, sendonly (remote changes are not
@@ -240,15 +244,10 @@ mod tests {
                 ..Default::default()
             },
             devices: vec![DeviceConfig {
-                device_id: id,
                 name: "la".into(),
                 addresses: vec!["dynamic".into()],
                 compression: Compression::Metadata,
-                paused: false,
-                num_connections: Default::default(),
-                allowed_networks: Default::default(),
-                max_send_kbps: Default::default(),
-                max_recv_kbps: Default::default(),
+                ..DeviceConfig::new(id)
             }],
             folders: vec![FolderConfig {
                 id: "projects".into(),
@@ -261,7 +260,7 @@ mod tests {
                 .with_fs_path("/mnt/versions"),
                 path: dir.join("p"),
                 kind: FolderType::SendReceive,
-                devices: vec![FolderDevice { device_id: id }],
+                devices: vec![FolderDevice::new(id)],
                 rescan_interval_s: 3600,
                 paused: false,
                 fs_watcher_enabled: true,

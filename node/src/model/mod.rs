@@ -6,6 +6,7 @@
 
 pub mod connect;
 pub mod discovery;
+pub mod introduce;
 pub mod requester;
 pub mod summaries;
 
@@ -348,6 +349,11 @@ pub struct Node {
     /// Folders offered by a connected device that we do not share with it:
     /// folder ID → device → (label, time).
     pub pending_folders: Mutex<HashMap<String, FolderOffers>>,
+    /// Woken when the node changed its own configuration (introductions,
+    /// auto-accepted folders): the follower spawned by `handle` announces
+    /// the change (`ConfigSaved`) and puts it in effect, as after a REST
+    /// change.
+    pub config_edited: tokio::sync::Notify,
     pub folders: RwLock<HashMap<String, Arc<FolderRuntime>>>,
     /// Devices that have a dial loop running.
     pub dialers: Mutex<HashSet<DeviceId>>,
@@ -446,6 +452,7 @@ impl Node {
                 4096,
             ),
             pending_folders: Mutex::new(HashMap::new()),
+            config_edited: tokio::sync::Notify::new(),
             folders: RwLock::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             shutdown: daemon::Shutdown::new(),
@@ -761,7 +768,12 @@ impl Node {
     }
 
     pub fn pending(&self) -> HashMap<DeviceId, PendingDevice> {
-        self.pending.locked().clone()
+        let mut all = self.pending.locked().clone();
+        // A device added since (over REST, or by an introducer) is no
+        // longer pending, as in Syncthing.
+        let config = self.config();
+        all.retain(|id, _| config.device(id).is_none());
+        all
     }
 }
 
@@ -856,17 +868,7 @@ mod tests {
         let n = node(home.path());
         let peer = proto::DeviceId::from_der_cert(b"peer");
         n.update_config(|c| {
-            c.devices.push(crate::config::DeviceConfig {
-                device_id: peer,
-                name: String::new(),
-                addresses: Vec::new(),
-                compression: Default::default(),
-                paused: false,
-                num_connections: Default::default(),
-                allowed_networks: Default::default(),
-                max_send_kbps: Default::default(),
-                max_recv_kbps: Default::default(),
-            });
+            c.devices.push(crate::config::DeviceConfig::new(peer));
             Ok(())
         })
         .unwrap();

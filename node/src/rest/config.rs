@@ -4,6 +4,7 @@
 //! validated as a whole, saved atomically by `Config::save`, then put in
 //! effect; an invalid one is a 400 naming the field and nothing is saved.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
@@ -66,16 +67,14 @@ fn ldap_json() -> Value {
     v
 }
 
-fn default_folder(node: &Node) -> Value {
-    folder_json(&FolderConfig {
+fn default_folder(node: &Node, c: &Config) -> Value {
+    let mut v = folder_json(&FolderConfig {
         id: String::new(),
         label: String::new(),
         versioning: Default::default(),
-        path: "~".into(),
+        path: PathBuf::new(),
         kind: FolderType::SendReceive,
-        devices: vec![FolderDevice {
-            device_id: node.my_id,
-        }],
+        devices: vec![FolderDevice::new(node.my_id)],
         rescan_interval_s: 3600,
         paused: false,
         fs_watcher_enabled: true,
@@ -85,14 +84,19 @@ fn default_folder(node: &Node) -> Value {
         ignore_perms: false,
         marker_name: Default::default(),
         copy_ownership_from_parent: false,
-    })
+    });
+    // Kept as written (`~` expanded only when a folder is created there).
+    v["path"] = json!(c.defaults.folder.path);
+    v
 }
 
 fn default_device() -> Value {
     let mut v = json!({"deviceID": "", "name": "", "addresses": ["dynamic"],
                        "compression": "metadata", "paused": false,
                        "numConnections": 0, "allowedNetworks": [], "maxSendKbps": 0,
-                       "maxRecvKbps": 0});
+                       "maxRecvKbps": 0, "introducer": false,
+                       "skipIntroductionRemovals": false, "introducedBy": "",
+                       "autoAcceptFolders": false});
     decorate(&mut v, shape::DEVICE);
     v
 }
@@ -102,15 +106,10 @@ fn default_device() -> Value {
 /// answer and dropped from every change.
 fn self_device(node: &Node, c: &Config) -> DeviceConfig {
     DeviceConfig {
-        device_id: node.my_id,
         name: c.name.clone(),
         addresses: vec!["dynamic".into()],
         compression: Compression::Metadata,
-        paused: false,
-        num_connections: Default::default(),
-        allowed_networks: Default::default(),
-        max_send_kbps: Default::default(),
-        max_recv_kbps: Default::default(),
+        ..DeviceConfig::new(node.my_id)
     }
 }
 
@@ -121,12 +120,7 @@ fn with_self(node: &Node, c: &Config) -> Config {
     }
     for f in &mut c.folders {
         if !f.shared_with(&node.my_id) {
-            f.devices.insert(
-                0,
-                FolderDevice {
-                    device_id: node.my_id,
-                },
-            );
+            f.devices.insert(0, FolderDevice::new(node.my_id));
         }
     }
     c
@@ -151,7 +145,7 @@ pub fn config_json(node: &Node) -> Value {
     v["ldap"] = ldap_json();
     v["remoteIgnoredDevices"] = json!([]);
     v["defaults"] = json!({
-        "folder": default_folder(node),
+        "folder": default_folder(node, &c),
         "device": default_device(),
         "ignores": {"lines": []},
     });
@@ -218,6 +212,18 @@ fn clean_gui(v: &mut Value, where_: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `defaults.folder.path` of an incoming `defaults` object (`~` when
+/// absent, as Syncthing's default).
+fn default_path(d: &Value) -> Result<String, String> {
+    match d.get("folder").and_then(|f| f.get("path")) {
+        None => Ok("~".into()),
+        Some(p) => p
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "defaults.folder.path: expected a string".into()),
+    }
+}
+
 /// A whole configuration from a tool (what it read, maybe edited).
 fn parse_config(mut v: Value) -> Result<Config, String> {
     let Some(o) = v.as_object_mut() else {
@@ -225,8 +231,12 @@ fn parse_config(mut v: Value) -> Result<Config, String> {
     };
     o.remove("version");
     o.remove("remoteIgnoredDevices");
-    // Defaults only shape new objects in Syncthing's GUI; there is none here.
-    o.remove("defaults");
+    // Of the defaults only the folder's path is a setting here (where
+    // auto-accepted folders go); the rest shapes new objects in
+    // Syncthing's GUI, which there is none of here, and is ignored.
+    if let Some(d) = o.get_mut("defaults") {
+        *d = json!({"folder": {"path": default_path(d)?}});
+    }
     if let Some(mut l) = o.remove("ldap") {
         strip(&mut l, shape::LDAP, "ldap.")?;
     }
@@ -436,8 +446,20 @@ pub async fn route(c: &Call) -> Answer {
             Ok(json(&ldap_json()))
         }
         "/rest/config/defaults/folder" => {
-            c.allow(&[Method::GET])?;
-            Ok(json(&default_folder(node)))
+            c.allow(&[Method::GET, Method::PUT, Method::PATCH])?;
+            if c.method == Method::GET {
+                return Ok(json(&default_folder(node, &node.config())));
+            }
+            let body = c.json()?;
+            change(node, move |cf| {
+                if let Some(p) = body.get("path") {
+                    let p = p
+                        .as_str()
+                        .ok_or("defaults.folder.path: expected a string")?;
+                    cf.defaults.folder.path = p.to_string();
+                }
+                Ok(())
+            })
         }
         "/rest/config/defaults/device" => {
             c.allow(&[Method::GET])?;

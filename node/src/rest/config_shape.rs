@@ -75,7 +75,6 @@ pub const FOLDER: &Shape = &Shape {
 pub const FOLDER_DEVICE: &Shape = &Shape {
     shown: extras! {
         "encryptionPassword" => "", false;
-        "introducedBy" => "", true;
     },
     retired: &[],
 };
@@ -83,10 +82,6 @@ pub const FOLDER_DEVICE: &Shape = &Shape {
 pub const DEVICE: &Shape = &Shape {
     shown: extras! {
         "certName" => "", true;
-        "introducer" => false, false;
-        "skipIntroductionRemovals" => false, true;
-        "introducedBy" => "", true;
-        "autoAcceptFolders" => false, false;
         "ignoredFolders" => [], true;
         "maxRequestKiB" => 0, true;
         "untrusted" => false, false;
