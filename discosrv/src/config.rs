@@ -25,6 +25,24 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     pub connections: ConnectionLimits,
     pub rates: RateLimits,
+    /// Which devices may announce and be found (None: everyone).
+    pub allow: Option<AllowConfig>,
+}
+
+/// Where the device allow-list comes from, and how often it is re-read.
+#[derive(Clone, Debug)]
+pub struct AllowConfig {
+    pub source: AllowSource,
+    pub reload_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum AllowSource {
+    /// `--allow-devices FILE`.
+    File(PathBuf),
+    /// `--allow-devices-redis KEY`: a set in the store's Redis (only with
+    /// [`StoreConfig::Redis`]).
+    Redis { key: String },
 }
 
 /// How clients reach the API.
@@ -128,6 +146,7 @@ impl ServerConfig {
                 seen_not_found: 1000.0,
                 unseen_not_found: 1000.0,
             },
+            allow: None,
         }
     }
 }

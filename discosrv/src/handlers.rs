@@ -18,6 +18,7 @@ use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
 use proto::discovery::{self, CertHeader, CertHeaderError, HeaderValues, LookupReply, Source};
 use proto::DeviceId;
 
+use crate::allow::{Allow, RefusalLog};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::retry::{self, NotFoundTracker};
@@ -137,6 +138,10 @@ pub struct App<S> {
     pub trusted_proxies: Vec<IpNet>,
     /// `--client-cert-header`: the only certificate header believed.
     pub cert_header: CertHeader,
+    /// Who may announce and be found.
+    pub allow: Allow,
+    /// Which refused devices get a log line now.
+    pub refusal_log: RefusalLog,
 }
 
 /// Who sent a request, after deciding whether to believe proxy headers.
@@ -277,6 +282,15 @@ async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
     };
     let t = Instant::now();
     let result = app.store.lookup(device, Now::system()).await;
+    // An unlisted device is answered exactly as one never seen, after the
+    // same store call: neither the answer nor its timing may tell an
+    // outsider which devices are listed.
+    // (A store error is answered alike for both, below.)
+    if result.is_ok() && !app.allow.permits(&device) {
+        app.metrics.refused_not_allowed();
+        app.metrics.lookup("not_found_ever");
+        return not_found(&app.unseen_tracker);
+    }
     match result {
         Ok(Lookup::Found(found)) => {
             app.metrics.store_op("get", "success", t.elapsed());
@@ -298,7 +312,7 @@ async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
                 ("not_found_ever", &app.unseen_tracker)
             };
             app.metrics.lookup(result);
-            text(StatusCode::NOT_FOUND, "Not Found\n").with_header("retry-after", tracker.hit())
+            not_found(tracker)
         }
         Err(e) => {
             app.metrics.store_op("get", "error", t.elapsed());
@@ -333,6 +347,17 @@ async fn announce<S: Store>(
                 .with_header("retry-after", retry::error_retry_after());
         }
     };
+    if !app.allow.permits(&device) {
+        app.metrics.refused_not_allowed();
+        app.metrics.announcement("not_allowed");
+        if app.refusal_log.should_log(&device, Instant::now()) {
+            tracing::warn!(device = %device, client = %client.limit_ip, "announcement refused: the device is not in the allow-list");
+        }
+        // As stdiscosrv answers an announcement without a certificate:
+        // Syncthing shows the error and retries after Retry-After.
+        return text(StatusCode::FORBIDDEN, "Forbidden\n")
+            .with_header("retry-after", retry::error_retry_after());
+    }
     // A new device costs a record: fresh certificates are free to make, so
     // each source gets few new ones (known devices are not counted).
     if let Some(limiter) = &app.new_device_limiter {
@@ -541,6 +566,12 @@ fn text_body(status: StatusCode, body: Bytes) -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     resp
+}
+
+/// The 404 of a device not found (or not listed): Retry-After from the
+/// not-found tracker, so clients back off as the load asks.
+fn not_found(tracker: &NotFoundTracker) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "Not Found\n").with_header("retry-after", tracker.hit())
 }
 
 fn bad_request() -> Response<Body> {
