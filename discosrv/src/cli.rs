@@ -12,8 +12,8 @@ use proto::discovery::CertHeader;
 use proto::Identity;
 
 use crate::config::{
-    AllowConfig, AllowSource, Budget, ConnectionLimits, RateLimits, ServerConfig, StoreConfig,
-    Transport,
+    AllowConfig, AllowSource, Budget, ConnectionLimits, PathPrefix, RateLimits, ServerConfig,
+    StoreConfig, Transport,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -192,6 +192,13 @@ pub struct Cli {
     #[arg(long, env = "DISCOSRV_ALLOW_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub allow_reload_interval: Duration,
 
+    /// Answer only under this secret path (clients use
+    /// https://HOST:PORT/PREFIX/?id=...); every other path, /ping and
+    /// /healthz included, gets the same plain 404. /healthz on
+    /// --metrics-listen is unaffected.
+    #[arg(long, env = "DISCOSRV_PATH_PREFIX", hide_env_values = true)]
+    pub path_prefix: Option<PathPrefix>,
+
     #[command(flatten)]
     pub log: daemon::LogArgs,
 }
@@ -248,6 +255,7 @@ impl Cli {
         });
         Ok(ServerConfig {
             allow,
+            path_prefix: self.path_prefix,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             transport,

@@ -19,6 +19,7 @@ use proto::discovery::{self, CertHeader, CertHeaderError, HeaderValues, LookupRe
 use proto::DeviceId;
 
 use crate::allow::{Allow, RefusalLog};
+use crate::config::PathPrefix;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::retry::{self, NotFoundTracker};
@@ -142,6 +143,8 @@ pub struct App<S> {
     pub allow: Allow,
     /// Which refused devices get a log line now.
     pub refusal_log: RefusalLog,
+    /// `--path-prefix`: the only path answered.
+    pub path_prefix: Option<PathPrefix>,
 }
 
 /// Who sent a request, after deciding whether to believe proxy headers.
@@ -245,6 +248,18 @@ async fn route<S: Store>(
     req: &http::request::Parts,
     body: &mut Incoming,
 ) -> Response<Body> {
+    // Outside the secret prefix nothing else is looked at, not even the
+    // rate limit: a 429 would tell a prober that a server is here.
+    let path = match &app.path_prefix {
+        None => req.uri.path(),
+        Some(prefix) => match prefix.strip(req.uri.path()) {
+            Some(path @ ("/" | "/ping" | "/healthz")) => path,
+            _ => {
+                app.metrics.refused_bad_path();
+                return unknown_path();
+            }
+        },
+    };
     let client = app.client(conn, &req.headers);
     if let Some(limiter) = &app.limiter {
         if let Err(wait) = limiter.check(client.limit_ip) {
@@ -254,7 +269,7 @@ async fn route<S: Store>(
                 .with_header("retry-after", secs);
         }
     }
-    match req.uri.path() {
+    match path {
         "/ping" => return empty(StatusCode::NO_CONTENT),
         "/healthz" => {
             return if app.store.healthy().await {
@@ -572,6 +587,13 @@ fn text_body(status: StatusCode, body: Bytes) -> Response<Body> {
 /// not-found tracker, so clients back off as the load asks.
 fn not_found(tracker: &NotFoundTracker) -> Response<Body> {
     text(StatusCode::NOT_FOUND, "Not Found\n").with_header("retry-after", tracker.hit())
+}
+
+/// A path outside `--path-prefix`: Go's plain `404 page not found`, the
+/// answer of any Go web server to a path it lacks, whatever the method,
+/// query, headers or certificate.
+fn unknown_path() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
 fn bad_request() -> Response<Body> {

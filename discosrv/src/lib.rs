@@ -34,8 +34,8 @@ use tokio::task::JoinHandle;
 
 use crate::allow::{Allow, RedisAllow};
 pub use crate::config::{
-    AllowConfig, AllowSource, Budget, ConnectionLimits, RateLimits, ServerConfig, StoreConfig,
-    Transport,
+    AllowConfig, AllowSource, Budget, ConnectionLimits, PathPrefix, RateLimits, ServerConfig,
+    StoreConfig, Transport,
 };
 use crate::handlers::App;
 use crate::metrics::Metrics;
@@ -394,5 +394,6 @@ fn new_app<S: Store>(config: &ServerConfig, store: S, allow: Allow) -> App<S> {
         cert_header,
         allow,
         refusal_log: allow::RefusalLog::new(),
+        path_prefix: config.path_prefix.clone(),
     }
 }

@@ -64,6 +64,7 @@ struct Hot {
     merge_op_seconds: Histogram,
     /// Refusals an outsider can cause at the rate of lookups.
     refused_not_allowed: Counter,
+    refused_bad_path: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -198,6 +199,7 @@ impl Metrics {
         let get_op_seconds = histogram(&store_seconds, [("operation", "get")]);
         let merge_op_seconds = histogram(&store_seconds, [("operation", "merge")]);
         let refused_not_allowed = counter(&refused, [("reason", "not_allowed")]);
+        let refused_bad_path = counter(&refused, [("reason", "bad_path")]);
         let hot = Hot {
             get_200,
             get_404,
@@ -214,6 +216,7 @@ impl Metrics {
             get_op_seconds,
             merge_op_seconds,
             refused_not_allowed,
+            refused_bad_path,
         };
         Metrics {
             hot,
@@ -264,6 +267,11 @@ impl Metrics {
     /// An announcement or lookup of a device not in the allow-list.
     pub fn refused_not_allowed(&self) {
         self.hot.refused_not_allowed.inc();
+    }
+
+    /// A request outside `--path-prefix`.
+    pub fn refused_bad_path(&self) {
+        self.hot.refused_bad_path.inc();
     }
 
     /// A failed `accept` on `listener` ("api" or "metrics").

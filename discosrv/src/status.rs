@@ -85,6 +85,7 @@ fn status_json<S: Store>(app: &App<S>) -> String {
     });
     serde_json::json!({
         "allowList": allow,
+        "pathPrefix": app.path_prefix.is_some(),
     })
     .to_string()
 }

@@ -1,6 +1,6 @@
 //! A private discovery server (issue 19): the device allow-list (a file
-//! reloaded live, or a Redis set shared by replicas), against real
-//! Syncthing devices of the newest version built.
+//! reloaded live, or a Redis set shared by replicas) and the secret path
+//! prefix, against real Syncthing devices of the newest version built.
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +39,7 @@ fn metric(text: &str, series: &str) -> f64 {
 const NOT_ALLOWED: &str = "syncthing_discovery_refused_total{reason=\"not_allowed\"}";
 const ANNOUNCE_NOT_ALLOWED: &str =
     "syncthing_discovery_announcement_requests_total{result=\"not_allowed\"}";
+const BAD_PATH: &str = "syncthing_discovery_refused_total{reason=\"bad_path\"}";
 
 fn status(srv: &Discosrv) -> serde_json::Value {
     let r = plain(srv.metrics_port, "GET", "/status", &[], b"");
@@ -373,6 +374,73 @@ fn two_replicas_share_an_allow_set_in_redis() {
     }
     a.stop();
     b.stop();
+}
+
+#[test]
+fn real_devices_keep_the_secret_path_and_outside_it_nothing_is_revealed() {
+    let version = PeerVersion::newest_available();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &["--path-prefix", "/k3J9-studio/"],
+    );
+    let url = format!(
+        "https://127.0.0.1:{}/k3J9-studio/?id={}",
+        srv.port,
+        srv.id.unwrap()
+    );
+    let (h1, a1) = device(dir.path(), "n1", version);
+    let (h2, a2) = device(dir.path(), "n2", version);
+    let (n1, n2) = (h1.start(), h2.start());
+    announce_to(&n1, &url);
+    announce_to(&n2, &url);
+    let lookup = |id: &str| srv.request(None, "GET", &format!("/k3J9-studio/?device={id}"), b"");
+    wait_found(&n1, &a1, &lookup);
+    wait_found(&n2, &a2, &lookup);
+    connect_through_discovery(&n1, &n2);
+    // Nothing of theirs arrived outside the prefix.
+    let m = srv.metrics();
+    assert_eq!(metric(&m, BAD_PATH), 0.0, "{m}");
+
+    // Outside the prefix every request gets the answer of a path that
+    // does not exist, whatever it asks; inside, the API answers.
+    let reference = srv.request(None, "GET", "/no/such/path", b"");
+    assert_eq!(reference.status, 404);
+    assert_eq!(reference.text(), "404 page not found\n");
+    let dev = identity();
+    let body = br#"{"addresses":["tcp://x.example:1"]}"#;
+    let probes = [
+        srv.request(None, "GET", "/", b""),
+        srv.request(None, "GET", &format!("/?device={}", n1.id()), b""),
+        srv.request(Some(&dev), "POST", "/", body),
+        srv.request(None, "GET", "/ping", b""),
+        srv.request(None, "GET", "/healthz", b""),
+        srv.request(None, "GET", "/k3J9-studio", b""),
+        srv.request(None, "GET", "/k3J9-studio/other", b""),
+        srv.request(None, "PUT", "/", b""),
+        srv.request(None, "GET", "/K3J9-STUDIO/", b""),
+    ];
+    for (i, r) in probes.iter().enumerate() {
+        assert_eq!(
+            (r.status, &r.body, headers(r)),
+            (reference.status, &reference.body, headers(&reference)),
+            "probe {i}: {r:?}"
+        );
+    }
+    assert_eq!(lookup(n1.id()).status, 200);
+    assert_eq!(
+        srv.request(None, "GET", "/k3J9-studio/ping", b"").status,
+        204
+    );
+    assert_eq!(
+        plain(srv.metrics_port, "GET", "/healthz", &[], b"").status,
+        200
+    );
+    let m = srv.metrics();
+    assert!(metric(&m, BAD_PATH) >= (probes.len() + 1) as f64, "{m}");
+    n1.shutdown();
+    n2.shutdown();
+    srv.stop();
 }
 
 #[test]

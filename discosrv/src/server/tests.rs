@@ -38,6 +38,7 @@ pub(crate) fn test_app() -> App<MemoryStore> {
         cert_header: CertHeader::Nginx,
         allow: crate::allow::Allow::Open,
         refusal_log: crate::allow::RefusalLog::new(),
+        path_prefix: None,
     }
 }
 
