@@ -459,3 +459,50 @@ fn the_device_id_forms_of_the_list_are_those_syncthing_prints() {
     assert_eq!(srv.announce(&d, &["tcp://a.example:1"]).status, 204);
     srv.stop();
 }
+
+#[test]
+fn syncthing_1_19_2_keeps_the_secret_path_and_is_refused_unlisted() {
+    // Debian's 1.19.2 (no token, older discovery client): the same path
+    // handling and the same reaction to a refusal.
+    let version = PeerVersion::V1_19_2;
+    let dir = tempfile::tempdir().unwrap();
+    let (h1, a1) = device(dir.path(), "listed", version);
+    let (h2, _) = device(dir.path(), "outsider", version);
+    let list = dir.path().join("allow.txt");
+    write_list(&list, &[&h1.id]);
+    let srv = Discosrv::start(
+        &dir.path().join("disco"),
+        &[
+            "--allow-devices",
+            list.to_str().unwrap(),
+            "--path-prefix",
+            "/old-clients/",
+        ],
+    );
+    let url = format!(
+        "https://127.0.0.1:{}/old-clients/?id={}",
+        srv.port,
+        srv.id.unwrap()
+    );
+    let (n1, n2) = (h1.start(), h2.start());
+    announce_to(&n1, &url);
+    announce_to(&n2, &url);
+    wait_found(&n1, &a1, &|id| {
+        srv.request(None, "GET", &format!("/old-clients/?device={id}"), b"")
+    });
+    let m = wait_refused_announcement(&srv);
+    assert_eq!(metric(&m, BAD_PATH), 0.0, "{m}");
+    assert_eq!(
+        srv.request(
+            None,
+            "GET",
+            &format!("/old-clients/?device={}", n2.id()),
+            b""
+        )
+        .status,
+        404
+    );
+    n1.shutdown();
+    n2.shutdown();
+    srv.stop();
+}
