@@ -311,6 +311,35 @@ mod tests {
     }
 
     #[test]
+    fn private_server_flags() {
+        let cli = Cli::try_parse_from([
+            "discosrv",
+            "--allow-devices",
+            "/etc/discosrv/allow",
+            "--allow-reload-interval",
+            "2s",
+            "--path-prefix",
+            "studio",
+        ])
+        .unwrap();
+        assert_eq!(cli.allow_reload_interval, Duration::from_secs(2));
+        assert_eq!(cli.path_prefix.as_ref().unwrap().as_str(), "/studio/");
+        let both = Cli::try_parse_from([
+            "discosrv",
+            "--redis-url",
+            "redis://r/",
+            "--allow-devices",
+            "f",
+            "--allow-devices-redis",
+            "k",
+        ]);
+        assert!(both.is_err(), "a file and a Redis set at once");
+        let no_redis = Cli::try_parse_from(["discosrv", "--allow-devices-redis", "k"]);
+        assert!(no_redis.is_err(), "a Redis set without --redis-url");
+        assert!(Cli::try_parse_from(["discosrv", "--path-prefix", "/a b/"]).is_err());
+    }
+
+    #[test]
     fn flags_parse() {
         let cli = Cli::try_parse_from([
             "discosrv",

@@ -369,6 +369,16 @@ fn two_replicas_share_an_allow_set_in_redis() {
     let st = status(&a);
     assert_eq!(st["allowList"]["source"], "redis", "{st}");
     assert_eq!(st["allowList"]["devices"], 3, "{st}");
+
+    // A member that is not a device ID refuses the new set: the list in
+    // force stays.
+    sadd(&redis, key, "not-a-device");
+    let failed = wait::until(Duration::from_secs(30), Duration::from_millis(200), || {
+        (status(&a)["allowList"]["reloadFailures"].as_u64() >= Some(1)).then_some(())
+    });
+    assert!(failed.is_some(), "{}", a.proc.log_tail(20));
+    assert_eq!(a.announce(&d, &["tcp://d.example:4"]).status, 204);
+    assert_eq!(status(&a)["allowList"]["devices"], 3);
     for n in [n1, n2, n3] {
         n.shutdown();
     }
