@@ -11,7 +11,10 @@ use ipnet::IpNet;
 use proto::discovery::CertHeader;
 use proto::Identity;
 
-use crate::config::{Budget, ConnectionLimits, RateLimits, ServerConfig, StoreConfig, Transport};
+use crate::config::{
+    AllowConfig, AllowSource, Budget, ConnectionLimits, PathPrefix, RateLimits, ServerConfig,
+    StoreConfig, Transport,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -168,6 +171,34 @@ pub struct Cli {
     #[arg(long, env = "DISCOSRV_IDLE_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Only the devices in this file may announce, and lookups find only
+    /// them (others get 404, as unknown devices). One device ID per line,
+    /// `#` comments. Re-read when it changes (see --allow-reload-interval);
+    /// a file that does not parse keeps the previous list. Absent: open.
+    #[arg(
+        long,
+        env = "DISCOSRV_ALLOW_DEVICES",
+        conflicts_with = "allow_devices_redis"
+    )]
+    pub allow_devices: Option<PathBuf>,
+
+    /// As --allow-devices, from this Redis set of device IDs (SADD KEY ID)
+    /// in the --redis-url store, so replicas share one list. The key is
+    /// used as given (no --redis-prefix).
+    #[arg(long, env = "DISCOSRV_ALLOW_DEVICES_REDIS", requires = "redis_url")]
+    pub allow_devices_redis: Option<String>,
+
+    /// How often the allow-list file or Redis set is checked for changes.
+    #[arg(long, env = "DISCOSRV_ALLOW_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub allow_reload_interval: Duration,
+
+    /// Answer only under this secret path (clients use
+    /// https://HOST:PORT/PREFIX/?id=...); every other path, /ping and
+    /// /healthz included, gets the same plain 404. /healthz on
+    /// --metrics-listen is unaffected.
+    #[arg(long, env = "DISCOSRV_PATH_PREFIX", hide_env_values = true)]
+    pub path_prefix: Option<PathPrefix>,
+
     #[command(flatten)]
     pub log: daemon::LogArgs,
 }
@@ -213,7 +244,18 @@ impl Cli {
                 prefix: self.redis_prefix,
             }
         };
+        let allow = match (self.allow_devices, self.allow_devices_redis) {
+            (Some(path), _) => Some(AllowSource::File(path)),
+            (None, Some(key)) => Some(AllowSource::Redis { key }),
+            (None, None) => None,
+        }
+        .map(|source| AllowConfig {
+            source,
+            reload_interval: self.allow_reload_interval,
+        });
         Ok(ServerConfig {
+            allow,
+            path_prefix: self.path_prefix,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             transport,
@@ -266,6 +308,35 @@ mod tests {
             "127.0.0.1:1"
         );
         assert!(parse_listen(":x").is_err());
+    }
+
+    #[test]
+    fn private_server_flags() {
+        let cli = Cli::try_parse_from([
+            "discosrv",
+            "--allow-devices",
+            "/etc/discosrv/allow",
+            "--allow-reload-interval",
+            "2s",
+            "--path-prefix",
+            "studio",
+        ])
+        .unwrap();
+        assert_eq!(cli.allow_reload_interval, Duration::from_secs(2));
+        assert_eq!(cli.path_prefix.as_ref().unwrap().as_str(), "/studio/");
+        let both = Cli::try_parse_from([
+            "discosrv",
+            "--redis-url",
+            "redis://r/",
+            "--allow-devices",
+            "f",
+            "--allow-devices-redis",
+            "k",
+        ]);
+        assert!(both.is_err(), "a file and a Redis set at once");
+        let no_redis = Cli::try_parse_from(["discosrv", "--allow-devices-redis", "k"]);
+        assert!(no_redis.is_err(), "a Redis set without --redis-url");
+        assert!(Cli::try_parse_from(["discosrv", "--path-prefix", "/a b/"]).is_err());
     }
 
     #[test]

@@ -25,6 +25,72 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     pub connections: ConnectionLimits,
     pub rates: RateLimits,
+    /// Which devices may announce and be found (None: everyone).
+    pub allow: Option<AllowConfig>,
+    /// `--path-prefix`: the only path the API answers under.
+    pub path_prefix: Option<PathPrefix>,
+}
+
+/// Where the device allow-list comes from, and how often it is re-read.
+#[derive(Clone, Debug)]
+pub struct AllowConfig {
+    pub source: AllowSource,
+    pub reload_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum AllowSource {
+    /// `--allow-devices FILE`.
+    File(PathBuf),
+    /// `--allow-devices-redis KEY`: a set in the store's Redis (only with
+    /// [`StoreConfig::Redis`]).
+    Redis { key: String },
+}
+
+/// A secret path prefix: starts and ends with `/`, holds at least one
+/// other character, only URL characters that need no escaping and no
+/// empty segment — so the path a client sends matches it byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathPrefix(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: a path prefix is /SEGMENT/... of letters, digits and -._~ (e.g. /k3J9x-secret/)")]
+pub struct PathPrefixError(String);
+
+impl std::str::FromStr for PathPrefix {
+    type Err = PathPrefixError;
+
+    /// A missing leading or trailing `/` is added: `SECRET` and `/SECRET`
+    /// both mean `/SECRET/`.
+    fn from_str(s: &str) -> Result<PathPrefix, PathPrefixError> {
+        let inner = s.trim_start_matches('/').trim_end_matches('/');
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || "-._~/".contains(c);
+        if inner.is_empty()
+            || !inner.chars().all(ok_char)
+            || inner
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            || s.starts_with("//")
+            || s.ends_with("//")
+        {
+            return Err(PathPrefixError(s.to_string()));
+        }
+        Ok(PathPrefix(format!("/{inner}/")))
+    }
+}
+
+impl PathPrefix {
+    /// `/SECRET/`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path below the prefix, keeping its leading `/` (`/SECRET/` →
+    /// `/`, `/SECRET/ping` → `/ping`), or None outside it.
+    pub fn strip<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(&self.0[..self.0.len() - 1])
+            .filter(|rest| rest.starts_with('/'))
+    }
 }
 
 /// How clients reach the API.
@@ -128,6 +194,34 @@ impl ServerConfig {
                 seen_not_found: 1000.0,
                 unseen_not_found: 1000.0,
             },
+            allow: None,
+            path_prefix: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_prefixes_are_normalised_and_checked() {
+        let p: PathPrefix = "SECRET".parse().unwrap();
+        assert_eq!(p.as_str(), "/SECRET/");
+        assert_eq!(
+            "/a-b.c~d/e/".parse::<PathPrefix>().unwrap().as_str(),
+            "/a-b.c~d/e/"
+        );
+        for bad in [
+            "", "/", "//", "/a b/", "/a%2F/", "/a//b/", "/../", "/a?b/", "//a/",
+        ] {
+            assert!(bad.parse::<PathPrefix>().is_err(), "{bad:?}");
+        }
+        assert_eq!(p.strip("/SECRET/"), Some("/"));
+        assert_eq!(p.strip("/SECRET/ping"), Some("/ping"));
+        assert_eq!(p.strip("/SECRET"), None);
+        assert_eq!(p.strip("/SECRETX/"), None);
+        assert_eq!(p.strip("/"), None);
+        assert_eq!(p.strip("/secret/"), None);
     }
 }

@@ -18,6 +18,8 @@ use proto::discovery::messages::MAX_ANNOUNCEMENT_BYTES;
 use proto::discovery::{self, CertHeader, CertHeaderError, HeaderValues, LookupReply, Source};
 use proto::DeviceId;
 
+use crate::allow::{Allow, RefusalLog};
+use crate::config::PathPrefix;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::retry::{self, NotFoundTracker};
@@ -137,6 +139,12 @@ pub struct App<S> {
     pub trusted_proxies: Vec<IpNet>,
     /// `--client-cert-header`: the only certificate header believed.
     pub cert_header: CertHeader,
+    /// Who may announce and be found.
+    pub allow: Allow,
+    /// Which refused devices get a log line now.
+    pub refusal_log: RefusalLog,
+    /// `--path-prefix`: the only path answered.
+    pub path_prefix: Option<PathPrefix>,
 }
 
 /// Who sent a request, after deciding whether to believe proxy headers.
@@ -240,6 +248,18 @@ async fn route<S: Store>(
     req: &http::request::Parts,
     body: &mut Incoming,
 ) -> Response<Body> {
+    // Outside the secret prefix nothing else is looked at, not even the
+    // rate limit: a 429 would tell a prober that a server is here.
+    let path = match &app.path_prefix {
+        None => req.uri.path(),
+        Some(prefix) => match prefix.strip(req.uri.path()) {
+            Some(path @ ("/" | "/ping" | "/healthz")) => path,
+            _ => {
+                app.metrics.refused_bad_path();
+                return unknown_path();
+            }
+        },
+    };
     let client = app.client(conn, &req.headers);
     if let Some(limiter) = &app.limiter {
         if let Err(wait) = limiter.check(client.limit_ip) {
@@ -249,7 +269,7 @@ async fn route<S: Store>(
                 .with_header("retry-after", secs);
         }
     }
-    match req.uri.path() {
+    match path {
         "/ping" => return empty(StatusCode::NO_CONTENT),
         "/healthz" => {
             return if app.store.healthy().await {
@@ -277,6 +297,15 @@ async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
     };
     let t = Instant::now();
     let result = app.store.lookup(device, Now::system()).await;
+    // An unlisted device is answered exactly as one never seen, after the
+    // same store call: neither the answer nor its timing may tell an
+    // outsider which devices are listed.
+    // (A store error is answered alike for both, below.)
+    if result.is_ok() && !app.allow.permits(&device) {
+        app.metrics.refused_not_allowed();
+        app.metrics.lookup("not_found_ever");
+        return not_found(&app.unseen_tracker);
+    }
     match result {
         Ok(Lookup::Found(found)) => {
             app.metrics.store_op("get", "success", t.elapsed());
@@ -298,7 +327,7 @@ async fn lookup<S: Store>(app: &App<S>, query: Option<&str>) -> Response<Body> {
                 ("not_found_ever", &app.unseen_tracker)
             };
             app.metrics.lookup(result);
-            text(StatusCode::NOT_FOUND, "Not Found\n").with_header("retry-after", tracker.hit())
+            not_found(tracker)
         }
         Err(e) => {
             app.metrics.store_op("get", "error", t.elapsed());
@@ -333,6 +362,17 @@ async fn announce<S: Store>(
                 .with_header("retry-after", retry::error_retry_after());
         }
     };
+    if !app.allow.permits(&device) {
+        app.metrics.refused_not_allowed();
+        app.metrics.announcement("not_allowed");
+        if app.refusal_log.should_log(&device, Instant::now()) {
+            tracing::warn!(device = %device, client = %client.limit_ip, "announcement refused: the device is not in the allow-list");
+        }
+        // As stdiscosrv answers an announcement without a certificate:
+        // Syncthing shows the error and retries after Retry-After.
+        return text(StatusCode::FORBIDDEN, "Forbidden\n")
+            .with_header("retry-after", retry::error_retry_after());
+    }
     // A new device costs a record: fresh certificates are free to make, so
     // each source gets few new ones (known devices are not counted).
     if let Some(limiter) = &app.new_device_limiter {
@@ -541,6 +581,19 @@ fn text_body(status: StatusCode, body: Bytes) -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     resp
+}
+
+/// The 404 of a device not found (or not listed): Retry-After from the
+/// not-found tracker, so clients back off as the load asks.
+fn not_found(tracker: &NotFoundTracker) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "Not Found\n").with_header("retry-after", tracker.hit())
+}
+
+/// A path outside `--path-prefix`: Go's plain `404 page not found`, the
+/// answer of any Go web server to a path it lacks, whatever the method,
+/// query, headers or certificate.
+fn unknown_path() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
 fn bad_request() -> Response<Body> {

@@ -9,6 +9,7 @@
 //! streams, timers) belongs to one [`daemon::Shutdown`]; stopping awaits
 //! them all, then writes the embedded store's final snapshot.
 
+mod allow;
 pub mod cli;
 pub mod config;
 mod handlers;
@@ -21,7 +22,7 @@ mod store;
 mod timers;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +32,10 @@ use proto::DeviceId;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::allow::{Allow, RedisAllow};
 pub use crate::config::{
-    Budget, ConnectionLimits, RateLimits, ServerConfig, StoreConfig, Transport,
+    AllowConfig, AllowSource, Budget, ConnectionLimits, PathPrefix, RateLimits, ServerConfig,
+    StoreConfig, Transport,
 };
 use crate::handlers::App;
 use crate::metrics::Metrics;
@@ -83,6 +86,10 @@ pub enum ServerError {
     FinalSnapshot(#[source] SnapshotError),
     #[error("connecting to Redis (--redis-url)")]
     Redis(#[source] StoreError),
+    #[error("loading the allow-list (--allow-devices)")]
+    AllowList(#[source] daemon::watched::WatchError),
+    #[error("--allow-devices-redis needs the Redis store (--redis-url)")]
+    AllowRedisWithoutRedis,
     #[error("a server task failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -132,8 +139,19 @@ impl Server {
                 flush_interval,
                 budget,
             } => {
+                let allow = match &config.allow {
+                    None => Allow::Open,
+                    Some(AllowConfig {
+                        source: AllowSource::File(path),
+                        reload_interval,
+                    }) => watch_file(path, *reload_interval, &tasks)?,
+                    Some(AllowConfig {
+                        source: AllowSource::Redis { .. },
+                        ..
+                    }) => return Err(ServerError::AllowRedisWithoutRedis),
+                };
                 let store = open_memory(dir.clone(), *budget)?;
-                let app = Arc::new(new_app(&config, store));
+                let app = Arc::new(new_app(&config, store, allow));
                 let metrics_addr = start(&tasks, &app, api, metrics);
                 let maintenance =
                     timers::memory_maintenance(app.clone(), *flush_interval, tasks.clone());
@@ -145,10 +163,27 @@ impl Server {
                 cluster,
                 prefix,
             } => {
-                let store = RedisStore::connect(urls, *cluster, prefix)
-                    .await
-                    .map_err(ServerError::Redis)?;
-                let app = Arc::new(new_app(&config, store));
+                let store = Arc::new(
+                    RedisStore::connect(urls, *cluster, prefix)
+                        .await
+                        .map_err(ServerError::Redis)?,
+                );
+                let allow = match &config.allow {
+                    None => Allow::Open,
+                    Some(AllowConfig {
+                        source: AllowSource::File(path),
+                        reload_interval,
+                    }) => watch_file(path, *reload_interval, &tasks)?,
+                    Some(AllowConfig {
+                        source: AllowSource::Redis { key },
+                        reload_interval,
+                    }) => {
+                        let list = RedisAllow::load(key.clone(), &store).await;
+                        list.spawn_polling(store.clone(), *reload_interval, &tasks);
+                        Allow::Redis(list)
+                    }
+                };
+                let app = Arc::new(new_app(&config, store, allow));
                 let metrics_addr = start(&tasks, &app, api, metrics);
                 (metrics_addr, Closing::Nothing)
             }
@@ -320,7 +355,17 @@ fn api_limits(config: &ServerConfig) -> server::Limits {
     }
 }
 
-fn new_app<S: Store>(config: &ServerConfig, store: S) -> App<S> {
+/// `--allow-devices FILE`, loaded now (a bad file refuses the start) and
+/// checked every `every` under `tasks`.
+fn watch_file(path: &Path, every: Duration, tasks: &Shutdown) -> Result<Allow, ServerError> {
+    let allow = Allow::load_file(path).map_err(ServerError::AllowList)?;
+    if let Allow::File(file) = &allow {
+        file.spawn_polling("allow-list", every, tasks);
+    }
+    Ok(allow)
+}
+
+fn new_app<S: Store>(config: &ServerConfig, store: S, allow: Allow) -> App<S> {
     let r = &config.rates;
     let (http_mode, trusted_proxies, cert_header) = match &config.transport {
         Transport::Http {
@@ -329,9 +374,13 @@ fn new_app<S: Store>(config: &ServerConfig, store: S) -> App<S> {
         } => (true, trusted_proxies.clone(), *cert_header),
         Transport::Tls(_) => (false, Vec::new(), Default::default()),
     };
+    let mut metrics = Metrics::new();
+    if !allow.is_open() {
+        metrics.register_allowlist();
+    }
     App {
         store,
-        metrics: Metrics::new(),
+        metrics,
         limiter: RateLimit::new(r.per_client, r.per_client_burst, r.max_clients),
         new_device_limiter: RateLimit::per_minute(
             r.new_devices_per_minute,
@@ -343,5 +392,8 @@ fn new_app<S: Store>(config: &ServerConfig, store: S) -> App<S> {
         http_mode,
         trusted_proxies,
         cert_header,
+        allow,
+        refusal_log: allow::RefusalLog::new(),
+        path_prefix: config.path_prefix.clone(),
     }
 }

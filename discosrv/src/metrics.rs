@@ -34,6 +34,10 @@ pub struct Metrics {
     pub connections: Gauge,
     pub rate_limiter_clients: Gauge,
     pub store_bytes: Gauge,
+    /// Devices in the allow-list in force; its read time (Unix seconds).
+    pub allowlist_devices: Gauge,
+    pub allowlist_loaded: Gauge<f64, AtomicU64>,
+    pub allowlist_reload_failures: Gauge,
     refused: Family<L1, Counter>,
     accept_errors: Family<L1, Counter>,
     hot: Hot,
@@ -58,6 +62,9 @@ struct Hot {
     merge_success: Counter,
     get_op_seconds: Histogram,
     merge_op_seconds: Histogram,
+    /// Refusals an outsider can cause at the rate of lookups.
+    refused_not_allowed: Counter,
+    refused_bad_path: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -87,6 +94,9 @@ impl Metrics {
         let refused = Family::<L1, Counter>::default();
         let accept_errors = Family::<L1, Counter>::default();
         let store_bytes = Gauge::default();
+        let allowlist_devices = Gauge::default();
+        let allowlist_loaded = Gauge::<f64, AtomicU64>::default();
+        let allowlist_reload_failures = Gauge::default();
         registry.register(
             "syncthing_discovery_database_bytes",
             "Estimated memory of the embedded store's records (see --max-store-bytes)",
@@ -188,6 +198,8 @@ impl Metrics {
         let merge_success = counter(&store_ops, [("operation", "merge"), ("result", "success")]);
         let get_op_seconds = histogram(&store_seconds, [("operation", "get")]);
         let merge_op_seconds = histogram(&store_seconds, [("operation", "merge")]);
+        let refused_not_allowed = counter(&refused, [("reason", "not_allowed")]);
+        let refused_bad_path = counter(&refused, [("reason", "bad_path")]);
         let hot = Hot {
             get_200,
             get_404,
@@ -203,6 +215,8 @@ impl Metrics {
             merge_success,
             get_op_seconds,
             merge_op_seconds,
+            refused_not_allowed,
+            refused_bad_path,
         };
         Metrics {
             hot,
@@ -224,7 +238,40 @@ impl Metrics {
             refused,
             accept_errors,
             store_bytes,
+            allowlist_devices,
+            allowlist_loaded,
+            allowlist_reload_failures,
         }
+    }
+
+    /// Adds the allow-list's series: only a server with a list has them,
+    /// so a dashboard can tell "no list" from "an empty list".
+    pub fn register_allowlist(&mut self) {
+        self.registry.register(
+            "syncthing_discovery_allowlist_devices",
+            "Devices in the allow-list in force",
+            self.allowlist_devices.clone(),
+        );
+        self.registry.register(
+            "syncthing_discovery_allowlist_loaded_time_seconds",
+            "Unix time the allow-list in force was read (0: never read, every device refused)",
+            self.allowlist_loaded.clone(),
+        );
+        self.registry.register(
+            "syncthing_discovery_allowlist_reload_failures",
+            "Reloads of the allow-list refused since start (unreadable file or Redis, a bad ID); the previous list stays",
+            self.allowlist_reload_failures.clone(),
+        );
+    }
+
+    /// An announcement or lookup of a device not in the allow-list.
+    pub fn refused_not_allowed(&self) {
+        self.hot.refused_not_allowed.inc();
+    }
+
+    /// A request outside `--path-prefix`.
+    pub fn refused_bad_path(&self) {
+        self.hot.refused_bad_path.inc();
     }
 
     /// A failed `accept` on `listener` ("api" or "metrics").

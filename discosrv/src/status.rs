@@ -1,5 +1,6 @@
-//! The metrics listener: `/metrics` (Prometheus text format) and
-//! `/healthz`, on their own address so they need not be public.
+//! The metrics listener: `/metrics` (Prometheus text format), `/healthz`
+//! and `/status` (JSON: the allow-list in force), on their own address so
+//! they need not be public.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -51,13 +52,60 @@ pub async fn serve<S: Store>(listener: TcpListener, app: Arc<App<S>>, tasks: Shu
     }
 }
 
-/// `/metrics`, `/healthz`, or 404.
+/// Copies the allow-list's state into its gauges, just before a scrape.
+fn update_allowlist_gauges<S: Store>(app: &App<S>) {
+    if let Some(st) = app.allow.status() {
+        let m = &app.metrics;
+        m.allowlist_devices.set(st.devices as i64);
+        m.allowlist_loaded.set(st.loaded_at.map_or(0.0, unix_secs));
+        m.allowlist_reload_failures.set(st.failures as i64);
+    }
+}
+
+fn unix_secs(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// `/status`: what an operator checks after editing the allow-list.
+fn status_json<S: Store>(app: &App<S>) -> String {
+    let allow = app.allow.status().map(|st| {
+        serde_json::json!({
+            "source": st.source,
+            "devices": st.devices,
+            "loadedAt": st.loaded_at.map(|t| crate::handlers::rfc3339(unix_nanos(t))),
+            "reloads": st.reloads,
+            "reloadFailures": st.failures,
+        })
+    });
+    serde_json::json!({
+        "allowList": allow,
+        "pathPrefix": app.path_prefix.is_some(),
+    })
+    .to_string()
+}
+
+/// `/metrics`, `/healthz`, `/status`, or 404.
 async fn answer<S: Store>(
     app: &App<S>,
     req: &http::Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
+        "/status" => {
+            let mut r = Response::new(Full::new(Bytes::from(status_json(app))));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/metrics" => {
+            update_allowlist_gauges(app);
             let om = req
                 .headers()
                 .get(http::header::ACCEPT)

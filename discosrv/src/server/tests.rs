@@ -36,6 +36,9 @@ pub(crate) fn test_app() -> App<MemoryStore> {
         http_mode: false,
         trusted_proxies: Vec::<IpNet>::new(),
         cert_header: CertHeader::Nginx,
+        allow: crate::allow::Allow::Open,
+        refusal_log: crate::allow::RefusalLog::new(),
+        path_prefix: None,
     }
 }
 

@@ -93,3 +93,36 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 }
+
+/// A shared store: the Redis store is also read by the allow-list's
+/// poller, which holds its own handle.
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn announce(
+        &self,
+        id: DeviceId,
+        addresses: Vec<String>,
+        now: Now,
+    ) -> impl Future<Output = Result<Announced, StoreError>> + Send {
+        (**self).announce(id, addresses, now)
+    }
+
+    fn lookup(
+        &self,
+        id: DeviceId,
+        now: Now,
+    ) -> impl Future<Output = Result<Lookup, StoreError>> + Send {
+        (**self).lookup(id, now)
+    }
+
+    fn healthy(&self) -> impl Future<Output = bool> + Send {
+        (**self).healthy()
+    }
+
+    fn current_devices(&self) -> Option<u64> {
+        (**self).current_devices()
+    }
+
+    fn knows(&self, id: &DeviceId) -> Option<bool> {
+        (**self).knows(id)
+    }
+}

@@ -200,6 +200,18 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The members of the set `key`, verbatim (no prefix added: the
+    /// operator names the key of the `--allow-devices-redis` set). A
+    /// missing key is an empty set, as Redis answers.
+    pub async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.run(
+            |mut conn| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await },
+        )
+        .await
+    }
+}
+
 impl Store for RedisStore {
     async fn announce(
         &self,
