@@ -22,7 +22,11 @@ const LIMIT: Duration = Duration::from_secs(40);
 
 /// A real device of the newest version, listening only on `listen`.
 fn device(dir: &Path, listen: &[String]) -> Syncthing {
-    let st = SyncthingHome::init_version(dir, listen, PeerVersion::newest_available()).start();
+    device_of(PeerVersion::newest_available(), dir, listen)
+}
+
+fn device_of(version: PeerVersion, dir: &Path, listen: &[String]) -> Syncthing {
+    let st = SyncthingHome::init_version(dir, listen, version).start();
     st.set_options(json!({ "relaysEnabled": true }));
     st
 }
@@ -225,11 +229,16 @@ fn allow_list_admits_only_listed_devices_and_reloads_live() {
     a.shutdown();
 }
 
-/// --allow-join lists A, --allow-connect lists C: C (real) may not listen
-/// on the relay (its join is refused) but dials A through it; A, on the
-/// join list only, cannot dial anyone through the relay.
-#[test]
-fn separate_join_and_connect_lists() {
+e2e::per_version!(separate_join_and_connect_lists:
+    separate_join_and_connect_lists_newest => PeerVersion::newest_available(),
+    separate_join_and_connect_lists_1_19_2 => PeerVersion::V1_19_2,
+);
+
+/// --allow-join lists A, --allow-connect lists C (both real, of
+/// `version`; --allow-devices, listing nobody, is overridden for both): C
+/// may not listen on the relay (its join is refused) but dials A through
+/// it; A, on the join list only, cannot dial through the relay.
+fn separate_join_and_connect_lists(version: PeerVersion) {
     let dir = tempfile::tempdir().unwrap();
     let (join, connect) = (dir.path().join("join.txt"), dir.path().join("connect.txt"));
     std::fs::write(&join, "").unwrap();
@@ -250,8 +259,8 @@ fn separate_join_and_connect_lists() {
             RELOAD,
         ],
     );
-    let a = device(&dir.path().join("a"), &[relay.uri()]);
-    let c = device(&dir.path().join("c"), &[relay.uri()]);
+    let a = device_of(version, &dir.path().join("a"), &[relay.uri()]);
+    let c = device_of(version, &dir.path().join("c"), &[relay.uri()]);
     write_list(&join, &[a.id()]);
     write_list(&connect, &[c.id()]);
     wait_for(&relay, "both lists in force", || {
