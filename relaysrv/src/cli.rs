@@ -8,8 +8,10 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use proto::{Identity, KeyKind, LoadedOrGenerated};
 
+use crate::access::{load_list, load_tokens, TokenSet, WatchedList, WatchedTokens};
 use crate::config::{
-    CapacityConfig, ExternalAddress, ForwarderKind, JoinToken, ProvidedBy, ServerConfig,
+    CapacityConfig, DeviceAccess, ExternalAddress, ForwarderKind, JoinTokens, ProvidedBy,
+    ServerConfig,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -91,14 +93,50 @@ pub struct Cli {
     pub provided_by: String,
 
     /// Require this token in JoinRelayRequest (Syncthing ≥ 1.22.1 sends the
-    /// `token=` of its relay URI). Prefer --token-file or the environment
-    /// variable: a command line is visible to every local user.
+    /// `token=` of its relay URI). May be repeated: any of the tokens given
+    /// (here and in --token-file) is accepted. Prefer --token-file or the
+    /// environment variable (one token): a command line is visible to every
+    /// local user. Tokens are never logged.
     #[arg(long, env = "RELAYSRV_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Vec<String>,
 
-    /// Read the join token from this file (surrounding whitespace ignored).
-    #[arg(long, env = "RELAYSRV_TOKEN_FILE", conflicts_with = "token")]
+    /// Join tokens, one per line (blank lines and lines starting with `#`
+    /// skipped), any of them accepted. Re-read when the file changes
+    /// (checked every --allow-reload-interval): rotate by adding the new
+    /// token, moving devices over, then removing the old one. Removing a
+    /// token refuses new joins with it; devices joined with it stay
+    /// joined. A file with no token refuses every join (unless --token
+    /// gives one).
+    #[arg(long, visible_alias = "tokens-file", env = "RELAYSRV_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Devices allowed to join (listen through the relay) AND to dial
+    /// through it: a file of device IDs, one per line in any form Syncthing
+    /// accepts, `#` comments. Once given, every device not listed is
+    /// refused (a file listing nobody refuses everyone): a join as with a
+    /// wrong token (code 3), a dial as "not found" (code 1, no invitation
+    /// sent). --allow-join and --allow-connect, when given, replace this
+    /// list for their action. Re-read when it changes; a file that does
+    /// not parse leaves the previous list in force. A joined device
+    /// removed from the join list is dropped at its next ping
+    /// (--ping-interval), with its pairings.
+    #[arg(long, env = "RELAYSRV_ALLOW_DEVICES")]
+    pub allow_devices: Option<PathBuf>,
+
+    /// Devices allowed to join, as --allow-devices; overrides it for joins.
+    #[arg(long, env = "RELAYSRV_ALLOW_JOIN")]
+    pub allow_join: Option<PathBuf>,
+
+    /// Devices allowed to dial joined devices (ConnectRequest), as
+    /// --allow-devices; overrides it for dials. E.g. contractors who may
+    /// reach the studio's NAS through the relay but not listen on it.
+    #[arg(long, env = "RELAYSRV_ALLOW_CONNECT")]
+    pub allow_connect: Option<PathBuf>,
+
+    /// How often the allow-list files and --token-file are checked for
+    /// changes (metadata only; read again when changed).
+    #[arg(long, env = "RELAYSRV_ALLOW_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub allow_reload_interval: Duration,
 
     /// With a token: answer a ConnectRequest only when the dialing device
     /// is itself joined (which took the token) on another connection, so
@@ -223,6 +261,7 @@ impl Cli {
                 "--connect-requires-token needs a join token (--token, --token-file or RELAYSRV_TOKEN)"
             );
         }
+        let access = self.access()?;
         let forwarder = self.forwarder.kind()?;
         let identity = self.identity()?;
         let status_listen = match self.status_srv.as_str() {
@@ -240,10 +279,12 @@ impl Cli {
             handshake_timeout: self.handshake_timeout,
             per_session_rate: self.per_session_rate,
             global_rate: self.global_rate,
-            token: token.map(|token| JoinToken {
-                token,
+            token: token.map(|(fixed, file)| JoinTokens {
+                fixed,
+                file,
                 connect_requires_token: self.connect_requires_token,
             }),
+            access,
             invitation_rate: self.invitation_rate,
             invitation_burst: self.invitation_burst,
             network_buffer: self.network_buffer as usize,
@@ -304,35 +345,48 @@ impl Cli {
         Ok(Some(ExternalAddress { host, addr }))
     }
 
-    /// The join token from --token, --token-file or the environment.
-    pub fn token(&self) -> anyhow::Result<Option<String>> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), None) => t.clone(),
-            (None, Some(path)) => {
-                let meta = std::fs::metadata(path)
-                    .with_context(|| format!("cannot read --token-file {}", path.display()))?;
-                if meta.len() > 4096 {
-                    bail!(
-                        "--token-file {} is larger than 4 KiB; is it the right file?",
-                        path.display()
-                    );
-                }
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read --token-file {}", path.display()))?
-                    .trim()
-                    .to_owned()
-            }
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => bail!("give either --token or --token-file, not both"),
+    /// The join tokens from --token (or the environment) and
+    /// --token-file (loaded now: a bad file stops the start); `None` when
+    /// neither is given.
+    pub fn token(&self) -> anyhow::Result<Option<(TokenSet, Option<WatchedTokens>)>> {
+        if self.token.is_empty() && self.token_file.is_none() {
+            return Ok(None);
+        }
+        let fixed = TokenSet::from_tokens(self.token.clone())
+            .context("the join token is empty; remove --token/--token-file to run without one")?;
+        let file = match &self.token_file {
+            None => None,
+            Some(path) => Some(
+                load_tokens(path)
+                    .with_context(|| format!("cannot use --token-file {}", path.display()))?,
+            ),
         };
-        if token.is_empty() {
-            bail!("the join token is empty; remove --token/--token-file to run without one");
-        }
-        // It travels in one relay message, whose payload is at most 1024 bytes.
-        if token.len() > 1000 {
-            bail!("the join token is longer than 1000 bytes");
-        }
-        Ok(Some(token))
+        Ok(Some((fixed, file)))
+    }
+
+    /// The allow-lists, loaded now (a bad file stops the start). The
+    /// specific lists override --allow-devices for their action; one file
+    /// named twice is loaded (and watched) once.
+    fn access(&self) -> anyhow::Result<DeviceAccess> {
+        let load = |flag: &str, path: &Option<PathBuf>| -> anyhow::Result<Option<WatchedList>> {
+            path.as_ref()
+                .map(|p| load_list(p).with_context(|| format!("cannot use {flag} {}", p.display())))
+                .transpose()
+        };
+        let general = load("--allow-devices", &self.allow_devices)?;
+        let join = match &self.allow_join {
+            Some(_) => load("--allow-join", &self.allow_join)?,
+            None => general.clone(),
+        };
+        let connect = match &self.allow_connect {
+            Some(_) => load("--allow-connect", &self.allow_connect)?,
+            None => general,
+        };
+        Ok(DeviceAccess {
+            join,
+            connect,
+            reload_interval: self.allow_reload_interval,
+        })
     }
 }
 
@@ -401,10 +455,10 @@ mod tests {
                 d.invitation_burst
             )
         );
-        assert_eq!(
-            (&f.token, &f.pools, &f.provided_by),
-            (&d.token, &d.pools, &d.provided_by)
-        );
+        assert!(f.token.is_none() && d.token.is_none());
+        assert!(f.access.join.is_none() && f.access.connect.is_none());
+        assert_eq!(f.access.reload_interval, d.access.reload_interval);
+        assert_eq!((&f.pools, &f.provided_by), (&d.pools, &d.provided_by));
         assert_eq!(
             (f.network_buffer, f.forwarder),
             (d.network_buffer, d.forwarder)

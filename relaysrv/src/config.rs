@@ -2,10 +2,13 @@
 //! carry its rules. The command line (`cli.rs`) builds one; tests and
 //! other programs may build one directly.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use proto::Identity;
+
+use crate::access::{TokenSet, WatchedList, WatchedTokens};
 
 /// Everything a relay needs to start. Fields mirror the command-line flags
 /// of the same names (see `relaysrv --help`), already parsed and checked.
@@ -28,8 +31,10 @@ pub struct ServerConfig {
     pub per_session_rate: u64,
     /// Bytes/s of all pairings together; 0 = no limit.
     pub global_rate: u64,
-    /// Joining needs this token; `None` = anyone may join.
-    pub token: Option<JoinToken>,
+    /// Joining needs one of these tokens; `None` = anyone may join.
+    pub token: Option<JoinTokens>,
+    /// Device allow-lists for joining and dialing; empty = open.
+    pub access: DeviceAccess,
     pub invitation_rate: u32,
     pub invitation_burst: u32,
     pub network_buffer: usize,
@@ -58,6 +63,7 @@ impl ServerConfig {
             per_session_rate: 0,
             global_rate: 0,
             token: None,
+            access: DeviceAccess::default(),
             invitation_rate: 10,
             invitation_burst: 50,
             network_buffer: 1_048_576,
@@ -86,13 +92,62 @@ pub struct ExternalAddress {
     pub addr: SocketAddr,
 }
 
-/// The join token and whether dialing needs it too.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JoinToken {
-    pub token: String,
-    /// ConnectRequests only from devices joined (with the token) on
+/// The join tokens (any one of them is accepted) and whether dialing
+/// needs one too. At least one of `fixed` and `file` is given.
+#[derive(Clone)]
+pub struct JoinTokens {
+    /// `--token`, repeatable: fixed for the relay's life.
+    pub fixed: TokenSet,
+    /// `--token-file`: one token per line, reloaded when it changes, so a
+    /// token is rotated by adding the new one, moving devices over, then
+    /// removing the old one (joined devices stay joined).
+    pub file: Option<WatchedTokens>,
+    /// ConnectRequests only from devices joined (with a token) on
     /// another connection (`--connect-requires-token`).
     pub connect_requires_token: bool,
+}
+
+/// Never the tokens: configurations get debug-printed.
+impl fmt::Debug for JoinTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinTokens")
+            .field("fixed", &self.fixed)
+            .field("file", &self.file.as_ref().map(|w| w.path().to_owned()))
+            .field("connect_requires_token", &self.connect_requires_token)
+            .finish()
+    }
+}
+
+/// Device allow-lists (`--allow-devices`, `--allow-join`,
+/// `--allow-connect`), already resolved: `join` is --allow-join if given,
+/// else --allow-devices; `connect` likewise. `None` = any device.
+#[derive(Clone)]
+pub struct DeviceAccess {
+    pub join: Option<WatchedList>,
+    pub connect: Option<WatchedList>,
+    /// How often the files (and the token file) are checked for changes.
+    pub reload_interval: Duration,
+}
+
+impl Default for DeviceAccess {
+    fn default() -> Self {
+        DeviceAccess {
+            join: None,
+            connect: None,
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for DeviceAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = |l: &Option<WatchedList>| l.as_ref().map(|w| w.path().to_owned());
+        f.debug_struct("DeviceAccess")
+            .field("join", &path(&self.join))
+            .field("connect", &path(&self.connect))
+            .field("reload_interval", &self.reload_interval)
+            .finish()
+    }
 }
 
 /// `--provided-by`: free text for pools and `/status`, at most 30

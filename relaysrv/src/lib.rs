@@ -5,6 +5,7 @@
 //! what the binary does with its flags.
 
 mod accepted;
+pub mod access;
 pub mod cli;
 mod config;
 mod limits;
@@ -20,8 +21,8 @@ mod status;
 
 pub use crate::cli::Cli;
 pub use crate::config::{
-    CapacityConfig, ConfigError, ExternalAddress, ForwarderKind, JoinToken, ProvidedBy,
-    ServerConfig,
+    CapacityConfig, ConfigError, DeviceAccess, ExternalAddress, ForwarderKind, JoinTokens,
+    ProvidedBy, ServerConfig,
 };
 pub use crate::server::{Server, SpawnError, STOP_DEADLINE};
 

@@ -51,6 +51,22 @@ pub enum Reject {
     SocketsExhausted,
     /// The status listener is at its connection cap.
     StatusBusy,
+    /// JoinRelayRequest from a device not on the join list (--allow-join
+    /// or --allow-devices): code 3, as a wrong token.
+    JoinNotAllowed,
+    /// ConnectRequest from a device not on the connect list
+    /// (--allow-connect or --allow-devices): code 1, no invitation.
+    ConnectNotAllowed,
+    /// A joined device found off the join list at its next ping: dropped
+    /// with its pairings.
+    JoinRevoked,
+}
+
+/// Which access file a sample describes: `allow-devices`, `allow-join`,
+/// `allow-connect` or `token-file`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListLabels {
+    pub list: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,6 +86,12 @@ pub struct Metrics {
     pub rejects: Family<RejectLabels, Counter>,
     pub setup_seconds: Histogram,
     pub lifetime_seconds: Histogram,
+    /// Entries (devices or tokens) of each access file in force.
+    pub list_entries: Family<ListLabels, Gauge>,
+    /// When each access file in force was read (Unix seconds).
+    pub list_loaded: Family<ListLabels, Gauge>,
+    /// Reloads of each access file refused (the previous version stayed).
+    pub list_failures: Family<ListLabels, Gauge>,
 }
 
 impl Metrics {
@@ -86,6 +108,9 @@ impl Metrics {
             rejects: Family::default(),
             setup_seconds: Histogram::new(exponential_buckets(0.0005, 4.0, 10)),
             lifetime_seconds: Histogram::new(exponential_buckets(0.1, 4.0, 12)),
+            list_entries: Family::default(),
+            list_loaded: Family::default(),
+            list_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +162,21 @@ impl Metrics {
             "pairing_duration_seconds",
             "Lifetime of completed pairings",
             m.lifetime_seconds.clone(),
+        );
+        registry.register(
+            "access_list_entries",
+            "Entries (devices, or tokens) of each access file in force",
+            m.list_entries.clone(),
+        );
+        registry.register(
+            "access_list_loaded_timestamp_seconds",
+            "When each access file in force was read",
+            m.list_loaded.clone(),
+        );
+        registry.register(
+            "access_list_reload_failures",
+            "Reloads of each access file refused since start (the previous version stays)",
+            m.list_failures.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -228,6 +228,13 @@ impl Session {
                         relay.metrics.reject(Reject::Timeout);
                         return "did not join within the ping interval".into();
                     }
+                    // Taken off the join list: the operator revoked it, so
+                    // it goes (with its pairings) rather than staying
+                    // reachable until it happens to reconnect.
+                    if !relay.access.may_join(&self.id) {
+                        relay.access.refused(&relay.metrics, &self.id, self.source, Reject::JoinRevoked);
+                        return "no longer on the join list".into();
+                    }
                     // Unlike strelaysrv, a joined device is never dropped
                     // when sockets run out: unjoined ones are evicted
                     // instead (see listener::accept_loop).
@@ -260,13 +267,25 @@ impl Session {
         let relay = self.relay.clone();
         let limit = relay.settings.message_timeout;
         let refuse = |reason: Reject| relay.metrics.reject(reason);
-        if let Some(want) = &relay.settings.token {
-            if !constant_time_eq(token.unwrap_or("").as_bytes(), want.as_bytes()) {
-                refuse(Reject::WrongToken);
-                let reply = Message::Response(Response::with_code(Response::WRONG_TOKEN));
-                send(wr, &reply, limit).await;
-                return Err("wrong token".into());
-            }
+        // A device off the join list hears what a device without the
+        // token hears: an outsider learns nothing about the list.
+        let denied = if !relay.access.may_join(&self.id) {
+            Some(Reject::JoinNotAllowed)
+        } else if !relay.access.token_accepted(token) {
+            Some(Reject::WrongToken)
+        } else {
+            None
+        };
+        if let Some(reason) = denied {
+            relay
+                .access
+                .refused(&relay.metrics, &self.id, self.source, reason);
+            let reply = Message::Response(Response::with_code(Response::WRONG_TOKEN));
+            send(wr, &reply, limit).await;
+            return Err(match reason {
+                Reject::JoinNotAllowed => "not on the join list".into(),
+                _ => "wrong token".into(),
+            });
         }
         if self.joined {
             refuse(Reject::AlreadyJoined);
@@ -314,20 +333,28 @@ impl Session {
         let relay = self.relay.clone();
         let s = &relay.settings;
         let limit = s.message_timeout;
+        let not_found = Message::Response(Response::with_code(Response::NOT_FOUND));
+        // Checked before the target is even looked up, and answered as for
+        // a target that is not there: no invitation, no oracle.
+        if !relay.access.may_connect(&self.id) {
+            relay.access.refused(
+                &relay.metrics,
+                &self.id,
+                self.source,
+                Reject::ConnectNotAllowed,
+            );
+            send(wr, &not_found, limit).await;
+            return;
+        }
         // Syncthing's ConnectRequest carries no token: the proof is that
         // the dialing device is joined, which took the token.
-        if s.connect_requires_token
-            && s.token.is_some()
-            && !self.joined
-            && !relay.is_joined(&self.id)
-        {
+        if s.connect_requires_token && !self.joined && !relay.is_joined(&self.id) {
             relay.metrics.reject(Reject::ConnectToken);
             tracing::debug!(device = %self.id.short(), "connect request from a device not joined with the token");
             let reply = Message::Response(Response::with_code(Response::WRONG_TOKEN));
             send(wr, &reply, limit).await;
             return;
         }
-        let not_found = Message::Response(Response::with_code(Response::NOT_FOUND));
         let Ok(target) = DeviceId::from_slice(target.as_slice()) else {
             relay.metrics.reject(Reject::TargetNotFound);
             send(wr, &not_found, limit).await;
@@ -377,11 +404,4 @@ impl Session {
             tracing::debug!(target = %target.short(), "invitation not delivered: device busy or gone");
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

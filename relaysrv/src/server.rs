@@ -15,6 +15,7 @@ use proto::DeviceId;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access::{Access, TokenSet};
 use crate::config::ServerConfig;
 use crate::limits::{Capacity, PerIpLimiter};
 use crate::state::{Relay, Settings};
@@ -75,6 +76,7 @@ impl Server {
         let listeners = Listeners::bind(&config).await?;
         let relay = Relay::new(
             settings(&config, listeners.local),
+            access(&config),
             capacity(&config),
             shutdown.clone(),
         );
@@ -173,7 +175,6 @@ fn settings(config: &ServerConfig, bound: SocketAddr) -> Settings {
         handshake_timeout: config.handshake_timeout,
         per_session_rate: config.per_session_rate,
         global_rate: config.global_rate,
-        token: config.token.as_ref().map(|t| t.token.clone()),
         connect_requires_token: config
             .token
             .as_ref()
@@ -187,6 +188,21 @@ fn settings(config: &ServerConfig, bound: SocketAddr) -> Settings {
         pools: config.pools.clone(),
         provided_by: config.provided_by.as_str().to_owned(),
     }
+}
+
+fn access(config: &ServerConfig) -> Access {
+    let (fixed, file) = match &config.token {
+        Some(t) => (t.fixed.clone(), t.file.clone()),
+        None => (TokenSet::default(), None),
+    };
+    let a = &config.access;
+    Access::new(
+        a.join.clone(),
+        a.connect.clone(),
+        fixed,
+        file,
+        a.reload_interval,
+    )
 }
 
 fn capacity(config: &ServerConfig) -> Capacity {
@@ -256,7 +272,8 @@ fn log_start(config: &ServerConfig, relay: &Relay, listeners: &Listeners, uri: &
     if uri.host.is_empty() {
         tracing::warn!("listening on all interfaces: replace the empty host in the URI with this machine's address, or set --ext-address");
     }
-    if relay.settings.token.is_some() {
+    relay.access.log_start();
+    if relay.access.token_required() {
         tracing::info!(
             "join token required: devices add &token=… to the URI above (Syncthing ≥ 1.22.1)"
         );
@@ -284,6 +301,7 @@ fn spawn_tasks(
     uri: &RelayUri,
 ) {
     let tasks = &relay.shutdown;
+    relay.access.spawn_reloading(tasks);
     register_with_pools(relay, config, uri);
     let per_ip = Arc::new(PerIpLimiter::new(
         config.per_ip_conn_rate,
@@ -306,10 +324,13 @@ fn spawn_tasks(
 
 fn register_with_pools(relay: &Arc<Relay>, config: &ServerConfig, uri: &RelayUri) {
     let pools = &config.pools;
-    if !pools.is_empty() && config.token.is_some() {
+    if !pools.is_empty() && (config.token.is_some() || config.access.join.is_some()) {
         // As the newest strelaysrv: a relay that requires a token is not
         // advertised to anyone.
-        tracing::warn!(?pools, "a join token is set: not registering with any pool");
+        tracing::warn!(
+            ?pools,
+            "a join token or join allow-list is set: not registering with any pool"
+        );
         return;
     }
     for pool in pools {

@@ -139,6 +139,7 @@ fn route(relay: &Relay, history: &RateHistory, req: Request<Incoming>) -> Respon
                 .metrics
                 .open_sockets
                 .set(relay.capacity.open_sockets() as i64);
+            relay.access.update_metrics(&relay.metrics);
             let open_metrics = req
                 .headers()
                 .get(header::ACCEPT)
@@ -216,6 +217,12 @@ pub fn status_json(relay: &Relay, history: &RateHistory) -> String {
             "provided-by": s.provided_by,
         },
     });
+    // Only when configured: without allow-lists or tokens the document
+    // keeps exactly strelaysrv's keys.
+    let mut doc = doc;
+    if let (Some(access), Some(obj)) = (relay.access.status(), doc.as_object_mut()) {
+        obj.insert("accessFiles".into(), access);
+    }
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);

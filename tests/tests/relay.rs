@@ -209,7 +209,8 @@ fn token_from_the_environment_and_clear_errors() {
     let mut c = ProtocolClient::connect(port, &identity(), rid).unwrap();
     assert_eq!(c.join(Some("from-env")).unwrap(), response(0));
 
-    // Both sources at once is refused with a message, not a panic.
+    // A token file that cannot be read is refused with a message, not a
+    // panic (--token and --token-file together are accepted: both count).
     let out = std::process::Command::new(e2e::our_binary("relaysrv"))
         .args([
             "--token",

@@ -29,6 +29,11 @@ struct Args {
     /// Relay device ID to pin (optional).
     #[arg(long)]
     relay_id: Option<String>,
+    /// Keep this client's certificate and key here (created when missing)
+    /// instead of a new identity per run: an allow-list written by the
+    /// `allow-list` mode then admits it.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -67,6 +72,14 @@ enum Mode {
         ready_file: PathBuf,
         #[arg(long, default_value_t = 30)]
         hold_secs: u64,
+    },
+    /// Writes an allow-list of `devices` device IDs to `out`: this
+    /// client's (see --identity-dir) and random others.
+    AllowList {
+        #[arg(long)]
+        devices: usize,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -322,7 +335,20 @@ fn transfer(pairs: Vec<(std::net::TcpStream, std::net::TcpStream)>, bytes: u64) 
 async fn main() -> anyhow::Result<()> {
     raise_nofile();
     let args = Args::parse();
-    let identity = Identity::generate("syncthing", KeyKind::Ed25519)?;
+    let identity = match &args.identity_dir {
+        None => Identity::generate("syncthing", KeyKind::Ed25519)?,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Identity::load_or_generate(
+                &dir.join("cert.pem"),
+                &dir.join("key.pem"),
+                "syncthing",
+                KeyKind::Ed25519,
+            )
+            .context("bench identity")?
+            .into_identity()
+        }
+    };
     let pin = match &args.relay_id {
         Some(id) => ServerPin::Device(id.parse()?),
         None => ServerPin::Any,
@@ -336,6 +362,14 @@ async fn main() -> anyhow::Result<()> {
     let target = identity.device_id();
 
     match args.mode {
+        Mode::AllowList { devices, out } => {
+            let mut text = format!("# relay-bench\n{target}\n");
+            for _ in 1..devices {
+                let id = DeviceId::from_der_cert(&rand::random::<[u8; 32]>());
+                text.push_str(&format!("{id}\n"));
+            }
+            std::fs::write(&out, text).with_context(|| format!("write {}", out.display()))?;
+        }
         Mode::Direct { pairs, bytes } => {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             let addr = l.local_addr()?;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use daemon::Shutdown;
 
+use crate::access::Access;
 use crate::limits::{ByteBucket, Capacity, InvitationLimiter, Unproven};
 use crate::metrics::Metrics;
 use daemon::sync::MutexExt;
@@ -39,6 +40,8 @@ pub struct ActivePairing {
 
 pub struct Relay {
     pub settings: Settings,
+    /// Allow-lists and join tokens, reloaded live.
+    pub access: Access,
     pub started: Instant,
     pub start_time: SystemTime,
     pub metrics: Metrics,
@@ -56,7 +59,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(settings: Settings, capacity: Capacity, shutdown: Shutdown) -> Arc<Relay> {
+    pub fn new(
+        settings: Settings,
+        access: Access,
+        capacity: Capacity,
+        shutdown: Shutdown,
+    ) -> Arc<Relay> {
         let global_bucket = ByteBucket::new(settings.global_rate);
         let invitations =
             InvitationLimiter::new(settings.invitation_rate, settings.invitation_burst);
@@ -64,6 +72,7 @@ impl Relay {
             unproven: Arc::new(Unproven::default()),
             invitations,
             settings,
+            access,
             started: Instant::now(),
             start_time: SystemTime::now(),
             metrics: Metrics::new(),

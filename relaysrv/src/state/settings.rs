@@ -14,8 +14,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub per_session_rate: u64,
     pub global_rate: u64,
-    pub token: Option<String>,
-    /// ConnectRequests only from devices joined (with the token).
+    /// ConnectRequests only from devices joined (with a token); only set
+    /// when tokens are.
     pub connect_requires_token: bool,
     /// Invitations per second and burst per (target, source); 0 = none.
     pub invitation_rate: u32,
