@@ -139,16 +139,9 @@ impl Server {
                 flush_interval,
                 budget,
             } => {
-                let allow = match &config.allow {
-                    None => Allow::Open,
-                    Some(AllowConfig {
-                        source: AllowSource::File(path),
-                        reload_interval,
-                    }) => watch_file(path, *reload_interval, &tasks)?,
-                    Some(AllowConfig {
-                        source: AllowSource::Redis { .. },
-                        ..
-                    }) => return Err(ServerError::AllowRedisWithoutRedis),
+                let allow = match allow_from_file(&config, &tasks)? {
+                    Some(allow) => allow,
+                    None => return Err(ServerError::AllowRedisWithoutRedis),
                 };
                 let store = open_memory(dir.clone(), *budget)?;
                 let app = Arc::new(new_app(&config, store, allow));
@@ -168,20 +161,20 @@ impl Server {
                         .await
                         .map_err(ServerError::Redis)?,
                 );
-                let allow = match &config.allow {
-                    None => Allow::Open,
-                    Some(AllowConfig {
-                        source: AllowSource::File(path),
-                        reload_interval,
-                    }) => watch_file(path, *reload_interval, &tasks)?,
-                    Some(AllowConfig {
-                        source: AllowSource::Redis { key },
-                        reload_interval,
-                    }) => {
+                let allow = match (allow_from_file(&config, &tasks)?, &config.allow) {
+                    (Some(allow), _) => allow,
+                    (
+                        None,
+                        Some(AllowConfig {
+                            source: AllowSource::Redis { key },
+                            reload_interval,
+                        }),
+                    ) => {
                         let list = RedisAllow::load(key.clone(), &store).await;
                         list.spawn_polling(store.clone(), *reload_interval, &tasks);
                         Allow::Redis(list)
                     }
+                    (None, _) => Allow::Open,
                 };
                 let app = Arc::new(new_app(&config, store, allow));
                 let metrics_addr = start(&tasks, &app, api, metrics);
@@ -352,6 +345,22 @@ fn api_limits(config: &ServerConfig) -> server::Limits {
             } => trusted_proxies.clone(),
             Transport::Tls(_) => Vec::new(),
         },
+    }
+}
+
+/// The allow-list of every store but a Redis set: open, or a watched
+/// file. `None` when the list is a Redis set (only a Redis store has one).
+fn allow_from_file(config: &ServerConfig, tasks: &Shutdown) -> Result<Option<Allow>, ServerError> {
+    match &config.allow {
+        None => Ok(Some(Allow::Open)),
+        Some(AllowConfig {
+            source: AllowSource::File(path),
+            reload_interval,
+        }) => watch_file(path, *reload_interval, tasks).map(Some),
+        Some(AllowConfig {
+            source: AllowSource::Redis { .. },
+            ..
+        }) => Ok(None),
     }
 }
 

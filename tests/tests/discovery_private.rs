@@ -47,22 +47,6 @@ fn status(srv: &Discosrv) -> serde_json::Value {
     r.json()
 }
 
-fn promtool_accepts(dir: &Path, metrics: &str) {
-    let path = dir.join("metrics.txt");
-    std::fs::write(&path, metrics).unwrap();
-    let out = std::process::Command::new(e2e::require_program("promtool", "prometheus"))
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&path).unwrap())
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The headers of a reply without `date`, sorted, for comparisons.
 fn headers(r: &Reply) -> Vec<(String, String)> {
     let mut h: Vec<(String, String)> = r
@@ -260,7 +244,7 @@ fn allow_list_file_changes_take_effect_without_restart() {
         "{m}"
     );
     assert!(metric(&m, "syncthing_discovery_allowlist_loaded_time_seconds") > 1.7e9);
-    promtool_accepts(dir.path(), &m);
+    e2e::promtool::assert_accepts(&m);
     srv.stop();
 }
 

@@ -3,7 +3,6 @@
 //! restart; refusals counted, logged and visible in `/status`. Real
 //! Syncthing devices (the newest available) on both sides.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -103,25 +102,6 @@ fn logged_refusal(relay: &RelayServer, device: &str, reason: &str) -> bool {
         .log()
         .lines()
         .any(|l| l.contains("refused") && l.contains(device) && l.contains(reason))
-}
-
-fn promtool_check(metrics: &str) {
-    let promtool = e2e::require_program("promtool", "prometheus");
-    let mut check = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {out:?}\n{metrics}");
 }
 
 fn flag(p: &Path) -> &str {
@@ -224,7 +204,7 @@ fn allow_list_admits_only_listed_devices_and_reloads_live() {
         metrics.contains("relaysrv_access_list_entries{list=\"allow-devices\"} 1"),
         "{metrics}"
     );
-    promtool_check(&metrics);
+    e2e::promtool::assert_accepts(&metrics);
     b.shutdown();
     a.shutdown();
 }
