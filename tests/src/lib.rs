@@ -24,6 +24,7 @@ pub mod peers;
 pub mod ports;
 pub mod process;
 pub mod programs;
+pub mod redis_cluster;
 pub mod relay;
 pub mod rest;
 pub mod rest_api;
