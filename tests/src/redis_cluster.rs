@@ -29,12 +29,15 @@ pub const NODE_TIMEOUT_MS: u64 = 1500;
 /// One node of the cluster.
 pub struct Node {
     pub port: u16,
+    /// The cluster bus port, picked too: the default (port + 10000)
+    /// would fall outside the harness's range of free ports.
+    pub bus_port: u16,
     pub dir: PathBuf,
     proc: Option<Proc>,
 }
 
 impl Node {
-    fn start(dir: &Path, port: u16) -> Node {
+    fn start(dir: &Path, port: u16, bus_port: u16) -> Node {
         std::fs::create_dir_all(dir).expect("redis node dir");
         let mut cmd = Command::new(require_program("redis-server", "redis-server"));
         cmd.args([
@@ -44,6 +47,8 @@ impl Node {
             "127.0.0.1",
             "--cluster-enabled",
             "yes",
+            "--cluster-port",
+            &bus_port.to_string(),
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-node-timeout",
@@ -67,6 +72,7 @@ impl Node {
         );
         Node {
             port,
+            bus_port,
             dir: dir.to_path_buf(),
             proc: Some(proc),
         }
@@ -88,8 +94,8 @@ impl RedisCluster {
     pub fn start(dir: &Path) -> RedisCluster {
         let nodes: Vec<Node> = (0..6)
             .map(|i| {
-                let port = pick_port();
-                Node::start(&dir.join(format!("node{i}-{port}")), port)
+                let (port, bus_port) = (pick_port(), pick_port());
+                Node::start(&dir.join(format!("node{i}-{port}")), port, bus_port)
             })
             .collect();
         let cluster = RedisCluster { nodes };
@@ -217,6 +223,31 @@ impl RedisCluster {
             .expect("CLUSTER KEYSLOT answers a number")
     }
 
+    /// The slot of `key` computed here (CRC16/XMODEM mod 16384, hash tags
+    /// honoured), for choosing keys without a round trip per key.
+    pub fn slot_of(key: &str) -> u16 {
+        let b = key.as_bytes();
+        let hashed = match b.iter().position(|&c| c == b'{') {
+            Some(open) => match b[open + 1..].iter().position(|&c| c == b'}') {
+                Some(len) if len > 0 => &b[open + 1..open + 1 + len],
+                _ => b,
+            },
+            None => b,
+        };
+        let mut crc: u16 = 0;
+        for &byte in hashed {
+            crc ^= u16::from(byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
     /// Keys matching `pattern` on each master (SCAN on the master itself).
     pub fn keys_per_master(&self, pattern: &str) -> Vec<(u16, Vec<String>)> {
         self.masters()
@@ -251,7 +282,7 @@ impl RedisCluster {
             .find(|n| n.port == port)
             .expect("a node of this cluster");
         if node.proc.is_none() {
-            let fresh = Node::start(&node.dir, port);
+            let fresh = Node::start(&node.dir, port, node.bus_port);
             node.proc = fresh.proc;
         }
     }

@@ -66,6 +66,21 @@ impl Load {
         let devices: Vec<Arc<Identity>> = (0..8).map(|_| Arc::new(identity())).collect();
         let mut lookups: Vec<DeviceId> = devices.iter().map(|d| d.device_id()).collect();
         lookups.extend_from_slice(quiet);
+        // Every device of the load is in before the lookups start.
+        for d in &devices {
+            let (port, id) = servers[0];
+            let body = serde_json::json!({ "addresses": [addr_of(&d.device_id())] });
+            let r = https(
+                port,
+                id,
+                Some(d),
+                "POST",
+                "/",
+                &[],
+                body.to_string().as_bytes(),
+            );
+            assert_eq!(r.status, 204, "{r:?}");
+        }
         let mut threads = Vec::new();
         for t in 0..4 {
             let (stop, log) = (stop.clone(), log.clone());
@@ -432,15 +447,38 @@ fn slots_move_under_load_without_client_errors() {
     let cluster = RedisCluster::start(&dir.path().join("cluster"));
     let a = discosrv(&dir.path().join("a"), &cluster);
     let b = discosrv(&dir.path().join("b"), &cluster);
-    let quiet: Vec<Identity> = (0..40).map(|_| identity()).collect();
+    let masters = cluster.masters();
+    // redis-cli takes the slots to move from the start of the source's
+    // list: devices in those slots are looked up (and re-announced)
+    // while their slot migrates, which answers MOVED and ASK.
+    let moving: BTreeSet<u16> = masters[0]
+        .1
+        .iter()
+        .flat_map(|&(a, b)| a..=b)
+        .take(500)
+        .collect();
+    let slot = |id: &DeviceId| RedisCluster::slot_of(&format!("discosrv:d:{id}"));
+    let mut quiet: Vec<Identity> = Vec::new();
+    while quiet
+        .iter()
+        .filter(|d| moving.contains(&slot(&d.device_id())))
+        .count()
+        < 8
+    {
+        let d = identity();
+        if moving.contains(&slot(&d.device_id())) || quiet.len() < 20 {
+            quiet.push(d);
+        }
+    }
     for d in &quiet {
         assert_eq!(a.announce(d, &[&addr_of(&d.device_id())]).status, 204);
     }
     let quiet_ids: Vec<DeviceId> = quiet.iter().map(|d| d.device_id()).collect();
+    let probe = format!("discosrv:d:{}", quiet_ids[0]);
+    assert_eq!(cluster.keyslot(&probe), slot(&quiet_ids[0]));
     let load = Load::start(&[(a.port, a.id), (b.port, b.id)], &quiet_ids);
     load.wait_for(40, Duration::from_secs(30));
 
-    let masters = cluster.masters();
     let from_id = node_id(&cluster, masters[0].0);
     let to_id = node_id(&cluster, masters[1].0);
     let out = cluster.cli(
@@ -484,6 +522,13 @@ fn slots_move_under_load_without_client_errors() {
         count(&after, masters[0].0) + 500,
         count(&masters, masters[0].0)
     );
+    let moved = quiet_ids
+        .iter()
+        .filter(|id| moving.contains(&slot(id)))
+        .filter(|id| cluster.master_of_slot(slot(id)) == Some(masters[1].0))
+        .count();
+    eprintln!("{moved} looked-up device records moved with their slots");
+    assert!(moved >= 8, "{moved}");
     assert!(
         !log.iter().any(failed),
         "client-visible errors during the reshard: {:?}",
