@@ -545,3 +545,91 @@ fn slots_move_under_load_without_client_errors() {
 fn node_id(cluster: &RedisCluster, port: u16) -> String {
     cluster.cli(port, &["cluster", "myid"]).trim().to_string()
 }
+
+/// Redis memory per stored device, for deploy/README.md's sizing: fills
+/// `DISCO_MEM_DEVICES` (default 100,000) devices with three addresses
+/// each through `discoload --mode fill` (reverse-proxy mode, so no TLS
+/// handshake per device) into the cluster and into a single Redis, and
+/// prints the `used_memory` delta per device. A measurement, not a check:
+/// `cargo test -p e2e --test discovery_cluster redis_memory -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement of a few minutes; run by hand"]
+fn redis_memory_per_device() {
+    let n: usize = std::env::var("DISCO_MEM_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = [
+        "--http",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--client-cert-header",
+        "caddy",
+        "--rate-limit",
+        "0",
+        "--new-device-rate",
+        "0",
+    ];
+    let fill = |srv: &Discosrv| {
+        let out = std::process::Command::new(e2e::our_binary("discoload"))
+            .args(["--target", &format!("127.0.0.1:{}", srv.port)])
+            .args(["--plain", "--mode", "fill", "--concurrency", "16"])
+            .args(["--devices", &n.to_string()])
+            .output()
+            .expect("run discoload");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let cluster = RedisCluster::start(&dir.path().join("cluster"));
+    let seeds = cluster.urls().join(",");
+    let mut args = proxy.to_vec();
+    args.extend(["--redis-cluster", "--redis-url", &seeds]);
+    let srv = Discosrv::start(&dir.path().join("c"), &args);
+    let before = cluster.masters_used_memory();
+    let report = fill(&srv);
+    let after = cluster.masters_used_memory();
+    let keys: usize = cluster
+        .keys_per_master("discosrv:d:*")
+        .iter()
+        .map(|(_, k)| k.len())
+        .sum();
+    eprintln!(
+        "cluster: {keys} records, used_memory of the masters +{} bytes: {} bytes/device; {report}",
+        after - before,
+        (after - before) / keys.max(1) as u64
+    );
+    srv.stop();
+    drop(cluster);
+
+    let redis = e2e::discovery::Redis::start(&dir.path().join("single"));
+    let mut args = proxy.to_vec();
+    let url = redis.url();
+    args.extend(["--redis-url", &url]);
+    let srv = Discosrv::start(&dir.path().join("s"), &args);
+    let used = || -> u64 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "info", "memory"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = used();
+    let report = fill(&srv);
+    let after = used();
+    eprintln!(
+        "single Redis: used_memory +{} bytes: {} bytes/device; {report}",
+        after - before,
+        (after - before) / n as u64
+    );
+    srv.stop();
+}
