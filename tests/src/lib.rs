@@ -25,6 +25,7 @@ pub mod ports;
 pub mod process;
 pub mod programs;
 pub mod promtool;
+pub mod redis_cluster;
 pub mod relay;
 pub mod rest;
 pub mod rest_api;
