@@ -317,7 +317,11 @@ fn converge(version: PeerVersion) {
     });
     assert!(seeded.is_some(), "seed not synced:\n{}", logs());
 
-    let seed = 0x5eed_0000 ^ (started.elapsed().as_nanos() as u64 | 1);
+    // E2E_SEED=0x… replays a failed run's edits (their timing still varies).
+    let seed = std::env::var("E2E_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0x5eed_0000 ^ (started.elapsed().as_nanos() as u64 | 1));
     eprintln!("edit seed {seed:#x}");
     let mut rng = Rng(seed);
     let mut names: Vec<Vec<String>> = vec![Vec::new(); 3];
@@ -406,16 +410,47 @@ fn converge(version: PeerVersion) {
     }
     if !lost.is_empty() {
         // What each device did with conflicts (our nodes log every copy;
-        // Syncthing logs a conflict copy losing to a same-named one).
+        // Syncthing logs a conflict copy losing to a same-named one), and
+        // every line naming a file whose edit was lost.
+        let stems: Vec<String> = lost
+            .iter()
+            .map(|(_, name, _)| name.trim_end_matches(".txt").to_string())
+            .collect();
         for d in &devices {
             let full = match d {
                 Device::Ours(n) => n.proc.log(),
                 Device::Real(s) => s.proc.log(),
             };
-            for l in full.lines().filter(|l| l.contains("onflict")) {
+            for l in full
+                .lines()
+                .filter(|l| l.contains("onflict") || stems.iter().any(|s| l.contains(s.as_str())))
+            {
                 eprintln!("{}", &l[..l.len().min(400)]);
             }
             eprintln!("---");
+        }
+        for (i, r) in roots.iter().enumerate() {
+            let names: Vec<String> = tree(r)
+                .into_keys()
+                .filter(|k| stems.iter().any(|s| k.contains(s.as_str())))
+                .collect();
+            eprintln!("device {i}: {names:?}");
+        }
+        let lost_names: BTreeSet<&String> = lost.iter().map(|(_, n, _)| n).collect();
+        for (d, name, c) in log
+            .written
+            .iter()
+            .filter(|(_, n, _)| lost_names.contains(n))
+        {
+            eprintln!(
+                "written by {d} to {name}: {:?}{}",
+                String::from_utf8_lossy(c),
+                if log.superseded.contains(c) {
+                    " (superseded)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     assert!(
