@@ -154,7 +154,8 @@ impl Session {
         }
     }
 
-    /// Queues a message for the peer.
+    /// Queues a message for the peer. Sending a Close closes the session,
+    /// as [`Session::close`] does: the peer reads nothing after it.
     pub fn send(&mut self, message: &Message, now: Instant) -> Result<(), SessionError> {
         if self.state == State::Closed {
             return Err(SessionError::Closed);
@@ -174,6 +175,13 @@ impl Session {
             self.outbuf.extend_from_slice(&frame);
         }
         self.last_write = now;
+        if let Message::Close(_) = message {
+            // Open after a Close, the session would go on accepting
+            // messages for a peer that has stopped reading (found by
+            // fuzz/bep_session).
+            self.state = State::Closed;
+            self.inbuf = Vec::new();
+        }
         Ok(())
     }
 

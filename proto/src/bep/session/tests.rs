@@ -55,6 +55,28 @@ fn hello_then_cluster_config_then_messages() {
     assert_eq!(b.state(), State::Closed);
 }
 
+/// Found by fuzz/bep_session: a Close queued with `send` left the session
+/// open, still taking messages for a peer that reads nothing after it.
+#[test]
+fn sending_close_closes_the_session() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    let close = Message::Close(wire::Close {
+        reason: "bye".into(),
+    });
+    a.send(&close, now).unwrap();
+    assert_eq!(a.state(), State::Closed);
+    assert_eq!(a.send(&Message::Ping, now), Err(SessionError::Closed));
+    assert_eq!(a.poll_timeout(), None);
+    // What was queued still reaches the peer: our Hello, then the Close.
+    let events = pump(&mut a, &mut b, now);
+    assert_eq!(
+        events,
+        vec![Event::Hello(hello("a")), Event::Closed("bye".into())]
+    );
+    assert_eq!(b.state(), State::Closed);
+}
+
 #[test]
 fn a_message_before_cluster_config_is_a_protocol_error() {
     let now = Instant::now();
