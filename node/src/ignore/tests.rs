@@ -106,6 +106,22 @@ fn skipping_ignored_directories() {
     assert!(!ign("!/a**b\n*").skip_ignored_dirs());
 }
 
+/// Found by fuzz/node_ignore: a pattern of multi-byte characters made the
+/// skip check slice inside a character and panic (the scanner and the REST
+/// handler with it). Non-ASCII patterns are as ordinary as ASCII ones.
+#[test]
+fn non_ascii_patterns_load_and_match() {
+    let i = ign("éé\n/日本/\n(?i)ÜBER\n!/ñ");
+    assert!(i.is_ignored("éé"));
+    assert!(i.is_ignored("sub/éé/x"));
+    assert!(i.is_ignored("日本/x"));
+    assert!(!i.is_ignored("a/日本"));
+    assert!(i.is_ignored("über"));
+    assert!(!i.is_ignored("ñ"));
+    assert!(ign("éé").skip_ignored_dirs());
+    assert!(ign("\u{34c}\u{34c}").is_ignored("\u{34c}\u{34c}"));
+}
+
 #[test]
 fn includes_stay_inside_the_folder_and_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
