@@ -60,6 +60,16 @@ pub struct Folder {
     pub devices: Vec<Device>,
 }
 
+/// One file's entry in a DownloadProgress.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Progress {
+    pub kind: u8,
+    pub name: String,
+    pub version: Vec<Counter>,
+    pub block_indexes: Vec<i32>,
+    pub block_size: i32,
+}
+
 /// A BEP message as the fuzzer builds it.
 #[derive(Arbitrary, Debug, Clone)]
 pub enum Msg {
@@ -95,7 +105,7 @@ pub enum Msg {
     },
     DownloadProgress {
         folder: String,
-        updates: Vec<(u8, String, Vec<Counter>, Vec<i32>, i32)>,
+        updates: Vec<Progress>,
     },
     Ping,
     Close(String),
@@ -217,12 +227,12 @@ impl Msg {
                     folder: folder.clone(),
                     updates: updates
                         .iter()
-                        .map(|(t, name, v, idx, bs)| wire::FileDownloadProgressUpdate {
-                            update_type: i32::from(*t % 3),
-                            name: name.clone(),
-                            version: Some(vector(v)),
-                            block_indexes: idx.clone(),
-                            block_size: *bs,
+                        .map(|p| wire::FileDownloadProgressUpdate {
+                            update_type: i32::from(p.kind % 3),
+                            name: p.name.clone(),
+                            version: Some(vector(&p.version)),
+                            block_indexes: p.block_indexes.clone(),
+                            block_size: p.block_size,
                         })
                         .collect(),
                 })
