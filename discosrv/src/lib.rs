@@ -21,6 +21,42 @@ mod status;
 mod store;
 mod timers;
 
+/// Not an API: what the fuzz targets in `fuzz/` must reach of the embedded
+/// store, whose modules are private (the snapshot parser reads a file that
+/// may be damaged; records are read back from it).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::store::record::{encode, merge, Addr, View, MAX_ADDRESSES};
+    use crate::store::{memory::MemoryStore, Now};
+
+    /// What loading a snapshot's bytes into an empty store left.
+    #[derive(Debug)]
+    pub struct SnapshotLoad {
+        pub complete: bool,
+        pub records: u64,
+        pub dropped_expired: u64,
+        /// The store's own count of records and bytes.
+        pub usage: (u64, u64),
+        /// Every record held, as stored.
+        pub held: Vec<Vec<u8>>,
+    }
+
+    /// Loads `bytes` as the content of a snapshot file at `now_ns`.
+    pub fn load_snapshot(bytes: &[u8], now_ns: i64) -> SnapshotLoad {
+        let store = MemoryStore::new(None);
+        let (complete, loaded) = store.load_snapshot_bytes(bytes, Now(now_ns));
+        let mut held = Vec::new();
+        store.for_each_record(|r| held.push(r.to_vec()));
+        SnapshotLoad {
+            complete,
+            records: loaded.records,
+            dropped_expired: loaded.dropped_expired,
+            usage: store.usage(),
+            held,
+        }
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

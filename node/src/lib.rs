@@ -29,3 +29,10 @@ pub mod serve;
 pub mod timefmt;
 pub mod versioning;
 pub mod watch;
+
+/// Not an API: what the fuzz targets in `fuzz/` must reach of private
+/// modules (the `.stignore` glob dialect, for a differential target).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::ignore::glob::Glob;
+}

@@ -365,10 +365,7 @@ impl MemoryStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
             Err(e) => return Err(io_err(&path)(e)),
         }
-        let mut loaded = Loaded::default();
-        let now_s = clamp_secs(now.secs());
-        let forget_before = now.0.saturating_sub(FORGET_AFTER_SECS * 1_000_000_000);
-        let complete = self.parse_snapshot(&bytes, now_s, forget_before, &mut loaded);
+        let (complete, mut loaded) = self.load_snapshot_bytes(&bytes, now);
         if !complete {
             let aside = path.with_extension(format!("damaged-{}", now.secs()));
             fs::rename(&path, &aside).map_err(io_err(&path))?;
@@ -376,6 +373,28 @@ impl MemoryStore {
             self.changes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(loaded)
+    }
+
+    /// Loads a snapshot file's content (what [`MemoryStore::load_snapshot`]
+    /// read) and says whether all of it was valid. Separate from the file
+    /// handling so the fuzz targets can feed it damaged files.
+    pub(crate) fn load_snapshot_bytes(&self, bytes: &[u8], now: Now) -> (bool, Loaded) {
+        let mut loaded = Loaded::default();
+        let now_s = clamp_secs(now.secs());
+        let forget_before = now.0.saturating_sub(FORGET_AFTER_SECS * 1_000_000_000);
+        let complete = self.parse_snapshot(bytes, now_s, forget_before, &mut loaded);
+        (complete, loaded)
+    }
+
+    /// Calls `f` with every record's bytes (the fuzz targets check each).
+    pub(crate) fn for_each_record(&self, mut f: impl FnMut(&[u8])) {
+        for shard in self.shards.iter() {
+            let g = match shard.read() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            g.iter().for_each(|e| f(&e.0));
+        }
     }
 
     /// Returns whether the whole file was valid.
