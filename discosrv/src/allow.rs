@@ -180,8 +180,9 @@ impl RedisAllow {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            // Logged once per outage, not once per interval.
-            let mut failing = false;
+            // Logged once per outage (and when its reason changes), not
+            // once per interval.
+            let mut failing: Option<String> = None;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -193,11 +194,11 @@ impl RedisAllow {
                             let devices = me.current.read_locked().len();
                             tracing::info!(key = %me.key, devices, "allow-list reloaded from Redis");
                         }
-                        failing = false;
+                        failing = None;
                     }
-                    Err(e) if !failing => {
-                        failing = true;
+                    Err(e) if failing.as_ref() != Some(&e) => {
                         tracing::error!(key = %me.key, error = %e, "allow-list not reloaded from Redis; the previous version stays in force");
+                        failing = Some(e);
                     }
                     Err(_) => {}
                 }

@@ -288,13 +288,19 @@ fn an_empty_list_refuses_everyone_and_a_bad_file_refuses_the_start() {
     );
 }
 
-/// `SADD key member` through `redis-cli`.
-fn sadd(redis: &Redis, key: &str, member: &str) {
+/// A command through `redis-cli` (`SADD key member`, …).
+fn redis_cli(redis: &Redis, args: &[&str]) {
     let out = std::process::Command::new(e2e::require_program("redis-cli", "redis-tools"))
-        .args(["-p", &redis.port.to_string(), "SADD", key, member])
+        .arg("-p")
+        .arg(redis.port.to_string())
+        .args(args)
         .output()
         .expect("redis-cli");
     assert!(out.status.success(), "{out:?}");
+}
+
+fn sadd(redis: &Redis, key: &str, member: &str) {
+    redis_cli(redis, &["SADD", key, member]);
 }
 
 #[test]
@@ -361,6 +367,24 @@ fn two_replicas_share_an_allow_set_in_redis() {
         (status(&a)["allowList"]["reloadFailures"].as_u64() >= Some(1)).then_some(())
     });
     assert!(failed.is_some(), "{}", a.proc.log_tail(20));
+    assert_eq!(a.announce(&d, &["tcp://d.example:4"]).status, 204);
+    assert_eq!(status(&a)["allowList"]["devices"], 3);
+
+    // A member longer than any list line is refused inside Redis, before
+    // the set is sent: the list in force stays, and the log says why.
+    redis_cli(&redis, &["SREM", key, "not-a-device"]);
+    let before = status(&a)["allowList"]["reloadFailures"]
+        .as_u64()
+        .unwrap_or(0);
+    sadd(&redis, key, &"A".repeat(300));
+    let failed = wait::until(Duration::from_secs(30), Duration::from_millis(200), || {
+        (status(&a)["allowList"]["reloadFailures"].as_u64() > Some(before)).then_some(())
+    });
+    assert!(failed.is_some(), "{}", a.proc.log_tail(20));
+    let log = wait::until(Duration::from_secs(10), Duration::from_millis(100), || {
+        a.proc.log_tail(50).contains("300 bytes long").then_some(())
+    });
+    assert!(log.is_some(), "{}", a.proc.log_tail(50));
     assert_eq!(a.announce(&d, &["tcp://d.example:4"]).status, 204);
     assert_eq!(status(&a)["allowList"]["devices"], 3);
     for n in [n1, n2, n3] {

@@ -27,6 +27,27 @@ use super::{Announced, Found, Lookup, Now, Store, StoreError};
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const SEEN_FIELD: &str = "~seen";
 
+/// The members of an allow-list set (KEYS[1]), refused whole when the set
+/// holds more than ARGV[1] members or a member longer than ARGV[2] bytes:
+/// the list is bounded before anything is sent or allocated here, however
+/// the set was filled.
+const BOUNDED_MEMBERS: &str = r"
+local n = redis.call('SCARD', KEYS[1])
+if n > tonumber(ARGV[1]) then
+  return redis.error_reply('the set has ' .. n .. ' members, more than ' .. ARGV[1])
+end
+local members = redis.call('SMEMBERS', KEYS[1])
+for _, m in ipairs(members) do
+  if #m > tonumber(ARGV[2]) then
+    return redis.error_reply('a member is ' .. #m .. ' bytes long, more than ' .. ARGV[2])
+  end
+end
+return members
+";
+/// Longest member of an allow-list set: a device ID with dashes is 63
+/// bytes; room for spaces and a `#` comment, as in a list file.
+const MAX_MEMBER_BYTES: usize = 256;
+
 const MERGE: &str = r"
 local now = tonumber(ARGV[1])
 local h = redis.call('HGETALL', KEYS[1])
@@ -102,6 +123,7 @@ pub struct RedisStore {
     conn: OnceCell<Conn>,
     prefix: String,
     merge: Script,
+    bounded_members: Script,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -128,6 +150,7 @@ impl RedisStore {
             conn: OnceCell::new(),
             prefix: prefix.to_string(),
             merge: Script::new(MERGE),
+            bounded_members: Script::new(BOUNDED_MEMBERS),
         };
         if let Err(e) = store.conn().await {
             tracing::warn!(error = %e, "Redis is not reachable yet; answering 503 until it is");
@@ -203,11 +226,15 @@ impl RedisStore {
 impl RedisStore {
     /// The members of the set `key`, verbatim (no prefix added: the
     /// operator names the key of the `--allow-devices-redis` set). A
-    /// missing key is an empty set, as Redis answers.
+    /// missing key is an empty set, as Redis answers. More than
+    /// [`proto::allowlist::MAX_DEVICES`] members, or one longer than a
+    /// list line may be, is an error naming the size.
     pub async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.run(
-            |mut conn| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await },
-        )
+        self.run(|mut conn| {
+            let mut inv = self.bounded_members.key(key);
+            inv.arg(proto::allowlist::MAX_DEVICES).arg(MAX_MEMBER_BYTES);
+            async move { inv.invoke_async::<Vec<String>>(&mut conn).await }
+        })
         .await
     }
 }
