@@ -13,11 +13,10 @@
 //! as stale as the interval to save anything. Polling bounds the
 //! staleness by the same interval as the file, for every replica alike.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use daemon::sync::{MutexExt, RwLockExt};
 use daemon::{Shutdown, WatchedFile};
@@ -208,80 +207,20 @@ impl RedisAllow {
 }
 
 /// Says when a refusal of a device is worth a log line: at most one per
-/// device per [`RefusalLog::EVERY`], so a refused device retrying every
-/// few minutes, or many of them, cannot flood the log. Bounded: when
-/// [`RefusalLog::MAX_DEVICES`] devices are remembered, old entries are
-/// dropped, and if all are recent, new refusals go unlogged (they are
-/// still counted in the metrics).
-pub struct RefusalLog {
-    last: Mutex<HashMap<DeviceId, Instant>>,
-}
+/// device per [`REFUSAL_LOG_EVERY`], so a refused device retrying every
+/// few minutes, or many of them, cannot flood the log; at most
+/// [`REFUSAL_LOG_DEVICES`] devices remembered (see [`daemon::RefusalLog`]).
+pub type RefusalLog = daemon::RefusalLog<DeviceId>;
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(600);
+pub const REFUSAL_LOG_DEVICES: usize = 4096;
 
-impl RefusalLog {
-    pub const EVERY: Duration = Duration::from_secs(600);
-    pub const MAX_DEVICES: usize = 4096;
-
-    pub fn new() -> RefusalLog {
-        RefusalLog {
-            last: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn should_log(&self, id: &DeviceId, now: Instant) -> bool {
-        let mut last = self.last.locked();
-        if let Some(at) = last.get_mut(id) {
-            if now.duration_since(*at) < Self::EVERY {
-                return false;
-            }
-            *at = now;
-            return true;
-        }
-        if last.len() >= Self::MAX_DEVICES {
-            last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
-            if last.len() >= Self::MAX_DEVICES {
-                return false;
-            }
-        }
-        last.insert(*id, now);
-        true
-    }
-}
-
-impl Default for RefusalLog {
-    fn default() -> Self {
-        Self::new()
-    }
+pub fn refusal_log() -> RefusalLog {
+    RefusalLog::new(REFUSAL_LOG_EVERY, REFUSAL_LOG_DEVICES)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refusals_are_logged_once_per_device_and_window() {
-        let log = RefusalLog::new();
-        let (a, b) = (DeviceId::from_bytes([1; 32]), DeviceId::from_bytes([2; 32]));
-        let t0 = Instant::now();
-        assert!(log.should_log(&a, t0));
-        assert!(!log.should_log(&a, t0 + Duration::from_secs(1)));
-        assert!(log.should_log(&b, t0 + Duration::from_secs(1)));
-        assert!(log.should_log(&a, t0 + RefusalLog::EVERY));
-    }
-
-    #[test]
-    fn the_refusal_log_stays_bounded() {
-        let log = RefusalLog::new();
-        let t0 = Instant::now();
-        for i in 0..RefusalLog::MAX_DEVICES as u32 {
-            let mut b = [0u8; 32];
-            b[..4].copy_from_slice(&i.to_le_bytes());
-            assert!(log.should_log(&DeviceId::from_bytes(b), t0));
-        }
-        let late = DeviceId::from_bytes([0xff; 32]);
-        assert!(!log.should_log(&late, t0), "a full table took one more");
-        assert!(log.should_log(&late, t0 + RefusalLog::EVERY));
-        assert!(log.last.locked().len() <= RefusalLog::MAX_DEVICES);
-    }
 
     #[test]
     fn a_file_list_permits_only_its_devices() {

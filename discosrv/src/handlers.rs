@@ -365,7 +365,7 @@ async fn announce<S: Store>(
     if !app.allow.permits(&device) {
         app.metrics.refused_not_allowed();
         app.metrics.announcement("not_allowed");
-        if app.refusal_log.should_log(&device, Instant::now()) {
+        if app.refusal_log.should_log(device, Instant::now()) {
             tracing::warn!(device = %device, client = %client.limit_ip, "announcement refused: the device is not in the allow-list");
         }
         // As stdiscosrv answers an announcement without a certificate:

@@ -438,7 +438,7 @@ fn new_app<S: Store>(config: &ServerConfig, store: S, allow: Allow) -> App<S> {
         trusted_proxies,
         cert_header,
         allow,
-        refusal_log: allow::RefusalLog::new(),
+        refusal_log: allow::refusal_log(),
         path_prefix: config.path_prefix.clone(),
     }
 }

@@ -7,14 +7,12 @@
 //! "wrong token"; dial: code 1 "not found", the answer for a device that is
 //! not there), so the relay tells an outsider nothing about who is listed.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use daemon::sync::MutexExt;
-use daemon::{Shutdown, WatchedFile};
+use daemon::{RefusalLog, Shutdown, WatchedFile};
 use proto::{AllowList, DeviceId};
 use serde_json::{json, Value};
 
@@ -143,8 +141,8 @@ pub struct Access {
     /// Tokens from --token-file, reloaded.
     token_file: Option<WatchedTokens>,
     reload_interval: Duration,
-    /// Last refusal log line per (device, reason).
-    logged: Mutex<HashMap<(DeviceId, Reject), Instant>>,
+    /// When a refusal per (device, reason) was last logged.
+    logged: RefusalLog<(DeviceId, Reject)>,
 }
 
 impl Access {
@@ -161,7 +159,7 @@ impl Access {
             fixed_tokens,
             token_file,
             reload_interval,
-            logged: Mutex::new(HashMap::new()),
+            logged: RefusalLog::new(REFUSAL_LOG_EVERY, REFUSAL_LOG_DEVICES),
         }
     }
 
@@ -204,21 +202,7 @@ impl Access {
         reason: Reject,
     ) {
         metrics.reject(reason);
-        let now = Instant::now();
-        let log = {
-            let mut logged = self.logged.locked();
-            if logged.len() >= REFUSAL_LOG_DEVICES {
-                logged.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_EVERY);
-            }
-            match logged.get(&(*id, reason)) {
-                Some(at) if now.duration_since(*at) < REFUSAL_LOG_EVERY => false,
-                _ if logged.len() >= REFUSAL_LOG_DEVICES => false,
-                _ => {
-                    logged.insert((*id, reason), now);
-                    true
-                }
-            }
-        };
+        let log = self.logged.should_log((*id, reason), Instant::now());
         if log {
             tracing::info!(device = %id, %source, ?reason, "refused (logged at most once a minute per device)");
         }
@@ -436,7 +420,7 @@ mod tests {
         for _ in 0..3 {
             a.refused(&m, &id, ip, Reject::JoinNotAllowed);
         }
-        assert_eq!(a.logged.locked().len(), 1);
+        assert_eq!(a.logged.len(), 1);
         let text = m.encode_classic();
         assert!(
             text.contains("relaysrv_rejects_total{reason=\"JoinNotAllowed\"} 3"),

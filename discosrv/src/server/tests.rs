@@ -37,7 +37,7 @@ pub(crate) fn test_app() -> App<MemoryStore> {
         trusted_proxies: Vec::<IpNet>::new(),
         cert_header: CertHeader::Nginx,
         allow: crate::allow::Allow::Open,
-        refusal_log: crate::allow::RefusalLog::new(),
+        refusal_log: crate::allow::refusal_log(),
         path_prefix: None,
     }
 }
