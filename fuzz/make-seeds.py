@@ -238,6 +238,30 @@ def config(device_text):
         % (device_text, device_text)).encode())
 
 
+def rest_bodies():
+    """Bodies for node_rest_config: what Syncthing 2.1.3 shows at its config
+    endpoints (node/src/rest/testdata/), behind the byte that picks the
+    endpoint (0 config, 1 options, 2 gui, 3 folder, 4 device)."""
+    import json
+    testdata = os.path.join(ROOT, "node/src/rest/testdata")
+
+    def load(name):
+        with open(os.path.join(testdata, "st213-%s.json" % name)) as f:
+            return json.load(f)
+
+    whole = load("config")
+    whole["options"]["listenAddresses"] = ["tcp://0.0.0.0:22000"]
+    compact = lambda v: json.dumps(v, separators=(",", ":")).encode()
+    write("node_rest_config", "config", b"\x00" + compact(whole))
+    write("node_rest_config", "options", b"\x01" + compact(load("config_options")))
+    write("node_rest_config", "options-patch", b'\x01{"maxSendKbps":100,"relaysEnabled":false}')
+    write("node_rest_config", "gui", b"\x02" + compact(load("config_gui")))
+    for n, f in enumerate(load("config_folders")):
+        write("node_rest_config", "folder%d" % n, b"\x03" + compact(f))
+    for n, d in enumerate(load("config_devices")):
+        write("node_rest_config", "device%d" % n, b"\x04" + compact(d))
+
+
 def snapshot(device_ids):
     """discosrv's snapshot file (discosrv/src/store/record.rs, memory.rs),
     after the load time the target reads first."""
@@ -264,6 +288,7 @@ def main():
     relay()
     discovery(device_ids)
     names()
+    rest_bodies()
     if text:
         config(text)
     return 0

@@ -31,8 +31,10 @@ pub mod versioning;
 pub mod watch;
 
 /// Not an API: what the fuzz targets in `fuzz/` must reach of private
-/// modules (the `.stignore` glob dialect, for a differential target).
+/// modules (the `.stignore` glob dialect, for a differential target; the
+/// config endpoints' handling of request bodies).
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::ignore::glob::Glob;
+    pub use crate::rest::config::{check_body as rest_config_body, BodyError, BodyFor};
 }

@@ -8,6 +8,8 @@ mod accepted;
 pub mod access;
 pub mod cli;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod listener;
 mod metrics;

@@ -71,6 +71,21 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {
             return;
         }
     };
+    serve_authenticated(relay, tls, id, peer, source, unproven, deadline).await;
+}
+
+/// The part of [`serve`] after the TLS handshake: the device is `id`. Also
+/// what the fuzz target drives (see [`crate::fuzzing`]), over any stream.
+pub(crate) async fn serve_authenticated<S: AsyncRead + AsyncWrite + Unpin>(
+    relay: Arc<Relay>,
+    stream: S,
+    id: DeviceId,
+    peer: Option<std::net::SocketAddr>,
+    source: IpAddr,
+    unproven: UnprovenGuard,
+    deadline: Instant,
+) {
+    let evicted = unproven.evicted();
     relay.metrics.protocol_connections.inc();
     let mut session = Session {
         relay: relay.clone(),
@@ -86,7 +101,7 @@ pub async fn serve(relay: Arc<Relay>, conn: Accepted, acceptor: TlsAcceptor) {
     // ends it while it waits on a device (a reply the device does not
     // read), so the leave below still runs.
     let why = relay
-        .unless_stopping(session.run(tls))
+        .unless_stopping(session.run(stream))
         .await
         .unwrap_or_else(|| "relay stopping".into());
     if session.joined {

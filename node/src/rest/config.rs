@@ -14,6 +14,7 @@ use super::config_shape::{self as shape, decorate, strip};
 use super::http_util::{bad, internal, json, not_found, ok, text, Answer, Call};
 use crate::config::{Compression, Config, DeviceConfig, FolderConfig, FolderDevice, FolderType};
 use crate::model::Node;
+use proto::DeviceId;
 
 /// Syncthing 1.19.2's configuration version; tools compare it.
 const CONFIG_VERSION: u32 = 36;
@@ -67,14 +68,14 @@ fn ldap_json() -> Value {
     v
 }
 
-fn default_folder(node: &Node, c: &Config) -> Value {
+fn default_folder(my_id: DeviceId, c: &Config) -> Value {
     let mut v = folder_json(&FolderConfig {
         id: String::new(),
         label: String::new(),
         versioning: Default::default(),
         path: PathBuf::new(),
         kind: FolderType::SendReceive,
-        devices: vec![FolderDevice::new(node.my_id)],
+        devices: vec![FolderDevice::new(my_id)],
         rescan_interval_s: 3600,
         paused: false,
         fs_watcher_enabled: true,
@@ -104,23 +105,23 @@ fn default_device() -> Value {
 /// This device as Syncthing lists itself among the devices (tools find
 /// "this device" there by `myID`). It is not stored: it is added to every
 /// answer and dropped from every change.
-fn self_device(node: &Node, c: &Config) -> DeviceConfig {
+fn self_device(my_id: DeviceId, c: &Config) -> DeviceConfig {
     DeviceConfig {
         name: c.name.clone(),
         addresses: vec!["dynamic".into()],
         compression: Compression::Metadata,
-        ..DeviceConfig::new(node.my_id)
+        ..DeviceConfig::new(my_id)
     }
 }
 
-fn with_self(node: &Node, c: &Config) -> Config {
+fn with_self(my_id: DeviceId, c: &Config) -> Config {
     let mut c = c.clone();
-    if c.device(&node.my_id).is_none() {
-        c.devices.insert(0, self_device(node, &c));
+    if c.device(&my_id).is_none() {
+        c.devices.insert(0, self_device(my_id, &c));
     }
     for f in &mut c.folders {
-        if !f.shared_with(&node.my_id) {
-            f.devices.insert(0, FolderDevice::new(node.my_id));
+        if !f.shared_with(&my_id) {
+            f.devices.insert(0, FolderDevice::new(my_id));
         }
     }
     c
@@ -135,7 +136,13 @@ fn without_self(node: &Node, c: &mut Config) {
 }
 
 pub fn config_json(node: &Node) -> Value {
-    let c = with_self(node, &node.config());
+    shown_config(node.my_id, &node.config())
+}
+
+/// The whole configuration as `GET /rest/config` shows it, for device
+/// `my_id`.
+fn shown_config(my_id: DeviceId, c: &Config) -> Value {
+    let c = with_self(my_id, c);
     let mut v = serde_json::to_value(&c).unwrap_or_else(|_| shape::object());
     v["version"] = json!(CONFIG_VERSION);
     v["folders"] = Value::Array(c.folders.iter().map(folder_json).collect());
@@ -145,7 +152,7 @@ pub fn config_json(node: &Node) -> Value {
     v["ldap"] = ldap_json();
     v["remoteIgnoredDevices"] = json!([]);
     v["defaults"] = json!({
-        "folder": default_folder(node, &c),
+        "folder": default_folder(my_id, &c),
         "device": default_device(),
         "ignores": {"lines": []},
     });
@@ -448,7 +455,7 @@ pub async fn route(c: &Call) -> Answer {
         "/rest/config/defaults/folder" => {
             c.allow(&[Method::GET, Method::PUT, Method::PATCH])?;
             if c.method == Method::GET {
-                return Ok(json(&default_folder(node, &node.config())));
+                return Ok(json(&default_folder(node.my_id, &node.config())));
             }
             let body = c.json()?;
             change(node, move |cf| {
@@ -538,7 +545,7 @@ async fn entries<E: Entry>(c: &Call) -> Answer {
     c.allow(&[Method::GET, Method::PUT, Method::POST])?;
     let node = &c.node;
     if c.method == Method::GET {
-        let shown = with_self(node, &node.config());
+        let shown = with_self(node.my_id, &node.config());
         let all: Vec<Value> = E::entries(&shown).iter().map(E::to_json).collect();
         return Ok(json(&Value::Array(all)));
     }
@@ -567,7 +574,7 @@ async fn folder(c: &Call, id: &str) -> Answer {
     c.allow(&[Method::GET, Method::PUT, Method::PATCH, Method::DELETE])?;
     let node = &c.node;
     let id = super::http_util::percent_decode(id);
-    let current = with_self(node, &node.config())
+    let current = with_self(node.my_id, &node.config())
         .folders
         .into_iter()
         .find(|f| f.id == id);
@@ -616,7 +623,7 @@ async fn device(c: &Call, id: &str) -> Answer {
             "this device's own entry is not configurable here; set its name with the top-level \"name\"",
         ));
     }
-    let current = with_self(node, &node.config()).device(&id).cloned();
+    let current = with_self(node.my_id, &node.config()).device(&id).cloned();
     let missing = || text(StatusCode::NOT_FOUND, &format!("no device with id {id}"));
     match c.method {
         Method::GET => current.map(|d| json(&device_json(&d))).ok_or_else(missing),
@@ -650,9 +657,187 @@ async fn device(c: &Call, id: &str) -> Answer {
     }
 }
 
+// ---- for the fuzz target --------------------------------------------
+
+/// Which endpoint a body is sent to (see [`check_body`]).
+#[derive(Debug, Clone, Copy)]
+pub enum BodyFor {
+    /// `PUT /rest/config`: a whole configuration.
+    Config,
+    /// `PATCH /rest/config/options`.
+    Options,
+    /// `PATCH /rest/config/gui`.
+    Gui,
+    /// An entry of `PUT /rest/config/folders` or `PUT …/folders/ID`.
+    Folder,
+    /// An entry of `PUT /rest/config/devices` or `PUT …/devices/ID`.
+    Device,
+}
+
+/// Why [`check_body`] did not accept a body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The endpoint answers 400 with this message.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Accepted, but what `GET` then shows is refused or reads back
+    /// differently when a tool sends it again: a configuration a tool
+    /// could never round-trip.
+    #[error("accepted, but not stable when shown and sent back: {0}")]
+    NotStable(String),
+}
+
+/// What the config endpoints do with `body`, without a node: parsed,
+/// cleaned and typed as a change is (a whole configuration also
+/// validated), then shown as `GET` shows it and parsed again, which must
+/// give the same. For the fuzz target; a GUI password is dropped first,
+/// because hashing it (bcrypt, by design slow) would make every input
+/// that sets one take ~100 ms.
+pub fn check_body(endpoint: BodyFor, body: &[u8]) -> Result<(), BodyError> {
+    use BodyError::{NotStable, Refused};
+    let mut v: Value =
+        serde_json::from_slice(body).map_err(|e| Refused(format!("invalid JSON: {e}")))?;
+    let drop_password = |v: &mut Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("password");
+        }
+    };
+    fn same<T: serde::Serialize>(a: &T, b: &T, what: &str) -> Result<(), BodyError> {
+        let (a, b) = (serde_json::to_value(a), serde_json::to_value(b));
+        match (a, b) {
+            (Ok(a), Ok(b)) if a == b => Ok(()),
+            (a, b) => Err(BodyError::NotStable(format!("{what}: {a:?} then {b:?}"))),
+        }
+    }
+    match endpoint {
+        BodyFor::Config => {
+            let me = DeviceId::from_bytes([0x5a; 32]);
+            if let Some(g) = v.get_mut("gui") {
+                drop_password(g);
+            }
+            let read = |v: Value| -> Result<Config, String> {
+                let mut c = parse_config(v)?;
+                c.devices.retain(|d| d.device_id != me);
+                for f in &mut c.folders {
+                    f.devices.retain(|d| d.device_id != me);
+                }
+                c.validate().map_err(|e| format!("{e:#}"))?;
+                extra_checks(&c).map_err(|e| format!("{e:#}"))?;
+                Ok(c)
+            };
+            let first = read(v).map_err(Refused)?;
+            let again = read(shown_config(me, &first)).map_err(NotStable)?;
+            same(&first, &again, "configuration")
+        }
+        BodyFor::Options => {
+            let mut base = serde_json::to_value(Config::default().options)
+                .map_err(|e| Refused(e.to_string()))?;
+            strip(&mut v, shape::OPTIONS, "options.").map_err(Refused)?;
+            merge(&mut base, v).map_err(|_| Refused("expected a JSON object".into()))?;
+            let first: crate::config::Options = typed(base, "options").map_err(Refused)?;
+            let c = Config {
+                options: first,
+                ..Config::default()
+            };
+            let mut shown = options_json(&c);
+            strip(&mut shown, shape::OPTIONS, "options.").map_err(NotStable)?;
+            let again: crate::config::Options = typed(shown, "options").map_err(NotStable)?;
+            same(&c.options, &again, "options")
+        }
+        BodyFor::Gui => {
+            drop_password(&mut v);
+            let mut base =
+                serde_json::to_value(Config::default().gui).map_err(|e| Refused(e.to_string()))?;
+            clean_gui(&mut v, "gui").map_err(Refused)?;
+            merge(&mut base, v).map_err(|_| Refused("expected a JSON object".into()))?;
+            let first: crate::config::Gui = typed(base, "gui").map_err(Refused)?;
+            let c = Config {
+                gui: first,
+                ..Config::default()
+            };
+            let mut shown = gui_json(&c);
+            clean_gui(&mut shown, "gui").map_err(NotStable)?;
+            let again: crate::config::Gui = typed(shown, "gui").map_err(NotStable)?;
+            same(&c.gui, &again, "gui")
+        }
+        BodyFor::Folder => entry_stable::<FolderConfig>(v),
+        BodyFor::Device => entry_stable::<DeviceConfig>(v),
+    }
+}
+
+/// [`check_body`] for one folder or device.
+fn entry_stable<E: Entry + serde::Serialize>(mut v: Value) -> Result<(), BodyError> {
+    E::clean(&mut v, E::LIST).map_err(BodyError::Refused)?;
+    let first: E = typed(v, E::LIST).map_err(BodyError::Refused)?;
+    let mut shown = first.to_json();
+    E::clean(&mut shown, E::LIST).map_err(BodyError::NotStable)?;
+    let again: E = typed(shown, E::LIST).map_err(BodyError::NotStable)?;
+    match (serde_json::to_value(&first), serde_json::to_value(&again)) {
+        (Ok(a), Ok(b)) if a == b => Ok(()),
+        (a, b) => Err(BodyError::NotStable(format!(
+            "{}: {a:?} then {b:?}",
+            E::LIST
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What Syncthing 2.1.3 shows at the config endpoints (captured with a
+    /// folder and a device added), sent back to ours: accepted, and stable
+    /// when shown and sent back again. The fuzz target `node_rest_config`
+    /// starts from these bodies.
+    /// The whole configuration, but listening where this node can: it
+    /// refuses Syncthing's `default` (TCP and QUIC on every address, and
+    /// relays) with a 400 naming it, as it has no QUIC listener.
+    fn whole_config() -> Vec<u8> {
+        let mut v: Value =
+            serde_json::from_slice(include_bytes!("testdata/st213-config.json")).expect("JSON");
+        assert_eq!(v["options"]["listenAddresses"], json!(["default"]));
+        v["options"]["listenAddresses"] = json!(["tcp://0.0.0.0:22000"]);
+        serde_json::to_vec(&v).expect("re-encodes")
+    }
+
+    #[test]
+    fn syncthing_2_1_3_config_bodies_are_accepted_and_stable() {
+        let entries = |text: &str| -> Vec<Vec<u8>> {
+            let v: Value = serde_json::from_str(text).expect("captured JSON");
+            list(v)
+                .iter()
+                .map(|e| serde_json::to_vec(e).expect("re-encodes"))
+                .collect()
+        };
+        let cases: Vec<(BodyFor, Vec<u8>)> = vec![
+            (BodyFor::Config, whole_config()),
+            (
+                BodyFor::Options,
+                include_bytes!("testdata/st213-config_options.json").to_vec(),
+            ),
+            (
+                BodyFor::Gui,
+                include_bytes!("testdata/st213-config_gui.json").to_vec(),
+            ),
+        ]
+        .into_iter()
+        .chain(
+            entries(include_str!("testdata/st213-config_folders.json"))
+                .into_iter()
+                .map(|b| (BodyFor::Folder, b)),
+        )
+        .chain(
+            entries(include_str!("testdata/st213-config_devices.json"))
+                .into_iter()
+                .map(|b| (BodyFor::Device, b)),
+        )
+        .collect();
+        for (endpoint, body) in cases {
+            if let Err(e) = check_body(endpoint, &body) {
+                panic!("{endpoint:?}: {e}");
+            }
+        }
+    }
 
     #[test]
     fn incoming_configurations_are_typed_once_with_the_field_in_errors() {
