@@ -191,18 +191,18 @@ mod tests {
         out
     }
 
-    /// The harness itself: A joins and stays a while, B asks for A, and
-    /// both get their invitations, as over TLS.
-    #[tokio::test(start_paused = true)]
-    async fn a_joined_device_is_invited_when_another_connects() {
-        let (a, b) = (DeviceId::from_bytes([1; 32]), DeviceId::from_bytes([2; 32]));
+    const A: DeviceId = DeviceId::from_bytes([1; 32]);
+    const B: DeviceId = DeviceId::from_bytes([2; 32]);
+
+    /// A joins and stays 5 s; a second later B asks for A.
+    async fn a_joins_and_b_dials_a(join_list: Option<Vec<DeviceId>>) -> Outcome {
         let join = Message::JoinRelayRequest(JoinRelayRequest { token: None });
         let connect = Message::ConnectRequest(ConnectRequest {
-            id: ShortBytes::from_array(*a.as_bytes()),
+            id: ShortBytes::from_array(*A.as_bytes()),
         });
         let devices = vec![
             Device {
-                id: a,
+                id: A,
                 source: 1,
                 steps: vec![
                     Step::Send(frames(&[join])),
@@ -210,7 +210,7 @@ mod tests {
                 ],
             },
             Device {
-                id: b,
+                id: B,
                 source: 2,
                 steps: vec![
                     Step::Wait(Duration::from_secs(1)),
@@ -219,10 +219,18 @@ mod tests {
             },
         ];
         let knobs = Knobs {
+            join: join_list,
             max_pending: 10,
             ..Knobs::default()
         };
-        let out = protocol_sessions(devices, knobs).await;
+        protocol_sessions(devices, knobs).await
+    }
+
+    /// The harness itself: both get their invitations, as over TLS.
+    #[tokio::test(start_paused = true)]
+    async fn a_joined_device_is_invited_when_another_connects() {
+        let (a, b) = (A, B);
+        let out = a_joins_and_b_dials_a(None).await;
         let to_a = decoded(&out.received[0]);
         let to_b = decoded(&out.received[1]);
         assert!(
@@ -243,29 +251,7 @@ mod tests {
     /// Off the join list: A hears "wrong token" and B finds nobody.
     #[tokio::test(start_paused = true)]
     async fn a_device_off_the_join_list_is_refused_in_memory_too() {
-        let (a, b) = (DeviceId::from_bytes([1; 32]), DeviceId::from_bytes([2; 32]));
-        let join = Message::JoinRelayRequest(JoinRelayRequest { token: None });
-        let connect = Message::ConnectRequest(ConnectRequest {
-            id: ShortBytes::from_array(*a.as_bytes()),
-        });
-        let devices = vec![
-            Device {
-                id: a,
-                source: 1,
-                steps: vec![Step::Send(frames(&[join]))],
-            },
-            Device {
-                id: b,
-                source: 1,
-                steps: vec![Step::Send(frames(&[connect]))],
-            },
-        ];
-        let knobs = Knobs {
-            join: Some(vec![b]),
-            max_pending: 10,
-            ..Knobs::default()
-        };
-        let out = protocol_sessions(devices, knobs).await;
+        let out = a_joins_and_b_dials_a(Some(vec![B])).await;
         let code = |m: &Message| match m {
             Message::Response(r) => r.code,
             other => panic!("{other:?}"),

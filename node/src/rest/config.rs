@@ -729,39 +729,47 @@ pub fn check_body(endpoint: BodyFor, body: &[u8]) -> Result<(), BodyError> {
             let again = read(shown_config(me, &first)).map_err(NotStable)?;
             same(&first, &again, "configuration")
         }
-        BodyFor::Options => {
-            let mut base = serde_json::to_value(Config::default().options)
-                .map_err(|e| Refused(e.to_string()))?;
-            strip(&mut v, shape::OPTIONS, "options.").map_err(Refused)?;
-            merge(&mut base, v).map_err(|_| Refused("expected a JSON object".into()))?;
-            let first: crate::config::Options = typed(base, "options").map_err(Refused)?;
-            let c = Config {
-                options: first,
-                ..Config::default()
-            };
-            let mut shown = options_json(&c);
-            strip(&mut shown, shape::OPTIONS, "options.").map_err(NotStable)?;
-            let again: crate::config::Options = typed(shown, "options").map_err(NotStable)?;
-            same(&c.options, &again, "options")
-        }
+        BodyFor::Options => patch_stable(
+            v,
+            |c| &mut c.options,
+            |v| strip(v, shape::OPTIONS, "options."),
+            options_json,
+            "options",
+        ),
         BodyFor::Gui => {
             drop_password(&mut v);
-            let mut base =
-                serde_json::to_value(Config::default().gui).map_err(|e| Refused(e.to_string()))?;
-            clean_gui(&mut v, "gui").map_err(Refused)?;
-            merge(&mut base, v).map_err(|_| Refused("expected a JSON object".into()))?;
-            let first: crate::config::Gui = typed(base, "gui").map_err(Refused)?;
-            let c = Config {
-                gui: first,
-                ..Config::default()
-            };
-            let mut shown = gui_json(&c);
-            clean_gui(&mut shown, "gui").map_err(NotStable)?;
-            let again: crate::config::Gui = typed(shown, "gui").map_err(NotStable)?;
-            same(&c.gui, &again, "gui")
+            patch_stable(v, |c| &mut c.gui, |v| clean_gui(v, "gui"), gui_json, "gui")
         }
         BodyFor::Folder => entry_stable::<FolderConfig>(v),
         BodyFor::Device => entry_stable::<DeviceConfig>(v),
+    }
+}
+
+/// [`check_body`] for a PATCH of one section of the configuration
+/// (`section` of a default configuration, cleaned by `clean`, shown by
+/// `show`).
+fn patch_stable<T: serde::Serialize + serde::de::DeserializeOwned>(
+    mut body: Value,
+    section: fn(&mut Config) -> &mut T,
+    clean: impl Fn(&mut Value) -> Result<(), String>,
+    show: fn(&Config) -> Value,
+    name: &str,
+) -> Result<(), BodyError> {
+    use BodyError::{NotStable, Refused};
+    let mut c = Config::default();
+    let mut base = serde_json::to_value(&*section(&mut c)).map_err(|e| Refused(e.to_string()))?;
+    clean(&mut body).map_err(Refused)?;
+    merge(&mut base, body).map_err(|_| Refused("expected a JSON object".into()))?;
+    *section(&mut c) = typed(base, name).map_err(Refused)?;
+    let mut shown = show(&c);
+    clean(&mut shown).map_err(NotStable)?;
+    let again: T = typed(shown, name).map_err(NotStable)?;
+    match (
+        serde_json::to_value(&*section(&mut c)),
+        serde_json::to_value(&again),
+    ) {
+        (Ok(a), Ok(b)) if a == b => Ok(()),
+        (a, b) => Err(NotStable(format!("{name}: {a:?} then {b:?}"))),
     }
 }
 
