@@ -111,6 +111,7 @@ pub fn start_tcp_version(dir: &Path, version: PeerVersion) -> (Syncthing, u16) {
 }
 
 /// A generated, isolated but not yet running Syncthing home.
+#[derive(Clone)]
 pub struct SyncthingHome {
     pub dir: PathBuf,
     pub id: String,
@@ -203,37 +204,70 @@ impl SyncthingHome {
 
     /// [`SyncthingHome::start`] with extra environment variables (e.g.
     /// `TZ`, which names the versions it archives).
-    pub fn start_with_env(self, env: &[(&str, &str)]) -> Syncthing {
-        let mut cmd = syncthing_command(self.version);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.args([
-            "serve",
-            "--no-browser",
-            "--no-restart",
-            "--no-upgrade",
-            "--logflags=7",
-            "--logfile=-",
-            "--home",
-        ])
-        .arg(&self.dir);
-        let proc = Proc::spawn("syncthing", cmd, &self.dir.join("syncthing.log"));
-        let mut node = Syncthing { home: self, proc };
-        let up = wait::until(Duration::from_secs(30), Duration::from_millis(100), || {
-            if !node.proc.alive() {
-                return Some(false);
+    ///
+    /// The GUI port was free when it was picked, but another process on
+    /// the machine (a second test run, a benchmark) may bind it before
+    /// Syncthing does; Syncthing then exits. That case gets a new GUI port
+    /// and another start (the device's listen port is the caller's and is
+    /// kept).
+    pub fn start_with_env(mut self, env: &[(&str, &str)]) -> Syncthing {
+        for attempt in 1..=3 {
+            let mut cmd = syncthing_command(self.version);
+            for (k, v) in env {
+                cmd.env(k, v);
             }
-            node.get("/rest/system/ping").ok().map(|_| true)
-        });
-        assert_eq!(
-            up,
-            Some(true),
-            "syncthing {} did not come up:\n{}",
-            node.home.version,
-            node.proc.log_tail(30)
-        );
-        node
+            cmd.args([
+                "serve",
+                "--no-browser",
+                "--no-restart",
+                "--no-upgrade",
+                "--logflags=7",
+                "--logfile=-",
+                "--home",
+            ])
+            .arg(&self.dir);
+            let proc = Proc::spawn("syncthing", cmd, &self.dir.join("syncthing.log"));
+            let gui = format!("127.0.0.1:{}: bind: address already in use", self.gui_port);
+            let mut node = Syncthing { home: self, proc };
+            let up = wait::until(Duration::from_secs(30), Duration::from_millis(100), || {
+                if !node.proc.alive() || node.proc.log().contains(&gui) {
+                    return Some(false);
+                }
+                // A short timeout: whoever holds a taken port may accept
+                // and never answer, and the log says so within a second.
+                let ping = Rest {
+                    timeout: Duration::from_secs(2),
+                    ..node.rest()
+                };
+                ping.get("/rest/system/ping").ok().map(|_| true)
+            });
+            if up == Some(true) {
+                return node;
+            }
+            let log = node.proc.log_tail(30);
+            if attempt < 3 && log.contains(&gui) {
+                eprintln!(
+                    "syncthing: GUI port {} taken by another process; trying another",
+                    node.home.gui_port
+                );
+                node.proc.stop(Duration::from_secs(2));
+                self = node.home.clone();
+                drop(node);
+                self.move_gui(crate::ports::pick_port());
+                continue;
+            }
+            panic!("syncthing {} did not come up:\n{log}", node.home.version);
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Points the GUI (and REST API) at `port`.
+    fn move_gui(&mut self, port: u16) {
+        let path = self.dir.join("config.xml");
+        let xml = std::fs::read_to_string(&path).expect("read config.xml");
+        let xml = set_gui(&xml, "address", &format!("127.0.0.1:{port}"));
+        std::fs::write(&path, xml).expect("write config.xml");
+        self.gui_port = port;
     }
 }
 

@@ -714,3 +714,20 @@ fn discovery_server_verified_by_ca_and_host_name() {
     assert!(err.contains("TLS"), "{err}");
     node.stop();
 }
+
+/// The harness: a real Syncthing whose GUI port another process took
+/// between the pick and the start (seen when two test runs shared a
+/// machine) is started again on a new port, not reported as broken.
+#[test]
+fn a_taken_gui_port_is_replaced_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = SyncthingHome::init(&tmp.path().join("st"), &[]);
+    let taken = home.gui_port;
+    let t0 = Instant::now();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).expect("bind the GUI port");
+    let st = home.start();
+    // Not after a client's 30 s timeout on the squatter.
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert_ne!(st.home.gui_port, taken);
+    assert!(st.get("/rest/system/ping").is_ok());
+}

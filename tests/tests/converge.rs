@@ -12,6 +12,13 @@
 //! that content superseded.
 //! Every other content written must be found in the converged tree, as
 //! the winner or as a `.sync-conflict-…` copy.
+//!
+//! One difference may stay with a 1.x device, by design: where an edit on
+//! it and a deletion elsewhere are concurrent and the deletion is newer,
+//! 1.x keeps the edit and 2.x and our nodes the deletion (ARCHITECTURE.md,
+//! "Conflicts"). Such a name is checked for exactly that (both sides'
+//! `/rest/db/file`) and then left out of the comparison; its content on
+//! the 1.x device counts as present.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -77,6 +84,70 @@ impl Device {
             Device::Real(_) => String::new(),
         }
     }
+}
+
+/// The file's global entry at a device (`/rest/db/file`, the same shape
+/// from our nodes and from Syncthing).
+fn global_entry(d: &Device, name: &str) -> Option<serde_json::Value> {
+    let path = format!("/rest/db/file?folder=c&file={}", urlencode(name));
+    let v = match d {
+        Device::Ours(n) => n.get(&path).ok()?,
+        Device::Real(s) => s.get(&path).ok()?,
+    };
+    Some(v["global"].clone())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A version vector from `/rest/db/file` (`["SHORTID:COUNTER", …]`).
+fn vector(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let (id, n) = c.as_str()?.split_once(':')?;
+            Some((id.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn concurrent(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> bool {
+    let ahead = |x: &BTreeMap<String, u64>, y: &BTreeMap<String, u64>| {
+        x.iter().any(|(id, n)| y.get(id).is_none_or(|m| n > m))
+    };
+    ahead(a, b) && ahead(b, a)
+}
+
+/// The one difference a mixed cluster keeps by design (ARCHITECTURE.md,
+/// "Conflicts"): Syncthing 1.x lets a modification beat a concurrent
+/// deletion, where 2.x and our nodes let the newer of the two win. When
+/// the deletion is newer, the 1.x device keeps its edit under the name and
+/// ours keep it deleted, until the next change to the name. Nothing is
+/// lost: the edit is on the 1.x device. True when `name` is exactly that:
+/// present only on the real device, deleted in our nodes' global view,
+/// live in Syncthing's, the two versions concurrent.
+fn one_x_keeps_a_modification(devices: &[Device; 3], name: &str) -> bool {
+    let (Some(ours_a), Some(ours_b), Some(theirs)) = (
+        global_entry(&devices[0], name),
+        global_entry(&devices[1], name),
+        global_entry(&devices[2], name),
+    ) else {
+        return false;
+    };
+    ours_a["deleted"] == true
+        && ours_a["version"] == ours_b["version"]
+        && ours_b["deleted"] == true
+        && theirs["deleted"] == false
+        && concurrent(&vector(&ours_a["version"]), &vector(&theirs["version"]))
 }
 
 /// What the edit loop wrote and what it knowingly destroyed.
@@ -349,8 +420,29 @@ fn converge(version: PeerVersion) {
         d.scan();
     }
     let t1 = Instant::now();
+    // Names only the 1.x device keeps, by design (see
+    // `one_x_keeps_a_modification`): left out of the comparison, counted
+    // as present for the loss check.
+    let mut kept_by_1x: BTreeSet<String> = BTreeSet::new();
+    let mut trees_now = || -> Vec<BTreeMap<String, String>> {
+        let mut trees: Vec<_> = roots.iter().map(|r| tree(r)).collect();
+        if version != PeerVersion::V2_1_3 {
+            let only_real: Vec<String> = trees[2]
+                .keys()
+                .filter(|k| !trees[0].contains_key(*k) && !trees[1].contains_key(*k))
+                .cloned()
+                .collect();
+            for k in only_real {
+                if kept_by_1x.contains(&k) || one_x_keeps_a_modification(&devices, &k) {
+                    kept_by_1x.insert(k.clone());
+                    trees[2].remove(&k);
+                }
+            }
+        }
+        trees
+    };
     let converged = wait::until(CONVERGE_WITHIN, Duration::from_millis(500), || {
-        let trees: Vec<_> = roots.iter().map(|r| tree(r)).collect();
+        let trees = trees_now();
         if trees[0] != trees[1] || trees[1] != trees[2] || !devices.iter().all(Device::idle) {
             if t1.elapsed().as_secs().is_multiple_of(10) {
                 for d in &devices {
@@ -360,9 +452,14 @@ fn converge(version: PeerVersion) {
             return None;
         }
         std::thread::sleep(Duration::from_secs(2));
-        let again: Vec<_> = roots.iter().map(|r| tree(r)).collect();
+        let again = trees_now();
         (again == trees).then_some(trees)
     });
+    if !kept_by_1x.is_empty() {
+        eprintln!(
+            "Syncthing {version} keeps a modification our nodes deleted (a newer concurrent deletion; by design, ARCHITECTURE.md \"Conflicts\"): {kept_by_1x:?}"
+        );
+    }
     let Some(trees) = converged else {
         let trees: Vec<_> = roots.iter().map(|r| tree(r)).collect();
         let keys: BTreeSet<&String> = trees.iter().flat_map(|t| t.keys()).collect();
@@ -384,7 +481,12 @@ fn converge(version: PeerVersion) {
         trees[0].len()
     );
 
-    let present = contents(&roots[0]);
+    let mut present = contents(&roots[0]);
+    for name in &kept_by_1x {
+        if let Some(c) = read_file(&roots[2].join(name)) {
+            present.insert(c);
+        }
+    }
     let mut lost: Vec<_> = log
         .written
         .iter()
