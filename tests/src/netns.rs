@@ -182,15 +182,7 @@ impl Lan {
             .env("STNORESTART", "1")
             .env("STMONITORED", "1")
             .env_remove("STTRACE")
-            .args([
-                "serve",
-                "--no-browser",
-                "--no-restart",
-                "--no-upgrade",
-                "--logflags=7",
-                "--logfile=-",
-                "--home",
-            ])
+            .args(crate::syncthing::SERVE_ARGS)
             .arg(&home.dir);
         // SAFETY: only setns(2), async-signal-safe, runs between fork and exec.
         unsafe {

@@ -110,6 +110,18 @@ pub fn start_tcp_version(dir: &Path, version: PeerVersion) -> (Syncthing, u16) {
     (node, port)
 }
 
+/// `syncthing serve` as every test starts it: no browser, no restarts or
+/// upgrades, the log on standard output; the home directory follows.
+pub const SERVE_ARGS: [&str; 7] = [
+    "serve",
+    "--no-browser",
+    "--no-restart",
+    "--no-upgrade",
+    "--logflags=7",
+    "--logfile=-",
+    "--home",
+];
+
 /// A generated, isolated but not yet running Syncthing home.
 #[derive(Clone)]
 pub struct SyncthingHome {
@@ -216,16 +228,7 @@ impl SyncthingHome {
             for (k, v) in env {
                 cmd.env(k, v);
             }
-            cmd.args([
-                "serve",
-                "--no-browser",
-                "--no-restart",
-                "--no-upgrade",
-                "--logflags=7",
-                "--logfile=-",
-                "--home",
-            ])
-            .arg(&self.dir);
+            cmd.args(SERVE_ARGS).arg(&self.dir);
             let proc = Proc::spawn("syncthing", cmd, &self.dir.join("syncthing.log"));
             let gui = format!("127.0.0.1:{}: bind: address already in use", self.gui_port);
             let mut node = Syncthing { home: self, proc };
