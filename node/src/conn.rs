@@ -789,6 +789,13 @@ impl Conn {
                 bail!("protocol error: {e}");
             }
             max = max.max(f.sequence);
+            // Off unless asked for (`--log-level info,node::conn=trace`):
+            // which content (by block hash) each peer announced, so a test
+            // can tell an edit a peer never announced from one lost later.
+            tracing::trace!(device = %self.peer, file = ?f.name, deleted = f.deleted,
+                version = ?f.version.as_ref().map(|v| v.counters.iter().map(|c| (proto::ShortId(c.id).to_string(), c.value)).collect::<Vec<_>>()),
+                blocks = ?f.blocks.iter().take(4).map(|b| b.hash.iter().map(|x| format!("{x:02x}")).collect::<String>()).collect::<Vec<_>>(),
+                "index entry received");
         }
         // SQLite work (a transaction of up to a batch of files, under the
         // database's lock) belongs on the blocking pool, not on the
