@@ -184,7 +184,22 @@ fn announced_to_ours(devices: &[Device; 3], content: &[u8]) -> bool {
 struct EditLog {
     written: Vec<(usize, String, Vec<u8>)>,
     superseded: BTreeSet<Vec<u8>>,
+    /// Renames the test made, in order (from, to).
+    moves: Vec<(String, String)>,
     ops: BTreeMap<&'static str, usize>,
+}
+
+impl EditLog {
+    /// `name` and every name the test moved it to, directly or in turn.
+    fn names_of(&self, name: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::from([name.to_string()]);
+        for (from, to) in &self.moves {
+            if names.contains(from) {
+                names.insert(to.clone());
+            }
+        }
+        names
+    }
 }
 
 fn read_file(p: &Path) -> Option<Vec<u8>> {
@@ -307,6 +322,7 @@ fn one_edit(
             let to = format!("sub{}/d{d}-moved{n}.txt", rng.below(3));
             let _ = std::fs::create_dir_all(root.join(&to).parent().unwrap());
             if std::fs::rename(root.join(&from), root.join(&to)).is_ok() {
+                log.moves.push((from, to.clone()));
                 names.push(to);
             }
         }
@@ -529,19 +545,29 @@ fn converge(version: PeerVersion) {
     // conflict copy (two devices resolving against the same winner in the
     // same second make same-named copies). Our nodes keep theirs; an edit
     // of the real device lost that way is its behaviour, reported here.
-    let st_discarded = match &devices[2] {
-        Device::Real(s) => s.proc.log().contains("which is already a conflict copy"),
-        Device::Ours(_) => false,
+    // Only for a name (or a name the test later renamed it to) of which
+    // Syncthing logged discarding a conflict copy.
+    let st_log = match &devices[2] {
+        Device::Real(s) => s.proc.log(),
+        Device::Ours(_) => String::new(),
     };
-    if st_discarded {
-        let (theirs, ours): (Vec<_>, Vec<_>) = lost.into_iter().partition(|(d, _, _)| *d == 2);
-        if !theirs.is_empty() {
-            eprintln!(
-                "Syncthing {version} discarded a same-named conflict copy; edits of the real device lost: {:?}",
-                theirs.iter().map(|(_, n, _)| n).collect::<Vec<_>>()
-            );
-        }
-        lost = ours;
+    let discarded_a_copy_of = |name: &str| {
+        log.names_of(name).iter().any(|n| {
+            let copy = format!("{}.sync-conflict-", n.trim_end_matches(".txt"));
+            st_log
+                .lines()
+                .any(|l| l.contains("which is already a conflict copy") && l.contains(&copy))
+        })
+    };
+    let (theirs, rest): (Vec<_>, Vec<_>) = lost
+        .into_iter()
+        .partition(|(d, n, _)| *d == 2 && discarded_a_copy_of(n));
+    lost = rest;
+    if !theirs.is_empty() {
+        eprintln!(
+            "Syncthing {version} discarded a same-named conflict copy; edits of the real device lost: {:?}",
+            theirs.iter().map(|(_, n, _)| n).collect::<Vec<_>>()
+        );
     }
     // An edit of the real device that neither of our nodes ever received
     // (no index entry holds its content's block hash) never left that
