@@ -793,8 +793,10 @@ impl Conn {
             // which content (by block hash) each peer announced, so a test
             // can tell an edit a peer never announced from one lost later.
             tracing::trace!(device = %self.peer, file = ?f.name, deleted = f.deleted,
-                version = ?f.version.as_ref().map(|v| v.counters.iter().map(|c| (proto::ShortId(c.id).to_string(), c.value)).collect::<Vec<_>>()),
-                blocks = ?f.blocks.iter().take(4).map(|b| b.hash.iter().map(|x| format!("{x:02x}")).collect::<String>()).collect::<Vec<_>>(),
+                version = ?f.version.as_ref().map(|v| v.counters.iter()
+                    .map(|c| (proto::ShortId(c.id).to_string(), c.value)).collect::<Vec<_>>()),
+                blocks = ?f.blocks.iter().take(4)
+                    .map(|b| data_encoding::HEXLOWER.encode(&b.hash)).collect::<Vec<_>>(),
                 "index entry received");
         }
         // SQLite work (a transaction of up to a batch of files, under the

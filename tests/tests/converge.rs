@@ -160,23 +160,32 @@ fn one_x_keeps_a_modification(devices: &[Device; 3], name: &str) -> bool {
         && concurrent(&vector(&ours_a["version"]), &vector(&theirs["version"]))
 }
 
-/// Whether one of our nodes received an index entry holding `content`
-/// (a one-block file: its block hash is the content's SHA-256), from their
-/// `node::conn` trace.
-fn announced_to_ours(devices: &[Device; 3], content: &[u8]) -> bool {
-    use sha2::Digest;
-    let hash: String = sha2::Sha256::digest(content)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    devices.iter().any(|d| match d {
-        Device::Ours(n) => n
+/// The contents our nodes received index entries for, as block hashes
+/// (hex), from their `node::conn` trace. A test content is one block, so
+/// its block hash is its SHA-256.
+fn announced_to_ours(devices: &[Device; 3]) -> BTreeSet<String> {
+    let mut hashes = BTreeSet::new();
+    for d in devices {
+        let Device::Ours(n) = d else { continue };
+        for l in n
             .proc
             .log()
             .lines()
-            .any(|l| l.contains("index entry received") && l.contains(&hash)),
-        Device::Real(_) => false,
-    })
+            .filter(|l| l.contains("index entry received"))
+        {
+            let Some((_, blocks)) = l.split_once("blocks=[") else {
+                continue;
+            };
+            let blocks = blocks.split(']').next().unwrap_or_default();
+            hashes.extend(blocks.split(", ").map(|h| h.trim_matches('"').to_string()));
+        }
+    }
+    hashes
+}
+
+fn content_hash(content: &[u8]) -> String {
+    use sha2::Digest;
+    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(content))
 }
 
 /// What the edit loop wrote and what it knowingly destroyed.
@@ -578,9 +587,10 @@ fn converge(version: PeerVersion) {
     // `RenameOrCopy`), so a write landing between the two is lost on that
     // device alone, before any other device could keep it. Reported, not
     // counted: our nodes had no part in it.
+    let announced = announced_to_ours(&devices);
     let (never_announced, rest): (Vec<_>, Vec<_>) = lost
         .into_iter()
-        .partition(|(d, _, c)| *d == 2 && !announced_to_ours(&devices, c));
+        .partition(|(d, _, c)| *d == 2 && !announced.contains(&content_hash(c)));
     lost = rest;
     if !never_announced.is_empty() {
         eprintln!(
