@@ -36,6 +36,11 @@ pub const MAX_INCLUDE_DEPTH: usize = 16;
 const MAX_FILE: u64 = 1 << 20;
 /// Most patterns kept (over all files).
 const MAX_PATTERNS: usize = 100_000;
+/// Most glob tokens kept (over all files; about a character each, 16
+/// bytes): four times what the largest file of plain lines needs, as each
+/// line becomes up to four patterns. Bounds what `.stignore` text (a
+/// user's, or a REST client's) can make the node hold: 128 MiB.
+const MAX_TOKENS: usize = 8 * MAX_FILE as usize;
 
 /// What a name's first matching pattern says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,6 +86,7 @@ impl Ignores {
             seen_lines: HashSet::new(),
             seen_files: HashSet::new(),
             patterns: Vec::new(),
+            tokens: 0,
         };
         state
             .file(Path::new(FILE), 0)
@@ -96,6 +102,7 @@ impl Ignores {
             seen_lines: HashSet::new(),
             seen_files: HashSet::new(),
             patterns: Vec::new(),
+            tokens: 0,
         };
         state.text(text, Path::new(FILE), 0)?;
         Ok(Ignores::from_patterns(state.patterns))
@@ -207,6 +214,8 @@ struct Loader<'a> {
     seen_lines: HashSet<String>,
     seen_files: HashSet<PathBuf>,
     patterns: Vec<Pattern>,
+    /// Glob tokens held by `patterns`, against [`MAX_TOKENS`].
+    tokens: usize,
 }
 
 /// `rel` joined lexically onto `base`'s directory; `None` when the result
@@ -336,6 +345,10 @@ impl Loader<'_> {
         };
         let mut push = |text: String, glob_text: &str| -> Result<()> {
             let glob = Glob::compile(glob_text)?;
+            self.tokens += glob.size();
+            if self.tokens > MAX_TOKENS {
+                bail!("the ignore patterns are too large (more than {MAX_TOKENS} characters once expanded)");
+            }
             self.patterns.push(Pattern {
                 text,
                 glob,

@@ -122,6 +122,50 @@ fn non_ascii_patterns_load_and_match() {
     assert!(ign("\u{34c}\u{34c}").is_ignored("\u{34c}\u{34c}"));
 }
 
+/// Lines full of `{…}` alternatives used to be expanded into every
+/// combination (up to 256 copies of the line, each then matched once per
+/// character of a name): a 4 KiB `.stignore` held hundreds of MiB and took
+/// over a second per name (fuzz/node_ignore). They are now compiled once,
+/// and checking names costs about what plain lines do.
+#[test]
+fn alternatives_cost_what_plain_lines_cost() {
+    let line = |k: usize| format!("{}{k}{}", "{a,b}".repeat(8), "x".repeat(40));
+    let text: String = (0..60).map(|k| line(k) + "\n").collect();
+    let i = ign(&text);
+    let held: usize = i.patterns.iter().map(|p| p.glob.size()).sum();
+    assert!(
+        held < 8 * text.len(),
+        "{held} instructions for {} bytes",
+        text.len()
+    );
+    let names = [
+        "a".repeat(3000),
+        format!("d/{}", "ab".repeat(1500)),
+        format!("d/{}7{}/f", "ab".repeat(4), "x".repeat(40)),
+    ];
+    assert!(!i.is_ignored(&names[0]));
+    assert!(!i.is_ignored(&names[1]));
+    assert!(i.is_ignored(&names[2]));
+    for name in &names {
+        let work: usize = i.patterns.iter().map(|p| p.glob.work(name)).sum();
+        // A few live positions per pattern and character (expanded, it
+        // was hundreds).
+        let per = work / (i.patterns.len() * name.len());
+        assert!(per <= 4, "{per} positions per pattern and character");
+    }
+}
+
+/// What a user's (or REST client's) patterns make the node hold is
+/// bounded as a whole, not only per file: past the bound, a clear error.
+#[test]
+fn the_patterns_held_are_bounded() {
+    let line = format!("{}\n", "y".repeat(4000));
+    let lines = MAX_TOKENS / (4 * 4000) + 2;
+    let text: String = (0..lines).map(|k| format!("{k}{line}")).collect();
+    let e = Ignores::parse(&text).unwrap_err();
+    assert!(format!("{e:#}").contains("too large"), "{e:#}");
+}
+
 #[test]
 fn includes_stay_inside_the_folder_and_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
