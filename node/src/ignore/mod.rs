@@ -36,10 +36,11 @@ pub const MAX_INCLUDE_DEPTH: usize = 16;
 const MAX_FILE: u64 = 1 << 20;
 /// Most patterns kept (over all files).
 const MAX_PATTERNS: usize = 100_000;
-/// Most glob tokens kept (over all files; about a character each, 16
-/// bytes): four times what the largest file of plain lines needs, as each
-/// line becomes up to four patterns. Bounds what `.stignore` text (a
-/// user's, or a REST client's) can make the node hold: 128 MiB.
+/// Most glob instructions kept (over all files; about one per character,
+/// at most 16 bytes each): twice what the largest file of plain lines
+/// needs, as each line becomes up to four patterns. Bounds what
+/// `.stignore` text (a user's, or a REST client's) can make the node hold:
+/// 128 MiB.
 const MAX_TOKENS: usize = 8 * MAX_FILE as usize;
 
 /// What a name's first matching pattern says.
@@ -214,7 +215,7 @@ struct Loader<'a> {
     seen_lines: HashSet<String>,
     seen_files: HashSet<PathBuf>,
     patterns: Vec<Pattern>,
-    /// Glob tokens held by `patterns`, against [`MAX_TOKENS`].
+    /// Glob instructions held by `patterns`, against [`MAX_TOKENS`].
     tokens: usize,
 }
 
@@ -347,7 +348,7 @@ impl Loader<'_> {
             let glob = Glob::compile(glob_text)?;
             self.tokens += glob.size();
             if self.tokens > MAX_TOKENS {
-                bail!("the ignore patterns are too large (more than {MAX_TOKENS} characters once expanded)");
+                bail!("the ignore patterns are too large (more than {MAX_TOKENS} characters once compiled)");
             }
             self.patterns.push(Pattern {
                 text,
