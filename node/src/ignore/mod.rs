@@ -41,7 +41,7 @@ const MAX_PATTERNS: usize = 100_000;
 /// needs, as each line becomes up to four patterns. Bounds what
 /// `.stignore` text (a user's, or a REST client's) can make the node hold:
 /// 128 MiB.
-const MAX_TOKENS: usize = 8 * MAX_FILE as usize;
+const MAX_INSTRUCTIONS: usize = 8 * MAX_FILE as usize;
 
 /// What a name's first matching pattern says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,13 +82,7 @@ impl Ignores {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
             Ok(_) => {}
         }
-        let mut state = Loader {
-            root,
-            seen_lines: HashSet::new(),
-            seen_files: HashSet::new(),
-            patterns: Vec::new(),
-            tokens: 0,
-        };
+        let mut state = Loader::new(root);
         state
             .file(Path::new(FILE), 0)
             .with_context(|| format!("ignore patterns in {}", path.display()))?;
@@ -98,13 +92,7 @@ impl Ignores {
     /// Parses ignore-file text that has no `#include` lines (tests, the
     /// fuzz targets); an `#include` fails, as its file cannot be found.
     pub fn parse(text: &str) -> Result<Ignores> {
-        let mut state = Loader {
-            root: Path::new("/nonexistent"),
-            seen_lines: HashSet::new(),
-            seen_files: HashSet::new(),
-            patterns: Vec::new(),
-            tokens: 0,
-        };
+        let mut state = Loader::new(Path::new("/nonexistent"));
         state.text(text, Path::new(FILE), 0)?;
         Ok(Ignores::from_patterns(state.patterns))
     }
@@ -215,8 +203,8 @@ struct Loader<'a> {
     seen_lines: HashSet<String>,
     seen_files: HashSet<PathBuf>,
     patterns: Vec<Pattern>,
-    /// Glob instructions held by `patterns`, against [`MAX_TOKENS`].
-    tokens: usize,
+    /// Glob instructions held by `patterns`, against [`MAX_INSTRUCTIONS`].
+    instructions: usize,
 }
 
 /// `rel` joined lexically onto `base`'s directory; `None` when the result
@@ -237,6 +225,18 @@ fn include_path(current: &Path, include: &str) -> Option<PathBuf> {
         }
     }
     (!out.as_os_str().is_empty()).then_some(out)
+}
+
+impl<'a> Loader<'a> {
+    fn new(root: &'a Path) -> Loader<'a> {
+        Loader {
+            root,
+            seen_lines: HashSet::new(),
+            seen_files: HashSet::new(),
+            patterns: Vec::new(),
+            instructions: 0,
+        }
+    }
 }
 
 impl Loader<'_> {
@@ -346,9 +346,9 @@ impl Loader<'_> {
         };
         let mut push = |text: String, glob_text: &str| -> Result<()> {
             let glob = Glob::compile(glob_text)?;
-            self.tokens += glob.size();
-            if self.tokens > MAX_TOKENS {
-                bail!("the ignore patterns are too large (more than {MAX_TOKENS} characters once compiled)");
+            self.instructions += glob.size();
+            if self.instructions > MAX_INSTRUCTIONS {
+                bail!("the ignore patterns are too large (more than {MAX_INSTRUCTIONS} compiled glob steps, about one per character)");
             }
             self.patterns.push(Pattern {
                 text,

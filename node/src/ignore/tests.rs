@@ -160,7 +160,7 @@ fn alternatives_cost_what_plain_lines_cost() {
 #[test]
 fn the_patterns_held_are_bounded() {
     let line = format!("{}\n", "y".repeat(4000));
-    let lines = MAX_TOKENS / (4 * 4000) + 2;
+    let lines = MAX_INSTRUCTIONS / (4 * 4000) + 2;
     let text: String = (0..lines).map(|k| format!("{k}{line}")).collect();
     let e = Ignores::parse(&text).unwrap_err();
     assert!(format!("{e:#}").contains("too large"), "{e:#}");
